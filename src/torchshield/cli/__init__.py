@@ -1,0 +1,1 @@
+"""The `torchshield` command line: one Typer group per capability (see app.py)."""
