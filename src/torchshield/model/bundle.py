@@ -1,0 +1,565 @@
+"""The ``.tsb`` bundle: one file holding a model's tensors, a manifest, an optional Ed25519
+signature, and optional encryption of the tensor data.
+
+Threat model. Without the key, an encrypted bundle reveals the manifest (tensor names,
+dtypes, shapes, user metadata) and nothing of the tensor bytes. Any change to the prefix, the
+manifest or the data is detected: for encrypted bundles by the AEAD (the manifest digest is the
+associated data of every chunk), for every bundle by the BLAKE3 digests in the trailer. A
+signature binds the manifest and a digest of the stored data bytes (ciphertext when
+encrypted), so ``verify`` proves who made a bundle without the decryption key. An unsigned
+bundle proves nothing about its origin: anyone can rewrite one and its digests.
+
+Layout (all integers little endian; see docs/format.md)::
+
+    magic "\\x89TSB\\r\\n\\x1a\\n" (8) | version (1) = 1 | flags (1) bit0=encrypted | reserved (2)
+    | manifest length (4) | manifest (canonical JSON, UTF-8)
+    | wrapped data key (69, only if encrypted; outside every digest so keys can rotate in place)
+    | zero padding to a multiple of 64
+    | data: tensors back to back, each 64-byte aligned (plaintext), or their STREAM ciphertext
+    | signature block (JSON, may be empty) | data digest (32) | manifest digest (32)
+    | signature block length (4) | end magic "TSB-END1" (8)
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as _dt
+import json
+import mmap
+import os
+import secrets
+import struct
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import blake3
+import numpy as np
+import torch
+
+from torchshield import __version__
+from torchshield.crypto import signing
+from torchshield.crypto.envelope import WRAPPED_KEY_SIZE, WrappedKey, new_data_key, rewrap, unwrap_data_key, \
+    wrap_data_key
+from torchshield.crypto.files import atomic_output
+from torchshield.crypto.keys import MasterKey, resolve_master_key
+from torchshield.crypto.stream import DEFAULT_CHUNK_SIZE, StreamCipher, StreamWriter, ciphertext_length, \
+    decrypt_into
+from torchshield.errors import FormatError, InputError, IntegrityError, KeyMaterialError, SignatureError
+from torchshield.model.dtypes import dtype_from_name, dtype_name
+
+__all__ = ["BundleInfo", "VerifyReport", "inspect", "is_bundle", "load", "rotate_key", "save", "verify"]
+
+MAGIC = b"\x89TSB\r\n\x1a\n"
+END_MAGIC = b"TSB-END1"
+VERSION = 1
+FLAG_ENCRYPTED = 0x01
+ALIGN = 64
+_PREFIX = struct.Struct("<8sBBHI")  # magic, version, flags, reserved, manifest length
+_TRAILER = struct.Struct("<32s32sI8s")  # data digest, manifest digest, signature length, end magic
+_MAX_MANIFEST = 64 << 20
+_SIG_DOMAIN = b"torchshield/bundle-signature/v1"
+_STREAM_ALG = "AES-256-GCM-STREAM-v1"
+_SLOTS = ("privacy", "watermark", "provenance")
+
+Tensors = dict[str, torch.Tensor]
+
+
+def _pad(n: int) -> int:
+    return -n % ALIGN
+
+
+def _canonical(doc: Mapping[str, Any]) -> bytes:
+    return json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def _signed_message(prefix: bytes, manifest_digest: bytes, data_digest: bytes) -> bytes:
+    return _SIG_DOMAIN + prefix[:12] + manifest_digest + data_digest
+
+
+# --- writing -------------------------------------------------------------------------------
+
+def _state_dict(obj: Any) -> Tensors:
+    if isinstance(obj, torch.nn.Module):
+        obj = obj.state_dict()
+    if not isinstance(obj, Mapping):
+        raise InputError(f"cannot save a {type(obj).__name__}",
+                         hint="pass an nn.Module or a dict of tensor names to tensors")
+    out: Tensors = {}
+    for name, t in obj.items():
+        if not isinstance(name, str) or not name:
+            raise InputError(f"tensor name {name!r} is not a non-empty string")
+        if not isinstance(t, torch.Tensor):
+            raise InputError(f"entry {name!r} is a {type(t).__name__}, not a tensor",
+                             hint="bundles hold tensors only; put other values in metadata=")
+        if t.is_sparse or t.layout != torch.strided:
+            raise InputError(f"tensor {name!r} is not a dense tensor", hint="call .to_dense() first")
+        out[name] = t.detach().to("cpu").contiguous()
+    return out
+
+
+def _tensor_bytes(t: torch.Tensor) -> memoryview:
+    if t.numel() == 0:
+        return memoryview(b"")
+    return memoryview(t.reshape(-1).view(torch.uint8).numpy()).cast("B")
+
+
+def _json_slot(name: str, value: Any) -> Any:
+    if value is None:
+        return None
+    try:
+        json.dumps(value, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise InputError(f"{name}= is not JSON-serialisable ({exc})",
+                         hint="use plain dicts, lists, strings and finite numbers") from None
+    return value
+
+
+def save(obj: torch.nn.Module | Mapping[str, torch.Tensor], path: str | os.PathLike[str], *,
+         key: MasterKey | bytes | str | os.PathLike[str] | None = None,
+         sign_with: str | os.PathLike[str] | signing.Ed25519PrivateKey | None = None,
+         metadata: Mapping[str, Any] | None = None, privacy: Mapping[str, Any] | None = None,
+         watermark: Mapping[str, Any] | None = None, provenance: Mapping[str, Any] | None = None,
+         chunk_size: int = DEFAULT_CHUNK_SIZE, overwrite: bool = True) -> Path:
+    """Write ``obj`` (a module or a state dict) to a ``.tsb`` bundle at ``path``, atomically.
+
+    ``key`` encrypts the tensor data (a MasterKey, 32 raw bytes or a key-file path);
+    ``sign_with`` signs it (an Ed25519 key or key-file path). ``privacy``, ``watermark`` and
+    ``provenance`` are JSON manifest slots filled by training, watermarking and the pipeline."""
+    tensors = _state_dict(obj)
+    master = resolve_master_key(key) if key is not None else None
+    signer = signing.load_signing_key(sign_with) if sign_with is not None else None
+    entries: dict[str, Any] = {}
+    views: list[tuple[memoryview, int]] = []
+    offset = 0
+    for name, t in tensors.items():
+        raw = _tensor_bytes(t)
+        entry: dict[str, Any] = {"dtype": dtype_name(t.dtype, tensor=name), "shape": list(t.shape),
+                                 "offsets": [offset, offset + len(raw)]}
+        if master is None:  # digests of plaintext would let a keyless reader confirm guesses
+            entry["digest"] = blake3.blake3(raw).hexdigest()
+        entries[name] = entry
+        pad = _pad(len(raw)) if name != next(reversed(tensors)) else 0
+        views.append((raw, pad))
+        offset += len(raw) + pad
+    manifest: dict[str, Any] = {
+        "format": "torchshield-bundle", "format_version": VERSION,
+        "object_id": secrets.token_hex(16),
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "tool": f"torchshield {__version__}", "torch": torch.__version__,
+        "tensors": entries, "data_length": offset, "digest_alg": "blake3",
+        "metadata": _json_slot("metadata", dict(metadata or {})),
+    }
+    for slot, value in zip(_SLOTS, (privacy, watermark, provenance)):
+        manifest[slot] = _json_slot(slot, dict(value) if value is not None else None)
+    salt = secrets.token_bytes(16)
+    if master is not None:
+        manifest["encryption"] = {"alg": _STREAM_ALG, "chunk_size": chunk_size, "salt": salt.hex()}
+    manifest_bytes = _canonical(manifest)
+    flags = FLAG_ENCRYPTED if master is not None else 0
+    prefix = _PREFIX.pack(MAGIC, VERSION, flags, 0, len(manifest_bytes))
+    manifest_digest = blake3.blake3(prefix + manifest_bytes).digest()
+    slot_bytes = b""
+    data_key = b""
+    if master is not None:
+        data_key = new_data_key()
+        slot_bytes = wrap_data_key(master, data_key, context=bytes.fromhex(manifest["object_id"])).to_bytes()
+    head = prefix + manifest_bytes + slot_bytes
+    head += b"\x00" * _pad(len(head))
+
+    with atomic_output(path, overwrite=overwrite) as fh:
+        fh.write(head)
+        hasher = blake3.blake3()
+        if master is None:
+            for raw, pad in views:
+                fh.write(raw)
+                hasher.update(raw)
+                if pad:
+                    fh.write(b"\x00" * pad)
+                    hasher.update(b"\x00" * pad)
+        else:
+            cipher = StreamCipher(data_key, salt=salt, context_digest=manifest_digest)
+            writer = StreamWriter(fh, cipher, chunk_size=chunk_size, hasher=hasher)
+            for raw, pad in views:
+                writer.write(raw)
+                if pad:
+                    writer.write(b"\x00" * pad)
+            writer.close()
+        data_digest = hasher.digest()
+        sig_block = b""
+        if signer is not None:
+            sig = signer.sign(_signed_message(prefix, manifest_digest, data_digest))
+            pub = signer.public_key()
+            sig_block = _canonical({"alg": "ed25519", "fingerprint": signing.fingerprint(pub),
+                                    "public_key": base64.b64encode(signing.raw_public_key(pub)).decode(),
+                                    "signature": base64.b64encode(sig).decode()})
+        fh.write(sig_block + _TRAILER.pack(data_digest, manifest_digest, len(sig_block), END_MAGIC))
+    return Path(path)
+
+
+# --- reading -------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class _Layout:
+    path: Path
+    prefix: bytes
+    flags: int
+    manifest: dict[str, Any]
+    manifest_digest: bytes
+    keyslot_offset: int
+    data_offset: int
+    stored_length: int
+    data_digest: bytes
+    signature: dict[str, Any] | None
+    file_size: int
+
+    @property
+    def encrypted(self) -> bool:
+        return bool(self.flags & FLAG_ENCRYPTED)
+
+
+def _open_checked(path: str | os.PathLike[str]) -> tuple[Path, BinaryIO, int]:
+    p = Path(path)
+    if p.is_dir():
+        raise InputError(f"{p} is a directory, not a bundle", hint="pass a .tsb file")
+    try:
+        fh = open(p, "rb")
+    except FileNotFoundError:
+        raise InputError(f"{p} does not exist") from None
+    except PermissionError:
+        raise InputError(f"{p} cannot be read (permission denied)") from None
+    return p, fh, os.fstat(fh.fileno()).st_size
+
+
+def _read_layout(path: str | os.PathLike[str], fh: BinaryIO | None = None) -> _Layout:
+    p, f, size = _open_checked(path) if fh is None else (Path(path), fh, os.fstat(fh.fileno()).st_size)
+    try:
+        return _parse_layout(p, f, size)
+    finally:
+        if fh is None:
+            f.close()
+
+
+def _parse_layout(p: Path, f: BinaryIO, size: int) -> _Layout:
+    if size == 0:
+        raise FormatError(f"{p} is empty, not a bundle")
+    prefix = f.read(_PREFIX.size)
+    if len(prefix) < _PREFIX.size or not prefix.startswith(MAGIC):
+        raise FormatError(f"{p} is not a torchshield bundle (.tsb)",
+                          hint="make one with: torchshield model protect MODEL --out model.tsb")
+    _magic, version, flags, reserved, mlen = _PREFIX.unpack(prefix)
+    if version != VERSION:
+        raise FormatError(f"{p} is bundle format version {version}; this torchshield reads version {VERSION}",
+                          hint="upgrade torchshield")
+    if reserved != 0 or flags & ~FLAG_ENCRYPTED:
+        raise IntegrityError(f"{p}: the bundle header was altered (unknown flags)")
+    if mlen > min(_MAX_MANIFEST, size):
+        raise IntegrityError(f"{p}: the manifest length field is out of range: the header was altered "
+                             "or the file truncated")
+    manifest_bytes = f.read(mlen)
+    if size < _PREFIX.size + mlen + _TRAILER.size:
+        raise IntegrityError(f"{p} is truncated: it is shorter than its header declares")
+    f.seek(size - _TRAILER.size)
+    data_digest, manifest_digest, sig_len, end = _TRAILER.unpack(f.read(_TRAILER.size))
+    if end != END_MAGIC:
+        raise IntegrityError(f"{p} was truncated or extended: the end marker is missing")
+    if not secrets.compare_digest(blake3.blake3(prefix + manifest_bytes).digest(), manifest_digest):
+        raise IntegrityError(f"{p}: the manifest was edited after the bundle was written",
+                             hint="restore the original file; edited bundles cannot be trusted")
+    try:
+        manifest = json.loads(manifest_bytes)
+        stored_length = _stored_length(manifest, bool(flags & FLAG_ENCRYPTED))
+    except (ValueError, KeyError, TypeError):
+        raise FormatError(f"{p}: the manifest is not a valid bundle manifest") from None
+    keyslot_offset = _PREFIX.size + mlen
+    head = keyslot_offset + (WRAPPED_KEY_SIZE if flags & FLAG_ENCRYPTED else 0)
+    data_offset = head + _pad(head)
+    expected = data_offset + stored_length + sig_len + _TRAILER.size
+    if size != expected:
+        how = "truncated" if size < expected else "extended"
+        raise IntegrityError(f"{p} is {size} bytes but its header declares {expected}: the file was {how}")
+    f.seek(keyslot_offset)
+    between = f.read(data_offset - keyslot_offset)
+    if any(between[WRAPPED_KEY_SIZE if flags & FLAG_ENCRYPTED else 0:]):
+        raise IntegrityError(f"{p}: padding bytes before the data were altered")
+    signature = None
+    if sig_len:
+        f.seek(size - _TRAILER.size - sig_len)
+        try:
+            signature = json.loads(f.read(sig_len))
+            if not isinstance(signature, dict):
+                raise ValueError
+        except ValueError:
+            raise IntegrityError(f"{p}: the signature block is damaged") from None
+    return _Layout(path=p, prefix=prefix, flags=flags, manifest=manifest, manifest_digest=manifest_digest,
+                   keyslot_offset=keyslot_offset, data_offset=data_offset, stored_length=stored_length,
+                   data_digest=data_digest, signature=signature, file_size=size)
+
+
+def _stored_length(manifest: dict[str, Any], encrypted: bool) -> int:
+    if manifest.get("format") != "torchshield-bundle":
+        raise ValueError("not a bundle manifest")
+    n = int(manifest["data_length"])
+    if n < 0 or not isinstance(manifest["tensors"], dict):
+        raise ValueError("bad data length")
+    if encrypted:
+        enc = manifest["encryption"]
+        if enc.get("alg") != _STREAM_ALG:
+            raise ValueError("unknown encryption")
+        return ciphertext_length(n, int(enc["chunk_size"]))
+    return n
+
+
+@dataclass(frozen=True)
+class BundleInfo:
+    """What a bundle says about itself; reading it needs no key and checks the structure."""
+
+    path: Path
+    manifest: dict[str, Any]
+    encrypted: bool
+    signed: bool
+    signer: str | None
+    key_id: str | None
+    file_size: int
+    format_version: int = VERSION
+    tensors: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        m = self.manifest
+        return {"path": str(self.path), "format_version": self.format_version, "encrypted": self.encrypted,
+                "signed": self.signed, "signer": self.signer, "key_id": self.key_id,
+                "file_size": self.file_size, "object_id": m.get("object_id"), "created": m.get("created"),
+                "tool": m.get("tool"), "tensor_count": len(self.tensors),
+                "parameter_count": sum(_numel(t["shape"]) for t in self.tensors.values()),
+                "tensors": self.tensors, "metadata": m.get("metadata"),
+                **{slot: m.get(slot) for slot in _SLOTS}}
+
+
+def _numel(shape: list[int]) -> int:
+    n = 1
+    for s in shape:
+        n *= int(s)
+    return n
+
+
+def _info(layout: _Layout, key_id: str | None) -> BundleInfo:
+    m = dict(layout.manifest)
+    m["encrypted"] = layout.encrypted
+    m["signed"] = layout.signature is not None
+    tensors = {k: {"dtype": v["dtype"], "shape": v["shape"]} for k, v in m["tensors"].items()}
+    return BundleInfo(path=layout.path, manifest=m, encrypted=layout.encrypted,
+                      signed=layout.signature is not None,
+                      signer=(layout.signature or {}).get("fingerprint"), key_id=key_id,
+                      file_size=layout.file_size, tensors=tensors)
+
+
+def _key_slot(layout: _Layout, fh: BinaryIO) -> WrappedKey:
+    fh.seek(layout.keyslot_offset)
+    return WrappedKey.from_bytes(fh.read(WRAPPED_KEY_SIZE))
+
+
+def inspect(path: str | os.PathLike[str]) -> BundleInfo:
+    """Read a bundle's manifest and check its structure (no key needed, data not hashed)."""
+    p, fh, _ = _open_checked(path)
+    with fh:
+        layout = _read_layout(p, fh)
+        key_id = _key_slot(layout, fh).key_id_hex if layout.encrypted else None
+    return _info(layout, key_id)
+
+
+def is_bundle(path: str | os.PathLike[str]) -> bool:
+    try:
+        with open(path, "rb") as fh:
+            return fh.read(len(MAGIC)) == MAGIC
+    except OSError:
+        return False
+
+
+def _check_signature(layout: _Layout, verify_with: Any) -> str:
+    if layout.signature is None:
+        raise SignatureError(f"{layout.path} is not signed",
+                             hint="sign it with: torchshield model protect ... --sign signer.key")
+    try:
+        sig = base64.b64decode(layout.signature["signature"], validate=True)
+        embedded = signing.public_key_from_raw(base64.b64decode(layout.signature["public_key"], validate=True))
+    except (KeyError, ValueError, TypeError):
+        raise SignatureError(f"{layout.path}: the signature block is malformed") from None
+    pub = signing.load_public_key(verify_with) if verify_with is not None else embedded
+    if signing.raw_public_key(pub) != signing.raw_public_key(embedded):
+        raise SignatureError(f"{layout.path} was signed by {signing.fingerprint(embedded)}, "
+                             f"not by the expected signer {signing.fingerprint(pub)}")
+    signing.verify_signature(pub, sig, _signed_message(layout.prefix, layout.manifest_digest,
+                                                       layout.data_digest))
+    return signing.fingerprint(pub)
+
+
+def _views(layout: _Layout, buf: torch.Tensor) -> Tensors:
+    out: Tensors = {}
+    n = buf.numel()
+    for name, e in layout.manifest["tensors"].items():
+        try:
+            a, b = (int(x) for x in e["offsets"])
+            dtype = dtype_from_name(e["dtype"], tensor=name)
+            shape = [int(s) for s in e["shape"]]
+        except (KeyError, TypeError, ValueError):
+            raise FormatError(f"{layout.path}: tensor {name!r} has a malformed entry") from None
+        itemsize = torch.empty((), dtype=dtype).element_size()
+        if not (0 <= a <= b <= n) or a % ALIGN or (b - a) != _numel(shape) * itemsize:
+            raise IntegrityError(f"{layout.path}: tensor {name!r} has offsets outside the data or "
+                                 "inconsistent with its shape")
+        out[name] = buf[a:b].view(dtype).reshape(shape)
+    return out
+
+
+def _damaged_tensor(layout: _Layout, buf: torch.Tensor) -> str:
+    for name, e in layout.manifest["tensors"].items():
+        a, b = e["offsets"]
+        if "digest" in e and blake3.blake3(_tensor_bytes(buf[a:b])).hexdigest() != e["digest"]:
+            return f" (tensor {name!r} differs)"
+    return ""
+
+
+def load(path: str | os.PathLike[str], *, key: MasterKey | bytes | str | os.PathLike[str] | None = None,
+         verify_with: str | os.PathLike[str] | bytes | signing.Ed25519PublicKey | None = None,
+         device: str | torch.device = "cpu", verify: bool = True) -> Tensors:
+    """Load a bundle's tensors into memory, never writing plaintext to disk.
+
+    Unencrypted bundles are memory-mapped copy-on-write (no copy) after their BLAKE3 digest is
+    checked. Encrypted bundles are decrypted chunk by chunk into one preallocated buffer; the
+    returned tensors are views of it. ``verify_with`` (a public key) requires a valid signature
+    by that signer; ``verify=False`` skips the digest check of unencrypted bundles."""
+    p, fh, _ = _open_checked(path)
+    with fh:
+        layout = _read_layout(p, fh)
+        if verify_with is not None:
+            _check_signature(layout, verify_with)
+        n = int(layout.manifest["data_length"])
+        if layout.encrypted:
+            buf = _decrypt(layout, fh, key, hash_data=verify_with is not None)
+        else:
+            buf = _map_plain(layout, fh, n, verify=verify or verify_with is not None)
+    tensors = _views(layout, buf)
+    if torch.device(device).type != "cpu":
+        tensors = {k: v.to(device) for k, v in tensors.items()}
+    return tensors
+
+
+def _map_plain(layout: _Layout, fh: BinaryIO, n: int, *, verify: bool) -> torch.Tensor:
+    if n == 0:
+        buf = torch.empty(0, dtype=torch.uint8)
+        if verify and not secrets.compare_digest(blake3.blake3(b"").digest(), layout.data_digest):
+            raise IntegrityError(f"{layout.path}: the tensor data was changed")
+        return buf
+    # Copy-on-write map: the caller may modify tensors without touching the file.
+    mm = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_COPY)
+    arr = np.frombuffer(mm, dtype=np.uint8, count=n, offset=layout.data_offset)
+    buf = torch.from_numpy(arr)
+    if verify:
+        digest = blake3.blake3(memoryview(arr), max_threads=blake3.blake3.AUTO).digest()
+        if not secrets.compare_digest(digest, layout.data_digest):
+            raise IntegrityError(f"{layout.path}: the tensor data was changed{_damaged_tensor(layout, buf)}",
+                                 hint="the file is damaged or was tampered with; restore it from a backup")
+    return buf
+
+
+def _decrypt(layout: _Layout, fh: BinaryIO, key: Any, *, hash_data: bool) -> torch.Tensor:
+    if key is None and not (os.environ.get("TORCHSHIELD_KEY") or os.environ.get("TORCHSHIELD_KEY_FILE")):
+        raise KeyMaterialError(f"{layout.path} is encrypted and no key was given",
+                               hint="pass key= (or --key-file), or set TORCHSHIELD_KEY_FILE")
+    master = resolve_master_key(key)
+    assert master is not None
+    enc = layout.manifest["encryption"]
+    object_id = bytes.fromhex(layout.manifest["object_id"])
+    data_key = unwrap_data_key(master, _key_slot(layout, fh), context=object_id)
+    cipher = StreamCipher(data_key, salt=bytes.fromhex(enc["salt"]), context_digest=layout.manifest_digest)
+    n = int(layout.manifest["data_length"])
+    buf = torch.empty(n, dtype=torch.uint8)
+    hasher = blake3.blake3() if hash_data else None
+    fh.seek(layout.data_offset)
+    out = memoryview(buf.numpy()).cast("B") if n else memoryview(bytearray(0))
+    decrypt_into(fh, cipher, out, cipher_len=layout.stored_length, chunk_size=int(enc["chunk_size"]),
+                 hasher=hasher)
+    if hasher is not None and not secrets.compare_digest(hasher.digest(), layout.data_digest):
+        raise IntegrityError(f"{layout.path}: the stored data does not match its signed digest")
+    return buf
+
+
+# --- verification and key rotation ---------------------------------------------------------
+
+@dataclass(frozen=True)
+class VerifyReport:
+    path: Path
+    ok: bool
+    signed: bool
+    signer: str | None
+    encrypted: bool
+    decrypted: bool
+    problems: list[str]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"path": str(self.path), "ok": self.ok, "signed": self.signed, "signer": self.signer,
+                "encrypted": self.encrypted, "decrypted": self.decrypted, "problems": self.problems}
+
+
+def verify(path: str | os.PathLike[str], *, pubkey: Any = None, key: Any = None,
+           require_signature: bool = False) -> VerifyReport:
+    """Check everything checkable: structure, data digest, signature (against ``pubkey`` if
+    given, else the embedded key), and with ``key`` every encrypted chunk. Raises on bad input
+    (not a bundle), returns ``ok=False`` with the problem when a check fails."""
+    p, fh, _ = _open_checked(path)
+    problems: list[str] = []
+    signer = None
+    decrypted = False
+    with fh:
+        try:
+            layout = _read_layout(p, fh)
+        except IntegrityError as exc:
+            return VerifyReport(p, False, False, None, False, False, [str(exc)])
+        try:
+            _hash_stored(layout, fh)
+        except IntegrityError as exc:
+            problems.append(str(exc))
+        if layout.signature is not None or pubkey is not None or require_signature:
+            try:
+                signer = _check_signature(layout, pubkey)
+            except SignatureError as exc:
+                problems.append(str(exc))
+        if layout.encrypted and key is not None and not problems:
+            try:
+                _decrypt(layout, fh, key, hash_data=False)
+                decrypted = True
+            except IntegrityError as exc:
+                problems.append(str(exc))
+    return VerifyReport(p, not problems, layout.signature is not None, signer, layout.encrypted, decrypted,
+                        problems)
+
+
+def _hash_stored(layout: _Layout, fh: BinaryIO) -> None:
+    hasher = blake3.blake3()
+    fh.seek(layout.data_offset)
+    remaining = layout.stored_length
+    buf = memoryview(bytearray(min(remaining, 8 << 20) or 1))
+    while remaining:
+        k = fh.readinto(buf[: min(len(buf), remaining)])
+        if not k:
+            break
+        hasher.update(buf[:k])
+        remaining -= k
+    if not secrets.compare_digest(hasher.digest(), layout.data_digest):
+        raise IntegrityError(f"{layout.path}: the tensor data was changed after the bundle was written")
+
+
+def rotate_key(path: str | os.PathLike[str], old: MasterKey, new: MasterKey) -> bool:
+    """Re-wrap an encrypted bundle's data key under ``new`` in place (69 bytes; the tensor
+    data, manifest and signature stay as they are). Returns False for unencrypted bundles."""
+    p, fh, _ = _open_checked(path)
+    with fh:
+        layout = _read_layout(p, fh)
+        if not layout.encrypted:
+            return False
+        slot = rewrap(old, new, _key_slot(layout, fh), context=bytes.fromhex(layout.manifest["object_id"]))
+    with open(p, "r+b") as wf:
+        os.pwrite(wf.fileno(), slot.to_bytes(), layout.keyslot_offset)
+        os.fsync(wf.fileno())
+    return True
