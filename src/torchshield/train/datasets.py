@@ -1,0 +1,263 @@
+"""Training data: built-in sets that ship with scikit-learn, or CSV/Parquet with a label column.
+
+Every data set comes back with what later stages need besides the tensors: the input shape,
+the number of classes, the input bounds (attacks clip to them, DP queries need them) and the
+normalisation applied (so an audit or a server can preprocess new rows the same way).
+
+Spec forms (the config's ``data:`` section)::
+
+    data: sklearn:digits                      # 8x8 images in [0, 1], shape (1, 8, 8)
+    data: {name: sklearn:breast_cancer}       # 30 standardised features
+    data: {path: patients.parquet, label: outcome, features: [age, bmi], normalize: standard,
+           test_fraction: 0.2, seed: 0}
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from torchshield.errors import FormatError, InputError, MissingDependencyError
+
+__all__ = ["BUILTINS", "ImageData", "Split", "TabularData", "load_dataset", "read_table", "table_to_tensors"]
+
+BUILTINS = ("sklearn:breast_cancer", "sklearn:digits")
+_NORMALIZERS = ("standard", "minmax", "none")
+
+
+@dataclass(frozen=True)
+class Split:
+    """Inputs and integer labels of one split."""
+
+    x: Tensor
+    y: Tensor
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def loader(self, batch_size: int, *, shuffle: bool = False, seed: int | None = None,
+               drop_last: bool = False) -> torch.utils.data.DataLoader:
+        gen = torch.Generator().manual_seed(seed) if seed is not None else None
+        return torch.utils.data.DataLoader(torch.utils.data.TensorDataset(self.x, self.y), batch_size=batch_size,
+                                           shuffle=shuffle, generator=gen, drop_last=drop_last)
+
+
+@dataclass(frozen=True)
+class TabularData:
+    """A labelled table as float32 features."""
+
+    name: str
+    train: Split
+    test: Split
+    num_classes: int
+    input_shape: tuple[int, ...]
+    input_bounds: tuple[float, float]
+    feature_names: tuple[str, ...] = ()
+    classes: tuple[Any, ...] = ()
+    normalization: dict[str, Any] = field(default_factory=dict)
+    fingerprint: str = ""
+
+    @property
+    def in_features(self) -> int:
+        return math.prod(self.input_shape)
+
+    def describe(self) -> dict[str, Any]:
+        """JSON-able facts for the bundle manifest (no data values beyond bounds/normalisation)."""
+        return {
+            "name": self.name,
+            "kind": type(self).__name__,
+            "train_examples": len(self.train),
+            "test_examples": len(self.test),
+            "num_classes": self.num_classes,
+            "input_shape": list(self.input_shape),
+            "input_bounds": list(self.input_bounds),
+            "feature_names": list(self.feature_names),
+            "classes": [c.item() if hasattr(c, "item") else c for c in self.classes],
+            "normalization": self.normalization,
+            "fingerprint": self.fingerprint,
+        }
+
+
+@dataclass(frozen=True)
+class ImageData(TabularData):
+    """Images as float32 ``[N, C, H, W]`` in ``input_bounds``."""
+
+
+def load_dataset(spec: str | dict[str, Any]) -> TabularData:
+    """Load the data set a config's ``data:`` section names (see module docstring)."""
+    if isinstance(spec, str):
+        spec = {"name": spec} if spec in BUILTINS or spec.startswith("sklearn:") else {"path": spec}
+    spec = dict(spec)
+    test_fraction = float(spec.pop("test_fraction", 0.2))
+    seed = int(spec.pop("seed", 0))
+    if not 0.0 <= test_fraction < 1.0:
+        raise InputError(f"data.test_fraction must be in [0, 1), got {test_fraction}")
+    name = spec.pop("name", None)
+    if name is not None:
+        if spec:
+            raise InputError(f"data: unknown option {sorted(spec)[0]!r} for built-in {name}")
+        return _builtin(str(name), test_fraction, seed)
+    if "path" not in spec:
+        raise InputError("data: give a built-in 'name' or a 'path' to a CSV/Parquet file",
+                         hint=f"built-ins: {', '.join(BUILTINS)}")
+    return _from_file(spec, test_fraction, seed)
+
+
+def _split_indices(n: int, test_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    perm = np.random.default_rng(seed).permutation(n)
+    n_test = int(round(n * test_fraction))
+    return np.sort(perm[n_test:]), np.sort(perm[:n_test])
+
+
+def _fingerprint(x: np.ndarray, y: np.ndarray) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    h.update(np.ascontiguousarray(x, dtype=np.float32).tobytes())
+    h.update(np.ascontiguousarray(y, dtype=np.int64).tobytes())
+    return h.hexdigest()
+
+
+def _builtin(name: str, test_fraction: float, seed: int) -> TabularData:
+    try:
+        from sklearn import datasets
+    except ImportError:  # pragma: no cover - the privacy extra brings it
+        raise MissingDependencyError("scikit-learn", "privacy") from None
+    if name == "sklearn:digits":
+        raw = datasets.load_digits()
+        x = (raw.data / 16.0).astype(np.float32).reshape(-1, 1, 8, 8)
+        y = raw.target.astype(np.int64)
+        tr, te = _split_indices(len(y), test_fraction, seed)
+        return ImageData(name, Split(torch.from_numpy(x[tr]), torch.from_numpy(y[tr])),
+                         Split(torch.from_numpy(x[te]), torch.from_numpy(y[te])), 10, (1, 8, 8), (0.0, 1.0),
+                         classes=tuple(range(10)), normalization={"scale": 1 / 16.0},
+                         fingerprint=_fingerprint(x, y))
+    if name == "sklearn:breast_cancer":
+        raw = datasets.load_breast_cancer()
+        tr, te = _split_indices(len(raw.target), test_fraction, seed)
+        return _tabular(name, raw.data, raw.target.astype(np.int64), tr, te, "standard",
+                        tuple(str(f) for f in raw.feature_names), tuple(raw.target_names.tolist()))
+    raise InputError(f"data.name: unknown built-in data set {name!r}", hint=f"use one of {', '.join(BUILTINS)}")
+
+
+def _tabular(name: str, x: np.ndarray, y: np.ndarray, tr: np.ndarray, te: np.ndarray, normalize: str,
+             feature_names: tuple[str, ...], classes: tuple[Any, ...],
+             bounds: dict[str, Sequence[float]] | None = None) -> TabularData:
+    """Normalise with statistics of the training split only (the test split must not leak into them)."""
+    x = np.asarray(x, dtype=np.float64)
+    if bounds:  # declared bounds are public: clip to them, so they really bound every value
+        lo = np.array([bounds.get(f, (-np.inf, np.inf))[0] for f in feature_names], dtype=np.float64)
+        hi = np.array([bounds.get(f, (-np.inf, np.inf))[1] for f in feature_names], dtype=np.float64)
+        x = np.clip(x, lo, hi)
+    fit_on = x[tr] if len(tr) else x
+    if normalize == "standard":
+        shift, scale = fit_on.mean(0), fit_on.std(0)
+    elif normalize == "minmax":
+        shift, scale = fit_on.min(0), fit_on.max(0) - fit_on.min(0)
+    else:
+        shift, scale = np.zeros(x.shape[1]), np.ones(x.shape[1])
+    scale = np.where(scale > 0, scale, 1.0)
+    z = ((x - shift) / scale).astype(np.float32)
+    norm = {"method": normalize, "shift": shift.tolist(), "scale": scale.tolist()}
+    return TabularData(name, Split(torch.from_numpy(z[tr]), torch.from_numpy(y[tr])),
+                       Split(torch.from_numpy(z[te]), torch.from_numpy(y[te])), int(len(classes) or y.max() + 1),
+                       (x.shape[1],), (float(z.min()), float(z.max())), feature_names, classes, norm,
+                       _fingerprint(z, y))
+
+
+def read_table(path: str | Path) -> Any:
+    """Read a CSV or Parquet file into a pandas DataFrame."""
+    try:
+        import pandas as pd
+    except ImportError:  # pragma: no cover
+        raise MissingDependencyError("pandas", "data") from None
+    p = Path(path)
+    if not p.is_file():
+        raise InputError(f"data.path: {p} does not exist or is not a file")
+    suffix = p.suffix.lower()
+    try:
+        if suffix in {".parquet", ".pq"}:
+            return pd.read_parquet(p)
+        if suffix in {".csv", ".txt"}:
+            return pd.read_csv(p)
+    except Exception as exc:  # noqa: BLE001 - pandas/pyarrow raise many types for broken files
+        raise FormatError(f"{p}: cannot read as {suffix[1:]} ({type(exc).__name__})") from None
+    raise FormatError(f"{p}: unsupported file type {suffix!r}", hint="use .csv or .parquet")
+
+
+def _is_numeric(series: Any) -> bool:
+    from pandas.api.types import is_bool_dtype, is_numeric_dtype
+
+    return bool(is_numeric_dtype(series.dtype)) and not is_bool_dtype(series.dtype)
+
+
+def _label_codes(series: Any, classes: Sequence[Any] | None) -> tuple[np.ndarray, tuple[Any, ...]]:
+    values = series.to_numpy()
+    known = tuple(classes) if classes is not None else tuple(sorted(set(values.tolist())))
+    index = {c: i for i, c in enumerate(known)}
+    try:
+        codes = np.array([index[v] for v in values.tolist()], dtype=np.int64)
+    except KeyError as exc:
+        raise InputError(f"label value {exc.args[0]!r} was not among the training classes") from None
+    return codes, known
+
+
+def table_to_tensors(df: Any, *, label: str, features: Sequence[str], normalization: dict[str, Any],
+                     classes: Sequence[Any] | None = None, bounds: dict[str, Sequence[float]] | None = None,
+                     source: str = "data") -> tuple[Tensor, Tensor]:
+    """Preprocess new rows exactly as training did (used by the audit and by serving)."""
+    missing = [c for c in [label, *features] if c not in df.columns]
+    if missing:
+        raise InputError(f"{source}: column {missing[0]!r} not found", hint=f"columns: {list(df.columns)[:20]}")
+    x = df[list(features)].to_numpy(dtype=np.float64)
+    if bounds:
+        lo = np.array([bounds.get(f, (-np.inf, np.inf))[0] for f in features])
+        hi = np.array([bounds.get(f, (-np.inf, np.inf))[1] for f in features])
+        x = np.clip(x, lo, hi)
+    shift = np.asarray(normalization.get("shift", 0.0))
+    scale = np.asarray(normalization.get("scale", 1.0))
+    y, _ = _label_codes(df[label], classes)
+    return torch.from_numpy(((x - shift) / scale).astype(np.float32)), torch.from_numpy(y)
+
+
+def _from_file(spec: dict[str, Any], test_fraction: float, seed: int) -> TabularData:
+    path = spec.pop("path")
+    label = spec.pop("label", None)
+    features = spec.pop("features", None)
+    normalize = str(spec.pop("normalize", "standard"))
+    bounds = spec.pop("bounds", None) or {}
+    if spec:
+        raise InputError(f"data: unknown option {sorted(spec)[0]!r}",
+                         hint="allowed: path, label, features, normalize, bounds, test_fraction, seed")
+    if not label:
+        raise InputError("data.label: name the label column", hint="e.g. label: outcome")
+    if normalize not in _NORMALIZERS:
+        raise InputError(f"data.normalize must be one of {_NORMALIZERS}, got {normalize!r}")
+    df = read_table(path)
+    if label not in df.columns:
+        raise InputError(f"data.label: column {label!r} not in {path}", hint=f"columns: {list(df.columns)[:20]}")
+    if features is None:
+        features = [c for c in df.columns if c != label and _is_numeric(df[c])]
+    if not features:
+        raise InputError(f"data: {path} has no numeric feature columns besides {label!r}",
+                         hint="de-identify/encode text columns first, or list data.features")
+    non_numeric = [c for c in features if c in df.columns and not _is_numeric(df[c])]
+    if non_numeric:
+        raise InputError(f"data.features: column {non_numeric[0]!r} is not numeric", hint="encode it first")
+    if df[list(features)].isna().any().any():
+        raise InputError(f"data: {path} has missing values in feature columns", hint="impute or drop them first")
+    y, classes = _label_codes(df[label], None)
+    x = df[list(features)].to_numpy(dtype=np.float64)
+    tr, te = _split_indices(len(y), test_fraction, seed)
+    data = _tabular(str(path), x, y, tr, te, normalize, tuple(features), classes, bounds)
+    data.normalization["label"] = label
+    if bounds:
+        data.normalization["bounds"] = {k: list(v) for k, v in bounds.items()}
+    return data
