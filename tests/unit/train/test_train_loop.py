@@ -94,7 +94,8 @@ def test_parquet_with_label_column_and_bounds(tmp_path):
     data = load_dataset({"path": str(path), "label": "outcome", "normalize": "minmax",
                          "bounds": {"age": [18, 100]}})
     assert data.feature_names == ("age", "bmi") and data.classes == ("no", "yes")
-    assert data.input_bounds[1] <= 1.0 + 1e-6
+    assert float(data.train.x.max()) <= 1.0 + 1e-6
+    assert data.normalization["shift"][0] + data.normalization["scale"][0] <= 100  # age 500 clipped to 100
     with pytest.raises(InputError, match="not numeric"):
         load_dataset({"path": str(path), "label": "outcome", "features": ["age", "note"]})
     with pytest.raises(InputError, match="label"):
