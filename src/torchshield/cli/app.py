@@ -12,6 +12,7 @@ import importlib
 import importlib.util
 import sys
 import traceback
+import warnings
 from collections.abc import Sequence
 
 import click
@@ -73,8 +74,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     sys.exit(run(argv))
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:  # type: ignore[no-untyped-def]
+    err_console.print(f"[yellow]warning:[/] {escape(str(message))}", markup=True, highlight=False, soft_wrap=True)
+
+
 def run(argv: Sequence[str] | None = None) -> int:
     """Run the CLI and return its exit code instead of exiting (used by tests)."""
+    warnings.showwarning = _show_warning
     app = build_app()
     try:
         rv = app(args=list(argv) if argv is not None else None, standalone_mode=False,

@@ -23,8 +23,8 @@ from rich.progress import (
 
 __all__ = ["JSON_OPTION", "STATE", "console", "emit", "err_console", "fail", "progress", "to_jsonable"]
 
-console = Console()
-err_console = Console(stderr=True)
+console = Console(soft_wrap=True)
+err_console = Console(stderr=True, soft_wrap=True)
 
 JSON_OPTION = typer.Option(False, "--json", help="Print one JSON document on stdout instead of text.")
 
