@@ -1,0 +1,46 @@
+"""Data de-identification: find PII in Chinese and English text and tables, transform it with
+keyed, reversible or irreversible operators, and release tables under k-anonymity.
+
+Threat model: the output of ``mask``/``kanon`` goes to people who must not learn who the
+records are about (an ML team, a vendor). Keyed operators (hash, encrypt, pseudonymise, date
+shift) are only as strong as the secrecy of the master key, which stays with the data owner;
+masked or tokenised data is *de-identified* (PIPL art. 73), not anonymous."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+__all__ = [
+    "ENTITY_TYPES",
+    "Finding",
+    "RecognizerRegistry",
+    "default_registry",
+    "find_pii",
+    "find_pii_batch",
+    "find_pii_dataframe",
+    "get_registry",
+]
+
+_LAZY = {name: "torchshield.data.pii" for name in __all__}
+
+if TYPE_CHECKING:  # pragma: no cover
+    from torchshield.data.pii import (
+        ENTITY_TYPES,
+        Finding,
+        RecognizerRegistry,
+        default_registry,
+        find_pii,
+        find_pii_batch,
+        find_pii_dataframe,
+        get_registry,
+    )
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'torchshield.data' has no attribute {name!r}")

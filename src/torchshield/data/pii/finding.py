@@ -1,0 +1,39 @@
+"""What a detector reports: one ``Finding`` per PII span, with offsets into the caller's text."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+__all__ = ["ENTITY_TYPES", "Finding"]
+
+# The entity names of the public API (issue 3). Recognisers a user registers may add more.
+ENTITY_TYPES: tuple[str, ...] = (
+    "ADDRESS", "BANK_CARD", "CN_HK_MACAU_PERMIT", "CN_LANDLINE", "CN_LICENSE_PLATE", "CN_MOBILE",
+    "CN_PASSPORT", "CN_RESIDENT_ID", "CN_USCC", "DATE_OF_BIRTH", "EMAIL", "IBAN", "IP_ADDRESS",
+    "PERSON", "PHONE_NUMBER", "URL", "US_SSN",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Finding:
+    """One detected PII span.
+
+    ``start``/``end`` are Python ``str`` indices into the text that was scanned (end exclusive),
+    so ``text[f.start:f.end] == f.text`` even when matching ran on a normalised copy.
+    ``score`` in [0, 1]: about 0.95+ for checksum-validated numbers, 0.5-0.85 for pattern or
+    dictionary matches, raised by nearby context words."""
+
+    type: str
+    start: int
+    end: int
+    text: str
+    score: float
+    recognizer: str = ""
+
+    def to_dict(self, *, redact: bool = False) -> dict[str, Any]:
+        """A JSON-able dict; ``redact=True`` drops the matched text (for reports that must not hold PII)."""
+        d = asdict(self)
+        if redact:
+            d.pop("text")
+        return d

@@ -1,0 +1,141 @@
+"""The recogniser contract and the two ready-made kinds: regex + validator + context words
+(``PatternRecognizer``) and any callable (``FunctionRecognizer``).
+
+A recogniser sees the normalised text (NFKC, ASCII digits, one hyphen) and its lower-cased
+copy, and yields ``RawMatch`` tuples in normalised coordinates; the engine maps them back,
+resolves overlaps and applies the score threshold. Patterns never use ``\\b``: next to CJK
+characters it does not fire in Python, so numbers use explicit digit/letter lookarounds."""
+
+from __future__ import annotations
+
+import re
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterable, Sequence
+from typing import NamedTuple
+
+__all__ = [
+    "FunctionRecognizer",
+    "NUM_AFTER",
+    "NUM_BEFORE",
+    "PatternRecognizer",
+    "RawMatch",
+    "Recognizer",
+    "has_context",
+]
+
+# Boundaries for numbers and codes: no ASCII letter or digit on either side (CJK is fine).
+NUM_BEFORE = r"(?<![0-9A-Za-z])"
+NUM_AFTER = r"(?![0-9A-Za-z])"
+
+
+class RawMatch(NamedTuple):
+    type: str
+    start: int
+    end: int
+    score: float
+
+
+def has_context(lower: str, start: int, end: int, words: Sequence[str], *, before: int = 24,
+                after: int = 12) -> bool:
+    """Whether any context word occurs within a character window around [start, end).
+
+    Windows are on the raw (lower-cased) string, not tokens: Chinese has no spaces."""
+    if not words:
+        return False
+    window = lower[max(0, start - before):start] + " " + lower[end:end + after]
+    return any(w in window for w in words)
+
+
+class Recognizer(ABC):
+    """Finds one or more entity types. ``languages`` None means it runs for every language."""
+
+    name: str = ""
+    entity_types: frozenset[str] = frozenset()
+    languages: frozenset[str] | None = None
+
+    @abstractmethod
+    def analyze(self, text: str, lower: str) -> Iterable[RawMatch]:
+        """Yield matches in ``text`` (already normalised); ``lower`` is ``text.lower()``."""
+
+
+# A validator gets the matched text with separators removed and answers: True (valid),
+# False/None (invalid), or a float score that replaces the recogniser's valid score.
+Validator = Callable[[str], "bool | float | None"]
+
+
+class PatternRecognizer(Recognizer):
+    """Regex + optional validator + context words, the workhorse for structured PII.
+
+    Scoring: a validated match gets ``score``; context words nearby add ``context_boost``.
+    ``require_context=True`` patterns (no checksum: 15-digit IDs, plates without cues, bare
+    10-digit phones) score ``no_context_score`` alone, below the default threshold. A match that
+    fails validation is dropped, unless context is present and ``invalid_score`` is set: then it
+    is kept with that low score (typos and OCR errors in real IDs are common; the default
+    threshold hides them, ``min_score=0`` shows them)."""
+
+    def __init__(self, name: str, entity: str, pattern: str | re.Pattern[str], *,
+                 validator: Validator | None = None, score: float = 0.6,
+                 context: Sequence[str] = (), context_boost: float = 0.25,
+                 require_context: bool = False, no_context_score: float = 0.3,
+                 invalid_score: float | None = 0.3, languages: Iterable[str] | None = None,
+                 flags: int = 0, group: int = 0,
+                 clean: Callable[[str], str] | None = None) -> None:
+        self.name = name
+        self.entity = entity
+        self.entity_types = frozenset({entity})
+        self.pattern = pattern if isinstance(pattern, re.Pattern) else re.compile(pattern, flags)
+        self.validator = validator
+        self.score = score
+        self.context = tuple(w.lower() for w in context)
+        self.context_boost = context_boost
+        self.require_context = require_context
+        self.no_context_score = no_context_score
+        self.invalid_score = invalid_score
+        self.languages = frozenset(languages) if languages is not None else None
+        self.group = group
+        self.clean = clean if clean is not None else _strip_seps
+
+    def analyze(self, text: str, lower: str) -> Iterable[RawMatch]:
+        for m in self.pattern.finditer(text):
+            start, end = m.span(self.group)
+            if start == end:
+                continue
+            ctx = has_context(lower, start, end, self.context)
+            score: float | None = self.score
+            if self.validator is not None:
+                verdict = self.validator(self.clean(text[start:end]))
+                if verdict is True:
+                    score = self.score
+                elif verdict is False or verdict is None:
+                    if not (ctx and self.invalid_score is not None):
+                        continue
+                    yield RawMatch(self.entity, start, end, self.invalid_score)
+                    continue
+                else:
+                    score = float(verdict)
+            if self.require_context and not ctx:
+                score = min(score, self.no_context_score)
+            elif ctx:
+                score = score + self.context_boost
+            yield RawMatch(self.entity, start, end, min(1.0, max(0.0, score)))
+
+
+def _strip_seps(s: str) -> str:
+    return s.replace(" ", "").replace("-", "")
+
+
+class FunctionRecognizer(Recognizer):
+    """Wraps ``fn(text) -> iterable of (type, start, end, score)``: bring any detector
+    (a model, a lookup table) without subclassing."""
+
+    def __init__(self, name: str, entity_types: Iterable[str],
+                 fn: Callable[[str], Iterable[tuple[str, int, int, float]]], *,
+                 languages: Iterable[str] | None = None) -> None:
+        self.name = name
+        self.entity_types = frozenset(entity_types)
+        self.fn = fn
+        self.languages = frozenset(languages) if languages is not None else None
+
+    def analyze(self, text: str, lower: str) -> Iterable[RawMatch]:
+        for t, s, e, sc in self.fn(text):
+            yield RawMatch(t, int(s), int(e), float(sc))

@@ -1,0 +1,263 @@
+"""Chinese recognisers: resident ID (18 and 15 digits), mobile, landline, USCC, passport,
+HK/Macau permits, licence plates, and the dictionary + rule recognisers for names and addresses.
+
+Validation rules follow reference/cn-pii-rules.md (GB 11643, GB 32100, MIIT prefixes, GA 36).
+Names and addresses have no checksum: names come from a surname list plus context cues and a
+set of characters that do not occur in given names; addresses from a province anchor (or an
+address cue) followed by administrative and street suffixes. Both are heuristics; their
+measured precision/recall is in docs/benchmarks.md."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+
+from torchshield.data.pii.lexicon import load_words
+from torchshield.data.pii.recognizer import NUM_AFTER, NUM_BEFORE, PatternRecognizer, RawMatch, Recognizer
+from torchshield.data.pii.validators import (
+    cn_id15_valid,
+    cn_id_valid,
+    cn_mobile_prefix_valid,
+    uscc_valid,
+)
+
+__all__ = ["ChineseAddressRecognizer", "ChineseNameRecognizer", "cn_recognizers"]
+
+CTX_ID = ("身份证", "身份号", "证件号", "公民身份", "居民身份", "id card", "id no", "identity")
+CTX_PHONE = ("手机", "电话", "联系方式", "联系", "微信", "致电", "tel", "phone", "mobile", "call")
+CTX_LANDLINE = ("电话", "座机", "固话", "办公", "传真", "联系", "tel", "phone", "fax")
+CTX_USCC = ("信用代码", "社会信用", "税号", "纳税人识别号", "营业执照", "uscc")
+CTX_PASSPORT = ("护照", "passport")
+CTX_PERMIT = ("通行证", "回乡证", "港澳", "permit")
+CTX_PLATE = ("车牌", "号牌", "车辆", "车号", "plate", "驾驶")
+
+_DATE = r"(?:18|19|20)[0-9]{2}(?:0[1-9]|1[0-2])(?:0[1-9]|[12][0-9]|3[01])"
+_ID18 = NUM_BEFORE + r"[1-9][0-9]{5}[ -]?" + _DATE + r"[ -]?[0-9]{3}[0-9Xx]" + NUM_AFTER
+_ID15 = NUM_BEFORE + r"[1-9][0-9]{7}(?:0[1-9]|1[0-2])(?:0[1-9]|[12][0-9]|3[01])[0-9]{3}" + NUM_AFTER
+_MOBILE = NUM_BEFORE + r"(?:(?:\+|00)?86[ -]?)?1[3-9][0-9][ -]?[0-9]{4}[ -]?[0-9]{4}" + NUM_AFTER
+_LANDLINE = (r"(?<![0-9A-Za-z])(?:\(0[0-9]{2,3}\)[ -]?|0(?:10|2[0-9]|[3-9][0-9]{2})[ -]?)"
+             r"[2-9][0-9]{6,7}(?:(?:-|转)[0-9]{1,6})?(?![0-9])")
+_USCC_CH = "0-9A-HJ-NP-RTUW-Y"
+_USCC = NUM_BEFORE + f"[1-9ANY][{_USCC_CH}][0-9]{{6}}[{_USCC_CH}]{{10}}" + NUM_AFTER
+_PASSPORT = NUM_BEFORE + r"(?:E[A-HJ-NP-Z][0-9]{7}|[EGK][0-9]{8}|(?:PE|SE|DE|MA)[0-9]{7})" + NUM_AFTER
+_PERMIT = NUM_BEFORE + r"(?:C[A-HJ-NP-Z][0-9]{7}|C[0-9]{8}|[HM][0-9]{8}(?:[0-9]{2})?)" + NUM_AFTER
+_PROV_ABBR = "京津冀晋蒙辽吉黑沪苏浙皖闽赣鲁豫鄂湘粤桂琼渝川贵云藏陕甘青宁新"
+_PLATE = (f"[{_PROV_ABBR}][A-HJ-NP-Z][ ·.-]?"
+          r"(?:[DF][A-HJ-NP-Z0-9][0-9]{4}|[0-9]{5}[DF]|[A-HJ-NP-Z0-9]{4}[A-HJ-NP-Z0-9挂学警港澳])"
+          r"(?![0-9A-Za-z])")
+
+
+def _id18(s: str) -> bool:
+    return cn_id_valid(s)
+
+
+def _mobile(s: str) -> bool:
+    digits = s.lstrip("+")
+    return len(digits) >= 11 and cn_mobile_prefix_valid(digits[-11:])
+
+
+def _landline(s: str) -> bool:
+    body = re.split(r"转", s.replace("(", "").replace(")", ""))[0]
+    if body.startswith(("010", "02")):
+        return len(body) >= 11  # 2-digit area codes take 8-digit local numbers
+    return 11 <= len(body) <= 12 or len(body) > 12  # extension digits follow after a hyphen
+
+
+_ORG_WEIGHTS = (3, 7, 9, 10, 5, 8, 4, 2)
+
+
+def _uscc(s: str) -> float | None:
+    if not uscc_valid(s):
+        return None
+    # The inner GB 11714 organisation code check is a soft extra signal.
+    body = s[8:16]
+    total = sum(int(c, 36) * w for c, w in zip(body, _ORG_WEIGHTS, strict=True))
+    c9 = 11 - total % 11
+    check = "X" if c9 == 10 else "0" if c9 == 11 else str(c9)
+    return 0.95 if s[16] == check else 0.85
+
+
+def cn_recognizers() -> list[Recognizer]:
+    """Fresh instances of every Chinese recogniser, in priority order."""
+    return [
+        PatternRecognizer("cn_resident_id_18", "CN_RESIDENT_ID", _ID18, validator=_id18, score=0.95,
+                          context=CTX_ID, context_boost=0.05, flags=re.ASCII),
+        PatternRecognizer("cn_resident_id_15", "CN_RESIDENT_ID", _ID15, validator=cn_id15_valid,
+                          score=0.5, context=CTX_ID, context_boost=0.35, require_context=True,
+                          flags=re.ASCII),
+        PatternRecognizer("cn_uscc", "CN_USCC", _USCC, validator=_uscc, score=0.95, context=CTX_USCC,
+                          context_boost=0.1, invalid_score=0.3, flags=re.ASCII),
+        PatternRecognizer("cn_mobile", "CN_MOBILE", _MOBILE, validator=_mobile, score=0.85,
+                          context=CTX_PHONE, context_boost=0.15, flags=re.ASCII,
+                          clean=lambda s: s.replace(" ", "").replace("-", "")),
+        PatternRecognizer("cn_landline", "CN_LANDLINE", _LANDLINE, validator=_landline, score=0.6,
+                          context=CTX_LANDLINE, context_boost=0.3, flags=re.ASCII,
+                          clean=lambda s: s.replace(" ", "").replace("-", "", 1)),
+        PatternRecognizer("cn_passport", "CN_PASSPORT", _PASSPORT, score=0.5, context=CTX_PASSPORT,
+                          context_boost=0.4, require_context=False, flags=re.ASCII),
+        PatternRecognizer("cn_hk_macau_permit", "CN_HK_MACAU_PERMIT", _PERMIT, score=0.35,
+                          context=CTX_PERMIT, context_boost=0.5, require_context=True, flags=re.ASCII),
+        PatternRecognizer("cn_license_plate", "CN_LICENSE_PLATE", _PLATE, score=0.7, context=CTX_PLATE,
+                          context_boost=0.25),
+        ChineseNameRecognizer(),
+        ChineseAddressRecognizer(),
+    ]
+
+
+_CJK = "\u4e00-\u9fff"
+
+# Characters that essentially never appear in a given name: function words, units, body and
+# medical words, and the first characters of the words that usually follow a name in records.
+_NOT_GIVEN = frozenset(
+    "的了在是和与及或于为被把将从到向对给让由等今年月日岁男女性说称因住来去已曾现其该此每各有无不也都"
+    "就还又再并而但且则即若如要会能可应需请使用经据按通过后前时中上下内外里手身电联系号码证卡址户籍院"
+    "科室诊断病史患者血压糖尿炎症癌瘤痛肿伤药片服次个位名省市区县路街道镇村乡万千百十两三四五六七"
+    "八九零份周期间级型类医疗检查治部门公司集团限责任股银行账办理申请核实于名下存异常交易使用尾还款先"
+    "士同学老师教授主任护经律医生的地籍贯出生联络邮箱网址微信电话手机身份证件以之所这那哪啥吗呢吧啊呀"
+    "您你我他她它们咱们自己已经正在通知告诉提供填写登记入离职工作业务客户用户账单订购买寄送收件发货"
+)
+_CUE_BEFORE = ("患者", "姓名", "名字", "申请人", "联系人", "客户", "病人", "家属", "签名", "医生", "医师",
+               "护士", "主任", "经办人", "收件人", "寄件人", "用户", "我叫", "我是", "员工", "学生", "被保险人",
+               "投保人", "借款人", "持卡人", "户主", "法人", "代表人", "负责人", "本人", "委托人", "监护人",
+               "name", "姓名:", "致", "叫", "由", "请", "：", ":")
+_STRONG_CUES = frozenset(c for c in _CUE_BEFORE if len(c) >= 2)
+_TITLE_AFTER = ("先生", "女士", "小姐", "医生", "老师", "同志", "教授", "主任", "大夫", "护士", "经理",
+                "律师", "同学", "师傅", "阿姨", "叔叔", "的身份证", "的手机", "的电话", "的银行卡", "的账户")
+_BOUNDARY = frozenset("，。；：、！？,.;:!?()（）[]【】\"'“”‘’《》 \t\n/|-—")
+_NOT_NAMES = frozenset({"高血压", "高血脂", "高血糖", "高烧", "高热", "黄疸", "白血病", "江苏", "方便", "金额",
+                        "常规", "安全", "全部", "明显", "明天", "时间", "文件", "通知", "高度", "于是", "向前",
+                        "张开", "周围", "周末", "林业", "成功", "成为", "杨树", "程序", "任务", "任何", "万元",
+                        "单位", "马上", "江西", "湖南", "湖北", "山东", "山西", "广东", "广西", "云南", "贵州",
+                        "福建", "安徽", "河南", "河北", "海南", "宁夏", "新疆", "西藏", "青海", "甘肃", "陕西",
+                        "四川", "吉林", "黑龙江", "辽宁", "浙江", "上海", "北京", "天津", "重庆", "台湾", "香港"})
+
+
+class ChineseNameRecognizer(Recognizer):
+    """Surname (single or compound, from a shipped list) + one or two given-name characters.
+
+    Why not a model: none ships offline with a permissive licence and fits the speed goal. The
+    surname list makes recall high; precision comes from cues (患者/姓名/申请人 before,
+    先生/女士 after, punctuation boundaries) and from rejecting characters that do not occur in
+    given names. Without a cue a candidate scores below the default threshold."""
+
+    name = "cn_person"
+    entity_types = frozenset({"PERSON"})
+    languages = frozenset({"zh"})
+
+    def __init__(self) -> None:
+        words = load_words("zh_surnames")
+        compound = "|".join(sorted(w for w in words if len(w) > 1))
+        single = "".join(sorted(w for w in words if len(w) == 1))
+        self._pattern = re.compile(f"(?:{compound}|[{single}])[{_CJK}]{{1,2}}")
+
+    def analyze(self, text: str, lower: str) -> Iterable[RawMatch]:
+        pos = 0
+        n = len(text)
+        while True:
+            m = self._pattern.search(text, pos)
+            if m is None:
+                return
+            start = m.start()
+            sl = 2 if (m.end() - start == 4 or (m.end() - start == 3 and text[start:start + 2] in _COMPOUND)) else 1
+            g_start = start + sl
+            end = g_start
+            while end < n and end < g_start + 2 and _is_cjk(text[end]) and text[end] not in _NOT_GIVEN:
+                end += 1
+            if end == g_start or any(text[start:end].startswith(w) or w.startswith(text[start:end])
+                                     for w in _NOT_NAMES if w[0] == text[start]):
+                pos = start + 1
+                continue
+            score = self._score(text, start, end)
+            if score > 0:
+                yield RawMatch("PERSON", start, end, score)
+                pos = end
+            else:
+                pos = start + 1
+
+    @staticmethod
+    def _score(text: str, start: int, end: int) -> float:
+        before = text[max(0, start - 8):start].lower()
+        after = text[end:end + 4]
+        score = 0.2
+        strong = any(before.rstrip(" ：:").endswith(c) for c in _STRONG_CUES)
+        if strong:
+            score += 0.4
+        elif any(before.endswith(c) for c in _CUE_BEFORE):
+            score += 0.15
+        if any(after.startswith(t) for t in _TITLE_AFTER):
+            score += 0.3
+        if start == 0 or text[start - 1] in _BOUNDARY or not _is_cjk(text[start - 1]):
+            score += 0.1
+        if end == len(text) or text[end] in _BOUNDARY or not _is_cjk(text[end]) or text[end] in "的在说是今于":
+            score += 0.1
+        return min(score, 0.95)
+
+
+_COMPOUND = frozenset(w for w in load_words("zh_surnames") if len(w) == 2)
+
+
+def _is_cjk(ch: str) -> bool:
+    return "\u4e00" <= ch <= "\u9fff"
+
+
+_PROVINCES = ("北京", "天津", "上海", "重庆", "河北", "山西", "辽宁", "吉林", "黑龙江", "江苏", "浙江", "安徽",
+              "福建", "江西", "山东", "河南", "湖北", "湖南", "广东", "海南", "四川", "贵州", "云南", "陕西",
+              "甘肃", "青海", "台湾", "内蒙古", "广西", "西藏", "宁夏", "新疆", "香港", "澳门")
+_PROV_SUFFIX = "(?:省|市|壮族自治区|回族自治区|维吾尔自治区|自治区|特别行政区)?"
+_ADDR_CUES = "(?:住址|地址|住在|家住|现住|居住在|居住于|住于|位于|户籍地|户籍|寄往|寄到|送至|送到|搬到|来自)"
+_ADMIN = "省市区县州盟旗镇乡"
+_STREET = "路街道巷弄村里"
+_NUMBERED = "号楼栋幢座室层元"
+_ADDR_BODY = f"[{_CJK}A-Za-z0-9#-]"
+
+
+class ChineseAddressRecognizer(Recognizer):
+    """Province (or an address cue such as 住址) + administrative / street / number parts.
+
+    The span grows over address characters and is cut back to its last address suffix
+    (市, 区, 路, 号, 座, 室, ...); a trailing 6-digit postcode is included. Score grows with the
+    number of levels present: province + district + street/number is an address; a bare
+    province name is not."""
+
+    name = "cn_address"
+    entity_types = frozenset({"ADDRESS"})
+    languages = frozenset({"zh"})
+
+    def __init__(self) -> None:
+        prov = "|".join(sorted(_PROVINCES, key=len, reverse=True))
+        self._anchor = re.compile(f"(?:{prov}){_PROV_SUFFIX}|{_ADDR_CUES}[：: ]?(?=[{_CJK}])")
+        self._body = re.compile(f"{_ADDR_BODY}{{0,40}}")
+        self._post = re.compile(r" ?[0-9]{6}(?![0-9])")
+
+    def analyze(self, text: str, lower: str) -> Iterable[RawMatch]:
+        pos = 0
+        while True:
+            m = self._anchor.search(text, pos)
+            if m is None:
+                return
+            cue = m.group(0)[:2] not in _PROVINCES_2
+            start = m.end() if cue else m.start()
+            body = self._body.match(text, m.end())
+            assert body is not None
+            seg = text[start:body.end()]
+            cut = max((i for i, ch in enumerate(seg) if ch in _ADMIN or ch in _STREET or ch in _NUMBERED),
+                      default=-1)
+            if cut < 0:
+                pos = m.end()
+                continue
+            end = start + cut + 1
+            seg = text[start:end]
+            levels = sum(1 for ch in set(seg) if ch in _ADMIN) + (1 if any(c in _STREET for c in seg) else 0) \
+                + (1 if any(c in _NUMBERED for c in seg) or any(c.isdigit() for c in seg) else 0)
+            post = self._post.match(text, end)
+            if post is not None:
+                end = post.end()
+            score = 0.3 + 0.2 * min(levels, 3) + (0.1 if cue else 0.0)
+            if levels >= 2 or (cue and levels >= 1):
+                yield RawMatch("ADDRESS", start, end, min(score, 0.95))
+                pos = end
+            else:
+                pos = m.end()
+
+
+_PROVINCES_2 = frozenset(p[:2] for p in _PROVINCES)
