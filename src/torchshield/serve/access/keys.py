@@ -1,0 +1,187 @@
+"""API keys: random bearer tokens, stored only as a keyed hash.
+
+A token reads ``tsk_<key_id>_<secret>``: ``key_id`` (16 hex characters) names the key in the
+database, the audit log and the CLI; ``secret`` is 32 random bytes (256 bits, base64url). The
+database keeps ``HMAC-SHA256(MasterKey.derive("serve/api-key-hash"), token)`` and nothing
+else about the secret, so a stolen database (or backup) yields no usable key and cannot be
+brute-forced offline without the master key. The stored hash is compared with
+``hmac.compare_digest``.
+
+Threat model: callers guessing or replaying tokens, a reader of the database, a leaked log.
+Every request reads the key's row (expiry, revocation) from the shared database, so revoking
+a key is effective for the very next request in every worker; a token that does not parse
+fails before any query with the same 401 as an unknown one.
+"""
+
+from __future__ import annotations
+
+import base64
+import hmac
+import json
+import re
+import secrets
+import time
+from dataclasses import dataclass, field
+from hashlib import sha256
+from typing import Any
+
+from torchshield.errors import InputError
+from torchshield.serve.rbac import GLOBAL, ROLES, grant_rows
+
+__all__ = ["ApiKey", "KeyStore", "NewKey", "parse_duration", "valid_model_name"]
+
+_TOKEN_RE = re.compile(r"tsk_([0-9a-f]{16})_([A-Za-z0-9_-]{43})")
+_MODEL_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+_DURATION_RE = re.compile(r"(\d+)([smhdw])")
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def parse_duration(text: str) -> float:
+    """``30d`` -> seconds; units s, m, h, d, w."""
+    m = _DURATION_RE.fullmatch(text.strip())
+    if not m or int(m.group(1)) <= 0:
+        raise InputError(f"--expires: {text!r} is not a duration", hint="use e.g. 90m, 12h, 30d or 4w")
+    return int(m.group(1)) * _UNITS[m.group(2)]
+
+
+def valid_model_name(name: str) -> bool:
+    return bool(_MODEL_RE.fullmatch(name)) and ".." not in name
+
+
+@dataclass(frozen=True)
+class ApiKey:
+    """What the service knows about a key (never its secret)."""
+
+    key_id: str
+    name: str
+    role: str
+    models: tuple[str, ...]
+    created_at: float
+    created_by: str = ""
+    expires_at: float | None = None
+    revoked_at: float | None = None
+    rate_per_s: float | None = None
+    burst: int | None = None
+
+    def status(self, now: float | None = None) -> str:
+        now = time.time() if now is None else now
+        if self.revoked_at is not None:
+            return "revoked"
+        if self.expires_at is not None and now >= self.expires_at:
+            return "expired"
+        return "active"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"key_id": self.key_id, "name": self.name, "role": self.role, "models": list(self.models),
+                "created_at": self.created_at, "created_by": self.created_by, "expires_at": self.expires_at,
+                "revoked_at": self.revoked_at, "rate_per_s": self.rate_per_s, "burst": self.burst,
+                "status": self.status()}
+
+
+@dataclass(frozen=True)
+class NewKey:
+    """A freshly created key: ``token`` is shown once and never stored."""
+
+    key: ApiKey
+    token: str = field(repr=False)
+
+
+def _row_to_key(row: Any) -> ApiKey:
+    return ApiKey(key_id=row.key_id, name=row.name, role=row.role, models=tuple(json.loads(row.models)),
+                  created_at=row.created_at, created_by=row.created_by or "", expires_at=row.expires_at,
+                  revoked_at=row.revoked_at, rate_per_s=row.rate_per_s, burst=row.burst)
+
+
+class KeyStore:
+    """Create, authenticate, list and revoke API keys in the serving database."""
+
+    def __init__(self, db: Any, master: Any) -> None:
+        self._db = db
+        self._hash_key = master.derive("serve/api-key-hash")
+
+    def _hash(self, token: str) -> str:
+        return hmac.new(self._hash_key, token.encode(), sha256).hexdigest()
+
+    def create(self, *, role: str, models: list[str] | tuple[str, ...] = (GLOBAL,), name: str = "",
+               expires_in: float | None = None, created_by: str = "", rate_per_s: float | None = None,
+               burst: int | None = None) -> NewKey:
+        import sqlalchemy as sa
+
+        if role not in ROLES:
+            raise InputError(f"--role: unknown role {role!r}", hint=f"choose one of {', '.join(sorted(ROLES))}")
+        models = sorted(set(models)) or [GLOBAL]
+        bad = [m for m in models if m != GLOBAL and not valid_model_name(m)]
+        if bad or (GLOBAL in models and len(models) > 1):
+            raise InputError("--model: model names are letters, digits, '.', '_' and '-' (or '*' alone)")
+        if rate_per_s is not None and rate_per_s <= 0:
+            raise InputError("--rate: must be a positive number of requests per second")
+        key_id = secrets.token_hex(8)
+        token = f"tsk_{key_id}_{base64.urlsafe_b64encode(secrets.token_bytes(32)).rstrip(b'=').decode()}"
+        now = time.time()
+        key = ApiKey(key_id=key_id, name=name[:200], role=role, models=tuple(models), created_at=now,
+                     created_by=created_by, expires_at=None if expires_in is None else now + expires_in,
+                     rate_per_s=rate_per_s, burst=burst)
+        from casbin_sqlalchemy_adapter.adapter import CasbinRule
+
+        with self._db.writing() as conn:
+            conn.execute(sa.insert(self._db.t("api_keys")).values(
+                key_id=key_id, name=key.name, role=role, models=json.dumps(list(models)),
+                key_hash=self._hash(token), created_at=now, created_by=created_by,
+                expires_at=key.expires_at, rate_per_s=rate_per_s, burst=burst))
+            conn.execute(sa.insert(CasbinRule.__table__), grant_rows(key_id, role, list(models)))
+            self._db.bump_revision(conn)
+        return NewKey(key=key, token=token)
+
+    def authenticate(self, token: str | None, conn: Any | None = None) -> ApiKey | None:
+        """The active key for ``token``, or None (missing, malformed, unknown, expired or revoked)."""
+        if not token:
+            return None
+        m = _TOKEN_RE.fullmatch(token)
+        if m is None:
+            return None
+        row = self._row(m.group(1), conn)
+        if row is None or not hmac.compare_digest(row.key_hash, self._hash(token)):
+            return None
+        key = _row_to_key(row)
+        return key if key.status() == "active" else None
+
+    def _row(self, key_id: str, conn: Any | None) -> Any:
+        import sqlalchemy as sa
+
+        stmt = sa.select(self._db.t("api_keys")).where(self._db.t("api_keys").c.key_id == key_id)
+        if conn is not None:
+            return conn.execute(stmt).first()
+        with self._db.reading() as c:
+            return c.execute(stmt).first()
+
+    def get(self, key_id: str) -> ApiKey | None:
+        row = self._row(key_id, None) if re.fullmatch(r"[0-9a-f]{16}", key_id) else None
+        return None if row is None else _row_to_key(row)
+
+    def list(self, *, model: str | None = None) -> list[ApiKey]:
+        import sqlalchemy as sa
+
+        with self._db.reading() as conn:
+            rows = conn.execute(sa.select(self._db.t("api_keys")).order_by("created_at")).all()
+        keys = [_row_to_key(r) for r in rows]
+        return [k for k in keys if model is None or model in k.models]
+
+    def revoke(self, key_id: str) -> bool:
+        """Mark the key revoked and drop its grants; False if no such active key."""
+        import sqlalchemy as sa
+        from casbin_sqlalchemy_adapter.adapter import CasbinRule
+
+        t = self._db.t("api_keys")
+        rules = CasbinRule.__table__
+        with self._db.writing() as conn:
+            n = conn.execute(sa.update(t).where(t.c.key_id == key_id, t.c.revoked_at.is_(None))
+                             .values(revoked_at=time.time())).rowcount
+            conn.execute(sa.delete(rules).where(rules.c.ptype == "g", rules.c.v0 == key_id))
+            self._db.bump_revision(conn)
+        return bool(n)
+
+    def count(self) -> int:
+        import sqlalchemy as sa
+
+        with self._db.reading() as conn:
+            return int(conn.execute(sa.select(sa.func.count()).select_from(self._db.t("api_keys"))).scalar_one())

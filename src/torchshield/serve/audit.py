@@ -1,0 +1,207 @@
+"""A tamper-evident audit log: one SQL row per decision, chained by HMAC-SHA256.
+
+Record ``n`` stores ``mac_n = HMAC(K, mac_{n-1} || body_n)`` where ``body_n`` is the canonical
+JSON of the record (sorted keys, no spaces, its own sequence number inside) and ``K =
+MasterKey.derive("serve/audit-chain")``. A head row keeps the last ``(seq, mac)``. Editing a
+record breaks its MAC, deleting one breaks the next record's link, inserting one needs K,
+reordering changes the sequence numbers bound into the MACs, and cutting the tail disagrees
+with the head. :func:`AuditLog.verify` walks the chain and names the first bad record.
+
+Threat model: someone with write access to the database but not to the master key edits the
+trail after the fact. Not covered: that person rewinding the head *and* truncating the tail to
+an earlier consistent state; export the head (``audit verify --json``) to another system to
+anchor it. Records hold key ids, model names, decisions, status codes and keyed digests of
+request bodies, never tokens or inputs.
+
+Writes: records are appended in one transaction per batch under the chain lock (``BEGIN
+IMMEDIATE`` on SQLite, ``SELECT ... FOR UPDATE`` on PostgreSQL), so several workers and
+processes interleave safely. :class:`AuditWriter` batches concurrent requests into one commit
+(group commit) and each request waits for its commit before its response is sent.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import queue
+import threading
+from collections.abc import Iterator
+from concurrent.futures import Future
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from hashlib import sha256
+from typing import Any
+
+__all__ = ["AuditLog", "AuditWriter", "VerifyReport", "canonical_json"]
+
+GENESIS = "0" * 64
+
+
+def canonical_json(obj: Any) -> str:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
+def _now_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="microseconds")
+
+
+@dataclass(frozen=True)
+class VerifyReport:
+    """Outcome of a chain walk; ``first_bad`` is the sequence number of the first bad record."""
+
+    ok: bool
+    records: int
+    head_seq: int
+    head_mac: str
+    first_bad: int | None = None
+    reason: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"ok": self.ok, "records": self.records, "head_seq": self.head_seq, "head_mac": self.head_mac,
+                "first_bad": self.first_bad, "reason": self.reason}
+
+
+class AuditLog:
+    """Append to, read and verify the audit chain in the serving database."""
+
+    def __init__(self, db: Any, master: Any) -> None:
+        self._db = db
+        self._key = master.derive("serve/audit-chain")
+        self._digest_key = master.derive("serve/audit-digest")
+
+    def digest(self, data: bytes) -> str:
+        """A keyed digest of request content: links records to inputs without storing them."""
+        return hmac.new(self._digest_key, data, sha256).hexdigest()[:32]
+
+    def _mac(self, prev: str, body: str) -> str:
+        return hmac.new(self._key, bytes.fromhex(prev) + body.encode(), sha256).hexdigest()
+
+    def append_many(self, records: list[dict[str, Any]]) -> list[int]:
+        """Append ``records`` (JSON-able dicts without ``seq``/``ts``) atomically; returns their seqs."""
+        import sqlalchemy as sa
+
+        head, log = self._db.t("audit_head"), self._db.t("audit_log")
+        with self._db.writing() as conn:
+            row = conn.execute(sa.select(head.c.seq, head.c.mac).where(head.c.id == 1).with_for_update()).one()
+            seq, mac = int(row.seq), row.mac
+            rows, seqs = [], []
+            for rec in records:
+                seq += 1
+                ts = _now_iso()
+                body = canonical_json({**rec, "seq": seq, "ts": ts})
+                new_mac = self._mac(mac, body)
+                rows.append({"seq": seq, "ts": ts, "body": body, "prev_mac": mac, "mac": new_mac})
+                mac = new_mac
+                seqs.append(seq)
+            conn.execute(sa.insert(log), rows)
+            conn.execute(sa.update(head).where(head.c.id == 1).values(seq=seq, mac=mac))
+        return seqs
+
+    def append(self, record: dict[str, Any]) -> int:
+        return self.append_many([record])[0]
+
+    def head(self) -> tuple[int, str]:
+        import sqlalchemy as sa
+
+        head = self._db.t("audit_head")
+        with self._db.reading() as conn:
+            row = conn.execute(sa.select(head.c.seq, head.c.mac).where(head.c.id == 1)).one()
+        return int(row.seq), row.mac
+
+    def iter_rows(self, *, since: str | None = None, after_seq: int = 0, limit: int | None = None) -> Iterator[Any]:
+        import sqlalchemy as sa
+
+        log = self._db.t("audit_log")
+        stmt = sa.select(log).where(log.c.seq > after_seq).order_by(log.c.seq)
+        if since:
+            stmt = stmt.where(log.c.ts >= since)
+        if limit is not None:
+            stmt = stmt.limit(limit)
+        with self._db.reading() as conn:
+            yield from conn.execution_options(yield_per=2000).execute(stmt)
+
+    def records(self, *, since: str | None = None, after_seq: int = 0, limit: int | None = None) -> list[dict]:
+        """Records as dicts (their bodies plus ``mac``), oldest first."""
+        return [{**json.loads(r.body), "mac": r.mac} for r in self.iter_rows(since=since, after_seq=after_seq,
+                                                                               limit=limit)]
+
+    def count(self) -> int:
+        import sqlalchemy as sa
+
+        with self._db.reading() as conn:
+            return int(conn.execute(sa.select(sa.func.count()).select_from(self._db.t("audit_log"))).scalar_one())
+
+    def verify(self) -> VerifyReport:
+        """Walk the whole chain; the report names the first record that does not check out."""
+        head_seq, head_mac = self.head()
+        prev, expect, n = GENESIS, 1, 0
+
+        def bad(seq: int, reason: str) -> VerifyReport:
+            return VerifyReport(False, n, head_seq, head_mac, seq, reason)
+
+        for row in self.iter_rows():
+            seq = int(row.seq)
+            if seq != expect:
+                return bad(expect, f"record {expect} is missing (next stored record is {seq})")
+            try:
+                body = json.loads(row.body)
+            except ValueError:
+                return bad(seq, f"record {seq} is not valid JSON")
+            if body.get("seq") != seq or body.get("ts") != row.ts:
+                return bad(seq, f"record {seq} was moved or its time edited")
+            if not hmac.compare_digest(row.prev_mac, prev):
+                return bad(seq, f"record {seq} does not link to record {seq - 1} (deleted, inserted or reordered)")
+            if not hmac.compare_digest(row.mac, self._mac(prev, row.body)):
+                return bad(seq, f"record {seq} was edited (its MAC does not match)")
+            prev, expect, n = row.mac, seq + 1, n + 1
+        if n != head_seq or not hmac.compare_digest(prev, head_mac):
+            return bad(min(n + 1, head_seq) if head_seq else n,
+                       f"chain ends at record {n} but the head says {head_seq} (records cut or head edited)")
+        return VerifyReport(True, n, head_seq, head_mac)
+
+
+class AuditWriter:
+    """Group commit for concurrent requests: one writer thread, one transaction per batch.
+
+    ``submit`` returns a future that resolves once the record is committed; the HTTP layer
+    awaits it before sending the response, so an acknowledged request always has its record."""
+
+    def __init__(self, log: AuditLog, *, max_batch: int = 512) -> None:
+        self._log = log
+        self._max = max_batch
+        self._q: queue.SimpleQueue[tuple[dict, Future] | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="torchshield-audit", daemon=True)
+        self._thread.start()
+
+    def submit(self, record: dict[str, Any]) -> Future:
+        fut: Future = Future()
+        self._q.put((record, fut))
+        return fut
+
+    def _run(self) -> None:
+        while True:
+            item = self._q.get()
+            if item is None:
+                return
+            batch = [item]
+            while len(batch) < self._max:
+                try:
+                    nxt = self._q.get_nowait()
+                except queue.Empty:
+                    break
+                if nxt is None:
+                    self._q.put(None)
+                    break
+                batch.append(nxt)
+            try:
+                seqs = self._log.append_many([rec for rec, _ in batch])
+            except Exception as exc:  # noqa: BLE001 - every waiting request learns its record failed
+                for _, fut in batch:
+                    fut.set_exception(exc)
+            else:
+                for (_, fut), seq in zip(batch, seqs, strict=True):
+                    fut.set_result(seq)
+
+    def close(self) -> None:
+        self._q.put(None)
+        self._thread.join(timeout=10)

@@ -1,0 +1,199 @@
+"""The serving database: API keys, Casbin policies, the audit chain and shared counters.
+
+One SQLAlchemy URL picks the backend: SQLite (the default, a file next to the service, WAL
+journal) or PostgreSQL (``postgresql+psycopg://user@host/db``). Everything that several
+uvicorn workers must agree on lives here, never only in a process: key state (so a revocation
+is seen by the next request in every worker), the policy revision counter (workers reload
+Casbin policies when it moves), the audit chain head, and optionally the rate-limit buckets.
+
+Why two engines for SQLite: a deferred SQLite transaction that reads and then writes fails
+with ``SQLITE_BUSY`` when another process committed in between, and ``busy_timeout`` does not
+help with that upgrade. Writers therefore start with ``BEGIN IMMEDIATE`` (they queue on the
+write lock instead), while readers keep plain deferred transactions that never block in WAL
+mode. PostgreSQL serialises the chain with ``SELECT ... FOR UPDATE`` on the head row instead.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from torchshield.errors import InputError
+
+__all__ = ["Database", "open_database", "redact_url"]
+
+
+def _tables() -> Any:
+    import sqlalchemy as sa
+
+    md = sa.MetaData()
+    sa.Table(
+        "serve_api_keys", md,
+        sa.Column("key_id", sa.String(32), primary_key=True),
+        sa.Column("name", sa.String(200), nullable=False, default=""),
+        sa.Column("role", sa.String(64), nullable=False),
+        sa.Column("models", sa.Text, nullable=False),  # JSON list of model names, or ["*"]
+        sa.Column("key_hash", sa.String(64), nullable=False),
+        sa.Column("created_at", sa.Float, nullable=False),
+        sa.Column("created_by", sa.String(32), nullable=False, default=""),
+        sa.Column("expires_at", sa.Float, nullable=True),
+        sa.Column("revoked_at", sa.Float, nullable=True),
+        sa.Column("rate_per_s", sa.Float, nullable=True),
+        sa.Column("burst", sa.Integer, nullable=True),
+    )
+    sa.Table(
+        "serve_revision", md,
+        sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
+        sa.Column("revision", sa.BigInteger, nullable=False),
+    )
+    sa.Table(
+        "serve_audit_head", md,
+        sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
+        sa.Column("seq", sa.BigInteger, nullable=False),
+        sa.Column("mac", sa.String(64), nullable=False),
+    )
+    sa.Table(
+        "serve_audit_log", md,
+        sa.Column("seq", sa.BigInteger, primary_key=True, autoincrement=False),
+        sa.Column("ts", sa.String(40), nullable=False),
+        sa.Column("body", sa.Text, nullable=False),  # canonical JSON of the record
+        sa.Column("prev_mac", sa.String(64), nullable=False),
+        sa.Column("mac", sa.String(64), nullable=False),
+    )
+    sa.Table(
+        "serve_rate_buckets", md,
+        sa.Column("key_id", sa.String(32), primary_key=True),
+        sa.Column("tokens", sa.Float, nullable=False),
+        sa.Column("updated", sa.Float, nullable=False),
+    )
+    return md
+
+
+def redact_url(url: str) -> str:
+    """The URL with any password replaced, for messages and logs."""
+    try:
+        from sqlalchemy.engine import make_url
+
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # noqa: BLE001 - a URL that does not parse is shown without its userinfo
+        return url.split("@")[-1]
+
+
+@dataclass
+class Database:
+    """Engines and tables of one serving database; build it with :func:`open_database`."""
+
+    url: str
+    read_engine: Any
+    write_engine: Any
+    tables: Any
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.read_engine.dialect.name == "sqlite"
+
+    def t(self, name: str) -> Any:
+        return self.tables.tables[f"serve_{name}"]
+
+    @contextmanager
+    def reading(self) -> Iterator[Any]:
+        with self.read_engine.connect() as conn:
+            yield conn
+
+    @contextmanager
+    def writing(self) -> Iterator[Any]:
+        """A write transaction that holds the database's write lock from its first statement (SQLite)."""
+        with self.write_engine.begin() as conn:
+            yield conn
+
+    def revision(self, conn: Any | None = None) -> int:
+        import sqlalchemy as sa
+
+        stmt = sa.select(self.t("revision").c.revision).where(self.t("revision").c.id == 1)
+        if conn is not None:
+            return int(conn.execute(stmt).scalar_one())
+        with self.reading() as c:
+            return int(c.execute(stmt).scalar_one())
+
+    def bump_revision(self, conn: Any) -> None:
+        """Tell every worker that keys or policies changed (call inside the changing transaction)."""
+        import sqlalchemy as sa
+
+        rev = self.t("revision")
+        conn.execute(sa.update(rev).where(rev.c.id == 1).values(revision=rev.c.revision + 1))
+
+    def dispose(self) -> None:
+        self.read_engine.dispose()
+        if self.write_engine is not self.read_engine:
+            self.write_engine.dispose()
+
+
+def _sqlite_engine(url: str, *, immediate: bool) -> Any:
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
+
+    @sa.event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        dbapi_conn.isolation_level = None  # we issue BEGIN ourselves
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA busy_timeout=30000")
+        cur.execute("PRAGMA journal_mode=WAL")  # persistent; readers never block the writer
+        # NORMAL in WAL mode: a committed transaction survives a killed process (not a power cut).
+        cur.execute("PRAGMA synchronous=NORMAL")
+        cur.close()
+
+    @sa.event.listens_for(engine, "begin")
+    def _on_begin(conn: Any) -> None:
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+    return engine
+
+
+def open_database(url: str, *, create: bool = True) -> Database:
+    """Connect to ``url``, create missing tables and check that the database takes writes.
+
+    A database that is down, missing or read-only fails here with an :class:`InputError` naming
+    the (password-free) URL, so the service never starts half-working."""
+    import sqlalchemy as sa
+
+    shown = redact_url(url)
+    try:
+        parsed = sa.engine.make_url(url)
+    except Exception as exc:  # noqa: BLE001
+        raise InputError(f"--db: not a database URL: {shown!r}",
+                         hint="use sqlite:///shield.db or postgresql+psycopg://user@host/db") from exc
+    try:
+        if parsed.get_backend_name() == "sqlite":
+            read, write = _sqlite_engine(url, immediate=False), _sqlite_engine(url, immediate=True)
+        else:
+            read = write = sa.create_engine(url, pool_pre_ping=True, pool_size=8, max_overflow=16)
+    except (ImportError, sa.exc.NoSuchModuleError, sa.exc.ArgumentError) as exc:
+        raise InputError(f"--db: cannot use {shown}: {type(exc).__name__}",
+                         hint="for PostgreSQL install psycopg[binary] and use postgresql+psycopg://") from exc
+    db = Database(url=url, read_engine=read, write_engine=write, tables=_tables())
+    try:
+        if create:
+            from torchshield.serve.rbac import create_policy_table
+
+            db.tables.create_all(write)
+            create_policy_table(write)
+        with db.writing() as conn:  # a real write: proves the database is writable now
+            _ensure_row(conn, db.t("revision"), {"id": 1, "revision": 0})
+            _ensure_row(conn, db.t("audit_head"), {"id": 1, "seq": 0, "mac": "0" * 64})
+            db.bump_revision(conn)
+    except sa.exc.SQLAlchemyError as exc:
+        db.dispose()
+        reason = str(getattr(exc, "orig", exc)).splitlines()[0][:200]
+        raise InputError(f"--db: database {shown} is unreachable or read-only: {reason}",
+                         hint="check the URL, that the server runs, and that this user may write") from exc
+    return db
+
+
+def _ensure_row(conn: Any, table: Any, values: dict[str, Any]) -> None:
+    import sqlalchemy as sa
+
+    if conn.execute(sa.select(table.c.id).where(table.c.id == values["id"])).first() is None:
+        conn.execute(sa.insert(table).values(**values))

@@ -1,0 +1,344 @@
+"""The HTTP front of the serving core (the only module that imports FastAPI).
+
+Cross-cutting concerns sit in one pure-ASGI middleware, :class:`GuardMiddleware`, around every
+route: it bounds the request body (413), times the request, and writes exactly one audit record
+per request, committed before the first byte of the response leaves (a failed audit write
+turns the response into a 503, fail closed). Authentication, Casbin authorization and rate
+limiting run per route through :meth:`Service.check`, because the decision depends on the
+route's object, action and model. Error bodies are ``{"error": {"code", "message"}}`` and never
+contain a token, an input or a database detail.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from torchshield.serve.access.keys import parse_duration, valid_model_name
+from torchshield.serve.http.metrics import Metrics
+from torchshield.serve.models import InvalidInput
+from torchshield.serve.rbac import GLOBAL
+from torchshield.serve.service import Decision, Service
+
+__all__ = ["ApiError", "GuardMiddleware", "create_app"]
+
+_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found", 405: "method_not_allowed",
+          413: "payload_too_large", 415: "unsupported_media_type", 422: "invalid_input", 429: "rate_limited",
+          500: "internal_error", 503: "unavailable"}
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str, *, headers: dict[str, str] | None = None) -> None:
+        self.status, self.message, self.headers = status, message, headers or {}
+
+
+def _error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    hdrs = dict(headers or {})
+    if status == 401:
+        hdrs.setdefault("WWW-Authenticate", 'Bearer realm="torchshield"')
+    return JSONResponse({"error": {"code": _CODES.get(status, "error"), "message": message}}, status, hdrs)
+
+
+def _bearer(request: Request) -> str | None:
+    h = request.headers.get("authorization", "")
+    scheme, _, token = h.partition(" ")
+    return token.strip() if scheme.lower() == "bearer" and token else None
+
+
+def _audit_ctx(request: Request) -> dict[str, Any]:
+    return request.scope.setdefault("state", {}).setdefault("audit", {})
+
+
+class GuardMiddleware:
+    """Body limit, timing, metrics and one committed audit record per request (pure ASGI)."""
+
+    def __init__(self, app: Any, *, service: Service, metrics: Metrics) -> None:
+        self.app, self.service, self.metrics = app, service, metrics
+        self.limit = service.config.body_limit
+        self.audit_on = service.config.security
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        t0 = time.perf_counter()
+        ctx: dict[str, Any] = {"action": "unknown", "decision": "deny", "reason": ""}
+        scope.setdefault("state", {})["audit"] = ctx
+        too_big = False
+        try:
+            declared = int(dict(scope["headers"]).get(b"content-length", b"0") or 0)
+        except ValueError:
+            declared = 0
+        body = b""
+        if declared > self.limit:
+            too_big = True
+        else:
+            chunks, total, more = [], 0, True
+            while more:
+                msg = await receive()
+                if msg["type"] == "http.disconnect":
+                    return
+                chunk = msg.get("body", b"")
+                total += len(chunk)
+                if total > self.limit:
+                    too_big = True
+                    break
+                chunks.append(chunk)
+                more = msg.get("more_body", False)
+            body = b"".join(chunks)
+        scope["state"]["body"] = body
+        replayed = False
+
+        async def replay() -> dict:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            await asyncio.Event().wait()  # behave like a client that says nothing more
+            return {"type": "http.disconnect"}
+
+        state = {"held": None}
+
+        async def guarded_send(msg: dict) -> None:
+            if msg["type"] == "http.response.start":
+                status = msg["status"]
+                ok = await self._commit(scope, ctx, status, t0)
+                if not ok:
+                    state["held"] = "dropped"
+                    resp = _error(503, "the audit log could not be written; request not answered")
+                    await resp(scope, _nothing, send)
+                    return
+            elif state["held"] == "dropped":
+                return
+            await send(msg)
+
+        if too_big:
+            ctx.update(action="body_limit", reason=f"body over {self.limit} bytes")
+            await _error(413, f"request body is larger than the limit of {self.limit} bytes")(
+                scope, _nothing, guarded_send)
+            return
+        await self.app(scope, replay, guarded_send)
+
+    async def _commit(self, scope: dict, ctx: dict, status: int, t0: float) -> bool:
+        route = ctx.get("route") or "unmatched"
+        elapsed = time.perf_counter() - t0
+        self.metrics.observe_request(route, status, elapsed)
+        if not self.audit_on or ctx.get("skip_audit"):
+            return True
+        body = scope["state"].get("body", b"")
+        record = {"action": ctx["action"], "key_id": ctx.get("key_id"), "model": ctx.get("model"),
+                  "decision": "allow" if status < 400 else "deny", "reason": ctx.get("reason", "")[:200],
+                  "status": status, "method": scope.get("method", ""), "route": route,
+                  "latency_us": int(elapsed * 1e6),
+                  "body_digest": self.service.audit.digest(body) if body else None}
+        if ctx.get("detail"):
+            record["detail"] = ctx["detail"]
+        try:
+            await asyncio.wrap_future(self.service.audit_writer.submit(record))
+        except Exception:  # noqa: BLE001 - fail closed, without leaking database details
+            return False
+        return True
+
+
+async def _nothing() -> dict:
+    return {"type": "http.disconnect"}
+
+
+def create_app(service: Service) -> FastAPI:
+    """The FastAPI application for ``service`` (OpenAPI docs at /docs and /openapi.json)."""
+    metrics = Metrics()
+    secure = service.config.security
+    app = FastAPI(title="torchshield inference service", version="1",
+                  description="Authenticated, rate-limited, audited model inference. "
+                              "Send `Authorization: Bearer <key>`; keys come from `torchshield access`.")
+    app.state.service = service
+    app.add_middleware(GuardMiddleware, service=service, metrics=metrics)
+
+    @app.exception_handler(ApiError)
+    async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
+        _audit_ctx(request)["reason"] = exc.message
+        return _error(exc.status, exc.message, exc.headers)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        msg = "no such endpoint" if exc.status_code == 404 else str(exc.detail)[:200]
+        return _error(exc.status_code, msg)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return _error(422, "request parameters are invalid")
+
+    async def guard(request: Request, action: str, route: str, obj: str, act: str,
+                    model: str | None = None, exists: bool = True) -> Decision:
+        ctx = _audit_ctx(request)
+        ctx.update(action=action, route=route)
+        if model is not None:
+            ctx["model"] = model if valid_model_name(model) else "<invalid name>"
+        if not secure:
+            return Decision(200, "security off")
+        d = await run_in_threadpool(service.check, _bearer(request), model or GLOBAL, obj, act,
+                                    model_exists=exists)
+        ctx.update(key_id=d.key.key_id if d.key else None, reason=d.reason)
+        if not d.allowed:
+            headers = {"Retry-After": str(d.retry_after)} if d.status == 429 else None
+            raise ApiError(d.status, d.reason, headers=headers)
+        return d
+
+    def json_body(request: Request) -> Any:
+        ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if ctype != "application/json":
+            raise ApiError(415, "send the body as application/json")
+        try:
+            return json.loads(request.scope["state"]["body"])
+        except (ValueError, RecursionError):
+            raise ApiError(422, "body is not valid JSON (or nested too deeply)") from None
+
+    async def guard_keys(request: Request, action: str, route: str) -> Decision:
+        """Key management needs keys:manage in at least one domain; per-model checks follow."""
+        return await authenticated(request, action, route, need_manage=True)
+
+    async def authenticated(request: Request, action: str, route: str, *, need_manage: bool = False) -> Decision:
+        """Any valid key (the route filters what it shows), optionally one that manages some keys."""
+        ctx = _audit_ctx(request)
+        ctx.update(action=action, route=route)
+        if not secure:
+            return Decision(200, "security off")
+        key = await run_in_threadpool(service.authenticate, _bearer(request))
+        if key is None:
+            raise ApiError(401, "missing, unknown, expired or revoked API key")
+        ctx["key_id"] = key.key_id
+        if need_manage and service.manageable_models(key) == set():
+            raise ApiError(403, f"role {key.role} may not manage keys")
+        rate = await run_in_threadpool(service.rate_limit, key)
+        if not rate.allowed:
+            raise ApiError(429, "rate limit exceeded", headers={"Retry-After": str(rate.retry_after)})
+        ctx["reason"] = "allowed"
+        return Decision(200, "allowed", key)
+
+    @app.get("/healthz", tags=["service"])
+    async def healthz(request: Request) -> dict:
+        """Liveness; no authentication, no audit record."""
+        _audit_ctx(request).update(skip_audit=True, route="/healthz")
+        return {"status": "ok", "models": len(service.registry.names())}
+
+    @app.get("/metrics", tags=["service"], response_class=Response)
+    async def metrics_route(request: Request) -> Response:
+        """Prometheus text exposition (role monitor or admin)."""
+        await guard(request, "metrics.read", "/metrics", "metrics", "read")
+        head = (await run_in_threadpool(service.audit.head))[0] if secure else None
+        data, ctype = metrics.render(service.monitor, head)
+        return Response(data, media_type=ctype)
+
+    @app.get("/v1/models", tags=["models"])
+    async def list_models(request: Request) -> dict:
+        """Models the caller may use (others are not listed)."""
+        d = await authenticated(request, "models.list", "/v1/models")
+        names = service.registry.names()
+        if secure and d.key is not None:
+            names = [n for n in names if service.authz.allowed(d.key.key_id, n, "model", "read")]
+        return {"models": [service.registry.get(n).describe() for n in names]}
+
+    @app.get("/v1/models/{name}", tags=["models"])
+    async def describe_model(name: str, request: Request) -> dict:
+        """Input spec (shape, dtype, bounds) and output policy of one model."""
+        m = service.registry.get(name)
+        await guard(request, "model.read", "/v1/models/{name}", "model", "read", name, m is not None)
+        if m is None:
+            raise ApiError(404, "no such model")
+        return m.describe()
+
+    @app.post("/v1/models/{name}/predict", tags=["models"])
+    async def predict(name: str, request: Request) -> dict:
+        """`{"inputs": [[...], ...]}` -> `{"outputs": ..., "predictions": [...]}`."""
+        m = service.registry.get(name)
+        d = await guard(request, "predict", "/v1/models/{name}/predict", "model", "predict", name, m is not None)
+        if m is None:
+            raise ApiError(404, "no such model")
+        payload = json_body(request)
+        try:
+            x = m.validate(payload)
+        except InvalidInput as exc:
+            raise ApiError(422, exc.message) from None
+        out = await run_in_threadpool(m.predict, x)
+        metrics.predictions[m.name] += len(x)
+        _audit_ctx(request)["detail"] = {"inputs": len(x)}
+        if secure and d.key is not None:
+            await run_in_threadpool(service.observe, d.key, x.numpy(), out["labels"])
+        return {"model": m.name, "outputs": out["outputs"], "predictions": out["predictions"]}
+
+    # ---- keys (admin; owners for their models) ----
+    @app.post("/v1/keys", tags=["keys"], status_code=201)
+    async def create_key(request: Request) -> JSONResponse:
+        """Create a key: `{"role", "models": [...], "name", "expires": "30d", "rate_per_s", "burst"}`.
+        The token is in this response only."""
+        d = await guard_keys(request, "keys.create", "/v1/keys")
+        body = json_body(request)
+        if not isinstance(body, dict):
+            raise ApiError(422, "body must be a JSON object")
+        role, models = body.get("role"), body.get("models", [GLOBAL])
+        if not isinstance(role, str) or not isinstance(models, list) or not all(isinstance(x, str) for x in models):
+            raise ApiError(422, '"role" must be a string and "models" a list of model names')
+        scope = service.manageable_models(d.key) if secure and d.key else None
+        if scope is not None and (role != "predictor" or GLOBAL in models or not set(models) <= scope):
+            raise ApiError(403, "owners may create predictor keys for their own models only")
+        try:
+            expires = parse_duration(body["expires"]) if body.get("expires") else None
+            new = await run_in_threadpool(lambda: service.keys.create(
+                role=role, models=models, name=str(body.get("name", "")), expires_in=expires,
+                created_by=d.key.key_id if d.key else "", rate_per_s=body.get("rate_per_s"),
+                burst=body.get("burst")))
+        except Exception as exc:  # InputError from validation; message carries no secret
+            if getattr(exc, "message", None) is None:
+                raise
+            raise ApiError(422, exc.message) from None
+        _audit_ctx(request)["detail"] = {"created": new.key.key_id, "role": role}
+        return JSONResponse({"key": new.key.to_dict(), "token": new.token}, 201)
+
+    @app.get("/v1/keys", tags=["keys"])
+    async def list_keys(request: Request) -> dict:
+        """Keys the caller may manage (never their tokens)."""
+        d = await guard_keys(request, "keys.list", "/v1/keys")
+        keys = await run_in_threadpool(service.keys.list)
+        scope = service.manageable_models(d.key) if d.key else None
+        if scope is not None:
+            keys = [k for k in keys if GLOBAL not in k.models and set(k.models) <= scope]
+        return {"keys": [k.to_dict() for k in keys]}
+
+    @app.delete("/v1/keys/{key_id}", tags=["keys"])
+    async def revoke_key(key_id: str, request: Request) -> dict:
+        """Revoke a key; effective for the next request in every worker."""
+        d = await guard_keys(request, "keys.revoke", "/v1/keys/{key_id}")
+        target = await run_in_threadpool(service.keys.get, key_id)
+        scope = service.manageable_models(d.key) if d.key else None
+        if scope is not None and (target is None or GLOBAL in target.models or not set(target.models) <= scope):
+            raise ApiError(403, "you may not revoke this key")
+        if target is None:
+            raise ApiError(404, "no such key")
+        await run_in_threadpool(service.keys.revoke, key_id)
+        _audit_ctx(request)["detail"] = {"revoked": key_id}
+        return {"revoked": key_id}
+
+    # ---- audit (auditor, admin) ----
+    @app.get("/v1/audit", tags=["audit"])
+    async def audit_records(request: Request, after_seq: int = 0, limit: int = 100, since: str | None = None) -> dict:
+        """Audit records after `after_seq` (or from ISO time `since`), oldest first, at most `limit` (<= 1000)."""
+        await guard(request, "audit.read", "/v1/audit", "audit", "read")
+        limit = max(1, min(int(limit), 1000))
+        recs = await run_in_threadpool(service.audit.records, since=since, after_seq=after_seq, limit=limit)
+        return {"records": recs}
+
+    @app.get("/v1/audit/verify", tags=["audit"])
+    async def audit_verify(request: Request) -> dict:
+        """Walk the hash chain; names the first bad record."""
+        await guard(request, "audit.verify", "/v1/audit/verify", "audit", "read")
+        return (await run_in_threadpool(service.audit.verify)).to_dict()
+
+    return app

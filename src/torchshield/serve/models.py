@@ -1,0 +1,226 @@
+"""The models a service answers for: loaded from ``.tsb`` bundles, validated inputs, hardened outputs.
+
+A bundle's metadata describes how to serve it (``torchshield train`` writes these keys; any
+bundle can carry them)::
+
+    {"name": "digits",                                   # default: the file name's stem
+     "model": {"type": "mlp", "hidden": [64]},           # torchshield.train.zoo spec
+     "input": {"shape": [64], "dtype": "float32", "min": 0, "max": 16},
+     "num_classes": 10,                                  # or "classes": ["zero", ...]
+     "serve": {"output": "top_k", "top_k": 3, "decimals": 2, "max_batch": 64}}
+
+Encrypted bundles are decrypted in memory by ``torchshield.load`` (no plaintext file ever
+exists). Inputs are checked against the spec (type, shape, finiteness, bounds, batch size)
+before the model runs. Output hardening limits what each answer reveals, which raises the
+cost of model extraction and membership inference: ``label`` (class only), ``top_k`` (the k
+best classes with rounded probabilities) or ``probabilities`` (all classes, rounded).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from torchshield.errors import FormatError, InputError
+from torchshield.serve.access.keys import valid_model_name
+
+__all__ = ["InputSpec", "InvalidInput", "ModelRegistry", "OutputPolicy", "ServedModel", "load_bundle_model"]
+
+_DTYPES = {"float32", "float64", "float16", "int64", "int32", "uint8"}
+OUTPUT_MODES = ("label", "top_k", "probabilities")
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    shape: tuple[int, ...]
+    dtype: str = "float32"
+    min: float | None = None
+    max: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"shape": list(self.shape), "dtype": self.dtype, "min": self.min, "max": self.max}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], where: str) -> InputSpec:
+        try:
+            shape = tuple(int(v) for v in d["shape"])
+            dtype = str(d.get("dtype", "float32"))
+            lo = None if d.get("min") is None else float(d["min"])
+            hi = None if d.get("max") is None else float(d["max"])
+        except (KeyError, TypeError, ValueError):
+            raise FormatError(f"{where}: metadata 'input' needs a 'shape' list and numeric min/max",
+                              hint='e.g. {"shape": [64], "dtype": "float32", "min": 0, "max": 16}') from None
+        if dtype not in _DTYPES or not shape or min(shape) < 1:
+            raise FormatError(f"{where}: metadata 'input' has an unsupported dtype or shape",
+                              hint=f"dtype one of {sorted(_DTYPES)}, positive dimensions")
+        return cls(shape, dtype, lo, hi)
+
+
+@dataclass(frozen=True)
+class OutputPolicy:
+    mode: str = "top_k"
+    top_k: int = 3
+    decimals: int = 3
+
+    def __post_init__(self) -> None:
+        if self.mode not in OUTPUT_MODES:
+            raise InputError(f"output mode {self.mode!r} is unknown", hint=f"use one of {', '.join(OUTPUT_MODES)}")
+        if self.top_k < 1 or not 0 <= self.decimals <= 6:
+            raise InputError("output: top_k must be >= 1 and decimals between 0 and 6")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"mode": self.mode, "top_k": self.top_k, "decimals": self.decimals}
+
+
+class InvalidInput(InputError):
+    """A request's inputs do not match the model's input spec (HTTP 422)."""
+
+
+@dataclass
+class ServedModel:
+    """One model ready to answer: the module, its input spec and output policy."""
+
+    name: str
+    module: Any
+    spec: InputSpec
+    num_classes: int
+    output: OutputPolicy = field(default_factory=OutputPolicy)
+    max_batch: int = 64
+    classes: list[str] | None = None
+    source: str = ""
+    encrypted: bool = False
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": self.name, "input": self.spec.to_dict(), "num_classes": self.num_classes,
+                "classes": self.classes, "output": self.output.to_dict(), "max_batch": self.max_batch,
+                "encrypted": self.encrypted}
+
+    def validate(self, payload: Any) -> Any:
+        """``payload`` (parsed JSON) -> a float32 tensor, or :class:`InvalidInput` naming the problem."""
+        import numpy as np
+        import torch
+
+        if not isinstance(payload, dict) or set(payload) != {"inputs"}:
+            raise InvalidInput('body must be a JSON object with exactly one field, "inputs"')
+        inputs = payload["inputs"]
+        if not isinstance(inputs, list) or not inputs:
+            raise InvalidInput('"inputs" must be a non-empty list of inputs')
+        if len(inputs) > self.max_batch:
+            raise InvalidInput(f'"inputs" holds {len(inputs)} inputs; this model takes at most {self.max_batch}')
+        try:
+            arr = np.asarray(inputs)
+        except (ValueError, TypeError, OverflowError):
+            raise InvalidInput(f'"inputs" must be a list of arrays of shape {list(self.spec.shape)}') from None
+        if arr.dtype.kind not in "iuf":
+            raise InvalidInput('"inputs" must hold numbers only, every input of shape '
+                               f"{list(self.spec.shape)}")
+        if arr.shape[1:] != self.spec.shape:
+            raise InvalidInput(f"each input must have shape {list(self.spec.shape)}, got {list(arr.shape[1:])}")
+        if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+            raise InvalidInput('"inputs" contains NaN or infinite values')
+        if self.spec.dtype.startswith(("int", "uint")) and arr.dtype.kind == "f" and (arr != np.round(arr)).any():
+            raise InvalidInput(f"this model takes {self.spec.dtype} inputs; got fractional values")
+        if self.spec.min is not None and arr.min() < self.spec.min:
+            raise InvalidInput(f"input values must be >= {self.spec.min}")
+        if self.spec.max is not None and arr.max() > self.spec.max:
+            raise InvalidInput(f"input values must be <= {self.spec.max}")
+        return torch.from_numpy(arr.astype(np.float32, copy=False))
+
+    def predict(self, x: Any) -> dict[str, Any]:
+        """Run the model and harden its output per :class:`OutputPolicy`."""
+        import torch
+
+        with self._lock, torch.inference_mode():
+            logits = self.module(x)
+        probs = torch.softmax(logits.float(), dim=-1)
+        labels = probs.argmax(dim=-1).tolist()
+        preds = [self.classes[i] for i in labels] if self.classes else labels
+        pol = self.output
+        if pol.mode == "label":
+            outputs: Any = preds
+        elif pol.mode == "probabilities":
+            outputs = [[round(float(p), pol.decimals) for p in row] for row in probs.tolist()]
+        else:
+            k = min(pol.top_k, probs.shape[-1])
+            vals, idx = probs.topk(k, dim=-1)
+            outputs = [[{"label": self.classes[i] if self.classes else i, "p": round(float(v), pol.decimals)}
+                        for v, i in zip(vr, ir, strict=True)] for vr, ir in zip(vals.tolist(), idx.tolist(),
+                                                                                 strict=True)]
+        return {"outputs": outputs, "predictions": preds, "labels": labels}
+
+
+def _serve_options(meta: dict[str, Any], where: str, override: OutputPolicy | None) -> tuple[OutputPolicy, int]:
+    serve = meta.get("serve") or {}
+    try:
+        pol = override or OutputPolicy(mode=str(serve.get("output", "top_k")), top_k=int(serve.get("top_k", 3)),
+                                       decimals=int(serve.get("decimals", 3)))
+        max_batch = int(serve.get("max_batch", 64))
+    except (TypeError, ValueError) as exc:
+        raise FormatError(f"{where}: metadata 'serve' is malformed ({exc})") from None
+    return pol, max(1, max_batch)
+
+
+def load_bundle_model(path: str | os.PathLike[str], *, master: Any = None,
+                      output: OutputPolicy | None = None) -> ServedModel:
+    """Rebuild the model a bundle describes, loading (decrypting in memory) its weights."""
+    import torchshield
+    from torchshield.train.zoo import build_model
+
+    p = Path(path)
+    info = torchshield.inspect(p)
+    manifest = info.manifest
+    meta = dict(manifest.get("metadata") or {})
+    name = str(meta.get("name") or p.name.split(".")[0])
+    if not valid_model_name(name):
+        raise FormatError(f"{p}: model name {name!r} is not servable",
+                          hint="names use letters, digits, '.', '_' and '-'; set metadata name=")
+    if "input" not in meta or "model" not in meta:
+        raise FormatError(f"{p}: metadata lacks 'model' and 'input', so the service cannot rebuild it",
+                          hint="bundles from `torchshield train` carry them; see docs/serving.md")
+    spec = InputSpec.from_dict(meta["input"], str(p))
+    classes = [str(c) for c in meta["classes"]] if isinstance(meta.get("classes"), list) else None
+    num_classes = int(meta.get("num_classes") or (len(classes) if classes else 0))
+    if num_classes < 1:
+        raise FormatError(f"{p}: metadata needs 'num_classes' (or a 'classes' list)")
+    arch = {k: v for k, v in dict(meta["model"]).items() if k not in {"in_features", "in_shape", "num_classes"}}
+    module = build_model(arch, in_shape=spec.shape, num_classes=num_classes)
+    encrypted = bool(info.encrypted)
+    tensors = torchshield.load(p, key=master if encrypted else None)
+    try:
+        module.load_state_dict(tensors)
+    except RuntimeError as exc:
+        raise FormatError(f"{p}: weights do not fit the model described in metadata "
+                          f"({str(exc).splitlines()[0][:160]})") from None
+    module.eval()
+    pol, max_batch = _serve_options(meta, str(p), output)
+    return ServedModel(name=name, module=module, spec=spec, num_classes=num_classes, output=pol,
+                       max_batch=max_batch, classes=classes, source=str(p), encrypted=encrypted)
+
+
+class ModelRegistry:
+    """Served models by name; names are validated and duplicates refused."""
+
+    def __init__(self, models: list[ServedModel] | None = None) -> None:
+        self._models: dict[str, ServedModel] = {}
+        for m in models or []:
+            self.add(m)
+
+    def add(self, model: ServedModel) -> None:
+        if model.name in self._models:
+            raise InputError(f"two bundles are named {model.name!r}", hint="set distinct metadata names")
+        self._models[model.name] = model
+
+    def get(self, name: str) -> ServedModel | None:
+        return self._models.get(name) if valid_model_name(name) else None
+
+    def names(self) -> list[str]:
+        return sorted(self._models)
+
+    @classmethod
+    def from_bundles(cls, paths: list[str], *, master: Any = None, output: OutputPolicy | None = None
+                     ) -> ModelRegistry:
+        return cls([load_bundle_model(p, master=master, output=output) for p in paths])

@@ -1,0 +1,144 @@
+"""Extraction monitoring: per-key query statistics and alerts when a key looks like it is
+copying the model.
+
+Heuristics, each configurable and each raising at most one alert per key and kind:
+
+* ``budget``: a key sent more than ``query_budget`` inputs (a stolen model needs many labels).
+* ``prada``: the PRADA distance test (Juuti et al., 2019). For every input, the minimum L2
+  distance to the key's earlier inputs is recorded; benign traffic gives a roughly normal
+  distribution of these distances, synthetic extraction queries (perturbations around seeds,
+  Jacobian augmentation) do not. When the Shapiro-Wilk statistic of the last ``window``
+  distances falls below ``prada_threshold`` the key is flagged.
+* ``near_duplicates``: more than ``dup_ratio`` of recent inputs lie within ``dup_eps`` (relative
+  to the typical input norm) of an earlier one: probing a decision boundary by small steps.
+
+Label entropy of the key's predictions is reported too (an extractor tends to cover every class
+evenly). State is per worker process and bounded (``max_history`` inputs per key); alerts go to
+the log, ``/metrics`` and the audit log (the HTTP layer does that). This flags, it does not
+block: a false positive must not take down a legitimate client.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections import Counter, deque
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["Alert", "ExtractionMonitor", "MonitorConfig"]
+
+
+@dataclass(frozen=True)
+class MonitorConfig:
+    query_budget: int = 100_000
+    min_queries: int = 100
+    window: int = 500
+    prada_threshold: float = 0.90
+    test_every: int = 25
+    dup_eps: float = 1e-3
+    dup_ratio: float = 0.5
+    max_history: int = 1000
+
+
+@dataclass(frozen=True)
+class Alert:
+    key_id: str
+    kind: str
+    detail: dict[str, Any]
+
+
+@dataclass
+class _KeyStats:
+    queries: int = 0
+    history: deque = field(default_factory=deque)
+    distances: deque = field(default_factory=deque)
+    dups: deque = field(default_factory=deque)
+    labels: Counter = field(default_factory=Counter)
+    alerted: set = field(default_factory=set)
+    last_w: float | None = None
+
+
+class ExtractionMonitor:
+    def __init__(self, config: MonitorConfig | None = None) -> None:
+        self.config = config or MonitorConfig()
+        self._stats: dict[str, _KeyStats] = {}
+        self._lock = threading.Lock()
+        self.alerts_total: Counter = Counter()
+
+    def observe(self, key_id: str, inputs: Any, labels: Any = ()) -> list[Alert]:
+        """Record a batch (2-D array-like, one input per row) and its predicted labels."""
+        import numpy as np
+
+        x = np.asarray(inputs, dtype=np.float32).reshape(len(inputs), -1)
+        with self._lock:
+            st = self._stats.setdefault(key_id, _KeyStats())
+            alerts: list[Alert] = []
+            for row in x:
+                self._observe_row(st, row)
+                st.queries += 1
+                if st.queries % self.config.test_every == 0:
+                    alerts += self._test(key_id, st)
+            st.labels.update(int(v) for v in labels)
+            if st.queries > self.config.query_budget:
+                alerts += self._raise(key_id, st, "budget", {"queries": st.queries,
+                                                              "budget": self.config.query_budget})
+            for a in alerts:
+                self.alerts_total[a.kind] += 1
+            return alerts
+
+    def _observe_row(self, st: _KeyStats, row: Any) -> None:
+        import numpy as np
+
+        cfg = self.config
+        if st.history:
+            hist = np.stack(st.history)
+            d = float(np.sqrt(((hist - row) ** 2).sum(axis=1)).min())
+            scale = float(np.linalg.norm(row)) or 1.0
+            st.distances.append(d)
+            st.dups.append(d <= cfg.dup_eps * scale)
+            if len(st.distances) > cfg.window:
+                st.distances.popleft()
+                st.dups.popleft()
+        st.history.append(row.copy())
+        if len(st.history) > cfg.max_history:
+            st.history.popleft()
+
+    def _test(self, key_id: str, st: _KeyStats) -> list[Alert]:
+        cfg = self.config
+        if len(st.distances) < cfg.min_queries:
+            return []
+        out: list[Alert] = []
+        ratio = sum(st.dups) / len(st.dups)
+        if ratio > cfg.dup_ratio:
+            out += self._raise(key_id, st, "near_duplicates", {"ratio": round(ratio, 3)})
+        from scipy.stats import shapiro
+
+        import numpy as np
+
+        d = np.asarray(st.distances)
+        if float(d.std()) > 0:
+            w = float(shapiro(d).statistic)
+            st.last_w = w
+            if w < cfg.prada_threshold:
+                out += self._raise(key_id, st, "prada", {"shapiro_w": round(w, 4), "window": len(d)})
+        return out
+
+    def _raise(self, key_id: str, st: _KeyStats, kind: str, detail: dict[str, Any]) -> list[Alert]:
+        if kind in st.alerted:
+            return []
+        st.alerted.add(kind)
+        return [Alert(key_id, kind, {**detail, "queries": st.queries})]
+
+    def snapshot(self) -> dict[str, dict[str, Any]]:
+        """Per-key statistics for ``/metrics`` (key ids only)."""
+        with self._lock:
+            return {k: {"queries": s.queries, "label_entropy_bits": _entropy(s.labels),
+                        "prada_w": s.last_w, "alerts": sorted(s.alerted)} for k, s in self._stats.items()}
+
+
+def _entropy(counts: Counter) -> float:
+    n = sum(counts.values())
+    if n == 0:
+        return 0.0
+    return -sum(c / n * math.log2(c / n) for c in counts.values() if c)

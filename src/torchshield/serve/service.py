@@ -1,0 +1,143 @@
+"""The serving core without a web framework: configuration, and one object that answers
+"who is this caller and may it do this?" for every request.
+
+``Service`` wires the database, key store, Casbin authorizer, rate limiter, audit writer,
+extraction monitor and model registry together. The HTTP layer (``serve.http``) only
+translates its answers to status codes; tests and other front ends can use it directly.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from torchshield.serve.access.keys import ApiKey, KeyStore
+from torchshield.serve.audit import AuditLog, AuditWriter
+from torchshield.serve.monitor import ExtractionMonitor, MonitorConfig
+from torchshield.serve.ratelimit import DbRateLimiter, Limit, MemoryRateLimiter, RateDecision
+from torchshield.serve.rbac import GLOBAL, Authorizer
+
+__all__ = ["Decision", "ServeConfig", "Service"]
+
+log = logging.getLogger("torchshield.serve")
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    """Everything a worker needs to start; JSON-able so several uvicorn workers share it."""
+
+    db_url: str = "sqlite:///shield.db"
+    bundles: tuple[str, ...] = ()
+    key_file: str | None = None
+    body_limit: int = 1 << 20
+    rate_per_s: float = 50.0
+    burst: int = 100
+    rate_store: str = "memory"  # "memory" (per worker) or "db" (shared)
+    output: str | None = None  # force one output mode for every model
+    monitor: dict[str, Any] = field(default_factory=dict)
+    security: bool = True  # False only for the benchmark floor: no auth, RBAC, rate limit or audit
+
+    def to_dict(self) -> dict[str, Any]:
+        from dataclasses import asdict
+
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ServeConfig:
+        d = dict(d)
+        d["bundles"] = tuple(d.get("bundles", ()))
+        return cls(**d)
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The outcome of :meth:`Service.check`: ``status`` 200 means allowed."""
+
+    status: int
+    reason: str
+    key: ApiKey | None = None
+    retry_after: int = 0
+
+    @property
+    def allowed(self) -> bool:
+        return self.status == 200
+
+
+class Service:
+    def __init__(self, config: ServeConfig, *, master: Any, registry: Any, db: Any) -> None:
+        self.config = config
+        self.db = db
+        self.registry = registry
+        self.keys = KeyStore(db, master)
+        self.authz = Authorizer(db)
+        self.audit = AuditLog(db, master)
+        self.audit_writer = AuditWriter(self.audit)
+        self.monitor = ExtractionMonitor(MonitorConfig(**config.monitor))
+        self.limiter = DbRateLimiter(db) if config.rate_store == "db" else MemoryRateLimiter()
+        self.started = time.time()
+
+    @classmethod
+    def start(cls, config: ServeConfig, *, master: Any = None, registry: Any = None) -> Service:
+        """Open the database (failing loudly if it is down or read-only) and load every bundle."""
+        from torchshield.crypto.keys import resolve_master_key
+        from torchshield.serve.db import open_database
+        from torchshield.serve.models import ModelRegistry, OutputPolicy
+
+        master = master or resolve_master_key(key_file=config.key_file)
+        if registry is None:
+            override = OutputPolicy(mode=config.output) if config.output else None
+            registry = ModelRegistry.from_bundles(list(config.bundles), master=master, output=override)
+        db = open_database(config.db_url)
+        return cls(config, master=master, registry=registry, db=db)
+
+    def close(self) -> None:
+        self.audit_writer.close()
+        self.db.dispose()
+
+    def authenticate(self, token: str | None) -> ApiKey | None:
+        """The caller's active key; also brings the policy cache up to the database revision."""
+        with self.db.reading() as conn:
+            key = self.keys.authenticate(token, conn)
+            if key is not None:
+                self.authz.sync(self.db.revision(conn))
+        return key
+
+    def check(self, token: str | None, domain: str, obj: str, act: str, *, model_exists: bool = True) -> Decision:
+        """Authenticate, authorize and rate-limit one request.
+
+        ``model_exists=False`` (an unknown model name) yields 404 only for callers whose role
+        spans every model; everyone else gets the same 403 as for a model outside their scope."""
+        key = self.authenticate(token)
+        if key is None:
+            return Decision(401, "missing, unknown, expired or revoked API key")
+        if not self.authz.allowed(key.key_id, domain, obj, act):
+            if not model_exists and self.authz.allowed(key.key_id, GLOBAL, obj, act):
+                return Decision(404, "no such model", key)
+            return Decision(403, f"role {key.role} may not {act} {obj}" + ("" if domain == GLOBAL else
+                                                                          " on this model"), key)
+        if not model_exists:
+            return Decision(404, "no such model", key)
+        rate = self.rate_limit(key)
+        if not rate.allowed:
+            return Decision(429, "rate limit exceeded", key, rate.retry_after)
+        return Decision(200, "allowed", key)
+
+    def rate_limit(self, key: ApiKey) -> RateDecision:
+        limit = Limit(rate=key.rate_per_s or self.config.rate_per_s, burst=key.burst or self.config.burst)
+        return self.limiter.hit(key.key_id, limit)
+
+    def manageable_models(self, key: ApiKey) -> set[str] | None:
+        """Models whose keys ``key`` may manage; None means all (a global role)."""
+        if self.authz.allowed(key.key_id, GLOBAL, "keys", "manage"):
+            return None
+        return {m for m in key.models if self.authz.allowed(key.key_id, m, "keys", "manage")}
+
+    def observe(self, key: ApiKey, inputs: Any, labels: Any) -> list[Any]:
+        alerts = self.monitor.observe(key.key_id, inputs, labels)
+        for a in alerts:
+            log.warning("extraction alert %s for key %s: %s", a.kind, a.key_id, a.detail)
+            self.audit_writer.submit({"action": "monitor.alert", "key_id": a.key_id, "decision": "alert",
+                                      "reason": a.kind, "detail": a.detail, "status": 0})
+        return alerts
