@@ -144,27 +144,17 @@ def fit(
             for x, y in batches:
                 x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
                 optimizer.zero_grad(set_to_none=True)
-                loss = loss_fn(model, x, y)
                 if privacy is not None:
-                    if len(y) and loss.dim() != 1:
-                        from torchshield.errors import InputError
-
-                        raise InputError("under DP-SGD loss_fn must return per-example losses of shape [B]",
-                                         hint="use reduction='none' in the loss")
-                    if len(y):
-                        privacy.backward(model, loss)
-                    _add_regularizer_grads(model, regularizers)
-                    privacy.step(optimizer)
+                    loss_sum += _private_step(model, x, y, loss_fn, regularizers, privacy, optimizer)
                 else:
+                    loss = loss_fn(model, x, y)
                     total_loss = _reduce(loss)
                     for reg in regularizers:
                         total_loss = total_loss + reg(model)
                     total_loss.backward()
                     optimizer.step()
-                n = len(y)
-                if n:
-                    loss_sum += float(loss.detach().sum()) if loss.dim() > 0 else float(loss.detach()) * n
-                seen += n
+                    loss_sum += float(loss.detach().sum()) if loss.dim() > 0 else float(loss.detach()) * len(y)
+                seen += len(y)
                 steps += 1
                 advance(1)
             examples += seen
@@ -176,6 +166,27 @@ def fit(
                 break
     extra = privacy.epoch_report() if privacy is not None else {}
     return TrainResult(len(history), steps, examples, time.perf_counter() - start, history, stopped, extra)
+
+
+def _private_step(model: nn.Module, x: Tensor, y: Tensor, loss_fn: LossFn, regularizers: Sequence[Regularizer],
+                  privacy: StepEngine, optimizer: torch.optim.Optimizer) -> float:
+    """One DP-SGD step over a logical batch, in physical chunks when the engine asks for them."""
+    loss_sum = 0.0
+    physical = getattr(privacy, "physical", None)
+    for xs, ys in (physical(x, y) if physical is not None else [(x, y)]):
+        if not len(ys):
+            continue  # an empty Poisson batch still takes a (noise-only) step below
+        loss = loss_fn(model, xs, ys)
+        if loss.dim() != 1 or loss.shape[0] != len(ys):
+            from torchshield.errors import InputError
+
+            raise InputError("under DP-SGD loss_fn must return per-example losses of shape [B]",
+                             hint="compute the loss with reduction='none'")
+        privacy.backward(model, loss)
+        loss_sum += float(loss.detach().sum())
+    _add_regularizer_grads(model, regularizers)
+    privacy.step(optimizer)
+    return loss_sum
 
 
 def _add_regularizer_grads(model: nn.Module, regularizers: Sequence[Regularizer]) -> None:

@@ -1,0 +1,365 @@
+"""DP-SGD: per-example clipping + Gaussian noise + Poisson sampling, with Opacus' accountants.
+
+Threat model. The adversary sees the released model (every intermediate model, in fact) and
+knows every training example but one; DP-SGD bounds how much the model can tell them about
+that one example: (epsilon, delta)-DP for the add/remove-one-example relation. That holds only
+if (1) each example's gradient is clipped to ``max_grad_norm`` before summing, (2) Gaussian
+noise of std ``noise_multiplier * max_grad_norm`` is added to each sum, (3) batches are Poisson
+samples (each example in independently with rate q), and (4) the accountant sees every step.
+Noise and sampling draw from a generator seeded from ``os.urandom`` (not a fixed seed) unless a
+test passes ``seed``; an attacker who knew the seed could subtract the noise.
+
+Why our own clipping engine. Opacus' default ``hooks`` mode materialises a ``[B, *param]``
+gradient per parameter; on CPU that is memory traffic on fresh pages and makes a step 41x a
+non-private one for an MLP (docs/benchmarks.md). ``ghost`` mode here uses book-keeping (Bu et
+al. 2023): one backward pass to the layer *outputs* only, per-example norms of Linear weight
+gradients from ``||a_i||^2 * ||g_i||^2`` (no per-example gradient built), then one matmul per
+layer weighting each example by its clip factor. Conv2d builds its per-example gradients with
+one bmm over unfolded inputs (small: ``[B, C_out, C_in*k*k]``). Models with other trainable
+layers (norms, embeddings, attention) fall back to Opacus' hooks, with a message saying which
+layer caused it. Accounting stays with Opacus (``torchshield.privacy.accounting``).
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from torchshield.errors import InputError, MissingDependencyError
+from torchshield.privacy.accounting import ACCOUNTANTS, check_budget, epsilon_for, noise_multiplier_for
+
+__all__ = ["GRAD_SAMPLE_MODES", "PrivacyConfig", "PrivateTraining", "fix_model", "make_private"]
+
+GRAD_SAMPLE_MODES = ("auto", "functorch", "ghost", "hooks")
+
+
+@dataclass(frozen=True)
+class PrivacyConfig:
+    """The ``privacy:`` section of a training config."""
+
+    epsilon: float
+    delta: float = 1e-5
+    max_grad_norm: float = 1.0
+    accountant: str = "rdp"
+    grad_sample_mode: str = "auto"
+    max_physical_batch_size: int | None = None
+    noise_multiplier: float | None = None  # derived from epsilon when absent
+    seed: int | None = None  # tests only: a known seed lets anyone subtract the noise
+
+    def __post_init__(self) -> None:
+        check_budget(self.epsilon, self.delta)
+        if not self.max_grad_norm > 0:
+            raise InputError(f"privacy.max_grad_norm must be > 0, got {self.max_grad_norm}")
+        if self.accountant not in ACCOUNTANTS:
+            raise InputError(f"privacy.accountant must be one of {ACCOUNTANTS}, got {self.accountant!r}")
+        if self.grad_sample_mode not in GRAD_SAMPLE_MODES:
+            raise InputError(f"privacy.grad_sample_mode must be one of {GRAD_SAMPLE_MODES}, "
+                             f"got {self.grad_sample_mode!r}")
+        if self.max_physical_batch_size is not None and self.max_physical_batch_size < 1:
+            raise InputError("privacy.max_physical_batch_size must be >= 1")
+
+
+def fix_model(model: nn.Module) -> tuple[nn.Module, list[str]]:
+    """Apply Opacus' ModuleValidator fixes (BatchNorm -> GroupNorm, ...) and say what changed.
+
+    BatchNorm mixes examples of a batch, so no per-example gradient exists; GroupNorm does not."""
+    try:
+        from opacus.validators import ModuleValidator
+    except ImportError:  # pragma: no cover
+        raise MissingDependencyError("opacus", "privacy") from None
+    before = {name: type(m).__name__ for name, m in model.named_modules()}
+    if ModuleValidator.is_valid(model):
+        return model, []
+    fixed = ModuleValidator.fix(model)
+    after = {name: type(m).__name__ for name, m in fixed.named_modules()}
+    changes = [f"{name}: {before[name]} -> {after[name]}" for name in before
+               if name in after and before[name] != after[name]]
+    errors = ModuleValidator.validate(fixed, strict=False)
+    if errors:
+        raise InputError(f"model cannot be trained with DP-SGD: {errors[0]}",
+                         hint="replace that layer (e.g. BatchNorm -> GroupNorm, no in-place buffers) "
+                              "or train without privacy:")
+    return fixed, changes
+
+
+def _secure_generator(seed: int | None) -> torch.Generator:
+    return torch.Generator().manual_seed(seed if seed is not None else secrets.randbits(63))
+
+
+def _owned_params(module: nn.Module) -> list[nn.Parameter]:
+    return [p for p in module.parameters(recurse=False) if p.requires_grad]
+
+
+def _ghost_unsupported(model: nn.Module) -> str | None:
+    """Name the first trainable layer our book-keeping engine cannot clip, or None."""
+    for name, m in model.named_modules():
+        if not _owned_params(m):
+            continue
+        if isinstance(m, nn.Linear):
+            continue
+        if isinstance(m, nn.Conv2d) and m.groups == 1 and m.padding_mode == "zeros" \
+                and not isinstance(m.padding, str):
+            continue
+        return f"{name or '<root>'} ({type(m).__name__})"
+    return None
+
+
+class _BookKeeping:
+    """Per-example clipped gradient sums for Linear and Conv2d layers (see module docstring)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.layers = [m for m in model.modules() if _owned_params(m)]
+        self.calls: dict[nn.Module, list[tuple[Tensor, Tensor]]] = {}
+        self.handles = [m.register_forward_hook(self._record) for m in self.layers]
+        for m in model.modules():  # an in-place activation would overwrite the outputs we differentiate
+            if getattr(m, "inplace", False) is True:
+                m.inplace = False
+
+    def _record(self, module: nn.Module, inputs: tuple[Tensor, ...], output: Tensor) -> None:
+        if torch.is_grad_enabled() and module.training:
+            self.calls.setdefault(module, []).append((inputs[0].detach(), output))
+
+    def reset(self) -> None:
+        self.calls.clear()
+
+    def close(self) -> None:
+        for h in self.handles:
+            h.remove()
+        self.calls.clear()
+
+    def clipped_sum(self, loss: Tensor, max_norm: float) -> dict[nn.Parameter, Tensor]:
+        pairs = [(m, a, out) for m in self.layers for a, out in self.calls.get(m, [])]
+        grads = torch.autograd.grad(loss.sum(), [out for _, _, out in pairs], allow_unused=True)
+        used: dict[nn.Module, list[tuple[Tensor, Tensor]]] = {}
+        for (m, a, _), g in zip(pairs, grads):
+            if g is not None:
+                used.setdefault(m, []).append((a, g))
+        self.calls.clear()
+        batch = loss.shape[0]
+        sq = torch.zeros(batch, dtype=loss.dtype)
+        plan: list[tuple[nn.Module, str, Any]] = []
+        for m, calls in used.items():
+            if isinstance(m, nn.Linear) and len(calls) == 1 and calls[0][0].dim() == 2:
+                a, g = calls[0]
+                gg = g.pow(2).sum(1)
+                sq += a.pow(2).sum(1) * gg + (gg if m.bias is not None else 0)
+                plan.append((m, "ghost", (a, g)))
+            else:
+                w, b = self._per_example(m, calls)
+                sq += w.flatten(1).pow(2).sum(1) + (b.pow(2).sum(1) if b is not None else 0)
+                plan.append((m, "materialised", (w, b)))
+        clip = (max_norm / (sq.sqrt() + 1e-6)).clamp_(max=1.0)
+        out: dict[nn.Parameter, Tensor] = {}
+        for m, kind, data in plan:
+            if kind == "ghost":
+                a, g = data
+                gw = g * clip.unsqueeze(1)
+                out[m.weight] = gw.t().mm(a)
+                if m.bias is not None:
+                    out[m.bias] = gw.sum(0)
+            else:
+                w, b = data
+                out[m.weight] = torch.tensordot(clip, w, dims=1).view_as(m.weight)
+                if b is not None:
+                    out[m.bias] = clip @ b
+        return out
+
+    @staticmethod
+    def _per_example(m: nn.Module, calls: list[tuple[Tensor, Tensor]]) -> tuple[Tensor, Tensor | None]:
+        w_sum: Tensor | None = None
+        b_sum: Tensor | None = None
+        for a, g in calls:
+            if isinstance(m, nn.Conv2d):
+                u = nn.functional.unfold(a, m.kernel_size, m.dilation, m.padding, m.stride)  # [B, Cin*k*k, L]
+                gf = g.flatten(2)  # [B, Cout, L]
+                w = torch.bmm(gf, u.transpose(1, 2))
+                b = gf.sum(2) if m.bias is not None else None
+            else:  # Linear over [B, ..., features]
+                a3, g3 = a.reshape(a.shape[0], -1, a.shape[-1]), g.reshape(g.shape[0], -1, g.shape[-1])
+                w = torch.bmm(g3.transpose(1, 2), a3)
+                b = g3.sum(1) if m.bias is not None else None
+            w_sum = w if w_sum is None else w_sum + w
+            if b is not None:
+                b_sum = b if b_sum is None else b_sum + b
+        assert w_sum is not None
+        return w_sum, b_sum
+
+
+class _OpacusHooks:
+    """Fallback for layers our engine does not cover: Opacus' per-layer grad samplers."""
+
+    def __init__(self, model: nn.Module, mode: str) -> None:
+        from opacus.grad_sample.utils import prepare_module
+
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.hooks = prepare_module(model, mode, False, batch_first=True, loss_reduction="sum")
+
+    def reset(self) -> None:
+        for p in self.params:
+            p.grad_sample = None
+
+    def close(self) -> None:
+        self.hooks.remove_hooks()
+
+    def clipped_sum(self, loss: Tensor, max_norm: float) -> dict[nn.Parameter, Tensor]:
+        saved = [p.grad for p in self.params]
+        loss.sum().backward()
+        samples = [p.grad_sample for p in self.params]
+        for p, g in zip(self.params, saved):
+            p.grad, p.grad_sample = g, None  # the unclipped gradient must not leak into the step
+        norms = torch.stack([s.flatten(1).norm(2, dim=1) for s in samples if s is not None], dim=1).norm(2, dim=1)
+        clip = (max_norm / (norms + 1e-6)).clamp_(max=1.0)
+        return {p: torch.tensordot(clip, s, dims=1) for p, s in zip(self.params, samples) if s is not None}
+
+
+@dataclass
+class PrivateTraining:
+    """A :class:`torchshield.train.loop.StepEngine` that makes each step (epsilon, delta)-DP.
+
+    Build it with :func:`make_private` *before* the optimizer (the model may be fixed)."""
+
+    model: nn.Module
+    config: PrivacyConfig
+    noise_multiplier: float
+    sample_rate: float
+    expected_batch_size: float
+    planned_steps: int
+    mode: str
+    messages: list[str] = field(default_factory=list)
+    fixes: list[str] = field(default_factory=list)
+    steps: int = 0
+    _engine: Any = None
+    _sums: dict[nn.Parameter, Tensor] = field(default_factory=dict)
+    _noise_gen: torch.Generator | None = None
+    _sample_gen: torch.Generator | None = None
+
+    # -- StepEngine -------------------------------------------------------------------------
+    def loader(self, train_loader: Any) -> Iterator[tuple[Tensor, Tensor]]:
+        """Poisson batches over this process' data: each example independently with rate q.
+
+        Written here instead of Opacus' DPDataLoader so that tensors are indexed in one go
+        (no per-example collation) and each torch.distributed rank samples its own shard."""
+        x, y = _tensors(train_loader)
+        n = len(y)
+        per_epoch = max(1, round(1.0 / self.sample_rate))
+        for _ in range(per_epoch):
+            mask = torch.rand(n, generator=self._sample_gen) < self.sample_rate
+            idx = mask.nonzero().squeeze(1)
+            yield x[idx], y[idx]
+
+    def physical(self, x: Tensor, y: Tensor) -> Iterator[tuple[Tensor, Tensor]]:
+        """Virtual batches: split a logical batch so memory stays bounded; one noise draw per logical batch."""
+        size = self.config.max_physical_batch_size or max(len(y), 1)
+        for start in range(0, max(len(y), 1), size):
+            self._engine.reset()
+            yield x[start:start + size], y[start:start + size]
+
+    def backward(self, model: nn.Module, per_example_loss: Tensor) -> None:
+        for p, g in self._engine.clipped_sum(per_example_loss, self.config.max_grad_norm).items():
+            self._sums[p] = g if p not in self._sums else self._sums[p].add_(g)
+
+    def step(self, optimizer: torch.optim.Optimizer) -> None:
+        std = self.noise_multiplier * self.config.max_grad_norm
+        dist = _distributed()
+        for p in (q for q in self.model.parameters() if q.requires_grad):
+            total = self._sums.pop(p, None)
+            if total is None:
+                total = torch.zeros_like(p)
+            if dist is None or dist.get_rank() == 0:  # noise added once, by rank 0, before the sum
+                total = total + torch.normal(0.0, std, p.shape, generator=self._noise_gen, dtype=p.dtype)
+            if dist is not None:
+                dist.all_reduce(total)
+            grad = total.div_(self.expected_batch_size)
+            p.grad = grad if p.grad is None else p.grad.add_(grad)  # p.grad holds regularizer terms only
+        optimizer.step()
+        self.steps += 1
+
+    def epoch_report(self) -> dict[str, Any]:
+        return {"epsilon": self.epsilon(), "delta": self.config.delta, "steps": self.steps}
+
+    # -- reporting --------------------------------------------------------------------------
+    def epsilon(self) -> float:
+        return epsilon_for([(self.noise_multiplier, self.sample_rate, self.steps)], delta=self.config.delta,
+                           accountant=self.config.accountant)
+
+    def record(self) -> dict[str, Any]:
+        """The bundle manifest's ``privacy`` slot."""
+        return {
+            "mechanism": "DP-SGD (Poisson sampling, per-example clipping, Gaussian noise)",
+            "epsilon": self.epsilon(),
+            "delta": self.config.delta,
+            "target_epsilon": self.config.epsilon,
+            "noise_multiplier": self.noise_multiplier,
+            "sample_rate": self.sample_rate,
+            "steps": self.steps,
+            "accountant": self.config.accountant,
+            "max_grad_norm": self.config.max_grad_norm,
+            "mode": self.mode,
+            "model_fixes": self.fixes,
+            "neighbouring": "add/remove one example",
+        }
+
+    def close(self) -> None:
+        """Remove the hooks; the model is an ordinary module again."""
+        self._engine.close()
+
+
+def _distributed() -> Any:
+    import torch.distributed as dist
+
+    return dist if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1 else None
+
+
+def _tensors(loader: Any) -> tuple[Tensor, Tensor]:
+    dataset = getattr(loader, "dataset", loader)
+    if isinstance(dataset, torch.utils.data.TensorDataset) and len(dataset.tensors) == 2:
+        return dataset.tensors[0], dataset.tensors[1]
+    if isinstance(dataset, tuple) and len(dataset) == 2:
+        return dataset
+    xs, ys = zip(*(dataset[i] for i in range(len(dataset))))
+    return torch.stack(list(xs)), torch.as_tensor(ys)
+
+
+def make_private(model: nn.Module, *, config: PrivacyConfig, dataset_size: int, batch_size: int, epochs: int,
+                 ) -> PrivateTraining:
+    """Prepare ``model`` for DP-SGD to ``config.epsilon`` over ``epochs`` of ``dataset_size`` examples.
+
+    ``batch_size`` is the expected (global) logical batch; the sample rate is
+    ``batch_size / dataset_size``. Create the optimizer on ``result.model`` afterwards."""
+    check_budget(config.epsilon, config.delta, dataset_size)
+    if not 0 < batch_size <= dataset_size:
+        raise InputError(f"batch_size must be in [1, {dataset_size}], got {batch_size}")
+    model, fixes = fix_model(model)
+    q = batch_size / dataset_size
+    steps = epochs * max(1, round(1.0 / q))
+    sigma = config.noise_multiplier or noise_multiplier_for(epsilon=config.epsilon, delta=config.delta,
+                                                            sample_rate=q, steps=steps,
+                                                            accountant=config.accountant)
+    messages = [f"model fixed for DP: {c}" for c in fixes]
+    mode = config.grad_sample_mode
+    unsupported = _ghost_unsupported(model)
+    if mode == "ghost" and unsupported:
+        raise InputError(f"grad_sample_mode ghost does not support layer {unsupported}",
+                         hint="use grad_sample_mode: auto or hooks")
+    if mode == "auto":
+        mode = "ghost" if unsupported is None else "hooks"
+        if unsupported:
+            messages.append(f"layer {unsupported} is not covered by ghost clipping; using Opacus hooks (slower)")
+    engine = _BookKeeping(model) if mode == "ghost" else _OpacusHooks(model, mode)
+    seed = config.seed
+    if seed is not None and _distributed() is not None:
+        seed += 1000 * _distributed().get_rank()  # each rank samples its own shard
+    if config.noise_multiplier is not None:
+        spent = epsilon_for([(sigma, q, steps)], delta=config.delta, accountant=config.accountant)
+        if spent > config.epsilon:
+            raise InputError(f"privacy.noise_multiplier={sigma} spends epsilon {spent:.3f} > {config.epsilon} "
+                             f"over {steps} steps", hint="omit noise_multiplier to derive it from epsilon")
+    return PrivateTraining(model, config, sigma, q, q * dataset_size, steps, mode, messages, fixes,
+                           _engine=engine, _noise_gen=_secure_generator(seed),
+                           _sample_gen=_secure_generator(None if seed is None else seed + 1))
+
