@@ -97,7 +97,8 @@ def _zh_decoy(f: Any, rng: random.Random) -> str:
 def _en_decoy(f: Any, rng: random.Random) -> str:
     kind = rng.randrange(4)
     if kind == 0:
-        return f"Order #{rng.randint(10**15, 10**16 - 1)}"  # 16 digits, Luhn fails 9 in 10; see below
+        payload = "45" + "".join(str(rng.randint(0, 9)) for _ in range(13))
+        return f"Order #{_bad_checksum(payload + luhn_check_digit(payload))}"  # Luhn fails
     if kind == 1:
         return f"Ref {rng.choice(['000', '666', '900'])}-{rng.randint(10, 99)}-{rng.randint(1000, 9999)}"
     if kind == 2:

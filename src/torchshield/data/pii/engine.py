@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from torchshield.data.pii.finding import Finding
 from torchshield.data.pii.normalize import normalize
+from torchshield.data.pii.recognizer import ScanText
 from torchshield.data.pii.registry import RecognizerRegistry, get_registry
 from torchshield.errors import InputError
 
@@ -61,12 +62,12 @@ def find_pii(text: str, *, lang: str | None = None, types: set[str] | frozenset[
     doc = normalize(text)
     prefix = f"{context}: " if context else ""
     ntext = prefix + doc.text
-    lower = ntext.lower()
+    scan = ScanText(ntext, min_score=min_score)
     shift = len(prefix)
     recognizers = reg.select(_languages(ntext, lang), wanted)
     matches: list[tuple[float, int, int, int, str]] = []
     for order, rec in enumerate(recognizers):
-        for m in rec.analyze(ntext, lower):
+        for m in rec.analyze(scan):
             if m.score < min_score or m.end <= shift or (wanted is not None and m.type not in wanted):
                 continue
             matches.append((m.score, m.start - shift, m.end - shift, order, m.type))

@@ -7,6 +7,7 @@ character it came from."""
 
 from __future__ import annotations
 
+import re
 import unicodedata
 from dataclasses import dataclass
 
@@ -15,6 +16,8 @@ __all__ = ["NormalizedText", "normalize"]
 # Dashes and spaces NFKC leaves alone but people use as separators inside numbers.
 _FOLD = str.maketrans({"\u2010": "-", "\u2011": "-", "\u2012": "-", "\u2013": "-", "\u2014": "-",
                        "\u2212": "-", "\u00a0": " ", "\u3000": " ", "\u202f": " "})
+
+_FOLD_CHARS = re.compile("[\u2010-\u2014\u2212\u00a0\u3000\u202f]")
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,7 +41,7 @@ class NormalizedText:
 
 def normalize(text: str) -> NormalizedText:
     """Return the NFKC-normalised, dash-folded view of ``text`` with its offset map."""
-    if text.isascii():
+    if text.isascii() or (unicodedata.is_normalized("NFKC", text) and _FOLD_CHARS.search(text) is None):
         return NormalizedText(text, text, None)
     folded = text.translate(_FOLD)
     nf = unicodedata.normalize("NFKC", folded)

@@ -15,6 +15,7 @@ from typing import NamedTuple
 
 __all__ = [
     "FunctionRecognizer",
+    "ScanText",
     "NUM_AFTER",
     "NUM_BEFORE",
     "PatternRecognizer",
@@ -26,6 +27,29 @@ __all__ = [
 # Boundaries for numbers and codes: no ASCII letter or digit on either side (CJK is fine).
 NUM_BEFORE = r"(?<![0-9A-Za-z])"
 NUM_AFTER = r"(?![0-9A-Za-z])"
+
+
+_DIGIT_RUN = re.compile(r"[0-9]+")
+
+
+class ScanText:
+    """What a recogniser scans: the normalised text, its lower-cased copy, the longest ASCII digit
+    run (a cheap gate: most numeric recognisers cannot match without one) and the caller's
+    score threshold (so a recogniser can skip work whose result would be dropped anyway)."""
+
+    __slots__ = ("_digit_run", "lower", "min_score", "text")
+
+    def __init__(self, text: str, *, min_score: float = 0.0, lower: str | None = None) -> None:
+        self.text = text
+        self.lower = lower if lower is not None else text.lower()
+        self.min_score = min_score
+        self._digit_run = -1
+
+    @property
+    def digit_run(self) -> int:
+        if self._digit_run < 0:
+            self._digit_run = max(map(len, _DIGIT_RUN.findall(self.text)), default=0)
+        return self._digit_run
 
 
 class RawMatch(NamedTuple):
@@ -54,8 +78,8 @@ class Recognizer(ABC):
     languages: frozenset[str] | None = None
 
     @abstractmethod
-    def analyze(self, text: str, lower: str) -> Iterable[RawMatch]:
-        """Yield matches in ``text`` (already normalised); ``lower`` is ``text.lower()``."""
+    def analyze(self, doc: ScanText) -> Iterable[RawMatch]:
+        """Yield matches in ``doc.text`` (already normalised), in its coordinates."""
 
 
 # A validator gets the matched text with separators removed and answers: True (valid),
@@ -79,7 +103,9 @@ class PatternRecognizer(Recognizer):
                  require_context: bool = False, no_context_score: float = 0.3,
                  invalid_score: float | None = 0.3, languages: Iterable[str] | None = None,
                  flags: int = 0, group: int = 0,
-                 clean: Callable[[str], str] | None = None) -> None:
+                 clean: Callable[[str], str] | None = None, min_digit_run: int = 0,
+                 needs: Sequence[str] = (), left_boundary: bool = False,
+                 negative_context: Sequence[str] = ()) -> None:
         self.name = name
         self.entity = entity
         self.entity_types = frozenset({entity})
@@ -94,9 +120,46 @@ class PatternRecognizer(Recognizer):
         self.languages = frozenset(languages) if languages is not None else None
         self.group = group
         self.clean = clean if clean is not None else _strip_seps
+        self.min_digit_run = min_digit_run
+        self.needs = tuple(needs)
+        self.left_boundary = left_boundary
+        self.negative_context = tuple(w.lower() for w in negative_context)
 
-    def analyze(self, text: str, lower: str) -> Iterable[RawMatch]:
-        for m in self.pattern.finditer(text):
+    def _skip(self, doc: ScanText) -> bool:
+        if self.min_digit_run and doc.digit_run < self.min_digit_run:
+            return True
+        if self.needs and not any(w in doc.lower for w in self.needs):
+            return True
+        # Context-only patterns: without a context word anywhere, every match would score
+        # no_context_score, under the threshold.
+        return (self.require_context and self.no_context_score < doc.min_score
+                and not any(w in doc.lower for w in self.context))
+
+    def _matches(self, text: str) -> Iterable[re.Match[str]]:
+        if not self.left_boundary:
+            yield from self.pattern.finditer(text)
+            return
+        # ``left_boundary`` replaces a leading (?<![0-9A-Za-z]) lookbehind, which would stop
+        # the regex engine from skipping ahead to the first possible character.
+        pos, n = 0, len(text)
+        while True:
+            m = self.pattern.search(text, pos)
+            if m is None:
+                return
+            s = m.start()
+            if s > 0 and text[s - 1].isascii() and text[s - 1].isalnum():
+                pos = s + 1
+                while pos < n and text[pos].isascii() and text[pos].isalnum():
+                    pos += 1
+                continue
+            yield m
+            pos = max(m.end(), s + 1)
+
+    def analyze(self, doc: ScanText) -> Iterable[RawMatch]:
+        if self._skip(doc):
+            return
+        text, lower = doc.text, doc.lower
+        for m in self._matches(text):
             start, end = m.span(self.group)
             if start == end:
                 continue
@@ -113,6 +176,9 @@ class PatternRecognizer(Recognizer):
                     continue
                 else:
                     score = float(verdict)
+            if self.negative_context and has_context(lower, start, end, self.negative_context, before=8,
+                                                     after=0):
+                score -= 0.5  # 订单号 / Order #: the number is labelled as something else
             if self.require_context and not ctx:
                 score = min(score, self.no_context_score)
             elif ctx:
@@ -136,6 +202,6 @@ class FunctionRecognizer(Recognizer):
         self.fn = fn
         self.languages = frozenset(languages) if languages is not None else None
 
-    def analyze(self, text: str, lower: str) -> Iterable[RawMatch]:
-        for t, s, e, sc in self.fn(text):
+    def analyze(self, doc: ScanText) -> Iterable[RawMatch]:
+        for t, s, e, sc in self.fn(doc.text):
             yield RawMatch(t, int(s), int(e), float(sc))

@@ -13,8 +13,10 @@ import re
 from collections.abc import Iterable
 
 from torchshield.data.pii.lexicon import load_words
-from torchshield.data.pii.recognizer import NUM_AFTER, NUM_BEFORE, PatternRecognizer, RawMatch, Recognizer
+from torchshield.data.pii.recognizer import NUM_AFTER, PatternRecognizer, RawMatch, Recognizer, ScanText
 from torchshield.data.pii.validators import (
+    CN_PROVINCE_CODES,
+    cn_id_birth_date,
     cn_id15_valid,
     cn_id_valid,
     cn_mobile_prefix_valid,
@@ -32,17 +34,17 @@ CTX_PERMIT = ("通行证", "回乡证", "港澳", "permit")
 CTX_PLATE = ("车牌", "号牌", "车辆", "车号", "plate", "驾驶")
 
 _DATE = r"(?:18|19|20)[0-9]{2}(?:0[1-9]|1[0-2])(?:0[1-9]|[12][0-9]|3[01])"
-_ID18 = NUM_BEFORE + r"[1-9][0-9]{5}[ -]?" + _DATE + r"[ -]?[0-9]{3}[0-9Xx]" + NUM_AFTER
-_ID15 = NUM_BEFORE + r"[1-9][0-9]{7}(?:0[1-9]|1[0-2])(?:0[1-9]|[12][0-9]|3[01])[0-9]{3}" + NUM_AFTER
-_MOBILE = NUM_BEFORE + r"(?:(?:\+|00)?86[ -]?)?1[3-9][0-9][ -]?[0-9]{4}[ -]?[0-9]{4}" + NUM_AFTER
+_ID18 = r"[1-9][0-9]{5}[ -]?" + _DATE + r"[ -]?[0-9]{3}[0-9Xx]" + NUM_AFTER
+_ID15 = r"[1-9][0-9]{7}(?:0[1-9]|1[0-2])(?:0[1-9]|[12][0-9]|3[01])[0-9]{3}" + NUM_AFTER
+_MOBILE = r"(?:(?:\+|00)?86[ -]?)?1[3-9][0-9][ -]?[0-9]{4}[ -]?[0-9]{4}" + NUM_AFTER
 _LANDLINE = (r"(?<![0-9A-Za-z])(?:\(0[0-9]{2,3}\)[ -]?|0(?:10|2[0-9]|[3-9][0-9]{2})[ -]?)"
              r"[2-9][0-9]{6,7}(?:(?:-|转)[0-9]{1,6})?(?![0-9])")
 _USCC_CH = "0-9A-HJ-NP-RTUW-Y"
-_USCC = NUM_BEFORE + f"[1-9ANY][{_USCC_CH}][0-9]{{6}}[{_USCC_CH}]{{10}}" + NUM_AFTER
-_PASSPORT = NUM_BEFORE + r"(?:E[A-HJ-NP-Z][0-9]{7}|[EGK][0-9]{8}|(?:PE|SE|DE|MA)[0-9]{7})" + NUM_AFTER
-_PERMIT = NUM_BEFORE + r"(?:C[A-HJ-NP-Z][0-9]{7}|C[0-9]{8}|[HM][0-9]{8}(?:[0-9]{2})?)" + NUM_AFTER
+_USCC = f"[1-9ANY][{_USCC_CH}][0-9]{{6}}[{_USCC_CH}]{{10}}" + NUM_AFTER
+_PASSPORT = r"(?:E[A-HJ-NP-Z][0-9]{7}|[EGK][0-9]{8}|(?:PE|SE|DE|MA)[0-9]{7})" + NUM_AFTER
+_PERMIT = r"(?:C[A-HJ-NP-Z][0-9]{7}|C[0-9]{8}|[HM][0-9]{8}(?:[0-9]{2})?)" + NUM_AFTER
 _PROV_ABBR = "京津冀晋蒙辽吉黑沪苏浙皖闽赣鲁豫鄂湘粤桂琼渝川贵云藏陕甘青宁新"
-_PLATE = (f"[{_PROV_ABBR}][A-HJ-NP-Z][ ·.-]?"
+_PLATE = (f"[{_PROV_ABBR}][A-HJ-Z][ ·.-]?"
           r"(?:[DF][A-HJ-NP-Z0-9][0-9]{4}|[0-9]{5}[DF]|[A-HJ-NP-Z0-9]{4}[A-HJ-NP-Z0-9挂学警港澳])"
           r"(?![0-9A-Za-z])")
 
@@ -69,6 +71,8 @@ _ORG_WEIGHTS = (3, 7, 9, 10, 5, 8, 4, 2)
 def _uscc(s: str) -> float | None:
     if not uscc_valid(s):
         return None
+    if s.isdigit() and cn_id_birth_date(s) is not None and int(s[:2]) in CN_PROVINCE_CODES:
+        return 0.45  # all digits and shaped like a resident ID: an organisation code only with context
     # The inner GB 11714 organisation code check is a soft extra signal.
     body = s[8:16]
     total = sum(int(c, 36) * w for c, w in zip(body, _ORG_WEIGHTS, strict=True))
@@ -81,22 +85,25 @@ def cn_recognizers() -> list[Recognizer]:
     """Fresh instances of every Chinese recogniser, in priority order."""
     return [
         PatternRecognizer("cn_resident_id_18", "CN_RESIDENT_ID", _ID18, validator=_id18, score=0.95,
-                          context=CTX_ID, context_boost=0.05, flags=re.ASCII),
+                          context=CTX_ID, context_boost=0.05, flags=re.ASCII,
+                          left_boundary=True, min_digit_run=6),
         PatternRecognizer("cn_resident_id_15", "CN_RESIDENT_ID", _ID15, validator=cn_id15_valid,
                           score=0.5, context=CTX_ID, context_boost=0.35, require_context=True,
-                          flags=re.ASCII),
+                          flags=re.ASCII, left_boundary=True, min_digit_run=15),
         PatternRecognizer("cn_uscc", "CN_USCC", _USCC, validator=_uscc, score=0.95, context=CTX_USCC,
-                          context_boost=0.1, invalid_score=0.3, flags=re.ASCII),
+                          context_boost=0.1, invalid_score=0.3, flags=re.ASCII,
+                          left_boundary=True, min_digit_run=6),
         PatternRecognizer("cn_mobile", "CN_MOBILE", _MOBILE, validator=_mobile, score=0.85,
-                          context=CTX_PHONE, context_boost=0.15, flags=re.ASCII,
+                          context=CTX_PHONE, context_boost=0.15, flags=re.ASCII, left_boundary=True, min_digit_run=4,
                           clean=lambda s: s.replace(" ", "").replace("-", "")),
         PatternRecognizer("cn_landline", "CN_LANDLINE", _LANDLINE, validator=_landline, score=0.6,
-                          context=CTX_LANDLINE, context_boost=0.3, flags=re.ASCII,
+                          context=CTX_LANDLINE, context_boost=0.3, flags=re.ASCII, min_digit_run=7,
                           clean=lambda s: s.replace(" ", "").replace("-", "", 1)),
         PatternRecognizer("cn_passport", "CN_PASSPORT", _PASSPORT, score=0.5, context=CTX_PASSPORT,
-                          context_boost=0.4, require_context=False, flags=re.ASCII),
+                          context_boost=0.4, flags=re.ASCII, left_boundary=True, min_digit_run=7),
         PatternRecognizer("cn_hk_macau_permit", "CN_HK_MACAU_PERMIT", _PERMIT, score=0.35,
-                          context=CTX_PERMIT, context_boost=0.5, require_context=True, flags=re.ASCII),
+                          context=CTX_PERMIT, context_boost=0.5, require_context=True, flags=re.ASCII,
+                          left_boundary=True, min_digit_run=7),
         PatternRecognizer("cn_license_plate", "CN_LICENSE_PLATE", _PLATE, score=0.7, context=CTX_PLATE,
                           context_boost=0.25),
         ChineseNameRecognizer(),
@@ -119,7 +126,7 @@ _NOT_GIVEN = frozenset(
 _CUE_BEFORE = ("患者", "姓名", "名字", "申请人", "联系人", "客户", "病人", "家属", "签名", "医生", "医师",
                "护士", "主任", "经办人", "收件人", "寄件人", "用户", "我叫", "我是", "员工", "学生", "被保险人",
                "投保人", "借款人", "持卡人", "户主", "法人", "代表人", "负责人", "本人", "委托人", "监护人",
-               "name", "姓名:", "致", "叫", "由", "请", "：", ":")
+               "name", "叫", "由", "请")
 _STRONG_CUES = frozenset(c for c in _CUE_BEFORE if len(c) >= 2)
 _TITLE_AFTER = ("先生", "女士", "小姐", "医生", "老师", "同志", "教授", "主任", "大夫", "护士", "经理",
                 "律师", "同学", "师傅", "阿姨", "叔叔", "的身份证", "的手机", "的电话", "的银行卡", "的账户")
@@ -137,8 +144,10 @@ class ChineseNameRecognizer(Recognizer):
 
     Why not a model: none ships offline with a permissive licence and fits the speed goal. The
     surname list makes recall high; precision comes from cues (患者/姓名/申请人 before,
-    先生/女士 after, punctuation boundaries) and from rejecting characters that do not occur in
-    given names. Without a cue a candidate scores below the default threshold."""
+    先生/女士 after, list separators) and from rejecting characters that do not occur in given
+    names. A candidate with no cue scores at most 0.4, under the default threshold, so by
+    default only cue positions are examined (fast); with ``min_score`` <= 0.4 every surname
+    occurrence is."""
 
     name = "cn_person"
     entity_types = frozenset({"PERSON"})
@@ -146,43 +155,69 @@ class ChineseNameRecognizer(Recognizer):
 
     def __init__(self) -> None:
         words = load_words("zh_surnames")
-        compound = "|".join(sorted(w for w in words if len(w) > 1))
-        single = "".join(sorted(w for w in words if len(w) == 1))
-        self._pattern = re.compile(f"(?:{compound}|[{single}])[{_CJK}]{{1,2}}")
+        self._compound = frozenset(w for w in words if len(w) == 2)
+        self._single = frozenset(w for w in words if len(w) == 1)
+        compound = "|".join(sorted(self._compound))
+        single = "".join(sorted(self._single))
+        self._pattern = re.compile(f"(?:{compound}|[{single}])[{_CJK}]")
+        cues = "|".join(sorted(map(re.escape, _CUE_BEFORE + _LIST_CUES), key=len, reverse=True))
+        self._cue = re.compile(f"(?:{cues})[ ：:]*")
+        self._title = re.compile("|".join(sorted(map(re.escape, _TITLE_AFTER), key=len, reverse=True)))
 
-    def analyze(self, text: str, lower: str) -> Iterable[RawMatch]:
-        pos = 0
-        n = len(text)
-        while True:
-            m = self._pattern.search(text, pos)
-            if m is None:
-                return
-            start = m.start()
-            sl = 2 if (m.end() - start == 4 or (m.end() - start == 3 and text[start:start + 2] in _COMPOUND)) else 1
-            g_start = start + sl
-            end = g_start
-            while end < n and end < g_start + 2 and _is_cjk(text[end]) and text[end] not in _NOT_GIVEN:
-                end += 1
-            if end == g_start or any(text[start:end].startswith(w) or w.startswith(text[start:end])
-                                     for w in _NOT_NAMES if w[0] == text[start]):
-                pos = start + 1
+    def analyze(self, doc: ScanText) -> Iterable[RawMatch]:
+        text = doc.text
+        starts: set[int] = set()
+        if doc.min_score <= 0.4:
+            starts.update(m.start() for m in self._pattern.finditer(text))
+        else:
+            starts.update(m.end() for m in self._cue.finditer(doc.lower))
+            for m in self._title.finditer(text):
+                p = m.start()
+                for length in (4, 3, 2):
+                    s = p - length
+                    if s >= 0 and self._candidate_end(text, s) == p:
+                        starts.add(s)
+                        break
+        last_end = -1
+        for start in sorted(starts):
+            if start < last_end:
+                continue
+            end = self._candidate_end(text, start)
+            if end < 0:
                 continue
             score = self._score(text, start, end)
-            if score > 0:
+            if score >= doc.min_score:
                 yield RawMatch("PERSON", start, end, score)
-                pos = end
-            else:
-                pos = start + 1
+                last_end = end
+
+    def _candidate_end(self, text: str, start: int) -> int:
+        """End of the name starting at ``start``, or -1 if no surname + given name is there."""
+        if text[start:start + 2] in self._compound:
+            g = start + 2
+        elif text[start:start + 1] in self._single:
+            g = start + 1
+        else:
+            return -1
+        end = g
+        n = len(text)
+        while end < n and end < g + 2 and _is_cjk(text[end]) and text[end] not in _NOT_GIVEN:
+            end += 1
+        if end == g:
+            return -1
+        cand = text[start:end]
+        if any(cand.startswith(w) or w.startswith(cand) for w in _NOT_NAMES_BY_FIRST.get(text[start], ())):
+            return -1
+        return end
 
     @staticmethod
     def _score(text: str, start: int, end: int) -> float:
-        before = text[max(0, start - 8):start].lower()
+        before = text[max(0, start - 8):start].lower().rstrip(" ：:")
         after = text[end:end + 4]
         score = 0.2
-        strong = any(before.rstrip(" ：:").endswith(c) for c in _STRONG_CUES)
-        if strong:
+        if any(before.endswith(c) for c in _STRONG_CUES):
             score += 0.4
-        elif any(before.endswith(c) for c in _CUE_BEFORE):
+        elif start != len(before) and (any(before.endswith(c) for c in _CUE_BEFORE + _LIST_CUES)
+                                       or text[start - 1] in "：:"):
             score += 0.15
         if any(after.startswith(t) for t in _TITLE_AFTER):
             score += 0.3
@@ -193,6 +228,10 @@ class ChineseNameRecognizer(Recognizer):
         return min(score, 0.95)
 
 
+_LIST_CUES = ("、", "和", "与", "及", "同", "致")
+_NOT_NAMES_BY_FIRST: dict[str, tuple[str, ...]] = {}
+for _w in _NOT_NAMES:
+    _NOT_NAMES_BY_FIRST[_w[0]] = (*_NOT_NAMES_BY_FIRST.get(_w[0], ()), _w)
 _COMPOUND = frozenset(w for w in load_words("zh_surnames") if len(w) == 2)
 
 
@@ -229,7 +268,8 @@ class ChineseAddressRecognizer(Recognizer):
         self._body = re.compile(f"{_ADDR_BODY}{{0,40}}")
         self._post = re.compile(r" ?[0-9]{6}(?![0-9])")
 
-    def analyze(self, text: str, lower: str) -> Iterable[RawMatch]:
+    def analyze(self, doc: ScanText) -> Iterable[RawMatch]:
+        text = doc.text
         pos = 0
         while True:
             m = self._anchor.search(text, pos)

@@ -7,7 +7,7 @@ import re
 from collections.abc import Iterable
 
 from torchshield.data.pii.lexicon import load_words
-from torchshield.data.pii.recognizer import NUM_BEFORE, PatternRecognizer, RawMatch, Recognizer, has_context
+from torchshield.data.pii.recognizer import PatternRecognizer, RawMatch, Recognizer, ScanText, has_context
 
 __all__ = ["EnglishAddressRecognizer", "EnglishNameRecognizer", "en_recognizers"]
 
@@ -38,13 +38,14 @@ def en_recognizers() -> list[Recognizer]:
     keep = (lambda s: s)  # noqa: E731
     return [
         PatternRecognizer("us_ssn", "US_SSN", _SSN, score=0.85, context=CTX_SSN, context_boost=0.15,
-                          flags=re.ASCII),
+                          flags=re.ASCII, min_digit_run=4),
         PatternRecognizer("us_ssn_plain", "US_SSN", _SSN_PLAIN, score=0.3, context=CTX_SSN,
-                          context_boost=0.55, require_context=True, flags=re.ASCII),
+                          context_boost=0.55, require_context=True, flags=re.ASCII, min_digit_run=9),
         PatternRecognizer("phone_nanp", "PHONE_NUMBER", _NANP, validator=_nanp, score=0.75,
-                          context=CTX_PHONE, context_boost=0.2, flags=re.ASCII, clean=keep),
+                          context=CTX_PHONE, context_boost=0.2, flags=re.ASCII, clean=keep, min_digit_run=4),
         PatternRecognizer("phone_intl", "PHONE_NUMBER", _INTL, validator=_intl, score=0.6,
-                          context=CTX_PHONE, context_boost=0.3, invalid_score=None, flags=re.ASCII, clean=keep),
+                          context=CTX_PHONE, context_boost=0.3, invalid_score=None, flags=re.ASCII, clean=keep,
+                          needs=("+",)),
         EnglishNameRecognizer(),
         EnglishAddressRecognizer(),
     ]
@@ -84,7 +85,8 @@ class EnglishNameRecognizer(Recognizer):
         self._first = load_words("en_first_names")
         self._last = load_words("en_last_names")
 
-    def analyze(self, text: str, lower: str) -> Iterable[RawMatch]:
+    def analyze(self, doc: ScanText) -> Iterable[RawMatch]:
+        text, lower = doc.text, doc.lower
         for m in _NAME_SEQ.finditer(text):
             tokens = m.group(0).split(" ")
             offsets = []
@@ -134,14 +136,19 @@ class EnglishAddressRecognizer(Recognizer):
         word = r"(?:[A-Z][a-z]+|[0-9]+(?:st|nd|rd|th)|[NSEW]\.?)"
         tail = rf"(?:,? (?:[A-Z][a-z]+ ){{0,2}}[A-Z][a-z]+,? (?:{_STATES}) [0-9]{{5}}(?:-[0-9]{{4}})?)"
         self._street = re.compile(
-            rf"{NUM_BEFORE}[0-9]{{1,6}} (?:{word} ){{1,4}}?(?:{alt})\.?(?![A-Za-z])"
-            rf"(?:,? (?:Apt\.|Suite|Unit|Ste\.?|#) ?[0-9A-Za-z-]+)?(?P<tail>{tail})?")
+            rf"[0-9]{{1,6}} (?:{word} ){{1,4}}?(?:{alt})\.?(?![A-Za-z])"
+            rf"(?:,? (?:Apt\.|Suite|Unit|Ste\.?|#)(?![A-Za-z]) ?[0-9A-Za-z-]+)?(?P<tail>{tail})?")
         self._military = re.compile(
             rf"(?:(?:USNS|USNV|USS|USCGC) [A-Z][a-z]+|(?:PSC|Unit) [0-9]{{4}},? Box [0-9]{{4}}),? "
             rf"(?:APO|FPO|DPO) (?:AA|AE|AP) [0-9]{{5}}")
 
-    def analyze(self, text: str, lower: str) -> Iterable[RawMatch]:
+    def analyze(self, doc: ScanText) -> Iterable[RawMatch]:
+        text = doc.text
+        if doc.digit_run == 0:
+            return
         for m in self._street.finditer(text):
+            if m.start() > 0 and text[m.start() - 1].isalnum():
+                continue
             yield RawMatch("ADDRESS", m.start(), m.end(), 0.9 if m.group("tail") else 0.7)
         for m in self._military.finditer(text):
             yield RawMatch("ADDRESS", m.start(), m.end(), 0.85)

@@ -6,20 +6,21 @@ from __future__ import annotations
 import datetime as _dt
 import re
 
-from torchshield.data.pii.recognizer import NUM_AFTER, NUM_BEFORE, PatternRecognizer, Recognizer
+from torchshield.data.pii.recognizer import NUM_AFTER, PatternRecognizer, Recognizer
 from torchshield.data.pii.validators import card_iin_known, iban_valid, ip_valid, luhn_valid
 
 __all__ = ["intl_recognizers"]
 
 CTX_CARD = ("卡号", "银行卡", "储蓄卡", "借记卡", "信用卡", "账号", "账户", "开户", "card", "visa",
             "mastercard", "amex", "account", "payment", "paid")
+NEG_CARD = ("订单", "单号", "流水", "编号", "order", "tracking", "invoice", "ref", "serial")
 CTX_IBAN = ("iban", "account", "bank", "账户", "账号", "汇款")
 CTX_IP = ("ip", "host", "address", "地址", "登录", "login", "server", "client")
 CTX_DOB = ("出生", "生日", "生于", "birth", "born", "dob", "d.o.b", "birthday")
 
-_CARD = (NUM_BEFORE + r"(?:[0-9]{4}[ -][0-9]{4}[ -][0-9]{4}[ -][0-9]{4}(?:[ -]?[0-9]{3})?"
+_CARD = (r"(?:[0-9]{4}[ -][0-9]{4}[ -][0-9]{4}[ -][0-9]{4}(?:[ -]?[0-9]{3})?"
          r"|[0-9]{4}[ -][0-9]{6}[ -][0-9]{4,5}|[0-9]{12,19})" + r"(?![0-9])")
-_IBAN = NUM_BEFORE + r"[A-Z]{2}[0-9]{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,4})?" + NUM_AFTER
+_IBAN = r"[A-Z]{2}[0-9]{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,4})?" + NUM_AFTER
 _EMAIL = r"(?<![A-Za-z0-9._%+-])[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,24}(?![A-Za-z0-9-])"
 _URL = (r"(?<![A-Za-z0-9@.])(?:https?://|www\.)[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*(?::[0-9]{1,5})?"
         r"(?:[/?#][A-Za-z0-9._~%!$&'*+,;=:@/?#-]*[A-Za-z0-9/_~%=#-])?")
@@ -38,7 +39,8 @@ def _card(s: str) -> float | None:
     if not luhn_valid(s):
         return None
     # Luhn passes for 1 in 10 random numbers: without a known issuer prefix it needs context.
-    return 0.9 if card_iin_known(s) else 0.3
+    # 17/18-digit runs are mostly IDs and order numbers; real cards of those lengths are rare.
+    return 0.9 if card_iin_known(s) and len(s) not in (17, 18) else 0.3
 
 
 def _ip(s: str) -> bool:
@@ -54,18 +56,22 @@ def intl_recognizers() -> list[Recognizer]:
     """Fresh instances of the language-independent recognisers, in priority order."""
     keep = (lambda s: s)  # noqa: E731 - these validators want the match as written
     return [
-        PatternRecognizer("email", "EMAIL", _EMAIL, score=1.0, context_boost=0.0, flags=re.ASCII, clean=keep),
+        PatternRecognizer("email", "EMAIL", _EMAIL, score=1.0, context_boost=0.0, flags=re.ASCII, clean=keep,
+                          needs=("@",)),
         PatternRecognizer("bank_card", "BANK_CARD", _CARD, validator=_card, score=0.9, context=CTX_CARD,
-                          context_boost=0.3, flags=re.ASCII),
+                          context_boost=0.3, flags=re.ASCII, left_boundary=True, min_digit_run=4,
+                          negative_context=NEG_CARD),
         PatternRecognizer("iban", "IBAN", _IBAN, validator=iban_valid, score=0.95, context=CTX_IBAN,
-                          context_boost=0.05, flags=re.ASCII),
+                          context_boost=0.05, flags=re.ASCII, left_boundary=True, min_digit_run=2),
         PatternRecognizer("url", "URL", _URL, score=0.85, context_boost=0.0, flags=re.ASCII | re.IGNORECASE,
-                          clean=keep),
+                          clean=keep, needs=("http", "www.")),
         PatternRecognizer("ipv4", "IP_ADDRESS", _IPV4, validator=_ip, score=0.75, context=CTX_IP,
-                          context_boost=0.2, invalid_score=None, flags=re.ASCII, clean=keep),
+                          context_boost=0.2, invalid_score=None, flags=re.ASCII, clean=keep,
+                          needs=(".",), min_digit_run=1),
         PatternRecognizer("ipv6", "IP_ADDRESS", _IPV6, validator=_ip, score=0.85, context=CTX_IP,
-                          context_boost=0.1, invalid_score=None, flags=re.ASCII, clean=keep),
+                          context_boost=0.1, invalid_score=None, flags=re.ASCII, clean=keep,
+                          needs=("::", ":")),
         PatternRecognizer("date_of_birth", "DATE_OF_BIRTH", _DOB, validator=_dob, score=0.55,
                           context=CTX_DOB, context_boost=0.35, require_context=True, no_context_score=0.2,
-                          invalid_score=None, flags=re.IGNORECASE, clean=keep),
+                          invalid_score=None, flags=re.IGNORECASE, clean=keep, min_digit_run=2),
     ]

@@ -132,7 +132,7 @@ def card_iin_known(number: str) -> bool:
         return 16 <= n <= 19
     if p2 in (36, 38) or 300 <= p6 // 1000 <= 305:
         return 14 <= n <= 19
-    if p2 == 50 or 56 <= p2 <= 69:  # Maestro
+    if p2 in (50, 56, 57, 58) or int(number[:3]) == 639 or p4 in (6759, 6761, 6762, 6763):  # Maestro
         return 12 <= n <= 19
     return False
 
