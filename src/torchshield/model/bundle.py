@@ -148,7 +148,7 @@ def save(obj: torch.nn.Module | Mapping[str, torch.Tensor], path: str | os.PathL
         "object_id": secrets.token_hex(16),
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "tool": f"torchshield {__version__}", "torch": torch.__version__,
-        "tensors": entries, "data_length": offset, "digest_alg": "blake3",
+        "tensors": entries, "tensor_order": list(entries), "data_length": offset, "digest_alg": "blake3",
         "metadata": _json_slot("metadata", dict(metadata or {})),
     }
     for slot, value in zip(_SLOTS, (privacy, watermark, provenance)):
@@ -347,7 +347,9 @@ def _info(layout: _Layout, key_id: str | None) -> BundleInfo:
     m = dict(layout.manifest)
     m["encrypted"] = layout.encrypted
     m["signed"] = layout.signature is not None
-    tensors = {k: {"dtype": v["dtype"], "shape": v["shape"]} for k, v in m["tensors"].items()}
+    order = m.get("tensor_order") or list(m["tensors"])
+    tensors = {k: {"dtype": m["tensors"][k]["dtype"], "shape": m["tensors"][k]["shape"]} for k in order
+               if k in m["tensors"]}
     return BundleInfo(path=layout.path, manifest=m, encrypted=layout.encrypted,
                       signed=layout.signature is not None,
                       signer=(layout.signature or {}).get("fingerprint"), key_id=key_id,
@@ -397,7 +399,12 @@ def _check_signature(layout: _Layout, verify_with: Any) -> str:
 def _views(layout: _Layout, buf: torch.Tensor) -> Tensors:
     out: Tensors = {}
     n = buf.numel()
-    for name, e in layout.manifest["tensors"].items():
+    entries = layout.manifest["tensors"]
+    order = layout.manifest.get("tensor_order", list(entries))
+    if sorted(order) != sorted(entries):
+        raise FormatError(f"{layout.path}: the manifest's tensor order does not match its tensors")
+    for name in order:
+        e = entries[name]
         try:
             a, b = (int(x) for x in e["offsets"])
             dtype = dtype_from_name(e["dtype"], tensor=name)
