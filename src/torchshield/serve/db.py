@@ -153,7 +153,8 @@ def _sqlite_engine(url: str, *, immediate: bool) -> Any:
 
 
 def open_database(url: str, *, create: bool = True) -> Database:
-    """Connect to ``url``, create missing tables and check that the database takes writes.
+    """Connect to ``url``, create missing tables and check that the database takes writes
+    (``create=False``: only check that it holds a serving database, for read-only use).
 
     A database that is down, missing or read-only fails here with an :class:`InputError` naming
     the (password-free) URL, so the service never starts half-working."""
@@ -180,10 +181,12 @@ def open_database(url: str, *, create: bool = True) -> Database:
 
             db.tables.create_all(write)
             create_policy_table(write)
-        with db.writing() as conn:  # a real write: proves the database is writable now
-            _ensure_row(conn, db.t("revision"), {"id": 1, "revision": 0})
-            _ensure_row(conn, db.t("audit_head"), {"id": 1, "seq": 0, "mac": "0" * 64})
-            db.bump_revision(conn)
+            with db.writing() as conn:  # a real write: proves the database is writable now
+                _ensure_row(conn, db.t("revision"), {"id": 1, "revision": 0})
+                _ensure_row(conn, db.t("audit_head"), {"id": 1, "seq": 0, "mac": "0" * 64})
+                db.bump_revision(conn)
+        else:  # readers (audit verify/export) work on read-only copies too
+            db.revision()
     except sa.exc.SQLAlchemyError as exc:
         db.dispose()
         reason = str(getattr(exc, "orig", exc)).splitlines()[0][:200]

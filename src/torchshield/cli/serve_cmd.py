@@ -1,0 +1,85 @@
+"""`torchshield serve`: the secure inference service over HTTP (see docs/serving.md)."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+from pathlib import Path
+
+import typer
+
+from torchshield.cli.output import err_console
+from torchshield.errors import InputError
+
+DEFAULT_DB = "sqlite:///shield.db"
+
+
+def register(root: typer.Typer) -> None:
+    root.command("serve")(serve)
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
+def serve(
+    bundles: list[Path] = typer.Argument(..., help="Model bundles (.tsb) to serve; encrypted ones need the key."),
+    db: str = typer.Option(os.environ.get("TORCHSHIELD_DB", DEFAULT_DB), "--db",
+                           help="SQLAlchemy URL: sqlite:///shield.db (default) or postgresql+psycopg://..."),
+    key_file: Path | None = typer.Option(None, "--key-file", help="Master key file (else $TORCHSHIELD_KEY[_FILE])."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to bind; only loopback unless you say so."),
+    port: int = typer.Option(8000, "--port", min=1, max=65535),
+    tls_cert: Path | None = typer.Option(None, "--tls-cert", help="PEM certificate: serve HTTPS."),
+    tls_key: Path | None = typer.Option(None, "--tls-key", help="PEM private key of --tls-cert."),
+    workers: int = typer.Option(1, "--workers", min=1, max=64, help="uvicorn worker processes."),
+    rate: float = typer.Option(50.0, "--rate", help="Default requests/second per key (keys may override)."),
+    burst: int = typer.Option(100, "--burst", help="Default bucket size per key."),
+    rate_store: str = typer.Option("memory", "--rate-limit-store",
+                                   help="memory: per worker (fast); db: shared by all workers."),
+    output: str | None = typer.Option(None, "--output", help="Force output hardening for every model: "
+                                                            "label, top_k or probabilities."),
+    body_limit: int = typer.Option(1 << 20, "--body-limit", help="Largest request body in bytes (else 413)."),
+) -> None:
+    """Serve BUNDLES over HTTP with API keys, RBAC, rate limits and a hash-chained audit log."""
+    import uvicorn
+
+    from torchshield.crypto.keys import resolve_master_key
+    from torchshield.serve.http.worker import CONFIG_ENV
+    from torchshield.serve.service import ServeConfig, Service
+
+    if rate_store not in ("memory", "db"):
+        raise InputError("--rate-limit-store must be memory or db")
+    if (tls_cert is None) != (tls_key is None):
+        raise InputError("--tls-cert and --tls-key go together")
+    for p in [*bundles, *(x for x in (tls_cert, tls_key) if x)]:
+        if not p.is_file():
+            raise InputError(f"{p}: no such file")
+    if not _is_loopback(host):
+        err_console.print(f"[bold yellow]WARNING:[/] binding {host}: the service is reachable from other "
+                          "machines" + ("" if tls_cert else " over plain HTTP (API keys travel in clear; "
+                                                             "use --tls-cert/--tls-key)"), highlight=False)
+    config = ServeConfig(db_url=db, bundles=tuple(str(b) for b in bundles),
+                         key_file=str(key_file) if key_file else None, body_limit=body_limit, rate_per_s=rate,
+                         burst=burst, rate_store=rate_store, output=output)
+    tls = {"ssl_certfile": str(tls_cert), "ssl_keyfile": str(tls_key)} if tls_cert else {}
+    service = Service.start(config, master=resolve_master_key(key_file=key_file))  # fail fast, clear errors
+    if service.keys.count() == 0:
+        err_console.print("no API keys yet: create the first admin key with "
+                          f"`torchshield access bootstrap --db {db}`", highlight=False)
+    scheme = "https" if tls_cert else "http"
+    err_console.print(f"serving {', '.join(service.registry.names())} on {scheme}://{host}:{port} "
+                      f"({workers} worker{'s' if workers > 1 else ''})", highlight=False)
+    if workers == 1:
+        from torchshield.serve.http.app import create_app
+
+        uvicorn.run(create_app(service), host=host, port=port, log_level="warning", **tls)
+        service.close()
+        return
+    service.close()
+    os.environ[CONFIG_ENV] = json.dumps(config.to_dict())
+    uvicorn.run("torchshield.serve.http.worker:app_from_env", factory=True, workers=workers, host=host,
+                port=port, log_level="warning", **tls)

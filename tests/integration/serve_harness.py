@@ -1,0 +1,63 @@
+"""Shared helpers for serving tests: a tiny model bundle, a service, a real uvicorn server."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+ARCH = {"type": "mlp", "hidden": [16]}
+META = {"name": "digits", "model": ARCH, "input": {"shape": [8], "dtype": "float32", "min": 0, "max": 16},
+        "num_classes": 4}
+
+
+def make_bundle(path: Path, master: Any = None, *, name: str = "digits", seed: int = 0, **extra: Any) -> Path:
+    import torch
+
+    import torchshield
+    from torchshield.train.zoo import build_model
+
+    torch.manual_seed(seed)
+    model = build_model(ARCH, in_shape=(8,), num_classes=4)
+    torchshield.save(model, path, key=master, metadata={**META, "name": name, **extra})
+    return path
+
+
+def make_service(tmp: Path, master: Any, *, db_url: str | None = None, models: tuple[str, ...] = ("digits", "iris"),
+                 **config: Any) -> Any:
+    from torchshield.serve.service import ServeConfig, Service
+
+    bundles = tuple(str(make_bundle(tmp / f"{n}.tsb", master, name=n, seed=i)) for i, n in enumerate(models))
+    cfg = ServeConfig(db_url=db_url or f"sqlite:///{tmp / 'serve.db'}", bundles=bundles, **config)
+    return Service.start(cfg, master=master)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def running(app: Any) -> Any:
+    """Serve ``app`` with a real uvicorn on a free loopback port; yields the base URL."""
+    import uvicorn
+
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
+                                           lifespan="off"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.time() + 20
+    while not server.started:
+        if time.time() > deadline or not thread.is_alive():
+            raise RuntimeError("uvicorn did not start")
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
