@@ -1,0 +1,38 @@
+"""The public surface stays small and light: `import torchshield` pulls no heavy library."""
+
+import subprocess
+import sys
+
+import torchshield
+from torchshield import errors
+
+
+def test_import_is_light():
+    code = ("import sys, torchshield, torchshield.errors, torchshield.cli.app;"
+            "heavy = [m for m in ('torch', 'pandas', 'fastapi', 'flwr', 'opacus', 'sklearn') if m in sys.modules];"
+            "print(','.join(heavy))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert out == "", f"import torchshield loaded heavy modules: {out}"
+
+
+def test_all_is_sorted_and_resolves():
+    for mod in (torchshield, errors):
+        names = [n for n in mod.__all__ if n != "__version__"]
+        assert names == sorted(names)
+        for n in mod.__all__:
+            assert getattr(mod, n) is not None
+
+
+def test_error_tree_exit_codes():
+    assert errors.InputError("x").exit_code == 2
+    assert errors.FormatError("x").exit_code == 2
+    assert errors.WrongKeyError("x").exit_code == 2
+    assert errors.IntegrityError("x").exit_code == 1
+    assert errors.SignatureError("x").exit_code == 1
+    assert errors.UnsafeFileError("x").exit_code == 1
+    assert errors.PrivacyBudgetExceeded("x").exit_code == 3
+    assert errors.AccessDenied("x").exit_code == 3
+    for name in errors.__all__:
+        assert issubclass(getattr(errors, name), errors.ShieldError)
+    e = errors.InputError("field 'k' is wrong", hint="set k to 5")
+    assert str(e) == "field 'k' is wrong (set k to 5)"
