@@ -216,7 +216,7 @@ class _Scanner:
             if ref.verdict.severity is None:
                 continue
             how = f"; called by {', '.join(ref.calls[:3])}" if ref.calls else "; imported (importing runs module code)"
-            self.add(ref.verdict.severity, "import", f"{ref.full}: {ref.verdict.reason}{how}", b.member,
+            self.add(ref.verdict.severity, "import", f"{ref.verdict.reason}{how}", b.member,
                      ref.offset - base, ref.full)
         for f in walk.findings:
             self.add(f.severity, f.kind, f.message, b.member, f.offset - base, f.callable)

@@ -29,6 +29,7 @@ __all__ = ["LEGACY_MAGIC", "PickleWalk", "RawFinding", "looks_like_pickle", "wal
 LEGACY_MAGIC = 0x1950A86A20F9469CFC6C  # first pickle of torch's legacy (non-zip) format
 MAX_TEXT = 1 << 16  # longer strings are kept as opaque markers: no module name is that long
 MEDIUM = "medium"
+_EXPANSION_REUSE = 100_000
 
 # Calls whose first argument is itself a serialized object: its bytes are scanned as a nested file.
 NESTED_LOADERS = frozenset({
@@ -161,6 +162,7 @@ class _Walker:
         self.refs_by_name: dict[str, Ref] = {}
         self.frame_end = -1
         self.arg_pos = 0
+        self.reuse = 0  # memo GETs and DUPs: shared references, the raw material of expansion attacks
 
     # -- findings -------------------------------------------------------------------
     def anomaly(self, offset: int, message: str, severity: str = HIGH, kind: str = "structure") -> None:
@@ -301,6 +303,9 @@ class _Walker:
             self.step(op, offset, arg, stack, memo)
             stack = self.stack
         walk.end = pos
+        if self.reuse > _EXPANSION_REUSE and self.reuse > 50 * max(1, len(memo)):
+            self.anomaly(walk.start, f"{self.reuse} memo/DUP references to {len(memo)} objects: the shape of a "
+                         "memory-expansion (billion laughs) attack on whoever walks the loaded object")
         return walk
 
     def step(self, op: int, offset: int, arg: Any, stack: list[Any], memo: dict[int, Any]) -> None:  # noqa: C901
@@ -323,6 +328,7 @@ class _Walker:
                 stack.append(OPAQUE)
             else:
                 stack.append(memo[idx])
+                self.reuse += 1
         elif op == 0x28:  # MARK
             self.metastack.append(stack)
             self.stack = []
@@ -438,6 +444,7 @@ class _Walker:
             self.pop_mark(offset)
         elif op == 0x32:  # DUP
             self.stack.append(self.top(offset))
+            self.reuse += 1
         elif op == 0x95:  # FRAME
             size = int.from_bytes(arg, "little")
             self.frame_end = offset + 9 + size
