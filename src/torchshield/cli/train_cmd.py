@@ -1,0 +1,47 @@
+"""`torchshield train CONFIG`: train a model from a YAML file and write a signed .tsb bundle."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from torchshield.cli.output import JSON_OPTION, STATE, emit, err_console
+
+__all__ = ["register", "train"]
+
+
+def train(config: Path = typer.Argument(..., help="YAML training config (model, data, optimizer, epochs, "
+                                                  "output, optional privacy/adversarial/watermark)."),
+          as_json: bool = JSON_OPTION) -> None:
+    """Train a model from CONFIG; with a privacy: section, with DP-SGD to that (epsilon, delta)."""
+    from torchshield.train.config import load_config
+    from torchshield.train.run import train_from_config
+
+    cfg = load_config(config)
+
+    def on_epoch(event) -> None:  # noqa: ANN001
+        if not as_json and not STATE.quiet:
+            eps = f"  epsilon {event.extra['epsilon']:.3f}" if "epsilon" in event.extra else ""
+            err_console.print(f"epoch {event.epoch}/{event.epochs}  loss {event.loss:.4f}{eps}", highlight=False)
+
+    result = train_from_config(cfg, progress=not as_json, on_epoch=on_epoch)
+
+    def human(console) -> None:  # noqa: ANN001
+        for msg in result.messages:
+            console.print(f"note: {msg}", highlight=False, markup=False)
+        m = result.metrics
+        console.print(f"wrote {result.bundle}", highlight=False)
+        console.print(f"accuracy: train {m['train']['accuracy']:.4f}  test {m['test']['accuracy']:.4f}")
+        if result.privacy:
+            p = result.privacy
+            console.print(f"privacy: epsilon {p['epsilon']:.4f} (target {p['target_epsilon']}) delta {p['delta']:g} "
+                          f"[{p['accountant']}], noise {p['noise_multiplier']:.4f}, sample rate "
+                          f"{p['sample_rate']:.4g}, {p['steps']} steps, mode {p['mode']}", highlight=False,
+                          markup=False)
+
+    emit(result.to_dict(), human, as_json=as_json)
+
+
+def register(root: typer.Typer) -> None:
+    root.command("train", help="Train a model from a YAML config and write a signed .tsb bundle.")(train)
