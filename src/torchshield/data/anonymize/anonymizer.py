@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 from torchshield.data.anonymize.operators import Cell, KeyedContext
 from torchshield.data.anonymize.policy import Policy, load_policy
+from torchshield.data.tabular.dtypes import is_text as _is_text
 from torchshield.errors import KeyMaterialError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -78,7 +79,7 @@ class Anonymizer:
                 out[col] = new_values
                 continue
             if (rule is not None and rule.scan) or (rule is None and pol.unlisted_scan):
-                if df[col].dtype != object:
+                if not _is_text(df[col]):
                     continue  # numbers and dates carry no free-text PII; generalise them explicitly
                 out[col] = [self.text(v, person=who, column=name) if isinstance(v, str) and v else v
                             for v, who in zip(df[col].tolist(), persons, strict=True)]
