@@ -209,7 +209,7 @@ class _Scanner:
         self.report.pickles += count
         return "torch-legacy" if legacy else "pickle"
 
-    def record_walk(self, walk: PickleWalk, b: _Blob) -> None:
+    def record_walk(self, walk: PickleWalk, b: _Blob, *, follow: bool = True) -> None:
         self.report.imports += len(walk.refs)
         base = b.lo
         for ref in walk.refs:
@@ -220,6 +220,8 @@ class _Scanner:
                      ref.offset - base, ref.full)
         for f in walk.findings:
             self.add(f.severity, f.kind, f.message, b.member, f.offset - base, f.callable)
+        for start in walk.resync[:16] if follow else ():  # the other reading of a straddled FRAME
+            self.record_walk(walk_pickle(b.data, start, b.hi, self.allow), b, follow=False)
         for offset, loader, blob in walk.nested:
             label = _join(b.member, f"<{loader} argument at offset {offset - base}>")
             # the bytes literal lives inside this stream: scan it in place, no copy

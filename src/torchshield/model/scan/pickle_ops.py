@@ -107,6 +107,7 @@ class PickleWalk:
     refs: list[Ref] = field(default_factory=list)
     nested: list[tuple[int, str, Blob]] = field(default_factory=list)
     persistent_ids: list[tuple[Any, ...]] = field(default_factory=list)
+    resync: list[int] = field(default_factory=list)  # where another reading of the bytes starts
     error: str | None = None
 
     @property
@@ -288,7 +289,8 @@ class _Walker:
                 arg = lines
             if self.frame_end >= 0 and offset < self.frame_end < pos:
                 self.anomaly(offset, "opcode straddles a FRAME boundary: loaders and scanners can read different "
-                             "opcodes here (parser differential)")
+                             "opcodes here (parser differential); the bytes after the frame were scanned too")
+                walk.resync.append(self.frame_end)
             walk.ops += 1
             if op == 0x80:  # PROTO
                 if not first:
