@@ -130,7 +130,7 @@ base64.b32decode base64.b85decode codecs.decode codecs.open _codecs.decode strin
 """.split())
 
 _DUNDER = re.compile(r"^__\w+__$")
-_HARMLESS_DUNDER_MODULES = frozenset({"__main__", "__future__", "__builtin__", "__mp_main__"})
+_HARMLESS_DUNDER_MODULES = frozenset({"__main__", "__future__", "__builtin__", "__mp_main__", "__torch__"})
 _RENAMED = {"__builtin__": "builtins"}
 
 
