@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 from torchshield.data.anonymize.operators import Cell, KeyedContext
 from torchshield.data.anonymize.policy import Policy, load_policy
-from torchshield.data.tabular.dtypes import is_text as _is_text
+from torchshield.data.dtypes import is_text as _is_text
 from torchshield.errors import KeyMaterialError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -30,25 +30,43 @@ class Anonymizer:
                                         "refused because IDs and phone numbers are easy to enumerate")
         self.keys = KeyedContext(key)
         self.counts: dict[str, Counter[str]] = {}
+        self._cache: dict[tuple[str, str], tuple[str, list[str]]] = {}
+        ops = [self.policy.default, *self.policy.entities.values()]
+        self._person_dependent = any(o is not None and o.name == "date_shift" for o in ops)
 
     def text(self, text: str, *, person: str | None = None, column: str = "") -> str:
         """Replace every finding in ``text`` by its entity operator's output."""
+        # Short cells repeat (categories, codes): remember their result. Not for date_shift,
+        # whose output depends on the row's person.
+        cacheable = len(text) <= 40 and not self._person_dependent
+        if cacheable:
+            hit = self._cache.get((column, text))
+            if hit is not None:
+                self.counts.setdefault(column, Counter()).update(hit[1])
+                return hit[0]
+        new_text, types = self._text(text, person, column)
+        if cacheable:
+            if len(self._cache) >= 200_000:
+                self._cache.clear()
+            self._cache[(column, text)] = (new_text, types)
+        self.counts.setdefault(column, Counter()).update(types)
+        return new_text
+
+    def _text(self, text: str, person: str | None, column: str) -> tuple[str, list[str]]:
         from torchshield.data.pii import find_pii
 
         findings = find_pii(text, min_score=self.policy.min_score, types=self.policy.types, context=column)
         if not findings:
-            return text
+            return text, []
         out: list[str] = []
         pos = 0
-        c = self.counts.setdefault(column, Counter())
         for f in findings:
             new = self.policy.operator_for(f.type).apply(f.text, Cell(f.type, person), self.keys)
             out.append(text[pos:f.start])
             out.append(new if new is not None else "")
             pos = f.end
-            c[f.type] += 1
         out.append(text[pos:])
-        return "".join(out)
+        return "".join(out), [f.type for f in findings]
 
     def dataframe(self, df: pd.DataFrame) -> pd.DataFrame:
         """A de-identified copy of ``df`` (columns with ``drop`` removed)."""

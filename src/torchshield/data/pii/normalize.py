@@ -17,6 +17,10 @@ __all__ = ["NormalizedText", "normalize"]
 _FOLD = str.maketrans({"\u2010": "-", "\u2011": "-", "\u2012": "-", "\u2013": "-", "\u2014": "-",
                        "\u2212": "-", "\u00a0": " ", "\u3000": " ", "\u202f": " "})
 
+# Marks that NFKC may compose with the previous character (changing lengths in ways that could
+# cancel out); text holding any of them takes the per-character path.
+_COMBINING = re.compile("[\u0300-\u036f\u0483-\u0489\u0591-\u05bd\u0900-\u0903\u093a-\u094f"
+                        "\u1ab0-\u1aff\u1dc0-\u1dff\u20d0-\u20ff\u3099\u309a\ufe20-\ufe2f]")
 _FOLD_CHARS = re.compile("[\u2010-\u2014\u2212\u00a0\u3000\u202f]")
 
 
@@ -45,8 +49,9 @@ def normalize(text: str) -> NormalizedText:
         return NormalizedText(text, text, None)
     folded = text.translate(_FOLD)
     nf = unicodedata.normalize("NFKC", folded)
-    if len(nf) == len(folded) and (nf == folded or _same_shape(folded, nf)):
-        # Length-preserving (the common case: full-width forms map one-to-one).
+    if len(nf) == len(folded) and (nf == folded or _COMBINING.search(folded) is None):
+        # Same length and no combining marks: every character mapped to exactly one (the common
+        # case: full-width digits, letters and punctuation such as ，：（）).
         return NormalizedText(text, nf, None)
     parts: list[str] = []
     index: list[int] = []
@@ -55,8 +60,3 @@ def normalize(text: str) -> NormalizedText:
         parts.append(n)
         index.extend([i] * len(n))
     return NormalizedText(text, "".join(parts), tuple(index))
-
-
-def _same_shape(a: str, b: str) -> bool:
-    # Whole-string NFKC can compose across characters; accept it only if every char maps alone.
-    return all(len(unicodedata.normalize("NFKC", ch)) == 1 for ch in a if ord(ch) > 127)

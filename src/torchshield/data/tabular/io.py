@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from torchshield.crypto.files import atomic_output
-from torchshield.data.tabular.dtypes import is_text as _is_text
+from torchshield.data.dtypes import is_text as _is_text
 from torchshield.errors import FormatError, InputError
 
 if TYPE_CHECKING:  # pragma: no cover

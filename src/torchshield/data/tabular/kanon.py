@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from torchshield.data.tabular.dtypes import is_text as _is_text
+from torchshield.data.dtypes import is_text as _is_text
 from torchshield.errors import InputError, PolicyError
 
 if TYPE_CHECKING:  # pragma: no cover
