@@ -17,8 +17,8 @@ from torchshield.store.verify import VerifyReport, verify
 
 __all__ = [
     "BackupResult",
-    "PutResult",
     "PruneReport",
+    "PutResult",
     "Repository",
     "Snapshot",
     "VaultLocked",
