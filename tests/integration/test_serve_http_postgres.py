@@ -1,0 +1,96 @@
+"""The PostgreSQL path for real: keys, Casbin policies and the audit chain in PostgreSQL, two
+services ("workers") on one database, revocation seen by the other, chain intact under
+concurrent writes and tampering detected. Runs when TORCHSHIELD_TEST_PG_URL points at a server
+(`eval "$(.ci/postgres.sh)"` starts one); otherwise skipped with that reason."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import threading
+
+import httpx
+import pytest
+
+from serve_harness import make_service, running
+
+PG_URL = os.environ.get("TORCHSHIELD_TEST_PG_URL")
+pytestmark = pytest.mark.skipif(not PG_URL, reason="PostgreSQL not reachable: set TORCHSHIELD_TEST_PG_URL "
+                                                    "(eval \"$(.ci/postgres.sh)\" starts a local server)")
+X = [[2.0] * 8]
+
+
+@pytest.fixture
+def pg_db():
+    """A fresh database on the server, dropped afterwards."""
+    import sqlalchemy as sa
+
+    base = sa.engine.make_url(PG_URL)
+    name = f"ts_serve_{secrets.token_hex(4)}"
+    admin = sa.create_engine(base, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
+    except sa.exc.OperationalError as exc:
+        pytest.skip(f"PostgreSQL at {base.render_as_string(hide_password=True)} not usable: {exc.orig}")
+    yield base.set(database=name).render_as_string(hide_password=False)
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f'DROP DATABASE "{name}" WITH (FORCE)')
+    admin.dispose()
+
+
+def test_postgres_two_workers_revocation_and_chain(tmp_path, master_key, pg_db):
+    import sqlalchemy as sa
+
+    from torchshield.serve.http import create_app
+
+    a = make_service(tmp_path, master_key, db_url=pg_db, models=("digits",))
+    (tmp_path / "b").mkdir()
+    b = make_service(tmp_path / "b", master_key, db_url=pg_db, models=("digits",))
+    assert a.db.read_engine.dialect.name == "postgresql"
+    admin = a.keys.create(role="admin").token
+    try:
+        with running(create_app(a)) as url_a, running(create_app(b)) as url_b:
+            hdr = {"Authorization": f"Bearer {admin}"}
+            created = httpx.post(f"{url_a}/v1/keys", headers=hdr, json={"role": "predictor", "models": ["digits"]})
+            token, key_id = created.json()["token"], created.json()["key"]["key_id"]
+            user = {"Authorization": f"Bearer {token}"}
+            assert httpx.post(f"{url_b}/v1/models/digits/predict", headers=user, json={"inputs": X}).status_code == 200
+            statuses: list[int] = []
+
+            def client(url: str) -> None:
+                with httpx.Client(base_url=url, timeout=30) as c:
+                    for _ in range(15):
+                        statuses.append(c.post("/v1/models/digits/predict", headers=user,
+                                               json={"inputs": X}).status_code)
+
+            threads = [threading.Thread(target=client, args=(u,)) for u in (url_a, url_b) * 3]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            assert statuses.count(200) == 90
+            assert httpx.delete(f"{url_a}/v1/keys/{key_id}", headers=hdr).status_code == 200
+            assert httpx.post(f"{url_b}/v1/models/digits/predict", headers=user, json={"inputs": X}).status_code == 401
+            report = httpx.get(f"{url_b}/v1/audit/verify", headers=hdr).json()
+        assert report["ok"] and report["records"] == 94 and a.audit.count() == 95  # + the verify request
+        t = a.db.t("audit_log")
+        with a.db.writing() as conn:
+            conn.execute(sa.update(t).where(t.c.seq == 50).values(body=t.c.body + " "))
+        bad = a.audit.verify()
+        assert not bad.ok and bad.first_bad == 50
+    finally:
+        a.close()
+        b.close()
+
+
+def test_postgres_down_is_a_clear_startup_error(master_key):
+    import sqlalchemy as sa
+
+    from torchshield.errors import InputError
+    from torchshield.serve.db import open_database
+
+    url = sa.engine.make_url(PG_URL).set(port=1, password="hunter2").render_as_string(hide_password=False)
+    with pytest.raises(InputError, match="unreachable or read-only") as err:
+        open_database(url)
+    assert "hunter2" not in str(err.value)
