@@ -13,7 +13,7 @@ __all__ = ["EnglishAddressRecognizer", "EnglishNameRecognizer", "en_recognizers"
 
 CTX_SSN = ("ssn", "social security", "social sec", "ss#", "ss #", "taxpayer")
 CTX_PHONE = ("phone", "tel", "call", "mobile", "cell", "fax", "contact", "reach", "dial", "电话", "手机",
-             "联系", "text me", "number")
+             "联系", "text me")
 
 _SSN = r"(?<![0-9-])(?!000|666|9[0-9]{2})[0-9]{3}([- ])(?!00)[0-9]{2}\1(?!0000)[0-9]{4}(?![0-9-])"
 _SSN_PLAIN = r"(?<![0-9])(?!000|666|9[0-9]{2})[0-9]{3}(?!00)[0-9]{2}(?!0000)[0-9]{4}(?![0-9])"
