@@ -13,6 +13,7 @@ the given rate and that only the final (or every) model is released.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 
 from torchshield.errors import InputError, MissingDependencyError
@@ -56,8 +57,6 @@ def epsilon_for(history: Sequence[tuple[float, float, int]], *, delta: float, ac
     acc.history = [(float(s), float(q), int(k)) for s, q, k in history if k > 0]
     if not acc.history:
         return 0.0
-    import warnings
-
     with warnings.catch_warnings():  # "optimal order is the largest alpha": we keep Opacus' grid on purpose,
         warnings.simplefilter("ignore")  # so that our numbers match the accountant users check against
         return float(acc.get_epsilon(delta=delta))
@@ -75,8 +74,11 @@ def noise_multiplier_for(*, epsilon: float, delta: float, sample_rate: float, st
     from opacus.accountants.utils import get_noise_multiplier
 
     try:
-        sigma = float(get_noise_multiplier(target_epsilon=epsilon, target_delta=delta, sample_rate=sample_rate,
-                                           steps=steps, accountant=accountant, epsilon_tolerance=tolerance))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            sigma = float(get_noise_multiplier(target_epsilon=epsilon, target_delta=delta, sample_rate=sample_rate,
+                                               steps=steps, accountant=accountant,
+                                               epsilon_tolerance=tolerance))
     except ValueError as exc:
         raise InputError(f"privacy.epsilon={epsilon} cannot be reached with delta={delta}, sample rate "
                          f"{sample_rate:.4g} and {steps} steps ({exc})",

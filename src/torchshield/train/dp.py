@@ -91,6 +91,13 @@ def _secure_generator(seed: int | None) -> torch.Generator:
     return torch.Generator().manual_seed(seed if seed is not None else secrets.randbits(63))
 
 
+def _no_inplace(model: nn.Module) -> None:
+    """In-place activations would overwrite the layer outputs both engines differentiate."""
+    for m in model.modules():
+        if getattr(m, "inplace", False) is True:
+            m.inplace = False
+
+
 def _owned_params(module: nn.Module) -> list[nn.Parameter]:
     return [p for p in module.parameters(recurse=False) if p.requires_grad]
 
@@ -116,9 +123,7 @@ class _BookKeeping:
         self.layers = [m for m in model.modules() if _owned_params(m)]
         self.calls: dict[nn.Module, list[tuple[Tensor, Tensor]]] = {}
         self.handles = [m.register_forward_hook(self._record) for m in self.layers]
-        for m in model.modules():  # an in-place activation would overwrite the outputs we differentiate
-            if getattr(m, "inplace", False) is True:
-                m.inplace = False
+        _no_inplace(model)
 
     def _record(self, module: nn.Module, inputs: tuple[Tensor, ...], output: Tensor) -> None:
         if torch.is_grad_enabled() and module.training:
@@ -197,6 +202,7 @@ class _OpacusHooks:
         from opacus.grad_sample.utils import prepare_module
 
         self.params = [p for p in model.parameters() if p.requires_grad]
+        _no_inplace(model)
         self.hooks = prepare_module(model, mode, False, batch_first=True, loss_reduction="sum")
 
     def reset(self) -> None:
@@ -207,8 +213,12 @@ class _OpacusHooks:
         self.hooks.remove_hooks()
 
     def clipped_sum(self, loss: Tensor, max_norm: float) -> dict[nn.Parameter, Tensor]:
+        import warnings
+
         saved = [p.grad for p in self.params]
-        loss.sum().backward()
+        with warnings.catch_warnings():  # "full backward hook is firing ... no inputs require gradients": expected
+            warnings.simplefilter("ignore", UserWarning)
+            loss.sum().backward()
         samples = [p.grad_sample for p in self.params]
         for p, g in zip(self.params, saved):
             p.grad, p.grad_sample = g, None  # the unclipped gradient must not leak into the step
