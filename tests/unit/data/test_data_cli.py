@@ -51,7 +51,7 @@ def test_mask_unmask_kanon_round_trip(tmp_path, capsys):
     assert run(["data", "kanon", str(out), "--k", "3", "--quasi", "age,gender,zip", "--sensitive", "diagnosis",
                 "--l", "2", "--out", str(rel), "--json"]) == 0
     rep = json.loads(capsys.readouterr().out)
-    assert rep["min_class_size"] >= 3 and rep["risk_after"]["max"] <= 1 / 3
+    assert rep["min_class_size"] >= 3 and rep["risk_after"]["max"] <= 1 / 3 + 1e-6
     table = pd.read_parquet(rel)
     assert table.groupby(["age", "gender", "zip"]).size().min() >= 3
 
