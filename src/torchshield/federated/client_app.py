@@ -97,10 +97,22 @@ def build_client_app(config: FederationConfig | None = None) -> ClientApp:
 
     mods = []
     if config is None or config.secure_aggregation is not None:
-        mods.append(secaggplus_mod)  # passes plain fit messages through untouched
+        mods.append(_secagg_when_asked)
     if config is None or config.privacy is not None:
         mods.append(_clipping_when_asked)
     return ClientApp(client_fn=client_fn, mods=mods)
+
+
+def _secagg_when_asked(msg: Any, ctxt: Any, call_next: Any) -> Any:
+    """Flower's ``secaggplus_mod`` for SecAgg+ messages; plain fit messages pass through.
+
+    Flower's mod raises on a message without SecAgg+ stage configs, and a deployed app
+    serves runs with and without secure aggregation."""
+    from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS
+
+    if RECORD_KEY_CONFIGS in msg.content.config_records:
+        return secaggplus_mod(msg, ctxt, call_next)
+    return call_next(msg, ctxt)
 
 
 def _clipping_when_asked(msg: Any, ctxt: Any, call_next: Any) -> Any:

@@ -281,10 +281,10 @@ def _secagg(f: _Fields, value: Any, clients: int, per_round: int) -> SecAggConfi
     d: dict[str, Any] = {} if value is True else value
     if not isinstance(d, dict):
         raise InputError(f"{f.source}: secure_aggregation must be true/false or a mapping")
-    shares = f.int_(d, "secure_aggregation.num_shares", min(per_round, 3), low=2, key="num_shares")
-    threshold = f.int_(d, "secure_aggregation.reconstruction_threshold", max(2, shares * 2 // 3), low=2, key="reconstruction_threshold")
     if per_round < 2:
         raise InputError(f"{f.source}: secure aggregation needs at least 2 clients per round, got {per_round}")
+    shares = f.int_(d, "secure_aggregation.num_shares", min(per_round, 3), low=2, key="num_shares")
+    threshold = f.int_(d, "secure_aggregation.reconstruction_threshold", max(2, shares * 2 // 3), low=2, key="reconstruction_threshold")
     if threshold > per_round:
         raise InputError(
             f"{f.source}: secure_aggregation.reconstruction_threshold ({threshold}) is larger than the "

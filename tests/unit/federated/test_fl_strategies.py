@@ -1,0 +1,57 @@
+"""Strategy wrappers against fake client results: shape guard and client-level DP noise."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from flwr.common import Code, FitRes, Status, ndarrays_to_parameters, parameters_to_ndarrays
+from flwr.server.strategy import FedAvg
+
+from torchshield.errors import InputError
+from torchshield.federated.strategies import ClientLevelDP, RoundRecorder, ShapeGuard
+
+SHAPES = [(4, 3), (4,)]
+
+
+def _res(arrays: list[np.ndarray], n: int = 10, pid: int = 0) -> tuple[None, FitRes]:
+    return None, FitRes(Status(Code.OK, ""), ndarrays_to_parameters(arrays), n, {"partition_id": pid, "loss": 1.0})
+
+
+def _ok(value: float, n: int = 10, pid: int = 0) -> tuple[None, FitRes]:
+    return _res([np.full(s, value, dtype=np.float32) for s in SHAPES], n, pid)
+
+
+def test_shape_guard_rejects_and_names_the_client() -> None:
+    rec = RoundRecorder()
+    guard = ShapeGuard(FedAvg(), SHAPES, rec)
+    bad = _res([np.zeros((3, 4), np.float32), np.zeros(4, np.float32)], pid=2)
+    params, _ = guard.aggregate_fit(1, [_ok(1.0, pid=0), bad, _ok(3.0, pid=1)], [])
+    agg = parameters_to_ndarrays(params)
+    assert np.allclose(agg[0], 2.0)  # only the two good clients were averaged
+    assert rec.rejected == [{"round": 1, "partition_id": 2, "reason": "array 0 has shape (3, 4), the model "
+                                                                      "expects (4, 3)"}]
+    with pytest.raises(InputError, match="every client update had the wrong shapes"):
+        guard.aggregate_fit(2, [_res([np.zeros(3, np.float32)], pid=5)], [])
+
+
+def test_client_level_dp_uniform_weights_and_noise_scale() -> None:
+    z, clip = 2.0, 0.5
+    dp = ClientLevelDP(FedAvg(), noise_multiplier=z, clipping_norm=clip, num_sampled_clients=3,
+                       rng=np.random.default_rng(0))
+    big = [_res([np.zeros((200, 50), np.float32)], n=1000, pid=0), _res([np.ones((200, 50), np.float32)], n=1, pid=1)]
+    params, _ = dp.aggregate_fit(1, big, [ConnectionError("client 2 dropped")])
+    agg = parameters_to_ndarrays(params)[0]
+    # uniform weights: mean of 0 and 1 is 0.5, whatever the claimed sizes (FedAvg alone gives ~0.001)
+    assert abs(agg.mean() - 0.5) < 0.01
+    # survivors m = 2: noise std z*C/m = 0.5
+    assert agg.std() == pytest.approx(z * clip / 2, rel=0.05)
+    assert dp.noise_stds == [pytest.approx(0.5)]
+
+
+def test_client_level_dp_noise_is_unpredictable_by_default() -> None:
+    draws = []
+    for _ in range(2):
+        dp = ClientLevelDP(FedAvg(), noise_multiplier=1.0, clipping_norm=1.0, num_sampled_clients=1)
+        params, _ = dp.aggregate_fit(1, [_ok(0.0)], [])
+        draws.append(parameters_to_ndarrays(params)[0])
+    assert not np.allclose(draws[0], draws[1])
