@@ -1,0 +1,120 @@
+"""The threat-model geometry gradient attacks share: an Lp ball around each clean input,
+intersected with the box of valid inputs.
+
+Keeping the norm-specific steps (ascent direction, random start, projection, the exact final
+budget check) here lets FGSM, PGD and APGD be written once for both Linf and L2.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import ClassVar
+
+import torch
+from torch import Tensor
+
+__all__ = ["BALLS", "L2Ball", "LinfBall", "NormBall"]
+
+_TINY = 1e-12
+
+
+def _per_example(values: Tensor, like: Tensor) -> Tensor:
+    return values.view(-1, *([1] * (like.ndim - 1)))
+
+
+class NormBall:
+    """Contract of an Lp ball: subclasses define direction, sampling and projection."""
+
+    norm: ClassVar[str]
+
+    def direction(self, grad: Tensor) -> Tensor:
+        """Steepest-ascent direction of unit norm for a step of size ``alpha``."""
+        raise NotImplementedError
+
+    def sample(self, x: Tensor, eps: float, generator: torch.Generator) -> Tensor:
+        """A uniform random point in the eps-ball around ``x`` (drawn on CPU for determinism)."""
+        raise NotImplementedError
+
+    def projector(self, x: Tensor, eps: float | Tensor, lo: float, hi: float) -> Callable[[Tensor], Tensor]:
+        """Return ``z -> nearest point of the eps-ball around x inside [lo, hi]`` (approximately for L2)."""
+        raise NotImplementedError
+
+    def norms(self, delta: Tensor) -> Tensor:
+        """Per-example norm of a perturbation, in float64 so the budget check is exact."""
+        raise NotImplementedError
+
+    def enforce(self, x_adv: Tensor, x: Tensor, eps: float, lo: float, hi: float) -> Tensor:
+        """Guarantee ``norm(x_adv - x) <= eps`` exactly (float rounding can overshoot by an ulp)."""
+        raise NotImplementedError
+
+
+class LinfBall(NormBall):
+    norm = "linf"
+
+    def direction(self, grad: Tensor) -> Tensor:
+        return grad.sign()
+
+    def sample(self, x: Tensor, eps: float, generator: torch.Generator) -> Tensor:
+        noise = torch.rand(x.shape, generator=generator, dtype=x.dtype).to(x.device)
+        return x + (2 * noise - 1) * eps
+
+    def projector(self, x: Tensor, eps: float | Tensor, lo: float, hi: float) -> Callable[[Tensor], Tensor]:
+        # The box and the ball intersect in one box: precompute it so each step is two ops.
+        lower = (x - eps).clamp_(min=lo)
+        upper = (x + eps).clamp_(max=hi)
+        return lambda z: torch.minimum(torch.maximum(z, lower), upper)
+
+    def norms(self, delta: Tensor) -> Tensor:
+        return delta.detach().double().flatten(1).abs().amax(dim=1)
+
+    def enforce(self, x_adv: Tensor, x: Tensor, eps: float, lo: float, hi: float) -> Tensor:
+        # x - eps rounded to float32 can lie outside the ball by half an ulp of x (which is many
+        # ulps of a small x_adv); compute the box edges in float64 and round them inwards.
+        xd = x.double()
+        lower, upper = (xd - eps).to(x.dtype), (xd + eps).to(x.dtype)
+        lower = torch.where(lower.double() < xd - eps, torch.nextafter(lower, torch.full_like(lower, hi)), lower)
+        upper = torch.where(upper.double() > xd + eps, torch.nextafter(upper, torch.full_like(upper, lo)), upper)
+        return torch.minimum(torch.maximum(x_adv, lower.clamp_(min=lo)), upper.clamp_(max=hi))
+
+
+class L2Ball(NormBall):
+    norm = "l2"
+
+    def direction(self, grad: Tensor) -> Tensor:
+        norms = grad.flatten(1).norm(dim=1).clamp_min(_TINY)
+        return grad / _per_example(norms, grad)
+
+    def sample(self, x: Tensor, eps: float, generator: torch.Generator) -> Tensor:
+        # Uniform in the ball: a Gaussian direction and a radius ~ eps * U^(1/d).
+        gauss = torch.randn(x.shape, generator=generator, dtype=x.dtype)
+        dim = gauss[0].numel()
+        radius = torch.rand(x.shape[0], generator=generator, dtype=x.dtype) ** (1.0 / dim) * eps
+        gauss = gauss / _per_example(gauss.flatten(1).norm(dim=1).clamp_min(_TINY), gauss)
+        return x + (gauss * _per_example(radius, gauss)).to(x.device)
+
+    def projector(self, x: Tensor, eps: float | Tensor, lo: float, hi: float) -> Callable[[Tensor], Tensor]:
+        def project(z: Tensor) -> Tensor:
+            delta = z - x
+            norms = delta.flatten(1).norm(dim=1).clamp_min(_TINY)
+            scale = torch.clamp(eps / norms, max=1.0) if isinstance(eps, Tensor) else (eps / norms).clamp(max=1.0)
+            return (x + delta * _per_example(scale, delta)).clamp_(lo, hi)
+
+        return project
+
+    def norms(self, delta: Tensor) -> Tensor:
+        return delta.detach().double().flatten(1).norm(dim=1)
+
+    def enforce(self, x_adv: Tensor, x: Tensor, eps: float, lo: float, hi: float) -> Tensor:
+        x_adv = self.projector(x, eps, lo, hi)(x_adv)
+        shrink = 1.0
+        for _ in range(8):  # clamping only shrinks delta, so shrinking towards x stays in bounds
+            over = self.norms(x_adv - x) > eps
+            if not bool(over.any()):
+                break
+            shrink *= 1 - 1e-6
+            delta = (x_adv - x) * shrink
+            x_adv = torch.where(_per_example(over, x_adv), x + delta, x_adv).clamp_(lo, hi)
+        return x_adv
+
+
+BALLS: dict[str, NormBall] = {"linf": LinfBall(), "l2": L2Ball()}

@@ -1,0 +1,61 @@
+"""Small trained models on scikit-learn's digits for the robustness tests (cached per process).
+
+Not a test module: imported by the test_robust_* files (pytest puts this folder on sys.path)."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@lru_cache(maxsize=1)
+def digits() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Digits scaled to [0, 1], images (N, 1, 8, 8); fixed split 1297 train / 500 test."""
+    from sklearn.datasets import load_digits
+
+    data = load_digits()
+    x = torch.tensor(data.data, dtype=torch.float32).view(-1, 1, 8, 8) / 16.0
+    y = torch.tensor(data.target, dtype=torch.long)
+    perm = torch.randperm(len(y), generator=torch.Generator().manual_seed(0))
+    x, y = x[perm], y[perm]
+    return x[:1297], y[:1297], x[1297:], y[1297:]
+
+
+def make_mlp() -> nn.Module:
+    return nn.Sequential(nn.Flatten(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 10))
+
+
+def make_cnn() -> nn.Module:
+    return nn.Sequential(nn.Conv2d(1, 8, 3), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 36, 10))
+
+
+def tiny_fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, epochs: int, loss_fn=None,
+             lr: float = 1e-2, batch: int = 64, seed: int = 0) -> nn.Module:
+    """A minimal training loop (stands in for torchshield.train.loop.fit in these tests)."""
+    torch.manual_seed(seed)
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    loss_fn = loss_fn or (lambda m, xb, yb: F.cross_entropy(m(xb), yb))
+    g = torch.Generator().manual_seed(seed)
+    model.train()
+    for _ in range(epochs):
+        for idx in torch.randperm(len(y), generator=g).split(batch):
+            opt.zero_grad(set_to_none=True)
+            loss_fn(model, x[idx], y[idx]).backward()
+            opt.step()
+    return model.eval()
+
+
+@lru_cache(maxsize=2)
+def trained(kind: str = "cnn") -> nn.Module:
+    torch.manual_seed(0)
+    xtr, ytr, _, _ = digits()
+    model = make_cnn() if kind == "cnn" else make_mlp()
+    return tiny_fit(model, xtr, ytr, epochs=5 if kind == "cnn" else 10)
+
+
+def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
+    with torch.no_grad():
+        return float((model(x).argmax(1) == y).float().mean())
