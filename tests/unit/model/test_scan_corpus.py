@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import __future__
 import collections
+import datetime
 import pickle
 from pathlib import Path
 
@@ -119,6 +121,11 @@ def _benign(folder: Path) -> dict[str, Path]:
         p = folder / f"numpy_objects_p{proto}.pkl"
         p.write_bytes(pickle.dumps(rng_state, protocol=proto))
     (folder / "plain.pkl").write_bytes(pickle.dumps(collections.OrderedDict(a=1, b=[1.5, "x"]), protocol=0))
+    stdlib = {"future": __future__.annotations, "when": datetime.datetime(2020, 1, 1), "frac": slice(1, 2),
+              "z": 1j, "fs": frozenset({1}), "ba": bytearray(b"ab")}
+    for proto in (0, 2, 5):
+        (folder / f"stdlib_p{proto}.pkl").write_bytes(pickle.dumps(stdlib, protocol=proto))
+        paths[f"stdlib_p{proto}.pkl"] = folder / f"stdlib_p{proto}.pkl"
     from safetensors.torch import save_file
 
     save_file({k: v.contiguous() for k, v in tensors.items() if k != "param"}, folder / "model.safetensors")
