@@ -93,19 +93,20 @@ def mask(path: Path = typer.Argument(..., help="Input table or text file."),
          key_file: Path | None = _KEY_FILE, encoding: str | None = _ENCODING, fmt: str | None = _FORMAT,
          out_format: str | None = typer.Option(None, "--out-format", help="Output format (default: from suffix)."),
          chunk_rows: int = typer.Option(50_000, "--chunk-rows", help="Rows per chunk (bounds memory)."),
+         workers: int = typer.Option(1, "--workers", "-j", help="Processes masking chunks in parallel."),
          as_json: bool = JSON_OPTION) -> None:
     """De-identify a table under a policy, streaming; writes OUT, OUT.policy.yaml and OUT.report.json."""
     from torchshield.data.anonymize import load_policy
     from torchshield.data.tabular import mask_file
 
-    if chunk_rows < 1:
-        raise InputError("--chunk-rows must be at least 1")
+    if chunk_rows < 1 or workers < 1:
+        raise InputError("--chunk-rows and --workers must be at least 1")
     pol = load_policy(policy)
     key = _key(key_file, required=False)
     state: dict[str, Any] = {"total": None}
     with progress("masking", None) as advance:
         report = mask_file(path, out, policy=pol, key=key, encoding=encoding, in_format=fmt, out_format=out_format,
-                           chunk_rows=chunk_rows, on_progress=advance,
+                           chunk_rows=chunk_rows, on_progress=advance, workers=workers,
                            on_total=lambda n: state.update(total=n))
 
     def human(c: Any) -> None:

@@ -49,6 +49,12 @@ def _words(name: str) -> list[str]:
     return _SORTED[name]
 
 
+def _single_surnames() -> list[str]:
+    if "zh_single" not in _SORTED:
+        _SORTED["zh_single"] = [s for s in _words("zh_surnames") if len(s) == 1]
+    return _SORTED["zh_single"]
+
+
 def surrogate(entity: str | None, value: str, seed: bytes, *, keep_birth_year: bool = False) -> str:
     """A fake value of ``entity``'s kind for ``value``, determined by ``seed`` (>= 32 bytes)."""
     p = _Picker(seed)
@@ -56,7 +62,7 @@ def surrogate(entity: str | None, value: str, seed: bytes, *, keep_birth_year: b
     digits = re.sub(r"[^0-9]", "", value)
     if entity == "PERSON":
         if zh:
-            return p.pick([s for s in _words("zh_surnames") if len(s) == 1]) + p.pick(_ZH_GIVEN)
+            return p.pick(_single_surnames()) + p.pick(_ZH_GIVEN)
         return f"{p.pick(_words('en_first_names'))} {p.pick(_words('en_last_names'))}"
     if entity == "CN_RESIDENT_ID":
         year = int(value[6:10]) if keep_birth_year and len(digits) >= 10 else 1950 + int(p.digits(2)) % 60

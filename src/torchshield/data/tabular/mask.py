@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,8 +29,12 @@ def sidecar_paths(out: str | Path) -> tuple[Path, Path]:
 def mask_file(src: str | Path, dst: str | Path, *, policy: Policy | str | Path | None = None, key: Any = None,
               encoding: str | None = None, in_format: str | None = None, out_format: str | None = None,
               chunk_rows: int = 50_000, on_progress: Callable[[int], None] | None = None,
-              on_total: Callable[[int | None], None] | None = None) -> dict[str, Any]:
-    """De-identify ``src`` into ``dst`` under ``policy``; return the report (also written beside ``dst``)."""
+              on_total: Callable[[int | None], None] | None = None, workers: int = 1) -> dict[str, Any]:
+    """De-identify ``src`` into ``dst`` under ``policy``; return the report (also written beside ``dst``).
+
+    ``workers`` > 1 masks chunks in that many forked processes (detection is CPU-bound Python);
+    at most ``2 * workers`` chunks are in flight, so memory stays bounded. The key reaches the
+    workers through the fork, never through a file or the environment."""
     src, dst = Path(src), Path(dst)
     if src.resolve() == dst.resolve():
         raise InputError("the output must not overwrite the input", hint="choose another --out path")
@@ -46,11 +50,10 @@ def mask_file(src: str | Path, dst: str | Path, *, policy: Policy | str | Path |
     columns_in: list[str] = []
     columns_out: list[str] = []
     with open_writer(dst, fout) as writer:
-        for i, chunk in enumerate(iter_chunks(src, fmt=fin, encoding=enc, chunk_rows=chunk_rows)):
+        for i, (chunk, out) in enumerate(_masked_chunks(iter_chunks(src, fmt=fin, encoding=enc, chunk_rows=chunk_rows),
+                                                        anonymizer, pol, workers)):
             if i == 0:
                 columns_in = [str(c) for c in chunk.columns]
-                pol.check_columns(columns_in)
-            out = anonymizer.dataframe(chunk)
             columns_out = [str(c) for c in out.columns]
             writer.write(out)
             rows += len(chunk)
@@ -62,6 +65,57 @@ def mask_file(src: str | Path, dst: str | Path, *, policy: Policy | str | Path |
     atomic_write_bytes(policy_path, yaml.safe_dump(pol.raw, allow_unicode=True, sort_keys=False).encode("utf-8"))
     atomic_write_bytes(report_path, json.dumps(report, ensure_ascii=False, indent=2).encode("utf-8"))
     return report
+
+
+_WORKER: Anonymizer | None = None
+
+
+def _init_worker(anonymizer: Anonymizer) -> None:
+    global _WORKER
+    _WORKER = anonymizer
+
+
+def _mask_in_worker(chunk: Any) -> tuple[Any, dict[str, dict[str, int]]]:
+    assert _WORKER is not None
+    _WORKER.counts.clear()
+    out = _WORKER.dataframe(chunk)
+    return out, _WORKER.report()
+
+
+def _masked_chunks(chunks: Iterator[Any], anonymizer: Anonymizer, pol: Policy,
+                   workers: int) -> Iterator[tuple[Any, Any]]:
+    first = True
+    if workers <= 1:
+        for chunk in chunks:
+            if first:
+                pol.check_columns([str(c) for c in chunk.columns])
+                first = False
+            yield chunk, anonymizer.dataframe(chunk)
+        return
+    import multiprocessing as mp
+    from collections import deque
+    from concurrent.futures import ProcessPoolExecutor
+
+    ctx = mp.get_context("fork")
+    with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker, initargs=(anonymizer,)) as pool:
+        pending: deque[tuple[Any, Any]] = deque()
+        for chunk in chunks:
+            if first:
+                pol.check_columns([str(c) for c in chunk.columns])
+                first = False
+            pending.append((chunk, pool.submit(_mask_in_worker, chunk)))
+            if len(pending) >= 2 * workers:
+                yield _collect(pending.popleft(), anonymizer)
+        while pending:
+            yield _collect(pending.popleft(), anonymizer)
+
+
+def _collect(item: tuple[Any, Any], anonymizer: Anonymizer) -> tuple[Any, Any]:
+    chunk, fut = item
+    out, counts = fut.result()
+    for col, c in counts.items():
+        anonymizer.counts.setdefault(col, Counter()).update(c)
+    return chunk, out
 
 
 def _report(src: Path, dst: Path, pol: Policy, anonymizer: Anonymizer, rows: int, cols_in: list[str],
