@@ -11,19 +11,32 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 __all__ = [
+    "Anonymizer",
     "ENTITY_TYPES",
     "Finding",
     "RecognizerRegistry",
+    "anonymize_text",
     "default_registry",
     "find_pii",
     "find_pii_batch",
     "find_pii_dataframe",
     "get_registry",
+    "kanonymize",
+    "load_policy",
+    "mask_file",
+    "scan_file",
+    "unmask_text",
 ]
 
-_LAZY = {name: "torchshield.data.pii" for name in __all__}
+_LAZY = {name: "torchshield.data.pii" for name in ("ENTITY_TYPES", "Finding", "RecognizerRegistry", "default_registry",
+                                                    "find_pii", "find_pii_batch", "find_pii_dataframe",
+                                                    "get_registry")}
+_LAZY.update({name: "torchshield.data.anonymize" for name in ("Anonymizer", "anonymize_text", "load_policy",
+                                                               "unmask_text")})
+_LAZY.update({name: "torchshield.data.tabular" for name in ("kanonymize", "mask_file", "scan_file")})
 
 if TYPE_CHECKING:  # pragma: no cover
+    from torchshield.data.anonymize import Anonymizer, anonymize_text, load_policy, unmask_text
     from torchshield.data.pii import (
         ENTITY_TYPES,
         Finding,
@@ -34,6 +47,7 @@ if TYPE_CHECKING:  # pragma: no cover
         find_pii_dataframe,
         get_registry,
     )
+    from torchshield.data.tabular import kanonymize, mask_file, scan_file
 
 
 def __getattr__(name: str) -> Any:

@@ -59,3 +59,11 @@ def test_batch_and_dataframe_forms():
     df = pd.DataFrame({"phone": ["4155552671", "n/a"], "note": ["mail a@b.io", "ok"]})
     out = find_pii_dataframe(df)
     assert sorted(zip(out["column"], out["type"], strict=True)) == [("note", "EMAIL"), ("phone", "PHONE_NUMBER")]
+
+
+def test_public_surface_resolves_and_is_sorted():
+    import torchshield.data as data
+
+    assert data.__all__ == sorted(data.__all__)
+    for name in data.__all__:
+        assert getattr(data, name) is not None
