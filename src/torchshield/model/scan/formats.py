@@ -503,9 +503,12 @@ class _Scanner:
         return "tsb"
 
     def scan_tar(self, b: _Blob) -> str:
-        fileobj = b.data if isinstance(b.data, mmap.mmap) and b.lo == 0 else io.BytesIO(bytes(b.data[b.lo:b.hi]))
-        data = b.data if fileobj is b.data else fileobj.getbuffer().obj
-        base = b.lo if fileobj is b.data else 0
+        if isinstance(b.data, mmap.mmap) and b.lo == 0 and b.hi == len(b.data):
+            fileobj: Any = b.data
+            data, base = b.data, 0
+        else:
+            data, base = bytes(b.data[b.lo:b.hi]), 0
+            fileobj = io.BytesIO(data)
         count = 0
         try:
             with tarfile.open(fileobj=fileobj, mode="r:") as tar:
@@ -519,7 +522,7 @@ class _Scanner:
                         continue
                     lo = base + info.offset_data
                     hi = lo + info.size
-                    if hi > (base + (b.hi - b.lo)):
+                    if hi > len(data):
                         self.add(HIGH, "structure", "tar member runs past the end of the archive",
                                  _join(b.member, info.name))
                         break
@@ -531,7 +534,7 @@ class _Scanner:
                         self.scan_legacy_storages(sub)
                     else:
                         self.nested(sub)
-        except (tarfile.TarError, OSError, EOFError) as exc:
+        except (tarfile.TarError, OSError, EOFError, ValueError) as exc:
             self.add(MEDIUM, "structure", f"tar archive is damaged ({exc}): scanned up to the damage", b.member)
         return "tar"
 
@@ -693,6 +696,10 @@ def scan_file(path: str | os.PathLike[str], allow: Allowlist, limits: Limits) ->
                     pass
     except PermissionError:
         report.unreadable_reason = "permission denied"
+    except (ValueError, struct.error, IndexError, KeyError, TypeError, RecursionError, MemoryError) as exc:
+        # a reader bug on hostile bytes must never read as "clean": report it and move on
+        report.findings.append(Finding(report.path, HIGH, "unscannable", f"scanner could not finish this file "
+                                       f"({type(exc).__name__}); treat it as unsafe and report the file"))
     except OSError as exc:
         report.unreadable_reason = f"cannot read: {exc.strerror or exc}"
     for f in report.findings:
