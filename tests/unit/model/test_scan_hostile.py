@@ -165,3 +165,14 @@ def test_fuzz_mutated_files_never_raise(tmp_path: Path, which: int, cut: int, fl
     data = data[:max(1, len(data) - cut)] if cut % 3 == 0 else data
     file = scan(_write(tmp_path, "mut.pt", bytes(data))).files[0]
     assert file.status in ("safe", "unsafe", "unreadable")
+
+
+def test_reader_bug_is_never_clean(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from torchshield.model.scan import formats
+
+    def broken(self: object, blob: object) -> str:
+        raise ValueError("reader bug")
+
+    monkeypatch.setattr(formats._Scanner, "scan_zip", broken)
+    file = scan(_write(tmp_path, "m.pt", corpus.torch_zip(corpus.p2(b"}")))).files[0]
+    assert file.status == "unsafe" and "could not finish" in file.findings[0].message
