@@ -14,6 +14,8 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import NamedTuple
 
 __all__ = [
+    "ALNUM",
+    "DIGITS",
     "FunctionRecognizer",
     "ScanText",
     "NUM_AFTER",
@@ -30,6 +32,8 @@ NUM_AFTER = r"(?![0-9A-Za-z])"
 
 
 _DIGIT_RUN = re.compile(r"[0-9]+")
+ALNUM = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+DIGITS = "0123456789"
 
 
 class ScanText:
@@ -104,7 +108,7 @@ class PatternRecognizer(Recognizer):
                  invalid_score: float | None = 0.3, languages: Iterable[str] | None = None,
                  flags: int = 0, group: int = 0,
                  clean: Callable[[str], str] | None = None, min_digit_run: int = 0,
-                 needs: Sequence[str] = (), left_boundary: bool = False,
+                 needs: Sequence[str] = (), left_boundary: bool | str = False,
                  negative_context: Sequence[str] = ()) -> None:
         self.name = name
         self.entity = entity
@@ -122,7 +126,8 @@ class PatternRecognizer(Recognizer):
         self.clean = clean if clean is not None else _strip_seps
         self.min_digit_run = min_digit_run
         self.needs = tuple(needs)
-        self.left_boundary = left_boundary
+        # Characters that must not precede a match (True: ASCII letters and digits).
+        self.left_boundary = frozenset(ALNUM if left_boundary is True else (left_boundary or ""))
         self.negative_context = tuple(w.lower() for w in negative_context)
 
     def _skip(self, doc: ScanText) -> bool:
@@ -139,17 +144,20 @@ class PatternRecognizer(Recognizer):
         if not self.left_boundary:
             yield from self.pattern.finditer(text)
             return
-        # ``left_boundary`` replaces a leading (?<![0-9A-Za-z]) lookbehind, which would stop
-        # the regex engine from skipping ahead to the first possible character.
+        # ``left_boundary`` replaces a leading lookbehind such as (?<![0-9A-Za-z]), which would
+        # stop the regex engine from skipping ahead to the first possible character. A match
+        # preceded by a forbidden character is dropped and the search resumes after the run
+        # of forbidden characters: no position inside it is allowed either.
+        forbidden = self.left_boundary
         pos, n = 0, len(text)
         while True:
             m = self.pattern.search(text, pos)
             if m is None:
                 return
             s = m.start()
-            if s > 0 and text[s - 1].isascii() and text[s - 1].isalnum():
+            if s > 0 and text[s - 1] in forbidden:
                 pos = s + 1
-                while pos < n and text[pos].isascii() and text[pos].isalnum():
+                while pos < n and text[pos] in forbidden:
                     pos += 1
                 continue
             yield m

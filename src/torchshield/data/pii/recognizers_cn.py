@@ -37,7 +37,7 @@ _DATE = r"(?:18|19|20)[0-9]{2}(?:0[1-9]|1[0-2])(?:0[1-9]|[12][0-9]|3[01])"
 _ID18 = r"[1-9][0-9]{5}[ -]?" + _DATE + r"[ -]?[0-9]{3}[0-9Xx]" + NUM_AFTER
 _ID15 = r"[1-9][0-9]{7}(?:0[1-9]|1[0-2])(?:0[1-9]|[12][0-9]|3[01])[0-9]{3}" + NUM_AFTER
 _MOBILE = r"(?:(?:\+|00)?86[ -]?)?1[3-9][0-9][ -]?[0-9]{4}[ -]?[0-9]{4}" + NUM_AFTER
-_LANDLINE = (r"(?<![0-9A-Za-z])(?:\(0[0-9]{2,3}\)[ -]?|0(?:10|2[0-9]|[3-9][0-9]{2})[ -]?)"
+_LANDLINE = (r"(?:\(0[0-9]{2,3}\)[ -]?|0(?:10|2[0-9]|[3-9][0-9]{2})[ -]?)"
              r"[2-9][0-9]{6,7}(?:(?:-|转)[0-9]{1,6})?(?![0-9])")
 _USCC_CH = "0-9A-HJ-NP-RTUW-Y"
 _USCC = f"[1-9ANY][{_USCC_CH}][0-9]{{6}}[{_USCC_CH}]{{10}}" + NUM_AFTER
@@ -58,11 +58,13 @@ def _mobile(s: str) -> bool:
     return len(digits) >= 11 and cn_mobile_prefix_valid(digits[-11:])
 
 
-def _landline(s: str) -> bool:
-    body = re.split(r"转", s.replace("(", "").replace(")", ""))[0]
-    if body.startswith(("010", "02")):
-        return len(body) >= 11  # 2-digit area codes take 8-digit local numbers
-    return 11 <= len(body) <= 12 or len(body) > 12  # extension digits follow after a hyphen
+def _landline(raw: str) -> float | None:
+    grouped = any(c in raw for c in "-() ")
+    body = re.split(r"转|-(?=[0-9]{1,6}$)", raw.replace("(", "").replace(")", "").replace(" ", "").replace("-", "", 1))[0]
+    if body.startswith(("010", "02")) and len(body) < 11:
+        return None  # 2-digit area codes take 8-digit local numbers
+    # An ungrouped 11-12 digit run starting with 0 is as often a card or account number.
+    return 0.6 if grouped else 0.35
 
 
 _ORG_WEIGHTS = (3, 7, 9, 10, 5, 8, 4, 2)
@@ -97,8 +99,8 @@ def cn_recognizers() -> list[Recognizer]:
                           context=CTX_PHONE, context_boost=0.15, flags=re.ASCII, left_boundary=True, min_digit_run=4,
                           clean=lambda s: s.replace(" ", "").replace("-", "")),
         PatternRecognizer("cn_landline", "CN_LANDLINE", _LANDLINE, validator=_landline, score=0.6,
-                          context=CTX_LANDLINE, context_boost=0.3, flags=re.ASCII, min_digit_run=7,
-                          clean=lambda s: s.replace(" ", "").replace("-", "", 1)),
+                          context=CTX_LANDLINE, context_boost=0.3, flags=re.ASCII, min_digit_run=7, left_boundary=True,
+                          clean=lambda s: s),
         PatternRecognizer("cn_passport", "CN_PASSPORT", _PASSPORT, score=0.5, context=CTX_PASSPORT,
                           context_boost=0.4, flags=re.ASCII, left_boundary=True, min_digit_run=7),
         PatternRecognizer("cn_hk_macau_permit", "CN_HK_MACAU_PERMIT", _PERMIT, score=0.35,

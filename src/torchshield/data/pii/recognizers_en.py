@@ -7,7 +7,7 @@ import re
 from collections.abc import Iterable
 
 from torchshield.data.pii.lexicon import load_words
-from torchshield.data.pii.recognizer import PatternRecognizer, RawMatch, Recognizer, ScanText, has_context
+from torchshield.data.pii.recognizer import DIGITS, PatternRecognizer, RawMatch, Recognizer, ScanText, has_context
 
 __all__ = ["EnglishAddressRecognizer", "EnglishNameRecognizer", "en_recognizers"]
 
@@ -15,11 +15,11 @@ CTX_SSN = ("ssn", "social security", "social sec", "ss#", "ss #", "taxpayer")
 CTX_PHONE = ("phone", "tel", "call", "mobile", "cell", "fax", "contact", "reach", "dial", "电话", "手机",
              "联系", "text me")
 
-_SSN = r"(?<![0-9-])(?!000|666|9[0-9]{2})[0-9]{3}([- ])(?!00)[0-9]{2}\1(?!0000)[0-9]{4}(?![0-9-])"
-_SSN_PLAIN = r"(?<![0-9])(?!000|666|9[0-9]{2})[0-9]{3}(?!00)[0-9]{2}(?!0000)[0-9]{4}(?![0-9])"
-_NANP = (r"(?<![0-9+])(?:(?:\+1|001)[ .-]?)?(?:\([2-9][0-9]{2}\) ?|[2-9][0-9]{2}[ .-]?)[2-9][0-9]{2}[ .-]?"
+_SSN = r"(?!000|666|9[0-9]{2})[0-9]{3}([- ])(?!00)[0-9]{2}\1(?!0000)[0-9]{4}(?![0-9-])"
+_SSN_PLAIN = r"(?!000|666|9[0-9]{2})[0-9]{3}(?!00)[0-9]{2}(?!0000)[0-9]{4}(?![0-9])"
+_NANP = (r"(?:(?:\+1|001)[ .-]?)?(?:\([2-9][0-9]{2}\) ?|[2-9][0-9]{2}[ .-]?)[2-9][0-9]{2}[ .-]?"
          r"[0-9]{4}(?: ?(?:x|ext\.? ?|#)[0-9]{1,6})?(?![0-9])")
-_INTL = r"(?<![0-9A-Za-z+])\+(?!1[^0-9]|86)[2-9][0-9]{0,2}(?:[ .-]?\(?[0-9]{1,4}\)?){2,5}(?![0-9])"
+_INTL = r"\+(?!1[^0-9]|86)[2-9][0-9]{0,2}(?:[ .-]?\(?[0-9]{1,4}\)?){2,5}(?![0-9])"
 
 
 def _nanp(s: str) -> float:
@@ -38,14 +38,16 @@ def en_recognizers() -> list[Recognizer]:
     keep = (lambda s: s)  # noqa: E731
     return [
         PatternRecognizer("us_ssn", "US_SSN", _SSN, score=0.85, context=CTX_SSN, context_boost=0.15,
-                          flags=re.ASCII, min_digit_run=4),
+                          flags=re.ASCII, min_digit_run=4, left_boundary=DIGITS + "-"),
         PatternRecognizer("us_ssn_plain", "US_SSN", _SSN_PLAIN, score=0.3, context=CTX_SSN,
-                          context_boost=0.55, require_context=True, flags=re.ASCII, min_digit_run=9),
+                          context_boost=0.55, require_context=True, flags=re.ASCII, min_digit_run=9,
+                          left_boundary=DIGITS),
         PatternRecognizer("phone_nanp", "PHONE_NUMBER", _NANP, validator=_nanp, score=0.75,
-                          context=CTX_PHONE, context_boost=0.2, flags=re.ASCII, clean=keep, min_digit_run=4),
+                          context=CTX_PHONE, context_boost=0.2, flags=re.ASCII, clean=keep, min_digit_run=4,
+                          left_boundary=DIGITS + "+"),
         PatternRecognizer("phone_intl", "PHONE_NUMBER", _INTL, validator=_intl, score=0.6,
                           context=CTX_PHONE, context_boost=0.3, invalid_score=None, flags=re.ASCII, clean=keep,
-                          needs=("+",)),
+                          needs=("+",), left_boundary=True),
         EnglishNameRecognizer(),
         EnglishAddressRecognizer(),
     ]

@@ -6,7 +6,7 @@ from __future__ import annotations
 import datetime as _dt
 import re
 
-from torchshield.data.pii.recognizer import NUM_AFTER, PatternRecognizer, Recognizer
+from torchshield.data.pii.recognizer import ALNUM, DIGITS, NUM_AFTER, PatternRecognizer, Recognizer
 from torchshield.data.pii.validators import card_iin_known, iban_valid, ip_valid, luhn_valid
 
 __all__ = ["intl_recognizers"]
@@ -21,15 +21,15 @@ CTX_DOB = ("出生", "生日", "生于", "birth", "born", "dob", "d.o.b", "birth
 _CARD = (r"(?:[0-9]{4}[ -][0-9]{4}[ -][0-9]{4}[ -][0-9]{4}(?:[ -]?[0-9]{3})?"
          r"|[0-9]{4}[ -][0-9]{6}[ -][0-9]{4,5}|[0-9]{12,19})" + r"(?![0-9])")
 _IBAN = r"[A-Z]{2}[0-9]{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,4})?" + NUM_AFTER
-_EMAIL = r"(?<![A-Za-z0-9._%+-])[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,24}(?![A-Za-z0-9-])"
+_EMAIL = r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,24}(?![A-Za-z0-9-])"
 _URL = (r"(?<![A-Za-z0-9@.])(?:https?://|www\.)[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*(?::[0-9]{1,5})?"
         r"(?:[/?#][A-Za-z0-9._~%!$&'*+,;=:@/?#-]*[A-Za-z0-9/_~%=#-])?")
 _OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])"
-_IPV4 = rf"(?<![0-9.]){_OCTET}(?:\.{_OCTET}){{3}}(?![0-9]|\.[0-9])"
-_IPV6 = r"(?<![0-9A-Fa-f:])(?:[0-9A-Fa-f]{0,4}:){2,7}[0-9A-Fa-f]{0,4}(?![0-9A-Fa-f:])"
+_IPV4 = rf"{_OCTET}(?:\.{_OCTET}){{3}}(?![0-9]|\.[0-9])"
+_IPV6 = r"(?:[0-9A-Fa-f]{0,4}:){2,7}[0-9A-Fa-f]{0,4}(?![0-9A-Fa-f:])"
 _MON = (r"(?:Jan(?:uary)?|Feb(?:ruary)?|Mar(?:ch)?|Apr(?:il)?|May|June?|July?|Aug(?:ust)?|"
         r"Sep(?:t(?:ember)?)?|Oct(?:ober)?|Nov(?:ember)?|Dec(?:ember)?)")
-_DOB = (r"(?<![0-9])(?:(?:19|20)[0-9]{2}(?:[-/.](?:0?[1-9]|1[0-2])[-/.](?:0?[1-9]|[12][0-9]|3[01])"
+_DOB = (r"(?:(?:19|20)[0-9]{2}(?:[-/.](?:0?[1-9]|1[0-2])[-/.](?:0?[1-9]|[12][0-9]|3[01])"
         r"|年(?:0?[1-9]|1[0-2])月(?:0?[1-9]|[12][0-9]|3[01])日?)"
         r"|(?:0?[1-9]|1[0-2])/(?:0?[1-9]|[12][0-9]|3[01])/(?:19|20)[0-9]{2}"
         rf"|{_MON}\.? [0-9]{{1,2}},? (?:19|20)[0-9]{{2}}|[0-9]{{1,2}} {_MON}\.? (?:19|20)[0-9]{{2}})(?![0-9])")
@@ -57,7 +57,7 @@ def intl_recognizers() -> list[Recognizer]:
     keep = (lambda s: s)  # noqa: E731 - these validators want the match as written
     return [
         PatternRecognizer("email", "EMAIL", _EMAIL, score=1.0, context_boost=0.0, flags=re.ASCII, clean=keep,
-                          needs=("@",)),
+                          needs=("@",), left_boundary=ALNUM + "._%+-"),
         PatternRecognizer("bank_card", "BANK_CARD", _CARD, validator=_card, score=0.9, context=CTX_CARD,
                           context_boost=0.3, flags=re.ASCII, left_boundary=True, min_digit_run=4,
                           negative_context=NEG_CARD),
@@ -67,11 +67,12 @@ def intl_recognizers() -> list[Recognizer]:
                           clean=keep, needs=("http", "www.")),
         PatternRecognizer("ipv4", "IP_ADDRESS", _IPV4, validator=_ip, score=0.75, context=CTX_IP,
                           context_boost=0.2, invalid_score=None, flags=re.ASCII, clean=keep,
-                          needs=(".",), min_digit_run=1),
+                          needs=(".",), min_digit_run=1, left_boundary=DIGITS + "."),
         PatternRecognizer("ipv6", "IP_ADDRESS", _IPV6, validator=_ip, score=0.85, context=CTX_IP,
                           context_boost=0.1, invalid_score=None, flags=re.ASCII, clean=keep,
-                          needs=("::", ":")),
+                          needs=("::", ":"), left_boundary=DIGITS + "abcdefABCDEF:"),
         PatternRecognizer("date_of_birth", "DATE_OF_BIRTH", _DOB, validator=_dob, score=0.55,
                           context=CTX_DOB, context_boost=0.35, require_context=True, no_context_score=0.2,
-                          invalid_score=None, flags=re.IGNORECASE, clean=keep, min_digit_run=2),
+                          invalid_score=None, flags=re.IGNORECASE, clean=keep, min_digit_run=2,
+                          left_boundary=DIGITS),
     ]

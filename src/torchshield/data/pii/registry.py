@@ -19,6 +19,7 @@ __all__ = ["RecognizerRegistry", "default_registry", "get_registry"]
 class RecognizerRegistry:
     def __init__(self, recognizers: Iterable[Recognizer] = ()) -> None:
         self._by_name: dict[str, Recognizer] = {}
+        self._selected: dict[tuple[frozenset[str], frozenset[str] | None], list[Recognizer]] = {}
         for r in recognizers:
             self.add(r)
 
@@ -29,6 +30,7 @@ class RecognizerRegistry:
             raise InputError(f"a recognizer named {recognizer.name!r} is already registered",
                              hint="pick another name or pass replace=True")
         self._by_name[recognizer.name] = recognizer
+        self._selected.clear()
         return recognizer
 
     def add_pattern(self, name: str, entity: str, pattern: str, *,
@@ -50,6 +52,7 @@ class RecognizerRegistry:
         if name not in self._by_name:
             raise InputError(f"no recognizer named {name!r}", hint=f"known: {', '.join(self._by_name)}")
         del self._by_name[name]
+        self._selected.clear()
 
     def __iter__(self):  # type: ignore[no-untyped-def]
         return iter(self._by_name.values())
@@ -68,10 +71,16 @@ class RecognizerRegistry:
         return frozenset(t for r in self._by_name.values() for t in r.entity_types)
 
     def select(self, languages: frozenset[str], types: frozenset[str] | None) -> list[Recognizer]:
-        """Recognisers that serve any of ``languages`` and produce any of ``types``."""
-        return [r for r in self._by_name.values()
-                if (r.languages is None or r.languages & languages)
-                and (types is None or r.entity_types & types)]
+        """Recognisers that serve any of ``languages`` and produce any of ``types`` (memoised)."""
+        key = (languages, types)
+        hit = self._selected.get(key)
+        if hit is None:
+            hit = [r for r in self._by_name.values()
+                   if (r.languages is None or r.languages & languages)
+                   and (types is None or r.entity_types & types)]
+            if len(self._selected) < 256:
+                self._selected[key] = hit
+        return hit
 
 
 def default_registry() -> RecognizerRegistry:
