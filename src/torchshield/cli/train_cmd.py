@@ -32,7 +32,8 @@ def train(config: Path = typer.Argument(..., help="YAML training config (model, 
             console.print(f"note: {msg}", highlight=False, markup=False)
         m = result.metrics
         console.print(f"wrote {result.bundle}", highlight=False)
-        console.print(f"accuracy: train {m['train']['accuracy']:.4f}  test {m['test']['accuracy']:.4f}")
+        test = f"{m['test']['accuracy']:.4f}" if m["test"] else "n/a (no test split)"
+        console.print(f"accuracy: train {m['train']['accuracy']:.4f}  test {test}")
         if result.privacy:
             p = result.privacy
             console.print(f"privacy: epsilon {p['epsilon']:.4f} (target {p['target_epsilon']}) delta {p['delta']:g} "

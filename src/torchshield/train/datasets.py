@@ -137,7 +137,8 @@ def _builtin(name: str, test_fraction: float, seed: int) -> TabularData:
         tr, te = _split_indices(len(y), test_fraction, seed)
         return ImageData(name, Split(torch.from_numpy(x[tr]), torch.from_numpy(y[tr])),
                          Split(torch.from_numpy(x[te]), torch.from_numpy(y[te])), 10, (1, 8, 8), (0.0, 1.0),
-                         classes=tuple(range(10)), normalization={"scale": 1 / 16.0},
+                         feature_names=tuple(str(f) for f in raw.feature_names), classes=tuple(range(10)),
+                         normalization={"method": "scale", "shift": 0.0, "scale": 16.0, "label": "label"},
                          fingerprint=_fingerprint(x, y))
     if name == "sklearn:breast_cancer":
         raw = datasets.load_breast_cancer()

@@ -91,7 +91,7 @@ def train_from_config(cfg: TrainConfig, *, progress: bool = True,
         if engine is not None:
             engine.close()
     metrics = {"train": evaluate(model, data.train.loader(1024), device=cfg.device),
-               "test": evaluate(model, data.test.loader(1024), device=cfg.device)}
+               "test": evaluate(model, data.test.loader(1024), device=cfg.device) if len(data.test) else None}
     privacy = engine.record() if engine is not None else None
     bundle = _save(cfg, model, data, metrics, result.to_dict(), privacy, watermark_record)
     return RunResult(bundle, metrics, result.to_dict(), privacy, messages)

@@ -1,0 +1,345 @@
+"""A persistent, per-dataset privacy-budget ledger (SQLite by default, PostgreSQL by URL).
+
+Why a ledger. DP guarantees compose: every answer about a data set spends part of one budget,
+across processes, users and days. An in-memory accountant forgets on restart; this ledger is
+the source of truth that every query charges *before* its answer exists.
+
+Guarantees:
+- **Charge, then answer.** ``charge()`` reserves the cost in its own committed transaction
+  before any noise is drawn; the answer is attached afterwards. A crash in between leaves a
+  ``reserved`` entry that still counts as spent (fail closed): noise may have been seen.
+- **No double spend.** The check ``spent + cost <= budget`` and the insert run in one write
+  transaction that holds the database's write lock (SQLite ``BEGIN IMMEDIATE``) or the data
+  set's row lock (PostgreSQL ``SELECT ... FOR UPDATE``), so concurrent processes serialise.
+- **Exact, outward-rounded arithmetic.** Budgets and costs are integers in units of 1e-12
+  (epsilon) and 1e-18 (delta): costs are rounded up, budgets down, sums are exact. A tiny
+  spend can never vanish in floating point (the openmed ledger bug).
+- **Who, when, what.** Each entry records actor, UTC time, the query plan, mechanism, noise
+  scale and cost, and is hash-chained to the previous entry of its data set, so deleting or
+  editing history is detected by ``verify()``.
+- **Replay cache.** The same plan on the same data set version returns the stored noisy
+  answer at no cost: re-asking must not let anyone average the noise away.
+
+Composition is basic (epsilons and deltas add), which is valid for any mix of mechanisms.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import math
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
+from pathlib import Path
+from typing import Any
+
+from torchshield.errors import InputError, PrivacyBudgetExceeded
+
+__all__ = ["DEFAULT_LEDGER_URL", "Budget", "Charge", "Ledger", "LedgerEntry", "default_ledger_url"]
+
+EPS_UNIT = Decimal("1e-12")
+DELTA_UNIT = Decimal("1e-18")
+DEFAULT_LEDGER_URL = "sqlite:///" + str(Path("~/.torchshield/privacy-ledger.db").expanduser())
+
+
+def default_ledger_url() -> str:
+    import os
+
+    return os.environ.get("TORCHSHIELD_LEDGER", DEFAULT_LEDGER_URL)
+
+
+def _units(value: float | str | Decimal, unit: Decimal, rounding: str) -> int:
+    d = Decimal(str(value))
+    if not d.is_finite() or d < 0:
+        raise InputError(f"privacy cost must be a finite number >= 0, got {value}")
+    return int((d / unit).to_integral_value(rounding=rounding))
+
+
+def _from_units(units: int, unit: Decimal) -> float:
+    return float(Decimal(units) * unit)
+
+
+@dataclass(frozen=True)
+class Budget:
+    epsilon: float
+    delta: float
+    spent_epsilon: float
+    spent_delta: float
+
+    @property
+    def remaining_epsilon(self) -> float:
+        return max(0.0, self.epsilon - self.spent_epsilon)
+
+    @property
+    def remaining_delta(self) -> float:
+        return max(0.0, self.delta - self.spent_delta)
+
+
+@dataclass(frozen=True)
+class LedgerEntry:
+    seq: int
+    dataset_id: str
+    ts: str
+    actor: str
+    plan: dict[str, Any]
+    mechanism: str
+    noise_scale: float
+    epsilon: float
+    delta: float
+    status: str
+    answer: Any
+    entry_hash: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in self.__dataclass_fields__}
+
+
+@dataclass
+class Charge:
+    """A reserved spend; ``commit(answer)`` attaches the released answer to it."""
+
+    ledger: Ledger
+    seq: int
+    cached: bool = False
+    answer: Any = None
+
+    def commit(self, answer: Any) -> None:
+        if self.cached:
+            return
+        self.ledger._commit(self.seq, answer)
+        self.answer = answer
+
+
+def _tables(sa: Any) -> Any:
+    md = sa.MetaData()
+    sa.Table("privacy_datasets", md,
+             sa.Column("dataset_id", sa.String(64), primary_key=True),
+             sa.Column("name", sa.String(300), nullable=False, default=""),
+             sa.Column("epsilon_units", sa.BigInteger, nullable=False),
+             sa.Column("delta_units", sa.BigInteger, nullable=False),
+             sa.Column("created_at", sa.String(40), nullable=False),
+             sa.Column("created_by", sa.String(200), nullable=False))
+    sa.Table("privacy_ledger", md,
+             sa.Column("seq", sa.Integer, primary_key=True, autoincrement=True),
+             sa.Column("dataset_id", sa.String(64), sa.ForeignKey("privacy_datasets.dataset_id"), nullable=False,
+                       index=True),
+             sa.Column("ts", sa.String(40), nullable=False),
+             sa.Column("actor", sa.String(200), nullable=False),
+             sa.Column("plan", sa.Text, nullable=False),
+             sa.Column("plan_hash", sa.String(64), nullable=False, index=True),
+             sa.Column("mechanism", sa.String(40), nullable=False),
+             sa.Column("noise_scale", sa.Float, nullable=False),
+             sa.Column("epsilon_units", sa.BigInteger, nullable=False),
+             sa.Column("delta_units", sa.BigInteger, nullable=False),
+             sa.Column("status", sa.String(16), nullable=False),  # reserved | committed
+             sa.Column("answer", sa.Text, nullable=True),
+             sa.Column("prev_hash", sa.String(64), nullable=False),
+             sa.Column("entry_hash", sa.String(64), nullable=False))
+    return md
+
+
+def _canonical(doc: Any) -> str:
+    return json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
+def _entry_hash(prev: str, row: dict[str, Any]) -> str:
+    body = {k: row[k] for k in ("dataset_id", "ts", "actor", "plan", "mechanism", "noise_scale", "epsilon_units",
+                                "delta_units")}
+    return hashlib.sha256((prev + _canonical(body)).encode()).hexdigest()
+
+
+class Ledger:
+    """Open (and create) the ledger at ``url``; see the module docstring for its guarantees."""
+
+    def __init__(self, url: str | None = None) -> None:
+        import sqlalchemy as sa
+
+        self.url = url or default_ledger_url()
+        self._sa = sa
+        try:
+            parsed = sa.engine.make_url(self.url)
+        except Exception:  # noqa: BLE001
+            raise InputError(f"ledger: not a database URL: {self.url.split('@')[-1]!r}",
+                             hint="use sqlite:///ledger.db or postgresql+psycopg://user@host/db") from None
+        self.is_sqlite = parsed.get_backend_name() == "sqlite"
+        if self.is_sqlite and parsed.database:
+            Path(parsed.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        self.engine = self._make_engine()
+        self.md = _tables(sa)
+        self.datasets, self.entries = self.md.tables["privacy_datasets"], self.md.tables["privacy_ledger"]
+        try:
+            with self._write() as conn:
+                self.md.create_all(conn)
+        except sa.exc.SQLAlchemyError as exc:
+            raise self._db_error(exc) from None
+
+    def _make_engine(self) -> Any:
+        sa = self._sa
+        if not self.is_sqlite:
+            return sa.create_engine(self.url, pool_pre_ping=True)
+        engine = sa.create_engine(self.url, connect_args={"timeout": 30})
+
+        @sa.event.listens_for(engine, "connect")
+        def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+            dbapi_conn.isolation_level = None  # we issue BEGIN IMMEDIATE ourselves
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA busy_timeout=30000")
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA synchronous=FULL")  # a charge must survive a power cut too
+            cur.close()
+
+        @sa.event.listens_for(engine, "begin")
+        def _on_begin(conn: Any) -> None:
+            conn.exec_driver_sql("BEGIN IMMEDIATE")  # take the write lock before reading the spend
+
+        return engine
+
+    def _db_error(self, exc: Exception) -> InputError:
+        reason = str(getattr(exc, "orig", exc)).splitlines()[0][:200]
+        return InputError(f"ledger {self.url.split('@')[-1]}: cannot write ({reason})",
+                          hint="check that the ledger file/database exists, is writable and not locked")
+
+    @contextmanager
+    def _write(self) -> Iterator[Any]:
+        try:
+            with self.engine.begin() as conn:
+                yield conn
+        except self._sa.exc.OperationalError as exc:
+            raise self._db_error(exc) from None
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    # -- budgets ---------------------------------------------------------------------------
+    def register(self, dataset_id: str, *, epsilon: float, delta: float = 0.0, name: str = "",
+                 actor: str = "") -> Budget:
+        """Give ``dataset_id`` its lifetime budget; a second registration must name the same budget."""
+        sa = self._sa
+        if not epsilon > 0 or not 0 <= delta < 1:
+            raise InputError(f"budget must have epsilon > 0 and 0 <= delta < 1, got ({epsilon}, {delta})")
+        eps_u, delta_u = _units(epsilon, EPS_UNIT, ROUND_FLOOR), _units(delta, DELTA_UNIT, ROUND_FLOOR)
+        with self._write() as conn:
+            row = conn.execute(sa.select(self.datasets).where(self.datasets.c.dataset_id == dataset_id)).first()
+            if row is None:
+                conn.execute(sa.insert(self.datasets).values(
+                    dataset_id=dataset_id, name=name, epsilon_units=eps_u, delta_units=delta_u,
+                    created_at=_now(), created_by=actor))
+            elif (row.epsilon_units, row.delta_units) != (eps_u, delta_u):
+                raise InputError(f"data set {dataset_id[:12]} already has budget epsilon="
+                                 f"{_from_units(row.epsilon_units, EPS_UNIT):g}, delta="
+                                 f"{_from_units(row.delta_units, DELTA_UNIT):g}",
+                                 hint="a lifetime budget is set once; omit the budget to use it")
+        return self.budget(dataset_id)
+
+    def is_registered(self, dataset_id: str) -> bool:
+        sa = self._sa
+        with self.engine.connect() as conn:
+            return conn.execute(sa.select(self.datasets.c.dataset_id)
+                                .where(self.datasets.c.dataset_id == dataset_id)).first() is not None
+
+    def _spent_units(self, conn: Any, dataset_id: str) -> tuple[int, int]:
+        sa = self._sa
+        e = self.entries
+        row = conn.execute(sa.select(sa.func.coalesce(sa.func.sum(e.c.epsilon_units), 0),
+                                     sa.func.coalesce(sa.func.sum(e.c.delta_units), 0))
+                           .where(e.c.dataset_id == dataset_id)).one()
+        return int(row[0]), int(row[1])
+
+    def budget(self, dataset_id: str) -> Budget:
+        sa = self._sa
+        with self.engine.connect() as conn:
+            row = conn.execute(sa.select(self.datasets).where(self.datasets.c.dataset_id == dataset_id)).first()
+            if row is None:
+                raise InputError(f"data set {dataset_id[:12]} has no budget in this ledger",
+                                 hint="register it first (give a budget with the first query)")
+            se, sd = self._spent_units(conn, dataset_id)
+        return Budget(_from_units(row.epsilon_units, EPS_UNIT), _from_units(row.delta_units, DELTA_UNIT),
+                      _from_units(se, EPS_UNIT), _from_units(sd, DELTA_UNIT))
+
+    # -- spending --------------------------------------------------------------------------
+    def charge(self, dataset_id: str, *, plan: dict[str, Any], mechanism: str, noise_scale: float,
+               epsilon: float, delta: float = 0.0, actor: str = "") -> Charge:
+        """Reserve ``(epsilon, delta)`` for ``plan`` or refuse with PrivacyBudgetExceeded.
+
+        Returns a cached Charge (``cached=True``, ``answer`` set, nothing spent) when the same
+        plan was already answered for this data set."""
+        sa = self._sa
+        if not math.isfinite(noise_scale):
+            raise InputError("noise scale must be finite")
+        plan_json = _canonical(plan)
+        plan_hash = hashlib.sha256(f"{dataset_id}\n{plan_json}".encode()).hexdigest()
+        eps_u, delta_u = _units(epsilon, EPS_UNIT, ROUND_CEILING), _units(delta, DELTA_UNIT, ROUND_CEILING)
+        e = self.entries
+        with self._write() as conn:
+            lock = sa.select(self.datasets).where(self.datasets.c.dataset_id == dataset_id)
+            row = conn.execute(lock if self.is_sqlite else lock.with_for_update()).first()
+            if row is None:
+                raise InputError(f"data set {dataset_id[:12]} has no budget in this ledger",
+                                 hint="register it first (give a budget with the first query)")
+            cached = conn.execute(sa.select(e.c.seq, e.c.answer).where(
+                e.c.plan_hash == plan_hash, e.c.status == "committed").limit(1)).first()
+            if cached is not None:
+                return Charge(self, cached.seq, cached=True, answer=json.loads(cached.answer))
+            se, sd = self._spent_units(conn, dataset_id)
+            if se + eps_u > row.epsilon_units or sd + delta_u > row.delta_units:
+                raise PrivacyBudgetExceeded(
+                    f"query refused: it costs epsilon={epsilon:g}, delta={delta:g} but data set "
+                    f"{dataset_id[:12]} has epsilon={_from_units(row.epsilon_units - se, EPS_UNIT):g}, "
+                    f"delta={_from_units(row.delta_units - sd, DELTA_UNIT):g} left",
+                    hint="see 'torchshield privacy ledger show' for what was spent, by whom and when")
+            prev = conn.execute(sa.select(e.c.entry_hash).where(e.c.dataset_id == dataset_id)
+                                .order_by(e.c.seq.desc()).limit(1)).scalar()
+            values = {"dataset_id": dataset_id, "ts": _now(), "actor": actor, "plan": plan_json,
+                      "mechanism": mechanism, "noise_scale": float(noise_scale), "epsilon_units": eps_u,
+                      "delta_units": delta_u}
+            prev = prev or "0" * 64
+            seq = conn.execute(sa.insert(e).values(**values, plan_hash=plan_hash, status="reserved",
+                                                   prev_hash=prev, entry_hash=_entry_hash(prev, values))
+                               ).inserted_primary_key[0]
+        return Charge(self, int(seq))
+
+    def _commit(self, seq: int, answer: Any) -> None:
+        sa = self._sa
+        with self._write() as conn:
+            conn.execute(sa.update(self.entries).where(self.entries.c.seq == seq)
+                         .values(status="committed", answer=_canonical(answer)))
+
+    # -- reading ---------------------------------------------------------------------------
+    def entries_for(self, dataset_id: str | None = None) -> list[LedgerEntry]:
+        sa = self._sa
+        e = self.entries
+        stmt = sa.select(e).order_by(e.c.seq)
+        if dataset_id is not None:
+            stmt = stmt.where(e.c.dataset_id == dataset_id)
+        with self.engine.connect() as conn:
+            rows = conn.execute(stmt).all()
+        return [LedgerEntry(r.seq, r.dataset_id, r.ts, r.actor, json.loads(r.plan), r.mechanism, r.noise_scale,
+                            _from_units(r.epsilon_units, EPS_UNIT), _from_units(r.delta_units, DELTA_UNIT),
+                            r.status, json.loads(r.answer) if r.answer else None, r.entry_hash) for r in rows]
+
+    def dataset_ids(self) -> list[tuple[str, str]]:
+        sa = self._sa
+        with self.engine.connect() as conn:
+            return [(r.dataset_id, r.name) for r in conn.execute(sa.select(self.datasets)).all()]
+
+    def verify(self, dataset_id: str) -> list[str]:
+        """Problems in the hash chain of ``dataset_id`` (empty when intact)."""
+        sa = self._sa
+        e = self.entries
+        with self.engine.connect() as conn:
+            rows = conn.execute(sa.select(e).where(e.c.dataset_id == dataset_id).order_by(e.c.seq)).all()
+        problems, prev = [], "0" * 64
+        for r in rows:
+            values = {k: getattr(r, k) for k in ("dataset_id", "ts", "actor", "plan", "mechanism", "noise_scale",
+                                                   "epsilon_units", "delta_units")}
+            if r.prev_hash != prev or r.entry_hash != _entry_hash(prev, values):
+                problems.append(f"entry {r.seq}: hash chain broken (edited, removed or reordered)")
+            prev = r.entry_hash
+        return problems
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.UTC).isoformat(timespec="microseconds")
