@@ -30,6 +30,8 @@ def _checkpoints(steps: int) -> list[int]:
 
 
 class APGD(Attack):
+    """APGD-CE, Linf: adaptive step size with momentum (AutoAttack's first stage)."""
+
     name = "apgd-ce"
     norm = "linf"
 

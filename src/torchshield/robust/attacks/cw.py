@@ -22,6 +22,8 @@ _NO_UPPER = 1e10
 
 
 class CarliniWagnerL2(Attack):
+    """Carlini-Wagner L2: smallest adversarial perturbation found (eps optional)."""
+
     name = "cw-l2"
     norm = "l2"
     requires_eps = False

@@ -31,6 +31,8 @@ def _fraction(p_init: float, it: int, queries: int) -> float:
 
 
 class SquareAttack(Attack):
+    """Square attack, Linf: score-based random search, no gradients needed."""
+
     name = "square"
     norm = "linf"
 

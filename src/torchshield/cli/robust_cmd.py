@@ -1,0 +1,265 @@
+"""`torchshield robust ...`: robust-accuracy evaluation, randomized-smoothing certification and
+the feature-squeezing detector, on models trained by `torchshield train` (.tsb bundles)."""
+
+from __future__ import annotations
+
+import inspect as _inspect
+import json
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from torchshield.cli.output import JSON_OPTION, emit, fail, progress
+from torchshield.errors import InputError
+
+__all__ = ["register"]
+
+app = typer.Typer(no_args_is_help=True, help="Attack, certify and guard models against adversarial inputs.")
+
+DATA = typer.Option(None, "--data", "-d", help="sklearn:digits / sklearn:breast_cancer (test split) or a "
+                                              ".csv/.parquet file; default: the bundle's own test split.")
+KEY_FILE = typer.Option(None, "--key-file", "-k", help="Master key file for an encrypted bundle.")
+PUBKEY = typer.Option(None, "--pubkey", "-p", help="Require the bundle to be signed by this public key.")
+LIMIT = typer.Option(None, "--limit", "-n", help="Use only the first N examples.")
+BOUNDS = typer.Option(None, "--bounds", help="Input range 'lo,hi' (default: the bundle's recorded bounds).")
+
+
+def register(root: typer.Typer) -> None:
+    root.add_typer(app, name="robust", help="Adversarial robustness: eval, certify, detectors.")
+
+
+def _floats(text: str, what: str) -> list[float]:
+    try:
+        values = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise InputError(f"{what}: expected comma-separated numbers, got {text!r}") from None
+    if not values:
+        raise InputError(f"{what}: give at least one number")
+    return values
+
+
+def _load(model_path: Path, data: str | None, *, key_file: Path | None, pubkey: Path | None,
+          limit: int | None, bounds: str | None) -> tuple[Any, Any, Any, tuple[float, float], dict[str, Any]]:
+    """Model, inputs, labels, bounds and manifest for a bundle and a data spec."""
+    from torchshield.train.datasets import BUILTINS, load_dataset
+    from torchshield.train.recipe import load_trained, read_rows
+
+    if not model_path.is_file():
+        raise InputError(f"{model_path}: no such model bundle")
+    verify_with = None
+    if pubkey is not None:
+        from torchshield.crypto.signing import load_public_key
+
+        verify_with = load_public_key(pubkey)
+    model, manifest = load_trained(model_path, key=key_file, verify_with=verify_with)
+    meta = manifest["metadata"]
+    if data is None or data in BUILTINS:
+        spec = (meta.get("config") or {}).get("data")
+        same = spec == data or (isinstance(spec, dict) and spec.get("name") == data)
+        split = load_dataset(spec if data is None or same else data).test
+        x, y = split.x, split.y
+    else:
+        x, y = read_rows(data, manifest)
+    if limit is not None:
+        if limit < 1:
+            raise InputError(f"--limit must be >= 1, got {limit}")
+        x, y = x[:limit], y[:limit]
+    lo_hi = _floats(bounds, "--bounds") if bounds else meta["data"]["input_bounds"]
+    if len(lo_hi) != 2:
+        raise InputError(f"--bounds: expected 'lo,hi', got {bounds!r}")
+    return model, x, y, (float(lo_hi[0]), float(lo_hi[1])), manifest
+
+
+def _attack_params(name: str, steps: int | None, restarts: int | None, queries: int | None) -> dict[str, Any]:
+    from torchshield.robust.attacks import get_attack
+
+    accepted = _inspect.signature(get_attack(name).__init__).parameters
+    given = {"steps": steps, "restarts": restarts, "queries": queries}
+    return {k: v for k, v in given.items() if v is not None and k in accepted}
+
+
+def _save_adversarial(path: Path, report: Any, y: Any, manifest: dict[str, Any]) -> None:
+    """Adversarial examples as safetensors (one tensor per attack/eps + labels) or Parquet rows."""
+    from torchshield.crypto.files import atomic_output
+
+    suffix = path.suffix.lower()
+    if suffix == ".safetensors":
+        from safetensors.torch import save as st_save
+
+        tensors = {f"{a}@{e:g}": t.contiguous() for (a, e), t in report.adversarial.items()}
+        tensors["labels"] = y.contiguous()
+        with atomic_output(path) as fh:
+            fh.write(st_save(tensors, metadata={"kind": "torchshield-adversarial-examples"}))
+        return
+    if suffix not in {".parquet", ".pq"}:
+        raise InputError(f"--save-adv: {path} must end in .parquet or .safetensors")
+    import pandas as pd
+
+    names = manifest["metadata"]["data"].get("feature_names") or []
+    frames = []
+    for (attack, eps), adv in report.adversarial.items():
+        flat = adv.reshape(adv.shape[0], -1).numpy()
+        cols = list(names) if len(names) == flat.shape[1] else [f"x{i}" for i in range(flat.shape[1])]
+        df = pd.DataFrame(flat, columns=cols)
+        df.insert(0, "label", y.numpy())
+        df.insert(0, "eps", eps)
+        df.insert(0, "attack", attack)
+        frames.append(df)
+    with atomic_output(path) as fh:
+        pd.concat(frames, ignore_index=True).to_parquet(fh, index=False)
+
+
+@app.command("attacks")
+def attacks_cmd(as_json: bool = JSON_OPTION) -> None:
+    """List the registered attacks and their norms."""
+    from torchshield.robust.attacks import available_attacks, get_attack
+
+    rows = [{"name": n, "norm": get_attack(n).norm, "budgeted": get_attack(n).requires_eps,
+             "doc": ((get_attack(n).__doc__ or "").strip().splitlines() or [""])[0]} for n in available_attacks()]
+    emit(rows, lambda c: [c.print(f"{r['name']:12} {r['norm']:5} {r['doc']}", highlight=False) for r in rows],
+         as_json=as_json)
+
+
+@app.command("eval")
+def eval_cmd(model: Path = typer.Argument(..., help="A .tsb bundle written by `torchshield train`."),
+             data: str | None = DATA,
+             attack: list[str] = typer.Option(["pgd"], "--attack", "-a", help="Attack name(s), comma-separated "
+                                              "or repeated (see `torchshield robust attacks`)."),
+             eps: str = typer.Option("0.1", "--eps", "-e", help="Budget(s), comma-separated, in input units."),
+             steps: int | None = typer.Option(None, "--steps", help="Iterations of iterative attacks."),
+             restarts: int | None = typer.Option(None, "--restarts", help="Random restarts (pgd, apgd)."),
+             queries: int | None = typer.Option(None, "--queries", help="Query budget (square)."),
+             batch_size: int = typer.Option(256, "--batch-size"),
+             seed: int = typer.Option(0, "--seed"),
+             limit: int | None = LIMIT, bounds: str | None = BOUNDS,
+             save_adv: Path | None = typer.Option(None, "--save-adv", help="Write the adversarial examples "
+                                                  "(.parquet or .safetensors)."),
+             min_robust: float | None = typer.Option(None, "--min-robust-accuracy", help="Exit 1 if any robust "
+                                                     "accuracy falls below this (for CI gates)."),
+             key_file: Path | None = KEY_FILE, pubkey: Path | None = PUBKEY, as_json: bool = JSON_OPTION) -> None:
+    """Clean and robust accuracy per attack and epsilon."""
+    from torchshield.robust.evaluate import evaluate_robustness
+
+    names = [n.strip() for item in attack for n in item.split(",") if n.strip()]
+    eps_list = _floats(eps, "--eps")
+    net, x, y, lo_hi, manifest = _load(model, data, key_file=key_file, pubkey=pubkey, limit=limit, bounds=bounds)
+    specs = [(n, _attack_params(n, steps, restarts, queries)) for n in names]
+    num_classes = manifest["metadata"]["model"].get("num_classes")
+    with progress("attacking", len(y) * len(specs) * len(eps_list)) as advance:
+        report = evaluate_robustness(net, x, y, attacks=specs, eps=eps_list, bounds=lo_hi, batch_size=batch_size,
+                                     seed=seed, num_classes=num_classes, keep_adversarial=save_adv is not None,
+                                     on_batch=advance)
+    if save_adv is not None:
+        _save_adversarial(save_adv, report, y, manifest)
+    doc = {"model": str(model), **report.to_dict(), "saved_adversarial": str(save_adv) if save_adv else None}
+
+    def human(c: Any) -> None:
+        from rich.table import Table
+
+        table = Table(title=f"{model.name}: {report.examples} examples, clean accuracy {report.clean_accuracy:.2%}")
+        for col in ("attack", "eps", "robust acc.", "success", "mean norm", "seconds"):
+            table.add_column(col, justify="right" if col != "attack" else "left")
+        for r in report.rows:
+            table.add_row(r.attack, f"{r.eps:g}", f"{r.robust_accuracy:.2%}", f"{r.attack_success_rate:.2%}",
+                          f"{r.mean_perturbation:.4f}", f"{r.seconds:.1f}")
+        c.print(table)
+        if save_adv:
+            c.print(f"adversarial examples written to {save_adv}", highlight=False)
+
+    emit(doc, human, as_json=as_json)
+    if min_robust is not None and any(r.robust_accuracy < min_robust for r in report.rows):
+        fail(1)
+
+
+@app.command("certify")
+def certify_cmd(model: Path = typer.Argument(..., help="A .tsb bundle (ideally trained with "
+                                             "augment: {gaussian_noise: SIGMA})."),
+                data: str | None = DATA,
+                sigma: float = typer.Option(0.25, "--sigma", help="Noise level of the smoothed classifier."),
+                n0: int = typer.Option(100, "--n0", help="Noise draws to pick the top class."),
+                n: int = typer.Option(1000, "--n", help="Noise draws to bound its probability."),
+                alpha: float = typer.Option(0.001, "--alpha", help="Failure probability per certificate."),
+                radii: str = typer.Option("0,0.25,0.5,0.75,1", "--radii", help="Radii to report certified "
+                                          "accuracy at."),
+                batch_size: int = typer.Option(1000, "--batch-size"),
+                seed: int | None = typer.Option(None, "--seed", help="Seed the noise (tests only; default "
+                                                "draws from the OS CSPRNG)."),
+                limit: int | None = LIMIT, key_file: Path | None = KEY_FILE, pubkey: Path | None = PUBKEY,
+                as_json: bool = JSON_OPTION) -> None:
+    """Certified L2 accuracy at radii via randomized smoothing (Cohen et al. 2019)."""
+    from torchshield.robust.smoothing import ABSTAIN, SmoothedClassifier
+
+    radius_list = _floats(radii, "--radii")
+    net, x, y, _, manifest = _load(model, data, key_file=key_file, pubkey=pubkey, limit=limit, bounds=None)
+    smoothed = SmoothedClassifier(net, num_classes=int(manifest["metadata"]["model"]["num_classes"]), sigma=sigma,
+                                  batch_size=batch_size, seed=seed)
+    certs = []
+    with progress("certifying", len(y)) as advance:
+        for xi in x:
+            certs.append(smoothed.certify(xi, n0=n0, n=n, alpha=alpha))
+            advance(1)
+    correct = [c.prediction == int(t) for c, t in zip(certs, y, strict=True)]
+    rows = [{"radius": r, "certified_accuracy": sum(ok and c.radius >= r for ok, c in zip(correct, certs,
+                                                                                          strict=True)) / len(y)}
+            for r in radius_list]
+    doc = {"model": str(model), "examples": len(y), "sigma": sigma, "n0": n0, "n": n, "alpha": alpha,
+           "abstain_rate": sum(c.prediction == ABSTAIN for c in certs) / len(y),
+           "smoothed_accuracy": sum(correct) / len(y), "results": rows}
+
+    def human(c: Any) -> None:
+        c.print(f"{model.name}: {len(y)} examples, sigma {sigma}, n {n}, alpha {alpha}; smoothed accuracy "
+                f"{doc['smoothed_accuracy']:.2%}, abstained {doc['abstain_rate']:.2%}", highlight=False)
+        for r in rows:
+            c.print(f"  radius {r['radius']:<6g} certified accuracy {r['certified_accuracy']:.2%}", highlight=False)
+
+    emit(doc, human, as_json=as_json)
+
+
+@app.command("calibrate-detector")
+def calibrate_cmd(model: Path = typer.Argument(..., help="A .tsb bundle."), data: str | None = DATA,
+                  out: Path = typer.Option(..., "--out", "-o", help="Detector file to write (.json)."),
+                  fpr: float = typer.Option(0.05, "--fpr", help="Target false-positive rate on clean inputs."),
+                  squeezer: list[str] = typer.Option(["bits:4"], "--squeezer", "-s",
+                                                     help="bits:N or median:N, repeatable."),
+                  limit: int | None = LIMIT, bounds: str | None = BOUNDS, key_file: Path | None = KEY_FILE,
+                  as_json: bool = JSON_OPTION) -> None:
+    """Calibrate a feature-squeezing detector on clean data to a false-positive rate."""
+    from torchshield.crypto.files import atomic_write_bytes
+    from torchshield.robust.defenses import FeatureSqueezingDetector, parse_squeezer
+
+    net, x, _, lo_hi, _ = _load(model, data, key_file=key_file, pubkey=None, limit=limit, bounds=bounds)
+    detector = FeatureSqueezingDetector(net, [parse_squeezer(s) for s in squeezer], lo_hi)
+    detector.calibrate(x, fpr=fpr)
+    doc = detector.to_dict()
+    atomic_write_bytes(out, json.dumps(doc, indent=2).encode())
+    emit({"detector": str(out), **doc}, lambda c: c.print(
+        f"wrote {out}: threshold {detector.threshold:.4f} for FPR {fpr} on {len(x)} clean examples",
+        highlight=False), as_json=as_json)
+
+
+@app.command("detect")
+def detect_cmd(model: Path = typer.Argument(..., help="A .tsb bundle."), data: str | None = DATA,
+               detector_file: Path = typer.Option(..., "--detector", help="File from calibrate-detector."),
+               attack: str | None = typer.Option(None, "--attack", help="Also attack the data first and report "
+                                                 "the detection rate on the adversarial examples."),
+               eps: float = typer.Option(0.1, "--eps"), limit: int | None = LIMIT,
+               key_file: Path | None = KEY_FILE, as_json: bool = JSON_OPTION) -> None:
+    """Flag adversarial-looking inputs; report the flagged rate (clean, and attacked with --attack)."""
+    from torchshield.robust.attacks import build_attack
+    from torchshield.robust.defenses import FeatureSqueezingDetector
+
+    try:
+        doc = json.loads(detector_file.read_text())
+    except (OSError, ValueError) as exc:
+        raise InputError(f"--detector: cannot read {detector_file} ({type(exc).__name__})") from None
+    net, x, y, _, _ = _load(model, data, key_file=key_file, pubkey=None, limit=limit, bounds=None)
+    detector = FeatureSqueezingDetector.from_dict(net, doc)
+    result: dict[str, Any] = {"examples": len(y), "threshold": detector.threshold,
+                              "clean_flagged_rate": float(detector.detect(x).double().mean())}
+    if attack:
+        adv = build_attack(attack, net, eps=eps, bounds=detector.bounds, seed=0)(x, y)
+        result.update({"attack": attack, "eps": eps,
+                       "adversarial_flagged_rate": float(detector.detect(adv).double().mean())})
+    emit(result, lambda c: c.print(", ".join(f"{k} {v}" for k, v in result.items()), highlight=False),
+         as_json=as_json)
