@@ -26,7 +26,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "unit" / "model"))
 
-import scan_corpus as corpus  # noqa: E402
+import scan_corpus as corpus
 
 ANCHOR_PY = Path("/tmp/anchors-scan/bin/python")
 ANCHOR_RUNNER = r"""
@@ -73,7 +73,7 @@ def build_corpus(folder: Path, scale: float) -> tuple[list[Path], list[Path]]:
     from safetensors.torch import save_file
 
     torch.manual_seed(0)
-    mb = lambda n: max(1, int(n * scale))  # noqa: E731
+    mb = lambda n: max(1, int(n * scale))
     big = {f"layer{i}.weight": torch.randn(mb(128) * 1024 * 256 // 120) for i in range(120)}
     benign = []
     for name, kwargs in (("big_zip.pt", {}), ("big_legacy.pt", {"_use_new_zipfile_serialization": False})):
@@ -112,8 +112,13 @@ def anchor(tool: str, files: list[Path], folder: Path, timeout: float) -> tuple[
     listing = folder / f"{tool}-files.json"
     listing.write_text(json.dumps([str(p) for p in files]))
     try:
-        proc = subprocess.run([str(ANCHOR_PY), "-c", ANCHOR_RUNNER, tool, str(listing)], capture_output=True,
-                              text=True, timeout=timeout, check=False)
+        proc = subprocess.run(
+            [str(ANCHOR_PY), "-c", ANCHOR_RUNNER, tool, str(listing)],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
     except subprocess.TimeoutExpired:
         print(f"note: {tool} did not finish within {timeout:.0f} s")
         return None
@@ -126,7 +131,9 @@ def anchor(tool: str, files: list[Path], folder: Path, timeout: float) -> tuple[
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--scale", type=float, default=1.0, help="size multiplier for the large files")
     parser.add_argument("--keep", type=Path, help="build the corpus here and keep it")
     parser.add_argument("--anchor-timeout", type=float, default=150)
@@ -137,8 +144,10 @@ def main() -> None:
         benign, malicious = build_corpus(folder, args.scale)
         files = benign + malicious
         total_mb = sum(p.stat().st_size for p in files) / 1e6
-        print(f"corpus: {len(benign)} benign ({sum(p.stat().st_size for p in benign) / 1e6:.0f} MB), "
-              f"{len(malicious)} malicious; {total_mb:.0f} MB in {len(files)} files")
+        print(
+            f"corpus: {len(benign)} benign ({sum(p.stat().st_size for p in benign) / 1e6:.0f} MB), "
+            f"{len(malicious)} malicious; {total_mb:.0f} MB in {len(files)} files"
+        )
         ours(files[:3])  # warm page cache and imports
         runs = [ours(files) for _ in range(3)]
         t_ours = statistics.median(r[0] for r in runs)
@@ -150,19 +159,26 @@ def main() -> None:
         report(results, benign, malicious, total_mb)
 
 
-def report(results: dict[str, tuple[float, dict[str, str]]], benign: list[Path], malicious: list[Path],
-           total_mb: float) -> None:
+def report(
+    results: dict[str, tuple[float, dict[str, str]]],
+    benign: list[Path],
+    malicious: list[Path],
+    total_mb: float,
+) -> None:
     n = len(benign) + len(malicious)
-    print(f"\n{'tool':<12} {'time s':>8} {'MB/s':>9} {'files/s':>8} {'caught':>8} {'unscanned':>9} {'missed':>7} "
-          f"{'false+':>7}")
+    print(
+        f"\n{'tool':<12} {'time s':>8} {'MB/s':>9} {'files/s':>8} {'caught':>8} {'unscanned':>9} {'missed':>7} "
+        f"{'false+':>7}"
+    )
     base = results["torchshield"][0]
     for tool, (elapsed, verdicts) in results.items():
-        flagged = lambda p: verdicts.get(str(p)) in ("unsafe",)  # noqa: E731
         unscanned = sum(verdicts.get(str(p)) in ("error", "skipped", "unreadable") for p in malicious)
-        caught = sum(flagged(p) for p in malicious)
+        caught = sum(verdicts.get(str(p)) == "unsafe" for p in malicious)
         false_pos = sum(verdicts.get(str(p)) != "safe" for p in benign)
-        print(f"{tool:<12} {elapsed:8.2f} {total_mb / elapsed:9.1f} {n / elapsed:8.1f} {caught:>4}/{len(malicious):<3} "
-              f"{unscanned:>9} {len(malicious) - caught - unscanned:>7} {false_pos:>4}/{len(benign)}")
+        print(
+            f"{tool:<12} {elapsed:8.2f} {total_mb / elapsed:9.1f} {n / elapsed:8.1f} {caught:>4}/{len(malicious):<3} "
+            f"{unscanned:>9} {len(malicious) - caught - unscanned:>7} {false_pos:>4}/{len(benign)}"
+        )
     for tool, (elapsed, _v) in results.items():
         if tool != "torchshield":
             print(f"throughput ratio torchshield/{tool}: {elapsed / base:.1f}x")
@@ -177,8 +193,10 @@ def report(results: dict[str, tuple[float, dict[str, str]]], benign: list[Path],
         print("malicious files an anchor flags and torchshield does not:")
         for p in malicious:
             if results["torchshield"][1][str(p)] != "unsafe":
-                print(f"  {p.name}: torchshield={results['torchshield'][1][str(p)]}, "
-                      + ", ".join(f"{t}={results[t][1].get(str(p))}" for t in others))
+                print(
+                    f"  {p.name}: torchshield={results['torchshield'][1][str(p)]}, "
+                    + ", ".join(f"{t}={results[t][1].get(str(p))}" for t in others)
+                )
 
 
 if __name__ == "__main__":

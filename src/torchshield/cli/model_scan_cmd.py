@@ -13,8 +13,15 @@ from torchshield.cli.output import JSON_OPTION, emit, fail, progress
 
 __all__ = ["register_into"]
 
-_STYLE = {"critical": "bold red", "high": "red", "medium": "yellow", "low": "dim",
-          "safe": "green", "unsafe": "bold red", "unreadable": "yellow"}
+_STYLE = {
+    "critical": "bold red",
+    "high": "red",
+    "medium": "yellow",
+    "low": "dim",
+    "safe": "green",
+    "unsafe": "bold red",
+    "unreadable": "yellow",
+}
 
 
 def register_into(model_app: typer.Typer) -> None:
@@ -23,10 +30,18 @@ def register_into(model_app: typer.Typer) -> None:
 
 
 def scan_command(
-    paths: list[Path] = typer.Argument(..., help="Model files: .pt/.pth/.bin/.ckpt, .pkl, .npy/.npz, "
-                                                 ".safetensors, .tsb, or any pickle (routed by content)."),
-    allow: list[str] = typer.Option([], "--allow", "-a", metavar="MODULE.NAME",
-                                    help="Accept this global (repeatable); 'pkg.*' accepts a whole package."),
+    paths: list[Path] = typer.Argument(
+        ...,
+        help="Model files: .pt/.pth/.bin/.ckpt, .pkl, .npy/.npz, "
+        ".safetensors, .tsb, or any pickle (routed by content).",
+    ),
+    allow: list[str] = typer.Option(
+        [],
+        "--allow",
+        "-a",
+        metavar="MODULE.NAME",
+        help="Accept this global (repeatable); 'pkg.*' accepts a whole package.",
+    ),
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Scan model files for code that runs when they are loaded (static: nothing is imported or unpickled)."""
@@ -49,17 +64,27 @@ def _render(console: Console, report: object) -> None:
     for file in report.files:
         status = file.status
         detail = f" ({file.unreadable_reason})" if file.unreadable_reason else ""
-        console.print(f"[{_STYLE[status]}]{status.upper()}[/] {file.path} [dim]{file.format}, "
-                      f"{file.pickles} pickle(s), {file.imports} import(s){detail}[/]", highlight=False)
+        console.print(
+            f"[{_STYLE[status]}]{status.upper()}[/] {file.path} [dim]{file.format}, "
+            f"{file.pickles} pickle(s), {file.imports} import(s){detail}[/]",
+            highlight=False,
+        )
         if not file.findings:
             continue
         table = Table(show_header=True, header_style="bold", box=None, pad_edge=False)
         for column in ("severity", "member", "offset", "callable", "message"):
             table.add_column(column, overflow="fold")
         for f in file.findings:
-            table.add_row(f"[{_STYLE.get(f.severity, '')}]{f.severity}[/]", f.member or "-",
-                          "-" if f.offset is None else str(f.offset), f.callable or "-", f.message)
+            table.add_row(
+                f"[{_STYLE.get(f.severity, '')}]{f.severity}[/]",
+                f.member or "-",
+                "-" if f.offset is None else str(f.offset),
+                f.callable or "-",
+                f.message,
+            )
         console.print(table)
     counts = {s: sum(1 for f in report.files if f.status == s) for s in ("safe", "unsafe", "unreadable")}
-    console.print(f"{len(report.files)} file(s): {counts['safe']} safe, {counts['unsafe']} unsafe, "
-                  f"{counts['unreadable']} unreadable")
+    console.print(
+        f"{len(report.files)} file(s): {counts['safe']} safe, {counts['unsafe']} unsafe, "
+        f"{counts['unreadable']} unreadable"
+    )

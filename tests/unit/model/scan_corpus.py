@@ -58,17 +58,31 @@ def reduce_payload(module: str, name: str, arg: str = CMD, proto: int = 2) -> by
     return bytes([0x80, proto]) + sglob(module, name) + su(arg) + b"\x85R."
 
 
-def torch_zip(pickle_bytes: bytes, *, name: str = "archive/data.pkl", deflate: bool = False,
-              extra: dict[str, bytes] | None = None) -> bytes:
+def _fixed(name: str, method: int = zipfile.ZIP_DEFLATED) -> zipfile.ZipInfo:
+    """A member with a fixed timestamp: the same corpus bytes on every run (xdist compares test ids)."""
+    info = zipfile.ZipInfo(name, date_time=(2020, 1, 1, 0, 0, 0))
+    info.compress_type = method
+    return info
+
+
+def torch_zip(
+    pickle_bytes: bytes,
+    *,
+    name: str = "archive/data.pkl",
+    deflate: bool = False,
+    extra: dict[str, bytes] | None = None,
+) -> bytes:
     """A torch-style zip checkpoint holding the given data.pkl."""
     buf = io.BytesIO()
     method = zipfile.ZIP_DEFLATED if deflate else zipfile.ZIP_STORED
     with zipfile.ZipFile(buf, "w", method) as z:
-        z.writestr(name, pickle_bytes)
-        z.writestr("archive/version", b"3\n")
-        z.writestr("archive/byteorder", b"little")
-        for member, data in (extra or {}).items():
-            z.writestr(member, data)
+        for member, data in {
+            name: pickle_bytes,
+            "archive/version": b"3\n",
+            "archive/byteorder": b"little",
+            **(extra or {}),
+        }.items():
+            z.writestr(_fixed(member, method), data)
     return buf.getvalue()
 
 
@@ -86,7 +100,7 @@ def patch_zip(data: bytes, *, flag: int = 0, crc: bool = False, central_name: st
         n = struct.unpack_from("<H", out, cd + 28)[0]
         new = central_name.encode()
         assert len(new) == n, "same-length name keeps offsets valid"
-        out[cd + 46:cd + 46 + n] = new
+        out[cd + 46 : cd + 46 + n] = new
     return bytes(out)
 
 
@@ -96,8 +110,9 @@ def npy_object(pickle_bytes: bytes) -> bytes:
     return b"\x93NUMPY\x01\x00" + struct.pack("<H", len(header)) + header.encode() + pickle_bytes
 
 
-def legacy(payload_main: bytes = b"\x80\x02}q\x00.", *, magic: bytes | None = None,
-           keys: bytes = b"\x80\x02]q\x00.") -> bytes:
+def legacy(
+    payload_main: bytes = b"\x80\x02}q\x00.", *, magic: bytes | None = None, keys: bytes = b"\x80\x02]q\x00."
+) -> bytes:
     """torch's legacy stream: magic, protocol, sys_info, main pickle, storage keys, raw data."""
     magic = magic or b"\x80\x02\x8a\x0al\xfc\x9cF\xf9 j\xa8P\x19."
     proto = b"\x80\x02M\xe9\x03."
@@ -135,9 +150,15 @@ def _calls(ident: str, targets: list[str], proto: int = 2) -> list[Sample]:
         module, _, name = target.rpartition(".")
         if ":" in target:
             module, name = target.split(":")
-        out.append(Sample(f"{ident}-{target}", f"{ident}_{target.replace(':', '_')}.pkl",
-                          lambda m=module, n=name, p=proto: reduce_payload(m, n, proto=p), "unsafe",
-                          f"{module}.{name}"))
+        out.append(
+            Sample(
+                f"{ident}-{target}",
+                f"{ident}_{target.replace(':', '_')}.pkl",
+                lambda m=module, n=name, p=proto: reduce_payload(m, n, proto=p),
+                "unsafe",
+                f"{module}.{name}",
+            )
+        )
     return out
 
 
@@ -157,8 +178,22 @@ def _sour_pickles() -> bytes:
 
 def _memo_obfuscated() -> bytes:
     # D1: decoys pushed and popped; the real operands come from memo slots set far earlier
-    body = (su("torch") + b"\x94" + su("LongStorage") + b"\x94" + su("o" + "s") + b"\x94" + su("sys" + "tem")
-            + b"\x94" + b"0000" + b"h\x00h\x01\x93" + b"0" + b"h\x02h\x03\x93" + su(CMD) + b"\x85R")
+    body = (
+        su("torch")
+        + b"\x94"
+        + su("LongStorage")
+        + b"\x94"
+        + su("o" + "s")
+        + b"\x94"
+        + su("sys" + "tem")
+        + b"\x94"
+        + b"0000"
+        + b"h\x00h\x01\x93"
+        + b"0"
+        + b"h\x02h\x03\x93"
+        + su(CMD)
+        + b"\x85R"
+    )
     return b"\x80\x04" + body + b"."
 
 
@@ -249,8 +284,16 @@ def _nested_pickle_loads() -> bytes:
 
 def _zlib_loads() -> bytes:
     blob = zlib.compress(reduce_payload("os", "system"))
-    return p2(glob("pickle", "loads") + b"(" + glob("zlib", "decompress") + b"C" + bytes([len(blob)]) + blob
-              + b"\x85Rt" + b"R")
+    return p2(
+        glob("pickle", "loads")
+        + b"("
+        + glob("zlib", "decompress")
+        + b"C"
+        + bytes([len(blob)])
+        + blob
+        + b"\x85Rt"
+        + b"R"
+    )
 
 
 def _setitem_list() -> bytes:
@@ -263,10 +306,25 @@ def _legacy_eval_magic() -> bytes:
 
 
 def _storage_overflow() -> bytes:
-    pid = b"(" + su("storage") + glob("torch", "FloatStorage") + su("0") + su("cpu") + b"J" + \
-        struct.pack("<i", 1_000_000) + b"tQ"
-    body = call(glob("torch._utils", "_rebuild_tensor_v2"), pid, b"K\x00", b"K\x04\x85", b"K\x01\x85",
-                b"\x89", call(glob("collections", "OrderedDict")))
+    pid = (
+        b"("
+        + su("storage")
+        + glob("torch", "FloatStorage")
+        + su("0")
+        + su("cpu")
+        + b"J"
+        + struct.pack("<i", 1_000_000)
+        + b"tQ"
+    )
+    body = call(
+        glob("torch._utils", "_rebuild_tensor_v2"),
+        pid,
+        b"K\x00",
+        b"K\x04\x85",
+        b"K\x01\x85",
+        b"\x89",
+        call(glob("collections", "OrderedDict")),
+    )
     return torch_zip(p2(body), extra={"archive/data/0": b"\x00" * 16})
 
 
@@ -278,7 +336,7 @@ def _nested_zip() -> bytes:
     inner = torch_zip(reduce_payload("os", "system"))
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
-        z.writestr("model/inner.pt", inner)
+        z.writestr(_fixed("model/inner.pt"), inner)
     return buf.getvalue()
 
 
@@ -290,72 +348,220 @@ def _encrypted_like() -> bytes:
 def malicious() -> list[Sample]:
     s: list[Sample] = []
     for proto in range(6):
-        s.append(Sample(f"A1-os.system-p{proto}", f"a1_p{proto}.pkl",
-                        lambda p=proto: reduce_payload("os", "system", proto=p), "unsafe", "os.system"))
+        s.append(
+            Sample(
+                f"A1-os.system-p{proto}",
+                f"a1_p{proto}.pkl",
+                lambda p=proto: reduce_payload("os", "system", proto=p),
+                "unsafe",
+                "os.system",
+            )
+        )
     s += _calls("A1", ["posix.system", "nt.system"])
     s += _calls("A2", ["builtins.eval", "builtins.exec", "builtins.compile", "builtins.__import__"])
-    s.append(Sample("A2-__builtin__.eval-p0", "a2_p0.pkl", lambda: reduce_payload("__builtin__", "eval", "1", 0),
-                    "unsafe", "__builtin__.eval"))
+    s.append(
+        Sample(
+            "A2-__builtin__.eval-p0",
+            "a2_p0.pkl",
+            lambda: reduce_payload("__builtin__", "eval", "1", 0),
+            "unsafe",
+            "__builtin__.eval",
+        )
+    )
     s.append(Sample("A3-getattr-import", "a3.pkl", _getattr_chain, "unsafe", "builtins.getattr"))
     s.append(Sample("A3-sour-pickles", "a3s.pkl", _sour_pickles, "unsafe", "__builtin__.globals"))
-    s.append(Sample("A4-dotted", "a4.pkl", lambda: reduce_payload("builtins", "eval.__call__", "1"), "unsafe",
-                    "builtins.eval.__call__"))
-    s.append(Sample("A4-chain", "a4c.pkl", lambda: reduce_payload("torch.serialization", "os.system"), "unsafe",
-                    "torch.serialization.os.system"))
-    s += _calls("A5", ["subprocess.run", "subprocess.Popen", "subprocess.check_output", "pty.spawn",
-                       "multiprocessing.util.spawnv_passfds", "_posixsubprocess.fork_exec"])
+    s.append(
+        Sample(
+            "A4-dotted",
+            "a4.pkl",
+            lambda: reduce_payload("builtins", "eval.__call__", "1"),
+            "unsafe",
+            "builtins.eval.__call__",
+        )
+    )
+    s.append(
+        Sample(
+            "A4-chain",
+            "a4c.pkl",
+            lambda: reduce_payload("torch.serialization", "os.system"),
+            "unsafe",
+            "torch.serialization.os.system",
+        )
+    )
+    s += _calls(
+        "A5",
+        [
+            "subprocess.run",
+            "subprocess.Popen",
+            "subprocess.check_output",
+            "pty.spawn",
+            "multiprocessing.util.spawnv_passfds",
+            "_posixsubprocess.fork_exec",
+        ],
+    )
     s += _calls("A6", ["runpy._run_code", "runpy.run_path", "runpy.run_module"])
-    s += _calls("A7", ["bdb:Bdb.run", "pdb.run", "cProfile.run", "cProfile.runctx", "profile.run",
-                       "trace:Trace.runctx", "timeit.timeit", "doctest.debug_script",
-                       "code:InteractiveInterpreter.runcode", "idlelib.run:MyHandler.runcode",
-                       "lib2to3.pgen2.grammar:Grammar.loads", "numpy.testing._private.utils.runstring",
-                       "numpy.f2py.crackfortran.getlincoef", "_interpreters.run_string"])
-    s += _calls("A8", ["uuid._get_command_stdout", "_osx_support._read_output", "_aix_support._read_cmd_output",
-                       "imaplib.IMAP4_stream", "pydoc.pipepager", "_pyrepl.pager.pipe_pager",
-                       "test.support.script_helper.assert_python_ok",
-                       "asyncio.unix_events:_UnixSubprocessTransport._start"])
+    s += _calls(
+        "A7",
+        [
+            "bdb:Bdb.run",
+            "pdb.run",
+            "cProfile.run",
+            "cProfile.runctx",
+            "profile.run",
+            "trace:Trace.runctx",
+            "timeit.timeit",
+            "doctest.debug_script",
+            "code:InteractiveInterpreter.runcode",
+            "idlelib.run:MyHandler.runcode",
+            "lib2to3.pgen2.grammar:Grammar.loads",
+            "numpy.testing._private.utils.runstring",
+            "numpy.f2py.crackfortran.getlincoef",
+            "_interpreters.run_string",
+        ],
+    )
+    s += _calls(
+        "A8",
+        [
+            "uuid._get_command_stdout",
+            "_osx_support._read_output",
+            "_aix_support._read_cmd_output",
+            "imaplib.IMAP4_stream",
+            "pydoc.pipepager",
+            "_pyrepl.pager.pipe_pager",
+            "test.support.script_helper.assert_python_ok",
+            "asyncio.unix_events:_UnixSubprocessTransport._start",
+        ],
+    )
     s += _calls("A9", ["pip.main", "ensurepip._run_pip", "venv.create"])
-    s += _calls("A10", ["torch.utils.collect_env.run", "torch.utils.collect_env.run_and_read_all",
-                        "torch._inductor.codecache.compile_file", "torch.utils.bottleneck.__main__.run_cprofile",
-                        "torch.jit.unsupported_tensor_ops.execWrapper", "torch._dynamo.guards:GuardBuilder.get",
-                        "torch.fx.experimental.symbolic_shapes:ShapeEnv.evaluate_guards_expression"])
-    s += _calls("A11", ["mlflow.projects.backend.local._run_entry_point", "pandas.read_csv", "numpy.load",
-                        "joblib.load"])
-    s += _calls("A12", ["socket.create_connection", "http.client:HTTPSConnection", "requests.get",
-                        "aiohttp:ClientSession", "urllib.request.urlopen", "webbrowser.open",
-                        "ssl.get_server_certificate"])
-    s += _calls("A13", ["builtins.open", "io.FileIO", "_io.FileIO", "shutil.rmtree",
-                        "distutils.file_util.write_file", "logging.FileHandler"])
+    s += _calls(
+        "A10",
+        [
+            "torch.utils.collect_env.run",
+            "torch.utils.collect_env.run_and_read_all",
+            "torch._inductor.codecache.compile_file",
+            "torch.utils.bottleneck.__main__.run_cprofile",
+            "torch.jit.unsupported_tensor_ops.execWrapper",
+            "torch._dynamo.guards:GuardBuilder.get",
+            "torch.fx.experimental.symbolic_shapes:ShapeEnv.evaluate_guards_expression",
+        ],
+    )
+    s += _calls(
+        "A11",
+        ["mlflow.projects.backend.local._run_entry_point", "pandas.read_csv", "numpy.load", "joblib.load"],
+    )
+    s += _calls(
+        "A12",
+        [
+            "socket.create_connection",
+            "http.client:HTTPSConnection",
+            "requests.get",
+            "aiohttp:ClientSession",
+            "urllib.request.urlopen",
+            "webbrowser.open",
+            "ssl.get_server_certificate",
+        ],
+    )
+    s += _calls(
+        "A13",
+        [
+            "builtins.open",
+            "io.FileIO",
+            "_io.FileIO",
+            "shutil.rmtree",
+            "distutils.file_util.write_file",
+            "logging.FileHandler",
+        ],
+    )
     s += _calls("A14", ["ctypes.CDLL", "_ctypes.dlopen"])
-    s += _calls("A15", ["types.CodeType", "types.FunctionType", "cloudpickle.cloudpickle._make_function",
-                        "marshal.loads"])
+    s += _calls(
+        "A15",
+        ["types.CodeType", "types.FunctionType", "cloudpickle.cloudpickle._make_function", "marshal.loads"],
+    )
     s += _calls("A16", ["sys.exit", "os._exit"])
     s += _calls("B1", ["pkgutil.resolve_name"])
-    s.append(Sample("B2-pydoc-methodcaller", "b2.pkl", lambda: p2(
-        call(call(glob("operator", "methodcaller"), su("system"), su(CMD)), call(glob("pydoc", "locate"), su("os")))),
-        "unsafe", "operator.methodcaller"))
+    s.append(
+        Sample(
+            "B2-pydoc-methodcaller",
+            "b2.pkl",
+            lambda: p2(
+                call(
+                    call(glob("operator", "methodcaller"), su("system"), su(CMD)),
+                    call(glob("pydoc", "locate"), su("os")),
+                )
+            ),
+            "unsafe",
+            "operator.methodcaller",
+        )
+    )
     s += _calls("B3", ["operator.attrgetter", "operator.itemgetter", "_operator.methodcaller"])
-    s.append(Sample("B4-partial-system", "b4.pkl", lambda: _partial(glob("os", "system"), su(CMD)), "unsafe",
-                    "functools.partial"))
-    s.append(Sample("B4-partial-torch.load", "b4t.pkl", lambda: _partial(glob("torch", "load"), su("other.pt")),
-                    "unsafe", "torch.load"))
-    s += _calls("B5", ["importlib.import_module", "_frozen_importlib._bootstrap._load", "imp.load_source",
-                       "zipimport:zipimporter"])
+    s.append(
+        Sample(
+            "B4-partial-system",
+            "b4.pkl",
+            lambda: _partial(glob("os", "system"), su(CMD)),
+            "unsafe",
+            "functools.partial",
+        )
+    )
+    s.append(
+        Sample(
+            "B4-partial-torch.load",
+            "b4t.pkl",
+            lambda: _partial(glob("torch", "load"), su("other.pt")),
+            "unsafe",
+            "torch.load",
+        )
+    )
+    s += _calls(
+        "B5",
+        [
+            "importlib.import_module",
+            "_frozen_importlib._bootstrap._load",
+            "imp.load_source",
+            "zipimport:zipimporter",
+        ],
+    )
     for width in (1, 2, 4):
-        s.append(Sample(f"B6-EXT{width}", f"b6_{width}.pkl", lambda w=width: _ext(7, w), "unsafe", "<extension 7>"))
+        s.append(
+            Sample(f"B6-EXT{width}", f"b6_{width}.pkl", lambda w=width: _ext(7, w), "unsafe", "<extension 7>")
+        )
     s.append(Sample("B7-numpy-builtins", "b7.pkl", _builtins_plant, "unsafe", "numpy.__builtins__"))
-    s += _calls("B8", ["fickling.hook.remove_hook", "fickling.hook:deactivate_safe_ml_environment",
-                       "picklescan.scanner.scan_pickle_bytes", "modelscan.modelscan:ModelScan"])
+    s += _calls(
+        "B8",
+        [
+            "fickling.hook.remove_hook",
+            "fickling.hook:deactivate_safe_ml_environment",
+            "picklescan.scanner.scan_pickle_bytes",
+            "modelscan.modelscan:ModelScan",
+        ],
+    )
     s.append(Sample("B9-INST-exec", "b9i.pkl", _inst_exec, "unsafe", "__builtin__.exec"))
     s.append(Sample("B9-OBJ-system", "b9o.pkl", _obj_system, "unsafe", "os.system"))
     s.append(Sample("B9-NEWOBJ-Popen", "b9n.pkl", _newobj_popen, "unsafe", "subprocess.Popen"))
     s.append(Sample("B9-NEWOBJ_EX-Popen", "b9x.pkl", _newobj_ex, "unsafe", "subprocess.Popen"))
     s.append(Sample("C1-pickle.loads", "c1.pkl", _nested_pickle_loads, "unsafe", "pickle.loads"))
-    s += _calls("C2", ["torch.utils._config_module:ConfigModule.load_config",
-                       "torch.utils.data.datapipes.utils.decoder.basichandlers"])
+    s += _calls(
+        "C2",
+        [
+            "torch.utils._config_module:ConfigModule.load_config",
+            "torch.utils.data.datapipes.utils.decoder.basichandlers",
+        ],
+    )
     s.append(Sample("C3-zlib-loads", "c3.pkl", _zlib_loads, "unsafe", "pickle.loads"))
-    s.append(Sample("C3-b64-eval", "c3b.pkl", lambda: p2(call(glob("builtins", "eval"), call(
-        glob("base64", "b64decode"), su("X19pbXBvcnRfXygnb3MnKQ==")))), "unsafe", "builtins.eval"))
+    s.append(
+        Sample(
+            "C3-b64-eval",
+            "c3b.pkl",
+            lambda: p2(
+                call(
+                    glob("builtins", "eval"),
+                    call(glob("base64", "b64decode"), su("X19pbXBvcnRfXygnb3MnKQ==")),
+                )
+            ),
+            "unsafe",
+            "builtins.eval",
+        )
+    )
     s.append(Sample("D1-memo-decoys", "d1.pkl", _memo_obfuscated, "unsafe", "os.system"))
     s.append(Sample("D2-string-operands", "d2.pkl", _stack_global_string_ops, "unsafe", "os.system"))
     s.append(Sample("D3-bytearray-operands", "d3.pkl", _type_confusion, "unsafe", "<computed>"))
@@ -368,38 +574,116 @@ def malicious() -> list[Sample]:
     s.append(Sample("D9-reduce-pop", "d9.pkl", _reduce_pop, "unsafe", "os.system"))
     s.append(Sample("D10-exception", "d10.pkl", _exception_after, "unsafe", "os.system"))
     s.append(Sample("D11-expansion", "d11.pkl", _expansion, "suspicious"))
-    s.append(Sample("E1-wrong-ext", "e1.pt", lambda: torch_zip(
-        p2(b"}"), extra={"archive/data.txt": reduce_payload("os", "system")}), "unsafe", "os.system"))
-    s.append(Sample("E1-second-pkl", "e1b.pt", lambda: torch_zip(
-        p2(b"}"), extra={"archive/extra.pkl": reduce_payload("os", "system", proto=0)}), "unsafe", "os.system"))
-    s.append(Sample("E1-deflated", "e1d.pt", lambda: torch_zip(reduce_payload("os", "system"), deflate=True),
-                    "unsafe", "os.system"))
+    s.append(
+        Sample(
+            "E1-wrong-ext",
+            "e1.pt",
+            lambda: torch_zip(p2(b"}"), extra={"archive/data.txt": reduce_payload("os", "system")}),
+            "unsafe",
+            "os.system",
+        )
+    )
+    s.append(
+        Sample(
+            "E1-second-pkl",
+            "e1b.pt",
+            lambda: torch_zip(p2(b"}"), extra={"archive/extra.pkl": reduce_payload("os", "system", proto=0)}),
+            "unsafe",
+            "os.system",
+        )
+    )
+    s.append(
+        Sample(
+            "E1-deflated",
+            "e1d.pt",
+            lambda: torch_zip(reduce_payload("os", "system"), deflate=True),
+            "unsafe",
+            "os.system",
+        )
+    )
     for flag in (0x1, 0x20, 0x40):
-        s.append(Sample(f"E2-flag-{flag:#x}", f"e2_{flag}.pt", lambda f=flag: patch_zip(
-            torch_zip(reduce_payload("os", "system")), flag=f), "unsafe", "os.system"))
-    s.append(Sample("E3-crc", "e3.pt", lambda: patch_zip(torch_zip(reduce_payload("os", "system")), crc=True),
-                    "unsafe", "os.system"))
-    s.append(Sample("E4-central-name", "e4.pt", lambda: patch_zip(
-        torch_zip(reduce_payload("os", "system")), central_name="archive/data.txt"), "unsafe", "os.system"))
-    s.append(Sample("E5-tar-wrap", "e5.tar", lambda: tar_of({"model.pt": torch_zip(reduce_payload("os", "system"))}),
-                    "unsafe", "os.system"))
+        s.append(
+            Sample(
+                f"E2-flag-{flag:#x}",
+                f"e2_{flag}.pt",
+                lambda f=flag: patch_zip(torch_zip(reduce_payload("os", "system")), flag=f),
+                "unsafe",
+                "os.system",
+            )
+        )
+    s.append(
+        Sample(
+            "E3-crc",
+            "e3.pt",
+            lambda: patch_zip(torch_zip(reduce_payload("os", "system")), crc=True),
+            "unsafe",
+            "os.system",
+        )
+    )
+    s.append(
+        Sample(
+            "E4-central-name",
+            "e4.pt",
+            lambda: patch_zip(torch_zip(reduce_payload("os", "system")), central_name="archive/data.txt"),
+            "unsafe",
+            "os.system",
+        )
+    )
+    s.append(
+        Sample(
+            "E5-tar-wrap",
+            "e5.tar",
+            lambda: tar_of({"model.pt": torch_zip(reduce_payload("os", "system"))}),
+            "unsafe",
+            "os.system",
+        )
+    )
     s.append(Sample("E5-7z", "e5.7z", lambda: b"7z\xbc\xaf\x27\x1c" + b"\x00" * 64, "suspicious"))
     s.append(Sample("E6-encrypted", "e6.pt", _encrypted_like, "suspicious"))
     s.append(Sample("E7-legacy-eval-magic", "e7.pt", _legacy_eval_magic, "unsafe", "builtins.eval"))
-    s.append(Sample("E8-legacy-tar", "e8.tar", lambda: tar_of({
-        "sys_info": p2(b"}"), "pickle": reduce_payload("os", "system"), "storages": p2(b"K\x00")}),
-        "unsafe", "os.system"))
+    s.append(
+        Sample(
+            "E8-legacy-tar",
+            "e8.tar",
+            lambda: tar_of(
+                {"sys_info": p2(b"}"), "pickle": reduce_payload("os", "system"), "storages": p2(b"K\x00")}
+            ),
+            "unsafe",
+            "os.system",
+        )
+    )
     s.append(Sample("E9-polyglot", "e9.pt", _polyglot, "unsafe", "os.system"))
     s.append(Sample("E10-bin-ext", "e10.bin", lambda: reduce_payload("os", "system"), "unsafe", "os.system"))
-    s.append(Sample("E11-npy-object", "e11.npy", lambda: npy_object(reduce_payload("ssl", "get_server_certificate")),
-                    "unsafe", "ssl.get_server_certificate"))
-    s.append(Sample("E11-npz-object", "e11.npz", lambda: _npz_of({"x.npy": npy_object(reduce_payload("os", "system"))}),
-                    "unsafe", "os.system"))
+    s.append(
+        Sample(
+            "E11-npy-object",
+            "e11.npy",
+            lambda: npy_object(reduce_payload("ssl", "get_server_certificate")),
+            "unsafe",
+            "ssl.get_server_certificate",
+        )
+    )
+    s.append(
+        Sample(
+            "E11-npz-object",
+            "e11.npz",
+            lambda: _npz_of({"x.npy": npy_object(reduce_payload("os", "system"))}),
+            "unsafe",
+            "os.system",
+        )
+    )
     s.append(Sample("E13-setitem-list", "e13.pkl", _setitem_list, "suspicious"))
     s.append(Sample("E13-storage-overflow", "e13s.pt", _storage_overflow, "suspicious"))
     s.append(Sample("nested-zip", "nested.zip", _nested_zip, "unsafe", "os.system"))
-    s.append(Sample("legacy-payload", "legacy_bad.pt", lambda: legacy(reduce_payload("os", "system")), "unsafe",
-                    "os.system"))
+    s.append(
+        Sample(
+            "legacy-payload",
+            "legacy_bad.pt",
+            lambda: legacy(reduce_payload("os", "system")),
+            "unsafe",
+            "os.system",
+        )
+    )
     return s
 
 
@@ -407,7 +691,7 @@ def _npz_of(members: dict[str, bytes]) -> bytes:
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
         for name, data in members.items():
-            z.writestr(name, data)
+            z.writestr(_fixed(name), data)
     return buf.getvalue()
 
 
@@ -417,15 +701,28 @@ def malformed_safetensors() -> dict[str, bytes]:
     return {
         "header-past-end": safetensors_raw(good, b"\x00" * 8, declared=10_000),
         "header-over-cap": safetensors_raw(b"{" + b" " * 16, declared=(200 << 20)),
-        "negative-offsets": safetensors_raw(b'{"w":{"dtype":"F32","shape":[2],"data_offsets":[-8,0]}}', b"\x00" * 8),
-        "overlap": safetensors_raw(b'{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},'
-                                   b'"b":{"dtype":"F32","shape":[2],"data_offsets":[4,12]}}', b"\x00" * 12),
-        "out-of-range": safetensors_raw(b'{"w":{"dtype":"F32","shape":[4],"data_offsets":[0,16]}}', b"\x00" * 8),
-        "shape-mismatch": safetensors_raw(b'{"w":{"dtype":"F32","shape":[3],"data_offsets":[0,8]}}', b"\x00" * 8),
-        "duplicate-keys": safetensors_raw(b'{"w":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},'
-                                          b'"w":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}}', b"\x00" * 8),
-        "metadata-not-str": safetensors_raw(b'{"__metadata__":{"a":1},'
-                                            b'"w":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}}', b"\x00" * 8),
+        "negative-offsets": safetensors_raw(
+            b'{"w":{"dtype":"F32","shape":[2],"data_offsets":[-8,0]}}', b"\x00" * 8
+        ),
+        "overlap": safetensors_raw(
+            b'{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},'
+            b'"b":{"dtype":"F32","shape":[2],"data_offsets":[4,12]}}',
+            b"\x00" * 12,
+        ),
+        "out-of-range": safetensors_raw(
+            b'{"w":{"dtype":"F32","shape":[4],"data_offsets":[0,16]}}', b"\x00" * 8
+        ),
+        "shape-mismatch": safetensors_raw(
+            b'{"w":{"dtype":"F32","shape":[3],"data_offsets":[0,8]}}', b"\x00" * 8
+        ),
+        "duplicate-keys": safetensors_raw(
+            b'{"w":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},'
+            b'"w":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}}',
+            b"\x00" * 8,
+        ),
+        "metadata-not-str": safetensors_raw(
+            b'{"__metadata__":{"a":1},"w":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}}', b"\x00" * 8
+        ),
         "bad-dtype": safetensors_raw(b'{"w":{"dtype":"X99","shape":[2],"data_offsets":[0,8]}}', b"\x00" * 8),
         "not-json": safetensors_raw(b'{"w": nope}', b""),
     }

@@ -1,8 +1,8 @@
 """The scanner against the threat catalogue (model-threats.md) and against real benign files."""
 
 from __future__ import annotations
-
 import __future__
+
 import collections
 import datetime
 import pickle
@@ -60,8 +60,10 @@ def test_nested_zip_member_path(malicious_files: dict[str, Path]) -> None:
 
 
 def test_zip_differentials_are_reported(malicious_files: dict[str, Path]) -> None:
-    kinds = {ident: " ".join(f.message for f in scan(malicious_files[ident]).findings)
-             for ident in ("E2-flag-0x1", "E3-crc", "E4-central-name")}
+    kinds = {
+        ident: " ".join(f.message for f in scan(malicious_files[ident]).findings)
+        for ident in ("E2-flag-0x1", "E3-crc", "E4-central-name")
+    }
     assert "flag 0x1" in kinds["E2-flag-0x1"]
     assert "CRC-32 mismatch" in kinds["E3-crc"]
     assert "local header names" in kinds["E4-central-name"]
@@ -79,24 +81,40 @@ def test_malformed_safetensors_rejected(name: str, tmp_path: Path) -> None:
 # -- benign controls: no false positives ---------------------------------------------------
 def _benign(folder: Path) -> dict[str, Path]:
     torch.manual_seed(0)
-    net = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.Flatten(),
-                              torch.nn.Linear(4 * 6 * 6, 3))
+    net = torch.nn.Sequential(
+        torch.nn.Conv2d(1, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.Flatten(), torch.nn.Linear(4 * 6 * 6, 3)
+    )
     opt = torch.optim.AdamW(net.parameters())
     net(torch.randn(2, 1, 8, 8)).sum().backward()
     opt.step()
     tensors = {
-        "f32": torch.randn(5, 3), "f16": torch.randn(4).half(), "bf16": torch.randn(4).bfloat16(),
-        "i8": torch.arange(-3, 3, dtype=torch.int8), "i64": torch.arange(10), "bool": torch.tensor([True, False]),
-        "empty": torch.empty(0), "scalar": torch.tensor(3.5), "view": torch.randn(4, 4).t(),
-        "c64": torch.randn(3, dtype=torch.complex64), "u8": torch.arange(4, dtype=torch.uint8),
+        "f32": torch.randn(5, 3),
+        "f16": torch.randn(4).half(),
+        "bf16": torch.randn(4).bfloat16(),
+        "i8": torch.arange(-3, 3, dtype=torch.int8),
+        "i64": torch.arange(10),
+        "bool": torch.tensor([True, False]),
+        "empty": torch.empty(0),
+        "scalar": torch.tensor(3.5),
+        "view": torch.randn(4, 4).t(),
+        "c64": torch.randn(3, dtype=torch.complex64),
+        "u8": torch.arange(4, dtype=torch.uint8),
         "param": torch.nn.Parameter(torch.randn(2)),
     }
     objects = {
         "state_dict.pt": net.state_dict(),
         "dtypes.pt": tensors,
-        "checkpoint.pt": {"model": net.state_dict(), "optimizer": opt.state_dict(), "epoch": 3, "loss": 0.25,
-                          "shape": torch.Size([3, 4]), "counts": collections.Counter("aab"),
-                          "device": torch.device("cpu"), "dtype": torch.float16, "tags": {"a", "b"}},
+        "checkpoint.pt": {
+            "model": net.state_dict(),
+            "optimizer": opt.state_dict(),
+            "epoch": 3,
+            "loss": 0.25,
+            "shape": torch.Size([3, 4]),
+            "counts": collections.Counter("aab"),
+            "device": torch.device("cpu"),
+            "dtype": torch.float16,
+            "tags": {"a", "b"},
+        },
         "shared.pt": {"a": (t := torch.randn(10)), "b": t[2:5]},
     }
     paths: dict[str, Path] = {}
@@ -115,14 +133,24 @@ def _benign(folder: Path) -> dict[str, Path]:
     np.save(folder / "structured.npy", np.zeros(3, dtype=[("a", "i4"), ("b", "f8")]))
     np.savez(folder / "arrays.npz", a=np.arange(3), b=np.eye(2))
     np.savez_compressed(folder / "compressed.npz", a=np.zeros((100, 100)), s=np.array([1, "a"], dtype=object))
-    rng_state = {"rng": np.random.default_rng(0), "legacy": np.random.RandomState(1), "x": np.float32(2.0),
-                 "arr": np.arange(3)}
+    rng_state = {
+        "rng": np.random.default_rng(0),
+        "legacy": np.random.RandomState(1),
+        "x": np.float32(2.0),
+        "arr": np.arange(3),
+    }
     for proto in (2, 4):
         p = folder / f"numpy_objects_p{proto}.pkl"
         p.write_bytes(pickle.dumps(rng_state, protocol=proto))
     (folder / "plain.pkl").write_bytes(pickle.dumps(collections.OrderedDict(a=1, b=[1.5, "x"]), protocol=0))
-    stdlib = {"future": __future__.annotations, "when": datetime.datetime(2020, 1, 1), "frac": slice(1, 2),
-              "z": 1j, "fs": frozenset({1}), "ba": bytearray(b"ab")}
+    stdlib = {
+        "future": __future__.annotations,
+        "when": datetime.datetime(2020, 1, 1),
+        "frac": slice(1, 2),
+        "z": 1j,
+        "fs": frozenset({1}),
+        "ba": bytearray(b"ab"),
+    }
     for proto in (0, 2, 5):
         (folder / f"stdlib_p{proto}.pkl").write_bytes(pickle.dumps(stdlib, protocol=proto))
         paths[f"stdlib_p{proto}.pkl"] = folder / f"stdlib_p{proto}.pkl"
@@ -130,8 +158,18 @@ def _benign(folder: Path) -> dict[str, Path]:
 
     save_file({k: v.contiguous() for k, v in tensors.items() if k != "param"}, folder / "model.safetensors")
     save_file({}, folder / "empty.safetensors")
-    for name in ("arr.npy", "strings.npy", "structured.npy", "arrays.npz", "compressed.npz", "plain.pkl",
-                 "numpy_objects_p2.pkl", "numpy_objects_p4.pkl", "model.safetensors", "empty.safetensors"):
+    for name in (
+        "arr.npy",
+        "strings.npy",
+        "structured.npy",
+        "arrays.npz",
+        "compressed.npz",
+        "plain.pkl",
+        "numpy_objects_p2.pkl",
+        "numpy_objects_p4.pkl",
+        "model.safetensors",
+        "empty.safetensors",
+    ):
         paths[name] = folder / name
     return paths
 
@@ -143,8 +181,13 @@ def benign_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 def test_benign_files_are_safe(benign_files: dict[str, Path]) -> None:
     report = scan(list(benign_files.values()))
-    problems = {f.path: [(x.severity, x.callable, x.message) for x in f.findings if x.severity in ("critical", "high")]
-                for f in report.files if f.status != "safe"}
+    problems = {
+        f.path: [
+            (x.severity, x.callable, x.message) for x in f.findings if x.severity in ("critical", "high")
+        ]
+        for f in report.files
+        if f.status != "safe"
+    }
     assert problems == {}
     assert report.safe and report.exit_code == 0
     formats = {Path(f.path).name: f.format for f in report.files}

@@ -34,12 +34,16 @@ def test_scanning_never_imports_the_named_module(tmp_path: Path, monkeypatch: py
     assert report.findings[0].severity == "high"  # unknown, not known-dangerous
 
 
-@pytest.mark.parametrize(("name", "data", "reason"), [
-    ("empty.pt", b"", "empty file"),
-    ("image.pt", b"\x89PNG\r\n\x1a\n" + b"\x00" * 100, "PNG"),
-    ("text.bin", b"hello world, this is not a model\n" * 10, "not a recognised"),
-    ("truncated.zip", corpus.torch_zip(b"\x80\x02}.")[:60], "truncated or corrupt"),
-])
+@pytest.mark.parametrize(
+    ("name", "data", "reason"),
+    [
+        ("empty.pt", b"", "empty file"),
+        ("image.pt", b"\x89PNG\r\n\x1a\n" + b"\x00" * 100, "PNG"),
+        ("text.bin", b"hello world, this is not a model\n" * 10, "not a recognised"),
+        ("truncated.zip", corpus.torch_zip(b"\x80\x02}.")[:60], "truncated or corrupt"),
+    ],
+    ids=["empty", "png", "text", "truncated-zip"],
+)
 def test_unreadable_inputs(tmp_path: Path, name: str, data: bytes, reason: str) -> None:
     report = scan(_write(tmp_path, name, data))
     assert report.files[0].status == "unreadable" and report.exit_code == 2
@@ -48,7 +52,10 @@ def test_unreadable_inputs(tmp_path: Path, name: str, data: bytes, reason: str) 
 
 def test_missing_and_directory(tmp_path: Path) -> None:
     report = scan([tmp_path / "nope.pt", tmp_path])
-    assert [f.unreadable_reason for f in report.files] == ["no such file", "is a directory (pass the files inside it)"]
+    assert [f.unreadable_reason for f in report.files] == [
+        "no such file",
+        "is a directory (pass the files inside it)",
+    ]
     assert report.exit_code == 2
 
 
@@ -150,19 +157,27 @@ def test_fuzz_random_bytes_never_raise(tmp_path: Path, data: bytes) -> None:
     assert file.status in ("safe", "unsafe", "unreadable")
 
 
-_SEED_FILES = [corpus.torch_zip(corpus.reduce_payload("os", "system", proto=4)),
-               corpus.legacy(), corpus.npy_object(corpus.reduce_payload("os", "system"))]
+_SEED_FILES = [
+    corpus.torch_zip(corpus.reduce_payload("os", "system", proto=4)),
+    corpus.legacy(),
+    corpus.npy_object(corpus.reduce_payload("os", "system")),
+]
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(which=st.integers(0, len(_SEED_FILES) - 1), cut=st.integers(0, 2000),
-       flips=st.lists(st.tuples(st.integers(0, 4000), st.integers(1, 255)), max_size=4))
-def test_fuzz_mutated_files_never_raise(tmp_path: Path, which: int, cut: int, flips: list[tuple[int, int]]) -> None:
+@given(
+    which=st.integers(0, len(_SEED_FILES) - 1),
+    cut=st.integers(0, 2000),
+    flips=st.lists(st.tuples(st.integers(0, 4000), st.integers(1, 255)), max_size=4),
+)
+def test_fuzz_mutated_files_never_raise(
+    tmp_path: Path, which: int, cut: int, flips: list[tuple[int, int]]
+) -> None:
     data = bytearray(_SEED_FILES[which])
     for pos, xor in flips:
         if pos < len(data):
             data[pos] ^= xor
-    data = data[:max(1, len(data) - cut)] if cut % 3 == 0 else data
+    data = data[: max(1, len(data) - cut)] if cut % 3 == 0 else data
     file = scan(_write(tmp_path, "mut.pt", bytes(data))).files[0]
     assert file.status in ("safe", "unsafe", "unreadable")
 

@@ -28,7 +28,9 @@ __all__ = ["FileReport", "Finding", "Limits", "ScanReport", "scan"]
 PathLike = str | os.PathLike[str]
 
 
-def scan(path: PathLike | Iterable[PathLike], *, allow: Iterable[str] = (), limits: Limits | None = None) -> ScanReport:
+def scan(
+    path: PathLike | Iterable[PathLike], *, allow: Iterable[str] = (), limits: Limits | None = None
+) -> ScanReport:
     """Scan one model file (or several) without running anything in it.
 
     ``allow`` names extra globals to accept (``"mypkg.MyModel"``, or ``"mypkg.*"`` for a whole

@@ -19,6 +19,7 @@ import bz2
 import gzip
 import importlib.util
 import io
+import itertools
 import json
 import lzma
 import mmap
@@ -33,7 +34,14 @@ from pathlib import Path
 from typing import Any
 
 from torchshield.model.scan.allowlist import CRITICAL, HIGH, Allowlist
-from torchshield.model.scan.pickle_ops import LEGACY_MAGIC, MEDIUM, PickleWalk, Ref, looks_like_pickle, walk_pickle
+from torchshield.model.scan.pickle_ops import (
+    LEGACY_MAGIC,
+    MEDIUM,
+    PickleWalk,
+    Ref,
+    looks_like_pickle,
+    walk_pickle,
+)
 from torchshield.model.scan.report import FileReport, Finding
 
 __all__ = ["Limits", "scan_file"]
@@ -60,16 +68,51 @@ _Z64_LOC = struct.Struct("<4sLQL")
 _Z64_EOCD = struct.Struct("<4sQ2H2L4Q")
 _NPY_MAGIC = b"\x93NUMPY"
 _TSB_MAGIC = b"\x89TSB\r\n\x1a\n"
-_SKIP_MEMBER = re.compile(r"(^|/)(data/\d+|\.data/.*|version|byteorder|\.format_version|\.storage_alignment)$")
+_SKIP_MEMBER = re.compile(
+    r"(^|/)(data/\d+|\.data/.*|version|byteorder|\.format_version|\.storage_alignment)$"
+)
 _TORCHSCRIPT_CODE = re.compile(r"(^|/)code/.+\.py$")
 _STORAGE_BYTES = {
-    "Float": 4, "Double": 8, "Half": 2, "BFloat16": 2, "Long": 8, "Int": 4, "Short": 2, "Char": 1, "Byte": 1,
-    "Bool": 1, "ComplexFloat": 8, "ComplexDouble": 16, "QInt8": 1, "QUInt8": 1, "QInt32": 4, "QUInt4x2": 1,
-    "QUInt2x4": 1, "Untyped": 1, "Typed": 1,
+    "Float": 4,
+    "Double": 8,
+    "Half": 2,
+    "BFloat16": 2,
+    "Long": 8,
+    "Int": 4,
+    "Short": 2,
+    "Char": 1,
+    "Byte": 1,
+    "Bool": 1,
+    "ComplexFloat": 8,
+    "ComplexDouble": 16,
+    "QInt8": 1,
+    "QUInt8": 1,
+    "QInt32": 4,
+    "QUInt4x2": 1,
+    "QUInt2x4": 1,
+    "Untyped": 1,
+    "Typed": 1,
 }
 _ST_DTYPES = {
-    "BOOL": 1, "U8": 1, "I8": 1, "F8_E5M2": 1, "F8_E4M3": 1, "F8_E8M0": 1, "I16": 2, "U16": 2, "F16": 2,
-    "BF16": 2, "I32": 4, "U32": 4, "F32": 4, "F64": 8, "I64": 8, "U64": 8, "C64": 8, "F4": 0.5, "F6_E2M3": 0.75,
+    "BOOL": 1,
+    "U8": 1,
+    "I8": 1,
+    "F8_E5M2": 1,
+    "F8_E4M3": 1,
+    "F8_E8M0": 1,
+    "I16": 2,
+    "U16": 2,
+    "F16": 2,
+    "BF16": 2,
+    "I32": 4,
+    "U32": 4,
+    "F32": 4,
+    "F64": 8,
+    "I64": 8,
+    "U64": 8,
+    "C64": 8,
+    "F4": 0.5,
+    "F6_E2M3": 0.75,
     "F6_E3M2": 0.75,
 }
 _PEEK = 4096
@@ -109,9 +152,18 @@ class _Scanner:
         self.budget_reported = False
 
     # -- findings -------------------------------------------------------------------
-    def add(self, severity: str, kind: str, message: str, member: str | None = None,
-            offset: int | None = None, callable: str | None = None) -> None:
-        self.report.findings.append(Finding(self.report.path, severity, kind, message, member, offset, callable))
+    def add(
+        self,
+        severity: str,
+        kind: str,
+        message: str,
+        member: str | None = None,
+        offset: int | None = None,
+        callable: str | None = None,
+    ) -> None:
+        self.report.findings.append(
+            Finding(self.report.path, severity, kind, message, member, offset, callable)
+        )
 
     def spend(self, n: int, member: str | None) -> bool:
         """Charge ``n`` bytes to the per-file budget; False (and one finding) once it is spent."""
@@ -121,8 +173,13 @@ class _Scanner:
             return True
         if not self.budget_reported:
             self.budget_reported = True
-            self.add(HIGH, "limit", f"stopped after {self.limits.max_bytes} bytes of decompressed content "
-                     "(per-file cap): a decompression bomb, or a file larger than the cap allows", member)
+            self.add(
+                HIGH,
+                "limit",
+                f"stopped after {self.limits.max_bytes} bytes of decompressed content "
+                "(per-file cap): a decompression bomb, or a file larger than the cap allows",
+                member,
+            )
         return False
 
     # -- dispatch -------------------------------------------------------------------
@@ -140,14 +197,18 @@ class _Scanner:
 
     def nested(self, blob: _Blob) -> None:
         if blob.depth > self.limits.max_depth:
-            self.add(HIGH, "limit", f"containers nested more than {self.limits.max_depth} deep: not scanned further",
-                     blob.member)
+            self.add(
+                HIGH,
+                "limit",
+                f"containers nested more than {self.limits.max_depth} deep: not scanned further",
+                blob.member,
+            )
             return
         self.queue.append(blob)
 
     def scan_blob(self, b: _Blob) -> str | None:
-        head = bytes(b.data[b.lo:min(b.hi, b.lo + 512)])
-        if head.startswith(_ZIP_LOCAL) or head.startswith(_ZIP_EOCD):
+        head = bytes(b.data[b.lo : min(b.hi, b.lo + 512)])
+        if head.startswith((_ZIP_LOCAL, _ZIP_EOCD)):
             return self.scan_zip(b)
         if head.startswith(_NPY_MAGIC):
             return self.scan_npy(b)
@@ -157,14 +218,22 @@ class _Scanner:
             return self.scan_safetensors(b)
         if len(head) >= 262 and head[257:262] == b"ustar":
             return self.scan_tar(b)
-        for magic, name, opener in ((b"\x1f\x8b", "gzip", gzip.GzipFile), (b"BZh", "bzip2", bz2.BZ2File),
-                                    (b"\xfd7zXZ\x00", "xz", lzma.LZMAFile)):
+        for magic, name, opener in (
+            (b"\x1f\x8b", "gzip", gzip.GzipFile),
+            (b"BZh", "bzip2", bz2.BZ2File),
+            (b"\xfd7zXZ\x00", "xz", lzma.LZMAFile),
+        ):
             if head.startswith(magic):
                 return self.scan_compressed(b, name, opener)
         for magic, name in ((b"7z\xbc\xaf\x27\x1c", "7z"), (b"Rar!\x1a\x07", "rar")):
             if head.startswith(magic):
-                self.add(HIGH, "unscannable", f"{name} archive: its contents cannot be scanned here; extract them "
-                         "and scan the files inside (never treat it as clean)", b.member)
+                self.add(
+                    HIGH,
+                    "unscannable",
+                    f"{name} archive: its contents cannot be scanned here; extract them "
+                    "and scan the files inside (never treat it as clean)",
+                    b.member,
+                )
                 return name
         if looks_like_pickle(head):
             fmt = self.scan_pickle_stream(b, probe=False)
@@ -172,26 +241,48 @@ class _Scanner:
                 self.check_polyglot(b)
                 return fmt
         if self.find_eocd(b) is not None:
-            self.add(MEDIUM, "structure", "data before the zip archive (self-extracting or polyglot layout)", b.member)
+            self.add(
+                MEDIUM,
+                "structure",
+                "data before the zip archive (self-extracting or polyglot layout)",
+                b.member,
+            )
             return self.scan_zip(b)
         return None
 
     # -- pickle streams -----------------------------------------------------------------
-    def scan_pickle_stream(self, b: _Blob, *, probe: bool, collect: list[PickleWalk] | None = None) -> str | None:
+    def scan_pickle_stream(
+        self, b: _Blob, *, probe: bool, collect: list[PickleWalk] | None = None
+    ) -> str | None:
         """Scan concatenated pickles; torch's legacy format is five pickles then raw storage bytes."""
         pos, count, legacy = b.lo, 0, False
         while pos < b.hi:
             if count >= self.limits.max_pickles:
-                self.add(HIGH, "limit", f"more than {self.limits.max_pickles} pickles in one stream: rest not scanned",
-                         b.member, pos - b.lo)
+                self.add(
+                    HIGH,
+                    "limit",
+                    f"more than {self.limits.max_pickles} pickles in one stream: rest not scanned",
+                    b.member,
+                    pos - b.lo,
+                )
                 break
             walk = walk_pickle(b.data, pos, b.hi, self.allow)
-            if count == 0 and not walk.complete and not walk.imports_anything and (probe or b.data[b.lo] != 0x80):
+            if (
+                count == 0
+                and not walk.complete
+                and not walk.imports_anything
+                and (probe or b.data[b.lo] != 0x80)
+            ):
                 return None  # not a pickle at all: garbage or another format
             if count > 0 and not walk.complete and not walk.imports_anything:
-                self.add(MEDIUM, "structure", f"{b.hi - pos} bytes of non-pickle data after the pickle that ends "
-                         f"at offset {pos - b.lo} (ignored by pickle.load; read by some loaders)", b.member,
-                         pos - b.lo)
+                self.add(
+                    MEDIUM,
+                    "structure",
+                    f"{b.hi - pos} bytes of non-pickle data after the pickle that ends "
+                    f"at offset {pos - b.lo} (ignored by pickle.load; read by some loaders)",
+                    b.member,
+                    pos - b.lo,
+                )
                 break
             if probe and not walk.complete:
                 return None
@@ -215,9 +306,19 @@ class _Scanner:
         for ref in walk.refs:
             if ref.verdict.severity is None:
                 continue
-            how = f"; called by {', '.join(ref.calls[:3])}" if ref.calls else "; imported (importing runs module code)"
-            self.add(ref.verdict.severity, "import", f"{ref.verdict.reason}{how}", b.member,
-                     ref.offset - base, ref.full)
+            how = (
+                f"; called by {', '.join(ref.calls[:3])}"
+                if ref.calls
+                else "; imported (importing runs module code)"
+            )
+            self.add(
+                ref.verdict.severity,
+                "import",
+                f"{ref.verdict.reason}{how}",
+                b.member,
+                ref.offset - base,
+                ref.full,
+            )
         for f in walk.findings:
             self.add(f.severity, f.kind, f.message, b.member, f.offset - base, f.callable)
         for start in walk.resync[:16] if follow else ():  # the other reading of a straddled FRAME
@@ -229,8 +330,13 @@ class _Scanner:
 
     def check_polyglot(self, b: _Blob) -> None:
         if b.depth == 0 and self.find_eocd(b) is not None:
-            self.add(HIGH, "structure", "file is both a pickle and a zip archive (polyglot): loaders that pick "
-                     "a different reading run different content; both were scanned", b.member)
+            self.add(
+                HIGH,
+                "structure",
+                "file is both a pickle and a zip archive (polyglot): loaders that pick "
+                "a different reading run different content; both were scanned",
+                b.member,
+            )
             self.scan_zip(b)
 
     # -- zip --------------------------------------------------------------------------------
@@ -244,7 +350,9 @@ class _Scanner:
         entries = self.zip_entries(b)
         if entries is None:
             if b.depth == 0:
-                self.report.unreadable_reason = "zip archive is truncated or corrupt (no end-of-central-directory)"
+                self.report.unreadable_reason = (
+                    "zip archive is truncated or corrupt (no end-of-central-directory)"
+                )
                 return "zip"
             self.add(HIGH, "unscannable", "nested zip archive is truncated or corrupt: not scanned", b.member)
             return "zip"
@@ -258,9 +366,14 @@ class _Scanner:
         if code:
             fmt = "torchscript"
             if not self.allow.allowed_by_user("torch.jit.load"):
-                self.add(HIGH, "torchscript", f"TorchScript archive with {len(code)} code file(s): torch.jit.load "
-                         "compiles and runs them; review the code or pass --allow torch.jit.load",
-                         _join(b.member, sorted(code)[0]), callable="torch.jit.load")
+                self.add(
+                    HIGH,
+                    "torchscript",
+                    f"TorchScript archive with {len(code)} code file(s): torch.jit.load "
+                    "compiles and runs them; review the code or pass --allow torch.jit.load",
+                    _join(b.member, min(code)),
+                    callable="torch.jit.load",
+                )
         record_sizes: dict[str, int] = {}
         storages: list[tuple[str, tuple[Any, ...]]] = []
         self.check_overlaps(entries, b)
@@ -275,7 +388,7 @@ class _Scanner:
             data, lo, hi = got
             self.report.members_scanned += 1
             sub = _Blob(data, lo, hi, member, b.depth + 1)
-            head = bytes(data[lo:min(hi, lo + 512)])
+            head = bytes(data[lo : min(hi, lo + 512)])
             if entry.name.endswith(".pkl") or looks_like_pickle(head):
                 named_pickle = entry.name.endswith(".pkl") or head[:1] == b"\x80"
                 walks = self.pickle_member(sub, probe=not named_pickle, storages=storages, prefix=entry.name)
@@ -286,8 +399,9 @@ class _Scanner:
         self.check_storages(storages, record_sizes, b)
         return fmt
 
-    def pickle_member(self, sub: _Blob, *, probe: bool, storages: list[tuple[str, tuple[Any, ...]]],
-                      prefix: str) -> str | None:
+    def pickle_member(
+        self, sub: _Blob, *, probe: bool, storages: list[tuple[str, tuple[Any, ...]]], prefix: str
+    ) -> str | None:
         walks: list[PickleWalk] = []
         fmt = self.scan_pickle_stream(sub, probe=probe, collect=walks)
         root = prefix.rsplit("/", 1)[0] if "/" in prefix else ""
@@ -295,7 +409,9 @@ class _Scanner:
             storages.extend((root, pid) for pid in walk.persistent_ids)
         return fmt
 
-    def check_storages(self, storages: list[tuple[str, tuple[Any, ...]]], sizes: dict[str, int], b: _Blob) -> None:
+    def check_storages(
+        self, storages: list[tuple[str, tuple[Any, ...]]], sizes: dict[str, int], b: _Blob
+    ) -> None:
         """Each storage a checkpoint declares must fit the bytes of its record (CVE-2026-24747 class)."""
         for root, pid in storages:
             if len(pid) < 5 or pid[0] != "storage" or not isinstance(pid[1], Ref):
@@ -308,18 +424,31 @@ class _Scanner:
             record = f"{root}/data/{key}" if root else f"data/{key}"
             have = sizes.get(record)
             if have is None:
-                self.add(HIGH, "structure", f"storage {key!r} has no record {record!r} in the archive",
-                         _join(b.member, record))
+                self.add(
+                    HIGH,
+                    "structure",
+                    f"storage {key!r} has no record {record!r} in the archive",
+                    _join(b.member, record),
+                )
             elif numel < 0 or numel * elem > have:
-                self.add(HIGH, "structure", f"storage {key!r} declares {numel} elements ({numel * elem} bytes) but "
-                         f"its record holds {have} bytes: out-of-bounds read in loaders", _join(b.member, record))
+                self.add(
+                    HIGH,
+                    "structure",
+                    f"storage {key!r} declares {numel} elements ({numel * elem} bytes) but "
+                    f"its record holds {have} bytes: out-of-bounds read in loaders",
+                    _join(b.member, record),
+                )
 
     def check_overlaps(self, entries: list[_ZipEntry], b: _Blob) -> None:
         spans = sorted((e.local, e.local + _LFH.size + e.csize, e.name) for e in entries)
-        for (s1, e1, n1), (s2, _e2, n2) in zip(spans, spans[1:]):
+        for (_s1, e1, n1), (s2, _e2, n2) in itertools.pairwise(spans):
             if s2 < e1:
-                self.add(HIGH, "limit", f"zip members {n1!r} and {n2!r} overlap: an overlapping-entry zip bomb or "
-                         "a parser trick", b.member)
+                self.add(
+                    HIGH,
+                    "limit",
+                    f"zip members {n1!r} and {n2!r} overlap: an overlapping-entry zip bomb or a parser trick",
+                    b.member,
+                )
                 return
 
     def zip_entries(self, b: _Blob) -> list[_ZipEntry] | None:
@@ -329,71 +458,110 @@ class _Scanner:
             return None
         _sig, _d, _cd, _n_this, n_total, cd_size, cd_offset, _clen = _EOCD.unpack_from(data, at)
         loc = at - _Z64_LOC.size  # torch always writes zip64 end records before the classic one
-        if loc >= b.lo and bytes(data[loc:loc + 4]) == b"PK\x06\x07":
+        if loc >= b.lo and bytes(data[loc : loc + 4]) == b"PK\x06\x07":
             z64 = b.lo + _Z64_LOC.unpack_from(data, loc)[2]
-            if b.lo <= z64 and z64 + _Z64_EOCD.size <= loc and bytes(data[z64:z64 + 4]) == b"PK\x06\x06":
+            if b.lo <= z64 and z64 + _Z64_EOCD.size <= loc and bytes(data[z64 : z64 + 4]) == b"PK\x06\x06":
                 rec = _Z64_EOCD.unpack_from(data, z64)
                 n_total, cd_size, cd_offset = rec[7], rec[8], rec[9]
                 at = z64
         delta = at - cd_size - cd_offset - b.lo  # bytes prepended to the archive
-        if delta < 0:
-            delta = 0
+        delta = max(delta, 0)
         pos = b.lo + cd_offset + delta
         if n_total > self.limits.max_members:
-            self.add(HIGH, "limit", f"zip declares {n_total} members, over the cap of {self.limits.max_members}: "
-                     "only the first ones are scanned", b.member)
+            self.add(
+                HIGH,
+                "limit",
+                f"zip declares {n_total} members, over the cap of {self.limits.max_members}: "
+                "only the first ones are scanned",
+                b.member,
+            )
         entries: list[_ZipEntry] = []
         seen: set[str] = set()
         for _ in range(min(n_total, self.limits.max_members)):
-            if pos + _CDH.size > b.hi or bytes(data[pos:pos + 4]) != b"PK\x01\x02":
-                self.add(MEDIUM, "structure", "central directory is shorter than the end record says", b.member)
+            if pos + _CDH.size > b.hi or bytes(data[pos : pos + 4]) != b"PK\x01\x02":
+                self.add(
+                    MEDIUM, "structure", "central directory is shorter than the end record says", b.member
+                )
                 break
             f = _CDH.unpack_from(data, pos)
-            flags, method, crc, csize, usize, nlen, elen, clen, local = f[3], f[4], f[7], f[8], f[9], f[10], \
-                f[11], f[12], f[16]
-            raw_name = bytes(data[pos + 46:pos + 46 + nlen])
+            flags, method, crc, csize, usize, nlen, elen, clen, local = (
+                f[3],
+                f[4],
+                f[7],
+                f[8],
+                f[9],
+                f[10],
+                f[11],
+                f[12],
+                f[16],
+            )
+            raw_name = bytes(data[pos + 46 : pos + 46 + nlen])
             name = raw_name.decode("utf-8" if flags & 0x800 else "cp437", "replace")
-            extra = bytes(data[pos + 46 + nlen:pos + 46 + nlen + elen])
+            extra = bytes(data[pos + 46 + nlen : pos + 46 + nlen + elen])
             usize, csize, local = _zip64_sizes(extra, usize, csize, local)
             pos += _CDH.size + nlen + elen + clen
             if name in seen:
-                self.add(MEDIUM, "structure", f"duplicate member name {name!r}: readers disagree on which one "
-                         "they load; both are scanned", b.member)
+                self.add(
+                    MEDIUM,
+                    "structure",
+                    f"duplicate member name {name!r}: readers disagree on which one "
+                    "they load; both are scanned",
+                    b.member,
+                )
             seen.add(name)
             entries.append(_ZipEntry(name, flags, method, crc, csize, usize, b.lo + delta + local))
         return entries
 
     def read_member(self, e: _ZipEntry, b: _Blob, member: str) -> tuple[Any, int, int] | None:
         data = b.data
-        if e.local + _LFH.size > b.hi or bytes(data[e.local:e.local + 4]) != _ZIP_LOCAL:
+        if e.local + _LFH.size > b.hi or bytes(data[e.local : e.local + 4]) != _ZIP_LOCAL:
             self.add(HIGH, "structure", "central directory points at no local header", member)
             return None
         lf = _LFH.unpack_from(data, e.local)
-        lname = bytes(data[e.local + 30:e.local + 30 + lf[9]]).decode("utf-8" if e.flags & 0x800 else "cp437",
-                                                                         "replace")
+        lname = bytes(data[e.local + 30 : e.local + 30 + lf[9]]).decode(
+            "utf-8" if e.flags & 0x800 else "cp437", "replace"
+        )
         if lname != e.name:
-            self.add(MEDIUM, "structure", f"local header names {lname!r} but the central directory says "
-                     f"{e.name!r}: Python's zipfile refuses this, torch loads it", member)
+            self.add(
+                MEDIUM,
+                "structure",
+                f"local header names {lname!r} but the central directory says "
+                f"{e.name!r}: Python's zipfile refuses this, torch loads it",
+                member,
+            )
         for bit, what in ((0x1, "encrypted"), (0x20, "patched data"), (0x40, "strong encryption")):
             if e.flags & bit:
-                self.add(MEDIUM, "structure", f"zip flag 0x{bit:x} ({what}) set: Python's zipfile refuses the member, "
-                         "torch ignores the flag; content scanned as stored", member)
+                self.add(
+                    MEDIUM,
+                    "structure",
+                    f"zip flag 0x{bit:x} ({what}) set: Python's zipfile refuses the member, "
+                    "torch ignores the flag; content scanned as stored",
+                    member,
+                )
         start = e.local + _LFH.size + lf[9] + lf[10]
         if start + e.csize > b.hi:
-            self.add(HIGH, "structure", f"member data ({e.csize} bytes) runs past the end of the archive", member)
+            self.add(
+                HIGH, "structure", f"member data ({e.csize} bytes) runs past the end of the archive", member
+            )
             return None
         if e.method == 0:
             if e.usize != e.csize:
-                self.add(MEDIUM, "structure", f"stored member declares {e.usize} bytes but holds {e.csize}", member)
+                self.add(
+                    MEDIUM, "structure", f"stored member declares {e.usize} bytes but holds {e.csize}", member
+                )
             if not self.spend(e.csize, member):
                 return None
-            self.check_crc(data[start:start + e.csize], e, member)
+            self.check_crc(data[start : start + e.csize], e, member)
             return data, start, start + e.csize
         if e.method != 8:
-            self.add(HIGH, "unscannable", f"compression method {e.method} is not one torch writes: member not "
-                     "scanned", member)
+            self.add(
+                HIGH,
+                "unscannable",
+                f"compression method {e.method} is not one torch writes: member not scanned",
+                member,
+            )
             return None
-        out = self.inflate(memoryview(data)[start:start + e.csize], e, member)
+        out = self.inflate(memoryview(data)[start : start + e.csize], e, member)
         if out is None:
             return None
         self.check_crc(out, e, member)
@@ -401,8 +569,13 @@ class _Scanner:
 
     def inflate(self, comp: memoryview, e: _ZipEntry, member: str) -> bytes | None:
         if e.csize and e.usize / e.csize > self.limits.max_ratio:
-            self.add(HIGH, "limit", f"member declares a {e.usize // e.csize}:1 compression ratio (deflate cannot "
-                     "exceed ~1032:1): decompression bomb or a lying header", member)
+            self.add(
+                HIGH,
+                "limit",
+                f"member declares a {e.usize // e.csize}:1 compression ratio (deflate cannot "
+                "exceed ~1032:1): decompression bomb or a lying header",
+                member,
+            )
         cap = self.budget
         d = zlib.decompressobj(-15)
         out = bytearray()
@@ -412,7 +585,7 @@ class _Scanner:
                 if d.unconsumed_tail:
                     chunk = d.unconsumed_tail
                 elif fed < len(comp):
-                    chunk = comp[fed:fed + _CHUNK]
+                    chunk = comp[fed : fed + _CHUNK]
                     fed += len(chunk)
                 else:
                     break
@@ -420,27 +593,42 @@ class _Scanner:
                 if len(out) > cap or d.eof:
                     break
         except zlib.error:
-            self.add(MEDIUM, "structure", "member's deflate data is corrupt: not scanned (torch cannot load it "
-                     "either)", member)
+            self.add(
+                MEDIUM,
+                "structure",
+                "member's deflate data is corrupt: not scanned (torch cannot load it either)",
+                member,
+            )
             return None
         if not self.spend(min(len(out), cap + 1), member):
             return None
         if len(out) != e.usize:
-            self.add(HIGH, "structure", f"member declares {e.usize} bytes but decompresses to {len(out)}: "
-                     "a lying header (bomb or parser differential)", member)
+            self.add(
+                HIGH,
+                "structure",
+                f"member declares {e.usize} bytes but decompresses to {len(out)}: "
+                "a lying header (bomb or parser differential)",
+                member,
+            )
         if e.csize and len(out) / e.csize > self.limits.max_ratio:
-            self.add(HIGH, "limit", f"member decompresses {len(out) // e.csize}:1 (decompression bomb)", member)
+            self.add(
+                HIGH, "limit", f"member decompresses {len(out) // e.csize}:1 (decompression bomb)", member
+            )
         return bytes(out)
 
     def check_crc(self, content: Any, e: _ZipEntry, member: str) -> None:
         if zlib.crc32(content) != e.crc:
-            self.add(MEDIUM, "structure", "CRC-32 mismatch: Python's zipfile refuses the member, torch loads it",
-                     member)
+            self.add(
+                MEDIUM,
+                "structure",
+                "CRC-32 mismatch: Python's zipfile refuses the member, torch loads it",
+                member,
+            )
 
     # -- other formats ------------------------------------------------------------------
     def scan_npy(self, b: _Blob) -> str:
         data = b.data
-        head = bytes(data[b.lo:min(b.hi, b.lo + 12)])
+        head = bytes(data[b.lo : min(b.hi, b.lo + 12)])
         if len(head) < 10:
             self.add(HIGH, "unscannable", "truncated .npy header", b.member)
             return "npy"
@@ -453,10 +641,14 @@ class _Scanner:
             self.add(HIGH, "unscannable", f"unknown .npy version {major}", b.member)
             return "npy"
         if hlen > (1 << 20) or b.lo + hstart + hlen > b.hi:
-            self.add(HIGH, "unscannable", f".npy header length {hlen} is absurd or past the end of the data",
-                     b.member)
+            self.add(
+                HIGH,
+                "unscannable",
+                f".npy header length {hlen} is absurd or past the end of the data",
+                b.member,
+            )
             return "npy"
-        text = bytes(data[b.lo + hstart:b.lo + hstart + hlen]).decode("latin-1")
+        text = bytes(data[b.lo + hstart : b.lo + hstart + hlen]).decode("latin-1")
         try:
             header = ast.literal_eval(text)
             descr = header["descr"]
@@ -464,9 +656,15 @@ class _Scanner:
             self.add(HIGH, "unscannable", ".npy header is not a valid literal dict", b.member)
             return "npy"
         if _npy_has_object(descr):
-            payload = _Blob(data, b.lo + hstart + hlen, b.hi, _join(b.member, "<object array pickle>"), b.depth)
-            self.add(MEDIUM, "object-array", "object array: numpy.load(allow_pickle=True) unpickles it; the "
-                     "embedded pickle was scanned", b.member)
+            payload = _Blob(
+                data, b.lo + hstart + hlen, b.hi, _join(b.member, "<object array pickle>"), b.depth
+            )
+            self.add(
+                MEDIUM,
+                "object-array",
+                "object array: numpy.load(allow_pickle=True) unpickles it; the embedded pickle was scanned",
+                b.member,
+            )
             if self.scan_pickle_stream(payload, probe=False) is None:
                 self.add(HIGH, "unscannable", "object array payload is not a readable pickle", b.member)
         return "npy"
@@ -481,7 +679,7 @@ class _Scanner:
         elif 8 + n > size:
             problem = f"header length {n} runs past the end of the file ({size} bytes)"
         if problem is None:
-            problem = _safetensors_problem(bytes(b.data[b.lo + 8:b.lo + 8 + n]), size - 8 - n)
+            problem = _safetensors_problem(bytes(b.data[b.lo + 8 : b.lo + 8 + n]), size - 8 - n)
         if problem is not None:
             self.add(HIGH, "unreadable", f"malformed safetensors file: {problem}", b.member)
             if b.depth == 0:
@@ -507,7 +705,7 @@ class _Scanner:
             fileobj: Any = b.data
             data, base = b.data, 0
         else:
-            data, base = bytes(b.data[b.lo:b.hi]), 0
+            data, base = bytes(b.data[b.lo : b.hi]), 0
             fileobj = io.BytesIO(data)
         count = 0
         try:
@@ -515,16 +713,24 @@ class _Scanner:
                 for info in tar:
                     count += 1
                     if count > self.limits.max_members:
-                        self.add(HIGH, "limit", f"tar has more than {self.limits.max_members} members: rest not "
-                                 "scanned", b.member)
+                        self.add(
+                            HIGH,
+                            "limit",
+                            f"tar has more than {self.limits.max_members} members: rest not scanned",
+                            b.member,
+                        )
                         break
                     if not info.isfile() or info.size == 0:
                         continue
                     lo = base + info.offset_data
                     hi = lo + info.size
                     if hi > len(data):
-                        self.add(HIGH, "structure", "tar member runs past the end of the archive",
-                                 _join(b.member, info.name))
+                        self.add(
+                            HIGH,
+                            "structure",
+                            "tar member runs past the end of the archive",
+                            _join(b.member, info.name),
+                        )
                         break
                     if not self.spend(info.size, b.member):
                         break
@@ -535,7 +741,9 @@ class _Scanner:
                     else:
                         self.nested(sub)
         except (tarfile.TarError, OSError, EOFError, ValueError) as exc:
-            self.add(MEDIUM, "structure", f"tar archive is damaged ({exc}): scanned up to the damage", b.member)
+            self.add(
+                MEDIUM, "structure", f"tar archive is damaged ({exc}): scanned up to the damage", b.member
+            )
         return "tar"
 
     def scan_legacy_storages(self, b: _Blob) -> None:
@@ -557,7 +765,7 @@ class _Scanner:
                 pos += 8 + max(0, numel) * _STORAGE_BYTES.get(kind, 1)
 
     def scan_compressed(self, b: _Blob, name: str, opener: Any) -> str:
-        src = io.BytesIO(bytes(b.data[b.lo:b.hi]))
+        src = io.BytesIO(bytes(b.data[b.lo : b.hi]))
         out = bytearray()
         try:
             with opener(src) as f:
@@ -569,7 +777,9 @@ class _Scanner:
                     if not self.spend(len(piece), b.member):
                         break
         except (OSError, EOFError, lzma.LZMAError, zlib.error) as exc:
-            self.add(MEDIUM, "structure", f"{name} stream is damaged ({exc}): scanned what decompressed", b.member)
+            self.add(
+                MEDIUM, "structure", f"{name} stream is damaged ({exc}): scanned what decompressed", b.member
+            )
         self.nested(_Blob(bytes(out), 0, len(out), _join(b.member, f"<{name} content>"), b.depth + 1))
         return name
 
@@ -578,7 +788,7 @@ def _zip64_sizes(extra: bytes, usize: int, csize: int, local: int) -> tuple[int,
     i = 0
     while i + 4 <= len(extra):
         tag, size = struct.unpack_from("<HH", extra, i)
-        body = extra[i + 4:i + 4 + size]
+        body = extra[i + 4 : i + 4 + size]
         if tag == 0x0001:
             j = 0
             vals = []
@@ -628,15 +838,21 @@ def _safetensors_problem(header: bytes, data_len: int) -> str | None:
             return f"tensor {name!r} has unknown dtype {dtype!r}"
         if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
             return f"tensor {name!r} shape must be a list of non-negative integers"
-        if (not isinstance(offs, list) or len(offs) != 2 or not all(isinstance(o, int) for o in offs)
-                or not 0 <= offs[0] <= offs[1]):
+        if (
+            not isinstance(offs, list)
+            or len(offs) != 2
+            or not all(isinstance(o, int) for o in offs)
+            or not 0 <= offs[0] <= offs[1]
+        ):
             return f"tensor {name!r} data_offsets must be [begin, end] with 0 <= begin <= end"
         numel = 1
         for d in shape:
             numel *= d
         if numel * _ST_DTYPES[dtype] != offs[1] - offs[0]:
-            return f"tensor {name!r} offsets hold {offs[1] - offs[0]} bytes but shape x dtype needs " \
-                   f"{numel * _ST_DTYPES[dtype]}"
+            return (
+                f"tensor {name!r} offsets hold {offs[1] - offs[0]} bytes but shape x dtype needs "
+                f"{numel * _ST_DTYPES[dtype]}"
+            )
         spans.append((offs[0], offs[1], name))
     spans.sort()
     cursor = 0
@@ -654,9 +870,23 @@ def _is_safetensors(head: bytes, size: int) -> bool:
 
 
 def _is_container(head: bytes, size: int) -> bool:
-    return (head.startswith((_ZIP_LOCAL, _ZIP_EOCD, _NPY_MAGIC, _TSB_MAGIC, b"\x1f\x8b", b"BZh", b"\xfd7zXZ\x00",
-                             b"7z\xbc\xaf\x27\x1c", b"Rar!\x1a\x07"))
-            or (len(head) >= 262 and head[257:262] == b"ustar") or _is_safetensors(head, size))
+    return (
+        head.startswith(
+            (
+                _ZIP_LOCAL,
+                _ZIP_EOCD,
+                _NPY_MAGIC,
+                _TSB_MAGIC,
+                b"\x1f\x8b",
+                b"BZh",
+                b"\xfd7zXZ\x00",
+                b"7z\xbc\xaf\x27\x1c",
+                b"Rar!\x1a\x07",
+            )
+        )
+        or (len(head) >= 262 and head[257:262] == b"ustar")
+        or _is_safetensors(head, size)
+    )
 
 
 def _join(outer: str | None, inner: str) -> str:
@@ -698,8 +928,15 @@ def scan_file(path: str | os.PathLike[str], allow: Allowlist, limits: Limits) ->
         report.unreadable_reason = "permission denied"
     except (ValueError, struct.error, IndexError, KeyError, TypeError, RecursionError, MemoryError) as exc:
         # a reader bug on hostile bytes must never read as "clean": report it and move on
-        report.findings.append(Finding(report.path, HIGH, "unscannable", f"scanner could not finish this file "
-                                       f"({type(exc).__name__}); treat it as unsafe and report the file"))
+        report.findings.append(
+            Finding(
+                report.path,
+                HIGH,
+                "unscannable",
+                f"scanner could not finish this file "
+                f"({type(exc).__name__}); treat it as unsafe and report the file",
+            )
+        )
     except OSError as exc:
         report.unreadable_reason = f"cannot read: {exc.strerror or exc}"
     for f in report.findings:

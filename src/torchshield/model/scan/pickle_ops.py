@@ -32,11 +32,22 @@ MEDIUM = "medium"
 _EXPANSION_REUSE = 100_000
 
 # Calls whose first argument is itself a serialized object: its bytes are scanned as a nested file.
-NESTED_LOADERS = frozenset({
-    "pickle.loads", "_pickle.loads", "cPickle.loads", "pickle._loads", "dill.loads", "cloudpickle.loads",
-    "torch.load", "torch.serialization.load", "torch.storage._load_from_bytes", "joblib.load",
-    "numpy.loads", "pandas.read_pickle",
-})
+NESTED_LOADERS = frozenset(
+    {
+        "pickle.loads",
+        "_pickle.loads",
+        "cPickle.loads",
+        "pickle._loads",
+        "dill.loads",
+        "cloudpickle.loads",
+        "torch.load",
+        "torch.serialization.load",
+        "torch.storage._load_from_bytes",
+        "joblib.load",
+        "numpy.loads",
+        "pandas.read_pickle",
+    }
+)
 
 
 @dataclass(frozen=True)
@@ -120,22 +131,54 @@ _NONE, _FIXED, _LINE, _LINES, _LEN = range(5)
 _ARGS: dict[int, tuple[int, int, bool]] = {}
 for _ch in b"(.012NRabd}el]ost)uQ\x81\x85\x86\x87\x88\x89\x92\x93\x94\x8f\x90\x91\x97\x98":
     _ARGS[_ch] = (_NONE, 0, False)
-for _ch, _n in ((b"J", 4), (b"K", 1), (b"M", 2), (b"G", 8), (b"h", 1), (b"j", 4), (b"q", 1), (b"r", 4),
-                (b"\x82", 1), (b"\x83", 2), (b"\x84", 4), (b"\x80", 1), (b"\x95", 8)):
+for _ch, _n in (
+    (b"J", 4),
+    (b"K", 1),
+    (b"M", 2),
+    (b"G", 8),
+    (b"h", 1),
+    (b"j", 4),
+    (b"q", 1),
+    (b"r", 4),
+    (b"\x82", 1),
+    (b"\x83", 2),
+    (b"\x84", 4),
+    (b"\x80", 1),
+    (b"\x95", 8),
+):
     _ARGS[_ch[0]] = (_FIXED, _n, False)
 for _ch in b"ILFSVPgp":
     _ARGS[_ch] = (_LINE, 0, False)
 for _ch in b"ci":
     _ARGS[_ch] = (_LINES, 0, False)
-for _ch, _n, _signed in ((b"T", 4, True), (b"U", 1, False), (b"X", 4, False), (b"\x8c", 1, False),
-                         (b"\x8d", 8, False), (b"B", 4, False), (b"C", 1, False), (b"\x8e", 8, False),
-                         (b"\x96", 8, False), (b"\x8a", 1, False), (b"\x8b", 4, True)):
+for _ch, _n, _signed in (
+    (b"T", 4, True),
+    (b"U", 1, False),
+    (b"X", 4, False),
+    (b"\x8c", 1, False),
+    (b"\x8d", 8, False),
+    (b"B", 4, False),
+    (b"C", 1, False),
+    (b"\x8e", 8, False),
+    (b"\x96", 8, False),
+    (b"\x8a", 1, False),
+    (b"\x8b", 4, True),
+):
     _ARGS[_ch[0]] = (_LEN, _n, _signed)
 
-_OP_NAMES = {ord(k): v for k, v in {
-    "c": "GLOBAL", "i": "INST", "R": "REDUCE", "o": "OBJ", "\x81": "NEWOBJ", "\x92": "NEWOBJ_EX",
-    "b": "BUILD", "\x93": "STACK_GLOBAL",
-}.items()}
+_OP_NAMES = {
+    ord(k): v
+    for k, v in {
+        "c": "GLOBAL",
+        "i": "INST",
+        "R": "REDUCE",
+        "o": "OBJ",
+        "\x81": "NEWOBJ",
+        "\x92": "NEWOBJ_EX",
+        "b": "BUILD",
+        "\x93": "STACK_GLOBAL",
+    }.items()
+}
 _UINT = {1: struct.Struct("<B"), 2: struct.Struct("<H"), 4: struct.Struct("<I"), 8: struct.Struct("<Q")}
 _INT4 = struct.Struct("<i")
 _SAFE_PROTO_FIRST = frozenset(_ARGS)
@@ -172,7 +215,9 @@ class _Walker:
     def pop(self, offset: int) -> Any:
         if self.stack:
             return self.stack.pop()
-        self.anomaly(offset, "stack underflow: the loader stops with an error here (malformed or crafted stream)")
+        self.anomaly(
+            offset, "stack underflow: the loader stops with an error here (malformed or crafted stream)"
+        )
         return OPAQUE
 
     def pop_mark(self, offset: int) -> list[Any]:
@@ -187,7 +232,9 @@ class _Walker:
     def top(self, offset: int) -> Any:
         if self.stack:
             return self.stack[-1]
-        self.anomaly(offset, "stack underflow: the loader stops with an error here (malformed or crafted stream)")
+        self.anomaly(
+            offset, "stack underflow: the loader stops with an error here (malformed or crafted stream)"
+        )
         return OPAQUE
 
     # -- names -----------------------------------------------------------------------
@@ -203,10 +250,19 @@ class _Walker:
     def call(self, callee: Any, how: str, offset: int, args: Any = None) -> Call:
         if isinstance(callee, Ref):
             callee.calls.append(f"{how}@{offset}")
-            if callee.full in NESTED_LOADERS and isinstance(args, tuple) and args and isinstance(args[0], Blob):
+            if (
+                callee.full in NESTED_LOADERS
+                and isinstance(args, tuple)
+                and args
+                and isinstance(args[0], Blob)
+            ):
                 self.walk.nested.append((offset, callee.full, args[0]))
         else:
-            what = "the result of another call" if isinstance(callee, Call) else "a value that is not an imported name"
+            what = (
+                "the result of another call"
+                if isinstance(callee, Call)
+                else "a value that is not an imported name"
+            )
             self.anomaly(offset, f"{how} calls {what} (indirect call)")
         return Call(callee)
 
@@ -219,17 +275,21 @@ class _Walker:
                 return codecs.decode(raw, "utf-8", "surrogatepass")
             return codecs.decode(raw, encoding)
         except (UnicodeDecodeError, ValueError):
-            self.anomaly(offset, "string is not valid text: the loader fails here (parser-differential trick)")
+            self.anomaly(
+                offset, "string is not valid text: the loader fails here (parser-differential trick)"
+            )
             return OPAQUE
 
     def name_line(self, raw: memoryview, offset: int) -> str:
         try:
             return codecs.decode(raw, "utf-8")
         except UnicodeDecodeError:
-            self.anomaly(offset, "GLOBAL name is not valid UTF-8: the loader fails here, scanners often crash")
+            self.anomaly(
+                offset, "GLOBAL name is not valid UTF-8: the loader fails here, scanners often crash"
+            )
             return codecs.decode(raw, "utf-8", "backslashreplace")
 
-    def run(self) -> PickleWalk:  # noqa: C901 - one dispatch loop reads best as one function
+    def run(self) -> PickleWalk:
         buf, end, walk = self.buf, self.end, self.walk
         pos = walk.start
         stack = self.stack
@@ -239,15 +299,20 @@ class _Walker:
         while True:
             if pos >= end:
                 walk.error = "stream ends before STOP (truncated)"
-                self.anomaly(pos, "pickle ends before its STOP opcode (truncated or crafted)", kind="unreadable")
+                self.anomaly(
+                    pos, "pickle ends before its STOP opcode (truncated or crafted)", kind="unreadable"
+                )
                 break
             op = buf[pos]
             offset = pos
             spec = args_table.get(op)
             if spec is None:
                 walk.error = f"invalid opcode 0x{op:02x}"
-                self.anomaly(offset, f"invalid opcode 0x{op:02x}: the loader stops with an error here",
-                             kind="unreadable")
+                self.anomaly(
+                    offset,
+                    f"invalid opcode 0x{op:02x}: the loader stops with an error here",
+                    kind="unreadable",
+                )
                 break
             kind, size, signed = spec
             pos += 1
@@ -255,23 +320,34 @@ class _Walker:
             if kind == _FIXED:
                 if pos + size > end:
                     walk.error = "truncated argument"
-                    self.anomaly(offset, "opcode argument runs past the end of the data (truncated)", kind="unreadable")
+                    self.anomaly(
+                        offset, "opcode argument runs past the end of the data (truncated)", kind="unreadable"
+                    )
                     break
-                arg = buf[pos:pos + size]
+                arg = buf[pos : pos + size]
                 pos += size
             elif kind == _LEN:
                 if pos + size > end:
                     walk.error = "truncated length"
-                    self.anomaly(offset, "length field runs past the end of the data (truncated)", kind="unreadable")
+                    self.anomaly(
+                        offset, "length field runs past the end of the data (truncated)", kind="unreadable"
+                    )
                     break
-                n = _INT4.unpack_from(buf, pos)[0] if signed and size == 4 else _UINT[size].unpack_from(buf, pos)[0]
+                n = (
+                    _INT4.unpack_from(buf, pos)[0]
+                    if signed and size == 4
+                    else _UINT[size].unpack_from(buf, pos)[0]
+                )
                 pos += size
                 if n < 0 or n > end - pos:
                     walk.error = "absurd length field"
-                    self.anomaly(offset, f"length field says {n} bytes but only {end - pos} remain (absurd or "
-                                 "truncated)", kind="unreadable")
+                    self.anomaly(
+                        offset,
+                        f"length field says {n} bytes but only {end - pos} remain (absurd or truncated)",
+                        kind="unreadable",
+                    )
                     break
-                arg = buf[pos:pos + n]
+                arg = buf[pos : pos + n]
                 self.arg_pos = pos
                 pos += n
             elif kind == _LINE or kind == _LINES:
@@ -284,17 +360,24 @@ class _Walker:
                     pos = nl + 1
                 if len(lines) < (1 if kind == _LINE else 2):
                     walk.error = "unterminated line argument"
-                    self.anomaly(offset, "text argument has no terminating newline (truncated)", kind="unreadable")
+                    self.anomaly(
+                        offset, "text argument has no terminating newline (truncated)", kind="unreadable"
+                    )
                     break
                 arg = lines
             if self.frame_end >= 0 and offset < self.frame_end < pos:
-                self.anomaly(offset, "opcode straddles a FRAME boundary: loaders and scanners can read different "
-                             "opcodes here (parser differential); the bytes after the frame were scanned too")
+                self.anomaly(
+                    offset,
+                    "opcode straddles a FRAME boundary: loaders and scanners can read different "
+                    "opcodes here (parser differential); the bytes after the frame were scanned too",
+                )
                 walk.resync.append(self.frame_end)
             walk.ops += 1
             if op == 0x80:  # PROTO
                 if not first:
-                    self.anomaly(offset, "PROTO opcode not at the start of the pickle (duplicate or misplaced)")
+                    self.anomaly(
+                        offset, "PROTO opcode not at the start of the pickle (duplicate or misplaced)"
+                    )
                 if arg[0] > 5:
                     self.anomaly(offset, f"unsupported protocol {arg[0]}: the loader refuses the stream here")
             first = False
@@ -306,11 +389,14 @@ class _Walker:
             stack = self.stack
         walk.end = pos
         if self.reuse > _EXPANSION_REUSE and self.reuse > 50 * max(1, len(memo)):
-            self.anomaly(walk.start, f"{self.reuse} memo/DUP references to {len(memo)} objects: the shape of a "
-                         "memory-expansion (billion laughs) attack on whoever walks the loaded object")
+            self.anomaly(
+                walk.start,
+                f"{self.reuse} memo/DUP references to {len(memo)} objects: the shape of a "
+                "memory-expansion (billion laughs) attack on whoever walks the loaded object",
+            )
         return walk
 
-    def step(self, op: int, offset: int, arg: Any, stack: list[Any], memo: dict[int, Any]) -> None:  # noqa: C901
+    def step(self, op: int, offset: int, arg: Any, stack: list[Any], memo: dict[int, Any]) -> None:
         if op in (0x8C, 0x58, 0x8D):  # SHORT_BINUNICODE, BINUNICODE, BINUNICODE8
             stack.append(self.text(arg, offset))
         elif op in (0x94, 0x71, 0x72, 0x70):  # MEMOIZE, BINPUT, LONG_BINPUT, PUT
@@ -326,7 +412,9 @@ class _Walker:
         elif op in (0x68, 0x6A, 0x67):  # BINGET, LONG_BINGET, GET
             idx = _memo_index(op, arg)
             if idx is None or idx not in memo:
-                self.anomaly(offset, f"memo GET of unset slot {idx}: the loader fails here; a naive scanner crashes")
+                self.anomaly(
+                    offset, f"memo GET of unset slot {idx}: the loader fails here; a naive scanner crashes"
+                )
                 stack.append(OPAQUE)
             else:
                 stack.append(memo[idx])
@@ -372,8 +460,11 @@ class _Walker:
                 self.pop_mark(offset)
             target = self.top(offset)
             if op in (0x73, 0x75) and (target is LIST_T or isinstance(target, tuple)):
-                self.anomaly(offset, "SETITEM on a list or tuple: crashes or corrupts memory in torch's "
-                             "weights_only loader (CVE-2026-24747 class)")
+                self.anomaly(
+                    offset,
+                    "SETITEM on a list or tuple: crashes or corrupts memory in torch's "
+                    "weights_only loader (CVE-2026-24747 class)",
+                )
         elif op == 0x63 or op == 0x69:  # GLOBAL, INST
             module = self.name_line(arg[0], offset)
             name = self.name_line(arg[1], offset)
@@ -390,10 +481,16 @@ class _Walker:
                 self.stack.append(self.import_name(module, name, offset))
             else:
                 shown = "/".join(_describe(v) for v in (module, name))
-                self.walk.findings.append(RawFinding(
-                    offset, CRITICAL, "structure",
-                    f"STACK_GLOBAL with operands that are not plain strings ({shown}): the imported name is "
-                    "hidden from static reading (type confusion or computed name)", callable="<computed>"))
+                self.walk.findings.append(
+                    RawFinding(
+                        offset,
+                        CRITICAL,
+                        "structure",
+                        f"STACK_GLOBAL with operands that are not plain strings ({shown}): the imported name is "
+                        "hidden from static reading (type confusion or computed name)",
+                        callable="<computed>",
+                    )
+                )
                 self.stack.append(OPAQUE)
         elif op == 0x52:  # REDUCE
             args = self.pop(offset)
@@ -416,17 +513,28 @@ class _Walker:
             self.pop(offset)
             target = self.top(offset)
             if isinstance(target, Ref):
-                self.walk.findings.append(RawFinding(
-                    offset, CRITICAL, "structure",
-                    f"BUILD sets attributes on the imported object {target.full} (state injection)",
-                    callable=target.full))
+                self.walk.findings.append(
+                    RawFinding(
+                        offset,
+                        CRITICAL,
+                        "structure",
+                        f"BUILD sets attributes on the imported object {target.full} (state injection)",
+                        callable=target.full,
+                    )
+                )
                 target.calls.append(f"BUILD@{offset}")
         elif op in (0x82, 0x83, 0x84):  # EXT1, EXT2, EXT4
             code = int.from_bytes(arg, "little")
-            self.walk.findings.append(RawFinding(
-                offset, CRITICAL, "extension",
-                f"EXT{len(arg) if len(arg) != 4 else 4} extension code {code}: imports a callable through the "
-                "copyreg registry with no name in the file", callable=f"<extension {code}>"))
+            self.walk.findings.append(
+                RawFinding(
+                    offset,
+                    CRITICAL,
+                    "extension",
+                    f"EXT{len(arg) if len(arg) != 4 else 4} extension code {code}: imports a callable through the "
+                    "copyreg registry with no name in the file",
+                    callable=f"<extension {code}>",
+                )
+            )
             self.stack.append(OPAQUE)
         elif op == 0x51:  # BINPERSID
             pid = self.pop(offset)
@@ -451,11 +559,12 @@ class _Walker:
             size = int.from_bytes(arg, "little")
             self.frame_end = offset + 9 + size
             if self.frame_end > self.end:
-                self.anomaly(offset, f"FRAME declares {size} bytes, more than the data holds (truncated or crafted)")
+                self.anomaly(
+                    offset, f"FRAME declares {size} bytes, more than the data holds (truncated or crafted)"
+                )
         elif op in (0x97, 0x98):  # NEXT_BUFFER, READONLY_BUFFER
             self.stack.append(OPAQUE)
         # PROTO needs no stack work; STOP is handled by the loop.
-
 
 
 def _memo_index(op: int, arg: Any) -> int | None:
@@ -476,7 +585,7 @@ def _decimal(raw: memoryview) -> Any:
         return OPAQUE
 
 
-_QUOTED = re.compile(rb"^(['\"])(.*)\1\s*$", re.S)
+_QUOTED = re.compile(rb"^(['\"])(.*)\1\s*$", re.DOTALL)
 
 
 def _quoted_string(raw: memoryview) -> Any:

@@ -29,8 +29,13 @@ class Finding:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "file": self.file, "member": self.member, "offset": self.offset, "callable": self.callable,
-            "severity": self.severity, "kind": self.kind, "message": self.message,
+            "file": self.file,
+            "member": self.member,
+            "offset": self.offset,
+            "callable": self.callable,
+            "severity": self.severity,
+            "kind": self.kind,
+            "message": self.message,
         }
 
 
@@ -59,9 +64,15 @@ class FileReport:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "path": self.path, "status": self.status, "format": self.format, "size": self.size,
-            "unreadable_reason": self.unreadable_reason, "members_scanned": self.members_scanned,
-            "pickles": self.pickles, "imports": self.imports, "bytes_scanned": self.bytes_scanned,
+            "path": self.path,
+            "status": self.status,
+            "format": self.format,
+            "size": self.size,
+            "unreadable_reason": self.unreadable_reason,
+            "members_scanned": self.members_scanned,
+            "pickles": self.pickles,
+            "imports": self.imports,
+            "bytes_scanned": self.bytes_scanned,
             "findings": [f.to_dict() for f in self.findings],
         }
 
@@ -95,6 +106,7 @@ class ScanReport:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "safe": self.safe, "exit_code": self.exit_code,
+            "safe": self.safe,
+            "exit_code": self.exit_code,
             "files": [report.to_dict() for report in self.files],
         }
