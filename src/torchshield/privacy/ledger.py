@@ -122,6 +122,9 @@ def _tables(sa: Any) -> Any:
              sa.Column("delta_units", sa.BigInteger, nullable=False),
              sa.Column("created_at", sa.String(40), nullable=False),
              sa.Column("created_by", sa.String(200), nullable=False))
+    sa.Table("privacy_meta", md,  # one row, rewritten on open: proves the ledger takes writes
+             sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
+             sa.Column("opened_at", sa.String(40), nullable=False))
     sa.Table("privacy_ledger", md,
              sa.Column("seq", sa.Integer, primary_key=True, autoincrement=True),
              sa.Column("dataset_id", sa.String(64), sa.ForeignKey("privacy_datasets.dataset_id"), nullable=False,
@@ -173,6 +176,9 @@ class Ledger:
         try:
             with self._write() as conn:
                 self.md.create_all(conn)
+                meta = self.md.tables["privacy_meta"]
+                if conn.execute(sa.update(meta).where(meta.c.id == 1).values(opened_at=_now())).rowcount == 0:
+                    conn.execute(sa.insert(meta).values(id=1, opened_at=_now()))
         except sa.exc.SQLAlchemyError as exc:
             raise self._db_error(exc) from None
 
