@@ -232,3 +232,51 @@ def test_bundle_is_inspected(tmp_path: Path) -> None:
     path.write_bytes(bytes(data))
     file = scan(path).files[0]
     assert file.status == "unreadable" and "bundle" in (file.unreadable_reason or "")
+
+
+def _keras(layers: list[dict[str, object]]) -> bytes:
+    import io
+    import json
+    import zipfile
+
+    config = {"class_name": "Sequential", "config": {"layers": layers}}
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        z.writestr("metadata.json", json.dumps({"keras_version": "3.0.0"}))
+        z.writestr("config.json", json.dumps(config))
+        z.writestr("model.weights.h5", b"\x89HDF\r\n\x1a\n" + b"\x00" * 32)
+    return buf.getvalue()
+
+
+def test_keras_archives(tmp_path: Path) -> None:
+    dense = {"module": "keras.layers", "class_name": "Dense", "config": {"units": 2}}
+    lam = {"module": "keras.layers", "class_name": "Lambda", "config": {"function": {"code": "4wEAAA=="}}}
+    func = {
+        "module": "keras.layers",
+        "class_name": "Activation",
+        "config": {
+            "activation": {
+                "module": "os",
+                "class_name": "function",
+                "config": "system",
+                "registered_name": "function",
+            }
+        },
+    }
+    cases = {
+        "benign.keras": ([dense], "safe"),
+        "lambda.keras": ([dense, lam], "keras.layers.Lambda"),
+        "function.keras": ([func], "os.system"),
+    }
+    for name, (layers, expect) in cases.items():
+        (tmp_path / name).write_bytes(_keras(layers))
+        file = scan(tmp_path / name).files[0]
+        assert file.format == "keras"
+        if expect == "safe":
+            assert file.status == "safe"
+        else:
+            assert file.status == "unsafe" and expect in {
+                f.callable for f in file.findings if f.severity == "critical"
+            }
+    (tmp_path / "model.h5").write_bytes(b"\x89HDF\r\n\x1a\n" + b"\x00" * 64)
+    assert "HDF5" in (scan(tmp_path / "model.h5").files[0].unreadable_reason or "")

@@ -394,6 +394,9 @@ class _Scanner:
                 walks = self.pickle_member(sub, probe=not named_pickle, storages=storages, prefix=entry.name)
                 if walks is None and named_pickle:
                     self.add(HIGH, "unscannable", "pickle member could not be parsed", member)
+            elif entry.name == "config.json" and "metadata.json" in names:
+                fmt = "keras"
+                self.scan_keras_config(sub)
             elif _is_container(head, hi - lo):
                 self.nested(sub)
         self.check_storages(storages, record_sizes, b)
@@ -408,6 +411,47 @@ class _Scanner:
         for walk in walks:
             storages.extend((root, pid) for pid in walk.persistent_ids)
         return fmt
+
+    def scan_keras_config(self, b: _Blob) -> None:
+        """Keras v3 archives: Lambda layers carry marshalled bytecode; "function" entries name any callable."""
+        try:
+            doc = json.loads(bytes(b.data[b.lo : b.hi]).decode("utf-8"))
+        except (UnicodeDecodeError, ValueError, RecursionError):
+            self.add(HIGH, "unscannable", "Keras config.json is not valid JSON", b.member)
+            return
+        todo: list[Any] = [doc]
+        while todo:
+            node = todo.pop()
+            if isinstance(node, list):
+                todo.extend(node)
+                continue
+            if not isinstance(node, dict):
+                continue
+            todo.extend(node.values())
+            kind = node.get("class_name")
+            if kind == "Lambda":
+                self.add(
+                    CRITICAL,
+                    "import",
+                    "Keras Lambda layer: its marshalled Python code runs when the model is "
+                    "loaded with safe_mode=False",
+                    b.member,
+                    callable="keras.layers.Lambda",
+                )
+            elif (
+                kind == "function"
+                and isinstance(node.get("module"), str)
+                and isinstance(node.get("config"), str)
+            ):
+                verdict = self.allow.judge(node["module"], node["config"])
+                if verdict.severity is not None:
+                    self.add(
+                        verdict.severity,
+                        "import",
+                        f"Keras function reference: {verdict.reason}",
+                        b.member,
+                        callable=f"{node['module']}.{node['config']}",
+                    )
 
     def check_storages(
         self, storages: list[tuple[str, tuple[Any, ...]]], sizes: dict[str, int], b: _Blob
@@ -897,6 +941,8 @@ def _unknown_reason(data: Any) -> str:
     head = bytes(data[:8])
     if head.startswith(b"\x89PNG"):
         return "a PNG image, not a model file"
+    if head.startswith(b"\x89HDF\r\n\x1a\n"):
+        return "an HDF5 file (Keras .h5): not scanned by torchshield; load it with Keras safe_mode"
     return "not a recognised model file format (pickle, torch zip or legacy, numpy, safetensors, tar, .tsb)"
 
 
