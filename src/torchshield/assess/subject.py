@@ -1,0 +1,86 @@
+"""The thing being assessed: a bundle's model rebuilt from its manifest, and data sets
+preprocessed the way training preprocessed them.
+
+Bundles written by ``torchshield train`` describe their architecture in ``metadata.model``
+(``{"spec", "input_shape", "num_classes"}``) and their data in ``metadata.data`` (feature
+names, normalisation, classes, input bounds); bundles prepared for serving use the flat form
+(``metadata.model`` is the spec, ``metadata.input.shape``, ``metadata.num_classes``). Both are
+read here so one report works on either."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+__all__ = ["ModelSubject", "NotAssessable", "load_split", "rebuild_model"]
+
+
+class NotAssessable(Exception):
+    """A check cannot run on this input; the message (no secrets) becomes the skip reason."""
+
+    def __init__(self, reason: str, action: str = "") -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.action = action
+
+
+@dataclass
+class ModelSubject:
+    module: Any  # torch.nn.Module in eval mode
+    input_shape: tuple[int, ...]
+    num_classes: int
+    data: dict[str, Any]  # metadata.data as written by training (may be empty)
+
+    @property
+    def bounds(self) -> tuple[float, float] | None:
+        b = self.data.get("input_bounds")
+        return (float(b[0]), float(b[1])) if isinstance(b, list) and len(b) == 2 else None
+
+
+def _architecture(meta: dict[str, Any]) -> tuple[dict[str, Any], tuple[int, ...], int]:
+    model = meta.get("model")
+    if not isinstance(model, dict):
+        raise NotAssessable("the bundle's metadata does not describe its architecture (metadata.model)",
+                            "train with `torchshield train`, or save with metadata={'model': spec, ...}")
+    if "spec" in model:
+        spec, shape, n = model["spec"], model.get("input_shape"), model.get("num_classes")
+    else:
+        spec = {k: v for k, v in model.items() if k not in {"in_features", "in_shape", "num_classes"}}
+        shape, n = (meta.get("input") or {}).get("shape"), meta.get("num_classes")
+    if not isinstance(spec, dict) or not shape or not n:
+        raise NotAssessable("the bundle's metadata lacks the model's input shape or class count")
+    return dict(spec), tuple(int(s) for s in shape), int(n)
+
+
+def rebuild_model(manifest: dict[str, Any], tensors: dict[str, Any]) -> ModelSubject:
+    """Build the architecture the manifest names and load the bundle's weights into it."""
+    from torchshield.train.zoo import build_model
+
+    meta = dict(manifest.get("metadata") or {})
+    spec, shape, n = _architecture(meta)
+    module = build_model(spec, in_shape=shape, num_classes=n)
+    try:
+        module.load_state_dict(tensors)
+    except RuntimeError:
+        raise NotAssessable("the bundle's weights do not fit the architecture its metadata names") from None
+    module.eval()
+    data = meta.get("data") if isinstance(meta.get("data"), dict) else {}
+    return ModelSubject(module, shape, n, dict(data))
+
+
+def load_split(path: Path, subject: ModelSubject) -> tuple[Any, Any]:
+    """Read a CSV/Parquet table and turn it into the model's inputs and label indices."""
+    from torchshield.train.datasets import read_table, table_to_tensors
+
+    d = subject.data
+    norm = d.get("normalization") or {}
+    label, features = norm.get("label"), d.get("feature_names")
+    if not label or not features:
+        raise NotAssessable("the bundle does not record the label and feature columns it was trained on",
+                            "train from a table with `torchshield train` (data: {path, label})")
+    df = read_table(path)
+    classes = d.get("classes") or None
+    x, y = table_to_tensors(df, label=label, features=features, normalization=norm, classes=classes,
+                            source=str(path))
+    return x.reshape(len(x), *subject.input_shape), y

@@ -1,0 +1,6 @@
+"""The end-to-end demo (`torchshield demo`): the whole life of a model on generated data."""
+
+from torchshield.demo.pipeline import STEPS, run_demo
+from torchshield.demo.state import DemoState, StepResult, StepSkipped
+
+__all__ = ["STEPS", "DemoState", "StepResult", "StepSkipped", "run_demo"]
