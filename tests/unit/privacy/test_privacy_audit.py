@@ -1,0 +1,107 @@
+"""Membership audits: metrics against sklearn, and a DP model leaks less than an overfit one."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from sklearn.datasets import load_digits
+from sklearn.metrics import roc_auc_score
+
+from torchshield.cli.app import run
+from torchshield.privacy.audit import empirical_epsilon, roc, summarise
+from torchshield.train.config import TrainConfig
+from torchshield.train.run import train_from_config
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_auc_matches_sklearn_and_low_fpr_tpr():
+    rng = np.random.default_rng(0)
+    m, n = rng.normal(0.5, 1, 400), rng.normal(0, 1, 500)
+    m[:5] = n[:5]  # ties
+    _, _, auc = roc(m, n)
+    assert auc == pytest.approx(roc_auc_score(np.r_[np.ones(400), np.zeros(500)], np.r_[m, n]), abs=1e-12)
+    perfect = summarise("x", np.arange(100, 200.0), np.arange(0, 100.0))
+    assert perfect.auc == 1.0 and perfect.tpr_at_1pct_fpr == 1.0 and perfect.epsilon_lower_bound > 3
+    chance = summarise("x", rng.normal(0, 1, 2000), rng.normal(0, 1, 2000))
+    assert abs(chance.auc - 0.5) < 0.04 and chance.epsilon_lower_bound < 0.3
+
+
+def test_epsilon_bound_respects_dp_tradeoff():
+    # an attack exactly on the eps=1 trade-off curve proves at most ~1 even with many samples
+    fpr = np.linspace(0, 1, 101)
+    tpr = np.minimum(np.e * fpr, 1 - (1 - fpr) / np.e)  # the (1, 0)-DP trade-off curve
+    assert empirical_epsilon(fpr, tpr, 10**6, 10**6) <= 1.0
+    assert empirical_epsilon(fpr, tpr, 10**6, 10**6) > 0.9
+
+
+@pytest.fixture(scope="module")
+def digits_files(tmp_path_factory):
+    root = tmp_path_factory.mktemp("audit")
+    d = load_digits()
+    df = pd.DataFrame(d.data, columns=d.feature_names)
+    df["label"] = d.target
+    perm = np.random.default_rng(0).permutation(len(df))
+    df.iloc[perm[:300]].to_parquet(root / "members.parquet")
+    df.iloc[perm[300:600]].to_parquet(root / "nonmembers.parquet")
+    return root
+
+
+def _train(root, name, **extra):
+    doc = {"model": {"type": "mlp", "hidden": [128]},
+           "data": {"path": "members.parquet", "label": "label", "normalize": "none", "test_fraction": 0},
+           "optimizer": {"name": "adam", "lr": 0.01}, "epochs": 30, "batch_size": 32, "seed": 0,
+           "output": {"bundle": f"{name}.tsb"}, **extra}
+    torch.set_num_threads(1)
+    return train_from_config(TrainConfig.from_dict(doc, base=root), progress=False).bundle
+
+
+def _audit(bundle, root, capsys):
+    code = run(["privacy", "audit", str(bundle), "--members", str(root / "members.parquet"),
+                "--non-members", str(root / "nonmembers.parquet"), "--shadows", "2", "--json"])
+    return code, json.loads(capsys.readouterr().out)
+
+
+def test_dp_model_leaks_less_than_overfit_model(digits_files, capsys):
+    overfit = _train(digits_files, "overfit")
+    dp = _train(digits_files, "dp", epochs=10, batch_size=60,
+                privacy={"epsilon": 1.0, "delta": 1e-3, "max_grad_norm": 1.0, "seed": 0})
+    code_o, rep_o = _audit(overfit, digits_files, capsys)
+    code_d, rep_d = _audit(dp, digits_files, capsys)
+    assert code_o == 0 and code_d == 0
+    assert {a["attack"] for a in rep_o["attacks"]} == {"loss", "confidence", "lira"}
+    adv = {name: max(abs(a["auc"] - 0.5) for a in rep["attacks"]) for name, rep in (("o", rep_o), ("d", rep_d))}
+    assert adv["d"] < adv["o"]
+    assert max(a["epsilon_lower_bound"] for a in rep_o["attacks"]) > 1.0  # the audit has power
+    assert rep_d["consistent"] and rep_d["verdict"].startswith("consistent with claimed epsilon")
+    assert rep_d["claimed"]["epsilon"] <= 1.0
+    lira = next(a for a in rep_o["attacks"] if a["attack"] == "lira")
+    assert len(lira["roc"]["fpr"]) == len(lira["roc"]["tpr"]) > 10  # ROC kept as data for the report
+
+
+def test_inconsistent_claim_fails_with_exit_1(digits_files, capsys, tmp_path):
+    """A model that claims a tiny epsilon but was overfit without DP is caught."""
+    import torchshield
+    from torchshield.model.bundle import inspect
+
+    overfit = digits_files / "overfit.tsb"
+    if not overfit.exists():
+        overfit = _train(digits_files, "overfit")
+    manifest = inspect(overfit).manifest
+    liar = tmp_path / "liar.tsb"
+    torchshield.save(torchshield.load(overfit), liar, metadata=manifest["metadata"],
+                     privacy={"epsilon": 0.01, "delta": 1e-5, "noise_multiplier": 50.0, "max_grad_norm": 1.0})
+    code = run(["privacy", "audit", str(liar), "--members", str(digits_files / "members.parquet"),
+                "--non-members", str(digits_files / "nonmembers.parquet"), "--shadows", "0", "--json"])
+    rep = json.loads(capsys.readouterr().out)
+    assert code == 1 and not rep["consistent"] and rep["verdict"].startswith("INCONSISTENT")
