@@ -382,7 +382,17 @@ class _Scanner:
             if _SKIP_MEMBER.search(entry.name):
                 record_sizes[entry.name] = entry.usize
                 continue
-            got = self.read_member(entry, b, member)
+            start = self.member_start(entry, b, member)
+            if start is None:
+                continue
+            peek = self.member_peek(entry, b, start)
+            if not _worth_reading(entry.name, peek, entry.usize, names):
+                continue  # tensor bytes, text, weights in another format: nothing a loader unpickles
+            if peek.startswith(_NPY_MAGIC) and not _npy_needs_payload(peek):
+                self.report.members_scanned += 1
+                self.scan_npy(_Blob(peek, 0, len(peek), member, b.depth + 1))
+                continue
+            got = self.read_member(entry, b, start, member)
             if got is None:
                 continue
             data, lo, hi = got
@@ -556,7 +566,8 @@ class _Scanner:
             entries.append(_ZipEntry(name, flags, method, crc, csize, usize, b.lo + delta + local))
         return entries
 
-    def read_member(self, e: _ZipEntry, b: _Blob, member: str) -> tuple[Any, int, int] | None:
+    def member_start(self, e: _ZipEntry, b: _Blob, member: str) -> int | None:
+        """Where a member's bytes begin, reporting every header disagreement on the way."""
         data = b.data
         if e.local + _LFH.size > b.hi or bytes(data[e.local : e.local + 4]) != _ZIP_LOCAL:
             self.add(HIGH, "structure", "central directory points at no local header", member)
@@ -588,6 +599,37 @@ class _Scanner:
                 HIGH, "structure", f"member data ({e.csize} bytes) runs past the end of the archive", member
             )
             return None
+        if e.method not in (0, 8):
+            self.add(
+                HIGH,
+                "unscannable",
+                f"compression method {e.method} is not one torch writes: member not scanned",
+                member,
+            )
+            return None
+        if e.method == 8 and e.csize and e.usize / e.csize > self.limits.max_ratio:
+            self.add(
+                HIGH,
+                "limit",
+                f"member declares a {e.usize // e.csize}:1 compression ratio (deflate cannot "
+                "exceed ~1032:1): decompression bomb or a lying header",
+                member,
+            )
+        return start
+
+    def member_peek(self, e: _ZipEntry, b: _Blob, start: int) -> bytes:
+        """The first bytes of a member, enough to route it, without reading the rest."""
+        if e.method == 0:
+            return bytes(b.data[start : start + min(e.csize, _PEEK)])
+        try:
+            return zlib.decompressobj(-15).decompress(
+                memoryview(b.data)[start : start + min(e.csize, 1 << 16)], _PEEK
+            )
+        except zlib.error:
+            return b""
+
+    def read_member(self, e: _ZipEntry, b: _Blob, start: int, member: str) -> tuple[Any, int, int] | None:
+        data = b.data
         if e.method == 0:
             if e.usize != e.csize:
                 self.add(
@@ -597,14 +639,6 @@ class _Scanner:
                 return None
             self.check_crc(data[start : start + e.csize], e, member)
             return data, start, start + e.csize
-        if e.method != 8:
-            self.add(
-                HIGH,
-                "unscannable",
-                f"compression method {e.method} is not one torch writes: member not scanned",
-                member,
-            )
-            return None
         out = self.inflate(memoryview(data)[start : start + e.csize], e, member)
         if out is None:
             return None
@@ -612,14 +646,6 @@ class _Scanner:
         return out, 0, len(out)
 
     def inflate(self, comp: memoryview, e: _ZipEntry, member: str) -> bytes | None:
-        if e.csize and e.usize / e.csize > self.limits.max_ratio:
-            self.add(
-                HIGH,
-                "limit",
-                f"member declares a {e.usize // e.csize}:1 compression ratio (deflate cannot "
-                "exceed ~1032:1): decompression bomb or a lying header",
-                member,
-            )
         cap = self.budget
         d = zlib.decompressobj(-15)
         out = bytearray()
@@ -845,6 +871,30 @@ def _zip64_sizes(extra: bytes, usize: int, csize: int, local: int) -> tuple[int,
             return vals[0], vals[1], vals[2]
         i += 4 + size
     return usize, csize, local
+
+
+def _worth_reading(name: str, peek: bytes, size: int, names: set[str]) -> bool:
+    return (
+        name.endswith(".pkl")
+        or not peek
+        or looks_like_pickle(peek)
+        or _is_container(peek, size)
+        or (name == "config.json" and "metadata.json" in names)
+    )
+
+
+def _npy_needs_payload(peek: bytes) -> bool:
+    """True unless the peeked .npy header is complete and describes a dtype without objects."""
+    if len(peek) < 10:
+        return True
+    hlen, hstart = (struct.unpack_from("<H", peek, 8)[0], 10) if peek[6] == 1 else (0, 0)
+    if hstart == 0 or hstart + hlen > len(peek):
+        return True
+    try:
+        descr = ast.literal_eval(peek[hstart : hstart + hlen].decode("latin-1"))["descr"]
+    except (ValueError, SyntaxError, KeyError, TypeError, RecursionError, MemoryError):
+        return True
+    return _npy_has_object(descr)
 
 
 def _npy_has_object(descr: Any) -> bool:
