@@ -146,7 +146,9 @@ def test_real_file_size_limit_in_a_child(setup, master_key):  # type: ignore[no-
     repo, base, tmp_path = setup
 
     def limit() -> None:
-        resource.setrlimit(resource.RLIMIT_FSIZE, (20_000, 20_000))
+        # Chunks here are 2-32 KiB at random boundaries (the chunker seed is random per vault); a
+        # 4 KiB limit is below almost every chunk of the 300 KB file, so the put must hit it.
+        resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))
 
     code = ("from torchshield.errors import ShieldError\ntry:\n"
             + "".join("    " + line + "\n" for line in put_code(tmp_path / "vault", master_key,
