@@ -1,0 +1,66 @@
+"""Black-box verification against a model served elsewhere: the torchshield serving API.
+
+``POST {url}/v1/models/{name}/predict`` with ``{"inputs": [[...], ...]}`` and an
+``Authorization: Bearer <api key>`` header answers ``{"outputs": ..., "predictions": [...]}``.
+Only the predicted classes are used. The API key is sent in the header only and never appears
+in an error message.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from torchshield.errors import InputError, MissingDependencyError
+
+if TYPE_CHECKING:
+    import torch
+
+    from torchshield.model.watermark.trigger import Predictor
+
+__all__ = ["endpoint_predictor"]
+
+
+def endpoint_predictor(url: str, model: str, api_key: str, *, timeout: float = 30.0,
+                       input_shape: Sequence[int] | None = None, transport: Any = None) -> Predictor:
+    """A predictor that queries a serving endpoint; ``transport`` lets tests plug in httpx's mock."""
+    try:
+        import httpx
+    except ImportError:  # pragma: no cover - the serve extra brings it
+        raise MissingDependencyError("httpx", "serve") from None
+    if not url.startswith(("http://", "https://")):
+        raise InputError(f"--endpoint {url!r} is not an http(s) URL", hint="e.g. http://127.0.0.1:8000")
+    target = f"{url.rstrip('/')}/v1/models/{model}/predict"
+    client = httpx.Client(timeout=timeout, transport=transport,
+                          headers={"Authorization": f"Bearer {api_key}"})
+
+    def predict(inputs: torch.Tensor) -> list[int]:
+        batch = inputs.reshape(len(inputs), *input_shape) if input_shape else inputs
+        try:
+            response = client.post(target, json={"inputs": batch.tolist()})
+        except httpx.TimeoutException:
+            raise InputError(f"the endpoint {url} did not answer within {timeout:g} s",
+                             hint="check that the service is up, or raise --timeout") from None
+        except httpx.HTTPError as exc:
+            raise InputError(f"cannot reach the endpoint {url} ({type(exc).__name__})",
+                             hint="check the URL and that the service is running") from None
+        return _predictions(response, url, model)
+
+    return predict
+
+
+def _predictions(response: Any, url: str, model: str) -> list[int]:
+    if response.status_code in (401, 403):
+        raise InputError(f"the endpoint {url} refused the API key (HTTP {response.status_code})",
+                         hint=f"pass an --api-key allowed to predict on model {model!r}")
+    if response.status_code == 404:
+        raise InputError(f"the endpoint {url} has no model {model!r} (HTTP 404)", hint="check --model")
+    if response.status_code >= 400:
+        raise InputError(f"the endpoint {url} rejected the trigger queries (HTTP {response.status_code})",
+                         hint="check --input-shape against the served model's input")
+    try:
+        preds = response.json()["predictions"]
+        return [int(p) for p in preds]
+    except (ValueError, KeyError, TypeError):
+        raise InputError(f"the endpoint {url} did not answer with a 'predictions' list",
+                         hint="is it a torchshield serving API?") from None

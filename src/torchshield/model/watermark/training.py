@@ -1,0 +1,101 @@
+"""Embedding a mark while training: the ``watermark:`` section of a training config.
+
+``torchshield train`` hands the section to :func:`make_regularizer` and adds the returned terms
+to its loss (``train.loop.fit(regularizers=...)``); the record goes into the bundle's
+``watermark`` slot. :func:`embed` does the same for a model that is already trained: a short
+fine-tune on its data with the mark's regulariser (the CLI's ``model watermark embed``).
+
+Example section::
+
+    watermark:
+      method: whitebox        # or trigger
+      bits: 128               # whitebox: length of the secret bit string
+      strength: 1.0           # weight of the regulariser in the loss
+      layers: ["3.weight"]    # whitebox: default = the widest hidden layer
+      threshold: 1.0e-6       # p-value under which verify reports the mark present
+      # trigger only: triggers: 100, per_step: 8, input_shape: [64], num_classes: 10, low: 0, high: 1
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+from torchshield.errors import InputError
+from torchshield.model.watermark.record import WatermarkRecord
+from torchshield.model.watermark.significance import DEFAULT_P_THRESHOLD
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+    from torchshield.crypto.keys import MasterKey
+
+__all__ = ["embed", "make_regularizer"]
+
+_COMMON = {"method", "strength", "threshold"}
+_OPTIONS = {
+    "whitebox": _COMMON | {"bits", "layers"},
+    "trigger": _COMMON | {"triggers", "per_step", "input_shape", "num_classes", "low", "high"},
+}
+
+Regularizer = Callable[["nn.Module"], "torch.Tensor"]
+
+
+def _number(section: Mapping[str, Any], name: str, kind: type, default: Any) -> Any:
+    value = section.get(name, default)
+    try:
+        return kind(value) if value is not None else None
+    except (TypeError, ValueError):
+        raise InputError(f"watermark.{name}: expected a {kind.__name__}, got {value!r}") from None
+
+
+def make_regularizer(section: Mapping[str, Any], model: nn.Module, key: MasterKey,
+                     ) -> tuple[list[Regularizer], WatermarkRecord]:
+    """The loss terms that embed the mark the section describes, and the mark's record."""
+    if not isinstance(section, Mapping):
+        raise InputError("watermark: expected a mapping such as {method: whitebox}")
+    method = str(section.get("method", "whitebox"))
+    if method not in _OPTIONS:
+        raise InputError(f"watermark.method: unknown method {method!r}", hint="use whitebox or trigger")
+    unknown = sorted(set(section) - _OPTIONS[method])
+    if unknown:
+        raise InputError(f"watermark.{unknown[0]}: not an option of the {method} method",
+                         hint=f"options: {', '.join(sorted(_OPTIONS[method]))}")
+    threshold = _number(section, "threshold", float, DEFAULT_P_THRESHOLD)
+    if method == "whitebox":
+        from torchshield.model.watermark.whitebox import DEFAULT_BITS, DEFAULT_STRENGTH, new_whitebox_mark
+
+        layers = section.get("layers")
+        if layers is not None and (isinstance(layers, str) or not isinstance(layers, Sequence)):
+            raise InputError("watermark.layers: expected a list of parameter names, e.g. ['3.weight']")
+        reg, record = new_whitebox_mark(model, key, layers=layers, threshold=threshold,
+                                        bits=_number(section, "bits", int, DEFAULT_BITS),
+                                        strength=_number(section, "strength", float, DEFAULT_STRENGTH))
+    else:
+        from torchshield.model.watermark import trigger as t
+
+        shape = section.get("input_shape")
+        reg, record = t.new_trigger_mark(
+            model, key, threshold=threshold, input_shape=[int(d) for d in shape] if shape else None,
+            triggers=_number(section, "triggers", int, t.DEFAULT_TRIGGERS),
+            num_classes=_number(section, "num_classes", int, None),
+            low=_number(section, "low", float, 0.0), high=_number(section, "high", float, 1.0),
+            strength=_number(section, "strength", float, t.DEFAULT_TRIGGER_STRENGTH),
+            per_step=_number(section, "per_step", int, t.DEFAULT_PER_STEP))
+    return [reg], record
+
+
+def embed(model: nn.Module, loader: Iterable[tuple[torch.Tensor, torch.Tensor]], key: MasterKey,
+          section: Mapping[str, Any], *, epochs: int = 10, lr: float = 1e-3,
+          progress: bool = False) -> WatermarkRecord:
+    """Write a mark into an already trained ``model`` by fine-tuning it on its own data."""
+    import torch
+
+    from torchshield.train.loop import fit
+
+    regularizers, record = make_regularizer(section, model, key)
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    fit(model, loader, epochs=epochs, optimizer=optimizer, regularizers=regularizers, progress=progress)
+    model.eval()
+    return record

@@ -1,0 +1,159 @@
+"""Black-box watermark (Adi et al. 2018): a secret trigger set the model learns to answer.
+
+The triggers are out-of-distribution inputs (uniform noise over the data's range) with labels
+drawn uniformly at random; both are expanded from the mark's 32-byte secret (SHAKE-256), so the
+record stays a few hundred bytes however many triggers there are. Embedding adds the
+cross-entropy on a few triggers to every training step; verification only needs prediction
+access: query the suspect with the N triggers and count how many come back with the secret
+label. An unrelated model agrees with each uniformly drawn label with probability 1/C
+whatever it predicts, so the count is Binomial(N, 1/C) under "not our model".
+
+What it proves: a model that answers our random labels on our random inputs far above chance
+learnt them from us, and this works against a model served elsewhere behind an API. What it
+does not prove: much after distillation into a new model on in-distribution data (the
+triggers are off the data, so a student rarely inherits them: see docs/benchmarks.md); and
+querying reveals the triggers to the suspect's operator, so each record should be verified
+against one suspect before its triggers are considered spent.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from torchshield.errors import InputError
+from torchshield.model.watermark.record import WatermarkRecord, expand_secret, new_mark
+from torchshield.model.watermark.significance import DEFAULT_P_THRESHOLD, Verdict, decide
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+    from torchshield.crypto.keys import MasterKey
+
+__all__ = ["Predictor", "TriggerRegularizer", "TriggerSet", "model_predictor", "new_trigger_mark",
+           "verify_trigger"]
+
+DEFAULT_TRIGGERS = 100
+DEFAULT_TRIGGER_STRENGTH = 0.3
+DEFAULT_PER_STEP = 8
+
+Predictor = Callable[["torch.Tensor"], Sequence[int]]
+"""Anything that maps a batch of inputs to predicted class indices: a local model or an endpoint."""
+
+
+@dataclass(frozen=True)
+class TriggerSet:
+    inputs: torch.Tensor
+    labels: torch.Tensor
+
+    @classmethod
+    def from_record(cls, record: WatermarkRecord, secret: bytes) -> TriggerSet:
+        import numpy as np
+        import torch
+
+        p = record.params
+        count, classes = int(p["triggers"]), int(p["num_classes"])
+        shape = [int(d) for d in p["input_shape"]]
+        low, high = float(p["low"]), float(p["high"])
+        size = count * int(np.prod(shape))
+        raw = np.frombuffer(expand_secret(secret, "trigger/inputs", 4 * size), dtype="<u4")
+        inputs = low + (high - low) * (raw.astype(np.float64) / 2.0**32)
+        labels = np.frombuffer(expand_secret(secret, "trigger/labels", 4 * count), dtype="<u4") % classes
+        return cls(torch.from_numpy(inputs.astype(np.float32).reshape(count, *shape)),
+                   torch.from_numpy(labels.astype(np.int64)))
+
+
+class TriggerRegularizer:
+    """``strength * CE(model(triggers), secret labels)`` on ``per_step`` triggers per call.
+
+    A rotating window over the set keeps the extra cost per step small (8 rows next to a batch
+    of 64) while every trigger is seen every ``N / per_step`` steps."""
+
+    def __init__(self, triggers: TriggerSet, *, strength: float = DEFAULT_TRIGGER_STRENGTH,
+                 per_step: int = DEFAULT_PER_STEP) -> None:
+        self.triggers = triggers
+        self.strength = strength
+        self.per_step = max(1, min(per_step, len(triggers.labels)))
+        self._cursor = 0
+
+    def __call__(self, model: nn.Module) -> torch.Tensor:
+        import torch
+        import torch.nn.functional as F
+
+        n = len(self.triggers.labels)
+        idx = torch.arange(self._cursor, self._cursor + self.per_step) % n
+        self._cursor = (self._cursor + self.per_step) % n
+        device = next(model.parameters()).device
+        out = model(self.triggers.inputs[idx].to(device))
+        return self.strength * F.cross_entropy(out, self.triggers.labels[idx].to(device))
+
+
+def _infer_io(model: nn.Module) -> tuple[list[int] | None, int | None]:
+    from torch import nn
+
+    layers = [m for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d))]
+    if not layers:
+        return None, None
+    first, last = layers[0], layers[-1]
+    shape = [first.in_features] if isinstance(first, nn.Linear) else None
+    classes = last.out_features if isinstance(last, nn.Linear) else None
+    return shape, classes
+
+
+def new_trigger_mark(model: nn.Module, key: MasterKey, *, triggers: int = DEFAULT_TRIGGERS,
+                     input_shape: Sequence[int] | None = None, num_classes: int | None = None,
+                     low: float = 0.0, high: float = 1.0, strength: float = DEFAULT_TRIGGER_STRENGTH,
+                     per_step: int = DEFAULT_PER_STEP, threshold: float = DEFAULT_P_THRESHOLD,
+                     ) -> tuple[TriggerRegularizer, WatermarkRecord]:
+    """Create a trigger-set mark for ``model``: the regulariser to train with and its record."""
+    inferred_shape, inferred_classes = _infer_io(model)
+    shape = list(input_shape) if input_shape else inferred_shape
+    classes = num_classes or inferred_classes
+    if not shape:
+        raise InputError("cannot tell the model's input shape for trigger inputs",
+                         hint="set input_shape in the watermark section, e.g. [1, 8, 8]")
+    if not classes or classes < 2:
+        raise InputError("cannot tell the model's number of classes for trigger labels",
+                         hint="set num_classes in the watermark section")
+    if triggers < 10:
+        raise InputError(f"watermark triggers={triggers} is too few for a meaningful p-value; use >= 10")
+    if not high > low:
+        raise InputError(f"trigger input range [{low}, {high}] is empty; 'high' must exceed 'low'")
+    params = {"triggers": triggers, "num_classes": classes, "input_shape": [int(d) for d in shape],
+              "low": low, "high": high, "chance": 1.0 / classes, "strength": strength}
+    record, secret = new_mark(key, "trigger", threshold=threshold, params=params)
+    reg = TriggerRegularizer(TriggerSet.from_record(record, secret), strength=strength, per_step=per_step)
+    return reg, record
+
+
+def model_predictor(model: nn.Module) -> Predictor:
+    """Predict with a local module (eval mode, no gradients)."""
+    import torch
+
+    def predict(inputs: torch.Tensor) -> list[int]:
+        model.eval()
+        with torch.no_grad():
+            return model(inputs).argmax(-1).tolist()
+
+    return predict
+
+
+def verify_trigger(predict: Predictor, record: WatermarkRecord, key: MasterKey, *,
+                   batch_size: int = 50) -> Verdict:
+    """Query ``predict`` with the secret triggers; count secret labels returned; p-value vs chance."""
+    if record.method != "trigger":
+        raise InputError(f"the record is for a {record.method} watermark, not a trigger-set one",
+                         hint="verify it against the model's weights (a bundle) instead of an endpoint")
+    triggers = TriggerSet.from_record(record, record.open_secret(key))
+    predicted: list[int] = []
+    for start in range(0, len(triggers.labels), batch_size):
+        batch = predict(triggers.inputs[start:start + batch_size])
+        predicted.extend(int(v) for v in batch)
+    if len(predicted) != len(triggers.labels):
+        raise InputError(f"the model answered {len(predicted)} predictions for {len(triggers.labels)} "
+                         "trigger queries", hint="check that it returns one class per input")
+    matches = sum(int(p == y) for p, y in zip(predicted, triggers.labels.tolist(), strict=True))
+    chance = float(record.params.get("chance", 1.0 / int(record.params["num_classes"])))
+    return decide("trigger", matches, len(predicted), chance, record.threshold, record.mark_id)
