@@ -49,13 +49,13 @@ def scan(path: Path = typer.Argument(..., help="CSV/TSV/Parquet/JSONL/text file.
     def human(c: Any) -> None:
         from rich.table import Table
 
-        c.print(f"{result['file']}: {result['rows_scanned']} rows scanned"
+        c.print(f"{result['file']}: {result['rows_scanned']} of {result['rows_total']} rows scanned"
                 f"{' (sample)' if result['sampled'] else ''}, encoding {result['encoding'] or 'binary'}")
-        t = Table("column", "kind", "PII types (cells with it / findings)")
+        t = Table("column", "kind", "class", "PII types (cells with it / findings)")
         for col, info in result["columns"].items():
             types = ", ".join(f"{k} {v['cells']}/{v['findings']} ({v['fraction']:.0%})"
                               for k, v in sorted(info["types"].items(), key=lambda kv: -kv[1]["cells"]))
-            t.add_row(col, info["kind"], types or "-")
+            t.add_row(col, info["kind"], info["identifier_class"], types or "-")
         c.print(t)
 
     emit(result, human, as_json=as_json)
@@ -101,13 +101,14 @@ def mask(path: Path = typer.Argument(..., help="Input table or text file."),
 
     if chunk_rows < 1 or workers < 1:
         raise InputError("--chunk-rows and --workers must be at least 1")
+    from torchshield.data.tabular import count_rows, detect_format
+
     pol = load_policy(policy)
     key = _key(key_file, required=False)
-    state: dict[str, Any] = {"total": None}
-    with progress("masking", None) as advance:
+    total = count_rows(path, detect_format(path, fmt)) if path.is_file() else None
+    with progress("masking", total) as advance:
         report = mask_file(path, out, policy=pol, key=key, encoding=encoding, in_format=fmt, out_format=out_format,
-                           chunk_rows=chunk_rows, on_progress=advance, workers=workers,
-                           on_total=lambda n: state.update(total=n))
+                           chunk_rows=chunk_rows, on_progress=advance, workers=workers)
 
     def human(c: Any) -> None:
         c.print(f"wrote {report['output']}: {report['rows']} rows in {report['seconds']} s "

@@ -77,6 +77,7 @@ def test_scan_reports_types_per_column_without_values(tmp_path):
     cols = result["columns"]
     assert cols["身份证号"]["dominant_type"] == "CN_RESIDENT_ID"
     assert cols["手机"]["types"]["CN_MOBILE"]["cells"] == 2
+    assert cols["身份证号"]["identifier_class"] == "direct" and result["rows_total"] == 2
     assert "王小明" not in json.dumps(result, ensure_ascii=False)
 
 

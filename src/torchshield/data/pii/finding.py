@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
-__all__ = ["ENTITY_TYPES", "Finding"]
+__all__ = ["ENTITY_LABELS", "ENTITY_TYPES", "Finding"]
 
 # The entity names of the public API (issue 3). Recognisers a user registers may add more.
 ENTITY_TYPES: tuple[str, ...] = (
@@ -13,6 +13,21 @@ ENTITY_TYPES: tuple[str, ...] = (
     "CN_PASSPORT", "CN_RESIDENT_ID", "CN_USCC", "DATE_OF_BIRTH", "EMAIL", "IBAN", "IP_ADDRESS",
     "PERSON", "PHONE_NUMBER", "URL", "US_SSN",
 )
+
+
+# Two independent labels per type (reference/cn-pii-rules.md 5.5): the identifier class for
+# de-identification (direct / quasi), and the PIPL art. 28 sensitive category, if any, for
+# consent and impact assessments. The ID number is a direct identifier but, under GB/T 45574,
+# not itself sensitive PI; bank cards are financial accounts.
+ENTITY_LABELS: dict[str, tuple[str, str | None]] = {
+    "ADDRESS": ("direct", "whereabouts"), "BANK_CARD": ("direct", "financial_account"),
+    "CN_HK_MACAU_PERMIT": ("direct", None), "CN_LANDLINE": ("direct", None),
+    "CN_LICENSE_PLATE": ("direct", "whereabouts"), "CN_MOBILE": ("direct", None), "CN_PASSPORT": ("direct", None),
+    "CN_RESIDENT_ID": ("direct", None), "CN_USCC": ("direct", None), "DATE_OF_BIRTH": ("quasi", None),
+    "EMAIL": ("direct", None), "IBAN": ("direct", "financial_account"), "IP_ADDRESS": ("quasi", "whereabouts"),
+    "PERSON": ("direct", None), "PHONE_NUMBER": ("direct", None), "URL": ("quasi", None),
+    "US_SSN": ("direct", None),
+}
 
 
 @dataclass(frozen=True, slots=True)

@@ -29,11 +29,11 @@ __all__ = [
     "uscc_valid",
 ]
 
-# GB/T 2260 province-level codes (positions 1-2), plus 81/82/83 for HK/Macau/Taiwan residence
-# permits (same number format, 2018).
+# GB/T 2260 province-level codes (positions 1-2, 71 = Taiwan as GB/T 2260 lists it), plus
+# 81/82/83 for HK/Macau/Taiwan residence permits (same number format, 2018).
 CN_PROVINCE_CODES = frozenset(
     {11, 12, 13, 14, 15, 21, 22, 23, 31, 32, 33, 34, 35, 36, 37, 41, 42, 43, 44, 45, 46,
-     50, 51, 52, 53, 54, 61, 62, 63, 64, 65, 81, 82, 83})
+     50, 51, 52, 53, 54, 61, 62, 63, 64, 65, 71, 81, 82, 83})
 
 _ID_WEIGHTS = (7, 9, 10, 5, 8, 4, 2, 1, 6, 3, 7, 9, 10, 5, 8, 4, 2)
 _ID_CHECK = "10X98765432"

@@ -6,9 +6,14 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from torchshield.data.tabular.io import detect_encoding, detect_format, iter_chunks
+from torchshield.data.pii.finding import ENTITY_LABELS
+from torchshield.data.tabular.io import count_rows, detect_encoding, detect_format, iter_chunks
 
-__all__ = ["scan_file", "scan_frame"]
+__all__ = ["QUASI_HEADERS", "scan_file", "scan_frame"]
+
+# Column names that announce a quasi-identifier even when no PII type is detected in the values.
+QUASI_HEADERS = ("age", "gender", "sex", "zip", "postcode", "postal", "birth", "dob", "ethnic", "occupation",
+                 "年龄", "性别", "邮编", "出生", "籍贯", "民族", "职业", "婚姻")
 
 
 def scan_frame(df: Any, *, min_score: float = 0.5, header_context: bool = True) -> dict[str, Any]:
@@ -42,9 +47,13 @@ def scan_frame(df: Any, *, min_score: float = 0.5, header_context: bool = True) 
             kind = "identifier"
         elif dominant:
             kind = "mixed"
+        classes = [ENTITY_LABELS.get(t, ("direct", None)) for t in cells]
         columns[name] = {
             "cells": n, "kind": kind, "mean_length": round(mean_len, 1),
             "dominant_type": dominant[0] if dominant and kind == "identifier" else None,
+            "identifier_class": "direct" if any(c[0] == "direct" for c in classes) else
+            ("quasi" if classes or any(h in name.lower() for h in QUASI_HEADERS) else "none"),
+            "pipl_sensitive": sorted({c[1] for c in classes if c[1]}),
             "types": {t: {"cells": cells[t], "findings": findings[t], "fraction": round(cells[t] / n, 4) if n else 0.0}
                       for t in sorted(cells)},
         }
@@ -62,8 +71,8 @@ def scan_file(path: str | Path, *, sample_rows: int | None = 2000, encoding: str
     for chunk in iter_chunks(p, fmt=f, encoding=enc, nrows=sample_rows, chunk_rows=sample_rows or 50_000):
         rows += len(chunk)
         _merge(merged, scan_frame(chunk, min_score=min_score))
-    total = None
     sampled = sample_rows is not None and rows >= sample_rows
+    total = count_rows(p, f) if sampled else rows
     return {"file": str(p), "format": f, "encoding": enc, "rows_scanned": rows, "sampled": sampled,
             "rows_total": total, "columns": merged}
 
