@@ -36,3 +36,9 @@ def test_error_tree_exit_codes():
         assert issubclass(getattr(errors, name), errors.ShieldError)
     e = errors.InputError("field 'k' is wrong", hint="set k to 5")
     assert str(e) == "field 'k' is wrong (set k to 5)"
+
+
+def test_scanner_does_not_import_torch():
+    code = "import sys, torchshield.model.scan; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert out == "False"
