@@ -6,9 +6,20 @@ from __future__ import annotations
 
 from functools import lru_cache
 
+import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    """Tiny models run fastest on one thread; on a shared 2-core machine more threads spin-wait
+    (measured 20x the CPU time). Imported into each robust test module; restores the setting."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @lru_cache(maxsize=1)

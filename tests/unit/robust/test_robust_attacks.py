@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from robust_models import accuracy, digits, trained
+from robust_models import accuracy, digits, one_torch_thread, trained  # noqa: F401 (autouse fixture)
 from torch import nn
 
 from torchshield.errors import InputError
