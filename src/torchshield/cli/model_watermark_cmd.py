@@ -1,0 +1,224 @@
+"""`torchshield model watermark embed|verify`, `model obfuscate`, `model deobfuscate`.
+
+Plugged into the lead's `model` group by ``register_into(model_app)``. Exit codes: verify 0 when
+the mark is present, 1 when it is absent, 2 for a bad record, key, bundle or endpoint."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from torchshield.cli.output import JSON_OPTION, emit, fail, progress
+from torchshield.errors import InputError
+
+__all__ = ["register_into"]
+
+KEY_FILE = typer.Option(None, "--key-file", "-k", help="Master key file (or $TORCHSHIELD_KEY_FILE).")
+FORCE = typer.Option(False, "--force", help="Overwrite OUT if it exists.")
+
+watermark_app = typer.Typer(help="Ownership watermarks: embed a mark, verify a suspect model.", no_args_is_help=True)
+
+
+def register_into(model_app: typer.Typer) -> None:
+    model_app.add_typer(watermark_app, name="watermark")
+    model_app.command("obfuscate")(obfuscate_cmd)
+    model_app.command("deobfuscate")(deobfuscate_cmd)
+
+
+def _key(key_file: Path | None) -> Any:
+    from torchshield.crypto.keys import resolve_master_key
+
+    return resolve_master_key(key_file=key_file, required=True)
+
+
+def _check_out(out: Path, force: bool) -> None:
+    if out.exists() and not force:
+        raise InputError(f"{out} already exists", hint="pass --force to overwrite it")
+
+
+def _save_like(source: Any, tensors_or_model: Any, out: Path, key: Any, *, metadata: dict[str, Any] | None = None,
+               watermark: dict[str, Any] | None = None, command: str) -> None:
+    """Write ``out`` with ``source``'s manifest slots, encrypted iff the source was."""
+    import torchshield
+
+    m = source.manifest
+    provenance = {**(m.get("provenance") or {}), "command": command}
+    torchshield.save(tensors_or_model, out, key=key if source.encrypted else None,
+                     metadata=metadata if metadata is not None else m.get("metadata"),
+                     privacy=m.get("privacy"), provenance=provenance,
+                     watermark=watermark if watermark is not None else m.get("watermark"))
+
+
+@watermark_app.command("embed")
+def embed_cmd(model: Path = typer.Argument(..., help="Bundle written by 'torchshield train'."),
+              out: Path = typer.Option(..., "--out", "-o", help="Marked bundle to write."),
+              method: str = typer.Option("whitebox", "--method", help="whitebox (weights) or trigger (black-box)."),
+              key_file: Path | None = KEY_FILE,
+              record_out: Path | None = typer.Option(None, "--record", help="Also write the record (mark.json)."),
+              data: str | None = typer.Option(None, "--data", help="Data to fine-tune on (default: the bundle's)."),
+              epochs: int = typer.Option(10, "--epochs", help="Fine-tuning epochs with the mark's regulariser."),
+              bits: int | None = typer.Option(None, "--bits", help="whitebox: bits to embed (default 128)."),
+              triggers: int | None = typer.Option(None, "--triggers", help="trigger: set size (default 100)."),
+              strength: float | None = typer.Option(None, "--strength", help="Weight of the regulariser."),
+              force: bool = FORCE, as_json: bool = JSON_OPTION) -> None:
+    """Embed an ownership mark by fine-tuning MODEL on its data; the record goes in the manifest."""
+    from torchshield.model.bundle import inspect
+    from torchshield.model.watermark import embed, write_record
+    from torchshield.train.datasets import load_dataset
+    from torchshield.train.loop import evaluate
+    from torchshield.train.recipe import load_trained
+
+    _check_out(out, force)
+    key = _key(key_file)
+    net, manifest = load_trained(model, key=key)
+    spec = data or ((manifest.get("metadata") or {}).get("config") or {}).get("data")
+    if not spec:
+        raise InputError(f"{model}: the bundle does not name its training data", hint="pass --data")
+    dataset = load_dataset(spec)
+    section: dict[str, Any] = {"method": method}
+    for name, value in (("bits", bits), ("triggers", triggers), ("strength", strength)):
+        if value is not None:
+            section[name] = value
+    if method == "trigger":
+        section.update(input_shape=list(dataset.input_shape), low=dataset.input_bounds[0],
+                       high=dataset.input_bounds[1])
+    before = evaluate(net, dataset.test.loader(1024))
+    with progress(f"embedding a {method} mark", epochs):
+        record = embed(net, dataset.train.loader(64, shuffle=True, seed=0), key, section, epochs=epochs)
+    after = evaluate(net, dataset.test.loader(1024))
+    _save_like(inspect(model), net, out, key, watermark=record.to_dict(), command="model watermark embed")
+    if record_out is not None:
+        write_record(record_out, record)
+    report = {"out": str(out), "record": str(record_out) if record_out else None, "method": method,
+              "mark_id": record.mark_id, "accuracy_before": before.get("accuracy"),
+              "accuracy_after": after.get("accuracy")}
+    emit(report, lambda c: c.print(
+        f"wrote {out}: {method} mark {record.mark_id}; test accuracy {before.get('accuracy', 0):.4f} -> "
+        f"{after.get('accuracy', 0):.4f}" + (f"; record in {record_out}" if record_out else "")), as_json=as_json)
+
+
+def _record_for(record_path: Path | None, suspect: Path | None) -> Any:
+    from torchshield.model.bundle import inspect
+    from torchshield.model.watermark import WatermarkRecord, read_record
+
+    if record_path is not None:
+        return read_record(record_path)
+    if suspect is None:
+        raise InputError("no watermark record given", hint="pass --record mark.json")
+    doc = inspect(suspect).manifest.get("watermark")
+    if not doc:
+        raise InputError(f"{suspect} carries no watermark record",
+                         hint="pass the owner's --record mark.json (a stolen copy may have it stripped)")
+    return WatermarkRecord.from_dict(doc, where=f"the watermark record in {suspect}")
+
+
+@watermark_app.command("verify")
+def verify_cmd(suspect: Path | None = typer.Argument(None, help="Suspect bundle (white-box, or trigger locally)."),
+               record_path: Path | None = typer.Option(None, "--record", "-r", help="The owner's mark.json."),
+               key_file: Path | None = KEY_FILE,
+               bundle_key_file: Path | None = typer.Option(None, "--bundle-key-file",
+                                                           help="Key of an encrypted suspect, if not the owner's."),
+               endpoint: str | None = typer.Option(None, "--endpoint", help="Serving API URL (black-box)."),
+               api_key: str | None = typer.Option(None, "--api-key", envvar="TORCHSHIELD_API_KEY",
+                                                  help="API key for --endpoint (or $TORCHSHIELD_API_KEY)."),
+               model_name: str = typer.Option("default", "--model", help="Model name at --endpoint."),
+               input_shape: str | None = typer.Option(None, "--input-shape", help="Reshape triggers, e.g. 1,8,8."),
+               timeout: float = typer.Option(30.0, "--timeout", help="Seconds per endpoint request."),
+               as_json: bool = JSON_OPTION) -> None:
+    """Is the owner's mark in SUSPECT (or behind --endpoint)? Exit 0 present, 1 absent, 2 bad input."""
+    from torchshield.model.watermark import verify_trigger
+
+    if (suspect is None) == (endpoint is None):
+        raise InputError("give either a SUSPECT bundle or --endpoint URL", hint="not both, not neither")
+    record = _record_for(record_path, suspect)
+    key = _key(key_file)
+    if endpoint is not None:
+        from torchshield.model.watermark.remote import endpoint_predictor
+
+        if not api_key:
+            raise InputError("--endpoint needs --api-key (or $TORCHSHIELD_API_KEY)")
+        shape = [int(d) for d in input_shape.split(",")] if input_shape else None
+        predict = endpoint_predictor(endpoint, model_name, api_key, timeout=timeout, input_shape=shape)
+        verdict = verify_trigger(predict, record, key)
+    else:
+        verdict = _verify_bundle(suspect, record, key, _key(bundle_key_file) if bundle_key_file else key)
+    _report(verdict, as_json)
+    if not verdict.present:
+        fail(1)
+
+
+def _verify_bundle(suspect: Path, record: Any, key: Any, bundle_key: Any) -> Any:
+    import torchshield
+    from torchshield.model.watermark import model_predictor, verify_trigger, verify_whitebox
+
+    if record.method == "whitebox":
+        info = torchshield.inspect(suspect)
+        return verify_whitebox(torchshield.load(suspect, key=bundle_key if info.encrypted else None), record, key)
+    from torchshield.train.recipe import load_trained
+
+    net, _ = load_trained(suspect, key=bundle_key)
+    return verify_trigger(model_predictor(net), record, key)
+
+
+def _report(verdict: Any, as_json: bool) -> None:
+    doc = verdict.to_dict()
+    what = (f"bit error rate {doc['bit_error_rate']:.3f}" if verdict.method == "whitebox"
+            else f"trigger accuracy {doc['trigger_accuracy']:.3f}")
+
+    def human(c: Any) -> None:
+        state = "[bold green]present[/]" if verdict.present else "[bold red]absent[/]"
+        c.print(f"watermark {verdict.mark_id} ({verdict.method}): {state}; {verdict.matches}/{verdict.total} agree, "
+                f"{what}, p-value {verdict.p_value:.3g} (threshold {verdict.threshold:g}, chance {verdict.chance:g})")
+
+    emit(doc, human, as_json=as_json)
+
+
+def obfuscate_cmd(model: Path = typer.Argument(..., help="Bundle written by 'torchshield train'."),
+                  out: Path = typer.Option(..., "--out", "-o", help="Obfuscated bundle to write."),
+                  key_file: Path | None = KEY_FILE,
+                  keep_names: bool = typer.Option(False, "--keep-names",
+                                                  help="Permute units only; keep parameter names (loads as is)."),
+                  force: bool = FORCE, as_json: bool = JSON_OPTION) -> None:
+    """Permute and rescale hidden units (same outputs) and scramble parameter names; the plan is sealed."""
+    import torchshield
+    from torchshield.model.obfuscate import obfuscate, obfuscate_module
+    from torchshield.train.recipe import load_trained
+
+    _check_out(out, force)
+    key = _key(key_file)
+    net, _ = load_trained(model, key=key)
+    source = torchshield.inspect(model)
+    meta = dict(source.manifest.get("metadata") or {})
+    if keep_names:
+        obfuscate_module(net, key)
+        tensors: Any = net
+        meta["obfuscation"] = {"version": 1, "names_kept": True}
+    else:
+        tensors, meta["obfuscation"] = obfuscate(net, key)
+    _save_like(source, tensors, out, key, metadata=meta, command="model obfuscate")
+    emit({"out": str(out), "names_scrambled": not keep_names},
+         lambda c: c.print(f"wrote {out}: hidden units permuted" + ("" if keep_names else ", names scrambled")),
+         as_json=as_json)
+
+
+def deobfuscate_cmd(model: Path = typer.Argument(..., help="Bundle written by 'model obfuscate'."),
+                    out: Path = typer.Option(..., "--out", "-o", help="Restored bundle to write."),
+                    key_file: Path | None = KEY_FILE, force: bool = FORCE, as_json: bool = JSON_OPTION) -> None:
+    """Restore the original weights and names, bit for bit, with the key used to obfuscate."""
+    import torchshield
+    from torchshield.model.obfuscate import deobfuscate
+
+    _check_out(out, force)
+    key = _key(key_file)
+    source = torchshield.inspect(model)
+    meta = dict(source.manifest.get("metadata") or {})
+    entry = meta.pop("obfuscation", None)
+    if not isinstance(entry, dict) or "sealed" not in entry:
+        raise InputError(f"{model} was not obfuscated with scrambled names",
+                         hint="only bundles from 'model obfuscate' (without --keep-names) can be restored")
+    restored = deobfuscate(torchshield.load(model, key=key if source.encrypted else None), entry, key)
+    _save_like(source, restored, out, key, metadata=meta, command="model deobfuscate")
+    emit({"out": str(out), "tensors": len(restored)},
+         lambda c: c.print(f"wrote {out}: {len(restored)} tensors restored"), as_json=as_json)

@@ -1,0 +1,85 @@
+"""CLI: model watermark embed/verify (exit 0 present, 1 absent, 2 bad input), obfuscate/deobfuscate."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import torchshield
+from torchshield.cli.app import run
+from torchshield.crypto.keys import write_key_file
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    from torchshield.train.datasets import load_dataset
+    from torchshield.train.loop import fit
+    from torchshield.train.zoo import build_model
+
+    folder = tmp_path_factory.mktemp("wmcli")
+    key_path = folder / "owner.key"
+    write_key_file(key_path)
+    data = load_dataset("sklearn:digits")
+    spec = {"type": "mlp", "hidden": [96, 64]}
+    torch.manual_seed(0)
+    model = build_model(spec, in_shape=data.input_shape, num_classes=10)
+    fit(model, data.train.loader(64, shuffle=True, seed=0), epochs=6,
+        optimizer=torch.optim.Adam(model.parameters(), lr=2e-3), progress=False)
+    meta = {"config": {"data": "sklearn:digits"}, "data": data.describe(),
+            "model": {"spec": spec, "input_shape": list(data.input_shape), "num_classes": 10}}
+    plain = torchshield.save(model, folder / "plain.tsb", metadata=meta)
+    marked = folder / "marked.tsb"
+    code = run(["model", "watermark", "embed", str(plain), "--out", str(marked), "--key-file", str(key_path),
+                "--record", str(folder / "mark.json"), "--epochs", "4", "--bits", "64", "--strength", "2", "--json"])
+    assert code == 0
+    return folder, key_path, plain, marked
+
+
+def test_embed_then_verify_present_and_absent(trained, capsys):
+    folder, key_path, plain, marked = trained
+    capsys.readouterr()
+    assert run(["model", "watermark", "verify", str(marked), "--key-file", str(key_path), "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["present"] and doc["p_value"] < 1e-6 and doc["method"] == "whitebox"
+    manifest = torchshield.inspect(marked).manifest
+    assert manifest["watermark"]["mark_id"] == doc["mark_id"]
+    # the unmarked original, checked against the owner's record: absent, exit 1
+    assert run(["model", "watermark", "verify", str(plain), "--record", str(folder / "mark.json"),
+                "--key-file", str(key_path), "--json"]) == 1
+    assert json.loads(capsys.readouterr().out)["present"] is False
+
+
+def test_bad_inputs_exit_2(trained, tmp_path, capsys):
+    folder, key_path, plain, marked = trained
+    other_key = tmp_path / "other.key"
+    write_key_file(other_key)
+    assert run(["model", "watermark", "verify", str(marked), "--key-file", str(other_key)]) == 2
+    assert "key id" in capsys.readouterr().err
+    assert run(["model", "watermark", "verify", str(plain), "--key-file", str(key_path)]) == 2
+    assert "no watermark record" in capsys.readouterr().err
+    (tmp_path / "bad.json").write_text("[]")
+    assert run(["model", "watermark", "verify", str(marked), "--record", str(tmp_path / "bad.json"),
+                "--key-file", str(key_path)]) == 2
+    assert run(["model", "watermark", "verify", "--endpoint", "http://127.0.0.1:9", "--api-key", "k",
+                "--record", str(folder / "mark.json"), "--key-file", str(key_path)]) == 2
+
+
+def test_obfuscate_and_deobfuscate_round_trip(trained, tmp_path, capsys):
+    folder, key_path, plain, marked = trained
+    obf, back = tmp_path / "obf.tsb", tmp_path / "back.tsb"
+    assert run(["model", "obfuscate", str(marked), "--out", str(obf), "--key-file", str(key_path)]) == 0
+    original, scrambled = torchshield.load(marked), torchshield.load(obf)
+    assert set(original).isdisjoint(scrambled)
+    assert "perm" not in json.dumps(torchshield.inspect(obf).manifest)
+    # a record for the original names no tensor of the obfuscated copy: bad input, with the hint
+    assert run(["model", "watermark", "verify", str(obf), "--key-file", str(key_path)]) == 2
+    assert "deobfuscate" in capsys.readouterr().err
+    assert run(["model", "deobfuscate", str(obf), "--out", str(back), "--key-file", str(key_path)]) == 0
+    restored = torchshield.load(back)
+    assert set(restored) == set(original)
+    assert all(torch.equal(restored[k], original[k]) for k in original)
+    assert run(["model", "watermark", "verify", str(back), "--key-file", str(key_path)]) == 0
+    assert run(["model", "deobfuscate", str(marked), "--out", str(tmp_path / "x.tsb"),
+                "--key-file", str(key_path)]) == 2
