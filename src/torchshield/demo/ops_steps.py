@@ -4,6 +4,7 @@ callers, verify the audit chain, back the artifacts up and restore them, write t
 from __future__ import annotations
 
 import hashlib
+import logging
 import socket
 import threading
 import time
@@ -52,6 +53,9 @@ def serve(state: DemoState) -> str:
     from torchshield.serve.http import create_app
 
     model, key_path, test = state.need("model", "master_key", "test")
+    # The refused calls below are deliberate; the audit log records them, so Casbin's per-denial
+    # warnings would only clutter the demo's progress output.
+    logging.getLogger("casbin").setLevel(logging.ERROR)
     master = read_key_file(key_path)
     cfg = ServeConfig(db_url=f"sqlite:///{state.path('serve_db', 'serve/serve.db')}", bundles=(str(model),),
                       rate_per_s=5.0, burst=20)

@@ -40,7 +40,7 @@ class DemoState:
 
     @property
     def rows(self) -> int:
-        return 600 if self.quick else 4000
+        return 1000 if self.quick else 6000
 
     def path(self, name: str, relative: str) -> Path:
         p = self.out / relative

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from torchshield.assess.context import AssessContext
 from torchshield.assess.findings import FAIL, PASS, WARN, Section
+from torchshield.errors import CheckFailed
 
 __all__ = ["check_model_file"]
 
@@ -31,21 +32,25 @@ def check_model_file(ctx: AssessContext) -> Section:
         s.add("scan", FAIL, f"the scanner could not read the file ({report.unreadable_reason})",
               "check the path and format; an unscannable file must not be loaded")
     else:
-        s.add("scan", PASS, f"no code-running content ({report.format}, {report.bytes_scanned} bytes scanned)")
+        s.add("scan", PASS, f"no code-running content ({report.format}, {report.size} bytes)")
     if not is_bundle(path):
         s.add("bundle", WARN, "not a torchshield bundle: no manifest, digest, signature or encryption to check",
               "convert it: torchshield model protect MODEL --out model.tsb --sign signer.key --key-file K")
         return s
+    res = verify(path, pubkey=ctx.inputs.pubkey, key=ctx.inputs.key)
+    signature = [p for p in res.problems if _is_signature_problem(p)]
+    integrity = [p for p in res.problems if p not in signature]
+    if integrity:
+        s.add("integrity", FAIL, integrity[0], "restore the file from a trusted copy (torchshield store restore)")
+        try:
+            ctx.info  # noqa: B018 - a bundle whose structure is broken has nothing more to check
+        except CheckFailed:
+            return s
     info = ctx.info
     s.metrics.update({"signed": info.signed, "signer": info.signer, "encrypted": info.encrypted,
                       "key_id": info.key_id, "created": info.manifest.get("created"),
                       "tool": info.manifest.get("tool"), "tensors": len(info.tensors)})
-    res = verify(path, pubkey=ctx.inputs.pubkey, key=ctx.inputs.key)
-    integrity = [p for p in res.problems if "sign" not in p.lower()]
-    signature = [p for p in res.problems if "sign" in p.lower()]
-    if integrity:
-        s.add("integrity", FAIL, integrity[0], "restore the file from a trusted copy (torchshield store restore)")
-    else:
+    if not integrity:
         s.add("integrity", PASS, "the tensor data matches the bundle's digests"
               + (" and every encrypted chunk authenticates" if res.decrypted else ""))
     _signature(s, res.signed, res.signer, signature, ctx.inputs.pubkey is not None)
@@ -55,6 +60,11 @@ def check_model_file(ctx: AssessContext) -> Section:
         s.add("encryption", WARN, "weights are stored in clear: anyone with the file has the model",
               "encrypt it: torchshield model protect MODEL --key-file master.key")
     return s
+
+
+def _is_signature_problem(message: str) -> bool:
+    m = message.lower()
+    return "signature" in m or "signed by" in m or "is not signed" in m
 
 
 def _signature(s: Section, signed: bool, signer: str | None, problems: list[str], pinned: bool) -> None:

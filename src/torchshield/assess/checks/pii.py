@@ -17,10 +17,39 @@ __all__ = ["check_pii_residue", "pii_residue"]
 SAMPLE_ROWS = 2000
 
 
+def _measurements(df: Any) -> list[str]:
+    """Float columns with fractional values: measurements, not identifiers. Their decimal digits
+    can pass checksums (Luhn) by chance, so scanning them only adds false bank-card findings;
+    integral floats are still scanned (a phone number stored as 1.88e10 is still PII)."""
+    import numpy as np
+
+    import pandas as pd
+
+    out = []
+    for col in df.columns:
+        values = df[col]
+        if values.dtype.kind not in "fO":
+            continue
+        if values.dtype.kind == "O":  # CSV cells arrive as text: a column of decimals is still numeric
+            values = pd.to_numeric(values, errors="coerce")
+            if values.isna().any():
+                continue
+        v = values.to_numpy(dtype=np.float64)
+        v = v[np.isfinite(v)]
+        if v.size and not np.all(v == np.round(v)):
+            out.append(col)
+    return out
+
+
 def pii_residue(path: Path, *, sample_rows: int = SAMPLE_ROWS) -> dict[str, Any]:
     """Per table: rows scanned, identifier columns, and cells per PII type (no values)."""
     tabular = require("torchshield.data.tabular", "PII detection in tables")
-    scan = tabular.scan_file(path, sample_rows=sample_rows)
+    frame = next(iter(tabular.iter_chunks(path, nrows=sample_rows, chunk_rows=sample_rows)), None)
+    if frame is None:
+        return {"file": path.name, "rows_scanned": 0, "identifier_columns": {}, "columns_with_pii": {},
+                "cells_per_type": {}, "measurement_columns": []}
+    skipped = _measurements(frame)
+    scan = {"rows_scanned": len(frame), "columns": tabular.scan_frame(frame.drop(columns=skipped))}
     per_type: dict[str, int] = {}
     identifiers: dict[str, str] = {}
     columns: dict[str, dict[str, int]] = {}
@@ -34,7 +63,8 @@ def pii_residue(path: Path, *, sample_rows: int = SAMPLE_ROWS) -> dict[str, Any]
         for t, n in types.items():
             per_type[t] = per_type.get(t, 0) + n
     return {"file": path.name, "rows_scanned": scan["rows_scanned"], "identifier_columns": identifiers,
-            "columns_with_pii": columns, "cells_per_type": dict(sorted(per_type.items()))}
+            "columns_with_pii": columns, "cells_per_type": dict(sorted(per_type.items())),
+            "measurement_columns": [str(c) for c in skipped]}
 
 
 def check_pii_residue(ctx: AssessContext) -> Section:

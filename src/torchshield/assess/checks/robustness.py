@@ -14,8 +14,8 @@ from torchshield.assess.findings import FAIL, PASS, WARN, Section
 
 __all__ = ["EPS_FRACTIONS", "REFERENCE_FRACTION", "check_robustness", "robust_accuracy_curves"]
 
-EPS_FRACTIONS = (0.0, 0.01, 0.02, 0.05, 0.1)
-REFERENCE_FRACTION = 0.02
+EPS_FRACTIONS = (0.0, 0.02, 0.05, 0.1, 0.2)
+REFERENCE_FRACTION = 0.05
 RETAIN_PASS, RETAIN_WARN = 0.8, 0.5
 
 

@@ -72,7 +72,7 @@ def _authenticated(s: Section, client, headers: dict[str, str]) -> None:  # noqa
         s.add("api-key", FAIL, f"the API key given was refused ({models.status_code})", "check the key")
         return
     s.metrics["models"] = [m.get("name") for m in models.json().get("models", [])]
-    s.add("api-key", PASS, f"the API key is accepted; it may use {len(s.metrics['models'])} model(s)")
+    s.add("api-key", PASS, f"the API key is accepted (it may use {len(s.metrics['models'])} of the models)")
     audit = client.get("/v1/audit/verify", headers=headers)
     if audit.status_code == 200:
         doc = audit.json()
