@@ -340,11 +340,20 @@ def make_private(model: nn.Module, *, config: PrivacyConfig, dataset_size: int, 
     """Prepare ``model`` for DP-SGD to ``config.epsilon`` over ``epochs`` of ``dataset_size`` examples.
 
     ``batch_size`` is the expected (global) logical batch; the sample rate is
-    ``batch_size / dataset_size``. Create the optimizer on ``result.model`` afterwards."""
+    ``batch_size / dataset_size``. Create the optimizer on ``result.model`` afterwards.
+
+    Data-parallel: inside an initialised ``torch.distributed`` group, ``dataset_size`` is the
+    total over all ranks and each rank passes its own shard to ``fit``; every rank Poisson-samples
+    its shard at rate q, the clipped sums are all-reduced, and rank 0 alone adds the noise, so
+    the result is one DP-SGD step over the union (same accounting as a single process)."""
     check_budget(config.epsilon, config.delta, dataset_size)
     if not 0 < batch_size <= dataset_size:
         raise InputError(f"batch_size must be in [1, {dataset_size}], got {batch_size}")
     model, fixes = fix_model(model)
+    dist = _distributed()
+    if dist is not None:  # every rank starts from rank 0's weights, so the summed steps stay in sync
+        for p in model.parameters():
+            dist.broadcast(p.data, src=0)
     q = batch_size / dataset_size
     steps = epochs * max(1, round(1.0 / q))
     sigma = config.noise_multiplier or noise_multiplier_for(epsilon=config.epsilon, delta=config.delta,
@@ -362,8 +371,8 @@ def make_private(model: nn.Module, *, config: PrivacyConfig, dataset_size: int, 
             messages.append(f"layer {unsupported} is not covered by ghost clipping; using Opacus hooks (slower)")
     engine = _BookKeeping(model) if mode == "ghost" else _OpacusHooks(model, mode)
     seed = config.seed
-    if seed is not None and _distributed() is not None:
-        seed += 1000 * _distributed().get_rank()  # each rank samples its own shard
+    if seed is not None and dist is not None:
+        seed += 1000 * dist.get_rank()  # each rank samples its own shard
     if config.noise_multiplier is not None:
         spent = epsilon_for([(sigma, q, steps)], delta=config.delta, accountant=config.accountant)
         if spent > config.epsilon:
