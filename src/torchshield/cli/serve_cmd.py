@@ -66,20 +66,36 @@ def serve(
                          key_file=str(key_file) if key_file else None, body_limit=body_limit, rate_per_s=rate,
                          burst=burst, rate_store=rate_store, output=output)
     tls = {"ssl_certfile": str(tls_cert), "ssl_keyfile": str(tls_key)} if tls_cert else {}
-    service = Service.start(config, master=resolve_master_key(key_file=key_file))  # fail fast, clear errors
-    if service.keys.count() == 0:
-        err_console.print("no API keys yet: create the first admin key with "
-                          f"`torchshield access bootstrap --db {db}`", highlight=False)
+    master = resolve_master_key(key_file=key_file)  # fail fast, with clear errors, before any worker starts
     scheme = "https" if tls_cert else "http"
-    err_console.print(f"serving {', '.join(service.registry.names())} on {scheme}://{host}:{port} "
-                      f"({workers} worker{'s' if workers > 1 else ''})", highlight=False)
     if workers == 1:
         from torchshield.serve.http.app import create_app
 
+        service = Service.start(config, master=master)
+        _announce(service.keys.count(), service.registry.names(), f"{scheme}://{host}:{port}", workers, db)
         uvicorn.run(create_app(service), host=host, port=port, log_level="warning", **tls)
         service.close()
         return
-    service.close()
+    # Several workers: each loads the bundles itself; here only the database and the bundle headers
+    # are checked, so start-up does not pay for the models once more in this parent process.
+    from torchshield.model.bundle import inspect as inspect_bundle
+    from torchshield.serve.access.keys import KeyStore
+    from torchshield.serve.db import open_database
+
+    for b in bundles:
+        inspect_bundle(b)
+    database = open_database(db)
+    _announce(KeyStore(database, master).count(), [b.name for b in bundles], f"{scheme}://{host}:{port}",
+              workers, db)
+    database.dispose()
     os.environ[CONFIG_ENV] = json.dumps(config.to_dict())
     uvicorn.run("torchshield.serve.http.worker:app_from_env", factory=True, workers=workers, host=host,
                 port=port, log_level="warning", **tls)
+
+
+def _announce(n_keys: int, names: list[str], url: str, workers: int, db: str) -> None:
+    if n_keys == 0:
+        err_console.print(f"no API keys yet: create the first admin key with `torchshield access bootstrap --db {db}`",
+                          highlight=False)
+    err_console.print(f"serving {', '.join(names)} on {url} ({workers} worker{'s' if workers > 1 else ''})",
+                      highlight=False)

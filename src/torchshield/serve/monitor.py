@@ -51,7 +51,9 @@ class Alert:
 @dataclass
 class _KeyStats:
     queries: int = 0
-    history: deque = field(default_factory=deque)
+    history: Any = None  # ring buffer (max_history x features), filled up to ``filled`` rows
+    filled: int = 0
+    cursor: int = 0
     distances: deque = field(default_factory=deque)
     dups: deque = field(default_factory=deque)
     labels: Counter = field(default_factory=Counter)
@@ -65,6 +67,10 @@ class ExtractionMonitor:
         self._stats: dict[str, _KeyStats] = {}
         self._lock = threading.Lock()
         self.alerts_total: Counter = Counter()
+
+    def warm_up(self) -> None:
+        """Import SciPy now (seconds) rather than inside the first request that runs the test."""
+        import scipy.stats  # noqa: F401
 
     def observe(self, key_id: str, inputs: Any, labels: Any = ()) -> list[Alert]:
         """Record a batch (2-D array-like, one input per row) and its predicted labels."""
@@ -91,18 +97,20 @@ class ExtractionMonitor:
         import numpy as np
 
         cfg = self.config
-        if st.history:
-            hist = np.stack(st.history)
-            d = float(np.sqrt(((hist - row) ** 2).sum(axis=1)).min())
+        if st.history is None or st.history.shape[1] != row.shape[0]:
+            st.history, st.filled, st.cursor = np.empty((cfg.max_history, row.shape[0]), np.float32), 0, 0
+        if st.filled:
+            diff = st.history[: st.filled] - row
+            d = float(np.sqrt(np.einsum("ij,ij->i", diff, diff).min()))
             scale = float(np.linalg.norm(row)) or 1.0
             st.distances.append(d)
             st.dups.append(d <= cfg.dup_eps * scale)
             if len(st.distances) > cfg.window:
                 st.distances.popleft()
                 st.dups.popleft()
-        st.history.append(row.copy())
-        if len(st.history) > cfg.max_history:
-            st.history.popleft()
+        st.history[st.cursor] = row
+        st.cursor = (st.cursor + 1) % cfg.max_history
+        st.filled = min(st.filled + 1, cfg.max_history)
 
     def _test(self, key_id: str, st: _KeyStats) -> list[Alert]:
         cfg = self.config

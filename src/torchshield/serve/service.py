@@ -9,6 +9,7 @@ translates its answers to status codes; tests and other front ends can use it di
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -75,6 +76,8 @@ class Service:
         self.audit = AuditLog(db, master)
         self.audit_writer = AuditWriter(self.audit)
         self.monitor = ExtractionMonitor(MonitorConfig(**config.monitor))
+        if config.security:  # SciPy takes seconds to import: do it beside start-up, not in a request
+            threading.Thread(target=self.monitor.warm_up, name="torchshield-warm-up", daemon=True).start()
         self.limiter = DbRateLimiter(db) if config.rate_store == "db" else MemoryRateLimiter()
         self.started = time.time()
 

@@ -1,0 +1,129 @@
+"""`torchshield serve` as a real process: several uvicorn workers under concurrent load (no 5xx,
+one audit record per request, revocation seen by every worker), and a SIGKILL mid-load losing
+no acknowledged request's audit record."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from serve_harness import free_port, make_bundle
+
+CLI = [str(Path(sys.executable).parent / "torchshield")]
+X = [[3.0] * 8]
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=120)
+
+
+@pytest.fixture
+def setup(tmp_path, key_file, master_key):
+    from torchshield.crypto.keys import read_key_file
+
+    bundle = make_bundle(tmp_path / "digits.tsb", read_key_file(key_file))
+    db = f"sqlite:///{tmp_path / 'shield.db'}"
+    boot = _cli("access", "bootstrap", "--db", db, "--key-file", str(key_file), "--json")
+    assert boot.returncode == 0, boot.stderr
+    return bundle, db, key_file, json.loads(boot.stdout)["token"]
+
+
+def _start(bundle: Path, db: str, key_file: Path, workers: int) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    proc = subprocess.Popen([*CLI, "serve", str(bundle), "--db", db, "--key-file", str(key_file), "--port", str(port),
+                             "--workers", str(workers), "--rate", "10000", "--burst", "10000"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 90
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(proc.stderr.read().decode())
+        try:
+            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
+                return proc, url
+        except httpx.HTTPError:
+            time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)
+    raise AssertionError("server did not start")
+
+
+def _load(url: str, token: str, clients: int, per_client: int, stop: threading.Event | None = None,
+          statuses: list[int] | None = None) -> list[int]:
+    statuses = [] if statuses is None else statuses
+    hdr = {"Authorization": f"Bearer {token}"}
+
+    def client() -> None:
+        with httpx.Client(base_url=url, timeout=30, headers=hdr) as c:
+            for _ in range(per_client):
+                if stop is not None and stop.is_set():
+                    return
+                try:
+                    statuses.append(c.post("/v1/models/digits/predict", json={"inputs": X}).status_code)
+                except httpx.HTTPError:
+                    return  # the server was killed under us
+    threads = [threading.Thread(target=client) for _ in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return statuses
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+def test_two_workers_under_load_and_revocation(setup):
+    bundle, db, key_file, admin = setup
+    proc, url = _start(bundle, db, key_file, workers=2)
+    try:
+        statuses = _load(url, admin, clients=16, per_client=10)
+        assert len(statuses) == 160 and all(s == 200 for s in statuses)
+        hdr = {"Authorization": f"Bearer {admin}"}
+        new = httpx.post(f"{url}/v1/keys", headers=hdr, json={"role": "predictor", "models": ["digits"]}).json()
+        assert set(_load(url, new["token"], clients=4, per_client=5)) == {200}
+        revoked = _cli("access", "revoke", new["key"]["key_id"], "--db", db, "--key-file", str(key_file))
+        assert revoked.returncode == 0
+        assert set(_load(url, new["token"], clients=4, per_client=5)) == {401}  # in every worker at once
+    finally:
+        _stop(proc)
+    verify = _cli("audit", "verify", "--db", db, "--key-file", str(key_file), "--json")
+    assert verify.returncode == 0, verify.stdout
+    records = json.loads(_cli("audit", "export", "--db", db, "--key-file", str(key_file), "--json").stdout)["records"]
+    requests = [r for r in records if r["action"] != "monitor.alert"]  # the same input 160 times raises alerts
+    assert len(requests) == 160 + 1 + 20 + 20 and json.loads(verify.stdout)["records"] == len(records)
+    assert [r["status"] for r in requests].count(401) == 20
+
+
+def test_sigkill_loses_no_acknowledged_record(setup):
+    bundle, db, key_file, admin = setup
+    proc, url = _start(bundle, db, key_file, workers=1)
+    stop = threading.Event()
+    acked: list[int] = []
+    loader = threading.Thread(target=_load, args=(url, admin, 8, 10_000, stop, acked))
+    loader.start()
+    while len(acked) < 1 and loader.is_alive():
+        time.sleep(0.3)
+    time.sleep(1.0)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    stop.set()
+    loader.join()
+    verify = _cli("audit", "verify", "--db", db, "--key-file", str(key_file), "--json")
+    report = json.loads(verify.stdout)
+    assert verify.returncode == 0 and report["ok"]
+    assert acked.count(200) == len(acked) > 0 and report["records"] >= len(acked)
