@@ -22,15 +22,6 @@ BASE = {"model": {"type": "mlp", "hidden": [32]}, "data": "sklearn:digits",
         "output": {"bundle": "out.tsb"}}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """xdist runs two workers on two cores: more torch threads would only oversubscribe them."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _write(tmp_path, **changes):
     doc = {**BASE, **changes}
     path = tmp_path / "train.yaml"

@@ -62,14 +62,6 @@ def test_clipped_sums_match_per_example_reference(make, shape, engine):
         torch.testing.assert_close(got[p], expected[p], atol=2e-6, rtol=1e-4)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def digits():
     return load_dataset("sklearn:digits")

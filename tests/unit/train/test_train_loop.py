@@ -11,14 +11,6 @@ from torchshield.errors import InputError
 from torchshield.train import build_model, evaluate, fit, load_dataset
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def digits():
     return load_dataset("sklearn:digits")
