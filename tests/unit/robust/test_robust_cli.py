@@ -1,0 +1,104 @@
+"""`torchshield robust ...` end to end on a bundle written by `torchshield train` (in-process)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from robust_models import one_torch_thread  # noqa: F401 (autouse fixture)
+
+from torchshield.cli.app import run
+
+CONFIG = """
+data: sklearn:digits
+model: {type: mlp, hidden: [32]}
+epochs: 6
+batch_size: 64
+optimizer: {name: adam, lr: 0.01}
+seed: 0
+output: {bundle: model.tsb}
+"""
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("robust_cli")
+    (folder / "c.yaml").write_text(CONFIG)
+    assert run(["train", str(folder / "c.yaml"), "--json"]) == 0
+    return folder / "model.tsb"
+
+
+def _json(capsys, args):
+    capsys.readouterr()
+    code = run(args)
+    out, err = capsys.readouterr()
+    return code, (json.loads(out) if code in (0, 1) and out.strip() else None), err
+
+
+def test_eval_reports_and_saves_adversarial_examples(bundle, capsys, tmp_path):
+    out = tmp_path / "adv.parquet"
+    code, doc, _ = _json(capsys, ["robust", "eval", str(bundle), "--attack", "pgd,fgsm", "--eps", "0.05,0.2",
+                                  "--steps", "5", "--limit", "120", "--save-adv", str(out), "--json"])
+    assert code == 0 and doc["examples"] == 120 and doc["clean_accuracy"] > 0.85
+    rows = {(r["attack"], r["eps"]): r for r in doc["results"]}
+    assert set(rows) == {("pgd", 0.05), ("pgd", 0.2), ("fgsm", 0.05), ("fgsm", 0.2)}
+    assert rows[("pgd", 0.2)]["robust_accuracy"] < rows[("pgd", 0.05)]["robust_accuracy"] <= doc["clean_accuracy"]
+    import pandas as pd
+
+    df = pd.read_parquet(out)
+    assert len(df) == 4 * 120 and {"attack", "eps", "label"} <= set(df.columns)
+    feats = df.drop(columns=["attack", "eps", "label"]).to_numpy()
+    assert feats.shape[1] == 64 and feats.min() >= 0 and feats.max() <= 1
+    st = tmp_path / "adv.safetensors"
+    assert run(["robust", "eval", str(bundle), "--attack", "fgsm", "--eps", "0.1", "--limit", "10",
+                "--save-adv", str(st), "--json"]) == 0
+    from safetensors.torch import load_file
+
+    tensors = load_file(st)
+    assert tensors["fgsm@0.1"].shape == (10, 1, 8, 8) and tensors["labels"].shape == (10,)
+
+
+def test_gate_exits_1_and_bad_input_exits_2(bundle, capsys):
+    code, doc, _ = _json(capsys, ["robust", "eval", str(bundle), "--attack", "fgsm", "--eps", "0.3",
+                                  "--limit", "50", "--min-robust-accuracy", "0.9", "--json"])
+    assert code == 1 and doc["results"][0]["robust_accuracy"] < 0.9
+    for args, message in [
+        (["--eps", "-0.1"], "epsilon must be"),
+        (["--eps", "1.5"], "larger than the input range"),
+        (["--attack", "nope"], "unknown attack"),
+        (["--bounds", "0.2,0.5"], "outside the declared bounds"),
+        (["--eps", "abc"], "comma-separated numbers"),
+    ]:
+        code, _, err = _json(capsys, ["robust", "eval", str(bundle), "--limit", "8", *args])
+        assert code == 2, args
+        assert message in err and "Traceback" not in err
+
+
+def test_labels_outside_training_classes_exit_2(bundle, capsys, tmp_path):
+    import pandas as pd
+
+    import torchshield
+
+    names = torchshield.inspect(bundle).manifest["metadata"]["data"]["feature_names"]
+    assert len(names) == 64
+    df = pd.DataFrame({name: [0.5, 0.2] for name in names})
+    df["label"] = [3, 42]
+    path = tmp_path / "rows.csv"
+    df.to_csv(path, index=False)
+    code, _, err = _json(capsys, ["robust", "eval", str(bundle), "--data", str(path), "--eps", "0.1"])
+    assert code == 2 and "42" in err
+
+
+def test_certify_and_detector_commands(bundle, capsys, tmp_path):
+    code, doc, _ = _json(capsys, ["robust", "certify", str(bundle), "--sigma", "0.25", "--n0", "20", "--n", "200",
+                                  "--limit", "6", "--radii", "0,0.25", "--seed", "0", "--json"])
+    assert code == 0 and doc["examples"] == 6
+    acc = [r["certified_accuracy"] for r in doc["results"]]
+    assert acc[0] >= acc[1] and acc[0] <= doc["smoothed_accuracy"]
+    det = tmp_path / "det.json"
+    code, doc, _ = _json(capsys, ["robust", "calibrate-detector", str(bundle), "--out", str(det), "--fpr", "0.1",
+                                  "--json"])
+    assert code == 0 and doc["threshold"] > 0 and json.loads(det.read_text())["target_fpr"] == 0.1
+    code, doc, _ = _json(capsys, ["robust", "detect", str(bundle), "--detector", str(det), "--attack", "pgd",
+                                  "--eps", "0.1", "--json"])
+    assert code == 0 and doc["clean_flagged_rate"] <= 0.2 < doc["adversarial_flagged_rate"]
