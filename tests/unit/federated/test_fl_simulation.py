@@ -19,7 +19,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 def test_cli_simulate_fedavg_writes_signed_bundle_and_metrics(tmp_path, capsys) -> None:
     key, pub = generate_signing_key(tmp_path / "signer")
     cfg = {"clients": 3, "rounds": 2, "dataset": "digits", "local": {"epochs": 2},
-           "output": {"dir": str(tmp_path / "out")}}
+           "output": {"dir": str(tmp_path / "out")}, "backend": {"num_cpus": 1}}
     (tmp_path / "fl.yaml").write_text(yaml.safe_dump(cfg))
     assert run(["fl", "simulate", str(tmp_path / "fl.yaml"), "--sign-with", str(key), "--json"]) == 0
     doc = json.loads(capsys.readouterr().out)
@@ -46,7 +46,7 @@ def test_secagg_dp_fedprox_survives_a_dropout_and_records_epsilon(tmp_path) -> N
         "partition": {"kind": "dirichlet", "alpha": 1.0}, "local": {"epochs": 2},
         "secure_aggregation": {"num_shares": 3, "reconstruction_threshold": 2},
         "privacy": {"clip": 2.0, "noise_multiplier": 0.05}, "dropout": {"clients": 1, "from_round": 2},
-        "output": {"dir": str(tmp_path / "out")}})
+        "output": {"dir": str(tmp_path / "out")}, "backend": {"num_cpus": 1}})
     seen: list[int] = []
     result = simulate(cfg, on_round=lambda row: seen.append(row["round"]))
     assert seen == [1, 2]
