@@ -14,7 +14,6 @@ Run: ``.venv/bin/python benchmarks/bench_dp.py`` (about 3 minutes on 2 idle core
 from __future__ import annotations
 
 import json
-import resource
 import statistics
 import subprocess
 import sys
@@ -101,15 +100,23 @@ def step_times(kind: str, rounds: int, per_block: int, warmup: int = 2) -> dict[
     return out
 
 
+def _status_kb(field: str) -> int:
+    with open("/proc/self/status") as fh:
+        return next(int(line.split()[1]) for line in fh if line.startswith(field + ":"))
+
+
 def _rss_child(kind: str, variant: str, steps: int) -> None:
+    """Peak RSS caused by the steps alone: the import-time peak is reset via /proc/self/clear_refs."""
     torch.set_num_threads(1)
     step = _setup(kind, variant)
     step()
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with open("/proc/self/clear_refs", "w") as fh:
+        fh.write("5")  # reset VmHWM to the current RSS (Linux >= 4.0)
+    before = _status_kb("VmRSS")
     for _ in range(steps):
         step()
-    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print(json.dumps({"extra_mb": (after - before) / 1024, "peak_mb": after / 1024}))
+    peak = _status_kb("VmHWM")
+    print(json.dumps({"extra_mb": (peak - before) / 1024, "peak_mb": peak / 1024}))
 
 
 def extra_rss(kind: str, steps: int) -> dict[str, dict[str, float]]:
