@@ -228,6 +228,8 @@ def _maybe_len(loader: Any) -> int | None:
 
 
 def _progress_bar(enabled: bool, total: int | None) -> Any:
+    # imported lazily and only when asked for: one look for every progress bar of the CLI,
+    # without making the training package depend on the CLI at import time
     if enabled:
         from torchshield.cli.output import progress
 
