@@ -19,6 +19,7 @@ exactly, never as patterns, so a name like ``*`` or ``../x`` grants nothing.
 
 from __future__ import annotations
 
+import logging
 import threading
 from typing import Any
 
@@ -73,6 +74,10 @@ class Authorizer:
         from casbin_sqlalchemy_adapter import Adapter
 
         self._db = db
+        # Casbin logs every decision; uvicorn's logging set-up re-enables its loggers, so quiet them
+        # by level (decisions are in our audit log already).
+        for name in ("casbin", "casbin.enforcer", "casbin.policy", "casbin.role"):
+            logging.getLogger(name).setLevel(logging.ERROR)
         self._adapter = Adapter(db.write_engine, create_all_models=False)
         model = casbin.Enforcer.new_model(text=_MODEL_CONF)
         self._enforcer = casbin.Enforcer(model, self._adapter)

@@ -101,10 +101,9 @@ class Service:
 
     def authenticate(self, token: str | None) -> ApiKey | None:
         """The caller's active key; also brings the policy cache up to the database revision."""
-        with self.db.reading() as conn:
-            key = self.keys.authenticate(token, conn)
-            if key is not None:
-                self.authz.sync(self.db.revision(conn))
+        key, revision = self.keys.authenticate_with_revision(token)
+        if key is not None:
+            self.authz.sync(revision)
         return key
 
     def check(self, token: str | None, domain: str, obj: str, act: str, *, model_exists: bool = True) -> Decision:

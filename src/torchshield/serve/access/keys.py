@@ -134,21 +134,29 @@ class KeyStore:
 
     def authenticate(self, token: str | None, conn: Any | None = None) -> ApiKey | None:
         """The active key for ``token``, or None (missing, malformed, unknown, expired or revoked)."""
+        return self.authenticate_with_revision(token, conn)[0]
+
+    def authenticate_with_revision(self, token: str | None, conn: Any | None = None) -> tuple[ApiKey | None, int]:
+        """Like :meth:`authenticate`, plus the policy revision read in the same query (-1 if none)."""
         if not token:
-            return None
+            return None, -1
         m = _TOKEN_RE.fullmatch(token)
         if m is None:
-            return None
-        row = self._row(m.group(1), conn)
+            return None, -1
+        row = self._row(m.group(1), conn, with_revision=True)
         if row is None or not hmac.compare_digest(row.key_hash, self._hash(token)):
-            return None
+            return None, -1
         key = _row_to_key(row)
-        return key if key.status() == "active" else None
+        return (key if key.status() == "active" else None), int(row.revision)
 
-    def _row(self, key_id: str, conn: Any | None) -> Any:
+    def _row(self, key_id: str, conn: Any | None, *, with_revision: bool = False) -> Any:
         import sqlalchemy as sa
 
-        stmt = sa.select(self._db.t("api_keys")).where(self._db.t("api_keys").c.key_id == key_id)
+        keys, rev = self._db.t("api_keys"), self._db.t("revision")
+        cols = [keys, rev.c.revision] if with_revision else [keys]
+        stmt = sa.select(*cols).where(keys.c.key_id == key_id)
+        if with_revision:
+            stmt = stmt.select_from(keys.join(rev, rev.c.id == 1))
         if conn is not None:
             return conn.execute(stmt).first()
         with self._db.reading() as c:

@@ -1,0 +1,241 @@
+"""Secure serving: what authentication, Casbin RBAC, rate limiting, extraction monitoring and the
+committed hash-chained audit log cost per `predict`, against a bare FastAPI endpoint running the
+same model (the floor) and the same app with security off, all measured in one run.
+
+Each server is its own process (uvicorn, one worker, loopback); the load generator is another
+process (asyncio + httpx, C concurrent clients). Then the soak check of the issue: 10,000
+requests from 32 clients against `torchshield serve --workers 2`: zero 5xx, exactly one audit
+record per request, and `audit verify` passes.
+
+    .venv/bin/python benchmarks/bench_serve.py            # ~2-3 minutes on 2 cores
+    .venv/bin/python benchmarks/bench_serve.py --quick    # smaller counts
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from starlette.requests import Request  # module level: FastAPI resolves the string annotation here
+
+HERE = Path(__file__).resolve()
+TS = str(Path(sys.executable).parent / "torchshield")
+META = {"name": "mlp", "model": {"type": "mlp", "hidden": [64]}, "num_classes": 10,
+        "input": {"shape": [64], "dtype": "float32", "min": 0, "max": 16}}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# ---------------------------------------------------------------- servers (child processes)
+def run_server(kind: str, workdir: Path, port: int) -> None:
+    import uvicorn
+
+    from torchshield.crypto.keys import read_key_file
+    from torchshield.serve.http import create_app
+    from torchshield.serve.models import load_bundle_model
+    from torchshield.serve.service import ServeConfig, Service
+
+    master = read_key_file(workdir / "shield.key")
+    bundle = workdir / "mlp.tsb"
+    if kind == "bare":
+        import torch
+        from fastapi import FastAPI
+
+        model = load_bundle_model(bundle, master=master)
+        app = FastAPI()
+
+        @app.post("/v1/models/mlp/predict")
+        async def predict(request: Request) -> dict:  # the floor: parse, run, answer
+            x = torch.tensor(json.loads(await request.body())["inputs"], dtype=torch.float32)
+            with torch.inference_mode():
+                labels = model.module(x).argmax(-1).tolist()
+            return {"outputs": labels, "predictions": labels}
+    else:
+        cfg = ServeConfig(db_url=f"sqlite:///{workdir / (kind + '.db')}", bundles=(str(bundle),),
+                          rate_per_s=1e6, burst=10**6, security=(kind == "secure"))
+        app = create_app(Service.start(cfg, master=master))
+    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning")
+
+
+def start(cmd: list[str], url: str) -> subprocess.Popen:
+    import httpx
+
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        try:
+            httpx.post(url, json={}, timeout=1)
+            return proc
+        except httpx.HTTPError:
+            time.sleep(0.3)
+    stop(proc)
+    raise RuntimeError(f"server {cmd} did not start")
+
+
+def stop(proc: subprocess.Popen) -> None:
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+# ---------------------------------------------------------------- load generator (child process)
+async def _load(url: str, token: str, n: int, c: int) -> dict:
+    import random
+
+    import httpx
+
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    lat: list[float] = []
+    statuses: dict[int, int] = {}
+    rng = random.Random(0)
+    bodies = [json.dumps({"inputs": [[rng.randint(0, 16) for _ in range(64)]]}).encode() for _ in range(256)]
+    counter = iter(range(n))
+
+    async def client(http: httpx.AsyncClient) -> None:
+        for i in counter:
+            t = time.perf_counter()
+            r = await http.post(url, content=bodies[i % 256], headers={**headers, "Content-Type": "application/json"})
+            lat.append(time.perf_counter() - t)
+            statuses[r.status_code] = statuses.get(r.status_code, 0) + 1
+
+    limits = httpx.Limits(max_connections=c, max_keepalive_connections=c)
+    async with httpx.AsyncClient(timeout=60, limits=limits) as http:
+        t0 = time.perf_counter()
+        await asyncio.gather(*(client(http) for _ in range(c)))
+        wall = time.perf_counter() - t0
+    lat.sort()
+    return {"n": n, "rps": n / wall, "p50_ms": 1e3 * lat[len(lat) // 2], "p99_ms": 1e3 * lat[int(len(lat) * 0.99)],
+            "statuses": statuses}
+
+
+def load(url: str, token: str, n: int, c: int) -> dict:
+    out = subprocess.run([sys.executable, str(HERE), "--load", url, "--token", token, "--n", str(n), "--c", str(c)],
+                         capture_output=True, text=True, check=True)
+    return json.loads(out.stdout)
+
+
+# ---------------------------------------------------------------- main
+def prepare(workdir: Path) -> str:
+    import torch
+
+    import torchshield
+    from torchshield.crypto.keys import write_key_file
+    from torchshield.serve.access.keys import KeyStore
+    from torchshield.serve.db import open_database
+    from torchshield.train.zoo import build_model
+
+    master = write_key_file(workdir / "shield.key")
+    torch.manual_seed(0)
+    torchshield.save(build_model(META["model"], in_shape=(64,), num_classes=10), workdir / "mlp.tsb", key=master,
+                     metadata=META)
+    db = open_database(f"sqlite:///{workdir / 'secure.db'}")
+    token = KeyStore(db, master).create(role="predictor", models=["mlp"]).token
+    db.dispose()
+    return token
+
+
+def compare(workdir: Path, token: str, n: int, c: int, rounds: int) -> dict:
+    results: dict[str, list[dict]] = {"bare": [], "off": [], "secure": []}
+    for kind in results:
+        port = free_port()
+        url = f"http://127.0.0.1:{port}/v1/models/mlp/predict"
+        proc = start([sys.executable, str(HERE), "--server", kind, "--dir", str(workdir), "--port", str(port)], url)
+        try:
+            load(url, token, 300, c)  # warm-up
+            for _ in range(rounds):
+                results[kind].append(load(url, token if kind == "secure" else "", n, c))
+        finally:
+            stop(proc)
+    return {k: {m: statistics.median(r[m] for r in v) for m in ("rps", "p50_ms", "p99_ms")} | {
+        "statuses": v[-1]["statuses"]} for k, v in results.items()}
+
+
+def soak(workdir: Path, n: int, c: int, workers: int) -> dict:
+    db = f"sqlite:///{workdir / 'soak.db'}"
+    key = str(workdir / "shield.key")
+    boot = json.loads(subprocess.run([TS, "access", "bootstrap", "--db", db, "--key-file", key, "--json"],
+                                     capture_output=True, text=True, check=True).stdout)
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/v1/models/mlp/predict"
+    proc = start([TS, "serve", str(workdir / "mlp.tsb"), "--db", db, "--key-file", key, "--port", str(port),
+                  "--workers", str(workers), "--rate", "1000000", "--burst", "1000000"], url)
+    try:
+        before = _count(db, key)
+        res = load(url, boot["token"], n, c)
+    finally:
+        stop(proc)
+    verify = subprocess.run([TS, "audit", "verify", "--db", db, "--key-file", key, "--json"], capture_output=True,
+                            text=True)
+    records = json.loads(subprocess.run([TS, "audit", "export", "--db", db, "--key-file", key, "--json"],
+                                        capture_output=True, text=True, check=True).stdout)["records"]
+    per_request = [r for r in records if r["action"] == "predict"]
+    return {"requests": n, "clients": c, "workers": workers, "rps": res["rps"], "p99_ms": res["p99_ms"],
+            "statuses": res["statuses"], "five_xx": sum(v for k, v in res["statuses"].items() if int(k) >= 500),
+            "predict_records": len(per_request) - before, "verify_exit": verify.returncode,
+            "alerts": sum(1 for r in records if r["action"] == "monitor.alert")}
+
+
+def _count(db: str, key: str) -> int:
+    out = subprocess.run([TS, "audit", "export", "--db", db, "--key-file", key, "--json"], capture_output=True,
+                         text=True, check=True).stdout
+    return sum(1 for r in json.loads(out)["records"] if r["action"] == "predict")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--server")
+    ap.add_argument("--dir")
+    ap.add_argument("--port", type=int)
+    ap.add_argument("--load")
+    ap.add_argument("--token", default="")
+    ap.add_argument("--n", type=int, default=2000)
+    ap.add_argument("--c", type=int, default=32)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--soak", type=int, default=10_000)
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--quick", action="store_true")
+    a = ap.parse_args()
+    if a.server:
+        return run_server(a.server, Path(a.dir), a.port)
+    if a.load:
+        print(json.dumps(asyncio.run(_load(a.load, a.token, a.n, a.c))))
+        return None
+    if a.quick:
+        a.n, a.rounds, a.soak = 500, 1, 1000
+    with tempfile.TemporaryDirectory() as d:
+        workdir = Path(d)
+        token = prepare(workdir)
+        res = compare(workdir, token, a.n, a.c, a.rounds)
+        for k, v in res.items():
+            print(f"{k:>7}: {v['rps']:8.1f} req/s  p50 {v['p50_ms']:6.2f} ms  p99 {v['p99_ms']:6.2f} ms  {v['statuses']}")
+        s, b, o = res["secure"], res["bare"], res["off"]
+        print(f"secure / bare throughput: {s['rps'] / b['rps']:.2f}x (goal >= 0.85x); "
+              f"added p99 {s['p99_ms'] - b['p99_ms']:+.2f} ms (goal <= 2 ms)")
+        print(f"secure / security-off throughput: {s['rps'] / o['rps']:.2f}x; added p99 {s['p99_ms'] - o['p99_ms']:+.2f} ms")
+        soak_res = soak(workdir, a.soak, 32, a.workers)
+        print("soak:", json.dumps(soak_res))
+        ok = soak_res["five_xx"] == 0 and soak_res["predict_records"] == a.soak and soak_res["verify_exit"] == 0
+        print(f"soak {'PASSED' if ok else 'FAILED'}: {a.soak} requests, {soak_res['five_xx']} 5xx, "
+              f"{soak_res['predict_records']} predict records, audit verify exit {soak_res['verify_exit']}")
+    return None
+
+
+if __name__ == "__main__":
+    main()
