@@ -7,8 +7,6 @@ afterwards, and that the signed-off outputs are the same kind the simulation wri
 
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
 import time
 from pathlib import Path
@@ -17,7 +15,7 @@ import pytest
 
 import torchshield
 from torchshield.federated.certs import make_test_certs
-from torchshield.federated.deploy import LocalDeployment, _descendants, free_port, supernode_command
+from torchshield.federated.deploy import LocalDeployment, _descendants, free_port, supernode_command, terminate
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration, pytest.mark.timeout(600)]
 
@@ -32,15 +30,6 @@ def _flower_pids() -> set[int]:
         if b"flower-super" in raw or b"flwr-" in raw:
             pids.add(int(cmdline.parent.name))
     return pids
-
-
-def _kill_group(p: subprocess.Popen[bytes]) -> None:
-    for pid in _descendants([p.pid]) + [p.pid]:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    p.wait(timeout=10)
 
 
 def test_tls_node_auth_deployment_on_loopback(tmp_path) -> None:
@@ -63,7 +52,7 @@ def test_tls_node_auth_deployment_on_loopback(tmp_path) -> None:
                                "output": {"dir": str(tmp_path / "out")}}, timeout=480)
             stranger.wait(timeout=120)
         finally:
-            _kill_group(stranger)
+            terminate([stranger], grace=2)
         # refused: its public key was never registered with the SuperLink
         assert stranger.returncode != 0 and b"Failed to activate SuperNode" in stranger_log.read_bytes()
         assert [c["partition_id"] for c in metrics["rounds"][0]["clients"]] == [0, 1, 2]

@@ -175,7 +175,7 @@ def parse_config(raw: Any, *, source: str = "fl.yaml") -> FederationConfig:
         deid_policy=deid.get("policy"), output_dir=str(out.get("dir", "fl-output")),
         sign_with=out.get("sign_with"),
         client_cpus=f.float_(backend, "backend.client_cpus", 1.0, low=0.0, open_low=True, key="client_cpus"),
-        num_cpus=backend.get("num_cpus"),
+        num_cpus=(f.int_(backend, "backend.num_cpus", 1, low=1, key="num_cpus") if "num_cpus" in backend else None),
     )
     if secagg is not None and dropout.clients > cfg.clients_per_round - secagg.reconstruction_threshold:
         raise InputError(

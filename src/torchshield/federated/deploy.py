@@ -44,7 +44,7 @@ from torchshield.errors import InputError, ShieldError
 from torchshield.federated.certs import DeploymentCerts
 
 __all__ = ["LocalDeployment", "flower_env", "free_port", "superlink_command", "supernode_command", "supervise",
-           "wait_for_superlink", "write_app_dir"]
+           "terminate", "wait_for_superlink", "write_app_dir"]
 
 _BIN = Path(sys.executable).parent
 
@@ -109,15 +109,7 @@ def supervise(cmd: Sequence[str], *, env: dict[str, str]) -> int:
     try:
         return proc.wait()
     finally:
-        detached = _descendants([proc.pid])
-        _signal_group(proc, signal.SIGTERM)
-        _signal_pids(detached, signal.SIGTERM)
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            pass
-        _signal_group(proc, signal.SIGKILL)
-        _signal_pids(detached, signal.SIGKILL)
+        terminate([proc])
 
 
 @dataclass
@@ -193,22 +185,7 @@ class LocalDeployment:
         Flower detaches some children into new sessions (``flower-superexec`` starts
         ``flwr-serverapp`` with ``start_new_session``), so process groups alone miss them; we
         collect the descendants of our own processes by parent id first."""
-        detached = _descendants([p.pid for p in self._procs])
-        for p in reversed(self._procs):
-            _signal_group(p, signal.SIGTERM)
-        _signal_pids(detached, signal.SIGTERM)
-        deadline = time.monotonic() + 10
-        for p in reversed(self._procs):
-            try:
-                p.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                pass
-            _signal_group(p, signal.SIGKILL)  # also reaches surviving flower-superexec children
-            try:
-                p.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                pass
-        _signal_pids(detached, signal.SIGKILL)
+        terminate(self._procs)
         self._procs.clear()
 
     def _spawn(self, name: str, cmd: Sequence[str]) -> None:
@@ -292,6 +269,27 @@ def _signal_group(p: subprocess.Popen[bytes], sig: int) -> None:
         os.killpg(p.pid, sig)  # the group we created with start_new_session: only our processes
     except (ProcessLookupError, PermissionError):
         pass
+
+
+def terminate(procs: Sequence[subprocess.Popen[bytes]], *, grace: float = 10.0) -> None:
+    """Stop ``procs`` (each the leader of its own session) and all their descendants:
+    SIGTERM, up to ``grace`` seconds to exit, then SIGKILL for whatever is left."""
+    detached = _descendants([p.pid for p in procs])
+    for p in reversed(procs):
+        _signal_group(p, signal.SIGTERM)
+    _signal_pids(detached, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    for p in reversed(procs):
+        try:
+            p.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            pass
+        _signal_group(p, signal.SIGKILL)  # also reaches surviving flower-superexec children
+        try:
+            p.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            pass
+    _signal_pids(detached, signal.SIGKILL)
 
 
 def _descendants(roots: list[int]) -> list[int]:

@@ -9,7 +9,6 @@ The model, data and training loop are the shared ``torchshield.train`` pieces.
 from __future__ import annotations
 
 import functools
-import json
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -60,11 +59,11 @@ class FederatedTask:
 
 def build_task(config: FederationConfig) -> FederatedTask:
     """Load the data and cut it into the config's shards (cached per process)."""
-    return _cached_task(json.dumps(config.to_dict(), sort_keys=True, default=str), config)
+    return _cached_task(config)
 
 
-@functools.lru_cache(maxsize=4)
-def _cached_task(key: str, config: FederationConfig) -> FederatedTask:
+@functools.lru_cache(maxsize=4)  # configs are frozen, hashable values; a client actor reuses its task
+def _cached_task(config: FederationConfig) -> FederatedTask:
     from torchshield.train.datasets import load_dataset
 
     name = config.dataset.name
