@@ -15,32 +15,7 @@ from torchshield.errors import InputError, WrongKeyError
 from torchshield.model.watermark import TriggerSet, make_regularizer, model_predictor, verify_trigger
 from torchshield.model.watermark.remote import endpoint_predictor
 
-
-def _digits() -> tuple[torch.Tensor, torch.Tensor]:
-    from sklearn.datasets import load_digits
-
-    x, y = load_digits(return_X_y=True)
-    order = torch.randperm(len(y), generator=torch.Generator().manual_seed(0))
-    return torch.tensor(x / 16.0, dtype=torch.float32)[order], torch.tensor(y)[order]
-
-
-X, Y = _digits()
-TRAIN, HELD = slice(0, 1000), slice(1000, 1400)
-
-
-def _mlp(seed: int) -> nn.Sequential:
-    torch.manual_seed(seed)
-    return nn.Sequential(nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 64), nn.ReLU(), nn.Linear(64, 10))
-
-
-def _train(model: nn.Module, part: slice, epochs: int, regularizers=()) -> nn.Module:
-    from torchshield.train.loop import fit
-
-    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(X[part], Y[part]), batch_size=64,
-                                         shuffle=True, generator=torch.Generator().manual_seed(1))
-    fit(model, loader, epochs=epochs, optimizer=torch.optim.Adam(model.parameters(), lr=2e-3),
-        regularizers=regularizers, progress=False)
-    return model.eval()
+from watermark_digits import HELD, TRAIN, mlp as _mlp, train as _train
 
 
 @pytest.fixture(scope="module")

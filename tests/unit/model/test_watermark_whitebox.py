@@ -21,33 +21,7 @@ from torchshield.model.watermark import (
     write_record,
 )
 
-
-def _digits() -> tuple[torch.Tensor, torch.Tensor]:
-    from sklearn.datasets import load_digits
-
-    x, y = load_digits(return_X_y=True)
-    g = torch.Generator().manual_seed(0)
-    order = torch.randperm(len(y), generator=g)
-    return torch.tensor(x / 16.0, dtype=torch.float32)[order], torch.tensor(y)[order]
-
-
-X, Y = _digits()
-TRAIN, HELD, TEST = slice(0, 1000), slice(1000, 1400), slice(1400, None)
-
-
-def _mlp(seed: int) -> nn.Sequential:
-    torch.manual_seed(seed)
-    return nn.Sequential(nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 64), nn.ReLU(), nn.Linear(64, 10))
-
-
-def _train(model: nn.Module, part: slice, epochs: int, regularizers=()) -> nn.Module:
-    from torchshield.train.loop import fit
-
-    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(X[part], Y[part]), batch_size=64,
-                                         shuffle=True, generator=torch.Generator().manual_seed(1))
-    fit(model, loader, epochs=epochs, optimizer=torch.optim.Adam(model.parameters(), lr=2e-3),
-        regularizers=regularizers, progress=False)
-    return model.eval()
+from watermark_digits import HELD, TEST, TRAIN, X, Y, mlp as _mlp, train as _train
 
 
 def _accuracy(model: nn.Module) -> float:

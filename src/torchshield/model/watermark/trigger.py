@@ -36,8 +36,9 @@ __all__ = ["Predictor", "TriggerRegularizer", "TriggerSet", "model_predictor", "
            "verify_trigger"]
 
 DEFAULT_TRIGGERS = 100
-DEFAULT_TRIGGER_STRENGTH = 0.3
-DEFAULT_PER_STEP = 8
+DEFAULT_TRIGGER_STRENGTH = 0.1
+DEFAULT_PER_STEP = 16
+DEFAULT_EVERY = 4
 
 Predictor = Callable[["torch.Tensor"], Sequence[int]]
 """Anything that maps a batch of inputs to predicted class indices: a local model or an endpoint."""
@@ -68,26 +69,32 @@ class TriggerSet:
 class TriggerRegularizer:
     """``strength * CE(model(triggers), secret labels)`` on ``per_step`` triggers per call.
 
-    A rotating window over the set keeps the extra cost per step small (8 rows next to a batch
-    of 64) while every trigger is seen every ``N / per_step`` steps."""
+    A rotating window over the set, applied on one training step in ``every`` (with ``every``
+    times the weight), keeps the extra cost small next to the batch while every trigger is
+    still seen every ``every * N / per_step`` steps."""
 
     def __init__(self, triggers: TriggerSet, *, strength: float = DEFAULT_TRIGGER_STRENGTH,
-                 per_step: int = DEFAULT_PER_STEP) -> None:
+                 per_step: int = DEFAULT_PER_STEP, every: int = DEFAULT_EVERY) -> None:
         self.triggers = triggers
         self.strength = strength
         self.per_step = max(1, min(per_step, len(triggers.labels)))
+        self.every = max(1, int(every))
         self._cursor = 0
+        self._calls = 0
 
     def __call__(self, model: nn.Module) -> torch.Tensor:
         import torch
         import torch.nn.functional as F
 
+        self._calls += 1
+        if (self._calls - 1) % self.every:
+            return torch.zeros(())
         n = len(self.triggers.labels)
         idx = torch.arange(self._cursor, self._cursor + self.per_step) % n
         self._cursor = (self._cursor + self.per_step) % n
         device = next(model.parameters()).device
         out = model(self.triggers.inputs[idx].to(device))
-        return self.strength * F.cross_entropy(out, self.triggers.labels[idx].to(device))
+        return (self.strength * self.every) * F.cross_entropy(out, self.triggers.labels[idx].to(device))
 
 
 def _infer_io(model: nn.Module) -> tuple[list[int] | None, int | None]:

@@ -1,0 +1,67 @@
+"""Black-box watermark verification against the real serving API on a loopback port."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from serve_harness import free_port, running  # noqa: F401 - free_port used by running
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    import torchshield
+    from torchshield.crypto.keys import write_key_file
+    from torchshield.model.watermark import make_regularizer, write_record
+    from torchshield.serve.http import create_app
+    from torchshield.serve.service import ServeConfig, Service
+    from torchshield.train.loop import fit
+    from torchshield.train.zoo import build_model
+    from sklearn.datasets import load_digits
+
+    tmp = tmp_path_factory.mktemp("wm-serve")
+    owner = write_key_file(tmp / "owner.key")
+    x, y = load_digits(return_X_y=True)
+    x, y = torch.tensor(x / 16.0, dtype=torch.float32), torch.tensor(y)
+    arch = {"type": "mlp", "hidden": [64]}
+    bundles = {}
+    for name, marked in (("stolen", True), ("independent", False)):
+        torch.manual_seed(4 if marked else 9)
+        model = build_model(arch, in_shape=(64,), num_classes=10)
+        regs, record = make_regularizer({"method": "trigger", "triggers": 50}, model, owner) if marked else ([], None)
+        loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=64, shuffle=True)
+        fit(model, loader, epochs=12, optimizer=torch.optim.Adam(model.parameters(), lr=2e-3),
+            regularizers=regs, progress=False)
+        if record is not None:
+            write_record(tmp / "mark.json", record)
+        meta = {"name": name, "model": arch, "input": {"shape": [64], "dtype": "float32", "min": 0, "max": 1},
+                "num_classes": 10}
+        bundles[name] = str(torchshield.save(model, tmp / f"{name}.tsb", metadata=meta))
+    # the thief serves under its own master key
+    from torchshield.crypto.keys import generate_master_key
+
+    thief = generate_master_key()
+    svc = Service.start(ServeConfig(db_url=f"sqlite:///{tmp / 'serve.db'}", bundles=tuple(bundles.values()),
+                                    rate_per_s=1000, burst=1000), master=thief)
+    token = svc.keys.create(role="predictor").token
+    with running(create_app(svc)) as url:
+        yield url, token, tmp
+    svc.close()
+
+
+def test_verify_endpoint_present_absent_and_refused(served, capsys):
+    from torchshield.cli.app import run
+
+    url, token, tmp = served
+    base = ["model", "watermark", "verify", "--endpoint", url, "--record", str(tmp / "mark.json"),
+            "--key-file", str(tmp / "owner.key"), "--json"]
+    assert run([*base, "--model", "stolen", "--api-key", token]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["present"] and doc["p_value"] < 1e-6 and doc["total"] == 50
+    assert run([*base, "--model", "independent", "--api-key", token]) == 1
+    assert json.loads(capsys.readouterr().out)["p_value"] > 1e-3
+    assert run([*base, "--model", "stolen", "--api-key", "tsk_not_a_key"]) == 2
+    assert "refused the API key" in capsys.readouterr().err
+    assert run([*base, "--model", "nope", "--api-key", token]) == 2
