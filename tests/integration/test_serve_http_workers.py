@@ -127,3 +127,52 @@ def test_sigkill_loses_no_acknowledged_record(setup):
     report = json.loads(verify.stdout)
     assert verify.returncode == 0 and report["ok"]
     assert acked.count(200) == len(acked) > 0 and report["records"] >= len(acked)
+
+
+def _self_signed(tmp: Path) -> tuple[Path, Path]:
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now)
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
+            .sign(key, hashes.SHA256()))
+    cert_path, key_path = tmp / "cert.pem", tmp / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return cert_path, key_path
+
+
+def test_tls(setup, tmp_path):
+    bundle, db, key_file, admin = setup
+    cert, key = _self_signed(tmp_path)
+    port = free_port()
+    proc = subprocess.Popen([*CLI, "serve", str(bundle), "--db", db, "--key-file", str(key_file), "--port", str(port),
+                             "--tls-cert", str(cert), "--tls-key", str(key)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    url = f"https://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 90
+        while True:
+            try:
+                r = httpx.post(f"{url}/v1/models/digits/predict", json={"inputs": X}, verify=str(cert), timeout=2,
+                               headers={"Authorization": f"Bearer {admin}"})
+                break
+            except httpx.ConnectError:
+                assert time.time() < deadline and proc.poll() is None, "TLS server did not start"
+                time.sleep(0.3)
+        assert r.status_code == 200 and len(r.json()["predictions"]) == 1
+        with pytest.raises(httpx.HTTPError):  # plain HTTP on the TLS port gets no answer
+            httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).raise_for_status()
+    finally:
+        _stop(proc)

@@ -104,7 +104,7 @@ def list_keys(db: str = DB_OPTION, key_file: Path | None = KEY_OPTION, as_json: 
 def roles(db: str = DB_OPTION, key_file: Path | None = KEY_OPTION, as_json: bool = JSON_OPTION) -> None:
     """Show the roles and their permissions as stored in the database (Casbin policies)."""
     _, authz = _stores(db, key_file)
-    authz.sync(-2)
-    table = {k: v for k, v in authz.role_table().items()}
+    authz.reload()
+    table = authz.role_table()
     emit({"roles": table}, lambda c: [c.print(f"{r:<10} {', '.join(p)}") for r, p in table.items()],
          as_json=as_json)

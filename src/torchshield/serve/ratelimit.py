@@ -76,6 +76,14 @@ class DbRateLimiter:
     def hit(self, key_id: str, limit: Limit) -> RateDecision:
         import sqlalchemy as sa
 
+        try:
+            return self._hit(key_id, limit)
+        except sa.exc.IntegrityError:  # another worker created this key's row first: use it
+            return self._hit(key_id, limit)
+
+    def _hit(self, key_id: str, limit: Limit) -> RateDecision:
+        import sqlalchemy as sa
+
         t = self._db.t("rate_buckets")
         with self._db.writing() as conn:
             now = self._clock()

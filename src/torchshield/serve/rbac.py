@@ -110,6 +110,10 @@ class Authorizer:
                 self._cache = {}
                 self._revision = revision
 
+    def reload(self) -> None:
+        """Load the rules now, whatever the revision."""
+        self.sync(self._db.revision())
+
     def allowed(self, key_id: str, domain: str, obj: str, act: str) -> bool:
         q = (key_id, domain, obj, act)
         cache = self._cache  # a reload swaps the dict, so a decision computed before it is dropped
