@@ -10,7 +10,7 @@ from typing import Any
 
 from torchshield.assess.subject import ModelSubject, NotAssessable, load_split, rebuild_model
 
-__all__ = ["AssessInputs", "AssessContext"]
+__all__ = ["AssessContext", "AssessInputs"]
 
 
 @dataclass(frozen=True)
