@@ -33,6 +33,7 @@ __all__ = [
     "TOKEN_PATTERN",
     "decrypt_token",
     "make_operator",
+    "operator_spec",
 ]
 
 TOKEN_PREFIX = "tsenc1."
@@ -302,13 +303,18 @@ OPERATORS: dict[str, type[Operator]] = {
 }
 
 
+def operator_spec(spec: Any, *, where: str = "policy") -> dict[str, Any]:
+    """``"hash"`` or ``{"operator": "hash", ...}`` as a fresh dict (policy YAML allows both)."""
+    if isinstance(spec, str):
+        return {"operator": spec}
+    if not isinstance(spec, Mapping):
+        raise InputError(f"{where}: expected an operator name or a mapping with an 'operator' field")
+    return dict(spec)
+
+
 def make_operator(spec: Mapping[str, Any] | str, *, where: str = "policy") -> Operator:
     """Build an operator from ``{"operator": name, **options}`` (or a bare name)."""
-    if isinstance(spec, str):
-        spec = {"operator": spec}
-    if not isinstance(spec, Mapping):
-        raise InputError(f"{where}: expected a mapping with an 'operator' field")
-    opts = dict(spec)
+    opts = operator_spec(spec, where=where)
     name = opts.pop("operator", None)
     if name not in OPERATORS:
         raise InputError(f"{where}.operator: unknown operator {name!r}",

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from torchshield.data.anonymize.operators import Operator, make_operator
+from torchshield.data.anonymize.operators import Operator, make_operator, operator_spec
 from torchshield.errors import InputError
 
 __all__ = ["DEFAULT_POLICY", "ColumnRule", "Policy", "load_policy"]
@@ -155,11 +155,7 @@ def _parse(raw: dict[str, Any], where: str) -> Policy:
 def _column_rule(spec: Any, where: str, known_types: frozenset[str]) -> ColumnRule:
     if spec == "scan" or (isinstance(spec, Mapping) and spec.get("operator") == "scan"):
         return ColumnRule(scan=True)
-    if isinstance(spec, str):
-        spec = {"operator": spec}
-    if not isinstance(spec, Mapping):
-        raise InputError(f"{where}: expected 'scan', an operator name, or a mapping")
-    opts = dict(spec)
+    opts = operator_spec(spec, where=where)
     entity = opts.pop("type", None)
     if entity is not None and entity not in known_types:
         raise InputError(f"{where}.type: unknown entity type {entity!r}")
