@@ -155,6 +155,8 @@ def kanon(path: Path = typer.Argument(..., help="Input table."),
           t_close: float | None = typer.Option(None, "--t", help="Max total-variation distance per class."),
           hierarchy: Path | None = typer.Option(None, "--hierarchy",
                                                 help="YAML: {column: {value: parent, ...}} category hierarchies."),
+          policy: Path | None = typer.Option(None, "--policy", "-p",
+                                             help="Policy YAML whose `hierarchies:` section to use."),
           max_suppress: float = typer.Option(0.05, "--max-suppress", help="Fraction of rows that may be suppressed."),
           encoding: str | None = _ENCODING, fmt: str | None = _FORMAT, as_json: bool = JSON_OPTION) -> None:
     """Generalise quasi-identifiers until every class has >= k rows; report risk and information loss."""
@@ -167,6 +169,10 @@ def kanon(path: Path = typer.Argument(..., help="Input table."),
     if not cols:
         raise InputError("--quasi needs at least one column name")
     hier = _load_hierarchy(hierarchy)
+    if policy is not None:
+        from torchshield.data.anonymize import load_policy
+
+        hier = {**load_policy(policy).hierarchies, **(hier or {})}
     with progress("reading", None):
         df = pd.concat(list(iter_chunks(path, fmt=fmt, encoding=encoding)), ignore_index=True)
     with progress("generalising", None):

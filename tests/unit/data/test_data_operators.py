@@ -104,3 +104,10 @@ def test_policy_missing_column_is_refused():
     pol = load_policy({"columns": {"phnoe": "hash"}})
     with pytest.raises(InputError, match="columns.phnoe"):
         pol.check_columns(["name", "phone"])
+
+
+def test_policy_hierarchies_validated():
+    pol = load_policy({"hierarchies": {"region": {"310104": "上海", "上海": "中国"}}})
+    assert pol.hierarchies["region"]["310104"] == "上海"
+    with pytest.raises(InputError, match="hierarchies"):
+        load_policy({"hierarchies": {"region": ["310104"]}})

@@ -16,6 +16,8 @@ A policy is YAML (or a dict)::
       内部编号: {operator: suppress, drop: true}
     unlisted_columns: scan         # or keep
     person_key: 身份证号            # whose dates date_shift moves together
+    hierarchies:                   # category trees for `data kanon --policy`
+      region: {"310104": 上海, "310105": 上海, 上海: 中国}
 
 Every field is checked on load; an error names the file and the field (exit 2)."""
 
@@ -63,6 +65,7 @@ class Policy:
     unlisted_scan: bool = True
     person_key: str | None = None
     types: frozenset[str] | None = None
+    hierarchies: dict[str, dict[str, str]] = field(default_factory=dict)
 
     @property
     def needs_key(self) -> bool:
@@ -149,6 +152,10 @@ def _parse(raw: dict[str, Any], where: str) -> Policy:
         if not isinstance(types, list) or any(t not in known_types for t in types):
             raise InputError(f"{where}: types: must be a list of known entity types")
         policy.types = frozenset(types)
+    hier = raw.get("hierarchies") or {}
+    if not isinstance(hier, Mapping) or not all(isinstance(v, Mapping) for v in hier.values()):
+        raise InputError(f"{where}: hierarchies: expected {{column: {{value: parent, ...}}}}")
+    policy.hierarchies = {str(c): {str(a): str(b) for a, b in m.items()} for c, m in hier.items()}
     return policy
 
 
