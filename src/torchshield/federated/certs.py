@@ -37,7 +37,7 @@ class DeploymentCerts:
 
     @classmethod
     def at(cls, directory: str | Path, nodes: int | None = None) -> DeploymentCerts:
-        d = Path(directory)
+        d = Path(directory).resolve()  # Flower processes run in another working directory
         if nodes is None:
             nodes = len(list(d.glob("supernode-*.pub")))
         certs = cls(d, d / "ca.crt", d / "server.pem", d / "server.key",

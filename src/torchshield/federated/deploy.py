@@ -76,13 +76,18 @@ def supernode_command(ca_cert: Path | None, node_key: Path | None, *, superlink:
     return [*cmd, "--root-certificates", str(ca_cert), "--auth-supernode-private-key", str(node_key)]
 
 
-def wait_for_superlink(address: str, *, ca_cert: Path | None, timeout: float) -> float:
-    """Poll the SuperLink's ``/health`` until it answers; raise after ``timeout`` seconds."""
+def wait_for_superlink(address: str, *, ca_cert: Path | None, timeout: float,
+                       process: subprocess.Popen[bytes] | None = None) -> float:
+    """Poll the SuperLink's ``/health`` until it answers; raise after ``timeout`` seconds, or at
+    once if ``process`` (the SuperLink we started) has exited."""
     start = time.monotonic()
     scheme = "http" if ca_cert is None else "https"
     ctx = ssl.create_default_context(cafile=str(ca_cert)) if ca_cert is not None else None
     last = "no answer"
     while time.monotonic() - start < timeout:
+        if process is not None and process.poll() is not None:
+            raise ShieldError(f"the SuperLink exited with code {process.returncode} before answering",
+                              hint="see superlink.log in the work directory")
         try:
             with urllib.request.urlopen(f"{scheme}://{address}/health", timeout=2, context=ctx) as r:  # noqa: S310
                 if r.status == 200:
@@ -152,7 +157,8 @@ class LocalDeployment:
         t0 = time.monotonic()
         self._spawn("superlink", superlink_command(self.certs, host=self.host, port=self.port))
         self.timings["superlink_ready_s"] = wait_for_superlink(
-            self.address, ca_cert=self.certs.ca_cert if self.certs else None, timeout=self.start_timeout)
+            self.address, ca_cert=self.certs.ca_cert if self.certs else None, timeout=self.start_timeout,
+            process=self._procs[0])
         self._write_cli_config()
         if self.certs is not None:
             for pub in self.certs.node_public_keys[: self.nodes]:

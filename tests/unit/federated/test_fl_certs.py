@@ -34,6 +34,9 @@ def test_certs_chain_keys_and_modes(tmp_path) -> None:
     assert stat.S_IMODE(c.server_key.stat().st_mode) == 0o600
     with pytest.raises(InputError, match="already holds certificates"):
         make_test_certs(tmp_path / "pki", nodes=2)
+    with pytest.MonkeyPatch.context() as mp:  # Flower processes run elsewhere: paths must be absolute
+        mp.chdir(tmp_path)
+        assert DeploymentCerts.at("pki").ca_cert == c.ca_cert.resolve() and c.ca_cert.is_absolute()
     with pytest.raises(InputError, match="certificate files missing"):
         DeploymentCerts.at(tmp_path / "nowhere", 1)
 
