@@ -41,3 +41,24 @@ HELD_OUT = ["患者诸葛亮，男", "申请人钱学森（", "联系人：上�
 def test_chinese_names_not_from_the_generator():
     hits = sum(any(f.type == "PERSON" for f in find_pii(t)) for t in HELD_OUT)
     assert hits == len(HELD_OUT)
+
+
+# Hand-written clinical sentences, not from the generator: names with and without cues, and
+# name-free sentences full of surname characters. Measured, not tuned to 1.0 (docs/data.md).
+NAMED = [("王芳复诊，血压控制尚可。", "王芳"), ("主治医师：李建国", "李建国"), ("家属张伟表示同意手术。", "张伟"),
+         ("今日由刘洋护士完成换药。", "刘洋"), ("患者陈静，女，45岁，因胸痛入院。", "陈静"), ("转诊自赵磊医生。", "赵磊"),
+         ("联系人黄晓明电话13800000000", "黄晓明"), ("与周杰确认了预约时间", "周杰"), ("孙丽的检查报告已出。", "孙丽"),
+         ("签字：吴昊天", "吴昊天"), ("病人郑秀英今晨发热。", "郑秀英"), ("马明亮先生于昨日出院。", "马明亮"),
+         ("何静和她的丈夫一起来院。", "何静"), ("申请人：郭子豪", "郭子豪"), ("高血压病史十年，患者罗敏否认过敏史。", "罗敏"),
+         ("经办人梁晨，审核人宋雨桐。", "梁晨"), ("经办人梁晨，审核人宋雨桐。", "宋雨桐"), ("Dr. 欧阳锋查房后调整用药。", "欧阳锋"),
+         ("请通知谢婷婷来取报告。", "谢婷婷"), ("唐宇航，男，32岁，体检。", "唐宇航")]
+NAME_FREE = ["方案已确认，明日手术。", "金额为500元，已缴费。", "江苏省人民医院会诊意见。", "高度怀疑肺炎，建议复查。",
+             "于是决定手术治疗。", "何时复查请电话预约。", "常规检查未见异常。", "安排明天上午手术。", "周一门诊随访。",
+             "张主任会诊后建议手术。", "白细胞计数升高。", "黄疸指数正常。", "林医生查房。", "万一出现发热及时就诊。",
+             "程序已完成。", "任何不适随诊。", "石膏固定四周。", "毛发稀疏。", "段落结束。", "钟表走时正常。"]
+
+
+def test_held_out_clinical_sentences():
+    found = sum(any(f.type == "PERSON" and f.text == name for f in find_pii(t)) for t, name in NAMED)
+    false = sum(f.type == "PERSON" for t in NAME_FREE for f in find_pii(t))
+    assert found >= 14 and false <= 2, (found, false)  # measured 15/20 and 1 at the default threshold

@@ -128,6 +128,7 @@ _NOT_GIVEN = frozenset(
 _CUE_BEFORE = ("患者", "姓名", "名字", "申请人", "联系人", "客户", "病人", "家属", "签名", "医生", "医师",
                "护士", "主任", "经办人", "收件人", "寄件人", "用户", "我叫", "我是", "员工", "学生", "被保险人",
                "投保人", "借款人", "持卡人", "户主", "法人", "代表人", "负责人", "本人", "委托人", "监护人",
+               "审核人", "陪同人", "见证人", "签字", "告知", "通知", "dr.", "dr",
                "name", "叫", "由", "请")
 _STRONG_CUES = frozenset(c for c in _CUE_BEFORE if len(c) >= 2)
 _TITLE_AFTER = ("先生", "女士", "小姐", "医生", "老师", "同志", "教授", "主任", "大夫", "护士", "经理",
@@ -159,9 +160,6 @@ class ChineseNameRecognizer(Recognizer):
         words = load_words("zh_surnames")
         self._compound = frozenset(w for w in words if len(w) == 2)
         self._single = frozenset(w for w in words if len(w) == 1)
-        compound = "|".join(sorted(self._compound))
-        single = "".join(sorted(self._single))
-        self._pattern = re.compile(f"(?:{compound}|[{single}])[{_CJK}]")
         cues = "|".join(sorted(map(re.escape, _CUE_BEFORE + _LIST_CUES), key=len, reverse=True))
         self._cue = re.compile(f"(?:{cues})[ ：:]*")
         self._title = re.compile("|".join(sorted(map(re.escape, _TITLE_AFTER), key=len, reverse=True)))
@@ -170,27 +168,25 @@ class ChineseNameRecognizer(Recognizer):
         text = doc.text
         starts: set[int] = set()
         if doc.min_score <= 0.4:
-            starts.update(m.start() for m in self._pattern.finditer(text))
+            starts.update(i for i, ch in enumerate(text) if ch in self._single or text[i:i + 2] in self._compound)
         else:
             starts.update(m.end() for m in self._cue.finditer(doc.lower))
             for m in self._title.finditer(text):
                 p = m.start()
-                for length in (4, 3, 2):
-                    s = p - length
-                    if s >= 0 and self._candidate_end(text, s) == p:
-                        starts.add(s)
-                        break
-        last_end = -1
-        for start in sorted(starts):
-            if start < last_end:
-                continue
+                starts.update(s for s in (p - 4, p - 3, p - 2) if s >= 0 and self._candidate_end(text, s) == p)
+        # Overlapping candidates (由刘洋 / 刘洋 before 护士): the best-scored one wins.
+        scored = []
+        for start in starts:
             end = self._candidate_end(text, start)
-            if end < 0:
-                continue
-            score = self._score(text, start, end)
-            if score >= doc.min_score:
+            if end > 0:
+                score = self._score(text, start, end)
+                if score >= doc.min_score:
+                    scored.append((score, end - start, start, end))
+        taken: list[tuple[int, int]] = []
+        for score, _, start, end in sorted(scored, key=lambda c: (-c[0], -c[1], c[2])):
+            if all(end <= a or start >= b for a, b in taken):
+                taken.append((start, end))
                 yield RawMatch("PERSON", start, end, score)
-                last_end = end
 
     def _candidate_end(self, text: str, start: int) -> int:
         """End of the name starting at ``start``, or -1 if no surname + given name is there."""
@@ -206,6 +202,11 @@ class ChineseNameRecognizer(Recognizer):
             end += 1
         if end == g:
             return -1
+        if end == g + 2 and end < n and _is_cjk(text[end]) and text[end] not in _NOT_GIVEN \
+                and not any(text.startswith(t, end) for t in _TITLE_AFTER):
+            # A third character followed by more running text more likely starts the next word
+            # (张伟表示, 罗敏否认): keep the shorter name.
+            end -= 1
         cand = text[start:end]
         if any(cand.startswith(w) or w.startswith(cand) for w in _NOT_NAMES_BY_FIRST.get(text[start], ())):
             return -1
@@ -218,8 +219,8 @@ class ChineseNameRecognizer(Recognizer):
         score = 0.2
         if any(before.endswith(c) for c in _STRONG_CUES):
             score += 0.4
-        elif start != len(before) and (any(before.endswith(c) for c in _CUE_BEFORE + _LIST_CUES)
-                                       or text[start - 1] in "：:"):
+        elif start > 0 and (any(before.endswith(c) for c in _CUE_BEFORE + _LIST_CUES)
+                            or text[start - 1] in "：:"):
             score += 0.15
         if any(after.startswith(t) for t in _TITLE_AFTER):
             score += 0.3
@@ -230,7 +231,7 @@ class ChineseNameRecognizer(Recognizer):
         return min(score, 0.95)
 
 
-_LIST_CUES = ("、", "和", "与", "及", "同", "致")
+_LIST_CUES = ("、", "和", "与", "及", "同", "致", "：", ":")
 _NOT_NAMES_BY_FIRST: dict[str, tuple[str, ...]] = {}
 for _w in _NOT_NAMES:
     _NOT_NAMES_BY_FIRST[_w[0]] = (*_NOT_NAMES_BY_FIRST.get(_w[0], ()), _w)
