@@ -18,24 +18,38 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit" / "assess"))
 
 
 def _screenshot(html: Path, png: Path, profile: Path) -> None:
-    cmd = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-           "--disable-background-networking", "--disable-component-update", "--disable-sync",
-           f"--user-data-dir={profile}", f"--screenshot={png}", "--window-size=1280,4000",
-           "--hide-scrollbars", html.resolve().as_uri()]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    cmd = [
+        CHROMIUM,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={profile}",
+        f"--screenshot={png}",
+        "--window-size=1280,4000",
+        "--hide-scrollbars",
+        html.resolve().as_uri(),
+    ]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
     assert png.is_file(), f"chromium wrote no screenshot (exit {proc.returncode}): {proc.stderr[-2000:]}"
 
 
-@pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="/usr/bin/chromium is absent (install: bash .ci/chromium.sh)")
+@pytest.mark.skipif(
+    not Path(CHROMIUM).exists(), reason="/usr/bin/chromium is absent (install: bash .ci/chromium.sh)"
+)
 def test_report_renders_in_chromium(tmp_path):
     import numpy as np
+    from assess_subjects import make_tables, train_bundle
     from matplotlib import image
 
-    from assess_subjects import make_tables, train_bundle
     from torchshield.assess import AssessInputs, assess, write_report
 
-    train, test = make_tables(tmp_path / "data")
-    model = train_bundle(train, tmp_path / "model.tsb", epochs=10)
+    train, test = make_tables(tmp_path / "data", rows=160)
+    model = train_bundle(train, tmp_path / "model.tsb", epochs=6)
     report = assess(AssessInputs(model=model, data=test, train_data=train, quick=True))
     html = write_report(report, tmp_path / "report")["html"]
     text = html.read_text(encoding="utf-8")

@@ -13,17 +13,17 @@ from torchshield.assess.subject import NotAssessable
 from torchshield.assess.write import write_report
 
 __all__ = [
-    "AssessInputs",
-    "Chart",
     "FAIL",
-    "Finding",
-    "NotAssessable",
     "PASS",
-    "Report",
     "SKIPPED",
-    "Section",
     "VERDICTS",
     "WARN",
+    "AssessInputs",
+    "Chart",
+    "Finding",
+    "NotAssessable",
+    "Report",
+    "Section",
     "assess",
     "render_html",
     "report_json",
@@ -32,4 +32,3 @@ __all__ = [
     "write_json",
     "write_report",
 ]
-

@@ -18,7 +18,7 @@ _SIZE = (6.0, 3.6)
 _DPI = 90
 
 
-def _figure():  # noqa: ANN202 - matplotlib types imported lazily
+def _figure():
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -27,15 +27,22 @@ def _figure():  # noqa: ANN202 - matplotlib types imported lazily
     return fig
 
 
-def _encode(fig, chart_id: str, title: str, alt: str) -> Chart:  # noqa: ANN001
+def _encode(fig, chart_id: str, title: str, alt: str) -> Chart:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", metadata={"Software": None})
     uri = "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
     return Chart(chart_id, title, uri, alt)
 
 
-def line_chart(chart_id: str, title: str, series: Mapping[str, tuple[Sequence[float], Sequence[float]]], *,
-               xlabel: str, ylabel: str, ylim: tuple[float, float] | None = (0.0, 1.02)) -> Chart:
+def line_chart(
+    chart_id: str,
+    title: str,
+    series: Mapping[str, tuple[Sequence[float], Sequence[float]]],
+    *,
+    xlabel: str,
+    ylabel: str,
+    ylim: tuple[float, float] | None = (0.0, 1.02),
+) -> Chart:
     """One line per series (e.g. robust accuracy against epsilon, one line per attack)."""
     fig = _figure()
     ax = fig.add_subplot()
@@ -46,19 +53,25 @@ def line_chart(chart_id: str, title: str, series: Mapping[str, tuple[Sequence[fl
         ax.set_ylim(*ylim)
     ax.grid(alpha=0.3)
     ax.legend()
-    alt = "; ".join(f"{n}: " + ", ".join(f"{x:g}->{y:.2f}" for x, y in zip(xs, ys, strict=True))
-                    for n, (xs, ys) in series.items())
+    alt = "; ".join(
+        f"{n}: " + ", ".join(f"{x:g}->{y:.2f}" for x, y in zip(xs, ys, strict=True))
+        for n, (xs, ys) in series.items()
+    )
     return _encode(fig, chart_id, title, alt)
 
 
-def roc_chart(chart_id: str, title: str, curves: Mapping[str, tuple[Sequence[float], Sequence[float], float]]) -> Chart:
+def roc_chart(
+    chart_id: str, title: str, curves: Mapping[str, tuple[Sequence[float], Sequence[float], float]]
+) -> Chart:
     """ROC curves (false vs true positive rate) of membership attacks, with the chance diagonal."""
     fig = _figure()
     ax = fig.add_subplot()
     ax.plot([0, 1], [0, 1], linestyle="--", color="grey", label="chance (AUC 0.50)")
     for name, (fpr, tpr, auc) in curves.items():
         ax.plot(list(fpr), list(tpr), label=f"{name} (AUC {auc:.2f})")
-    ax.set(title=title, xlabel="false positive rate", ylabel="true positive rate", xlim=(0, 1), ylim=(0, 1.01))
+    ax.set(
+        title=title, xlabel="false positive rate", ylabel="true positive rate", xlim=(0, 1), ylim=(0, 1.01)
+    )
     ax.set_aspect("equal", adjustable="box")
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right", fontsize="small")

@@ -49,8 +49,10 @@ class AssessContext:
         from torchshield.model.bundle import load
 
         if self.info.encrypted and self.inputs.key is None:
-            raise NotAssessable("the bundle is encrypted and no key was given",
-                                "pass --key-file (or set TORCHSHIELD_KEY_FILE) to assess the model itself")
+            raise NotAssessable(
+                "the bundle is encrypted and no key was given",
+                "pass --key-file (or set TORCHSHIELD_KEY_FILE) to assess the model itself",
+            )
         return load(self.inputs.model, key=self.inputs.key)
 
     @cached_property

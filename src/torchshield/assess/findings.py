@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["Chart", "FAIL", "Finding", "PASS", "SKIPPED", "Section", "VERDICTS", "WARN", "worst"]
+__all__ = ["FAIL", "PASS", "SKIPPED", "VERDICTS", "WARN", "Chart", "Finding", "Section", "worst"]
 
 PASS, WARN, FAIL, SKIPPED = "pass", "warn", "fail", "skipped"
 VERDICTS = (PASS, WARN, FAIL, SKIPPED)
@@ -41,8 +41,13 @@ class Finding:
             raise ValueError(f"unknown verdict {self.verdict!r}; expected one of {VERDICTS}")
 
     def to_dict(self) -> dict[str, Any]:
-        return {"check": self.check, "verdict": self.verdict, "reason": self.reason, "action": self.action,
-                "evidence": self.evidence}
+        return {
+            "check": self.check,
+            "verdict": self.verdict,
+            "reason": self.reason,
+            "action": self.action,
+            "evidence": self.evidence,
+        }
 
 
 @dataclass(frozen=True)
@@ -84,6 +89,12 @@ class Section:
         return self
 
     def to_dict(self) -> dict[str, Any]:
-        return {"id": self.id, "title": self.title, "verdict": self.verdict, "summary": self.summary,
-                "findings": [f.to_dict() for f in self.findings], "metrics": self.metrics,
-                "charts": [c.to_dict() for c in self.charts]}
+        return {
+            "id": self.id,
+            "title": self.title,
+            "verdict": self.verdict,
+            "summary": self.summary,
+            "findings": [f.to_dict() for f in self.findings],
+            "metrics": self.metrics,
+            "charts": [c.to_dict() for c in self.charts],
+        }

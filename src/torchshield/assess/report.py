@@ -40,13 +40,23 @@ class Report:
         return next(s for s in self.sections if s.id == section_id)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"format": FORMAT, "version": VERSION, "tool": f"torchshield {__version__}",
-                "created": self.created, "seconds": round(self.seconds, 2), "subject": self.subject,
-                "verdict": self.verdict, "counts": self.counts(),
-                "sections": [s.to_dict() for s in self.sections], **self.extra}
+        return {
+            "format": FORMAT,
+            "version": VERSION,
+            "tool": f"torchshield {__version__}",
+            "created": self.created,
+            "seconds": round(self.seconds, 2),
+            "subject": self.subject,
+            "verdict": self.verdict,
+            "counts": self.counts(),
+            "sections": [s.to_dict() for s in self.sections],
+            **self.extra,
+        }
 
 
-def _run_one(section_id: str, title: str, check: Callable[[AssessContext], Section], ctx: AssessContext) -> Section:
+def _run_one(
+    section_id: str, title: str, check: Callable[[AssessContext], Section], ctx: AssessContext
+) -> Section:
     try:
         return check(ctx)
     except NotAssessable as exc:
@@ -59,8 +69,12 @@ def _run_one(section_id: str, title: str, check: Callable[[AssessContext], Secti
         return Section(section_id, title).skip(f"could not run: {exc}")
 
 
-def assess(inputs: AssessInputs, *, only: tuple[str, ...] | None = None,
-           on_section: Callable[[Section], None] | None = None) -> Report:
+def assess(
+    inputs: AssessInputs,
+    *,
+    only: tuple[str, ...] | None = None,
+    on_section: Callable[[Section], None] | None = None,
+) -> Report:
     """Assess a model (and its data, and its service) and return the report.
 
     Raises ShieldError only when the model file itself is not usable input (missing path);
@@ -84,10 +98,12 @@ def assess(inputs: AssessInputs, *, only: tuple[str, ...] | None = None,
         sections.append(section)
         if on_section is not None:
             on_section(section)
-    subject = {"model": inputs.model.name, "data": inputs.data.name if inputs.data else None,
-               "train_data": inputs.train_data.name if inputs.train_data else None,
-               "endpoint": bool(inputs.endpoint), "quick": inputs.quick}
-    created = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    subject = {
+        "model": inputs.model.name,
+        "data": inputs.data.name if inputs.data else None,
+        "train_data": inputs.train_data.name if inputs.train_data else None,
+        "endpoint": bool(inputs.endpoint),
+        "quick": inputs.quick,
+    }
+    created = _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
     return Report(subject, sections, created=created, seconds=time.perf_counter() - t0)
-
-

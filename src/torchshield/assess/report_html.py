@@ -20,8 +20,9 @@ def render_html(report: Report) -> str:
     import jinja2
 
     source = resources.files("torchshield.assess").joinpath("templates", TEMPLATE).read_text(encoding="utf-8")
-    env = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined, trim_blocks=True,
-                             lstrip_blocks=True)
+    env = jinja2.Environment(
+        autoescape=True, undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True
+    )
     env.filters["metric"] = _metric
     return env.from_string(source).render(report=report, doc=report.to_dict(), sections=report.sections)
 

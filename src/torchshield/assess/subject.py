@@ -41,8 +41,10 @@ class ModelSubject:
 def _architecture(meta: dict[str, Any]) -> tuple[dict[str, Any], tuple[int, ...], int]:
     model = meta.get("model")
     if not isinstance(model, dict):
-        raise NotAssessable("the bundle's metadata does not describe its architecture (metadata.model)",
-                            "train with `torchshield train`, or save with metadata={'model': spec, ...}")
+        raise NotAssessable(
+            "the bundle's metadata does not describe its architecture (metadata.model)",
+            "train with `torchshield train`, or save with metadata={'model': spec, ...}",
+        )
     if "spec" in model:
         spec, shape, n = model["spec"], model.get("input_shape"), model.get("num_classes")
     else:
@@ -77,10 +79,13 @@ def load_split(path: Path, subject: ModelSubject) -> tuple[Any, Any]:
     norm = d.get("normalization") or {}
     label, features = norm.get("label"), d.get("feature_names")
     if not label or not features:
-        raise NotAssessable("the bundle does not record the label and feature columns it was trained on",
-                            "train from a table with `torchshield train` (data: {path, label})")
+        raise NotAssessable(
+            "the bundle does not record the label and feature columns it was trained on",
+            "train from a table with `torchshield train` (data: {path, label})",
+        )
     df = read_table(path)
     classes = d.get("classes") or None
-    x, y = table_to_tensors(df, label=label, features=features, normalization=norm, classes=classes,
-                            source=str(path))
+    x, y = table_to_tensors(
+        df, label=label, features=features, normalization=norm, classes=classes, source=str(path)
+    )
     return x.reshape(len(x), *subject.input_shape), y

@@ -34,12 +34,18 @@ def demo(
 
     def on_step(r: Any) -> None:
         if show:
-            err_console.print(f"      [{_STYLE[r.status]}]{r.status}[/] ({r.seconds:.1f} s) {r.summary}",
-                              highlight=False)
+            err_console.print(
+                f"      [{_STYLE[r.status]}]{r.status}[/] ({r.seconds:.1f} s) {r.summary}", highlight=False
+            )
 
-    state = run_demo(out, quick=quick, seed=seed, on_start=on_start, on_step=on_step)
-    doc = {"out": str(out), "seconds": state.facts.get("seconds"), "report": str(state.files.get("report", "")),
-           "verdict": state.facts.get("verdict"), "steps": [r.to_dict() for r in state.results]}
+    state = run_demo(out, quick=quick, seed=seed, progress=show, on_start=on_start, on_step=on_step)
+    doc = {
+        "out": str(out),
+        "seconds": state.facts.get("seconds"),
+        "report": str(state.files.get("report", "")),
+        "verdict": state.facts.get("verdict"),
+        "steps": [r.to_dict() for r in state.results],
+    }
     emit(doc, lambda c: _human(c, state), as_json=as_json)
     if any(r.status == "failed" for r in state.results):
         fail(1)

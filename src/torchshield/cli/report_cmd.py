@@ -17,11 +17,17 @@ def report(
     model: Path = typer.Argument(..., help="Model file to assess (.tsb bundle, or any file for the scan)."),
     data: Path | None = typer.Option(None, "--data", help="Test table (CSV/Parquet) with the label column."),
     train_data: Path | None = typer.Option(None, "--train-data", help="The table the model was trained on."),
-    key_file: Path | None = typer.Option(None, "--key-file", help="Master key: decrypts the model, verifies marks."),
+    key_file: Path | None = typer.Option(
+        None, "--key-file", help="Master key: decrypts the model, verifies marks."
+    ),
     pubkey: Path | None = typer.Option(None, "--pubkey", help="Expected signer's public key."),
     endpoint: str | None = typer.Option(None, "--endpoint", help="URL of a running torchshield service."),
-    api_key: str | None = typer.Option(None, "--api-key", envvar="TORCHSHIELD_API_KEY",
-                                       help="API key for --endpoint (or $TORCHSHIELD_API_KEY)."),
+    api_key: str | None = typer.Option(
+        None,
+        "--api-key",
+        envvar="TORCHSHIELD_API_KEY",
+        help="API key for --endpoint (or $TORCHSHIELD_API_KEY).",
+    ),
     out: Path = typer.Option(Path("report"), "--out", help="Folder for index.html and report.json."),
     quick: bool = typer.Option(False, "--quick", help="Fewer attacks and examples (a fast first look)."),
     as_json: bool = JSON_OPTION,
@@ -36,8 +42,16 @@ def report(
         from torchshield.errors import InputError
 
         raise InputError(f"--pubkey: {pubkey} does not exist")
-    inputs = AssessInputs(model=model, data=data, train_data=train_data, key=key, pubkey=pubkey,
-                          endpoint=endpoint, api_key=api_key, quick=quick)
+    inputs = AssessInputs(
+        model=model,
+        data=data,
+        train_data=train_data,
+        key=key,
+        pubkey=pubkey,
+        endpoint=endpoint,
+        api_key=api_key,
+        quick=quick,
+    )
 
     def on_section(section: Any) -> None:
         if not as_json and not STATE.quiet:
@@ -45,8 +59,12 @@ def report(
 
     result = assess(inputs, on_section=on_section)
     paths = write_report(result, out)
-    doc = {"verdict": result.verdict, "counts": result.counts(), "files": {k: str(v) for k, v in paths.items()},
-           "sections": {s.id: s.verdict for s in result.sections}}
+    doc = {
+        "verdict": result.verdict,
+        "counts": result.counts(),
+        "files": {k: str(v) for k, v in paths.items()},
+        "sections": {s.id: s.verdict for s in result.sections},
+    }
     emit(doc, lambda c: _human(c, result, paths), as_json=as_json)
     if result.verdict == "fail":
         fail(1)

@@ -16,11 +16,13 @@ QUASI = ["age", "gender", "zip"]
 # clinical columns are kept as they are (they are what the model needs).
 MASK_POLICY: dict[str, Any] = {
     "version": 1,
-    "columns": {"name": {"operator": "replace", "type": "PERSON"},
-                "id_number": {"operator": "replace", "type": "CN_RESIDENT_ID"},
-                "phone": {"operator": "replace", "type": "CN_MOBILE"},
-                "address": {"operator": "replace", "type": "ADDRESS"},
-                "notes": "scan"},
+    "columns": {
+        "name": {"operator": "replace", "type": "PERSON"},
+        "id_number": {"operator": "replace", "type": "CN_RESIDENT_ID"},
+        "phone": {"operator": "replace", "type": "CN_MOBILE"},
+        "address": {"operator": "replace", "type": "ADDRESS"},
+        "notes": "scan",
+    },
     "unlisted_columns": "keep",
 }
 
@@ -36,11 +38,19 @@ def _clinical(df: Any, seed: int) -> Any:
     df = df.copy()
     df["bmi"] = rng.normal(24.5, 4.0, n).round(1)
     df["systolic_bp"] = (rng.normal(122, 15, n) + 0.35 * (age - 50)).round(0)
-    df["glucose"] = (rng.normal(5.6, 1.2, n) + np.where(df["diagnosis"].str.contains("糖尿病|diabetes"), 2.5, 0)).round(2)
+    diabetic = df["diagnosis"].str.contains("糖尿病|diabetes").to_numpy()
+    df["glucose"] = (rng.normal(5.6, 1.2, n) + np.where(diabetic, 2.5, 0)).round(2)
     df["cholesterol"] = rng.normal(5.0, 1.0, n).round(2)
     df["smoker"] = (rng.random(n) < 0.25).astype(int)
-    logit = (-0.5 + 0.08 * (age - 55) + 0.25 * (df["bmi"] - 24.5) + 0.06 * (df["systolic_bp"] - 125)
-             + 1.2 * (df["glucose"] - 5.8) + 2.0 * df["smoker"] + rng.normal(0, 0.5, n))
+    logit = (
+        -0.5
+        + 0.08 * (age - 55)
+        + 0.25 * (df["bmi"] - 24.5)
+        + 0.06 * (df["systolic_bp"] - 125)
+        + 1.2 * (df["glucose"] - 5.8)
+        + 2.0 * df["smoker"]
+        + rng.normal(0, 0.5, n)
+    )
     df[LABEL] = (rng.random(n) < 1 / (1 + np.exp(-logit))).astype(int)
     return df
 
@@ -56,8 +66,8 @@ def generate(state: DemoState) -> str:
 
 
 def scan_and_mask(state: DemoState) -> str:
-    from torchshield.data.tabular import mask_file
     from torchshield.assess.checks.pii import pii_residue
+    from torchshield.data.tabular import mask_file
 
     (raw,) = state.need("raw")
     before = pii_residue(raw, sample_rows=500)
@@ -65,10 +75,15 @@ def scan_and_mask(state: DemoState) -> str:
     report = mask_file(raw, masked, policy=MASK_POLICY)
     after = pii_residue(masked, sample_rows=500)
     found, left = sum(before["cells_per_type"].values()), sum(after["cells_per_type"].values())
-    state.facts.update(pii_before=before["cells_per_type"], pii_after=after["cells_per_type"],
-                       masked_per_type=report["findings_per_type"])
-    return (f"found PII in {found} cells ({len(before['cells_per_type'])} types, "
-            f"{len(before['identifier_columns'])} identifier columns); masked; {left} cells left after masking")
+    state.facts.update(
+        pii_before=before["cells_per_type"],
+        pii_after=after["cells_per_type"],
+        masked_per_type=report["findings_per_type"],
+    )
+    return (
+        f"found PII in {found} cells ({len(before['cells_per_type'])} types, "
+        f"{len(before['identifier_columns'])} identifier columns); masked; {left} cells left after masking"
+    )
 
 
 def kanon(state: DemoState) -> str:
@@ -82,22 +97,31 @@ def kanon(state: DemoState) -> str:
     res = kanonymize(df, QUASI, k=k, sensitive="diagnosis", l=2)
     released, rep = res.table, res.report
     write_table(released, state.path("released", "data/patients_released.parquet"))
-    state.facts["kanon"] = {"k": k, "min_class_size": rep["min_class_size"], "classes": rep["classes"],
-                            "max_risk_before": rep["risk_before"]["max"], "max_risk_after": rep["risk_after"]["max"]}
+    state.facts["kanon"] = {
+        "k": k,
+        "min_class_size": rep["min_class_size"],
+        "classes": rep["classes"],
+        "max_risk_before": rep["risk_before"]["max"],
+        "max_risk_after": rep["risk_after"]["max"],
+    }
     # The model's table: generalised age as a band midpoint, the vitals, the label, and the
     # masked notes (kept so the report can check that no PII reached the training data).
     table = released.copy()
     table["age_mid"] = table["age"].astype(str).map(_band_mid)
-    table["female"] = table["gender"].astype(str).map(lambda g: 1.0 if g == "女" else 0.0 if g == "男" else 0.5)
+    table["female"] = (
+        table["gender"].astype(str).map(lambda g: 1.0 if g == "女" else 0.0 if g == "男" else 0.5)
+    )
     cols = [*FEATURES, LABEL, "notes"]
     table = table[cols].sample(frac=1.0, random_state=state.seed).reset_index(drop=True)
     cut = int(len(table) * 0.5)
     write_table(table.iloc[:cut], state.path("train", "data/train.parquet"))
     write_table(table.iloc[cut:], state.path("test", "data/test.parquet"))
     state.facts["split"] = {"train": cut, "test": len(table) - cut}
-    return (f"{k}-anonymous on age/gender/zip (l=2 diagnoses): {rep['classes']} classes, re-identification "
-            f"risk {rep['risk_before']['max']:.2f} -> {rep['risk_after']['max']:.2f}; "
-            f"{cut} training / {len(table) - cut} test rows")
+    return (
+        f"{k}-anonymous on age/gender/zip (l=2 diagnoses): {rep['classes']} classes, re-identification "
+        f"risk {rep['risk_before']['max']:.2f} -> {rep['risk_after']['max']:.2f}; "
+        f"{cut} training / {len(table) - cut} test rows"
+    )
 
 
 def _band_mid(label: str) -> float:

@@ -12,6 +12,7 @@ from torchshield.demo.state import DemoState, StepSkipped
 __all__ = ["harden", "membership_audit", "owner_keys", "protect", "train", "watermark"]
 
 MODEL_NAME = "readmission"
+PRIVACY = {"epsilon": 3.0, "delta": 1e-5, "max_grad_norm": 1.0}
 
 
 def _config(state: DemoState, bundle: Path, **extra: Any) -> Any:
@@ -19,10 +20,16 @@ def _config(state: DemoState, bundle: Path, **extra: Any) -> Any:
 
     (train_path,) = state.need("train")
     output = {"bundle": str(bundle), "overwrite": True, **extra.pop("output", {})}
-    doc = {"model": {"type": "mlp", "hidden": [128, 128]},
-           "data": {"path": str(train_path), "label": LABEL, "features": FEATURES, "test_fraction": 0.0},
-           "optimizer": {"name": "adam", "lr": 0.003}, "epochs": 25 if state.quick else 60, "batch_size": 32,
-           "seed": state.seed, "output": output, **extra}
+    doc = {
+        "model": {"type": "mlp", "hidden": [128, 128]},
+        "data": {"path": str(train_path), "label": LABEL, "features": FEATURES, "test_fraction": 0.0},
+        "optimizer": {"name": "adam", "lr": 0.003},
+        "epochs": 25 if state.quick else 60,
+        "batch_size": 32,
+        "seed": state.seed,
+        "output": output,
+        **extra,
+    }
     return TrainConfig.from_dict(doc, base=state.out)
 
 
@@ -34,8 +41,9 @@ def _assess(state: DemoState, model: Path, sections: tuple[str, ...], **inputs: 
         from torchshield.crypto.keys import read_key_file
 
         inputs["key"] = read_key_file(state.files["master_key"])
-    return assess(AssessInputs(model=model, data=test, train_data=train, quick=state.quick, **inputs),
-                  only=sections)
+    return assess(
+        AssessInputs(model=model, data=test, train_data=train, quick=state.quick, **inputs), only=sections
+    )
 
 
 def _test_accuracy(state: DemoState, model: Path) -> float:
@@ -51,15 +59,20 @@ def _test_accuracy(state: DemoState, model: Path) -> float:
 def train(state: DemoState) -> str:
     from torchshield.train.run import train_from_config
 
-    base = train_from_config(_config(state, state.path("baseline", "models/baseline.tsb")), progress=False)
-    dp = train_from_config(_config(state, state.path("dp", "models/dp.tsb"),
-                                   privacy={"epsilon": 3.0, "delta": 1e-5, "max_grad_norm": 1.0}), progress=False)
+    base = train_from_config(
+        _config(state, state.path("baseline", "models/baseline.tsb")), progress=state.progress
+    )
+    dp = train_from_config(
+        _config(state, state.path("dp", "models/dp.tsb"), privacy=dict(PRIVACY)), progress=state.progress
+    )
     acc = {name: _test_accuracy(state, state.files[name]) for name in ("baseline", "dp")}
     state.facts["accuracy"] = acc
     state.facts["epsilon"] = round(float(dp.privacy["epsilon"]), 3)
-    return (f"non-private: train acc {base.metrics['train']['accuracy']:.2f}, test acc {acc['baseline']}; "
-            f"DP-SGD (epsilon {state.facts['epsilon']}): train acc {dp.metrics['train']['accuracy']:.2f}, "
-            f"test acc {acc['dp']}")
+    return (
+        f"non-private: train acc {base.metrics['train']['accuracy']:.2f}, test acc {acc['baseline']}; "
+        f"DP-SGD (epsilon {state.facts['epsilon']}): train acc {dp.metrics['train']['accuracy']:.2f}, "
+        f"test acc {acc['dp']}"
+    )
 
 
 def membership_audit(state: DemoState) -> str:
@@ -111,12 +124,15 @@ def harden(state: DemoState) -> str:
     # full budget DP-SGD plus adversarial loss collapses to the majority class.
     adversarial = {"method": "pgd", "eps": round(eps / 2, 4), "steps": 3 if state.quick else 7}
     bundle = state.path("hardened", "models/hardened.tsb")
-    train_from_config(_config(state, bundle, adversarial=adversarial,
-                              privacy={"epsilon": 3.0, "delta": 1e-5, "max_grad_norm": 1.0}), progress=False)
+    train_from_config(
+        _config(state, bundle, adversarial=adversarial, privacy=dict(PRIVACY)), progress=state.progress
+    )
     after, _ = _retained(state, bundle)
     state.facts["robust_retained"] = {"before": before, "after": after}
-    return (f"accuracy kept under the strongest attack at eps {eps:g}: {before:.0%} before hardening, "
-            f"{after:.0%} after (PGD adversarial training at eps {eps / 2:g} under DP-SGD, epsilon 3)")
+    return (
+        f"accuracy kept under the strongest attack at eps {eps:g}: {before:.0%} before hardening, "
+        f"{after:.0%} after (PGD adversarial training at eps {eps / 2:g} under DP-SGD, epsilon 3)"
+    )
 
 
 def _public_inputs(bounds: tuple[float, float], n_features: int, n: int, seed: int) -> Any:
@@ -153,23 +169,41 @@ def watermark(state: DemoState) -> str:
     x = _public_inputs(subject.bounds or (-3.0, 3.0), subject.input_shape[0], 2000, state.seed)
     with torch.no_grad():
         y = subject.module(x).argmax(1)
-    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=64, shuffle=True,
-                                         generator=torch.Generator().manual_seed(state.seed))
+    loader = torch.utils.data.DataLoader(
+        torch.utils.data.TensorDataset(x, y),
+        batch_size=64,
+        shuffle=True,
+        generator=torch.Generator().manual_seed(state.seed),
+    )
     record = wm.embed(subject.module, loader, key, WATERMARK, epochs=3 if state.quick else 5, lr=1e-3)
     out = state.out / "models" / "watermarked.tsb"
-    torchshield.save(subject.module, out, key=key, metadata=manifest["metadata"], privacy=manifest.get("privacy"),
-                     watermark=record.to_dict(), provenance={**(manifest.get("provenance") or {}),
-                                                            "watermarked_from": hardened.name})
+    torchshield.save(
+        subject.module,
+        out,
+        key=key,
+        metadata=manifest["metadata"],
+        privacy=manifest.get("privacy"),
+        watermark=record.to_dict(),
+        provenance={**(manifest.get("provenance") or {}), "watermarked_from": hardened.name},
+    )
     own = wm.verify_whitebox(torchshield.load(out, key=key), record, key)
     other = wm.verify_whitebox(torchshield.load(baseline), record, key)
-    state.facts["watermark"] = {"present": own.present, "p_value": own.p_value, "unmarked_present": other.present}
+    state.facts["watermark"] = {
+        "present": own.present,
+        "p_value": own.p_value,
+        "unmarked_present": other.present,
+    }
     if not own.present or other.present:
-        raise RuntimeError(f"watermark check wrong: marked model present={own.present}, "
-                           f"unmarked model present={other.present}")
+        raise RuntimeError(
+            f"watermark check wrong: marked model present={own.present}, "
+            f"unmarked model present={other.present}"
+        )
     state.files["watermarked"] = out  # only a verified mark goes on to be shipped
-    return (f"white-box mark {record.mark_id[:8]}…: {own.matches}/{own.total} bits in the marked model "
-            f"(p = {own.p_value:.1e}); unmarked baseline {other.matches}/{other.total} (p = {other.p_value:.2f}, "
-            "absent)")
+    return (
+        f"white-box mark {record.mark_id[:8]}…: {own.matches}/{own.total} bits in the marked model "
+        f"(p = {own.p_value:.1e}); unmarked baseline {other.matches}/{other.total} (p = {other.p_value:.2f}, "
+        "absent)"
+    )
 
 
 def protect(state: DemoState) -> str:
@@ -178,8 +212,14 @@ def protect(state: DemoState) -> str:
     import torchshield
     from torchshield.model.bundle import inspect, verify
 
-    source = next((state.files[n] for n in ("watermarked", "hardened", "dp")
-                   if n in state.files and state.files[n].exists()), None)
+    source = next(
+        (
+            state.files[n]
+            for n in ("watermarked", "hardened", "dp")
+            if n in state.files and state.files[n].exists()
+        ),
+        None,
+    )
     if source is None:
         raise StepSkipped("no trained model to protect")
     key_path, signer, pub = owner_keys(state)
@@ -187,14 +227,27 @@ def protect(state: DemoState) -> str:
     meta = dict(manifest["metadata"])
     spec, shape = meta["model"]["spec"], meta["model"]["input_shape"]
     lo, hi = meta["data"]["input_bounds"]
-    meta.update({"name": MODEL_NAME, "model": spec, "num_classes": meta["model"]["num_classes"],
-                 "input": {"shape": shape, "dtype": "float32", "min": lo - 1, "max": hi + 1},
-                 "serve": {"output": "top_k", "top_k": 1, "decimals": 2, "max_batch": 64}})
+    meta.update(
+        {
+            "name": MODEL_NAME,
+            "model": spec,
+            "num_classes": meta["model"]["num_classes"],
+            "input": {"shape": shape, "dtype": "float32", "min": lo - 1, "max": hi + 1},
+            "serve": {"output": "top_k", "top_k": 1, "decimals": 2, "max_batch": 64},
+        }
+    )
     tensors = torchshield.load(source, key=key_path if inspect(source).encrypted else None)
     out = state.path("model", "models/readmission.tsb")
-    torchshield.save(tensors, out, key=key_path, sign_with=signer, metadata=meta, privacy=manifest.get("privacy"),
-                     watermark=manifest.get("watermark"),
-                     provenance={**(manifest.get("provenance") or {}), "protected_from": source.name})
+    torchshield.save(
+        tensors,
+        out,
+        key=key_path,
+        sign_with=signer,
+        metadata=meta,
+        privacy=manifest.get("privacy"),
+        watermark=manifest.get("watermark"),
+        provenance={**(manifest.get("provenance") or {}), "protected_from": source.name},
+    )
     res = verify(out, pubkey=pub, key=key_path)
     if not res.ok:
         raise RuntimeError(f"the protected bundle does not verify: {res.problems[0]}")

@@ -27,7 +27,9 @@ def _start_uvicorn(app: Any) -> tuple[str, Any]:
     import uvicorn
 
     port = _free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off"))
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off")
+    )
     thread = threading.Thread(target=server.run, name="demo-uvicorn", daemon=True)
     thread.start()
     deadline = time.monotonic() + 20
@@ -57,12 +59,18 @@ def serve(state: DemoState) -> str:
     # warnings would only clutter the demo's progress output.
     logging.getLogger("casbin").setLevel(logging.ERROR)
     master = read_key_file(key_path)
-    cfg = ServeConfig(db_url=f"sqlite:///{state.path('serve_db', 'serve/serve.db')}", bundles=(str(model),),
-                      rate_per_s=5.0, burst=20)
+    cfg = ServeConfig(
+        db_url=f"sqlite:///{state.path('serve_db', 'serve/serve.db')}",
+        bundles=(str(model),),
+        rate_per_s=5.0,
+        burst=20,
+    )
     service = Service.start(cfg, master=master)
     state.cleanups.append(service.close)
-    tokens = {role: service.keys.create(role=role, models=models, name=f"demo-{role}").token
-              for role, models in (("admin", ["*"]), ("auditor", ["*"]), ("predictor", [MODEL_NAME]))}
+    tokens = {
+        role: service.keys.create(role=role, models=models, name=f"demo-{role}").token
+        for role, models in (("admin", ["*"]), ("auditor", ["*"]), ("predictor", [MODEL_NAME]))
+    }
     other = service.keys.create(role="predictor", models=["another-model"], name="demo-other").token
     url, stop = _start_uvicorn(create_app(service))
     state.cleanups.insert(0, stop)
@@ -71,6 +79,7 @@ def serve(state: DemoState) -> str:
     body = {"inputs": _normalised(state, rows)}
     calls: dict[str, int] = {}
     with httpx.Client(base_url=url, timeout=10) as c:
+
         def call(label: str, token: str | None, payload: Any = body, name: str = MODEL_NAME) -> int:
             headers = {"Authorization": f"Bearer {token}"} if token else {}
             status = c.post(f"/v1/models/{name}/predict", json=payload, headers=headers).status_code
@@ -113,7 +122,9 @@ def audit_chain(state: DemoState) -> str:
     deadline = time.monotonic() + 5
     doc: dict[str, Any] = {}
     while time.monotonic() < deadline:  # audit records are written by a background writer
-        doc = httpx.get(f"{url}/v1/audit/verify", headers={"Authorization": f"Bearer {token}"}, timeout=10).json()
+        doc = httpx.get(
+            f"{url}/v1/audit/verify", headers={"Authorization": f"Bearer {token}"}, timeout=10
+        ).json()
         if doc.get("records", 0) >= 4:
             break
         time.sleep(0.1)
@@ -140,14 +151,17 @@ def backup_restore(state: DemoState) -> str:
     result = store.backup(state.out / "vault", state.out / "backup")
     check = store.verify(store.Repository.open(state.out / "backup", master))
     restored_dir = state.out / "restored"
-    restored = store.restore(store.Repository.open(state.out / "backup", master), "latest", restored_dir,
-                             overwrite=True)
+    restored = store.restore(
+        store.Repository.open(state.out / "backup", master), "latest", restored_dir, overwrite=True
+    )
     same = all(_digest(p) == _digest(items[snap.name]) for snap, p in restored)
     state.facts["backup"] = {"objects": len(items), "verified": check.ok, "restored_identical": same}
     if not (check.ok and same and len(restored) == len(items)):
         raise RuntimeError("the restored artifacts differ from the originals")
-    return (f"{len(items)} artifacts stored encrypted, backed up ({result.chunks_copied} chunks), backup verified, "
-            f"restored byte-identical")
+    return (
+        f"{len(items)} artifacts stored encrypted, backed up ({result.chunks_copied} chunks), backup verified, "
+        f"restored byte-identical"
+    )
 
 
 def report(state: DemoState) -> str:
@@ -155,9 +169,16 @@ def report(state: DemoState) -> str:
     from torchshield.crypto.keys import read_key_file
 
     model, key_path, pub, train, test = state.need("model", "master_key", "pubkey", "train", "test")
-    inputs = AssessInputs(model=model, data=test, train_data=train, key=read_key_file(key_path), pubkey=pub,
-                          endpoint=state.live.get("url"), api_key=state.live.get("auditor_token"),
-                          quick=state.quick)
+    inputs = AssessInputs(
+        model=model,
+        data=test,
+        train_data=train,
+        key=read_key_file(key_path),
+        pubkey=pub,
+        endpoint=state.live.get("url"),
+        api_key=state.live.get("auditor_token"),
+        quick=state.quick,
+    )
     result = assess(inputs)
     state.live["report"] = result
     paths = write_report(result, state.out / "report")

@@ -43,8 +43,10 @@ def _prepare(out: Path) -> None:
     """The demo writes into an empty folder, or replaces an earlier demo's output (marked)."""
     if out.exists() and any(out.iterdir()):
         if not (out / MARKER).exists():
-            raise InputError(f"--out: {out} is not empty and was not made by the demo",
-                             hint="choose a new folder; the demo replaces only its own earlier output")
+            raise InputError(
+                f"--out: {out} is not empty and was not made by the demo",
+                hint="choose a new folder; the demo replaces only its own earlier output",
+            )
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
     (out / MARKER).write_text("output of `torchshield demo`; the next run replaces this folder\n")
@@ -62,13 +64,19 @@ def _run_step(state: DemoState, step_id: str, title: str, fn: Step) -> StepResul
     return StepResult(step_id, title, status, summary, time.perf_counter() - t0)
 
 
-def run_demo(out: Path, *, quick: bool = False, seed: int = 0,
-             on_start: Callable[[int, str], None] | None = None,
-             on_step: Callable[[StepResult], None] | None = None) -> DemoState:
+def run_demo(
+    out: Path,
+    *,
+    quick: bool = False,
+    seed: int = 0,
+    progress: bool = False,
+    on_start: Callable[[int, str], None] | None = None,
+    on_step: Callable[[StepResult], None] | None = None,
+) -> DemoState:
     import torch
 
     _prepare(out)
-    state = DemoState(out=out, quick=quick, seed=seed)
+    state = DemoState(out=out, quick=quick, seed=seed, progress=progress)
     t0 = time.perf_counter()
     # The demo's models are small MLPs: intra-op threads only add synchronisation cost (badly so
     # on a busy 2-core machine), so run single-threaded and restore the setting afterwards.
@@ -87,8 +95,8 @@ def run_demo(out: Path, *, quick: bool = False, seed: int = 0,
         for cleanup in state.cleanups:
             try:
                 cleanup()
-            except Exception:  # noqa: BLE001 - shutting down; the results are what matter
-                pass
+            except Exception as exc:  # noqa: BLE001 - shutting down; the results are what matter
+                state.facts.setdefault("cleanup_errors", []).append(f"{type(exc).__name__}: {exc}")
     state.facts["seconds"] = round(time.perf_counter() - t0, 1)
     _finish(state)
     return state
@@ -100,10 +108,18 @@ def _finish(state: DemoState) -> None:
 
     steps = [r.to_dict() for r in state.results]
     facts = {k: v for k, v in state.facts.items() if k != "tracebacks"}
-    summary = {"quick": state.quick, "seconds": state.facts["seconds"], "steps": steps, "facts": facts,
-               "files": {k: str(v.relative_to(state.out)) for k, v in state.files.items()
-                         if v.is_relative_to(state.out)}}
-    (state.out / "summary.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False, default=str) + "\n")
+    summary = {
+        "quick": state.quick,
+        "seconds": state.facts["seconds"],
+        "steps": steps,
+        "facts": facts,
+        "files": {
+            k: str(v.relative_to(state.out)) for k, v in state.files.items() if v.is_relative_to(state.out)
+        },
+    }
+    (state.out / "summary.json").write_text(
+        json.dumps(summary, indent=2, ensure_ascii=False, default=str) + "\n"
+    )
     report = state.live.get("report")
     if report is not None:
         report.extra["demo"] = {"quick": state.quick, "seconds": state.facts["seconds"], "steps": steps}

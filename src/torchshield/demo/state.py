@@ -23,8 +23,14 @@ class StepResult:
     details: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"id": self.id, "title": self.title, "status": self.status, "summary": self.summary,
-                "seconds": round(self.seconds, 2), "details": self.details}
+        return {
+            "id": self.id,
+            "title": self.title,
+            "status": self.status,
+            "summary": self.summary,
+            "seconds": round(self.seconds, 2),
+            "details": self.details,
+        }
 
 
 @dataclass
@@ -32,6 +38,7 @@ class DemoState:
     out: Path
     quick: bool = False
     seed: int = 0
+    progress: bool = False  # progress bars inside long steps (shown only on a terminal)
     files: dict[str, Path] = field(default_factory=dict)  # named artifacts: "raw", "train", "model", ...
     facts: dict[str, Any] = field(default_factory=dict)  # numbers later steps and the summary use
     results: list[StepResult] = field(default_factory=list)

@@ -29,7 +29,7 @@ def make_tables(folder: Path, *, rows: int = 240, seed: int = 0, pii: bool = Fal
     folder.mkdir(parents=True, exist_ok=True)
     train, test = folder / "train.parquet", folder / "test.parquet"
     df.iloc[: rows // 2].to_parquet(train)
-    df.iloc[rows // 2:].to_parquet(test)
+    df.iloc[rows // 2 :].to_parquet(test)
     return train, test
 
 
@@ -41,10 +41,16 @@ def train_bundle(train: Path, out: Path, *, epochs: int = 15, **extra: Any) -> P
     from torchshield.train.run import train_from_config
 
     output = {"bundle": str(out), "overwrite": True, **extra.pop("output", {})}
-    doc = {"model": {"type": "mlp", "hidden": [32]},
-           "data": {"path": str(train), "label": "label", "features": FEATURES, "test_fraction": 0.0},
-           "optimizer": {"name": "adam", "lr": 0.01}, "epochs": epochs, "batch_size": 16, "seed": 0,
-           "output": output, **extra}
+    doc = {
+        "model": {"type": "mlp", "hidden": [32]},
+        "data": {"path": str(train), "label": "label", "features": FEATURES, "test_fraction": 0.0},
+        "optimizer": {"name": "adam", "lr": 0.01},
+        "epochs": epochs,
+        "batch_size": 16,
+        "seed": 0,
+        "output": output,
+        **extra,
+    }
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:

@@ -10,8 +10,8 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from assess_subjects import make_tables, train_bundle
+
 from torchshield.assess import AssessInputs, assess, render_html, write_report
 from torchshield.assess.checks import SECTIONS
 from torchshield.assess.checks.capability import require
@@ -22,7 +22,12 @@ from torchshield.assess.subject import NotAssessable
 def subject(tmp_path_factory):
     folder = tmp_path_factory.mktemp("subject")
     train, test = make_tables(folder)
-    return {"train": train, "test": test, "plain": train_bundle(train, folder / "plain.tsb"), "folder": folder}
+    return {
+        "train": train,
+        "test": test,
+        "plain": train_bundle(train, folder / "plain.tsb"),
+        "folder": folder,
+    }
 
 
 def _findings(report, section_id):
@@ -30,8 +35,9 @@ def _findings(report, section_id):
 
 
 def test_plain_bundle_sections(subject):
-    report = assess(AssessInputs(model=subject["plain"], data=subject["test"], train_data=subject["train"],
-                                 quick=True))
+    report = assess(
+        AssessInputs(model=subject["plain"], data=subject["test"], train_data=subject["train"], quick=True)
+    )
     assert [s.id for s in report.sections] == [sid for sid, _, _ in SECTIONS]
     f = _findings(report, "model-file")
     assert f["scan"].verdict == "pass" and f["integrity"].verdict == "pass"
@@ -56,10 +62,16 @@ def test_plain_bundle_sections(subject):
 
 
 def test_signed_encrypted_bundle_needs_key_and_pubkey(subject, tmp_path, key_file, signer):
-    model = train_bundle(subject["train"], tmp_path / "locked.tsb", epochs=2,
-                         output={"key_file": str(key_file), "signing_key": str(signer[0])},
-                         privacy={"epsilon": 20.0, "delta": 1e-5})
-    keyless = assess(AssessInputs(model=model, data=subject["test"], quick=True), only=("model-file", "robustness"))
+    model = train_bundle(
+        subject["train"],
+        tmp_path / "locked.tsb",
+        epochs=2,
+        output={"key_file": str(key_file), "signing_key": str(signer[0])},
+        privacy={"epsilon": 20.0, "delta": 1e-5},
+    )
+    keyless = assess(
+        AssessInputs(model=model, data=subject["test"], quick=True), only=("model-file", "robustness")
+    )
     f = _findings(keyless, "model-file")
     assert f["encryption"].verdict == "pass" and f["signature"].verdict == "warn"
     assert "--pubkey" in f["signature"].action
@@ -68,9 +80,17 @@ def test_signed_encrypted_bundle_needs_key_and_pubkey(subject, tmp_path, key_fil
 
     from torchshield.crypto.keys import read_key_file
 
-    full = assess(AssessInputs(model=model, data=subject["test"], train_data=subject["train"],
-                               key=read_key_file(key_file), pubkey=signer[1], quick=True),
-                  only=("model-file", "privacy"))
+    full = assess(
+        AssessInputs(
+            model=model,
+            data=subject["test"],
+            train_data=subject["train"],
+            key=read_key_file(key_file),
+            pubkey=signer[1],
+            quick=True,
+        ),
+        only=("model-file", "privacy"),
+    )
     f = _findings(full, "model-file")
     assert f["signature"].verdict == "pass" and "expected signer" in f["signature"].reason
     assert "authenticates" in f["integrity"].reason
@@ -82,8 +102,9 @@ def test_signed_encrypted_bundle_needs_key_and_pubkey(subject, tmp_path, key_fil
 def test_wrong_signer_and_tampering_fail(subject, tmp_path, signer):
     from torchshield.crypto.signing import generate_signing_key
 
-    model = train_bundle(subject["train"], tmp_path / "signed.tsb", epochs=1,
-                         output={"signing_key": str(signer[0])})
+    model = train_bundle(
+        subject["train"], tmp_path / "signed.tsb", epochs=1, output={"signing_key": str(signer[0])}
+    )
     _, other_pub = generate_signing_key(tmp_path / "other")
     r = assess(AssessInputs(model=model, pubkey=other_pub), only=("model-file",))
     assert _findings(r, "model-file")["signature"].verdict == "fail"
@@ -113,7 +134,7 @@ def test_pickle_that_runs_code_fails_scan(tmp_path):
 
 
 def test_pii_residue_counts_without_values(tmp_path):
-    train, test = make_tables(tmp_path / "t", rows=60, pii=True)
+    train, _ = make_tables(tmp_path / "t", rows=60, pii=True)
     import pandas as pd
 
     names = pd.read_parquet(train)["name"].tolist()
@@ -128,21 +149,25 @@ def test_missing_capability_is_skipped_not_faked(subject, monkeypatch):
     with pytest.raises(NotAssessable, match="not available in this build"):
         require("torchshield.no_such_capability", "the frobnicator")
     monkeypatch.setitem(sys.modules, "torchshield.privacy.audit", None)  # import now raises ImportError
-    r = assess(AssessInputs(model=subject["plain"], data=subject["test"], train_data=subject["train"]),
-               only=("privacy",))
+    r = assess(
+        AssessInputs(model=subject["plain"], data=subject["test"], train_data=subject["train"]),
+        only=("privacy",),
+    )
     audit = _findings(r, "privacy")["membership-audit"]
     assert audit.verdict == "skipped" and "not available in this build" in audit.reason
 
 
 def test_written_report_is_self_contained_and_escaped(subject, tmp_path):
-    r = assess(AssessInputs(model=subject["plain"], data=subject["test"], train_data=subject["train"], quick=True))
+    r = assess(
+        AssessInputs(model=subject["plain"], data=subject["test"], train_data=subject["train"], quick=True)
+    )
     r.section("watermark").add("hostile", "warn", "<script>alert(1)</script>", "<img src=x onerror=y>")
     paths = write_report(r, tmp_path / "report")
     html = paths["html"].read_text(encoding="utf-8")
     for s in r.sections:
         assert f'id="{s.id}"' in html
     assert "<script" not in html and "&lt;script&gt;" in html
-    assert 'src="http' not in html and "href=\"http" not in html
+    assert 'src="http' not in html and 'href="http' not in html
     assert html.count("data:image/png;base64,") == sum(len(s.charts) for s in r.sections)
     doc = json.loads(paths["json"].read_text(encoding="utf-8"))
     assert doc["format"] == "torchshield-report" and doc["verdict"] == r.verdict
@@ -152,8 +177,18 @@ def test_written_report_is_self_contained_and_escaped(subject, tmp_path):
 def test_report_cli_exit_codes(subject, tmp_path, capsys):
     from torchshield.cli.app import run
 
-    code = run(["report", str(subject["plain"]), "--data", str(subject["test"]), "--out", str(tmp_path / "r"),
-                "--quick", "--json"])
+    code = run(
+        [
+            "report",
+            str(subject["plain"]),
+            "--data",
+            str(subject["test"]),
+            "--out",
+            str(tmp_path / "r"),
+            "--quick",
+            "--json",
+        ]
+    )
     out = json.loads(capsys.readouterr().out)
     assert code == (1 if out["verdict"] == "fail" else 0)
     assert Path(out["files"]["html"]).is_file() and out["sections"]["model-file"] == "warn"  # unsigned
@@ -162,3 +197,11 @@ def test_report_cli_exit_codes(subject, tmp_path, capsys):
     evil = tmp_path / "evil.pkl"
     evil.write_bytes(b"cos\nsystem\n(S'echo hi'\ntR.")
     assert run(["report", str(evil), "--out", str(tmp_path / "r3"), "--json"]) == 1
+
+
+@pytest.mark.parametrize("quick", [True, False])
+def test_robustness_attacks_exist(quick):
+    from torchshield.assess.checks.robustness import _attacks
+    from torchshield.robust.attacks import available_attacks
+
+    assert set(_attacks(quick)) <= set(available_attacks())

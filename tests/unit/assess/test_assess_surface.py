@@ -19,10 +19,14 @@ def test_all_is_sorted_and_resolves(name):
 
 
 def test_import_is_light():
-    code = ("import sys, torchshield.assess, torchshield.demo, torchshield.cli.report_cmd, torchshield.cli.demo_cmd;"
-            "print(','.join(m for m in ('torch', 'pandas', 'matplotlib', 'jinja2', 'httpx', 'fastapi')"
-            " if m in sys.modules))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    code = (
+        "import sys, torchshield.assess, torchshield.demo, torchshield.cli.report_cmd, torchshield.cli.demo_cmd;"
+        "print(','.join(m for m in ('torch', 'pandas', 'matplotlib', 'jinja2', 'httpx', 'fastapi')"
+        " if m in sys.modules))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout.strip()
     assert out == "", f"importing assess/demo loaded heavy modules: {out}"
 
 

@@ -17,6 +17,8 @@ def require(module: str, what: str) -> ModuleType:
         return importlib.import_module(module)
     except ImportError as exc:
         if exc.name is not None and module.startswith(exc.name):
-            raise NotAssessable(f"{what} is not available in this build ({module} is missing)",
-                                "install a torchshield release that includes it") from None
+            raise NotAssessable(
+                f"{what} is not available in this build ({module} is missing)",
+                "install a torchshield release that includes it",
+            ) from None
         raise

@@ -22,7 +22,6 @@ def _measurements(df: Any) -> list[str]:
     can pass checksums (Luhn) by chance, so scanning them only adds false bank-card findings;
     integral floats are still scanned (a phone number stored as 1.88e10 is still PII)."""
     import numpy as np
-
     import pandas as pd
 
     out = []
@@ -46,8 +45,14 @@ def pii_residue(path: Path, *, sample_rows: int = SAMPLE_ROWS) -> dict[str, Any]
     tabular = require("torchshield.data.tabular", "PII detection in tables")
     frame = next(iter(tabular.iter_chunks(path, nrows=sample_rows, chunk_rows=sample_rows)), None)
     if frame is None:
-        return {"file": path.name, "rows_scanned": 0, "identifier_columns": {}, "columns_with_pii": {},
-                "cells_per_type": {}, "measurement_columns": []}
+        return {
+            "file": path.name,
+            "rows_scanned": 0,
+            "identifier_columns": {},
+            "columns_with_pii": {},
+            "cells_per_type": {},
+            "measurement_columns": [],
+        }
     skipped = _measurements(frame)
     scan = {"rows_scanned": len(frame), "columns": tabular.scan_frame(frame.drop(columns=skipped))}
     per_type: dict[str, int] = {}
@@ -62,15 +67,23 @@ def pii_residue(path: Path, *, sample_rows: int = SAMPLE_ROWS) -> dict[str, Any]
             identifiers[col] = info.get("dominant_type") or max(types, key=types.__getitem__)
         for t, n in types.items():
             per_type[t] = per_type.get(t, 0) + n
-    return {"file": path.name, "rows_scanned": scan["rows_scanned"], "identifier_columns": identifiers,
-            "columns_with_pii": columns, "cells_per_type": dict(sorted(per_type.items())),
-            "measurement_columns": [str(c) for c in skipped]}
+    return {
+        "file": path.name,
+        "rows_scanned": scan["rows_scanned"],
+        "identifier_columns": identifiers,
+        "columns_with_pii": columns,
+        "cells_per_type": dict(sorted(per_type.items())),
+        "measurement_columns": [str(c) for c in skipped],
+    }
 
 
 def check_pii_residue(ctx: AssessContext) -> Section:
     s = Section("pii-residue", "PII residue in the data")
-    tables = [(role, p) for role, p in (("training data", ctx.inputs.train_data), ("test data", ctx.inputs.data))
-              if p is not None]
+    tables = [
+        (role, p)
+        for role, p in (("training data", ctx.inputs.train_data), ("test data", ctx.inputs.data))
+        if p is not None
+    ]
     if not tables:
         s.skip("no data table was given", "pass --train-data train.parquet (the data the model learned from)")
         return s
@@ -84,12 +97,20 @@ def check_pii_residue(ctx: AssessContext) -> Section:
         check = f"{role.split()[0]}-pii"
         if res["identifier_columns"]:
             cols = ", ".join(f"{c} ({t})" for c, t in res["identifier_columns"].items())
-            s.add(check, FAIL, f"{role} ({path.name}) has identifier columns: {cols}",
-                  "de-identify it before training: torchshield data mask IN --out OUT (then data kanon)")
+            s.add(
+                check,
+                FAIL,
+                f"{role} ({path.name}) has identifier columns: {cols}",
+                "de-identify it before training: torchshield data mask IN --out OUT (then data kanon)",
+            )
         elif cells:
-            s.add(check, WARN, f"{role} ({path.name}) has {cells} cells with possible PII in "
-                  f"{len(res['columns_with_pii'])} columns ({', '.join(res['cells_per_type'])})",
-                  "review those columns; mask free text with torchshield data mask")
+            s.add(
+                check,
+                WARN,
+                f"{role} ({path.name}) has {cells} cells with possible PII in "
+                f"{len(res['columns_with_pii'])} columns ({', '.join(res['cells_per_type'])})",
+                "review those columns; mask free text with torchshield data mask",
+            )
         else:
             s.add(check, PASS, f"no PII found in {res['rows_scanned']} rows of {role} ({path.name})")
     if total:

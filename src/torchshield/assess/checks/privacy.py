@@ -33,21 +33,43 @@ def check_privacy(ctx: AssessContext) -> Section:
 
 def _claimed(s: Section, record: Any) -> None:
     if not isinstance(record, dict) or record.get("epsilon") is None:
-        s.add("dp-record", WARN, "the model was trained without differential privacy: nothing bounds what it "
-              "reveals about one training record", "retrain with a budget: privacy: {epsilon: 3, delta: 1e-5}")
+        s.add(
+            "dp-record",
+            WARN,
+            "the model was trained without differential privacy: nothing bounds what it "
+            "reveals about one training record",
+            "retrain with a budget: privacy: {epsilon: 3, delta: 1e-5}",
+        )
         return
     eps, delta = float(record["epsilon"]), record.get("delta")
-    s.metrics.update({"claimed_epsilon": round(eps, 4), "delta": delta, "accountant": record.get("accountant"),
-                      "noise_multiplier": record.get("noise_multiplier"), "steps": record.get("steps")})
-    what = f"trained with DP-SGD to epsilon = {eps:.2f} (delta = {delta}, {record.get('accountant')} accountant)"
+    s.metrics.update(
+        {
+            "claimed_epsilon": round(eps, 4),
+            "delta": delta,
+            "accountant": record.get("accountant"),
+            "noise_multiplier": record.get("noise_multiplier"),
+            "steps": record.get("steps"),
+        }
+    )
+    what = (
+        f"trained with DP-SGD to epsilon = {eps:.2f} (delta = {delta}, {record.get('accountant')} accountant)"
+    )
     if eps <= EPSILON_PASS:
         s.add("dp-record", PASS, what)
     elif eps <= EPSILON_WARN:
-        s.add("dp-record", WARN, what + f"; above {EPSILON_PASS:g} the guarantee is weak",
-              "retrain with a smaller epsilon if accuracy allows")
+        s.add(
+            "dp-record",
+            WARN,
+            what + f"; above {EPSILON_PASS:g} the guarantee is weak",
+            "retrain with a smaller epsilon if accuracy allows",
+        )
     else:
-        s.add("dp-record", FAIL, what + f"; above {EPSILON_WARN:g} it protects little",
-              "retrain with epsilon <= 10 (ideally <= 4)")
+        s.add(
+            "dp-record",
+            FAIL,
+            what + f"; above {EPSILON_WARN:g} it protects little",
+            "retrain with epsilon <= 10 (ideally <= 4)",
+        )
 
 
 def _measured(s: Section, ctx: AssessContext, record: Any) -> None:
@@ -55,30 +77,66 @@ def _measured(s: Section, ctx: AssessContext, record: Any) -> None:
     from torchshield.privacy import audit_membership
 
     members, nonmembers = ctx.train_split, ctx.test_split
-    claimed = float(record["epsilon"]) if isinstance(record, dict) and record.get("epsilon") is not None else None
+    claimed = (
+        float(record["epsilon"]) if isinstance(record, dict) and record.get("epsilon") is not None else None
+    )
     delta = float(record["delta"]) if isinstance(record, dict) and record.get("delta") is not None else None
-    report = audit_membership(ctx.subject.module, members, nonmembers, claimed_epsilon=claimed,
-                              claimed_delta=delta, seed=ctx.inputs.seed)
+    report = audit_membership(
+        ctx.subject.module,
+        members,
+        nonmembers,
+        claimed_epsilon=claimed,
+        claimed_delta=delta,
+        seed=ctx.inputs.seed,
+    )
     best = report.strongest
     auc = max(a.auc for a in report.attacks)
-    s.metrics.update({"attack_auc": round(auc, 4), "strongest_attack": best.attack,
-                      "tpr_at_1pct_fpr": round(best.tpr_at_1pct_fpr, 4),
-                      "epsilon_lower_bound": round(best.epsilon_lower_bound, 4),
-                      "members": report.members, "nonmembers": report.non_members,
-                      "attacks": {a.attack: round(a.auc, 4) for a in report.attacks}})
+    s.metrics.update(
+        {
+            "attack_auc": round(auc, 4),
+            "strongest_attack": best.attack,
+            "tpr_at_1pct_fpr": round(best.tpr_at_1pct_fpr, 4),
+            "epsilon_lower_bound": round(best.epsilon_lower_bound, 4),
+            "members": report.members,
+            "nonmembers": report.non_members,
+            "attacks": {a.attack: round(a.auc, 4) for a in report.attacks},
+        }
+    )
     from torchshield.assess.charts import roc_chart
 
-    s.charts.append(roc_chart("privacy-roc", "Membership inference ROC",
-                              {a.attack: (a.roc_fpr, a.roc_tpr, a.auc) for a in report.attacks if a.roc_fpr}))
+    s.charts.append(
+        roc_chart(
+            "privacy-roc",
+            "Membership inference ROC",
+            {a.attack: (a.roc_fpr, a.roc_tpr, a.auc) for a in report.attacks if a.roc_fpr},
+        )
+    )
     if not report.consistent:
-        s.add("membership-audit", FAIL, f"measured leakage proves epsilon >= {best.epsilon_lower_bound:.2f}, above "
-              f"the claimed {claimed:g}", "the DP training or its accounting is wrong; do not rely on the record")
+        s.add(
+            "membership-audit",
+            FAIL,
+            f"measured leakage proves epsilon >= {best.epsilon_lower_bound:.2f}, above "
+            f"the claimed {claimed:g}",
+            "the DP training or its accounting is wrong; do not rely on the record",
+        )
     elif auc >= AUC_FAIL:
-        s.add("membership-audit", FAIL, f"a membership attack ({best.attack}) tells training records from others "
-              f"with AUC {auc:.2f}", "train with DP-SGD or stronger regularisation; serve labels only")
+        s.add(
+            "membership-audit",
+            FAIL,
+            f"a membership attack ({best.attack}) tells training records from others with AUC {auc:.2f}",
+            "train with DP-SGD or stronger regularisation; serve labels only",
+        )
     elif auc >= AUC_WARN:
-        s.add("membership-audit", WARN, f"a membership attack does better than chance (AUC {auc:.2f})",
-              "train with DP-SGD; restrict outputs to labels or top-k")
+        s.add(
+            "membership-audit",
+            WARN,
+            f"a membership attack does better than chance (AUC {auc:.2f})",
+            "train with DP-SGD; restrict outputs to labels or top-k",
+        )
     else:
-        s.add("membership-audit", PASS, f"membership attacks stay close to chance (best AUC {auc:.2f}, "
-              f"epsilon lower bound {best.epsilon_lower_bound:.2f})")
+        s.add(
+            "membership-audit",
+            PASS,
+            f"membership attacks stay close to chance (best AUC {auc:.2f}, "
+            f"epsilon lower bound {best.epsilon_lower_bound:.2f})",
+        )

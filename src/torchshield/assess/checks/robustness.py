@@ -22,18 +22,34 @@ RETAIN_PASS, RETAIN_WARN = 0.8, 0.5
 def _attacks(quick: bool) -> dict[str, dict[str, Any]]:
     if quick:
         return {"fgsm": {}, "pgd": {"steps": 10}}
-    return {"fgsm": {}, "pgd": {"steps": 20}, "apgd": {"steps": 50}}
+    return {"fgsm": {}, "pgd": {"steps": 20}, "apgd-ce": {"steps": 50}}
 
 
-def robust_accuracy_curves(model: Any, x: Any, y: Any, *, bounds: tuple[float, float], num_classes: int,
-                           attacks: dict[str, dict[str, Any]], fractions: tuple[float, ...] = EPS_FRACTIONS,
-                           seed: int = 0) -> dict[str, list[float]]:
+def robust_accuracy_curves(
+    model: Any,
+    x: Any,
+    y: Any,
+    *,
+    bounds: tuple[float, float],
+    num_classes: int,
+    attacks: dict[str, dict[str, Any]],
+    fractions: tuple[float, ...] = EPS_FRACTIONS,
+    seed: int = 0,
+) -> dict[str, list[float]]:
     """Accuracy of ``model`` on ``(x, y)`` under each attack at each budget (fraction of the range)."""
     evaluate = require("torchshield.robust.evaluate", "robust-accuracy evaluation")
     lo, hi = bounds
     budgets = [f * (hi - lo) for f in fractions if f > 0]
-    report = evaluate.evaluate_robustness(model, x, y, attacks=list(attacks.items()), eps=budgets, bounds=bounds,
-                                          seed=seed, num_classes=num_classes)
+    report = evaluate.evaluate_robustness(
+        model,
+        x,
+        y,
+        attacks=list(attacks.items()),
+        eps=budgets,
+        bounds=bounds,
+        seed=seed,
+        num_classes=num_classes,
+    )
     curves: dict[str, list[float]] = {}
     for name in attacks:
         rows = {r.eps: r.robust_accuracy for r in report.rows if r.attack == name}
@@ -48,34 +64,65 @@ def check_robustness(ctx: AssessContext) -> Section:
     lo, hi = subject.bounds or (float(x.min()), float(x.max()))
     bounds = (min(lo, float(x.min())), max(hi, float(x.max())))  # every test row must lie inside the box
     attacks = _attacks(ctx.inputs.quick)
-    curves = robust_accuracy_curves(subject.module, x, y, bounds=bounds, num_classes=subject.num_classes,
-                                    attacks=attacks, seed=ctx.inputs.seed)
+    curves = robust_accuracy_curves(
+        subject.module,
+        x,
+        y,
+        bounds=bounds,
+        num_classes=subject.num_classes,
+        attacks=attacks,
+        seed=ctx.inputs.seed,
+    )
     eps = [round(f * (bounds[1] - bounds[0]), 6) for f in EPS_FRACTIONS]
-    s.metrics.update({"examples": len(y), "input_bounds": [round(b, 4) for b in bounds], "eps": eps,
-                      "eps_fractions": list(EPS_FRACTIONS), "clean_accuracy": round(curves[next(iter(curves))][0], 4),
-                      "robust_accuracy": {k: [round(a, 4) for a in v] for k, v in curves.items()},
-                      "norm": "linf"})
+    s.metrics.update(
+        {
+            "examples": len(y),
+            "input_bounds": [round(b, 4) for b in bounds],
+            "eps": eps,
+            "eps_fractions": list(EPS_FRACTIONS),
+            "clean_accuracy": round(curves[next(iter(curves))][0], 4),
+            "robust_accuracy": {k: [round(a, 4) for a in v] for k, v in curves.items()},
+            "norm": "linf",
+        }
+    )
     from torchshield.assess.charts import line_chart
 
-    s.charts.append(line_chart("robustness-curves", "Robust accuracy (Linf)",
-                               {k: (EPS_FRACTIONS, v) for k, v in curves.items()},
-                               xlabel="epsilon (fraction of input range)", ylabel="accuracy"))
+    s.charts.append(
+        line_chart(
+            "robustness-curves",
+            "Robust accuracy (Linf)",
+            {k: (EPS_FRACTIONS, v) for k, v in curves.items()},
+            xlabel="epsilon (fraction of input range)",
+            ylabel="accuracy",
+        )
+    )
     ref = EPS_FRACTIONS.index(REFERENCE_FRACTION)
     clean = curves[next(iter(curves))][0]
     strongest = min(curves, key=lambda k: curves[k][ref])
     robust = curves[strongest][ref]
     retained = robust / clean if clean > 0 else 0.0
     s.metrics["retained_at_reference"] = round(retained, 4)
-    what = (f"under {strongest} at epsilon {eps[ref]:g} ({REFERENCE_FRACTION:.0%} of the input range) accuracy "
-            f"falls from {clean:.2f} to {robust:.2f} ({retained:.0%} retained)")
+    what = (
+        f"under {strongest} at epsilon {eps[ref]:g} ({REFERENCE_FRACTION:.0%} of the input range) accuracy "
+        f"falls from {clean:.2f} to {robust:.2f} ({retained:.0%} retained)"
+    )
     if retained >= RETAIN_PASS:
         s.add("robust-accuracy", PASS, what)
     elif retained >= RETAIN_WARN:
         s.add("robust-accuracy", WARN, what, "harden it: train with adversarial: {method: pgd, eps: ...}")
     else:
-        s.add("robust-accuracy", FAIL, what, "harden it (adversarial training, e.g. adversarial: {method: pgd}) "
-              "and put input validation in front of it")
+        s.add(
+            "robust-accuracy",
+            FAIL,
+            what,
+            "harden it (adversarial training, e.g. adversarial: {method: pgd}) "
+            "and put input validation in front of it",
+        )
     if clean < 0.6:
-        s.add("clean-accuracy", WARN, f"clean accuracy on the given data is only {clean:.2f}",
-              "check that --data is the model's test table with the same columns")
+        s.add(
+            "clean-accuracy",
+            WARN,
+            f"clean accuracy on the given data is only {clean:.2f}",
+            "check that --data is the model's test table with the same columns",
+        )
     return s

@@ -22,33 +22,54 @@ def check_serving(ctx: AssessContext) -> Section:
     s = Section("serving", "Serving configuration")
     url = ctx.inputs.endpoint
     if not url:
-        s.skip("no service endpoint was given", "pass --endpoint URL --api-key KEY to check a running service")
+        s.skip(
+            "no service endpoint was given", "pass --endpoint URL --api-key KEY to check a running service"
+        )
         return s
     import httpx
 
     parts = urlsplit(url)
     base = url.rstrip("/")
-    s.metrics["endpoint"] = f"{parts.scheme}://{parts.hostname}:{parts.port}" if parts.port else \
-        f"{parts.scheme}://{parts.hostname}"
+    s.metrics["endpoint"] = (
+        f"{parts.scheme}://{parts.hostname}:{parts.port}"
+        if parts.port
+        else f"{parts.scheme}://{parts.hostname}"
+    )
     _tls(s, parts.scheme, parts.hostname or "")
     with httpx.Client(base_url=base, timeout=10.0) as client:
         try:
             health = client.get("/healthz")
         except httpx.HTTPError as exc:
-            s.add("reachable", FAIL, f"the service did not answer ({type(exc).__name__})",
-                  "check the URL and that the service is running")
+            s.add(
+                "reachable",
+                FAIL,
+                f"the service did not answer ({type(exc).__name__})",
+                "check the URL and that the service is running",
+            )
             return s
-        s.add("reachable", PASS if health.status_code == 200 else WARN, f"/healthz answered {health.status_code}")
+        s.add(
+            "reachable",
+            PASS if health.status_code == 200 else WARN,
+            f"/healthz answered {health.status_code}",
+        )
         anon = client.get("/v1/models")
         if anon.status_code == 401:
             s.add("auth", PASS, "calls without an API key are refused (401)")
         else:
-            s.add("auth", FAIL, f"an anonymous call to /v1/models got {anon.status_code}",
-                  "start the service with security on (API keys required)")
+            s.add(
+                "auth",
+                FAIL,
+                f"an anonymous call to /v1/models got {anon.status_code}",
+                "start the service with security on (API keys required)",
+            )
         token = ctx.inputs.api_key
         if not token:
-            s.add("api-key", SKIPPED, "no API key was given, so the authenticated checks did not run",
-                  "pass --api-key (an auditor or admin key checks the audit chain too)")
+            s.add(
+                "api-key",
+                SKIPPED,
+                "no API key was given, so the authenticated checks did not run",
+                "pass --api-key (an auditor or admin key checks the audit chain too)",
+            )
             return s
         headers = {"Authorization": f"Bearer {token}"}
         _authenticated(s, client, headers)
@@ -59,14 +80,22 @@ def _tls(s: Section, scheme: str, host: str) -> None:
     if scheme == "https":
         s.add("tls", PASS, "the endpoint uses TLS")
     elif host in _LOOPBACK:
-        s.add("tls", WARN, "plain HTTP on loopback: fine on one machine, not across a network",
-              "put a TLS-terminating proxy in front before exposing it")
+        s.add(
+            "tls",
+            WARN,
+            "plain HTTP on loopback: fine on one machine, not across a network",
+            "put a TLS-terminating proxy in front before exposing it",
+        )
     else:
-        s.add("tls", FAIL, f"plain HTTP to {host}: keys and inputs travel in clear",
-              "serve behind TLS (https://) only")
+        s.add(
+            "tls",
+            FAIL,
+            f"plain HTTP to {host}: keys and inputs travel in clear",
+            "serve behind TLS (https://) only",
+        )
 
 
-def _authenticated(s: Section, client, headers: dict[str, str]) -> None:  # noqa: ANN001 - httpx.Client
+def _authenticated(s: Section, client, headers: dict[str, str]) -> None:
     models = client.get("/v1/models", headers=headers)
     if models.status_code != 200:
         s.add("api-key", FAIL, f"the API key given was refused ({models.status_code})", "check the key")
@@ -76,22 +105,39 @@ def _authenticated(s: Section, client, headers: dict[str, str]) -> None:  # noqa
     audit = client.get("/v1/audit/verify", headers=headers)
     if audit.status_code == 200:
         doc = audit.json()
-        s.metrics["audit"] = {k: doc.get(k) for k in ("ok", "records", "head_seq", "first_bad", "reason")
-                              if k in doc}
+        s.metrics["audit"] = {
+            k: doc.get(k) for k in ("ok", "records", "head_seq", "first_bad", "reason") if k in doc
+        }
         if doc.get("ok"):
             s.add("audit-chain", PASS, f"the audit hash chain verifies ({doc.get('records', '?')} records)")
         else:
-            s.add("audit-chain", FAIL, f"the audit chain is broken: {doc.get('reason', 'verification failed')}",
-                  "treat the log as tampered; investigate from the first bad record")
+            s.add(
+                "audit-chain",
+                FAIL,
+                f"the audit chain is broken: {doc.get('reason', 'verification failed')}",
+                "treat the log as tampered; investigate from the first bad record",
+            )
     else:
-        s.add("audit-chain", SKIPPED, f"this key may not verify the audit log ({audit.status_code})",
-              "use an auditor or admin key to check the chain")
+        s.add(
+            "audit-chain",
+            SKIPPED,
+            f"this key may not verify the audit log ({audit.status_code})",
+            "use an auditor or admin key to check the chain",
+        )
     for n in range(1, RATE_PROBE + 1):
         r = client.get("/v1/models", headers=headers)
         if r.status_code == 429:
             s.metrics["rate_limited_after"] = n
-            s.add("rate-limit", PASS, f"requests are rate limited (429 after {n} quick calls, "
-                  f"Retry-After {r.headers.get('retry-after', '?')} s)")
+            s.add(
+                "rate-limit",
+                PASS,
+                f"requests are rate limited (429 after {n} quick calls, "
+                f"Retry-After {r.headers.get('retry-after', '?')} s)",
+            )
             return
-    s.add("rate-limit", WARN, f"{RATE_PROBE} quick calls were all answered: no rate limit was hit",
-          "set a per-key rate and burst (torchshield access create --rate ... --burst ...)")
+    s.add(
+        "rate-limit",
+        WARN,
+        f"{RATE_PROBE} quick calls were all answered: no rate limit was hit",
+        "set a per-key rate and burst (torchshield access create --rate ... --burst ...)",
+    )
