@@ -55,3 +55,20 @@ def test_client_level_dp_noise_is_unpredictable_by_default() -> None:
         params, _ = dp.aggregate_fit(1, [_ok(0.0)], [])
         draws.append(parameters_to_ndarrays(params)[0])
     assert not np.allclose(draws[0], draws[1])
+
+
+@pytest.mark.parametrize(("name", "cls"), [("fedavg", "FedAvg"), ("fedprox", "FedProx"), ("fedadam", "FedAdam")])
+def test_build_strategy_wraps_the_configured_flower_strategy(name: str, cls: str) -> None:
+    from torchshield.federated.config import parse_config
+    from torchshield.federated.strategies import build_strategy
+
+    init = [np.zeros(s, np.float32) for s in SHAPES]
+    cfg = parse_config({"clients": 4, "fraction_fit": 0.5, "strategy": name,
+                        "privacy": {"clip": 1.0, "noise_multiplier": 1.0}})
+    s = build_strategy(cfg, initial=init, evaluate_fn=lambda *a: None, recorder=RoundRecorder(),
+                       noise_multiplier=1.0)
+    assert isinstance(s, ShapeGuard) and isinstance(s.inner, ClientLevelDP)
+    assert type(s.inner.strategy).__name__ == cls and s.inner.num_sampled_clients == 2
+    plain = build_strategy(parse_config({"clients": 4, "strategy": name}), initial=init,
+                           evaluate_fn=lambda *a: None, recorder=RoundRecorder(), noise_multiplier=None)
+    assert type(plain.inner).__name__ == cls
