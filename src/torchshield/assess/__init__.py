@@ -13,17 +13,17 @@ from torchshield.assess.subject import NotAssessable
 from torchshield.assess.write import write_report
 
 __all__ = [
-    "FAIL",
-    "PASS",
-    "SKIPPED",
-    "VERDICTS",
-    "WARN",
     "AssessInputs",
     "Chart",
+    "FAIL",
     "Finding",
     "NotAssessable",
+    "PASS",
     "Report",
+    "SKIPPED",
     "Section",
+    "VERDICTS",
+    "WARN",
     "assess",
     "render_html",
     "report_json",

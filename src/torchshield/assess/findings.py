@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["FAIL", "PASS", "SKIPPED", "VERDICTS", "WARN", "Chart", "Finding", "Section", "worst"]
+__all__ = ["Chart", "FAIL", "Finding", "PASS", "SKIPPED", "Section", "VERDICTS", "WARN", "worst"]
 
 PASS, WARN, FAIL, SKIPPED = "pass", "warn", "fail", "skipped"
 VERDICTS = (PASS, WARN, FAIL, SKIPPED)

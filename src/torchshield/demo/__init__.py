@@ -3,4 +3,4 @@
 from torchshield.demo.pipeline import STEPS, run_demo
 from torchshield.demo.state import DemoState, StepResult, StepSkipped
 
-__all__ = ["STEPS", "DemoState", "StepResult", "StepSkipped", "run_demo"]
+__all__ = ["DemoState", "STEPS", "StepResult", "StepSkipped", "run_demo"]
