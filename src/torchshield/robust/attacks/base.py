@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from torchshield.errors import InputError
 from torchshield.robust.attacks.balls import BALLS, NormBall
 from torchshield.robust.validation import (
     check_bounds,
@@ -52,8 +53,6 @@ class Attack(ABC):
         self.model = model
         self.bounds = check_bounds(bounds)
         if eps is None and self.requires_eps:
-            from torchshield.errors import InputError
-
             raise InputError(f"attack {self.name!r} needs an epsilon (its perturbation budget)")
         self.eps = None if eps is None else check_eps(eps, norm=self.norm, bounds=self.bounds)
         self.num_classes = num_classes
