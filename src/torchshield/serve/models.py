@@ -131,17 +131,19 @@ class ServedModel:
         return torch.from_numpy(arr.astype(np.float32, copy=False))
 
     def predict(self, x: Any) -> dict[str, Any]:
-        """Run the model and harden its output per :class:`OutputPolicy`."""
+        """Run the model and harden its output per :class:`OutputPolicy`.
+
+        ``predictions`` are always integer class indices (a stable contract: black-box watermark
+        verification reads them); ``outputs`` follow the policy and use class names if known."""
         import torch
 
         with self._lock, torch.inference_mode():
             logits = self.module(x)
         probs = torch.softmax(logits.float(), dim=-1)
         labels = probs.argmax(dim=-1).tolist()
-        preds = [self.classes[i] for i in labels] if self.classes else labels
         pol = self.output
-        if pol.mode == "label":
-            outputs: Any = preds
+        if pol.mode == "label":  # class names when the bundle has them; "predictions" stays indices
+            outputs: Any = [self.classes[i] for i in labels] if self.classes else labels
         elif pol.mode == "probabilities":
             outputs = [[round(float(p), pol.decimals) for p in row] for row in probs.tolist()]
         else:
@@ -150,7 +152,7 @@ class ServedModel:
             outputs = [[{"label": self.classes[i] if self.classes else i, "p": round(float(v), pol.decimals)}
                         for v, i in zip(vr, ir, strict=True)] for vr, ir in zip(vals.tolist(), idx.tolist(),
                                                                                  strict=True)]
-        return {"outputs": outputs, "predictions": preds, "labels": labels}
+        return {"outputs": outputs, "predictions": labels, "labels": labels}
 
 
 def _serve_options(meta: dict[str, Any], where: str, override: OutputPolicy | None) -> tuple[OutputPolicy, int]:

@@ -85,3 +85,12 @@ def test_bad_output_policy():
 
     with pytest.raises(InputError):
         OutputPolicy(mode="logits")
+
+
+def test_class_names_go_to_outputs_and_predictions_stay_indices(tmp_path, master_key):
+    from serve_harness import make_bundle
+
+    p = make_bundle(tmp_path / "named.tsb", master_key, classes=["a", "b", "c", "d"], serve={"output": "label"})
+    m = load_bundle_model(p, master=master_key)
+    out = m.predict(m.validate({"inputs": [[5.0] * 8]}))
+    assert isinstance(out["predictions"][0], int) and out["outputs"] == [["a", "b", "c", "d"][out["predictions"][0]]]
