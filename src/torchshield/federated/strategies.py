@@ -12,7 +12,10 @@ Behaviour is added by *wrapping* a Flower strategy (Flower's own DP design), nev
   2. it averages with FedAvg's ``num_examples`` weights, so one client's weight, and the
      sensitivity, depend on its claimed data size; we force uniform weights (sensitivity ``C/m``);
   3. it discards a round in which any client failed; we aggregate the ``m`` survivors with
-     noise std ``z·C/m``, which keeps the same noise multiplier and therefore the same ε.
+     noise std ``z·C/m``, which keeps the same noise multiplier and therefore the same ε;
+  4. it adds the noise *after* the inner strategy's step, which for an adaptive server optimiser
+     (FedAdam: a non-linear function of the mean) is not the Gaussian mechanism on the mean; we
+     add it to the mean first and hand the inner strategy only the noisy mean.
 
 - :class:`ShapeGuard` rejects an update whose arrays do not match the global model, naming
   the client, instead of letting numpy broadcast or crash deep inside aggregation.
@@ -167,18 +170,21 @@ class ClientLevelDP(DifferentialPrivacyClientSideFixedClipping):
                       failures: list[Any]) -> tuple[Parameters | None, dict[str, Scalar]]:
         if not results:
             return None, {}
-        for _, res in results:  # uniform weights: sensitivity C/m whatever a client claims
-            res.num_examples = 1
-        aggregated, metrics = self.strategy.aggregate_fit(server_round, results, failures)
-        if aggregated is None:
-            return None, metrics
+        # Uniform mean of the m survivors (sensitivity C/m whatever a client claims as its size).
+        # Under SecAgg+ every result already holds the same aggregate, and its mean is itself.
+        arrays = [parameters_to_ndarrays(res.parameters) for _, res in results]
         std = self.noise_multiplier * self.clipping_norm / len(results)
-        noisy = [a + self.rng.normal(0.0, std, a.shape).astype(a.dtype)
-                 for a in parameters_to_ndarrays(aggregated)]
+        noisy = [np.mean([a[i] for a in arrays], axis=0).astype(arrays[0][i].dtype) for i in range(len(arrays[0]))]
+        noisy = [m + self.rng.normal(0.0, std, m.shape).astype(m.dtype) for m in noisy]
         self.noise_stds.append(std)
         log(INFO, "torchshield: client-level DP noise std %.5f over %d clients in round %d", std, len(results),
             server_round)
-        return ndarrays_to_parameters(noisy), metrics
+        # The inner strategy sees only the noisy mean (as every client's result), so whatever it
+        # does next, FedAdam's adaptive step included, is post-processing of a DP release.
+        released = ndarrays_to_parameters(noisy)
+        for _, res in results:
+            res.parameters, res.num_examples = released, 1
+        return self.strategy.aggregate_fit(server_round, results, failures)
 
 
 def build_strategy(config: FederationConfig, *, initial: NDArrays, evaluate_fn: Callable[..., Any],

@@ -72,3 +72,18 @@ def test_build_strategy_wraps_the_configured_flower_strategy(name: str, cls: str
     plain = build_strategy(parse_config({"clients": 4, "strategy": name}), initial=init,
                            evaluate_fn=lambda *a: None, recorder=RoundRecorder(), noise_multiplier=None)
     assert type(plain.inner).__name__ == cls
+
+
+def test_inner_strategy_sees_only_the_noisy_mean() -> None:
+    seen: list[list[np.ndarray]] = []
+
+    class Recording(FedAvg):
+        def aggregate_fit(self, server_round, results, failures):  # type: ignore[no-untyped-def]
+            seen.extend(parameters_to_ndarrays(r.parameters) for _, r in results)
+            return super().aggregate_fit(server_round, results, failures)
+
+    dp = ClientLevelDP(Recording(), noise_multiplier=1.0, clipping_norm=1.0, num_sampled_clients=2,
+                       rng=np.random.default_rng(1))
+    dp.aggregate_fit(1, [_ok(0.0, pid=0), _ok(2.0, pid=1)], [])
+    assert len(seen) == 2 and all(np.array_equal(a, b) for a, b in zip(seen[0], seen[1], strict=True))
+    assert not np.allclose(seen[0][0], 1.0) and abs(seen[0][0].mean() - 1.0) < 1.5  # noisy mean, never a raw update
