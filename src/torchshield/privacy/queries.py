@@ -92,6 +92,9 @@ class Dataset:
         self.rng = rng or secrets.SystemRandom()
         self.dataset_id = fingerprint(data)
         if budget is not None:
+            if len(data) and budget[1] >= 1.0 / len(data):
+                raise InputError(f"budget delta={budget[1]:g} is >= 1/N for N={len(data)} rows: a mechanism could "
+                                 "then publish whole records", hint="use a delta far below 1/N, or 0")
             self.ledger.register(self.dataset_id, epsilon=budget[0], delta=budget[1], name=name, actor=self.actor)
         elif not self.ledger.is_registered(self.dataset_id):
             raise InputError(f"data set {name or self.dataset_id[:12]} has no privacy budget yet",

@@ -100,6 +100,8 @@ def test_declared_bounds_and_budget_are_required(table, tmp_path):
         ds.histogram("city", epsilon=0.1)
     with pytest.raises(InputError, match="no privacy budget yet"):
         Dataset(df.head(10), ledger=ds.ledger)
+    with pytest.raises(InputError, match=">= 1/N for N=2000"):
+        _ds(df, tmp_path / "other", budget=(1.0, 1e-3))
     with pytest.raises(InputError, match="already has budget"):
         _ds(df, tmp_path, budget=(2.0, 0.0))
 
