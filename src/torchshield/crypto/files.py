@@ -13,7 +13,7 @@ from typing import BinaryIO
 
 from torchshield.errors import InputError
 
-__all__ = ["atomic_output", "atomic_write_bytes"]
+__all__ = ["atomic_output", "atomic_write_bytes", "fsync_dir"]
 
 
 @contextlib.contextmanager
@@ -47,16 +47,21 @@ def atomic_output(path: str | os.PathLike[str], *, mode: int = 0o644,
                 raise InputError(f"{target} already exists",
                                  hint="choose another path or remove it first") from None
             os.unlink(tmp)
-        with contextlib.suppress(OSError):
-            dfd = os.open(parent, os.O_RDONLY)
-            try:
-                os.fsync(dfd)
-            finally:
-                os.close(dfd)
+        fsync_dir(parent)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def fsync_dir(path: str | os.PathLike[str]) -> None:
+    """Make a rename inside ``path`` durable (best effort: some filesystems refuse)."""
+    with contextlib.suppress(OSError):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 def atomic_write_bytes(path: Path, data: bytes, *, mode: int = 0o644, overwrite: bool = True) -> None:

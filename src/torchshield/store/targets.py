@@ -24,6 +24,7 @@ import secrets
 from abc import ABC, abstractmethod
 from pathlib import Path
 
+from torchshield.crypto.files import fsync_dir
 from torchshield.errors import InputError, MissingDependencyError
 
 __all__ = ["FsspecTarget", "LocalTarget", "Target", "crash_point", "open_target", "storage_error"]
@@ -95,15 +96,6 @@ class Target(ABC):
 
     def sync_dirs(self, rels: set[str]) -> None:  # noqa: B027 - only local folders need it
         """Make renames inside these folders durable (no-op where the storage has no such notion)."""
-
-
-def _fsync_dir(path: Path) -> None:
-    with contextlib.suppress(OSError):
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
 
 class LocalTarget(Target):
@@ -178,7 +170,7 @@ class LocalTarget(Target):
 
     def sync_dirs(self, rels: set[str]) -> None:
         for rel in sorted(rels):
-            _fsync_dir(self._p(rel))
+            fsync_dir(self._p(rel))
 
 
 class FsspecTarget(Target):
