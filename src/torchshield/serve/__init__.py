@@ -12,7 +12,6 @@ from torchshield.serve.rbac import ROLES, Authorizer
 from torchshield.serve.service import Decision, ServeConfig, Service
 
 __all__ = [
-    "ROLES",
     "Alert",
     "ApiKey",
     "AuditLog",
@@ -27,6 +26,7 @@ __all__ = [
     "MonitorConfig",
     "NewKey",
     "OutputPolicy",
+    "ROLES",
     "ServeConfig",
     "ServedModel",
     "Service",

@@ -23,7 +23,7 @@ import logging
 import threading
 from typing import Any
 
-__all__ = ["GLOBAL", "ROLES", "Authorizer", "create_policy_table", "default_policies", "grant_rows"]
+__all__ = ["Authorizer", "GLOBAL", "ROLES", "create_policy_table", "default_policies", "grant_rows"]
 
 GLOBAL = "*"
 
