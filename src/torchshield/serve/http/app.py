@@ -102,8 +102,7 @@ class GuardMiddleware:
             if not replayed:
                 replayed = True
                 return {"type": "http.request", "body": body, "more_body": False}
-            await asyncio.Event().wait()  # behave like a client that says nothing more
-            return {"type": "http.disconnect"}
+            return await receive()  # after the body, only the real disconnect can come
 
         state = {"held": None}
 
