@@ -28,7 +28,6 @@ def demo(tmp_path_factory):
         text=True,
         timeout=400,
         check=False,
-        check=False,
         env=env,
     )
     assert proc.returncode == 0, proc.stderr[-3000:] + proc.stdout[-3000:]
