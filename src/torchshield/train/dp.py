@@ -300,6 +300,7 @@ class PrivateTraining:
                 dist.all_reduce(total)
             grad = total.div_(self.expected_batch_size)
             p.grad = grad if p.grad is None else p.grad.add_(grad)  # p.grad holds regularizer terms only
+        self._sums.clear()  # sums of frozen parameters (counted in the norms, conservatively) are dropped
         optimizer.step()
         self.steps += 1
 
