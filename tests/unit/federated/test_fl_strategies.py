@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from flwr.common import Code, FitRes, Status, ndarrays_to_parameters, parameters_to_ndarrays
-from flwr.server.strategy import FedAvg
 
-from torchshield.errors import InputError
-from torchshield.federated.strategies import ClientLevelDP, RoundRecorder, ShapeGuard
+from torchshield.federated.simulate import prepare_flower_env
+
+prepare_flower_env()  # before flwr is imported: keeps Flower's state out of $HOME
+
+from flwr.common import Code, FitRes, Status, ndarrays_to_parameters, parameters_to_ndarrays  # noqa: E402
+from flwr.server.strategy import FedAvg  # noqa: E402
+
+from torchshield.errors import InputError  # noqa: E402
+from torchshield.federated.strategies import ClientLevelDP, RoundRecorder, ShapeGuard  # noqa: E402
 
 SHAPES = [(4, 3), (4,)]
 
