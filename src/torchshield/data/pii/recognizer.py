@@ -155,7 +155,11 @@ class PatternRecognizer(Recognizer):
             if m is None:
                 return
             s = m.start()
-            if s > 0 and text[s - 1] in forbidden:
+            # A digit run right after "<digit>." is the fraction of a decimal number (measurements
+            # such as -0.4532015112830366 pass Luhn one time in ten): never an identifier.
+            decimal = s > 1 and text[s - 1] == "." and text[s - 2].isdigit() and "." not in forbidden \
+                and "0" in forbidden
+            if decimal or (s > 0 and text[s - 1] in forbidden):
                 pos = s + 1
                 while pos < n and text[pos] in forbidden:
                     pos += 1
