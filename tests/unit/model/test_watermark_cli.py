@@ -14,6 +14,15 @@ from torchshield.crypto.keys import write_key_file
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # a tiny MLP trains several times faster on one thread; restored below
+    try:
+        yield _trained(tmp_path_factory)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _trained(tmp_path_factory):
     from torchshield.train.datasets import load_dataset
     from torchshield.train.loop import fit
     from torchshield.train.zoo import build_model
@@ -32,7 +41,7 @@ def trained(tmp_path_factory):
     plain = torchshield.save(model, folder / "plain.tsb", metadata=meta)
     marked = folder / "marked.tsb"
     code = run(["model", "watermark", "embed", str(plain), "--out", str(marked), "--key-file", str(key_path),
-                "--record", str(folder / "mark.json"), "--epochs", "4", "--bits", "64", "--strength", "2", "--json"])
+                "--record", str(folder / "mark.json"), "--epochs", "6", "--bits", "64", "--strength", "4", "--json"])
     assert code == 0
     return folder, key_path, plain, marked
 
