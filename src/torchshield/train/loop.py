@@ -194,6 +194,8 @@ def _add_regularizer_grads(model: nn.Module, regularizers: Sequence[Regularizer]
     if not regularizers:
         return
     reg = sum((r(model) for r in regularizers), torch.zeros(()))
+    if not reg.requires_grad:  # e.g. a regularizer that only acts every few steps returned a constant
+        return
     params = [p for p in model.parameters() if p.requires_grad]
     grads = torch.autograd.grad(reg, params, allow_unused=True)
     for p, g in zip(params, grads):
