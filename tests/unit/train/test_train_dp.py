@@ -145,3 +145,17 @@ def test_explicit_noise_multiplier_that_overspends_is_refused():
     with pytest.raises(InputError, match="spends epsilon"):
         make_private(nn.Linear(3, 2), config=PrivacyConfig(epsilon=1.0, delta=1e-4, noise_multiplier=0.3),
                      dataset_size=1000, batch_size=100, epochs=5)
+
+
+def test_regularizers_apply_under_dp_and_constant_ones_are_skipped():
+    torch.manual_seed(0)
+    model = build_model({"type": "mlp", "hidden": [8]}, in_features=10, num_classes=3)
+    x, y = torch.rand(60, 10), torch.randint(0, 3, (60,))
+    engine = make_private(model, config=PrivacyConfig(epsilon=50.0, delta=1e-3, noise_multiplier=0.5, seed=0),
+                          dataset_size=60, batch_size=30, epochs=3)
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=30)
+    shrink = lambda m: 50.0 * sum(p.pow(2).sum() for p in m.parameters())  # noqa: E731
+    constant = lambda m: torch.tensor(1.0)  # noqa: E731
+    fit(engine.model, loader, epochs=3, optimizer=torch.optim.SGD(engine.model.parameters(), 0.005),
+        regularizers=[shrink, constant], privacy=engine, progress=False)
+    assert max(float(p.detach().abs().max()) for p in engine.model.parameters()) < 0.2
