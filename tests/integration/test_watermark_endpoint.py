@@ -6,12 +6,13 @@ import json
 
 import pytest
 import torch
-
 from serve_harness import free_port, running  # noqa: F401 - free_port used by running
 
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
+    from sklearn.datasets import load_digits
+
     import torchshield
     from torchshield.crypto.keys import write_key_file
     from torchshield.model.watermark import make_regularizer, write_record
@@ -19,7 +20,6 @@ def served(tmp_path_factory):
     from torchshield.serve.service import ServeConfig, Service
     from torchshield.train.loop import fit
     from torchshield.train.zoo import build_model
-    from sklearn.datasets import load_digits
 
     tmp = tmp_path_factory.mktemp("wm-serve")
     owner = write_key_file(tmp / "owner.key")

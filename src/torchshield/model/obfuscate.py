@@ -117,7 +117,6 @@ def _units(layer: nn.Module) -> int:
 
 def _plan_links(model: nn.Module, rng: Any) -> _Plan:
     """Walk the chain and plan a permutation (and scales) for every producer -> consumer link."""
-    from torch import nn
 
     kinds = _kinds()
     plan = _Plan()

@@ -71,9 +71,10 @@ def test_bundle_tensors_scrambled_and_restored_bit_exactly(build):
     assert all(torch_equal(restored[k], original[k]) for k in original)
     # the obfuscated weights loaded under the original names still compute the same function
     twin = copy.deepcopy(model)
-    from torchshield.model.obfuscate import _Plan, _apply, _context  # noqa: PLC2701 - white-box check
-    from torchshield.crypto.envelope import open_sealed
     import base64
+
+    from torchshield.crypto.envelope import open_sealed
+    from torchshield.model.obfuscate import _context, _Plan
 
     plan = _Plan.from_json(open_sealed(key, base64.b64decode(entry["sealed"]), context=_context(entry["nonce"])))
     twin.load_state_dict({plan.names[k]: v for k, v in tensors.items()})

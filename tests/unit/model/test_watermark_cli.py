@@ -76,7 +76,7 @@ def test_bad_inputs_exit_2(trained, tmp_path, capsys):
 
 
 def test_obfuscate_and_deobfuscate_round_trip(trained, tmp_path, capsys):
-    folder, key_path, plain, marked = trained
+    _, key_path, _, marked = trained
     obf, back = tmp_path / "obf.tsb", tmp_path / "back.tsb"
     assert run(["model", "obfuscate", str(marked), "--out", str(obf), "--key-file", str(key_path)]) == 0
     original, scrambled = torchshield.load(marked), torchshield.load(obf)

@@ -9,13 +9,14 @@ import httpx
 import pytest
 import torch
 from torch import nn
+from watermark_digits import HELD, TRAIN
+from watermark_digits import mlp as _mlp
+from watermark_digits import train as _train
 
 from torchshield.crypto.keys import generate_master_key
 from torchshield.errors import InputError, WrongKeyError
 from torchshield.model.watermark import TriggerSet, make_regularizer, model_predictor, verify_trigger
 from torchshield.model.watermark.remote import endpoint_predictor
-
-from watermark_digits import HELD, TRAIN, mlp as _mlp, train as _train
 
 
 @pytest.fixture(scope="module")

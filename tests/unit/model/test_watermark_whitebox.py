@@ -9,6 +9,9 @@ import math
 import pytest
 import torch
 from torch import nn
+from watermark_digits import HELD, TEST, TRAIN, X, Y
+from watermark_digits import mlp as _mlp
+from watermark_digits import train as _train
 
 from torchshield.crypto.keys import generate_master_key
 from torchshield.errors import FormatError, InputError, IntegrityError, WrongKeyError
@@ -20,8 +23,6 @@ from torchshield.model.watermark import (
     verify_whitebox,
     write_record,
 )
-
-from watermark_digits import HELD, TEST, TRAIN, X, Y, mlp as _mlp, train as _train
 
 
 def _accuracy(model: nn.Module) -> float:

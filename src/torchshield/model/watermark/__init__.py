@@ -16,7 +16,12 @@ from torchshield.model.watermark.trigger import (
     new_trigger_mark,
     verify_trigger,
 )
-from torchshield.model.watermark.whitebox import WhiteboxRegularizer, extract_bits, new_whitebox_mark, verify_whitebox
+from torchshield.model.watermark.whitebox import (
+    WhiteboxRegularizer,
+    extract_bits,
+    new_whitebox_mark,
+    verify_whitebox,
+)
 
 __all__ = [
     "DEFAULT_P_THRESHOLD",

@@ -47,7 +47,7 @@ def prune_magnitude(model: nn.Module, amount: float) -> nn.Module:
     with torch.no_grad():
         for name, p in model.named_parameters():
             if name.endswith("weight") and p.dim() >= 2:
-                k = int(round(amount * p.numel()))
+                k = round(amount * p.numel())
                 if k:
                     cut = p.abs().flatten().kthvalue(k).values
                     p.masked_fill_(p.abs() <= cut, 0.0)
