@@ -91,6 +91,7 @@ def accuracy(model, x, y) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="fewer rounds (smoke run)")
+    ap.add_argument("--speed-only", action="store_true", help="only the PGD/FGSM timings")
     args = ap.parse_args()
     torch.set_num_threads(1)
     torch.manual_seed(0)
@@ -117,6 +118,8 @@ def main() -> None:
     report_speed("PGD-40, batch 256, eps 0.1 (per batch)", interleaved(pgd_variants, 3 if args.quick else 7, 1))
     report_speed("FGSM, batch 256, eps 0.1 (per batch)", interleaved(fgsm_variants, 3 if args.quick else 9, 10))
 
+    if args.speed_only:
+        return
     print("\nRobust accuracy, 500 test images, PGD-40 (alpha eps/4, no random start) / FGSM")
     for e in (0.05, 0.1, 0.3):
         ours = PGD(model, eps=e, steps=40, alpha=e / 4, random_start=False)(xt, yt)
