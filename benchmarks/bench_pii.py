@@ -26,7 +26,6 @@ import time
 from pathlib import Path
 
 from torchshield.data import find_pii
-from torchshield.data.anonymize import anonymize_text
 from torchshield.data.pii.evaluate import score_spans
 from torchshield.data.pii.validators import cn_id_valid, luhn_valid
 from torchshield.data.synth import generate_records

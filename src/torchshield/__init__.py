@@ -6,17 +6,19 @@ stays light (no torch, pandas, fastapi or flwr until they are used)."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from torchshield._lazy import lazy_exports
 
 __version__ = "0.1.0"
 
 __all__ = ["__version__", "inspect", "load", "save", "scan"]
 
 _LAZY = {
-    "save": ("torchshield.model.bundle", "save"),
-    "load": ("torchshield.model.bundle", "load"),
-    "inspect": ("torchshield.model.bundle", "inspect"),
-    "scan": ("torchshield.model.scan", "scan"),
+    "save": "torchshield.model.bundle",
+    "load": "torchshield.model.bundle",
+    "inspect": "torchshield.model.bundle",
+    "scan": "torchshield.model.scan",
 }
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -24,12 +26,4 @@ if TYPE_CHECKING:  # pragma: no cover
     from torchshield.model.scan import scan
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        import importlib
-
-        module, attr = _LAZY[name]
-        value = getattr(importlib.import_module(module), attr)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'torchshield' has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _LAZY, globals())

@@ -8,7 +8,9 @@ masked or tokenised data is *de-identified* (PIPL art. 73), not anonymous."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from torchshield._lazy import lazy_exports
 
 __all__ = [
     "Anonymizer",
@@ -50,11 +52,4 @@ if TYPE_CHECKING:  # pragma: no cover
     from torchshield.data.tabular import kanonymize, mask_file, scan_file
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        import importlib
-
-        value = getattr(importlib.import_module(_LAZY[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'torchshield.data' has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _LAZY, globals())

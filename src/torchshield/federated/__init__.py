@@ -8,8 +8,7 @@ package does not import Flower; the names below load it on first use.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from torchshield._lazy import lazy_exports
 
 __all__ = [
     "FederationConfig",
@@ -32,9 +31,4 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        value = getattr(importlib.import_module(_LAZY[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'torchshield.federated' has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _LAZY, globals())

@@ -49,7 +49,7 @@ def simulate(config: FederationConfig, *, on_round: Callable[[dict[str, Any]], N
     from flwr.simulation import run_simulation
 
     from torchshield.federated.client_app import build_client_app
-    from torchshield.federated.server_app import FederationResult, build_server_app
+    from torchshield.federated.server_app import build_server_app
     from torchshield.federated.task import build_task
 
     build_task(config)  # fail fast on bad data/partition input, before Ray starts

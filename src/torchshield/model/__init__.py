@@ -5,8 +5,9 @@ package must not pull torch in for it."""
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from torchshield._lazy import lazy_exports
 
 __all__ = ["BundleInfo", "VerifyReport", "inspect", "is_bundle", "load", "rotate_key", "save", "verify"]
 
@@ -14,9 +15,4 @@ if TYPE_CHECKING:  # pragma: no cover
     from torchshield.model.bundle import BundleInfo, VerifyReport, inspect, is_bundle, load, rotate_key, save, verify
 
 
-def __getattr__(name: str) -> Any:
-    if name in __all__:
-        value = getattr(importlib.import_module("torchshield.model.bundle"), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'torchshield.model' has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, dict.fromkeys(__all__, "torchshield.model.bundle"), globals())

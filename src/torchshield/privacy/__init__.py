@@ -3,8 +3,7 @@ ledger, and empirical leakage audits (membership inference). Heavy parts load la
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from torchshield._lazy import lazy_exports
 
 __all__ = [
     "Dataset",
@@ -23,9 +22,4 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        value = getattr(importlib.import_module(_LAZY[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'torchshield.privacy' has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _LAZY, globals())

@@ -23,7 +23,7 @@ layer caused it. Accounting stays with Opacus (``torchshield.privacy.accounting`
 from __future__ import annotations
 
 import secrets
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 

@@ -141,8 +141,8 @@ class EnglishAddressRecognizer(Recognizer):
             rf"[0-9]{{1,6}} (?:{word} ){{1,4}}?(?:{alt})\.?(?![A-Za-z])"
             rf"(?:,? (?:Apt\.|Suite|Unit|Ste\.?|#)(?![A-Za-z]) ?[0-9A-Za-z-]+)?(?P<tail>{tail})?")
         self._military = re.compile(
-            rf"(?:(?:USNS|USNV|USS|USCGC) [A-Z][a-z]+|(?:PSC|Unit) [0-9]{{4}},? Box [0-9]{{4}}),? "
-            rf"(?:APO|FPO|DPO) (?:AA|AE|AP) [0-9]{{5}}")
+            r"(?:(?:USNS|USNV|USS|USCGC) [A-Z][a-z]+|(?:PSC|Unit) [0-9]{4},? Box [0-9]{4}),? "
+            r"(?:APO|FPO|DPO) (?:AA|AE|AP) [0-9]{5}")
 
     def analyze(self, doc: ScanText) -> Iterable[RawMatch]:
         text = doc.text
