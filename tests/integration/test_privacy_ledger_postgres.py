@@ -5,18 +5,13 @@ TORCHSHIELD_TEST_PG_URL points at a server (`eval "$(.ci/postgres.sh)"` starts o
 from __future__ import annotations
 
 import json
-import os
-import secrets
 import subprocess
 import sys
 import textwrap
 
 import pytest
 
-PG_URL = os.environ.get("TORCHSHIELD_TEST_PG_URL")
-pytestmark = [pytest.mark.integration,
-              pytest.mark.skipif(not PG_URL, reason="PostgreSQL not reachable: set TORCHSHIELD_TEST_PG_URL "
-                                                    "(eval \"$(.ci/postgres.sh)\" starts a local server)")]
+pytestmark = pytest.mark.integration  # the pg_db fixture (tests/integration/conftest.py) skips without a server
 
 CHILD = textwrap.dedent("""
     import json, sys
@@ -35,31 +30,13 @@ CHILD = textwrap.dedent("""
 """)
 
 
-@pytest.fixture
-def pg_url():
-    import sqlalchemy as sa
-
-    base = sa.engine.make_url(PG_URL)
-    name = f"ts_ledger_{secrets.token_hex(4)}"
-    admin = sa.create_engine(base, isolation_level="AUTOCOMMIT")
-    try:
-        with admin.connect() as conn:
-            conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
-    except sa.exc.OperationalError as exc:
-        pytest.skip(f"PostgreSQL not usable: {exc.orig}")
-    yield base.set(database=name).render_as_string(hide_password=False)
-    with admin.connect() as conn:
-        conn.exec_driver_sql(f'DROP DATABASE "{name}" WITH (FORCE)')
-    admin.dispose()
-
-
-def test_two_processes_cannot_double_spend_on_postgres(pg_url):
+def test_two_processes_cannot_double_spend_on_postgres(pg_db):
     from torchshield.privacy.ledger import Ledger
 
-    ledger = Ledger(pg_url)
+    ledger = Ledger(pg_db)
     assert ledger.engine.dialect.name == "postgresql"
     ledger.register("d" * 64, epsilon=2.0)
-    procs = [subprocess.Popen([sys.executable, "-c", CHILD, pg_url, who], stdout=subprocess.PIPE, text=True)
+    procs = [subprocess.Popen([sys.executable, "-c", CHILD, pg_db, who], stdout=subprocess.PIPE, text=True)
              for who in ("p1", "p2")]
     results = [json.loads(p.communicate(timeout=120)[0]) for p in procs]
     assert sum(r["ok"] for r in results) == 20 and sum(r["refused"] for r in results) == 10

@@ -5,8 +5,6 @@ concurrent writes and tampering detected. Runs when TORCHSHIELD_TEST_PG_URL poin
 
 from __future__ import annotations
 
-import os
-import secrets
 import threading
 
 import httpx
@@ -14,29 +12,8 @@ import pytest
 
 from serve_harness import make_service, running
 
-PG_URL = os.environ.get("TORCHSHIELD_TEST_PG_URL")
-pytestmark = pytest.mark.skipif(not PG_URL, reason="PostgreSQL not reachable: set TORCHSHIELD_TEST_PG_URL "
-                                                    "(eval \"$(.ci/postgres.sh)\" starts a local server)")
+pytestmark = pytest.mark.integration  # the pg_db fixture (tests/integration/conftest.py) skips without a server
 X = [[2.0] * 8]
-
-
-@pytest.fixture
-def pg_db():
-    """A fresh database on the server, dropped afterwards."""
-    import sqlalchemy as sa
-
-    base = sa.engine.make_url(PG_URL)
-    name = f"ts_serve_{secrets.token_hex(4)}"
-    admin = sa.create_engine(base, isolation_level="AUTOCOMMIT")
-    try:
-        with admin.connect() as conn:
-            conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
-    except sa.exc.OperationalError as exc:
-        pytest.skip(f"PostgreSQL at {base.render_as_string(hide_password=True)} not usable: {exc.orig}")
-    yield base.set(database=name).render_as_string(hide_password=False)
-    with admin.connect() as conn:
-        conn.exec_driver_sql(f'DROP DATABASE "{name}" WITH (FORCE)')
-    admin.dispose()
 
 
 def test_postgres_two_workers_revocation_and_chain(tmp_path, master_key, pg_db):
@@ -85,12 +62,11 @@ def test_postgres_two_workers_revocation_and_chain(tmp_path, master_key, pg_db):
 
 
 def test_postgres_down_is_a_clear_startup_error(master_key):
-    import sqlalchemy as sa
-
+    """Needs no server: nothing listens on port 1."""
     from torchshield.errors import InputError
     from torchshield.serve.db import open_database
 
-    url = sa.engine.make_url(PG_URL).set(port=1, password="hunter2").render_as_string(hide_password=False)
+    url = "postgresql+psycopg://torchshield:hunter2@127.0.0.1:1/torchshield_test"
     with pytest.raises(InputError, match="unreachable or read-only") as err:
         open_database(url)
     assert "hunter2" not in str(err.value)
