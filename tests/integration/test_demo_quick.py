@@ -22,8 +22,10 @@ def demo(tmp_path_factory):
     out = tmp_path_factory.mktemp("demo") / "demo-output"
     exe = Path(sys.executable).with_name("torchshield")
     env = {k: v for k, v in os.environ.items() if not k.startswith("TORCHSHIELD_")}
+    # A relative --out, as `make demo` passes it (a relative path once doubled the data paths).
     proc = subprocess.run(
-        [str(exe), "demo", "--out", str(out), "--quick", "--json"],
+        [str(exe), "demo", "--out", out.name, "--quick", "--json"],
+        cwd=out.parent,
         capture_output=True,
         text=True,
         timeout=400,

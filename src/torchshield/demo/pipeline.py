@@ -75,6 +75,9 @@ def run_demo(
 ) -> DemoState:
     import torch
 
+    # Absolute from here on: the training configs the demo writes resolve their paths against
+    # their own folder, so a relative --out (make demo's "demo-output") would be doubled.
+    out = Path(out).resolve()
     _prepare(out)
     state = DemoState(out=out, quick=quick, seed=seed, progress=progress)
     t0 = time.perf_counter()
