@@ -47,7 +47,7 @@ def test_chunks_deduplicate_across_objects_and_versions(vault, tmp_path):  # typ
     # insert 100 bytes in the middle: content-defined chunking rewrites only nearby chunks
     edited = data[:200_000] + b"x" * 100 + data[200_000:]
     second = _put(vault, tmp_path, edited, "a")
-    assert 1 <= second.new_chunks <= 3
+    assert 1 <= second.new_chunks <= 3  # 100 bytes touch one chunk, plus at most two until resync
     assert _get(vault, second.snapshot, tmp_path) == edited
     assert _get(vault, first.snapshot, tmp_path) == data  # older version unchanged
 
@@ -112,8 +112,11 @@ def test_incremental_backup_to_memory_and_restore_from_it(vault, tmp_path, maste
     changed[250_000:255_000] = random_bytes(5000, 8)  # 1 % changed
     second_put = _put(vault, tmp_path, bytes(changed), "ds")
     second = store.backup(tmp_path / "vault", target)
-    assert second.chunks_copied == second_put.new_chunks <= 3
-    assert second.bytes_copied < first.bytes_copied / 10
+    # The vault's chunker seed is random, so boundaries differ per run: 5,000 changed bytes span at
+    # most ceil(5000 / 2048 min chunk) + 1 = 4 chunks, plus one chunk until the boundaries resync.
+    assert second.chunks_copied == second_put.new_chunks <= 5
+    # at most 5 chunks of at most 32 KiB (+ framing) travel, against ~500 KB for the full backup
+    assert second.bytes_copied <= 5 * (32 * 1024 + 256) < first.bytes_copied / 3
     assert store.backup(tmp_path / "vault", target).bytes_copied == 0
     backup_repo = Repository.open(target, master_key)
     assert store.verify(backup_repo).ok
