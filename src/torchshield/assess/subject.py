@@ -39,20 +39,18 @@ class ModelSubject:
 
 
 def _architecture(meta: dict[str, Any]) -> tuple[dict[str, Any], tuple[int, ...], int]:
-    model = meta.get("model")
-    if not isinstance(model, dict):
+    from torchshield.train.bundle_meta import flat_model_metadata
+
+    if not isinstance(meta.get("model"), dict):
         raise NotAssessable(
             "the bundle's metadata does not describe its architecture (metadata.model)",
             "train with `torchshield train`, or save with metadata={'model': spec, ...}",
         )
-    if "spec" in model:
-        spec, shape, n = model["spec"], model.get("input_shape"), model.get("num_classes")
-    else:
-        spec = {k: v for k, v in model.items() if k not in {"in_features", "in_shape", "num_classes"}}
-        shape, n = (meta.get("input") or {}).get("shape"), meta.get("num_classes")
-    if not isinstance(spec, dict) or not shape or not n:
+    flat = flat_model_metadata(meta)
+    shape, n = (flat.get("input") or {}).get("shape"), flat.get("num_classes")
+    if not shape or not n:
         raise NotAssessable("the bundle's metadata lacks the model's input shape or class count")
-    return dict(spec), tuple(int(s) for s in shape), int(n)
+    return dict(flat["model"]), tuple(int(s) for s in shape), int(n)
 
 
 def rebuild_model(manifest: dict[str, Any], tensors: dict[str, Any]) -> ModelSubject:

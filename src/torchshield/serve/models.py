@@ -170,12 +170,13 @@ def load_bundle_model(path: str | os.PathLike[str], *, master: Any = None,
                       output: OutputPolicy | None = None) -> ServedModel:
     """Rebuild the model a bundle describes, loading (decrypting in memory) its weights."""
     import torchshield
+    from torchshield.train.bundle_meta import flat_model_metadata
     from torchshield.train.zoo import build_model
 
     p = Path(path)
     info = torchshield.inspect(p)
     manifest = info.manifest
-    meta = _serving_metadata(dict(manifest.get("metadata") or {}))
+    meta = flat_model_metadata(dict(manifest.get("metadata") or {}))
     name = str(meta.get("name") or p.name.split(".")[0])
     if not valid_model_name(name):
         raise FormatError(f"{p}: model name {name!r} is not servable",
@@ -188,8 +189,7 @@ def load_bundle_model(path: str | os.PathLike[str], *, master: Any = None,
     num_classes = int(meta.get("num_classes") or (len(classes) if classes else 0))
     if num_classes < 1:
         raise FormatError(f"{p}: metadata needs 'num_classes' (or a 'classes' list)")
-    arch = {k: v for k, v in dict(meta["model"]).items() if k not in {"in_features", "in_shape", "num_classes"}}
-    module = build_model(arch, in_shape=spec.shape, num_classes=num_classes)
+    module = build_model(dict(meta["model"]), in_shape=spec.shape, num_classes=num_classes)
     encrypted = bool(info.encrypted)
     tensors = torchshield.load(p, key=master if encrypted else None)
     try:
@@ -201,26 +201,6 @@ def load_bundle_model(path: str | os.PathLike[str], *, master: Any = None,
     pol, max_batch = _serve_options(meta, str(p), output)
     return ServedModel(name=name, module=module, spec=spec, num_classes=num_classes, output=pol,
                        max_batch=max_batch, classes=classes, source=str(p), encrypted=encrypted)
-
-
-def _serving_metadata(meta: dict[str, Any]) -> dict[str, Any]:
-    """Accept the layout `torchshield train` writes (``model: {spec, input_shape, num_classes}``
-    and ``data: {input_bounds, classes}``) as well as the flat serving layout above. Inputs are
-    in the model's own space: after the normalisation recorded in ``data.normalization``."""
-    model = meta.get("model")
-    if not (isinstance(model, dict) and isinstance(model.get("spec"), dict)):
-        return meta
-    data = meta.get("data") if isinstance(meta.get("data"), dict) else {}
-    out = dict(meta)
-    out["model"] = model["spec"]
-    out.setdefault("num_classes", model.get("num_classes") or data.get("num_classes"))
-    if "classes" not in out and isinstance(data.get("classes"), list):
-        out["classes"] = data["classes"]
-    bounds = data.get("input_bounds") or [None, None]
-    if "input" not in out and model.get("input_shape") and None not in bounds:
-        out["input"] = {"shape": list(model["input_shape"]), "dtype": "float32",
-                        "min": float(bounds[0]), "max": float(bounds[1])}
-    return out
 
 
 class ModelRegistry:

@@ -128,6 +128,10 @@ class PatternRecognizer(Recognizer):
         self.needs = tuple(needs)
         # Characters that must not precede a match (True: ASCII letters and digits).
         self.left_boundary = frozenset(ALNUM if left_boundary is True else (left_boundary or ""))
+        # Digit-bounded numbers (cards, IDs) never start right after "<digit>.": that run is the
+        # fraction of a decimal (measurements such as -0.4532015112830366 pass Luhn one time in ten).
+        # Patterns that may follow a dot themselves (IP addresses list "." as forbidden) are left alone.
+        self._skip_decimal_fractions = "0" in self.left_boundary and "." not in self.left_boundary
         self.negative_context = tuple(w.lower() for w in negative_context)
 
     def _skip(self, doc: ScanText) -> bool:
@@ -155,10 +159,7 @@ class PatternRecognizer(Recognizer):
             if m is None:
                 return
             s = m.start()
-            # A digit run right after "<digit>." is the fraction of a decimal number (measurements
-            # such as -0.4532015112830366 pass Luhn one time in ten): never an identifier.
-            decimal = s > 1 and text[s - 1] == "." and text[s - 2].isdigit() and "." not in forbidden \
-                and "0" in forbidden
+            decimal = self._skip_decimal_fractions and s > 1 and text[s - 1] == "." and text[s - 2].isdigit()
             if decimal or (s > 0 and text[s - 1] in forbidden):
                 pos = s + 1
                 while pos < n and text[pos] in forbidden:
