@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import hmac
 import json
-import queue
 import threading
 from collections.abc import Iterator
 from concurrent.futures import Future
@@ -77,24 +76,28 @@ class AuditLog:
         return hmac.new(self._key, bytes.fromhex(prev) + body.encode(), sha256).hexdigest()
 
     def append_many(self, records: list[dict[str, Any]]) -> list[int]:
-        """Append ``records`` (JSON-able dicts without ``seq``/``ts``) atomically; returns their seqs."""
-        import sqlalchemy as sa
+        """Append ``records`` (JSON-able dicts without ``seq``/``ts``) atomically; returns their seqs.
 
-        head, log = self._db.t("audit_head"), self._db.t("audit_log")
-        with self._db.writing() as conn:
-            row = conn.execute(sa.select(head.c.seq, head.c.mac).where(head.c.id == 1).with_for_update()).one()
-            seq, mac = int(row.seq), row.mac
+        Every request ends here, so this uses the driver's cursor (:meth:`Database.raw_writing`):
+        a quarter of the latency SQLAlchemy Core adds on SQLite."""
+        db = self._db
+        with db.raw_writing() as cur:
+            cur.execute(db.sql("SELECT seq, mac FROM serve_audit_head WHERE id = 1"
+                               + ("" if db.is_sqlite else " FOR UPDATE")))
+            seq, mac = cur.fetchone()
+            seq = int(seq)
             rows, seqs = [], []
             for rec in records:
                 seq += 1
                 ts = _now_iso()
                 body = canonical_json({**rec, "seq": seq, "ts": ts})
                 new_mac = self._mac(mac, body)
-                rows.append({"seq": seq, "ts": ts, "body": body, "prev_mac": mac, "mac": new_mac})
+                rows.append((seq, ts, body, mac, new_mac))
                 mac = new_mac
                 seqs.append(seq)
-            conn.execute(sa.insert(log), rows)
-            conn.execute(sa.update(head).where(head.c.id == 1).values(seq=seq, mac=mac))
+            cur.executemany(db.sql("INSERT INTO serve_audit_log (seq, ts, body, prev_mac, mac) VALUES (?, ?, ?, ?, ?)"),
+                            rows)
+            cur.execute(db.sql("UPDATE serve_audit_head SET seq = ?, mac = ? WHERE id = 1"), (seq, mac))
         return seqs
 
     def append(self, record: dict[str, Any]) -> int:
@@ -161,47 +164,43 @@ class AuditLog:
 
 
 class AuditWriter:
-    """Group commit for concurrent requests: one writer thread, one transaction per batch.
+    """Group commit without a writer thread: the calling thread commits, and batches whoever queued
+    behind it.
 
-    ``submit`` returns a future that resolves once the record is committed; the HTTP layer
-    awaits it before sending the response, so an acknowledged request always has its record."""
+    :meth:`write` blocks until the record is committed and returns its sequence number. The
+    first caller to find no commit in progress becomes the leader and commits its own record
+    together with every record queued meanwhile; callers that arrive during a commit queue, and
+    the next leader takes them all in one transaction. A lone request therefore pays one append
+    and no thread hand-off (~0.2 ms each on this machine), while concurrent requests share
+    commits. The HTTP layer calls it before the response starts, so an acknowledged request
+    always has its record; if the commit fails, every record in that batch gets the exception."""
 
     def __init__(self, log: AuditLog, *, max_batch: int = 512) -> None:
         self._log = log
         self._max = max_batch
-        self._q: queue.SimpleQueue[tuple[dict, Future] | None] = queue.SimpleQueue()
-        self._thread = threading.Thread(target=self._run, name="torchshield-audit", daemon=True)
-        self._thread.start()
+        self._pending: list[tuple[dict[str, Any], Future]] = []
+        self._queue_lock = threading.Lock()
+        self._leader = threading.Lock()
 
-    def submit(self, record: dict[str, Any]) -> Future:
+    def write(self, record: dict[str, Any], *, timeout: float | None = 60.0) -> int:
         fut: Future = Future()
-        self._q.put((record, fut))
-        return fut
-
-    def _run(self) -> None:
-        while True:
-            item = self._q.get()
-            if item is None:
-                return
-            batch = [item]
-            while len(batch) < self._max:
-                try:
-                    nxt = self._q.get_nowait()
-                except queue.Empty:
+        with self._queue_lock:
+            self._pending.append((record, fut))
+        while not fut.done():
+            with self._leader:
+                if fut.done():  # an earlier leader committed it
                     break
-                if nxt is None:
-                    self._q.put(None)
-                    break
-                batch.append(nxt)
-            try:
-                seqs = self._log.append_many([rec for rec, _ in batch])
-            except Exception as exc:  # noqa: BLE001 - every waiting request learns its record failed
-                for _, fut in batch:
-                    fut.set_exception(exc)
-            else:
-                for (_, fut), seq in zip(batch, seqs, strict=True):
-                    fut.set_result(seq)
+                with self._queue_lock:
+                    batch, self._pending = self._pending[: self._max], self._pending[self._max:]
+                self._commit(batch)
+        return fut.result(timeout=timeout)
 
-    def close(self) -> None:
-        self._q.put(None)
-        self._thread.join(timeout=10)
+    def _commit(self, batch: list[tuple[dict[str, Any], Future]]) -> None:
+        try:
+            seqs = self._log.append_many([rec for rec, _ in batch])
+        except Exception as exc:  # noqa: BLE001 - every waiting request learns its record failed
+            for _, fut in batch:
+                fut.set_exception(exc)
+        else:
+            for (_, fut), seq in zip(batch, seqs, strict=True):
+                fut.set_result(seq)

@@ -9,9 +9,12 @@ translates its answers to status codes; tests and other front ends can use it di
 from __future__ import annotations
 
 import logging
+import queue
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from torchshield.serve.access.keys import ApiKey, KeyStore
@@ -76,8 +79,11 @@ class Service:
         self.audit = AuditLog(db, master)
         self.audit_writer = AuditWriter(self.audit)
         self.monitor = ExtractionMonitor(MonitorConfig(**config.monitor))
-        if config.security:  # SciPy takes seconds to import: do it beside start-up, not in a request
-            threading.Thread(target=self.monitor.warm_up, name="torchshield-warm-up", daemon=True).start()
+        # The monitor runs on its own thread, after the answer: its statistics (a Shapiro-Wilk test
+        # every few queries) are not the caller's to wait for, and an alert is not a verdict.
+        self._observations: queue.SimpleQueue[Callable[[], Any] | None] = queue.SimpleQueue()
+        self._monitor_thread = threading.Thread(target=self._monitor_loop, name="torchshield-monitor", daemon=True)
+        self._monitor_thread.start()
         self.limiter = DbRateLimiter(db) if config.rate_store == "db" else MemoryRateLimiter()
         self.started = time.time()
 
@@ -96,7 +102,8 @@ class Service:
         return cls(config, master=master, registry=registry, db=db)
 
     def close(self) -> None:
-        self.audit_writer.close()
+        self._observations.put(None)
+        self._monitor_thread.join(timeout=10)
         self.db.dispose()
 
     def authenticate(self, token: str | None) -> ApiKey | None:
@@ -136,10 +143,30 @@ class Service:
             return None
         return {m for m in key.models if self.authz.allowed(key.key_id, m, "keys", "manage")}
 
+    def observe_later(self, key: ApiKey, inputs: Any, labels: Any) -> None:
+        """Queue a batch for the extraction monitor (see :meth:`observe`) without waiting for it."""
+        self._observations.put(partial(self.observe, key, inputs, labels))
+
+    def monitor_idle(self, timeout: float = 10.0) -> bool:
+        """Wait until every queued observation is processed (tests, shutdown); False on timeout."""
+        done = threading.Event()
+        self._observations.put(done.set)
+        return done.wait(timeout)
+
+    def _monitor_loop(self) -> None:
+        if self.config.security:  # SciPy takes seconds to import: do it beside start-up, not in a request
+            self.monitor.warm_up()
+        while (task := self._observations.get()) is not None:
+            try:
+                task()
+            except Exception:  # noqa: BLE001 - a monitoring failure must not stop monitoring
+                log.exception("the extraction monitor failed on a batch")
+
     def observe(self, key: ApiKey, inputs: Any, labels: Any) -> list[Any]:
+        """Feed a batch to the extraction monitor now; alerts go to the log and the audit chain."""
         alerts = self.monitor.observe(key.key_id, inputs, labels)
         for a in alerts:
             log.warning("extraction alert %s for key %s: %s", a.kind, a.key_id, a.detail)
-            self.audit_writer.submit({"action": "monitor.alert", "key_id": a.key_id, "decision": "alert",
+            self.audit_writer.write({"action": "monitor.alert", "key_id": a.key_id, "decision": "alert",
                                       "reason": a.kind, "detail": a.detail, "status": 0})
         return alerts

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 
 import pytest
 import sqlalchemy as sa
@@ -83,24 +84,63 @@ def test_other_key_cannot_verify(db, log):
 def test_concurrent_writers_keep_one_chain(db, master_key):
     log = AuditLog(db, master_key)
     writers = [AuditWriter(log), AuditWriter(AuditLog(db, master_key))]  # two "workers"
-    futures, lock = [], threading.Lock()
+    seqs, lock = [], threading.Lock()
 
     def client(i: int) -> None:
         for j in range(25):
-            f = writers[(i + j) % 2].submit({"action": "predict", "key_id": f"t{i}", "n": j})
+            seq = writers[(i + j) % 2].write({"action": "predict", "key_id": f"t{i}", "n": j})
             with lock:
-                futures.append(f)
+                seqs.append(seq)
 
     threads = [threading.Thread(target=client, args=(i,)) for i in range(8)]
     for th in threads:
         th.start()
     for th in threads:
         th.join()
-    seqs = sorted(f.result(timeout=30) for f in futures)
-    for w in writers:
-        w.close()
-    assert seqs == list(range(1, 201))
+    assert sorted(seqs) == list(range(1, 201))
     assert log.verify().ok and log.count() == 200
+
+
+def test_writer_batches_requests_queued_behind_a_commit(db, master_key):
+    """Group commit: records that arrive while a commit runs go out together in the next one."""
+    first_commit_started, release = threading.Event(), threading.Event()
+    batches: list[int] = []
+
+    class SlowLog(AuditLog):
+        def append_many(self, records):
+            batches.append(len(records))
+            if len(batches) == 1:
+                first_commit_started.set()
+                release.wait(10)
+            return super().append_many(records)
+
+    writer = AuditWriter(SlowLog(db, master_key))
+    results: dict[int, int] = {}
+    leader = threading.Thread(target=lambda: results.__setitem__(0, writer.write({"action": "a", "n": 0})))
+    leader.start()
+    assert first_commit_started.wait(10)
+    followers = [threading.Thread(target=lambda i=i: results.__setitem__(i, writer.write({"action": "a", "n": i})))
+                 for i in range(1, 6)]
+    for th in followers:
+        th.start()
+    deadline = time.time() + 10
+    while len(writer._pending) < 5 and time.time() < deadline:
+        time.sleep(0.01)
+    release.set()
+    for th in [leader, *followers]:
+        th.join(10)
+    assert batches == [1, 5]
+    assert sorted(results.values()) == [1, 2, 3, 4, 5, 6] and results[0] == 1
+    assert AuditLog(db, master_key).verify().ok
+
+
+def test_writer_failure_reaches_every_waiting_request(db, master_key):
+    class BrokenLog(AuditLog):
+        def append_many(self, records):
+            raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError, match="disk full"):
+        AuditWriter(BrokenLog(db, master_key)).write({"action": "a"})
 
 
 def test_records_hold_no_raw_body(db, master_key):

@@ -86,10 +86,16 @@ class NewKey:
     token: str = field(repr=False)
 
 
+_KEY_COLUMNS = ("key_id", "name", "role", "models", "created_at", "created_by", "expires_at", "revoked_at",
+                "rate_per_s", "burst")
+
+
 def _row_to_key(row: Any) -> ApiKey:
-    return ApiKey(key_id=row.key_id, name=row.name, role=row.role, models=tuple(json.loads(row.models)),
-                  created_at=row.created_at, created_by=row.created_by or "", expires_at=row.expires_at,
-                  revoked_at=row.revoked_at, rate_per_s=row.rate_per_s, burst=row.burst)
+    """An :class:`ApiKey` from a row holding ``_KEY_COLUMNS`` first, in that order."""
+    key_id, name, role, models, created_at, created_by, expires_at, revoked_at, rate_per_s, burst = row[:10]
+    return ApiKey(key_id=key_id, name=name, role=role, models=tuple(json.loads(models)), created_at=created_at,
+                  created_by=created_by or "", expires_at=expires_at, revoked_at=revoked_at,
+                  rate_per_s=rate_per_s, burst=burst)
 
 
 class KeyStore:
@@ -98,6 +104,8 @@ class KeyStore:
     def __init__(self, db: Any, master: Any) -> None:
         self._db = db
         self._hash_key = master.derive("serve/api-key-hash")
+        self._auth_sql = db.sql(f"SELECT {', '.join('k.' + c for c in _KEY_COLUMNS)}, k.key_hash, r.revision "
+                                "FROM serve_api_keys k JOIN serve_revision r ON r.id = 1 WHERE k.key_id = ?")
 
     def _hash(self, token: str) -> str:
         return hmac.new(self._hash_key, token.encode(), sha256).hexdigest()
@@ -132,45 +140,45 @@ class KeyStore:
             self._db.bump_revision(conn)
         return NewKey(key=key, token=token)
 
-    def authenticate(self, token: str | None, conn: Any | None = None) -> ApiKey | None:
+    def authenticate(self, token: str | None) -> ApiKey | None:
         """The active key for ``token``, or None (missing, malformed, unknown, expired or revoked)."""
-        return self.authenticate_with_revision(token, conn)[0]
+        return self.authenticate_with_revision(token)[0]
 
-    def authenticate_with_revision(self, token: str | None, conn: Any | None = None) -> tuple[ApiKey | None, int]:
-        """Like :meth:`authenticate`, plus the policy revision read in the same query (-1 if none)."""
+    def authenticate_with_revision(self, token: str | None) -> tuple[ApiKey | None, int]:
+        """Like :meth:`authenticate`, plus the policy revision read in the same query (-1 if none).
+
+        This runs on every request, so it is one indexed query through the driver's cursor
+        (:meth:`Database.raw_reading`), not SQLAlchemy Core."""
         if not token:
             return None, -1
         m = _TOKEN_RE.fullmatch(token)
         if m is None:
             return None, -1
-        row = self._row(m.group(1), conn, with_revision=True)
-        if row is None or not hmac.compare_digest(row.key_hash, self._hash(token)):
+        with self._db.raw_reading() as cur:
+            cur.execute(self._auth_sql, (m.group(1),))
+            row = cur.fetchone()
+        if row is None or not hmac.compare_digest(row[10], self._hash(token)):
             return None, -1
         key = _row_to_key(row)
-        return (key if key.status() == "active" else None), int(row.revision)
+        return (key if key.status() == "active" else None), int(row[11])
 
-    def _row(self, key_id: str, conn: Any | None, *, with_revision: bool = False) -> Any:
+    def _row(self, key_id: str) -> Any:
         import sqlalchemy as sa
 
-        keys, rev = self._db.t("api_keys"), self._db.t("revision")
-        cols = [keys, rev.c.revision] if with_revision else [keys]
-        stmt = sa.select(*cols).where(keys.c.key_id == key_id)
-        if with_revision:
-            stmt = stmt.select_from(keys.join(rev, rev.c.id == 1))
-        if conn is not None:
-            return conn.execute(stmt).first()
+        keys = self._db.t("api_keys")
         with self._db.reading() as c:
-            return c.execute(stmt).first()
+            return c.execute(sa.select(*(keys.c[n] for n in _KEY_COLUMNS)).where(keys.c.key_id == key_id)).first()
 
     def get(self, key_id: str) -> ApiKey | None:
-        row = self._row(key_id, None) if re.fullmatch(r"[0-9a-f]{16}", key_id) else None
+        row = self._row(key_id) if re.fullmatch(r"[0-9a-f]{16}", key_id) else None
         return None if row is None else _row_to_key(row)
 
     def list(self, *, model: str | None = None) -> list[ApiKey]:
         import sqlalchemy as sa
 
+        t = self._db.t("api_keys")
         with self._db.reading() as conn:
-            rows = conn.execute(sa.select(self._db.t("api_keys")).order_by("created_at")).all()
+            rows = conn.execute(sa.select(*(t.c[n] for n in _KEY_COLUMNS)).order_by(t.c.created_at)).all()
         keys = [_row_to_key(r) for r in rows]
         return [k for k in keys if model is None or model in k.models]
 
