@@ -119,6 +119,7 @@ class Database:
     _thread_lock: Any = field(default_factory=threading.Lock, repr=False)
     _lock_file: Any = field(default=None, repr=False)
     _lock_pid: int = field(default=0, repr=False)
+    _checkpointer: Any = field(default=None, repr=False)
 
     @contextmanager
     def writing(self) -> Iterator[Any]:
@@ -209,13 +210,53 @@ class Database:
         rev = self.t("revision")
         conn.execute(sa.update(rev).where(rev.c.id == 1).values(revision=rev.c.revision + 1))
 
+    def start_checkpointer(self, interval: float = 1.0) -> None:
+        """Move SQLite's WAL checkpoints off the request path (no-op on other databases).
+
+        By default the commit that grows the WAL past 1000 pages runs the checkpoint itself:
+        copying ~4 MB back into the database file and an fsync, ~6 ms measured here, landing on
+        every ~300th request. Here the service's connections turn automatic checkpoints off and
+        a thread runs a PASSIVE checkpoint every ``interval`` seconds instead; PASSIVE never
+        waits for readers or writers, and SQLite releases the GIL while it works. Durability is
+        unchanged: a committed transaction is in the WAL either way."""
+        import sqlalchemy as sa
+
+        if not self.is_sqlite or self._checkpointer is not None:
+            return
+        for engine in {self.read_engine, self.write_engine}:
+            sa.event.listen(engine, "connect", _no_autocheckpoint)
+            engine.dispose()  # pooled connections reconnect with the pragma
+        stop = threading.Event()
+
+        def run() -> None:
+            while not stop.wait(interval):
+                try:
+                    with self.raw_reading() as cur:
+                        cur.execute("PRAGMA wal_checkpoint(PASSIVE)")
+                        cur.fetchall()
+                except Exception:  # noqa: BLE001 - a checkpoint that cannot run now runs next time
+                    continue
+
+        thread = threading.Thread(target=run, name="torchshield-wal-checkpoint", daemon=True)
+        thread.start()
+        self._checkpointer = (stop, thread)
+
     def dispose(self) -> None:
+        if self._checkpointer is not None:
+            stop, thread = self._checkpointer
+            stop.set()
+            thread.join(timeout=10)
+            self._checkpointer = None
         if self._lock_file is not None:
             self._lock_file.close()
             self._lock_file = None
         self.read_engine.dispose()
         if self.write_engine is not self.read_engine:
             self.write_engine.dispose()
+
+
+def _no_autocheckpoint(dbapi_conn: Any, _record: Any) -> None:
+    dbapi_conn.execute("PRAGMA wal_autocheckpoint=0")
 
 
 def _sqlite_engine(url: str, *, immediate: bool) -> Any:

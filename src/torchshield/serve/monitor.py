@@ -51,10 +51,11 @@ class Alert:
 @dataclass
 class _KeyStats:
     queries: int = 0
-    history: Any = None  # ring buffer (max_history x features), filled up to ``filled`` rows
+    history: Any = None  # ring buffer (max_history x features, float64), filled up to ``filled`` rows
+    norms: Any = None  # squared norms of the history rows
     filled: int = 0
     cursor: int = 0
-    distances: deque = field(default_factory=deque)
+    distances: deque = field(default_factory=deque)  # given maxlen=window on creation
     dups: deque = field(default_factory=deque)
     labels: Counter = field(default_factory=Counter)
     alerted: set = field(default_factory=set)
@@ -76,41 +77,58 @@ class ExtractionMonitor:
         """Record a batch (2-D array-like, one input per row) and its predicted labels."""
         import numpy as np
 
-        x = np.asarray(inputs, dtype=np.float32).reshape(len(inputs), -1)
+        cfg = self.config
+        x = np.asarray(inputs, dtype=np.float64).reshape(len(inputs), -1)
         with self._lock:
-            st = self._stats.setdefault(key_id, _KeyStats())
+            st = self._stats.get(key_id)
+            if st is None:
+                st = self._stats[key_id] = _KeyStats(distances=deque(maxlen=cfg.window), dups=deque(maxlen=cfg.window))
             alerts: list[Alert] = []
-            for row in x:
-                self._observe_row(st, row)
-                st.queries += 1
-                if st.queries % self.config.test_every == 0:
-                    alerts += self._test(key_id, st)
+            before = st.queries
+            self._observe_rows(st, x)
+            st.queries += len(x)
+            if st.queries // cfg.test_every > before // cfg.test_every:
+                alerts += self._test(key_id, st)
             st.labels.update(int(v) for v in labels)
-            if st.queries > self.config.query_budget:
-                alerts += self._raise(key_id, st, "budget", {"queries": st.queries,
-                                                              "budget": self.config.query_budget})
+            if st.queries > cfg.query_budget:
+                alerts += self._raise(key_id, st, "budget", {"queries": st.queries, "budget": cfg.query_budget})
             for a in alerts:
                 self.alerts_total[a.kind] += 1
             return alerts
 
-    def _observe_row(self, st: _KeyStats, row: Any) -> None:
+    def _observe_rows(self, st: _KeyStats, x: Any) -> None:
+        """For each row, its distance to the nearest earlier input (history, then earlier rows of
+        the batch), all rows at once: ``|a-b|^2 = |a|^2 + |b|^2 - 2ab`` in float64, one matrix
+        product instead of a pass over the history per row."""
         import numpy as np
 
         cfg = self.config
-        if st.history is None or st.history.shape[1] != row.shape[0]:
-            st.history, st.filled, st.cursor = np.empty((cfg.max_history, row.shape[0]), np.float32), 0, 0
+        n, f = x.shape
+        if n == 0:
+            return
+        if st.history is None or st.history.shape[1] != f:
+            st.history, st.norms = np.empty((cfg.max_history, f)), np.empty(cfg.max_history)
+            st.filled = st.cursor = 0
+        sq = np.einsum("ij,ij->i", x, x)
+        best = np.full(n, np.inf)
         if st.filled:
-            diff = st.history[: st.filled] - row
-            d = float(np.sqrt(np.einsum("ij,ij->i", diff, diff).min()))
-            scale = float(np.linalg.norm(row)) or 1.0
-            st.distances.append(d)
-            st.dups.append(d <= cfg.dup_eps * scale)
-            if len(st.distances) > cfg.window:
-                st.distances.popleft()
-                st.dups.popleft()
-        st.history[st.cursor] = row
-        st.cursor = (st.cursor + 1) % cfg.max_history
-        st.filled = min(st.filled + 1, cfg.max_history)
+            d2 = sq[:, None] + st.norms[None, : st.filled] - 2.0 * (x @ st.history[: st.filled].T)
+            best = d2.min(axis=1)
+        if n > 1:
+            d2 = sq[:, None] + sq[None, :] - 2.0 * (x @ x.T)
+            d2[np.triu_indices(n)] = np.inf  # row i is compared with rows j < i only
+            best = np.minimum(best, d2.min(axis=1))
+        seen = np.isfinite(best)  # only the very first input of a key has nothing to compare with
+        dist = np.sqrt(np.maximum(best[seen], 0.0))
+        scale = np.sqrt(sq[seen])
+        scale[scale == 0] = 1.0
+        st.distances.extend(dist.tolist())
+        st.dups.extend((dist <= cfg.dup_eps * scale).tolist())
+        keep = min(n, cfg.max_history)
+        idx = (st.cursor + np.arange(n - keep, n)) % cfg.max_history
+        st.history[idx], st.norms[idx] = x[n - keep:], sq[n - keep:]
+        st.cursor = (st.cursor + n) % cfg.max_history
+        st.filled = min(st.filled + n, cfg.max_history)
 
     def _test(self, key_id: str, st: _KeyStats) -> list[Alert]:
         cfg = self.config

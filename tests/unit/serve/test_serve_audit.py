@@ -149,3 +149,29 @@ def test_records_hold_no_raw_body(db, master_key):
     log.append({"action": "predict", "body_digest": log.digest(secret_input)})
     text = json.dumps(log.records())
     assert "1.5" not in text and log.digest(secret_input) in text
+
+
+def test_wal_checkpoints_run_off_the_request_path(tmp_path, master_key):
+    """With the checkpointer on, no commit copies the WAL back (the default does so in whichever
+    commit crosses 1000 pages, ~6 ms); the background thread does it instead."""
+    from torchshield.serve.db import open_database
+
+    path = tmp_path / "c.db"
+    db = open_database(f"sqlite:///{path}")
+    db.start_checkpointer(interval=3600)  # the thread sleeps through the appends
+    log = AuditLog(db, master_key)
+    size = path.stat().st_size
+    for i in range(500):  # ~1600 WAL pages: past the default auto-checkpoint threshold
+        log.append({"action": "predict", "n": i})
+    assert path.stat().st_size == size
+    assert (tmp_path / "c.db-wal").stat().st_size > 1000 * 4096
+
+    other = open_database(f"sqlite:///{path}", create=False)  # a second worker; it only reads
+    other.start_checkpointer(interval=0.05)
+    deadline = time.time() + 10
+    while path.stat().st_size == size and time.time() < deadline:
+        time.sleep(0.05)
+    assert path.stat().st_size > size  # its thread copied the records into the database file
+    assert AuditLog(other, master_key).verify().ok and AuditLog(other, master_key).count() == 500
+    other.dispose()
+    db.dispose()

@@ -39,3 +39,26 @@ def test_near_duplicates_and_budget():
     kinds = {a.kind for a in alerts}
     assert {"near_duplicates", "budget"} <= kinds
     assert mon.snapshot()["k"]["label_entropy_bits"] == 0.0
+
+
+def test_distances_match_a_brute_force_nearest_earlier_input():
+    """The vectorized distances equal a plain nearest-earlier-neighbour search over the history
+    (the last ``max_history`` inputs before the batch, across the ring buffer's wrap) and the
+    earlier rows of the same batch."""
+    rng = np.random.default_rng(3)
+    cfg = MonitorConfig(max_history=50, window=1000, test_every=10**9)
+    mon = ExtractionMonitor(cfg)
+    seen: list[np.ndarray] = []
+    expected: list[float] = []
+    for size in [1, 7, 1, 30, 64, 3, 1, 12]:  # 64 > max_history: the batch overwrites the whole buffer
+        batch = rng.integers(0, 5, size=(size, 6)).astype(float)
+        history = seen[-cfg.max_history:]
+        for i, row in enumerate(batch):
+            earlier = history + list(batch[:i])
+            if earlier:
+                expected.append(min(float(np.linalg.norm(row - h)) for h in earlier))
+        seen += list(batch)
+        mon.observe("k", batch, [0] * size)
+    got = list(mon._stats["k"].distances)
+    assert len(got) == len(expected) == len(seen) - 1
+    np.testing.assert_allclose(got, expected, atol=1e-9)
