@@ -3,9 +3,11 @@ committed hash-chained audit log cost per `predict`, against a bare FastAPI endp
 same model (the floor) and the same app with security off, all measured in one run.
 
 Each server is its own process (uvicorn, one worker, loopback); the load generator is another
-process (asyncio + httpx). All three servers run at once and are measured in interleaved rounds
-(throughput with C concurrent clients, latency with one client: the added cost per request,
-free of queueing); medians over the rounds. Then the soak check of the issue: 10,000
+process (asyncio + httpx). All three servers run at once and are measured in interleaved rounds:
+throughput with C concurrent clients, one server after the other; latency with one client that
+sends its requests to the three servers in turn (request by request, rotating the order), so
+that a hiccup of this shared VM lands on every variant alike: the added cost per request, free
+of queueing. Medians over the rounds. Then the soak check of the issue: 10,000
 requests from 32 clients against `torchshield serve --workers 2`: zero 5xx, exactly one audit
 record per request, and `audit verify` passes.
 
@@ -99,15 +101,12 @@ def stop(proc: subprocess.Popen) -> None:
 
 # ---------------------------------------------------------------- load generator (child process)
 async def _load(url: str, token: str, n: int, c: int) -> dict:
-    import random
-
     import httpx
 
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     lat: list[float] = []
     statuses: dict[int, int] = {}
-    rng = random.Random(0)
-    bodies = [json.dumps({"inputs": [[rng.randint(0, 16) for _ in range(64)]]}).encode() for _ in range(256)]
+    bodies = _bodies()
     counter = iter(range(n))
 
     async def client(http: httpx.AsyncClient) -> None:
@@ -125,6 +124,43 @@ async def _load(url: str, token: str, n: int, c: int) -> dict:
     lat.sort()
     return {"n": n, "rps": n / wall, "p50_ms": 1e3 * lat[len(lat) // 2], "p99_ms": 1e3 * lat[int(len(lat) * 0.99)],
             "statuses": statuses}
+
+
+async def _latency(targets: list[tuple[str, str]], n: int) -> dict:
+    """One client, ``n`` requests to each target, interleaved request by request."""
+    import httpx
+
+    bodies = _bodies()
+    lat: dict[str, list[float]] = {u: [] for u, _ in targets}
+    statuses: dict[str, dict[int, int]] = {u: {} for u, _ in targets}
+    async with httpx.AsyncClient(timeout=60) as http:
+        for i in range(n):
+            k = i % len(targets)
+            for url, token in targets[k:] + targets[:k]:
+                headers = {"Content-Type": "application/json", **({"Authorization": f"Bearer {token}"} if token else {})}
+                t = time.perf_counter()
+                r = await http.post(url, content=bodies[i % 256], headers=headers)
+                lat[url].append(time.perf_counter() - t)
+                statuses[url][r.status_code] = statuses[url].get(r.status_code, 0) + 1
+    out = {}
+    for url, v in lat.items():
+        v.sort()
+        out[url] = {"p50_ms": 1e3 * v[len(v) // 2], "p99_ms": 1e3 * v[int(len(v) * 0.99)], "statuses": statuses[url]}
+    return out
+
+
+def latency(targets: list[tuple[str, str]], n: int) -> dict:
+    args = [x for url, token in targets for x in ("--target", url, token or "-")]
+    out = subprocess.run([sys.executable, str(HERE), "--latency", "--n", str(n), *args],
+                         capture_output=True, text=True, check=True)
+    return json.loads(out.stdout)
+
+
+def _bodies() -> list[bytes]:
+    import random
+
+    rng = random.Random(0)
+    return [json.dumps({"inputs": [[rng.randint(0, 16) for _ in range(64)]]}).encode() for _ in range(256)]
 
 
 def load(url: str, token: str, n: int, c: int) -> dict:
@@ -172,7 +208,9 @@ def compare(workdir: Path, token: str, n: int, c: int, rounds: int) -> dict:
         for _ in range(rounds):
             for kind in kinds:
                 tput[kind].append(load(urls[kind], tok[kind], n, c))
-                lat[kind].append(load(urls[kind], tok[kind], max(200, n // 5), 1))
+            one = latency([(urls[k], tok[k]) for k in kinds], max(500, n))
+            for kind in kinds:
+                lat[kind].append(one[urls[kind]])
     finally:
         for p in procs:
             stop(p)
@@ -220,6 +258,8 @@ def main() -> None:
     ap.add_argument("--port", type=int)
     ap.add_argument("--load")
     ap.add_argument("--token", default="")
+    ap.add_argument("--latency", action="store_true")
+    ap.add_argument("--target", nargs=2, action="append", metavar=("URL", "TOKEN"))
     ap.add_argument("--n", type=int, default=2000)
     ap.add_argument("--c", type=int, default=32)
     ap.add_argument("--rounds", type=int, default=3)
@@ -229,6 +269,10 @@ def main() -> None:
     a = ap.parse_args()
     if a.server:
         return run_server(a.server, Path(a.dir), a.port)
+    if a.latency:
+        targets = [(url, "" if token == "-" else token) for url, token in a.target]
+        print(json.dumps(asyncio.run(_latency(targets, a.n))))
+        return None
     if a.load:
         print(json.dumps(asyncio.run(_load(a.load, a.token, a.n, a.c))))
         return None

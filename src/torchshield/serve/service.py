@@ -105,6 +105,7 @@ class Service:
     def close(self) -> None:
         self._observations.put(None)
         self._monitor_thread.join(timeout=10)
+        self.audit_writer.close()
         self.db.dispose()
 
     def authenticate(self, token: str | None) -> ApiKey | None:

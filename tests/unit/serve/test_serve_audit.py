@@ -97,6 +97,8 @@ def test_concurrent_writers_keep_one_chain(db, master_key):
         th.start()
     for th in threads:
         th.join()
+    for w in writers:
+        w.close()
     assert sorted(seqs) == list(range(1, 201))
     assert log.verify().ok and log.count() == 200
 
@@ -129,9 +131,25 @@ def test_writer_batches_requests_queued_behind_a_commit(db, master_key):
     release.set()
     for th in [leader, *followers]:
         th.join(10)
+    writer.close()
     assert batches == [1, 5]
     assert sorted(results.values()) == [1, 2, 3, 4, 5, 6] and results[0] == 1
     assert AuditLog(db, master_key).verify().ok
+
+
+def test_lone_write_commits_on_the_callers_thread(db, master_key):
+    threads: list[str] = []
+
+    class Log(AuditLog):
+        def append_many(self, records):
+            threads.append(threading.current_thread().name)
+            return super().append_many(records)
+
+    writer = Log(db, master_key)
+    w = AuditWriter(writer)
+    assert [w.write({"action": "a", "n": i}) for i in range(3)] == [1, 2, 3]
+    w.close()
+    assert threads == [threading.current_thread().name] * 3  # no hand-off to the writer thread
 
 
 def test_writer_failure_reaches_every_waiting_request(db, master_key):
@@ -139,8 +157,10 @@ def test_writer_failure_reaches_every_waiting_request(db, master_key):
         def append_many(self, records):
             raise RuntimeError("disk full")
 
+    writer = AuditWriter(BrokenLog(db, master_key))
     with pytest.raises(RuntimeError, match="disk full"):
-        AuditWriter(BrokenLog(db, master_key)).write({"action": "a"})
+        writer.write({"action": "a"})
+    writer.close()
 
 
 def test_records_hold_no_raw_body(db, master_key):
