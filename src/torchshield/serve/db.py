@@ -121,6 +121,9 @@ class Database:
     _lock_file: Any = field(default=None, repr=False)
     _lock_pid: int = field(default=0, repr=False)
     _checkpointer: Any = field(default=None, repr=False)
+    _held: Any = field(default_factory=threading.local, repr=False)  # per-thread SQLite connections
+    _held_all: list = field(default_factory=list, repr=False)
+    _held_lock: Any = field(default_factory=threading.Lock, repr=False)
 
     @contextmanager
     def writing(self) -> Iterator[Any]:
@@ -159,17 +162,36 @@ class Database:
         return text if self.is_sqlite else text.replace("?", "%s")
 
     @contextmanager
+    def _raw(self, engine: Any) -> Iterator[Any]:
+        """A DB-API connection: on SQLite one per thread, held for the thread's life (a pool
+        checkout and return cost more than the query); elsewhere from the pool."""
+        if not self.is_sqlite:
+            rc = engine.raw_connection()
+            try:
+                yield rc
+            finally:
+                rc.close()  # back to the pool, which rolls back whatever was left open
+            return
+        held = self._held.__dict__
+        rc = held.get(id(engine))
+        if rc is None:
+            rc = engine.raw_connection()
+            rc.detach()  # ours now, outside the pool's size limit
+            held[id(engine)] = rc
+            with self._held_lock:
+                self._held_all.append(rc)
+        yield rc
+
+    @contextmanager
     def raw_reading(self) -> Iterator[Any]:
-        """A DB-API cursor on a pooled read connection (the fast path; see the module docstring)."""
-        rc = self.read_engine.raw_connection()
-        try:
+        """A DB-API cursor for reads (the fast path; see the module docstring). Closing the cursor
+        ends SQLite's read transaction."""
+        with self._raw(self.read_engine) as rc:
             cur = rc.cursor()
             try:
                 yield cur
             finally:
                 cur.close()
-        finally:
-            rc.close()  # back to the pool, which rolls back whatever the read opened
 
     @contextmanager
     def raw_writing(self) -> Iterator[Any]:
@@ -177,23 +199,19 @@ class Database:
 
         Same locking as :meth:`writing`: the file lock and ``BEGIN IMMEDIATE`` on SQLite; on
         PostgreSQL the driver opens the transaction and callers lock rows with ``FOR UPDATE``."""
-        with self._file_lock():
-            rc = self.write_engine.raw_connection()
+        with self._file_lock(), self._raw(self.write_engine) as rc:
+            cur = rc.cursor()
             try:
-                cur = rc.cursor()
-                try:
-                    if self.is_sqlite:
-                        cur.execute("BEGIN IMMEDIATE")
-                    yield cur
-                except BaseException:
-                    rc.rollback()
-                    raise
-                else:
-                    rc.commit()
-                finally:
-                    cur.close()
+                if self.is_sqlite:
+                    cur.execute("BEGIN IMMEDIATE")
+                yield cur
+            except BaseException:
+                rc.rollback()
+                raise
+            else:
+                rc.commit()
             finally:
-                rc.close()
+                cur.close()
 
     def revision(self, conn: Any | None = None) -> int:
         import sqlalchemy as sa
@@ -227,6 +245,9 @@ class Database:
         for engine in {self.read_engine, self.write_engine}:
             sa.event.listen(engine, "connect", _no_autocheckpoint)
             engine.dispose()  # pooled connections reconnect with the pragma
+        with self._held_lock:
+            for rc in self._held_all:
+                _no_autocheckpoint(rc.driver_connection, None)
         stop = threading.Event()
 
         def run() -> None:
@@ -248,6 +269,10 @@ class Database:
             stop.set()
             thread.join(timeout=10)
             self._checkpointer = None
+        with self._held_lock:
+            held, self._held_all = self._held_all, []
+        for rc in held:
+            rc.close()
         if self._lock_file is not None:
             self._lock_file.close()
             self._lock_file = None
