@@ -25,7 +25,7 @@ __all__ = ["Decision", "ServeConfig", "Service"]
 
 log = logging.getLogger("torchshield.serve")
 
-MONITOR_GATHER_S = 0.02  # how long the monitor lets observations gather before it takes them
+MONITOR_GATHER_S = 0.2  # how long the monitor lets observations gather before it takes them
 
 
 @dataclass(frozen=True)
