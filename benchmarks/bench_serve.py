@@ -169,7 +169,9 @@ def _bodies() -> list[bytes]:
 
 def load(url: str, token: str, n: int, c: int) -> dict:
     out = subprocess.run([sys.executable, str(HERE), "--load", url, "--token", token, "--n", str(n), "--c", str(c)],
-                         capture_output=True, text=True, check=True)
+                         capture_output=True, text=True)
+    if out.returncode:
+        raise RuntimeError(f"load generator failed: {out.stderr.strip().splitlines()[-1:]}")
     return json.loads(out.stdout)
 
 

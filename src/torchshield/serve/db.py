@@ -7,8 +7,8 @@ is seen by the next request in every worker), the policy revision counter (worke
 Casbin policies when it moves), the audit chain head, and optionally the rate-limit buckets.
 
 The two statements every request runs (the key lookup and the audit append) go through the
-driver's own cursor on a pooled connection (:meth:`Database.raw_reading`/:meth:`raw_writing`)
-rather than SQLAlchemy Core: measured on SQLite, Core costs 120-210 us per key lookup and
+driver's own cursor (:meth:`Database.raw_reading`/:meth:`raw_writing`; on SQLite a connection
+held per thread, elsewhere one from the pool) rather than SQLAlchemy Core: measured on SQLite, Core costs 120-210 us per key lookup and
 ~550 us per audit append where the DB-API cursor takes 8-30 us and ~40 us, which is most of
 what security added to a request's latency. Everything else keeps SQLAlchemy.
 
