@@ -25,7 +25,8 @@ __all__ = ["Decision", "ServeConfig", "Service"]
 
 log = logging.getLogger("torchshield.serve")
 
-MONITOR_GATHER_S = 0.2  # how long the monitor lets observations gather before it takes them
+MONITOR_GATHER_S = 0.05  # how long the monitor lets observations gather before it takes them
+MONITOR_CHUNK = 16  # inputs per vectorized pass; the thread yields between passes
 
 
 @dataclass(frozen=True)
@@ -156,11 +157,18 @@ class Service:
         return done.wait(timeout)
 
     def _monitor_loop(self) -> None:
-        """Take what queued in the last ``MONITOR_GATHER_S`` and feed it per key in one call: one
-        wake-up and one vectorized pass per burst instead of per request, so the monitor hardly
-        competes with requests for the interpreter."""
+        """Take what queued in the last ``MONITOR_GATHER_S`` and feed it per key in vectorized
+        passes of ``MONITOR_CHUNK`` inputs: one wake-up per burst instead of per request, and
+        short slices of work (the thread yields between passes), so that the monitor never holds
+        the interpreter long enough to show in a request's latency."""
         if self.config.security:  # SciPy takes seconds to import: do it beside start-up, not in a request
             self.monitor.warm_up()
+        try:  # background work must not take the other core: NumPy's BLAS, one thread (process-wide)
+            from threadpoolctl import threadpool_limits
+
+            threadpool_limits(1, user_api="blas")
+        except ImportError:  # pragma: no cover - the serve extra installs it
+            pass
         while (first := self._observations.get()) is not None:
             time.sleep(MONITOR_GATHER_S)
             items, stop = [first], False
@@ -188,7 +196,9 @@ class Service:
                 inputs = np.concatenate([np.asarray(x).reshape(len(x), -1) for _, x, _ in run])
                 labels = [v for _, _, lab in run for v in lab]
                 try:
-                    self.observe(key, inputs, labels)
+                    for i in range(0, len(inputs), MONITOR_CHUNK):
+                        self.observe(key, inputs[i:i + MONITOR_CHUNK], labels[i:i + MONITOR_CHUNK])
+                        time.sleep(0)  # let request threads have the interpreter between chunks
                 except Exception:  # noqa: BLE001 - a monitoring failure must not stop monitoring
                     log.exception("the extraction monitor failed on a batch of key %s", key.key_id)
                 run.clear()
