@@ -33,3 +33,15 @@ def signer(tmp_path: Path) -> tuple[Path, Path]:
     from torchshield.crypto.signing import generate_signing_key
 
     return generate_signing_key(tmp_path / "signer")
+
+
+@pytest.fixture
+def one_thread():
+    """Torch on one thread: xdist puts two workers on two cores, and more threads per worker only
+    oversubscribe them (small models spend more on thread hand-offs than they gain)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

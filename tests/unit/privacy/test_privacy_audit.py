@@ -17,12 +17,7 @@ from torchshield.train.config import TrainConfig
 from torchshield.train.run import train_from_config
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_auc_matches_sklearn_and_low_fpr_tpr():

@@ -1,15 +1,10 @@
-"""Training tests run torch on one thread: xdist puts two workers on two cores, and more threads per
-worker only oversubscribe them (small models spend more on thread hand-offs than they gain)."""
+"""Training tests run torch on one thread (the ``one_thread`` fixture of tests/conftest.py)."""
 
 from __future__ import annotations
 
 import pytest
-import torch
 
 
 @pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _one_thread(one_thread):
     yield
-    torch.set_num_threads(threads)
