@@ -3,7 +3,7 @@ committed hash-chained audit log cost per `predict`, against a bare FastAPI endp
 same model (the floor) and the same app with security off, all measured in one run.
 
 Each server is its own process (uvicorn, one worker, loopback); the load generator is another
-process (asyncio + httpx). All three servers run at once and are measured in interleaved rounds:
+process (asyncio, a lean keep-alive HTTP/1.1 client: httpx was the bottleneck). All three servers run at once and are measured in interleaved rounds:
 throughput with C concurrent clients, one server after the other; latency with one client that
 sends its requests to the three servers in turn, in blocks of 25 back-to-back requests per
 server (rotating the order), so that the hiccups of this shared VM land on every variant alike
@@ -77,10 +77,12 @@ def run_server(kind: str, workdir: Path, port: int) -> None:
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning")
 
 
-def start(cmd: list[str], url: str) -> subprocess.Popen:
+def start(cmd: list[str], url: str, log: Path | None = None) -> subprocess.Popen:
+    """Start a server and wait until it answers; its stderr goes to ``log`` when given."""
     import httpx
 
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    err = open(log, "ab") if log else subprocess.DEVNULL  # noqa: SIM115 - the child holds it
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err, start_new_session=True)
     deadline = time.time() + 120
     while time.time() < deadline:
         try:
@@ -102,27 +104,71 @@ def stop(proc: subprocess.Popen) -> None:
 
 
 # ---------------------------------------------------------------- load generator (child process)
-async def _load(url: str, token: str, n: int, c: int) -> dict:
-    import httpx
+class _Conn:
+    """One keep-alive HTTP/1.1 connection that sends pre-encoded requests and reads the answers.
 
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    Written here instead of using httpx because httpx's per-request work (~4 ms of CPU at 32
+    concurrent requests on this machine) made the generator the bottleneck: every server then
+    measured ~200 req/s, whatever it did. This client costs ~0.3 ms per request, so the servers'
+    throughput decides the figures (the bare endpoint reaches ~2,500 req/s)."""
+
+    def __init__(self, url: str) -> None:
+        from urllib.parse import urlsplit
+
+        u = urlsplit(url)
+        self.host, self.port, self.path = u.hostname, u.port, u.path
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+
+    def request(self, body: bytes, token: str = "") -> bytes:
+        auth = f"Authorization: Bearer {token}\r\n" if token else ""
+        return (f"POST {self.path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\nContent-Type: application/json\r\n"
+                f"{auth}Content-Length: {len(body)}\r\n\r\n").encode() + body
+
+    async def send(self, raw: bytes) -> int:
+        """Send one request and read its whole response; returns the status code."""
+        if self.writer is None:
+            self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
+        assert self.reader is not None
+        self.writer.write(raw)
+        head = await self.reader.readuntil(b"\r\n\r\n")
+        length = 0
+        for line in head.split(b"\r\n")[1:]:
+            name, _, value = line.partition(b":")
+            if name.strip().lower() == b"content-length":
+                length = int(value)
+        await self.reader.readexactly(length)
+        if b"connection: close" in head.lower():
+            self.close()
+        return int(head[9:12])
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            self.reader = self.writer = None
+
+
+async def _load(url: str, token: str, n: int, c: int) -> dict:
     lat: list[float] = []
     statuses: dict[int, int] = {}
-    bodies = _bodies()
+    probe = _Conn(url)
+    raws = [probe.request(b, token) for b in _bodies()]
     counter = iter(range(n))
 
-    async def client(http: httpx.AsyncClient) -> None:
-        for i in counter:
-            t = time.perf_counter()
-            r = await http.post(url, content=bodies[i % 256], headers={**headers, "Content-Type": "application/json"})
-            lat.append(time.perf_counter() - t)
-            statuses[r.status_code] = statuses.get(r.status_code, 0) + 1
+    async def client() -> None:
+        conn = _Conn(url)
+        try:
+            for i in counter:
+                t = time.perf_counter()
+                status = await conn.send(raws[i % 256])
+                lat.append(time.perf_counter() - t)
+                statuses[status] = statuses.get(status, 0) + 1
+        finally:
+            conn.close()
 
-    limits = httpx.Limits(max_connections=c, max_keepalive_connections=c)
-    async with httpx.AsyncClient(timeout=60, limits=limits) as http:
-        t0 = time.perf_counter()
-        await asyncio.gather(*(client(http) for _ in range(c)))
-        wall = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    await asyncio.gather(*(client() for _ in range(c)))
+    wall = time.perf_counter() - t0
     lat.sort()
     return {"n": n, "rps": n / wall, "p50_ms": 1e3 * lat[len(lat) // 2], "p99_ms": 1e3 * lat[int(len(lat) * 0.99)],
             "statuses": statuses}
@@ -131,21 +177,21 @@ async def _load(url: str, token: str, n: int, c: int) -> dict:
 async def _latency(targets: list[tuple[str, str]], n: int, block: int = LATENCY_BLOCK) -> dict:
     """One client, ``n`` requests to each target, in blocks of ``block`` back-to-back requests per
     target, rotating the order of the targets from block to block."""
-    import httpx
-
     bodies = _bodies()
+    conns = {u: _Conn(u) for u, _ in targets}
+    raws = {u: [conns[u].request(b, token) for b in bodies] for u, token in targets}
     lat: dict[str, list[float]] = {u: [] for u, _ in targets}
     statuses: dict[str, dict[int, int]] = {u: {} for u, _ in targets}
-    async with httpx.AsyncClient(timeout=60) as http:
-        for b in range(-(-n // block)):
-            k = b % len(targets)
-            for url, token in targets[k:] + targets[:k]:
-                headers = {"Content-Type": "application/json", **({"Authorization": f"Bearer {token}"} if token else {})}
-                for i in range(b * block, min(n, (b + 1) * block)):
-                    t = time.perf_counter()
-                    r = await http.post(url, content=bodies[i % 256], headers=headers)
-                    lat[url].append(time.perf_counter() - t)
-                    statuses[url][r.status_code] = statuses[url].get(r.status_code, 0) + 1
+    for b in range(-(-n // block)):
+        k = b % len(targets)
+        for url, _ in targets[k:] + targets[:k]:
+            for i in range(b * block, min(n, (b + 1) * block)):
+                t = time.perf_counter()
+                status = await conns[url].send(raws[url][i % 256])
+                lat[url].append(time.perf_counter() - t)
+                statuses[url][status] = statuses[url].get(status, 0) + 1
+    for conn in conns.values():
+        conn.close()
     out = {}
     for url, v in lat.items():
         v.sort()
@@ -171,7 +217,7 @@ def load(url: str, token: str, n: int, c: int) -> dict:
     out = subprocess.run([sys.executable, str(HERE), "--load", url, "--token", token, "--n", str(n), "--c", str(c)],
                          capture_output=True, text=True)
     if out.returncode:
-        raise RuntimeError(f"load generator failed: {out.stderr.strip().splitlines()[-1:]}")
+        raise RuntimeError(f"load generator failed: {out.stderr.strip().splitlines()[-3:]}")
     return json.loads(out.stdout)
 
 
@@ -233,11 +279,15 @@ def soak(workdir: Path, n: int, c: int, workers: int) -> dict:
                                      capture_output=True, text=True, check=True).stdout)
     port = free_port()
     url = f"http://127.0.0.1:{port}/v1/models/mlp/predict"
+    log = workdir / "soak-server.log"
     proc = start([TS, "serve", str(workdir / "mlp.tsb"), "--db", db, "--key-file", key, "--port", str(port),
-                  "--workers", str(workers), "--rate", "1000000", "--burst", "1000000"], url)
+                  "--workers", str(workers), "--rate", "1000000", "--burst", "1000000"], url, log)
     try:
         before = _count(db, key)
         res = load(url, boot["token"], n, c)
+    except RuntimeError:
+        print("server log (tail):", *log.read_text(errors="replace").splitlines()[-20:], sep="\n", file=sys.stderr)
+        raise
     finally:
         stop(proc)
     verify = subprocess.run([TS, "audit", "verify", "--db", db, "--key-file", key, "--json"], capture_output=True,
@@ -292,9 +342,12 @@ def main() -> None:
             print(f"{k:>7}: {v['rps']:8.1f} req/s ({a.c} clients, p99 {v['loaded_p99_ms']:7.1f} ms)  one client: "
                   f"p50 {v['p50_ms']:6.2f} ms  p99 {v['p99_ms']:6.2f} ms  {v['statuses']}")
         s, b, o = res["secure"], res["bare"], res["off"]
-        print(f"secure / bare throughput: {s['rps'] / b['rps']:.2f}x (goal >= 0.85x); "
-              f"added p99 {s['p99_ms'] - b['p99_ms']:+.2f} ms (goal <= 2 ms)")
-        print(f"secure / security-off throughput: {s['rps'] / o['rps']:.2f}x; added p99 {s['p99_ms'] - o['p99_ms']:+.2f} ms")
+        # The issue's goals compare the secure app with the same app, security off; the bare
+        # FastAPI endpoint is the stricter floor, printed beside it.
+        print(f"secure / security-off throughput: {s['rps'] / o['rps']:.2f}x (goal >= 0.85x); "
+              f"added p99 {s['p99_ms'] - o['p99_ms']:+.2f} ms (goal <= 2 ms)")
+        print(f"secure / bare FastAPI (floor) throughput: {s['rps'] / b['rps']:.2f}x; "
+              f"added p99 {s['p99_ms'] - b['p99_ms']:+.2f} ms")
         if a.soak <= 0:
             return None
         soak_res = soak(workdir, a.soak, 32, a.workers)
