@@ -35,7 +35,11 @@ except ImportError:  # pragma: no cover - Windows: SQLite's busy handler alone
 
 from torchshield.errors import InputError
 
-__all__ = ["Database", "open_database", "redact_url"]
+__all__ = ["Database", "WriteBusy", "open_database", "redact_url"]
+
+
+class WriteBusy(Exception):
+    """A non-waiting write found the write lock taken (see :meth:`Database.raw_writing`)."""
 
 
 def _tables() -> Any:
@@ -132,22 +136,30 @@ class Database:
             yield conn
 
     @contextmanager
-    def _file_lock(self) -> Iterator[None]:
+    def _file_lock(self, *, wait: bool = True) -> Iterator[None]:
         """Queue SQLite writers of all processes on an OS file lock.
 
         SQLite's own busy handler polls with sleeps of up to 100 ms, so two uvicorn workers
         contending for the write lock lose most of their time asleep; ``flock`` wakes the next
-        writer the moment the lock is released. PostgreSQL needs none of this."""
+        writer the moment the lock is released. PostgreSQL needs none of this. With
+        ``wait=False`` raises :class:`WriteBusy` instead of waiting (an event loop must not)."""
         if self.lock_path is None or fcntl is None:
             yield
             return
-        with self._thread_lock:
+        if not self._thread_lock.acquire(blocking=wait):
+            raise WriteBusy
+        try:
             fd = self._lock_fd()
-            fcntl.flock(fd, fcntl.LOCK_EX)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+            except BlockingIOError:
+                raise WriteBusy from None
             try:
                 yield
             finally:
                 fcntl.flock(fd, fcntl.LOCK_UN)
+        finally:
+            self._thread_lock.release()
 
     def _lock_fd(self) -> int:
         """The lock file, opened once per process (a forked child opens its own: flock locks
@@ -194,12 +206,13 @@ class Database:
                 cur.close()
 
     @contextmanager
-    def raw_writing(self) -> Iterator[Any]:
+    def raw_writing(self, *, wait: bool = True) -> Iterator[Any]:
         """A DB-API cursor in a write transaction, committed on exit (the fast path).
 
         Same locking as :meth:`writing`: the file lock and ``BEGIN IMMEDIATE`` on SQLite; on
-        PostgreSQL the driver opens the transaction and callers lock rows with ``FOR UPDATE``."""
-        with self._file_lock(), self._raw(self.write_engine) as rc:
+        PostgreSQL the driver opens the transaction and callers lock rows with ``FOR UPDATE``.
+        ``wait=False`` (SQLite): :class:`WriteBusy` if another writer holds the lock."""
+        with self._file_lock(wait=wait), self._raw(self.write_engine) as rc:
             cur = rc.cursor()
             try:
                 if self.is_sqlite:
@@ -229,7 +242,7 @@ class Database:
         rev = self.t("revision")
         conn.execute(sa.update(rev).where(rev.c.id == 1).values(revision=rev.c.revision + 1))
 
-    def start_checkpointer(self, interval: float = 1.0) -> None:
+    def start_checkpointer(self, interval: float = 0.25) -> None:
         """Move SQLite's WAL checkpoints off the request path (no-op on other databases).
 
         By default the commit that grows the WAL past 1000 pages runs the checkpoint itself:
@@ -253,7 +266,10 @@ class Database:
         def run() -> None:
             while not stop.wait(interval):
                 try:
-                    with self.raw_reading() as cur:
+                    # Under the write lock: a checkpoint that copies every frame lets the next
+                    # writer start the WAL over. Racing steady commits, a PASSIVE checkpoint never
+                    # catches up and the WAL grew without bound (7 MB per 2,000 requests here).
+                    with self._file_lock(), self.raw_reading() as cur:
                         cur.execute("PRAGMA wal_checkpoint(PASSIVE)")
                         cur.fetchall()
                 except Exception:  # noqa: BLE001 - a checkpoint that cannot run now runs next time

@@ -26,7 +26,7 @@ __all__ = ["Decision", "ServeConfig", "Service"]
 log = logging.getLogger("torchshield.serve")
 
 MONITOR_GATHER_S = 0.05  # how long the monitor lets observations gather before it takes them
-MONITOR_CHUNK = 16  # inputs per vectorized pass; the thread yields between passes
+MONITOR_CHUNK = 64  # inputs per vectorized pass; the thread yields between passes
 
 
 @dataclass(frozen=True)
@@ -40,6 +40,9 @@ class ServeConfig:
     rate_per_s: float = 50.0
     burst: int = 100
     rate_store: str = "memory"  # "memory" (per worker) or "db" (shared)
+    # The longest one request may hold the event loop for its model (ServedModel.calibrate_inline);
+    # 0 sends every predict to a worker thread.
+    loop_budget_ms: float = 0.5
     output: str | None = None  # force one output mode for every model
     monitor: dict[str, Any] = field(default_factory=dict)
     security: bool = True  # False only for the benchmark floor: no auth, RBAC, rate limit or audit

@@ -94,3 +94,23 @@ def test_class_names_go_to_outputs_and_predictions_stay_indices(tmp_path, master
     m = load_bundle_model(p, master=master_key)
     out = m.predict(m.validate({"inputs": [[5.0] * 8]}))
     assert isinstance(out["predictions"][0], int) and out["outputs"] == [["a", "b", "c", "d"][out["predictions"][0]]]
+
+
+def test_inline_calibration_sizes_bodies_by_measured_time(bundle, master_key):
+    """A small model earns room on the event loop for bodies of at least one input; a budget it
+    cannot meet, or none, sends every body to a worker thread."""
+    import json
+
+    m = load_bundle_model(bundle, master=master_key)
+    one_input = len(json.dumps({"inputs": [[0] * 8]}, separators=(",", ":")))
+    assert m.calibrate_inline(0.05) >= one_input and m.loop_bytes >= one_input
+    assert m.calibrate_inline(1e-9) == 0 and m.loop_bytes == 0
+    assert m.calibrate_inline(0) == 0
+
+
+def test_predict_without_waiting_yields_to_a_running_batch(bundle, master_key):
+    m = load_bundle_model(bundle, master=master_key)
+    x = torch.zeros(2, 8)
+    with m._lock:  # another thread is running the model
+        assert m.predict(x, wait=False) is None
+    assert m.predict(x, wait=False)["labels"] == m.predict(x)["labels"]
