@@ -1,19 +1,22 @@
 """Secure serving: what authentication, Casbin RBAC, rate limiting, extraction monitoring and the
-committed hash-chained audit log cost per `predict`, against a bare FastAPI endpoint running the
-same model (the floor) and the same app with security off, all measured in one run.
+committed hash-chained audit log cost per `predict`, against the same app with all of that off
+(the issue's reference) and a bare FastAPI endpoint running the same model (the floor), all
+measured in one run.
 
 Each server is its own process (uvicorn, one worker, loopback); the load generator is another
-process (asyncio, a lean keep-alive HTTP/1.1 client: httpx was the bottleneck). All three servers run at once and are measured in interleaved rounds:
-throughput with C concurrent clients, one server after the other; latency with one client that
-sends its requests to the three servers in turn, in blocks of 25 back-to-back requests per
-server (rotating the order), so that the hiccups of this shared VM land on every variant alike
-while each server still sees a steady stream (its background threads are not given idle gaps):
-the added cost per request, free of queueing. Medians over the rounds. Then the soak check of the issue: 10,000
-requests from 32 clients against `torchshield serve --workers 2`: zero 5xx, exactly one audit
-record per request, and `audit verify` passes.
+process (asyncio with a lean keep-alive HTTP/1.1 client: with httpx the generator itself was the
+bottleneck). All three servers run at once and are measured in interleaved rounds: throughput
+with C concurrent clients, one server after the other; latency with one client that sends its
+requests to the three servers in turn, in blocks of 25 back-to-back requests per server
+(rotating the order), so that the hiccups of this shared VM land on every variant alike while
+each server still sees a steady stream (its background threads are not given idle gaps): the
+added cost per request, free of queueing. Medians over the rounds. Then the soak check of the
+issue: 10,000 requests from 32 clients against `torchshield serve --workers 2`: zero 5xx,
+exactly one audit record per request, and `audit verify` passes.
 
-    .venv/bin/python benchmarks/bench_serve.py            # ~2-3 minutes on 2 cores
-    .venv/bin/python benchmarks/bench_serve.py --quick    # smaller counts
+    .venv/bin/python benchmarks/bench_serve.py                    # ~2-3 minutes on 2 cores
+    .venv/bin/python benchmarks/bench_serve.py --quick            # smaller counts
+    .venv/bin/python benchmarks/bench_serve.py --hidden 1024,1024 --soak 0   # a heavier model
 """
 
 from __future__ import annotations
@@ -222,7 +225,7 @@ def load(url: str, token: str, n: int, c: int) -> dict:
 
 
 # ---------------------------------------------------------------- main
-def prepare(workdir: Path) -> str:
+def prepare(workdir: Path, hidden: tuple[int, ...] = (64,)) -> str:
     import torch
 
     import torchshield
@@ -233,8 +236,9 @@ def prepare(workdir: Path) -> str:
 
     master = write_key_file(workdir / "shield.key")
     torch.manual_seed(0)
-    torchshield.save(build_model(META["model"], in_shape=(64,), num_classes=10), workdir / "mlp.tsb", key=master,
-                     metadata=META)
+    meta = {**META, "model": {"type": "mlp", "hidden": list(hidden)}}
+    torchshield.save(build_model(meta["model"], in_shape=(64,), num_classes=10), workdir / "mlp.tsb", key=master,
+                     metadata=meta)
     db = open_database(f"sqlite:///{workdir / 'secure.db'}")
     token = KeyStore(db, master).create(role="predictor", models=["mlp"]).token
     db.dispose()
@@ -322,6 +326,7 @@ def main() -> None:
     ap.add_argument("--soak", type=int, default=10_000)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--hidden", default="64", help="hidden layer widths of the MLP, e.g. 2048,2048")
     a = ap.parse_args()
     if a.server:
         return run_server(a.server, Path(a.dir), a.port)
@@ -336,7 +341,7 @@ def main() -> None:
         a.n, a.rounds, a.soak = 500, 1, 1000
     with tempfile.TemporaryDirectory() as d:
         workdir = Path(d)
-        token = prepare(workdir)
+        token = prepare(workdir, tuple(int(h) for h in a.hidden.split(",")))
         res = compare(workdir, token, a.n, a.c, a.rounds)
         for k, v in res.items():
             print(f"{k:>7}: {v['rps']:8.1f} req/s ({a.c} clients, p99 {v['loaded_p99_ms']:7.1f} ms)  one client: "

@@ -184,6 +184,10 @@ class Database:
             finally:
                 rc.close()  # back to the pool, which rolls back whatever was left open
             return
+        yield self._held_connection(engine)
+
+    def _held_connection(self, engine: Any) -> Any:
+        """This thread's own SQLite connection of ``engine``, opened on first use."""
         held = self._held.__dict__
         rc = held.get(id(engine))
         if rc is None:
@@ -192,7 +196,21 @@ class Database:
             held[id(engine)] = rc
             with self._held_lock:
                 self._held_all.append(rc)
-        yield rc
+        return rc
+
+    def fetch_one(self, sql: str, params: tuple[Any, ...] = ()) -> Any:
+        """The first row of a read query, or None: :meth:`raw_reading` without the context
+        managers on SQLite, for the one query every request makes (its key check)."""
+        if not self.is_sqlite:
+            with self.raw_reading() as cur:
+                cur.execute(sql, params)
+                return cur.fetchone()
+        cur = self._held_connection(self.read_engine).cursor()
+        try:
+            cur.execute(sql, params)
+            return cur.fetchone()
+        finally:
+            cur.close()  # ends SQLite's read transaction
 
     @contextmanager
     def raw_reading(self) -> Iterator[Any]:

@@ -16,6 +16,7 @@ fails before any query with the same 401 as an unknown one.
 from __future__ import annotations
 
 import base64
+import functools
 import hmac
 import json
 import re
@@ -98,6 +99,13 @@ def _row_to_key(row: Any) -> ApiKey:
                   rate_per_s=rate_per_s, burst=burst)
 
 
+@functools.lru_cache(maxsize=4096)
+def _cached_key(row: tuple[Any, ...]) -> ApiKey:
+    """:func:`_row_to_key` once per distinct row: every request reads its key's row, which rarely
+    changes (any change, revocation included, is a new row value and so a new entry)."""
+    return _row_to_key(row)
+
+
 class KeyStore:
     """Create, authenticate, list and revoke API keys in the serving database."""
 
@@ -148,18 +156,16 @@ class KeyStore:
         """Like :meth:`authenticate`, plus the policy revision read in the same query (-1 if none).
 
         This runs on every request, so it is one indexed query through the driver's cursor
-        (:meth:`Database.raw_reading`), not SQLAlchemy Core."""
+        (:meth:`Database.fetch_one`), not SQLAlchemy Core."""
         if not token:
             return None, -1
         m = _TOKEN_RE.fullmatch(token)
         if m is None:
             return None, -1
-        with self._db.raw_reading() as cur:
-            cur.execute(self._auth_sql, (m.group(1),))
-            row = cur.fetchone()
+        row = self._db.fetch_one(self._auth_sql, (m.group(1),))
         if row is None or not hmac.compare_digest(row[10], self._hash(token)):
             return None, -1
-        key = _row_to_key(row)
+        key = _cached_key(tuple(row[:10]))
         return (key if key.status() == "active" else None), int(row[11])
 
     def _row(self, key_id: str) -> Any:
