@@ -38,10 +38,13 @@ class RateDecision:
     retry_after: int = 0  # whole seconds, as HTTP's Retry-After wants
 
 
+_ALLOWED = RateDecision(True)  # immutable: one instance serves every allowed request
+
+
 def _take(tokens: float, updated: float, now: float, limit: Limit) -> tuple[float, RateDecision]:
     tokens = min(float(limit.burst), tokens + (now - updated) * limit.rate)
     if tokens >= 1.0:
-        return tokens - 1.0, RateDecision(True)
+        return tokens - 1.0, _ALLOWED
     return tokens, RateDecision(False, max(1, math.ceil((1.0 - tokens) / limit.rate)))
 
 
