@@ -43,6 +43,10 @@ def serve(
     output: str | None = typer.Option(None, "--output", help="Force output hardening for every model: "
                                                             "label, top_k or probabilities."),
     body_limit: int = typer.Option(1 << 20, "--body-limit", help="Largest request body in bytes (else 413)."),
+    loop_budget_ms: float = typer.Option(0.5, "--loop-budget-ms", min=0.0,
+                                         help="Run a predict on the event loop when its model answers a body "
+                                              "that size within this time (measured at start); 0: always "
+                                              "on a worker thread."),
 ) -> None:
     """Serve BUNDLES over HTTP with API keys, RBAC, rate limits and a hash-chained audit log."""
     import uvicorn
@@ -64,7 +68,7 @@ def serve(
                                                              "use --tls-cert/--tls-key)"), highlight=False)
     config = ServeConfig(db_url=db, bundles=tuple(str(b) for b in bundles),
                          key_file=str(key_file) if key_file else None, body_limit=body_limit, rate_per_s=rate,
-                         burst=burst, rate_store=rate_store, output=output)
+                         burst=burst, rate_store=rate_store, output=output, loop_budget_ms=loop_budget_ms)
     tls = {"ssl_certfile": str(tls_cert), "ssl_keyfile": str(tls_key)} if tls_cert else {}
     master = resolve_master_key(key_file=key_file)  # fail fast, with clear errors, before any worker starts
     scheme = "https" if tls_cert else "http"

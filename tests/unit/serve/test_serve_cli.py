@@ -104,3 +104,4 @@ def test_unparseable_and_unknown_urls(tmp_path):
 def test_serve_refuses_mismatched_tls_and_missing_bundles(tmp_path, key_file):
     assert run(["serve", str(tmp_path / "none.tsb"), "--key-file", str(key_file)]) == 2
     assert run(["serve", str(key_file), "--tls-cert", str(key_file)]) == 2
+    assert run(["serve", str(key_file), "--key-file", str(key_file), "--loop-budget-ms", "-1"]) == 2
