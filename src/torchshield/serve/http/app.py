@@ -303,13 +303,16 @@ def create_app(service: Service) -> FastAPI:
         """`{"inputs": [[...], ...]}` -> `{"outputs": ..., "predictions": [...]}`."""
         m = service.registry.get(name)
 
-        def checked() -> tuple[Decision, Any]:
-            # In the order of the status codes: 401/403/404/429 before 415/422.
+        def checked() -> Decision:
+            # In the order of the status codes: 401/403/404/429 here, then 415/422 in inputs().
             d = decide(request, "predict", "/v1/models/{name}/predict", "model", "predict", name, m is not None)
             if m is None:
                 raise ApiError(404, "no such model")
+            return d
+
+        def inputs() -> Any:
             try:
-                return d, m.validate(json_body(request))
+                return m.validate(json_body(request))
             except InvalidInput as exc:
                 raise ApiError(422, exc.message) from None
 
@@ -319,18 +322,29 @@ def create_app(service: Service) -> FastAPI:
             _audit_ctx(request)["detail"] = {"inputs": len(x)}
             return JSONResponse({"model": m.name, "outputs": result["outputs"], "predictions": result["predictions"]})
 
-        if checks_on_loop and (m is None or len(request.scope["state"]["body"]) <= m.loop_bytes):
-            # A small model and a small body: all on the event loop (see calibrate_inline); the
-            # middleware commits the audit record as the response starts.
-            d, x = checked()
-            result = m.predict(x, wait=False)
-            if result is None:  # a worker thread is running a large batch of this model
-                result = await run_in_threadpool(m.predict, x)
+        if checks_on_loop:
+            # The checks on the event loop; the middleware commits the audit record there too,
+            # with the loop turn's others, as the response starts.
+            d = checked()
+            if len(request.scope["state"]["body"]) <= m.loop_bytes:
+                # A small model and a small body: all on the loop (see calibrate_inline).
+                x = inputs()
+                result = m.predict(x, wait=False)
+                if result is None:  # a worker thread is running a large batch of this model
+                    result = await run_in_threadpool(m.predict, x)
+            else:  # parsing, validation and the model on a worker thread
+                def work() -> tuple[Any, dict[str, Any]]:
+                    x = inputs()
+                    return x, m.predict(x)
+
+                x, result = await run_in_threadpool(work)
             response = answer(d, x, result)
         else:
             def on_worker() -> JSONResponse:
-                # One worker-thread hop for the whole request, its audit commit included.
-                d, x = checked()
+                # PostgreSQL (or rate limits in the database): one worker-thread hop for the
+                # whole request, its audit commit included.
+                d = checked()
+                x = inputs()
                 response = answer(d, x, m.predict(x))
                 _audit_ctx(request)["commit"](200)
                 return response
