@@ -1,13 +1,14 @@
 """Secure serving: what authentication, Casbin RBAC, rate limiting, extraction monitoring and the
-committed hash-chained audit log cost per `predict`, against the same app with all of that off
-(the issue's reference) and a bare FastAPI endpoint running the same model (the floor), all
-measured in one run.
+committed hash-chained audit log cost per `predict`, all measured in one run against: the same app
+with auth, RBAC and audit off but the extraction monitor on (``ref``, the issue's reference), the
+same app with everything off (``off``), and a bare FastAPI endpoint running the same model
+(``bare``, the floor).
 
 Each server is its own process (uvicorn, one worker, loopback); the load generator is another
 process (asyncio with a lean keep-alive HTTP/1.1 client: with httpx the generator itself was the
-bottleneck). All three servers run at once and are measured in interleaved rounds: throughput
+bottleneck). All four servers run at once and are measured in interleaved rounds: throughput
 with C concurrent clients, one server after the other; latency with one client that sends its
-requests to the three servers in turn, in blocks of 25 back-to-back requests per server
+requests to the servers in turn, in blocks of 25 back-to-back requests per server
 (rotating the order), so that the hiccups of this shared VM land on every variant alike while
 each server still sees a steady stream (its background threads are not given idle gaps): the
 added cost per request, free of queueing. Medians over the rounds. Then the soak check of the
@@ -75,7 +76,7 @@ def run_server(kind: str, workdir: Path, port: int) -> None:
             return {"outputs": labels, "predictions": labels}
     else:
         cfg = ServeConfig(db_url=f"sqlite:///{workdir / (kind + '.db')}", bundles=(str(bundle),),
-                          rate_per_s=1e6, burst=10**6, security=(kind == "secure"))
+                          rate_per_s=1e6, burst=10**6, security=(kind == "secure"), monitor_when_off=(kind == "ref"))
         app = create_app(Service.start(cfg, master=master))
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning")
 
@@ -246,9 +247,9 @@ def prepare(workdir: Path, hidden: tuple[int, ...] = (64,)) -> str:
 
 
 def compare(workdir: Path, token: str, n: int, c: int, rounds: int) -> dict:
-    """All three servers up at once, measured in interleaved rounds so that drifting load on the
+    """All the servers up at once, measured in interleaved rounds so that drifting load on the
     machine hits every variant alike: throughput with ``c`` clients, latency with one client."""
-    kinds = ("bare", "off", "secure")
+    kinds = ("bare", "off", "ref", "secure")
     urls, procs = {}, []
     try:
         for kind in kinds:
@@ -346,13 +347,16 @@ def main() -> None:
         for k, v in res.items():
             print(f"{k:>7}: {v['rps']:8.1f} req/s ({a.c} clients, p99 {v['loaded_p99_ms']:7.1f} ms)  one client: "
                   f"p50 {v['p50_ms']:6.2f} ms  p99 {v['p99_ms']:6.2f} ms  {v['statuses']}")
-        s, b, o = res["secure"], res["bare"], res["off"]
-        # The issue's goals compare the secure app with the same app, security off; the bare
-        # FastAPI endpoint is the stricter floor, printed beside it.
-        print(f"secure / security-off throughput: {s['rps'] / o['rps']:.2f}x (goal >= 0.85x); "
-              f"added p99 {s['p99_ms'] - o['p99_ms']:+.2f} ms (goal <= 2 ms)")
-        print(f"secure / bare FastAPI (floor) throughput: {s['rps'] / b['rps']:.2f}x; "
-              f"added p99 {s['p99_ms'] - b['p99_ms']:+.2f} ms")
+        s = res["secure"]
+        # The issue's goals compare the secure app with "the same app with auth, RBAC and audit
+        # off" (ref: the extraction monitor still runs); everything off and bare FastAPI are
+        # stricter references, printed beside it.
+        for kind, label, goal in (("ref", "auth, RBAC, audit off (the issue's reference)", True),
+                                  ("off", "all security off, monitor too", False),
+                                  ("bare", "bare FastAPI (floor)", False)):
+            r = res[kind]
+            print(f"secure / {label}: throughput {s['rps'] / r['rps']:.2f}x" + (" (goal >= 0.85x)" if goal else "")
+                  + f"; added p99 {s['p99_ms'] - r['p99_ms']:+.2f} ms" + (" (goal <= 2 ms)" if goal else ""))
         if a.soak <= 0:
             return None
         soak_res = soak(workdir, a.soak, 32, a.workers)

@@ -61,3 +61,21 @@ def test_monitor_keeps_up_under_concurrent_requests(tmp_path):
     finally:
         svc.close()
     assert {snap[k.key.key_id]["queries"] for k in keys} == {60}
+
+
+def test_monitor_runs_with_security_off_when_asked(tmp_path):
+    """The benchmark's reference app (auth, RBAC and audit off) still monitors, as one caller."""
+    from torchshield.crypto.keys import generate_master_key
+    from torchshield.serve.http import create_app
+
+    svc = make_service(tmp_path, generate_master_key(), security=False, monitor_when_off=True)
+    try:
+        with running(create_app(svc)) as url, httpx.Client(base_url=url, timeout=30) as client:
+            for i in range(5):  # no Authorization header: security is off
+                r = client.post("/v1/models/digits/predict", json={"inputs": [[float(i)] * 8] * 3})
+                assert r.status_code == 200
+            assert svc.monitor_idle()
+    finally:
+        svc.close()
+    assert svc.monitor.snapshot()["anonymous"]["queries"] == 15
+    assert svc.audit.count() == 0  # audit off: no request records

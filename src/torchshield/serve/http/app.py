@@ -24,7 +24,7 @@ from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from torchshield.serve.access.keys import parse_duration, valid_model_name
+from torchshield.serve.access.keys import ApiKey, parse_duration, valid_model_name
 from torchshield.serve.http.metrics import Metrics
 from torchshield.serve.models import InvalidInput
 from torchshield.serve.rbac import GLOBAL
@@ -195,6 +195,8 @@ def create_app(service: Service) -> FastAPI:
     # The checks read one SQLite row and in-memory state (~0.05 ms): they run on the event loop.
     # A networked database, or rate limits kept in the database, go through a worker thread.
     checks_on_loop = not secure or (service.db.is_sqlite and service.config.rate_store == "memory")
+    anonymous = (ApiKey(key_id="anonymous", name="", role="", models=(), created_at=0.0)
+                 if not secure and service.config.monitor_when_off else None)
     service.monitor_idle(timeout=60)  # its SciPy import holds the interpreter: let it end before timing
     for model_name in service.registry.names():
         service.registry.get(model_name).calibrate_inline(service.config.loop_budget_ms / 1e3)
@@ -319,6 +321,8 @@ def create_app(service: Service) -> FastAPI:
         def answer(d: Decision, x: Any, result: dict[str, Any]) -> JSONResponse:
             if secure and d.key is not None:
                 service.observe_later(d.key, x.numpy(), result["labels"])
+            elif anonymous is not None:
+                service.observe_later(anonymous, x.numpy(), result["labels"])
             _audit_ctx(request)["detail"] = {"inputs": len(x)}
             return JSONResponse({"model": m.name, "outputs": result["outputs"], "predictions": result["predictions"]})
 
