@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 
 import httpx
-
 from serve_harness import make_service, running
 
 
