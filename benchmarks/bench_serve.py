@@ -17,7 +17,8 @@ exactly one audit record per request, and `audit verify` passes.
 
     .venv/bin/python benchmarks/bench_serve.py                    # ~2-3 minutes on 2 cores
     .venv/bin/python benchmarks/bench_serve.py --quick            # smaller counts
-    .venv/bin/python benchmarks/bench_serve.py --hidden 1024,1024 --soak 0   # a heavier model
+    .venv/bin/python benchmarks/bench_serve.py --hidden 2048,2048 --soak 0   # a heavier model
+    .venv/bin/python benchmarks/bench_serve.py --db "$TORCHSHIELD_TEST_PG_URL" --soak 0   # secure on PostgreSQL
 """
 
 from __future__ import annotations
@@ -75,7 +76,8 @@ def run_server(kind: str, workdir: Path, port: int) -> None:
                 labels = model.module(x).argmax(-1).tolist()
             return {"outputs": labels, "predictions": labels}
     else:
-        cfg = ServeConfig(db_url=f"sqlite:///{workdir / (kind + '.db')}", bundles=(str(bundle),),
+        db_url = _secure_db(workdir) if kind == "secure" else f"sqlite:///{workdir / (kind + '.db')}"
+        cfg = ServeConfig(db_url=db_url, bundles=(str(bundle),),
                           rate_per_s=1e6, burst=10**6, security=(kind == "secure"), monitor_when_off=(kind == "ref"))
         app = create_app(Service.start(cfg, master=master))
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning")
@@ -226,6 +228,11 @@ def load(url: str, token: str, n: int, c: int) -> dict:
 
 
 # ---------------------------------------------------------------- main
+def _secure_db(workdir: Path) -> str:
+    """The secure server's database: SQLite in the work folder, or $BENCH_SERVE_DB (``--db``)."""
+    return os.environ.get("BENCH_SERVE_DB") or f"sqlite:///{workdir / 'secure.db'}"
+
+
 def prepare(workdir: Path, hidden: tuple[int, ...] = (64,)) -> str:
     import torch
 
@@ -240,7 +247,7 @@ def prepare(workdir: Path, hidden: tuple[int, ...] = (64,)) -> str:
     meta = {**META, "model": {"type": "mlp", "hidden": list(hidden)}}
     torchshield.save(build_model(meta["model"], in_shape=(64,), num_classes=10), workdir / "mlp.tsb", key=master,
                      metadata=meta)
-    db = open_database(f"sqlite:///{workdir / 'secure.db'}")
+    db = open_database(_secure_db(workdir))
     token = KeyStore(db, master).create(role="predictor", models=["mlp"]).token
     db.dispose()
     return token
@@ -328,6 +335,7 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--hidden", default="64", help="hidden layer widths of the MLP, e.g. 2048,2048")
+    ap.add_argument("--db", help="database URL for the secure server, e.g. a PostgreSQL one (default: SQLite)")
     a = ap.parse_args()
     if a.server:
         return run_server(a.server, Path(a.dir), a.port)
@@ -338,6 +346,8 @@ def main() -> None:
     if a.load:
         print(json.dumps(asyncio.run(_load(a.load, a.token, a.n, a.c))))
         return None
+    if a.db:
+        os.environ["BENCH_SERVE_DB"] = a.db  # the server processes inherit it
     if a.quick:
         a.n, a.rounds, a.soak = 500, 1, 1000
     with tempfile.TemporaryDirectory() as d:
