@@ -70,3 +70,40 @@ def test_postgres_down_is_a_clear_startup_error(master_key):
     with pytest.raises(InputError, match="unreachable or read-only") as err:
         open_database(url)
     assert "hunter2" not in str(err.value)
+
+
+def test_postgres_hot_path_recovers_from_lost_connections(pg_db, master_key):
+    """The per-request statements use pooled connections without a ping per checkout: when the
+    server drops them (a restart, an idle timeout), the key read retries on a fresh connection
+    and an audit append fails once, cleanly, and works again next time."""
+    import sqlalchemy as sa
+
+    from torchshield.serve.access.keys import KeyStore
+    from torchshield.serve.audit import AuditLog
+    from torchshield.serve.db import open_database
+
+    db = open_database(pg_db)
+    keys, log = KeyStore(db, master_key), AuditLog(db, master_key)
+    new = keys.create(role="predictor", models=["digits"])
+    assert keys.authenticate(new.token).key_id == new.key.key_id
+    log.append({"action": "a"})
+
+    def drop_connections() -> None:
+        admin = sa.create_engine(pg_db, isolation_level="AUTOCOMMIT")
+        with admin.connect() as conn:
+            conn.exec_driver_sql("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                                 "WHERE datname = current_database() AND pid <> pg_backend_pid()")
+        admin.dispose()
+
+    drop_connections()
+    assert keys.authenticate(new.token).key_id == new.key.key_id  # retried on a fresh connection
+    drop_connections()
+    try:
+        log.append({"action": "b"})
+    except Exception as exc:  # noqa: BLE001 - the driver's error for the dropped connection
+        from torchshield.serve.db import _lost_connection
+
+        assert _lost_connection(exc)
+    log.append({"action": "c"})
+    assert [r["action"] for r in log.records()][-1] == "c" and log.verify().ok
+    db.dispose()

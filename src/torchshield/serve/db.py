@@ -123,6 +123,11 @@ class Database:
             yield conn
 
     lock_path: str | None = None
+    # PostgreSQL: an engine for the per-request statements (the key read, the audit append) in
+    # autocommit mode and without a ping per checkout: a read is one round trip instead of four
+    # (ping, BEGIN, SELECT, ROLLBACK: the key check 1.2 ms -> 0.3 ms measured against a local
+    # server); a connection lost meanwhile is dropped on the error it raises. None on SQLite.
+    hot_engine: Any = None
     _thread_lock: Any = field(default_factory=threading.Lock, repr=False)
     _lock_file: Any = field(default=None, repr=False)
     _lock_pid: int = field(default=0, repr=False)
@@ -178,13 +183,17 @@ class Database:
     @contextmanager
     def _raw(self, engine: Any) -> Iterator[Any]:
         """A DB-API connection: on SQLite one per thread, held for the thread's life (a pool
-        checkout and return cost more than the query); elsewhere from the pool."""
+        checkout and return cost more than the query); elsewhere from the hot engine's pool."""
         if not self.is_sqlite:
-            rc = engine.raw_connection()
+            rc = self.hot_engine.raw_connection()
             try:
                 yield rc
+            except BaseException:
+                if getattr(rc.driver_connection, "broken", False):
+                    rc.invalidate()  # lost (server restarted): the pool opens a new one next time
+                raise
             finally:
-                rc.close()  # back to the pool, which rolls back whatever was left open
+                rc.close()  # back to the pool
             return
         yield self._held_connection(engine)
 
@@ -204,9 +213,14 @@ class Database:
         """The first row of a read query, or None: :meth:`raw_reading` without the context
         managers on SQLite, for the one query every request makes (its key check)."""
         if not self.is_sqlite:
-            with self.raw_reading() as cur:
-                cur.execute(sql, params)
-                return cur.fetchone()
+            for attempt in (1, 2):  # a read is safe to repeat on a fresh connection
+                try:
+                    with self.raw_reading() as cur:
+                        cur.execute(sql, params)
+                        return cur.fetchone()
+                except Exception as exc:
+                    if attempt == 2 or not _lost_connection(exc):
+                        raise  # only a lost connection (dropped from the pool by _raw) is retried
         cur = self._held_connection(self.read_engine).cursor()
         try:
             cur.execute(sql, params)
@@ -232,11 +246,19 @@ class Database:
         Same locking as :meth:`writing`: the file lock and ``BEGIN IMMEDIATE`` on SQLite; on
         PostgreSQL the driver opens the transaction and callers lock rows with ``FOR UPDATE``.
         ``wait=False`` (SQLite): :class:`WriteBusy` if another writer holds the lock."""
+        if not self.is_sqlite:
+            # The hot engine's autocommit connection, in an explicit transaction: no ping and no
+            # ROLLBACK on return around it (append: 2.8 -> 1.2 ms measured against a local
+            # server; psycopg's pipeline mode measured slower here, so it is not used).
+            with self._raw(self.write_engine) as rc:
+                conn = rc.driver_connection
+                with conn.transaction(), conn.cursor() as cur:
+                    yield cur
+            return
         with self._file_lock(wait=wait), self._raw(self.write_engine) as rc:
             cur = rc.cursor()
             try:
-                if self.is_sqlite:
-                    cur.execute("BEGIN IMMEDIATE")
+                cur.execute("BEGIN IMMEDIATE")
                 yield cur
             except BaseException:
                 rc.rollback()
@@ -327,6 +349,13 @@ class Database:
         self.read_engine.dispose()
         if self.write_engine is not self.read_engine:
             self.write_engine.dispose()
+        if self.hot_engine is not None:
+            self.hot_engine.dispose()
+
+
+def _lost_connection(exc: BaseException) -> bool:
+    """A DB-API error that means the connection is gone (any driver: by the standard's names)."""
+    return any(c.__name__ in ("OperationalError", "InterfaceError") for c in type(exc).__mro__)
 
 
 def _no_autocheckpoint(dbapi_conn: Any, _record: Any) -> None:
@@ -374,10 +403,12 @@ def open_database(url: str, *, create: bool = True) -> Database:
             read, write = _sqlite_engine(url, immediate=False), _sqlite_engine(url, immediate=True)
         else:
             read = write = sa.create_engine(url, pool_pre_ping=True, pool_size=8, max_overflow=16)
+            hot = sa.create_engine(url, isolation_level="AUTOCOMMIT", pool_size=8, max_overflow=16)
     except (ImportError, sa.exc.NoSuchModuleError, sa.exc.ArgumentError) as exc:
         raise InputError(f"--db: cannot use {shown}: {type(exc).__name__}",
                          hint="for PostgreSQL install psycopg[binary] and use postgresql+psycopg://") from exc
-    db = Database(url=url, read_engine=read, write_engine=write, tables=_tables())
+    db = Database(url=url, read_engine=read, write_engine=write, tables=_tables(),
+                  hot_engine=None if parsed.get_backend_name() == "sqlite" else hot)
     if parsed.get_backend_name() == "sqlite" and parsed.database and parsed.database != ":memory:" \
             and not parsed.database.startswith("file:"):
         db.lock_path = parsed.database + ".lock"
