@@ -19,10 +19,10 @@ def test_loop_and_worker_paths_answer_alike_and_audit_every_request(tmp_path):
     from torchshield.serve.http import create_app
 
     master = generate_master_key()
-    results, services = {}, {}
+    results = {}
     for label, budget in (("loop", 5.0), ("worker", 0.0)):
         (tmp_path / label).mkdir()
-        svc = services[label] = make_service(tmp_path / label, master, rate_per_s=1e6, burst=10**6,
+        svc = make_service(tmp_path / label, master, rate_per_s=1e6, burst=10**6,
                                              loop_budget_ms=budget)
         token = svc.keys.create(role="predictor", models=["digits"]).token
         try:

@@ -137,18 +137,21 @@ def test_writer_batches_requests_queued_behind_a_commit(db, master_key):
     assert AuditLog(db, master_key).verify().ok
 
 
-def test_lone_write_commits_on_the_callers_thread(db, master_key):
-    threads: list[str] = []
-
+def _counting_log(db, master_key, calls):
     class Log(AuditLog):
         def append_many(self, records, wait=True):
-            threads.append(threading.current_thread().name)
-            return super().append_many(records)
+            calls.append((len(records), threading.current_thread().name))
+            return super().append_many(records, wait=wait)
 
-    writer = Log(db, master_key)
-    w = AuditWriter(writer)
+    return Log(db, master_key)
+
+
+def test_lone_write_commits_on_the_callers_thread(db, master_key):
+    calls: list[tuple[int, str]] = []
+    w = AuditWriter(_counting_log(db, master_key, calls))
     assert [w.write({"action": "a", "n": i}) for i in range(3)] == [1, 2, 3]
     w.close()
+    threads = [name for _, name in calls]
     assert threads == [threading.current_thread().name] * 3  # no hand-off to the writer thread
 
 
@@ -195,15 +198,6 @@ def test_wal_checkpoints_run_off_the_request_path(tmp_path, master_key):
     assert AuditLog(other, master_key).verify().ok and AuditLog(other, master_key).count() == 500
     other.dispose()
     db.dispose()
-
-
-def _counting_log(db, master_key, calls):
-    class Log(AuditLog):
-        def append_many(self, records, wait=True):
-            calls.append((len(records), threading.current_thread().name))
-            return super().append_many(records, wait=wait)
-
-    return Log(db, master_key)
 
 
 def test_write_async_commits_one_loop_turn_together_on_the_loop(db, master_key):
