@@ -74,3 +74,59 @@ def test_parse_duration(text, seconds):
 def test_parse_duration_rejects(text):
     with pytest.raises(InputError):
         parse_duration(text)
+
+
+# ---- the per-worker key cache and the change stamp that invalidates it ----
+def test_change_stamp_lives_in_the_0600_lock_file_and_moves_only_with_key_changes(keys, db, tmp_path):
+    lock = tmp_path / "serve.db.lock"
+    before = db.change_stamp()
+    assert isinstance(before, int) and lock.stat().st_size == 8 and lock.stat().st_mode & 0o777 == 0o600
+    new = keys.create(role="predictor", models=["digits"])
+    assert db.change_stamp() == before + 1
+    keys.authenticate(new.token)
+    assert db.change_stamp() == before + 1  # reads (and audit writes) leave it alone
+    keys.revoke(new.key.key_id)
+    assert db.change_stamp() == before + 2
+
+
+def test_a_revocation_elsewhere_is_seen_at_once_not_after_the_cache_ttl(db, tmp_path, key_file):
+    import subprocess
+    import sys
+
+    from torchshield.crypto.keys import read_key_file
+
+    keys = KeyStore(db, read_key_file(key_file))
+    keys.cache_ttl = 3600.0  # only the change stamp can tell this worker
+    new = keys.create(role="predictor", models=["digits"])
+    assert keys.authenticate(new.token) is not None  # cached now
+    # another process: the CLI, with its own connection and its own mapping of the lock file
+    from pathlib import Path
+
+    out = subprocess.run([str(Path(sys.executable).parent / "torchshield"), "access", "revoke", new.key.key_id,
+                          "--db", f"sqlite:///{tmp_path / 'serve.db'}", "--key-file", str(key_file)],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert keys.authenticate(new.token) is None
+
+
+def test_cached_rows_still_check_the_secret_and_the_clock(keys):
+    keys.cache_ttl = 3600.0
+    new = keys.create(role="predictor", models=["digits"], expires_in=0.3)
+    assert keys.authenticate(new.token) is not None
+    forged = new.token[:-4] + ("AAAA" if not new.token.endswith("AAAA") else "BBBB")
+    assert keys.authenticate(forged) is None  # same key id, row in the cache, wrong secret
+    time.sleep(0.35)
+    assert keys.authenticate(new.token) is None  # expired, although its row is still cached
+
+
+def test_an_edit_that_bypasses_the_stamp_is_seen_within_the_ttl(keys, tmp_path):
+    import sqlite3
+
+    keys.cache_ttl = 0.2
+    new = keys.create(role="predictor", models=["digits"])
+    assert keys.authenticate(new.token) is not None
+    with sqlite3.connect(tmp_path / "serve.db") as raw:  # another tool: no stamp moved
+        raw.execute("UPDATE serve_api_keys SET revoked_at = 1 WHERE key_id = ?", (new.key.key_id,))
+    assert keys.authenticate(new.token) is not None  # the documented bound: stale for at most the TTL
+    time.sleep(0.25)
+    assert keys.authenticate(new.token) is None

@@ -8,9 +8,17 @@ brute-forced offline without the master key. The stored hash is compared with
 ``hmac.compare_digest``.
 
 Threat model: callers guessing or replaying tokens, a reader of the database, a leaked log.
-Every request reads the key's row (expiry, revocation) from the shared database, so revoking
-a key is effective for the very next request in every worker; a token that does not parse
-fails before any query with the same 401 as an unknown one.
+A token that does not parse fails before any query with the same 401 as an unknown one.
+
+Revocation is effective for the very next request in every worker. Each worker keeps the rows
+of the keys it has seen, and uses one only while the database's change stamp
+(:meth:`Database.change_stamp`, moved by every key or policy change in any process) is the one
+it was read under, and for at most ``KEY_CACHE_TTL_S``; otherwise it reads the row again. The
+TTL bounds what a change that bypassed the stamp (a process killed between its commit and the
+stamp, an edit by another tool) can leave stale. Where there is no stamp (PostgreSQL), every
+request reads its key's row. Expiry is checked against the clock on every request, and the
+secret against the stored keyed hash, in constant time, whether the row came from the cache or
+the database.
 """
 
 from __future__ import annotations
@@ -35,6 +43,8 @@ _TOKEN_RE = re.compile(r"tsk_([0-9a-f]{16})_([A-Za-z0-9_-]{43})")
 _MODEL_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 _DURATION_RE = re.compile(r"(\d+)([smhdw])")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+KEY_CACHE_TTL_S = 1.0  # longest a worker uses a key's row without reading it again
+_KEY_CACHE_MAX = 10_000  # rows kept per worker (only keys that exist get one)
 
 
 def parse_duration(text: str) -> float:
@@ -114,6 +124,9 @@ class KeyStore:
         self._hash_key = master.derive("serve/api-key-hash")
         self._auth_sql = db.sql(f"SELECT {', '.join('k.' + c for c in _KEY_COLUMNS)}, k.key_hash, r.revision "
                                 "FROM serve_api_keys k JOIN serve_revision r ON r.id = 1 WHERE k.key_id = ?")
+        # key_id -> (change stamp, read at (monotonic), key_hash, ApiKey, policy revision)
+        self._rows: dict[str, tuple[int, float, str, ApiKey, int]] = {}
+        self.cache_ttl = KEY_CACHE_TTL_S
 
     def _hash(self, token: str) -> str:
         return hmac.new(self._hash_key, token.encode(), sha256).hexdigest()
@@ -155,18 +168,32 @@ class KeyStore:
     def authenticate_with_revision(self, token: str | None) -> tuple[ApiKey | None, int]:
         """Like :meth:`authenticate`, plus the policy revision read in the same query (-1 if none).
 
-        This runs on every request, so it is one indexed query through the driver's cursor
-        (:meth:`Database.fetch_one`), not SQLAlchemy Core."""
+        This runs on every request: the key's row comes from this worker's cache while the
+        change stamp has not moved (see the module docstring), else from one indexed query
+        through the driver's cursor (:meth:`Database.fetch_one`), not SQLAlchemy Core."""
         if not token:
             return None, -1
         m = _TOKEN_RE.fullmatch(token)
         if m is None:
             return None, -1
-        row = self._db.fetch_one(self._auth_sql, (m.group(1),))
-        if row is None or not hmac.compare_digest(row[10], self._hash(token)):
+        key_id = m.group(1)
+        stamp = self._db.change_stamp()  # read before the row: a change after it moves it again
+        now = time.monotonic()
+        hit = self._rows.get(key_id)
+        if hit is None or hit[0] != stamp or now - hit[1] > self.cache_ttl:
+            row = self._db.fetch_one(self._auth_sql, (key_id,))
+            if row is None:
+                self._rows.pop(key_id, None)
+                return None, -1
+            hit = (stamp, now, row[10], _cached_key(tuple(row[:10])), int(row[11]))
+            if stamp is not None:
+                if len(self._rows) >= _KEY_CACHE_MAX:
+                    self._rows.clear()
+                self._rows[key_id] = hit
+        _, _, key_hash, key, revision = hit
+        if not hmac.compare_digest(key_hash, self._hash(token)):
             return None, -1
-        key = _cached_key(tuple(row[:10]))
-        return (key if key.status() == "active" else None), int(row[11])
+        return (key if key.status() == "active" else None), revision
 
     def _row(self, key_id: str) -> Any:
         import sqlalchemy as sa
