@@ -84,6 +84,23 @@ class AuditLog:
     def _mac(self, prev: str, body: str) -> str:
         return hmac.new(self._key, bytes.fromhex(prev) + body.encode(), sha256).hexdigest()
 
+    _HEAD = "SELECT seq, mac FROM serve_audit_head WHERE id = 1"
+    _INSERT = "INSERT INTO serve_audit_log (seq, ts, body, prev_mac, mac) VALUES (?, ?, ?, ?, ?)"
+    _MOVE_HEAD = "UPDATE serve_audit_head SET seq = ?, mac = ? WHERE id = 1"
+
+    def _chain(self, seq: int, mac: str, records: list[dict[str, Any]]) -> tuple[list[tuple], list[int], int, str]:
+        """Rows for ``records`` after the head ``(seq, mac)``: (rows, their seqs, new seq, new mac)."""
+        rows, seqs = [], []
+        ts = _now_iso()  # committed together, stamped together
+        for rec in records:
+            seq += 1
+            body = canonical_json({**rec, "seq": seq, "ts": ts})
+            new_mac = self._mac(mac, body)
+            rows.append((seq, ts, body, mac, new_mac))
+            mac = new_mac
+            seqs.append(seq)
+        return rows, seqs, seq, mac
+
     def append_many(self, records: list[dict[str, Any]], *, wait: bool = True) -> list[int]:
         """Append ``records`` (JSON-able dicts without ``seq``/``ts``) atomically; returns their seqs.
 
@@ -92,22 +109,27 @@ class AuditLog:
         :class:`~torchshield.serve.db.WriteBusy` rather than wait for another writer (SQLite)."""
         db = self._db
         with db.raw_writing(wait=wait) as cur:
-            cur.execute(db.sql("SELECT seq, mac FROM serve_audit_head WHERE id = 1"
-                               + ("" if db.is_sqlite else " FOR UPDATE")))
+            cur.execute(db.sql(self._HEAD + ("" if db.is_sqlite else " FOR UPDATE")))
             seq, mac = cur.fetchone()
-            seq = int(seq)
-            rows, seqs = [], []
-            ts = _now_iso()  # committed together, stamped together
-            for rec in records:
-                seq += 1
-                body = canonical_json({**rec, "seq": seq, "ts": ts})
-                new_mac = self._mac(mac, body)
-                rows.append((seq, ts, body, mac, new_mac))
-                mac = new_mac
-                seqs.append(seq)
-            cur.executemany(db.sql("INSERT INTO serve_audit_log (seq, ts, body, prev_mac, mac) VALUES (?, ?, ?, ?, ?)"),
-                            rows)
-            cur.execute(db.sql("UPDATE serve_audit_head SET seq = ?, mac = ? WHERE id = 1"), (seq, mac))
+            rows, seqs, seq, mac = self._chain(int(seq), mac, records)
+            cur.executemany(db.sql(self._INSERT), rows)
+            cur.execute(db.sql(self._MOVE_HEAD), (seq, mac))
+        return seqs
+
+    @property
+    def appends_async(self) -> bool:
+        """Whether :meth:`append_many_async` can run here (PostgreSQL)."""
+        return self._db.async_hot is not None
+
+    async def append_many_async(self, records: list[dict[str, Any]]) -> list[int]:
+        """:meth:`append_many` on the event loop (PostgreSQL; see :mod:`torchshield.serve.db_async`)."""
+        db = self._db
+        async with db.async_hot.writing() as cur:
+            await cur.execute(db.sql(self._HEAD + " FOR UPDATE"))
+            seq, mac = await cur.fetchone()
+            rows, seqs, seq, mac = self._chain(int(seq), mac, records)
+            await cur.executemany(db.sql(self._INSERT), rows)
+            await cur.execute(db.sql(self._MOVE_HEAD), (seq, mac))
         return seqs
 
     def append(self, record: dict[str, Any]) -> int:
@@ -183,6 +205,18 @@ def _settle(waiter: Any, fut: Future) -> None:
         waiter.set_result(fut.result())
 
 
+def _resolve(batch: list[tuple[dict[str, Any], Any]], *, seqs: list[int] | None = None,
+             exc: BaseException | None = None) -> None:
+    """Give each waiter of a committed batch its seq, or every one the commit's exception. A
+    waiter cancelled meanwhile (client gone) is skipped: its record stands."""
+    for i, (_, fut) in enumerate(batch):
+        if not fut.done():
+            if exc is not None:
+                fut.set_exception(exc)
+            else:
+                fut.set_result(seqs[i])
+
+
 class AuditWriter:
     """Group commit: :meth:`write` blocks until the record is committed and returns its seq.
 
@@ -199,6 +233,8 @@ class AuditWriter:
         self._max = max_batch
         self._pending: list[tuple[dict[str, Any], Future]] = []
         self._turn: list[tuple[dict[str, Any], Any]] = []  # this loop turn's records (write_async)
+        self._loop_pending: list[tuple[dict[str, Any], Any]] = []  # for the next commit on the loop (PostgreSQL)
+        self._loop_committer: Any = None  # the task committing them, while one runs
         self._queue_lock = threading.Lock()
         self._committing = threading.Lock()
         self._wake: queue.SimpleQueue[bool] = queue.SimpleQueue()
@@ -218,19 +254,40 @@ class AuditWriter:
         in one turn of the loop are committed together on the loop's own thread, right after
         that turn: a lone request pays no hand-off to another thread, and under load one commit
         serves every request answered in the same turn, with no second thread competing for the
-        interpreter. Otherwise (a networked database, whose round trip must not stall the loop)
-        the record joins the writer thread's next batch and the coroutine waits without
-        blocking the loop."""
-        if on_loop:
+        interpreter. On PostgreSQL the record joins the loop's next asynchronous commit: one is
+        in flight at a time, and everything that arrives meanwhile goes into the next (group
+        commit without a thread; the round trips are the loop's own waits). Otherwise the
+        record joins the writer thread's next batch and the coroutine waits without blocking
+        the loop."""
+        if on_loop or self._log.appends_async:
             loop = asyncio.get_running_loop()
             waiter = loop.create_future()
-            self._turn.append((record, waiter))
-            if len(self._turn) == 1:
-                loop.call_soon(self._commit_turn)
-            return await waiter
+            if on_loop:
+                self._turn.append((record, waiter))
+                if len(self._turn) == 1:
+                    loop.call_soon(self._commit_turn)
+                return await waiter
+            self._loop_pending.append((record, waiter))
+            if self._loop_committer is None:
+                self._loop_committer = loop.create_task(self._commit_on_loop_async())
+            return await asyncio.wait_for(waiter, timeout)
         fut: Future = Future()
         self._enqueue(record, fut)
         return await asyncio.wait_for(asyncio.wrap_future(fut), timeout)
+
+    async def _commit_on_loop_async(self) -> None:
+        try:
+            while self._loop_pending:
+                batch = self._loop_pending[: self._max]
+                del self._loop_pending[: self._max]
+                try:
+                    seqs = await self._log.append_many_async([rec for rec, _ in batch])
+                except Exception as exc:  # noqa: BLE001 - every waiting request learns its record failed
+                    _resolve(batch, exc=exc)
+                else:
+                    _resolve(batch, seqs=seqs)
+        finally:
+            self._loop_committer = None
 
     def _commit_turn(self) -> None:
         """Commit this loop turn's records on the loop, unless another writer (a thread of
@@ -290,13 +347,9 @@ class AuditWriter:
         except WriteBusy:
             raise
         except Exception as exc:  # noqa: BLE001 - every waiting request learns its record failed
-            for _, fut in batch:
-                if not fut.done():
-                    fut.set_exception(exc)
+            _resolve(batch, exc=exc)
         else:
-            for (_, fut), seq in zip(batch, seqs, strict=True):
-                if not fut.done():  # a waiter cancelled meanwhile (client gone): its record stands
-                    fut.set_result(seq)
+            _resolve(batch, seqs=seqs)
 
     def close(self) -> None:
         """Commit what is queued, then stop the writer thread."""

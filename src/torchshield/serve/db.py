@@ -129,6 +129,8 @@ class Database:
     # (ping, BEGIN, SELECT, ROLLBACK: the key check 1.2 ms -> 0.3 ms measured against a local
     # server); a connection lost meanwhile is dropped on the error it raises. None on SQLite.
     hot_engine: Any = None
+    # PostgreSQL: the same two statements for coroutines, on the event loop (see db_async). None on SQLite.
+    async_hot: Any = None
     _thread_lock: Any = field(default_factory=threading.Lock, repr=False)
     _lock_file: Any = field(default=None, repr=False)
     _lock_pid: int = field(default=0, repr=False)
@@ -452,8 +454,13 @@ def open_database(url: str, *, create: bool = True) -> Database:
     except (ImportError, sa.exc.NoSuchModuleError, sa.exc.ArgumentError) as exc:
         raise InputError(f"--db: cannot use {shown}: {type(exc).__name__}",
                          hint="for PostgreSQL install psycopg[binary] and use postgresql+psycopg://") from exc
-    db = Database(url=url, read_engine=read, write_engine=write, tables=_tables(),
-                  hot_engine=None if parsed.get_backend_name() == "sqlite" else hot)
+    if parsed.get_backend_name() == "sqlite":
+        db = Database(url=url, read_engine=read, write_engine=write, tables=_tables())
+    else:
+        from torchshield.serve.db_async import AsyncHotPath
+
+        db = Database(url=url, read_engine=read, write_engine=write, tables=_tables(), hot_engine=hot,
+                      async_hot=AsyncHotPath(url))
     if parsed.get_backend_name() == "sqlite" and parsed.database and parsed.database != ":memory:" \
             and not parsed.database.startswith("file:"):
         db.lock_path = parsed.database + ".lock"

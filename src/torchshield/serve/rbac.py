@@ -110,6 +110,11 @@ class Authorizer:
                 self._cache = {}
                 self._revision = revision
 
+    @property
+    def revision(self) -> int:
+        """The policy revision loaded now (-1 before the first load)."""
+        return self._revision
+
     def reload(self) -> None:
         """Load the rules now, whatever the revision."""
         self.sync(self._db.revision())

@@ -8,6 +8,7 @@ translates its answers to status codes; tests and other front ends can use it di
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import queue
 import threading
@@ -127,7 +128,18 @@ class Service:
 
         ``model_exists=False`` (an unknown model name) yields 404 only for callers whose role
         spans every model; everyone else gets the same 403 as for a model outside their scope."""
-        key = self.authenticate(token)
+        return self._decide(self.authenticate(token), domain, obj, act, model_exists)
+
+    async def check_async(self, token: str | None, domain: str, obj: str, act: str, *,
+                          model_exists: bool = True) -> Decision:
+        """:meth:`check` on the event loop, for PostgreSQL (the key read is a coroutine; a policy
+        reload, rare, runs on a worker thread)."""
+        key, revision = await self.keys.authenticate_async(token)
+        if key is not None and revision != self.authz.revision:
+            await asyncio.to_thread(self.authz.sync, revision)
+        return self._decide(key, domain, obj, act, model_exists)
+
+    def _decide(self, key: ApiKey | None, domain: str, obj: str, act: str, model_exists: bool) -> Decision:
         if key is None:
             return Decision(401, "missing, unknown, expired or revoked API key")
         if not self.authz.allowed(key.key_id, domain, obj, act):

@@ -116,6 +116,12 @@ def _cached_key(row: tuple[Any, ...]) -> ApiKey:
     return _row_to_key(row)
 
 
+def _key_id(token: str | None) -> str | None:
+    """The key id of a well-formed token; None for anything else (refused before any query)."""
+    m = _TOKEN_RE.fullmatch(token) if token else None
+    return m.group(1) if m else None
+
+
 class KeyStore:
     """Create, authenticate, list and revoke API keys in the serving database."""
 
@@ -171,29 +177,43 @@ class KeyStore:
         This runs on every request: the key's row comes from this worker's cache while the
         change stamp has not moved (see the module docstring), else from one indexed query
         through the driver's cursor (:meth:`Database.fetch_one`), not SQLAlchemy Core."""
-        if not token:
+        key_id = _key_id(token)
+        if key_id is None:
             return None, -1
-        m = _TOKEN_RE.fullmatch(token)
-        if m is None:
-            return None, -1
-        key_id = m.group(1)
         stamp = self._db.change_stamp()  # read before the row: a change after it moves it again
         now = time.monotonic()
         hit = self._rows.get(key_id)
         if hit is None or hit[0] != stamp or now - hit[1] > self.cache_ttl:
-            row = self._db.fetch_one(self._auth_sql, (key_id,))
-            if row is None:
-                self._rows.pop(key_id, None)
-                return None, -1
-            hit = (stamp, now, row[10], _cached_key(tuple(row[:10])), int(row[11]))
-            if stamp is not None:
-                if len(self._rows) >= _KEY_CACHE_MAX:
-                    self._rows.clear()
-                self._rows[key_id] = hit
-        _, _, key_hash, key, revision = hit
-        if not hmac.compare_digest(key_hash, self._hash(token)):
+            hit = self._remember(key_id, self._db.fetch_one(self._auth_sql, (key_id,)), stamp, now)
+        return self._accept(token, hit)
+
+    async def authenticate_async(self, token: str | None) -> tuple[ApiKey | None, int]:
+        """:meth:`authenticate_with_revision` on the event loop, for PostgreSQL (see
+        :mod:`torchshield.serve.db_async`): there is no change stamp, so the row is read every time."""
+        key_id = _key_id(token)
+        if key_id is None:
             return None, -1
-        return (key if key.status() == "active" else None), revision
+        row = await self._db.async_hot.fetch_one(self._auth_sql, (key_id,))
+        return self._accept(token, self._remember(key_id, row, None, 0.0))
+
+    def _remember(self, key_id: str, row: Any, stamp: int | None, now: float) -> tuple | None:
+        """The cache entry for a row just read (kept if there is a stamp), None if no such key."""
+        if row is None:
+            self._rows.pop(key_id, None)
+            return None
+        hit = (stamp, now, row[10], _cached_key(tuple(row[:10])), int(row[11]))
+        if stamp is not None:
+            if len(self._rows) >= _KEY_CACHE_MAX:
+                self._rows.clear()
+            self._rows[key_id] = hit
+        return hit
+
+    def _accept(self, token: str, hit: tuple | None) -> tuple[ApiKey | None, int]:
+        """The key if ``token``'s secret matches the stored keyed hash and the key is active now."""
+        if hit is None or not hmac.compare_digest(hit[2], self._hash(token)):
+            return None, -1
+        key = hit[3]
+        return (key if key.status() == "active" else None), hit[4]
 
     def _row(self, key_id: str) -> Any:
         import sqlalchemy as sa

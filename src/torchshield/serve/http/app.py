@@ -181,6 +181,9 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     gc.collect()
     gc.freeze()
     yield
+    hot = app.state.service.db.async_hot
+    if hot is not None:
+        await hot.close()
 
 
 def create_app(service: Service) -> FastAPI:
@@ -192,9 +195,12 @@ def create_app(service: Service) -> FastAPI:
                               "Send `Authorization: Bearer <key>`; keys come from `torchshield access`.")
     app.state.service = service
     app.add_middleware(GuardMiddleware, service=service, metrics=metrics)
-    # The checks read one SQLite row and in-memory state (~0.02 ms): they run on the event loop.
-    # A networked database, or rate limits kept in the database, go through a worker thread.
+    # The checks read in-memory state (and a SQLite row when a key's cached one is stale): they
+    # run on the event loop. On PostgreSQL they run on the loop too, the key read as a coroutine
+    # (checks_async). Rate limits kept in the database go through a worker thread.
     checks_on_loop = not secure or (service.db.is_sqlite and service.config.rate_store == "memory")
+    checks_async = (secure and not checks_on_loop and service.db.async_hot is not None
+                    and service.config.rate_store == "memory")
     anonymous = (ApiKey(key_id="anonymous", name="", role="", models=(), created_at=0.0)
                  if not secure and service.config.monitor_when_off else None)
     service.monitor_idle(timeout=60)  # its SciPy import holds the interpreter: let it end before timing
@@ -215,26 +221,40 @@ def create_app(service: Service) -> FastAPI:
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
         return _error(422, "request parameters are invalid")
 
-    def decide(request: Request, action: str, route: str, obj: str, act: str,
-               model: str | None = None, exists: bool = True) -> Decision:
-        """Authenticate, authorize and rate-limit (blocking: call it on a worker thread)."""
+    def note(request: Request, action: str, route: str, model: str | None) -> None:
         ctx = _audit_ctx(request)
         ctx.update(action=action, route=route)
         if model is not None:
             ctx["model"] = model if valid_model_name(model) else "<invalid name>"
-        if not secure:
-            return Decision(200, "security off")
-        d = service.check(_bearer(request), model or GLOBAL, obj, act, model_exists=exists)
-        ctx.update(key_id=d.key.key_id if d.key else None, reason=d.reason)
+
+    def conclude(request: Request, d: Decision) -> Decision:
+        _audit_ctx(request).update(key_id=d.key.key_id if d.key else None, reason=d.reason)
         if not d.allowed:
             headers = {"Retry-After": str(d.retry_after)} if d.status == 429 else None
             raise ApiError(d.status, d.reason, headers=headers)
         return d
 
+    def decide(request: Request, action: str, route: str, obj: str, act: str,
+               model: str | None = None, exists: bool = True) -> Decision:
+        """Authenticate, authorize and rate-limit (blocking unless checks_on_loop)."""
+        note(request, action, route, model)
+        if not secure:
+            return Decision(200, "security off")
+        return conclude(request, service.check(_bearer(request), model or GLOBAL, obj, act, model_exists=exists))
+
+    async def decide_async(request: Request, action: str, route: str, obj: str, act: str,
+                           model: str | None = None, exists: bool = True) -> Decision:
+        """:func:`decide` with the key read as a coroutine (PostgreSQL)."""
+        note(request, action, route, model)
+        return conclude(request, await service.check_async(_bearer(request), model or GLOBAL, obj, act,
+                                                           model_exists=exists))
+
     async def guard(request: Request, action: str, route: str, obj: str, act: str,
                     model: str | None = None, exists: bool = True) -> Decision:
         if checks_on_loop:
             return decide(request, action, route, obj, act, model, exists)
+        if checks_async:
+            return await decide_async(request, action, route, obj, act, model, exists)
         return await run_in_threadpool(decide, request, action, route, obj, act, model, exists)
 
     def json_body(request: Request) -> Any:
@@ -304,13 +324,16 @@ def create_app(service: Service) -> FastAPI:
     async def predict(name: str, request: Request) -> JSONResponse:
         """`{"inputs": [[...], ...]}` -> `{"outputs": ..., "predictions": [...]}`."""
         m = service.registry.get(name)
+        route = "/v1/models/{name}/predict"
 
-        def checked() -> Decision:
-            # In the order of the status codes: 401/403/404/429 here, then 415/422 in inputs().
-            d = decide(request, "predict", "/v1/models/{name}/predict", "model", "predict", name, m is not None)
+        def found(d: Decision) -> Decision:
+            # In the order of the status codes: 401/403/404/429 first, then 415/422 in inputs().
             if m is None:
                 raise ApiError(404, "no such model")
             return d
+
+        def checked() -> Decision:
+            return found(decide(request, "predict", route, "model", "predict", name, m is not None))
 
         def inputs() -> Any:
             try:
@@ -326,10 +349,11 @@ def create_app(service: Service) -> FastAPI:
             _audit_ctx(request)["detail"] = {"inputs": len(x)}
             return JSONResponse({"model": m.name, "outputs": result["outputs"], "predictions": result["predictions"]})
 
-        if checks_on_loop:
-            # The checks on the event loop; the middleware commits the audit record there too,
-            # with the loop turn's others, as the response starts.
-            d = checked()
+        if checks_on_loop or checks_async:
+            # The checks on the event loop; the middleware commits the audit record there too
+            # (SQLite: with the loop turn's others; PostgreSQL: in the loop's next commit).
+            d = checked() if checks_on_loop else found(
+                await decide_async(request, "predict", route, "model", "predict", name, m is not None))
             if len(request.scope["state"]["body"]) <= m.loop_bytes:
                 # A small model and a small body: all on the loop (see calibrate_inline).
                 x = inputs()
@@ -345,8 +369,8 @@ def create_app(service: Service) -> FastAPI:
             response = answer(d, x, result)
         else:
             def on_worker() -> JSONResponse:
-                # PostgreSQL (or rate limits in the database): one worker-thread hop for the
-                # whole request, its audit commit included.
+                # Rate limits in the database: one worker-thread hop for the whole request, its
+                # audit commit included.
                 d = checked()
                 x = inputs()
                 response = answer(d, x, m.predict(x))

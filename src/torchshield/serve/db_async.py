@@ -1,0 +1,85 @@
+"""PostgreSQL's request path on the event loop: the key read and the audit append through an
+asyncio connection pool (``psycopg_pool.AsyncConnectionPool``, autocommit, no ping per checkout).
+
+Why not worker threads, as before: every request then made two blocking round trips on threads
+of its own, and each thread woke from the network into an interpreter held by the busy event
+loop, waiting up to the switch interval (5 ms) for it. Measured in-process at 32 concurrent
+requests against a local server: the key read 0.33 ms alone but 3.6 ms median under load, an
+audit commit 1.3 ms alone but 10 ms, 423 req/s in all. On the loop, the waits are the loop's own
+``epoll`` and nothing wakes into a held interpreter (a prototype of this path: 1,223 req/s
+with 0.5 ms of CPU per request, against 2,000 for that CPU alone).
+
+One pool per event loop (a uvicorn worker runs one), opened on first use and closed by the
+app's lifespan. A connection the server dropped is discarded by the pool when it comes back
+broken; a read is retried once on a fresh one, a write fails (its requests answer 503, fail
+closed) and the next works.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+__all__ = ["AsyncHotPath"]
+
+
+def _conninfo(url: str) -> str:
+    """A libpq URI from a SQLAlchemy URL (``postgresql+psycopg://...`` -> ``postgresql://...``)."""
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+class AsyncHotPath:
+    """The per-request statements of a PostgreSQL serving database, for coroutines."""
+
+    def __init__(self, url: str, *, min_size: int = 2, max_size: int = 8) -> None:
+        self._conninfo = _conninfo(url)
+        self._sizes = (min_size, max_size)
+        self._pool: Any = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def _get_pool(self) -> Any:
+        loop = asyncio.get_running_loop()
+        if self._pool is None or self._loop is not loop:
+            from psycopg_pool import AsyncConnectionPool
+
+            self._pool = AsyncConnectionPool(self._conninfo, min_size=self._sizes[0], max_size=self._sizes[1],
+                                             kwargs={"autocommit": True}, open=False, name="torchshield-hot")
+            self._loop = loop
+        return self._pool
+
+    async def _opened(self) -> Any:
+        pool = self._get_pool()
+        if pool.closed:
+            await pool.open(wait=False)  # connections arrive in the background; getconn waits for one
+        return pool
+
+    async def fetch_one(self, sql: str, params: tuple[Any, ...] = ()) -> Any:
+        """The first row of a read, or None; retried once if the connection was lost."""
+        from torchshield.serve.db import _lost_connection
+
+        for attempt in (1, 2):
+            pool = await self._opened()
+            try:
+                async with pool.connection() as conn:
+                    cur = await conn.execute(sql, params)
+                    return await cur.fetchone()
+            except Exception as exc:
+                if attempt == 2 or not _lost_connection(exc):
+                    raise
+        return None  # pragma: no cover - the loop returns or raises
+
+    @asynccontextmanager
+    async def writing(self) -> AsyncIterator[Any]:
+        """A cursor in one transaction, committed when the block ends (rolled back on error)."""
+        pool = await self._opened()
+        async with pool.connection() as conn, conn.transaction():
+            yield conn.cursor()
+
+    async def close(self) -> None:
+        pool, self._pool = self._pool, None
+        if pool is not None and not pool.closed and self._loop is asyncio.get_running_loop():
+            await pool.close()
