@@ -9,7 +9,6 @@ import threading
 
 import httpx
 import pytest
-
 from serve_harness import make_service, running
 
 pytestmark = pytest.mark.integration  # the pg_db fixture (tests/integration/conftest.py) skips without a server
@@ -106,4 +105,58 @@ def test_postgres_hot_path_recovers_from_lost_connections(pg_db, master_key):
         assert _lost_connection(exc)
     log.append({"action": "c"})
     assert [r["action"] for r in log.records()][-1] == "c" and log.verify().ok
+    db.dispose()
+
+
+def test_postgres_event_loop_path_recovers_from_lost_connections(pg_db, master_key):
+    """The same on the event loop's pool (what the server's requests use on PostgreSQL): the key
+    read is retried on a fresh connection, an append fails once with the driver's error, the
+    pool replaces the broken connection and the next append works."""
+    import asyncio
+
+    import sqlalchemy as sa
+
+    from torchshield.serve.access.keys import KeyStore
+    from torchshield.serve.audit import AuditLog
+    from torchshield.serve.db import _lost_connection, open_database
+
+    db = open_database(pg_db)
+    keys, log = KeyStore(db, master_key), AuditLog(db, master_key)
+    new = keys.create(role="predictor", models=["digits"])
+
+    def drop_connections() -> None:
+        admin = sa.create_engine(pg_db, isolation_level="AUTOCOMMIT")
+        with admin.connect() as conn:
+            conn.exec_driver_sql("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                                 "WHERE datname = current_database() AND pid <> pg_backend_pid()")
+        admin.dispose()
+
+    async def scenario() -> None:
+        try:
+            await steps()
+        finally:
+            await db.async_hot.close()
+
+    async def steps() -> None:
+        assert log.appends_async
+        key, _ = await keys.authenticate_async(new.token)
+        assert key.key_id == new.key.key_id
+        assert (await keys.authenticate_async(new.token[:-1] + "x"))[0] is None  # the secret is still checked
+        await log.append_many_async([{"action": "a"}])
+        drop_connections()
+        key, _ = await keys.authenticate_async(new.token)  # retried on a fresh connection
+        assert key.key_id == new.key.key_id
+        drop_connections()
+        failed = []
+        for action in ("b", "c"):  # the first fails, and the pool replaces every dropped connection
+            try:
+                await log.append_many_async([{"action": action}])
+            except Exception as exc:  # noqa: BLE001 - the driver's error for the dropped connection
+                assert _lost_connection(exc)
+                failed.append(action)
+        assert failed == ["b"]
+
+    asyncio.run(scenario())
+    actions = [r["action"] for r in log.records()]
+    assert actions[-1] == "c" and "a" in actions and "b" not in actions and log.verify().ok
     db.dispose()

@@ -10,9 +10,10 @@ audit commit 1.3 ms alone but 10 ms, 423 req/s in all. On the loop, the waits ar
 with 0.5 ms of CPU per request, against 2,000 for that CPU alone).
 
 One pool per event loop (a uvicorn worker runs one), opened on first use and closed by the
-app's lifespan. A connection the server dropped is discarded by the pool when it comes back
-broken; a read is retried once on a fresh one, a write fails (its requests answer 503, fail
-closed) and the next works.
+app's lifespan. When the server dropped a connection (a restart, an idle timeout), the error
+makes the pool check every idle connection and replace the dead ones (one round trip each,
+only then); a read is then retried once, a write fails (its requests answer 503, fail closed)
+and the next works.
 """
 
 from __future__ import annotations
@@ -68,16 +69,26 @@ class AsyncHotPath:
                     cur = await conn.execute(sql, params)
                     return await cur.fetchone()
             except Exception as exc:
-                if attempt == 2 or not _lost_connection(exc):
+                if not _lost_connection(exc):
+                    raise
+                await pool.check()  # the others were most likely dropped with it
+                if attempt == 2:
                     raise
         return None  # pragma: no cover - the loop returns or raises
 
     @asynccontextmanager
     async def writing(self) -> AsyncIterator[Any]:
         """A cursor in one transaction, committed when the block ends (rolled back on error)."""
+        from torchshield.serve.db import _lost_connection
+
         pool = await self._opened()
-        async with pool.connection() as conn, conn.transaction():
-            yield conn.cursor()
+        try:
+            async with pool.connection() as conn, conn.transaction():
+                yield conn.cursor()
+        except Exception as exc:
+            if _lost_connection(exc):
+                await pool.check()
+            raise
 
     async def close(self) -> None:
         pool, self._pool = self._pool, None

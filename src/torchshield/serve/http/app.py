@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import gc
 import json
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-import time
 from typing import Any
 
 from fastapi import FastAPI, Request
