@@ -285,7 +285,29 @@ def compare(workdir: Path, token: str, n: int, c: int, rounds: int) -> dict:
 
 
 def soak(workdir: Path, n: int, c: int, workers: int) -> dict:
-    db = f"sqlite:///{workdir / 'soak.db'}"
+    """``n`` requests from ``c`` clients to ``workers`` uvicorn workers on a new database (SQLite
+    in the work folder, or a new database on the server of ``--db``, dropped afterwards)."""
+    pg = os.environ.get("BENCH_SERVE_DB")
+    if not pg:
+        return _soak(f"sqlite:///{workdir / 'soak.db'}", workdir, n, c, workers)
+    import secrets
+
+    import sqlalchemy as sa
+
+    base = sa.engine.make_url(pg)
+    name = f"bench_soak_{secrets.token_hex(4)}"
+    admin = sa.create_engine(base, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
+    try:
+        return _soak(base.set(database=name).render_as_string(hide_password=False), workdir, n, c, workers)
+    finally:
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f'DROP DATABASE "{name}" WITH (FORCE)')
+        admin.dispose()
+
+
+def _soak(db: str, workdir: Path, n: int, c: int, workers: int) -> dict:
     key = str(workdir / "shield.key")
     boot = json.loads(subprocess.run([TS, "access", "bootstrap", "--db", db, "--key-file", key, "--json"],
                                      capture_output=True, text=True, check=True).stdout)
