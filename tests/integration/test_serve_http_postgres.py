@@ -160,3 +160,44 @@ def test_postgres_event_loop_path_recovers_from_lost_connections(pg_db, master_k
     actions = [r["action"] for r in log.records()]
     assert actions[-1] == "c" and "a" in actions and "b" not in actions and log.verify().ok
     db.dispose()
+
+
+def test_postgres_records_from_concurrent_requests_share_commits_on_the_loop(pg_db, master_key):
+    """write_async on PostgreSQL: one commit in flight, the records that arrive meanwhile go into
+    the next; every waiter gets its own seq, the chain stays intact, and a record written from a
+    thread at the same time (the monitor's alerts) interleaves safely through the row lock."""
+    import asyncio
+
+    from torchshield.serve.audit import AuditLog, AuditWriter
+    from torchshield.serve.db import open_database
+
+    db = open_database(pg_db)
+    log = AuditLog(db, master_key)
+    writer = AuditWriter(log)
+    commits: list[int] = []
+    append = log.append_many_async
+
+    async def counting(records):
+        commits.append(len(records))
+        return await append(records)
+
+    log.append_many_async = counting
+
+    async def scenario() -> list[int]:
+        try:
+            side = asyncio.get_running_loop().run_in_executor(None, writer.write, {"action": "thread"})
+            seqs = await asyncio.gather(*(writer.write_async({"action": "req", "i": i}) for i in range(50)))
+            await side
+            return list(seqs)
+        finally:
+            await db.async_hot.close()
+
+    try:
+        seqs = asyncio.run(scenario())
+    finally:
+        writer.close()
+    assert len(set(seqs)) == 50 and sum(commits) == 50 and len(commits) < 50
+    records = log.records(limit=100)
+    assert sorted(r["i"] for r in records if r["action"] == "req") == list(range(50))
+    assert sum(r["action"] == "thread" for r in records) == 1 and log.verify().ok
+    db.dispose()

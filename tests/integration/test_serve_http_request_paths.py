@@ -80,3 +80,34 @@ def test_concurrent_requests_on_the_loop_each_get_one_committed_record(tmp_path)
     predicts = [r for r in svc.audit.records() if r["action"] == "predict"]
     assert len(predicts) == 64 and svc.audit.verify().ok
     assert sum(commits) >= 64 and len(commits) < sum(commits)  # some commits carried several records
+
+
+def _db_rate_limited_path(tmp_path, db_url):
+    from torchshield.crypto.keys import generate_master_key
+    from torchshield.serve.http import create_app
+
+    svc = make_service(tmp_path, generate_master_key(), db_url=db_url, rate_store="db", rate_per_s=0.01, burst=3)
+    token = svc.keys.create(role="predictor", models=["digits"]).token
+    try:
+        with running(create_app(svc)) as url, httpx.Client(base_url=url, timeout=30) as client:
+            hdr = {"Authorization": f"Bearer {token}"}
+            statuses = [client.post("/v1/models/digits/predict", json={"inputs": _inputs(i)}, headers=hdr)
+                        for i in range(4)]
+            unknown = client.post("/v1/models/nope/predict", json={"inputs": _inputs(0)}, headers=hdr)
+    finally:
+        svc.close()
+    assert [r.status_code for r in statuses] == [200, 200, 200, 429] and unknown.status_code == 403
+    assert int(statuses[-1].headers["retry-after"]) >= 1
+    records = [r for r in svc.audit.records() if r["action"] == "predict"]
+    assert [r["status"] for r in records] == [200, 200, 200, 429, 403] and svc.audit.verify().ok
+    assert all("amends_status" not in (r.get("detail") or {}) for r in records)  # committed early, once
+
+
+def test_rate_limits_in_the_database_take_the_worker_thread_path(tmp_path):
+    """`--rate-limit-store db`: the whole request on one worker thread, its record committed
+    there before the response (SQLite)."""
+    _db_rate_limited_path(tmp_path, None)
+
+
+def test_rate_limits_in_the_database_take_the_worker_thread_path_on_postgres(tmp_path, pg_db):
+    _db_rate_limited_path(tmp_path, pg_db)

@@ -460,7 +460,7 @@ def open_database(url: str, *, create: bool = True) -> Database:
         from torchshield.serve.db_async import AsyncHotPath
 
         db = Database(url=url, read_engine=read, write_engine=write, tables=_tables(), hot_engine=hot,
-                      async_hot=AsyncHotPath(url))
+                      async_hot=AsyncHotPath(url) if AsyncHotPath.available() else None)
     if parsed.get_backend_name() == "sqlite" and parsed.database and parsed.database != ":memory:" \
             and not parsed.database.startswith("file:"):
         db.lock_path = parsed.database + ".lock"

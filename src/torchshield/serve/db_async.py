@@ -42,6 +42,17 @@ class AsyncHotPath:
         self._pool: Any = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
+    @staticmethod
+    def available() -> bool:
+        """psycopg 3 and its pool are installed (the serve extra); without them requests take
+        the worker-thread path through SQLAlchemy's driver."""
+        try:
+            import psycopg  # noqa: F401
+            import psycopg_pool  # noqa: F401
+        except ImportError:
+            return False
+        return True
+
     def _get_pool(self) -> Any:
         loop = asyncio.get_running_loop()
         if self._pool is None or self._loop is not loop:
