@@ -7,7 +7,8 @@ same app with everything off (``off``), and a bare FastAPI endpoint running the 
 Each server is its own process (uvicorn, one worker, loopback); the load generator is another
 process (asyncio with a lean keep-alive HTTP/1.1 client: with httpx the generator itself was the
 bottleneck). All four servers run at once and are measured in interleaved rounds: throughput
-with C concurrent clients, one server after the other; latency with one client that sends its
+with C concurrent clients, one server after the other (each round starting with the next
+server, so that none is always measured last); latency with one client that sends its
 requests to the servers in turn, in blocks of 25 back-to-back requests per server
 (rotating the order), so that the hiccups of this shared VM land on every variant alike while
 each server still sees a steady stream (its background threads are not given idle gaps): the
@@ -269,8 +270,8 @@ def compare(workdir: Path, token: str, n: int, c: int, rounds: int) -> dict:
             load(urls[kind], tok[kind], 300, c)  # warm-up
         tput: dict[str, list[dict]] = {k: [] for k in kinds}
         lat: dict[str, list[dict]] = {k: [] for k in kinds}
-        for _ in range(rounds):
-            for kind in kinds:
+        for r in range(rounds):
+            for kind in kinds[r % len(kinds):] + kinds[:r % len(kinds)]:  # each server first in turn
                 tput[kind].append(load(urls[kind], tok[kind], n, c))
             one = latency([(urls[k], tok[k]) for k in kinds], max(500, n))
             for kind in kinds:

@@ -5,10 +5,13 @@ journal) or PostgreSQL (``postgresql+psycopg://user@host/db``). Everything that 
 uvicorn workers must agree on lives here, never only in a process: key state (so a revocation
 is seen by the next request in every worker), the policy revision counter (workers reload
 Casbin policies when it moves), the audit chain head, and optionally the rate-limit buckets.
+On SQLite the lock file next to the database also carries a change stamp
+(:meth:`Database.change_stamp`) that lets workers cache key rows between changes.
 
-The two statements every request runs (the key lookup and the audit append) go through the
-driver's own cursor (:meth:`Database.raw_reading`/:meth:`raw_writing`; on SQLite a connection
-held per thread, elsewhere one from the pool) rather than SQLAlchemy Core: measured on SQLite, Core costs 120-210 us per key lookup and
+The two statements a request runs (the key lookup, when its cached row is stale, and the audit
+append) go through the driver's own cursor (:meth:`Database.raw_reading`/:meth:`raw_writing`;
+on SQLite a connection held per thread, on PostgreSQL one from a pool, or for coroutines the
+asyncio pool of :mod:`torchshield.serve.db_async`) rather than SQLAlchemy Core: measured on SQLite, Core costs 120-210 us per key lookup and
 ~550 us per audit append where the DB-API cursor takes 8-30 us and ~40 us, which is most of
 what security added to a request's latency. Everything else keeps SQLAlchemy.
 

@@ -111,8 +111,9 @@ def _row_to_key(row: Any) -> ApiKey:
 
 @functools.lru_cache(maxsize=4096)
 def _cached_key(row: tuple[Any, ...]) -> ApiKey:
-    """:func:`_row_to_key` once per distinct row: every request reads its key's row, which rarely
-    changes (any change, revocation included, is a new row value and so a new entry)."""
+    """:func:`_row_to_key` once per distinct row: a key's row is read again and again (every
+    request on PostgreSQL, after each stamp change or TTL on SQLite) and rarely changes (any
+    change, revocation included, is a new row value and so a new entry)."""
     return _row_to_key(row)
 
 
