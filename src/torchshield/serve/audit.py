@@ -233,8 +233,11 @@ class AuditWriter:
         self._max = max_batch
         self._pending: list[tuple[dict[str, Any], Future]] = []
         self._turn: list[tuple[dict[str, Any], Any]] = []  # this loop turn's records (write_async)
-        self._loop_pending: list[tuple[dict[str, Any], Any]] = []  # for the next commit on the loop (PostgreSQL)
-        self._loop_committer: Any = None  # the task committing them, while one runs
+        self._next_commit = None  # PostgreSQL: records committed on the loop, one commit in flight
+        if log.appends_async:
+            from torchshield.serve.db_async import NextBatch
+
+            self._next_commit = NextBatch(log.append_many_async, max_batch=max_batch)
         self._queue_lock = threading.Lock()
         self._committing = threading.Lock()
         self._wake: queue.SimpleQueue[bool] = queue.SimpleQueue()
@@ -259,35 +262,18 @@ class AuditWriter:
         commit without a thread; the round trips are the loop's own waits). Otherwise the
         record joins the writer thread's next batch and the coroutine waits without blocking
         the loop."""
-        if on_loop or self._log.appends_async:
+        if on_loop:
             loop = asyncio.get_running_loop()
             waiter = loop.create_future()
-            if on_loop:
-                self._turn.append((record, waiter))
-                if len(self._turn) == 1:
-                    loop.call_soon(self._commit_turn)
-                return await waiter
-            self._loop_pending.append((record, waiter))
-            if self._loop_committer is None:
-                self._loop_committer = loop.create_task(self._commit_on_loop_async())
-            return await asyncio.wait_for(waiter, timeout)
+            self._turn.append((record, waiter))
+            if len(self._turn) == 1:
+                loop.call_soon(self._commit_turn)
+            return await waiter
+        if self._next_commit is not None:
+            return await asyncio.wait_for(self._next_commit.submit(record), timeout)
         fut: Future = Future()
         self._enqueue(record, fut)
         return await asyncio.wait_for(asyncio.wrap_future(fut), timeout)
-
-    async def _commit_on_loop_async(self) -> None:
-        try:
-            while self._loop_pending:
-                batch = self._loop_pending[: self._max]
-                del self._loop_pending[: self._max]
-                try:
-                    seqs = await self._log.append_many_async([rec for rec, _ in batch])
-                except Exception as exc:  # noqa: BLE001 - every waiting request learns its record failed
-                    _resolve(batch, exc=exc)
-                else:
-                    _resolve(batch, seqs=seqs)
-        finally:
-            self._loop_committer = None
 
     def _commit_turn(self) -> None:
         """Commit this loop turn's records on the loop, unless another writer (a thread of

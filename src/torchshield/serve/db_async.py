@@ -19,11 +19,62 @@ and the next works.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
-__all__ = ["AsyncHotPath"]
+__all__ = ["AsyncHotPath", "NextBatch"]
+
+
+class NextBatch:
+    """Coalesce the same statement from concurrent coroutines into one round trip.
+
+    At most one batch is in flight; items submitted meanwhile wait for the next, which starts
+    as soon as the current one ends. So every item's statement is sent after it was submitted:
+    a key read sees every change committed before its request asked (revocation stays
+    immediate), and an audit record is committed before its waiter hears back. Under load one
+    round trip (and the driver's Python-side cost of it, ~0.2 ms of CPU here) serves many
+    requests; a lone request pays one more turn of the loop.
+
+    ``run(items)`` returns one result per item, in order; if it raises, every waiter of that
+    batch gets the exception. A waiter cancelled meanwhile (client gone) is skipped."""
+
+    def __init__(self, run: Callable[[list[Any]], Awaitable[list[Any]]], *, max_batch: int = 512) -> None:
+        self._run = run
+        self._max = max_batch
+        self._pending: list[tuple[Any, asyncio.Future]] = []
+        self._task: asyncio.Task | None = None
+
+    def submit(self, item: Any) -> asyncio.Future:
+        """A future for ``item``'s result (await it, e.g. under ``asyncio.wait_for``)."""
+        loop = asyncio.get_running_loop()
+        fut = loop.create_future()
+        if self._task is not None and (self._task.done() or self._task.get_loop() is not loop):
+            # left behind by an event loop that ended mid-batch (a server stopped, a test's loop)
+            self._task = None
+            self._pending = [(i, f) for i, f in self._pending if f.get_loop() is loop]
+        self._pending.append((item, fut))
+        if self._task is None:
+            self._task = loop.create_task(self._drain())
+        return fut
+
+    async def _drain(self) -> None:
+        try:
+            while self._pending:
+                batch = self._pending[: self._max]
+                del self._pending[: self._max]
+                try:
+                    results = await self._run([item for item, _ in batch])
+                except Exception as exc:  # noqa: BLE001 - every waiter of the batch learns it failed
+                    for _, fut in batch:
+                        if not fut.done():
+                            fut.set_exception(exc)
+                else:
+                    for (_, fut), result in zip(batch, results, strict=True):
+                        if not fut.done():
+                            fut.set_result(result)
+        finally:
+            self._task = None
 
 
 def _conninfo(url: str) -> str:
@@ -69,8 +120,8 @@ class AsyncHotPath:
             await pool.open(wait=False)  # connections arrive in the background; getconn waits for one
         return pool
 
-    async def fetch_one(self, sql: str, params: tuple[Any, ...] = ()) -> Any:
-        """The first row of a read, or None; retried once if the connection was lost."""
+    async def fetch_all(self, sql: str, params: tuple[Any, ...] = ()) -> list[Any]:
+        """Every row of a read; retried once if the connection was lost."""
         from torchshield.serve.db import _lost_connection
 
         for attempt in (1, 2):
@@ -78,14 +129,14 @@ class AsyncHotPath:
             try:
                 async with pool.connection() as conn:
                     cur = await conn.execute(sql, params)
-                    return await cur.fetchone()
+                    return await cur.fetchall()
             except Exception as exc:
                 if not _lost_connection(exc):
                     raise
                 await pool.check()  # the others were most likely dropped with it
                 if attempt == 2:
                     raise
-        return None  # pragma: no cover - the loop returns or raises
+        return []  # pragma: no cover - the loop returns or raises
 
     @asynccontextmanager
     async def writing(self) -> AsyncIterator[Any]:

@@ -131,6 +131,13 @@ class KeyStore:
         self._hash_key = master.derive("serve/api-key-hash")
         self._auth_sql = db.sql(f"SELECT {', '.join('k.' + c for c in _KEY_COLUMNS)}, k.key_hash, r.revision "
                                 "FROM serve_api_keys k JOIN serve_revision r ON r.id = 1 WHERE k.key_id = ?")
+        # PostgreSQL, on the event loop: the key reads of concurrent requests in one query
+        self._reads = None
+        if db.async_hot is not None:
+            from torchshield.serve.db_async import NextBatch
+
+            self._reads = NextBatch(self._read_rows)
+            self._auth_many_sql = self._auth_sql.replace("k.key_id = %s", "k.key_id = ANY(%s)")
         # key_id -> (change stamp, read at (monotonic), key_hash, ApiKey, policy revision)
         self._rows: dict[str, tuple[int, float, str, ApiKey, int]] = {}
         self.cache_ttl = KEY_CACHE_TTL_S
@@ -190,12 +197,20 @@ class KeyStore:
 
     async def authenticate_async(self, token: str | None) -> tuple[ApiKey | None, int]:
         """:meth:`authenticate_with_revision` on the event loop, for PostgreSQL (see
-        :mod:`torchshield.serve.db_async`): there is no change stamp, so the row is read every time."""
+        :mod:`torchshield.serve.db_async`): there is no change stamp, so the row is read every
+        time, in one query with the reads of the other requests waiting at the same moment
+        (:class:`~torchshield.serve.db_async.NextBatch`: each read is still sent after its request
+        asked, so a revocation committed before is seen)."""
         key_id = _key_id(token)
         if key_id is None:
             return None, -1
-        row = await self._db.async_hot.fetch_one(self._auth_sql, (key_id,))
+        row = await self._reads.submit(key_id)
         return self._accept(token, self._remember(key_id, row, None, 0.0))
+
+    async def _read_rows(self, key_ids: list[str]) -> list[Any]:
+        rows = await self._db.async_hot.fetch_all(self._auth_many_sql, (sorted(set(key_ids)),))
+        by_id = {row[0]: row for row in rows}
+        return [by_id.get(k) for k in key_ids]
 
     def _remember(self, key_id: str, row: Any, stamp: int | None, now: float) -> tuple | None:
         """The cache entry for a row just read (kept if there is a stamp), None if no such key."""
