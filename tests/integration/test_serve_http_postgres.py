@@ -214,3 +214,41 @@ def test_postgres_records_from_concurrent_requests_share_commits_on_the_loop(pg_
     assert sorted(r["i"] for r in records if r["action"] == "req") == list(range(50))
     assert sum(r["action"] == "thread" for r in records) == 1 and log.verify().ok
     db.dispose()
+
+
+def test_postgres_one_statement_append_falls_back_when_another_worker_wrote(pg_db, master_key):
+    """A lone writer appends in one statement (head moved only from where it left it); when
+    another writer ("worker") moved the head meanwhile, the statement changes nothing, the locked
+    path appends instead, and the chain stays one intact chain with no record lost or doubled."""
+    import asyncio
+
+    from torchshield.serve.audit import AuditLog
+    from torchshield.serve.db import open_database
+
+    db_a, db_b = open_database(pg_db), open_database(pg_db)
+    a, b = AuditLog(db_a, master_key), AuditLog(db_b, master_key)
+
+    async def scenario() -> None:
+        try:
+            for i in range(4):  # a alone: the first commit locked, the rest one statement each
+                await a.append_many_async([{"action": "a", "i": i}])
+            assert a.commits == {"locked": 1, "one_statement": 3}
+            await b.append_many_async([{"action": "b", "i": 0}])  # another worker moves the head
+            await a.append_many_async([{"action": "a", "i": 4}, {"action": "a", "i": 5}])
+            assert a.commits["locked"] == 2  # tried one statement, found the head moved, locked
+            await a.append_many_async([{"action": "a", "i": 6}])  # the head is where a left it: locked once more
+            await a.append_many_async([{"action": "a", "i": 7}])  # ... and trusted again
+            assert a.commits == {"locked": 3, "one_statement": 4}
+            await asyncio.gather(*(w.append_many_async([{"action": n, "i": 10 + k}])
+                                   for k in range(10) for w, n in ((a, "a"), (b, "b"))))
+        finally:
+            await db_a.async_hot.close()
+            await db_b.async_hot.close()
+
+    asyncio.run(scenario())
+    records = a.records()
+    assert sorted((r["action"], r["i"]) for r in records) == sorted(
+        [("a", i) for i in [*range(8), *range(10, 20)]] + [("b", i) for i in [0, *range(10, 20)]])
+    assert [r["seq"] for r in records] == list(range(1, len(records) + 1)) and a.verify().ok
+    db_a.dispose()
+    db_b.dispose()

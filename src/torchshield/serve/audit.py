@@ -26,6 +26,7 @@ import hmac
 import json
 import queue
 import threading
+from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -76,6 +77,11 @@ class AuditLog:
         self._db = db
         self._key = master.derive("serve/audit-chain")
         self._digest_key = master.derive("serve/audit-digest")
+        # PostgreSQL, event loop: the head as this process's last commit left it, and whether the
+        # one-statement append is worth trying (see append_many_async); commits by kind
+        self._head_hint: tuple[int, str] | None = None
+        self._hint_trusted = False
+        self.commits: Counter = Counter()
 
     def digest(self, data: bytes) -> str:
         """A keyed digest of request content: links records to inputs without storing them."""
@@ -121,15 +127,45 @@ class AuditLog:
         """Whether :meth:`append_many_async` can run here (PostgreSQL)."""
         return self._db.async_hot is not None
 
+    # One statement, one transaction, one round trip: move the head from (seq, mac) as this
+    # process last left it, and insert the rows only if that move happened.
+    _APPEND_IF_HEAD = (
+        "WITH h AS (UPDATE serve_audit_head SET seq = %s, mac = %s WHERE id = 1 AND seq = %s AND mac = %s "
+        "RETURNING 1) INSERT INTO serve_audit_log (seq, ts, body, prev_mac, mac) "
+        "SELECT * FROM unnest(%s::bigint[], %s::text[], %s::text[], %s::text[], %s::text[]) "
+        "WHERE EXISTS (SELECT 1 FROM h) RETURNING seq")
+
     async def append_many_async(self, records: list[dict[str, Any]]) -> list[int]:
-        """:meth:`append_many` on the event loop (PostgreSQL; see :mod:`torchshield.serve.db_async`)."""
+        """:meth:`append_many` on the event loop (PostgreSQL; see :mod:`torchshield.serve.db_async`).
+
+        While this process is the chain's only writer, the append is one statement that moves
+        the head from where this process last left it and inserts the rows only if that move
+        happened: one round trip (~0.2 ms against the local server) instead of the locked path's
+        BEGIN, ``SELECT ... FOR UPDATE``, INSERT, UPDATE and COMMIT (~1.0-1.2 ms). If another
+        writer moved the head meanwhile (another worker, a thread of ours), the statement
+        changes nothing and the locked path runs; it stays in use until a locked commit finds
+        the head where this process left it, so that several busy workers do not pay for both."""
         db = self._db
+        hint = self._head_hint
+        if hint is not None and self._hint_trusted:
+            rows, seqs, seq, mac = self._chain(hint[0], hint[1], records)
+            columns = [list(c) for c in zip(*rows, strict=True)]
+            done = await db.async_hot.execute_returning(self._APPEND_IF_HEAD, (seq, mac, *hint, *columns))
+            if len(done) == len(rows):
+                self._head_hint = (seq, mac)
+                self.commits["one_statement"] += 1
+                return seqs
+            self._hint_trusted = False
         async with db.async_hot.writing() as cur:
             await cur.execute(db.sql(self._HEAD + " FOR UPDATE"))
             seq, mac = await cur.fetchone()
-            rows, seqs, seq, mac = self._chain(int(seq), mac, records)
+            seq = int(seq)
+            trusted = (seq, mac) == self._head_hint  # nobody else wrote since this process did
+            rows, seqs, seq, mac = self._chain(seq, mac, records)
             await cur.executemany(db.sql(self._INSERT), rows)
             await cur.execute(db.sql(self._MOVE_HEAD), (seq, mac))
+        self._head_hint, self._hint_trusted = (seq, mac), trusted or self._head_hint is None
+        self.commits["locked"] += 1
         return seqs
 
     def append(self, record: dict[str, Any]) -> int:

@@ -138,6 +138,21 @@ class AsyncHotPath:
                     raise
         return []  # pragma: no cover - the loop returns or raises
 
+    async def execute_returning(self, sql: str, params: tuple[Any, ...] = ()) -> list[Any]:
+        """One statement in its own transaction (autocommit), its RETURNING rows. Never retried:
+        a write whose connection was lost may have committed."""
+        from torchshield.serve.db import _lost_connection
+
+        pool = await self._opened()
+        try:
+            async with pool.connection() as conn:
+                cur = await conn.execute(sql, params)
+                return await cur.fetchall()
+        except Exception as exc:
+            if _lost_connection(exc):
+                await pool.check()
+            raise
+
     @asynccontextmanager
     async def writing(self) -> AsyncIterator[Any]:
         """A cursor in one transaction, committed when the block ends (rolled back on error).
