@@ -25,6 +25,9 @@ from typing import Any
 
 __all__ = ["AsyncHotPath", "NextBatch"]
 
+GETCONN_TIMEOUT_S = 1.0
+CONNECT_TIMEOUT_S = 5
+
 
 class NextBatch:
     """Coalesce the same statement from concurrent coroutines into one round trip.
@@ -109,8 +112,13 @@ class AsyncHotPath:
         if self._pool is None or self._loop is not loop:
             from psycopg_pool import AsyncConnectionPool
 
+            # A request waits at most GETCONN_TIMEOUT_S for a connection: when the server is down
+            # it gets a 503 within about twice that (its key read, then its audit record), not after
+            # the pool's default 30 s. In normal use at most a key read and a commit per worker are
+            # in flight (NextBatch), so the pool never runs dry and the wait never comes near it.
             self._pool = AsyncConnectionPool(self._conninfo, min_size=self._sizes[0], max_size=self._sizes[1],
-                                             kwargs={"autocommit": True}, open=False, name="torchshield-hot")
+                                             kwargs={"autocommit": True, "connect_timeout": CONNECT_TIMEOUT_S},
+                                             timeout=GETCONN_TIMEOUT_S, open=False, name="torchshield-hot")
             self._loop = loop
         return self._pool
 
@@ -122,6 +130,8 @@ class AsyncHotPath:
 
     async def fetch_all(self, sql: str, params: tuple[Any, ...] = ()) -> list[Any]:
         """Every row of a read; retried once if the connection was lost."""
+        from psycopg_pool import PoolTimeout
+
         from torchshield.serve.db import _lost_connection
 
         for attempt in (1, 2):
@@ -130,6 +140,8 @@ class AsyncHotPath:
                 async with pool.connection() as conn:
                     cur = await conn.execute(sql, params)
                     return await cur.fetchall()
+            except PoolTimeout:
+                raise  # no connection to be had (the server is down): waiting again would not help
             except Exception as exc:
                 if not _lost_connection(exc):
                     raise

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import gc
 import json
+import logging
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -25,12 +26,15 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from torchshield.serve.access.keys import ApiKey, parse_duration, valid_model_name
+from torchshield.serve.db import redact_url
 from torchshield.serve.http.metrics import Metrics
 from torchshield.serve.models import InvalidInput
 from torchshield.serve.rbac import GLOBAL
 from torchshield.serve.service import Decision, Service
 
 __all__ = ["ApiError", "GuardMiddleware", "create_app"]
+
+log = logging.getLogger("torchshield.serve")
 
 _CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found", 405: "method_not_allowed",
           413: "payload_too_large", 415: "unsupported_media_type", 422: "invalid_input", 429: "rate_limited",
@@ -169,6 +173,22 @@ class GuardMiddleware:
         return True
 
 
+def _database_errors() -> tuple[type[Exception], ...]:
+    """The drivers' error classes (and SQLAlchemy's) that mean the database failed a request."""
+    import sqlite3
+
+    import sqlalchemy.exc
+
+    errors: list[type[Exception]] = [sqlite3.Error, sqlalchemy.exc.SQLAlchemyError]
+    try:
+        import psycopg
+
+        errors.append(psycopg.Error)  # psycopg_pool's PoolTimeout is one too
+    except ImportError:  # pragma: no cover - the serve extra installs it
+        pass
+    return tuple(errors)
+
+
 async def _nothing() -> dict:
     return {"type": "http.disconnect"}
 
@@ -220,6 +240,18 @@ def create_app(service: Service) -> FastAPI:
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
         return _error(422, "request parameters are invalid")
+
+    async def _database_down(request: Request, exc: Exception) -> JSONResponse:
+        # The database went away mid-run (a restart, a network cut): a JSON 503 the caller can
+        # retry, not a bare 500. Its record fails too, so the middleware's fail-closed 503 may
+        # answer instead. The log gets the error's class and first line, never the URL's secrets.
+        log.warning("database unavailable: %s: %s", type(exc).__name__,
+                    redact_url(str(exc).splitlines()[0][:200]) if str(exc) else "")
+        _audit_ctx(request)["reason"] = "database unavailable"
+        return _error(503, "the service database is unavailable; retry shortly", {"Retry-After": "1"})
+
+    for db_error in _database_errors():
+        app.add_exception_handler(db_error, _database_down)
 
     def note(request: Request, action: str, route: str, model: str | None) -> None:
         ctx = _audit_ctx(request)
