@@ -35,6 +35,7 @@ from hashlib import sha256
 from typing import Any
 
 from torchshield.serve.db import WriteBusy
+from torchshield.serve.db_async import settle_all
 
 __all__ = ["AuditLog", "AuditWriter", "VerifyReport", "canonical_json"]
 
@@ -241,18 +242,6 @@ def _settle(waiter: Any, fut: Future) -> None:
         waiter.set_result(fut.result())
 
 
-def _resolve(batch: list[tuple[dict[str, Any], Any]], *, seqs: list[int] | None = None,
-             exc: BaseException | None = None) -> None:
-    """Give each waiter of a committed batch its seq, or every one the commit's exception. A
-    waiter cancelled meanwhile (client gone) is skipped: its record stands."""
-    for i, (_, fut) in enumerate(batch):
-        if not fut.done():
-            if exc is not None:
-                fut.set_exception(exc)
-            else:
-                fut.set_result(seqs[i])
-
-
 class AuditWriter:
     """Group commit: :meth:`write` blocks until the record is committed and returns its seq.
 
@@ -369,9 +358,9 @@ class AuditWriter:
         except WriteBusy:
             raise
         except Exception as exc:  # noqa: BLE001 - every waiting request learns its record failed
-            _resolve(batch, exc=exc)
+            settle_all([fut for _, fut in batch], exc=exc)
         else:
-            _resolve(batch, seqs=seqs)
+            settle_all([fut for _, fut in batch], seqs)
 
     def close(self) -> None:
         """Commit what is queued, then stop the writer thread."""

@@ -23,10 +23,22 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
-__all__ = ["AsyncHotPath", "NextBatch"]
+__all__ = ["AsyncHotPath", "NextBatch", "settle_all"]
 
 GETCONN_TIMEOUT_S = 1.0
 CONNECT_TIMEOUT_S = 5
+
+
+def settle_all(futures: list[Any], results: list[Any] | None = None, exc: BaseException | None = None) -> None:
+    """Give each future of a finished batch its result, or every one the batch's exception.
+    A future already done (its waiter cancelled: the client went away) is skipped; for an audit
+    record that means the record stands. Works for asyncio and thread futures alike."""
+    for i, fut in enumerate(futures):
+        if not fut.done():
+            if exc is not None:
+                fut.set_exception(exc)
+            else:
+                fut.set_result(results[i])
 
 
 class NextBatch:
@@ -40,7 +52,7 @@ class NextBatch:
     requests; a lone request pays one more turn of the loop.
 
     ``run(items)`` returns one result per item, in order; if it raises, every waiter of that
-    batch gets the exception. A waiter cancelled meanwhile (client gone) is skipped."""
+    batch gets the exception (:func:`settle_all`)."""
 
     def __init__(self, run: Callable[[list[Any]], Awaitable[list[Any]]], *, max_batch: int = 512) -> None:
         self._run = run
@@ -69,13 +81,9 @@ class NextBatch:
                 try:
                     results = await self._run([item for item, _ in batch])
                 except Exception as exc:  # noqa: BLE001 - every waiter of the batch learns it failed
-                    for _, fut in batch:
-                        if not fut.done():
-                            fut.set_exception(exc)
+                    settle_all([fut for _, fut in batch], exc=exc)
                 else:
-                    for (_, fut), result in zip(batch, results, strict=True):
-                        if not fut.done():
-                            fut.set_result(result)
+                    settle_all([fut for _, fut in batch], results)
         finally:
             self._task = None
 
