@@ -101,6 +101,11 @@ _KEY_COLUMNS = ("key_id", "name", "role", "models", "created_at", "created_by", 
                 "rate_per_s", "burst")
 
 
+# A key's row, its keyed hash and the policy revision, in one query (by one id or several)
+_AUTH_SELECT = (f"SELECT {', '.join('k.' + c for c in _KEY_COLUMNS)}, k.key_hash, r.revision "
+                "FROM serve_api_keys k JOIN serve_revision r ON r.id = 1 WHERE ")
+
+
 def _row_to_key(row: Any) -> ApiKey:
     """An :class:`ApiKey` from a row holding ``_KEY_COLUMNS`` first, in that order."""
     key_id, name, role, models, created_at, created_by, expires_at, revoked_at, rate_per_s, burst = row[:10]
@@ -129,15 +134,14 @@ class KeyStore:
     def __init__(self, db: Any, master: Any) -> None:
         self._db = db
         self._hash_key = master.derive("serve/api-key-hash")
-        self._auth_sql = db.sql(f"SELECT {', '.join('k.' + c for c in _KEY_COLUMNS)}, k.key_hash, r.revision "
-                                "FROM serve_api_keys k JOIN serve_revision r ON r.id = 1 WHERE k.key_id = ?")
+        self._auth_sql = db.sql(_AUTH_SELECT + "k.key_id = ?")
         # PostgreSQL, on the event loop: the key reads of concurrent requests in one query
         self._reads = None
         if db.async_hot is not None:
             from torchshield.serve.db_async import NextBatch
 
             self._reads = NextBatch(self._read_rows)
-            self._auth_many_sql = self._auth_sql.replace("k.key_id = %s", "k.key_id = ANY(%s)")
+            self._auth_many_sql = _AUTH_SELECT + "k.key_id = ANY(%s)"  # PostgreSQL's array parameter
         # key_id -> (change stamp, read at (monotonic), key_hash, ApiKey, policy revision)
         self._rows: dict[str, tuple[int, float, str, ApiKey, int]] = {}
         self.cache_ttl = KEY_CACHE_TTL_S
