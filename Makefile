@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: install test demo bench lint clean
+.PHONY: install test demo bench lint typecheck clean
 
 install: $(STAMP)
 
@@ -29,6 +29,10 @@ bench: install
 
 lint: install
 	$(BIN)/python -m ruff check src tests benchmarks
+
+# The security-critical packages are type-checked (settings in pyproject.toml, [tool.mypy]).
+typecheck: install
+	$(BIN)/python -m mypy
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache demo-output

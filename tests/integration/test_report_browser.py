@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from services import service_missing
 
 pytestmark = pytest.mark.integration
 
@@ -38,10 +39,9 @@ def _screenshot(html: Path, png: Path, profile: Path) -> None:
     assert png.is_file(), f"chromium wrote no screenshot (exit {proc.returncode}): {proc.stderr[-2000:]}"
 
 
-@pytest.mark.skipif(
-    not Path(CHROMIUM).exists(), reason="/usr/bin/chromium is absent (install: bash .ci/chromium.sh)"
-)
 def test_report_renders_in_chromium(tmp_path):
+    if not Path(CHROMIUM).exists():
+        service_missing("chromium", "/usr/bin/chromium is absent (install: bash .ci/chromium.sh)")
     import numpy as np
     from assess_subjects import make_tables, train_bundle
     from matplotlib import image
