@@ -31,6 +31,7 @@ from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
 from torchshield.errors import KeyMaterialError, WrongKeyError
 from torchshield.crypto.files import atomic_write_bytes
+from torchshield.crypto.labels import DERIVE_INFO_PREFIX, KEY_ID_INFO, check_label
 
 __all__ = [
     "KEY_SIZE",
@@ -71,15 +72,17 @@ class MasterKey:
             raise KeyMaterialError(f"a master key must be exactly {KEY_SIZE} bytes",
                                    hint="create one with: torchshield keys init --out shield.key")
         object.__setattr__(self, "secret", bytes(self.secret))
-        object.__setattr__(self, "key_id", _hkdf(self.secret, b"torchshield/key-id/v1", 8).hex())
+        object.__setattr__(self, "key_id", _hkdf(self.secret, KEY_ID_INFO, 8).hex())
 
     @property
     def key_id_bytes(self) -> bytes:
         return bytes.fromhex(self.key_id)
 
     def derive(self, label: str, length: int = 32) -> bytes:
-        """A subkey bound to ``label`` (e.g. ``"data/keyed-hash"``); different labels give independent keys."""
-        return _hkdf(self.secret, b"torchshield/derive/v1/" + label.encode(), length)
+        """A subkey bound to ``label`` (e.g. ``"data/keyed-hash"``); different labels give independent keys.
+        Every label is registered, with its one purpose, in ``torchshield.crypto.labels``."""
+        check_label(label)
+        return _hkdf(self.secret, DERIVE_INFO_PREFIX + label.encode(), length)
 
     def same_as(self, other: MasterKey) -> bool:
         return hmac.compare_digest(self.secret, other.secret)

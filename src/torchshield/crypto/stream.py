@@ -44,6 +44,7 @@ from torchshield.crypto.envelope import WRAPPED_KEY_SIZE, WrappedKey, new_data_k
     wrap_data_key
 from torchshield.crypto.files import atomic_output
 from torchshield.crypto.keys import MasterKey
+from torchshield.crypto.labels import STREAM_CHUNK_INFO
 from torchshield.errors import FormatError, InputError, IntegrityError
 
 __all__ = [
@@ -63,7 +64,7 @@ DEFAULT_CHUNK_SIZE = 1 << 20
 TAG_SIZE = 16
 _FILE_MAGIC = b"\x89TSE\r\n\x1a\n"
 _FILE_VERSION = 1
-_HKDF_INFO = b"torchshield/stream/v1"
+_HKDF_INFO = STREAM_CHUNK_INFO
 
 
 class _Hasher(Protocol):
