@@ -26,7 +26,7 @@ from torch import nn
 
 from torchshield.robust.attacks import FGSM, PGD
 from torchshield.robust.training import make_loss
-from torchshield.train.loop import fit
+from torchshield.nn.loop import fit
 
 try:
     import torchattacks

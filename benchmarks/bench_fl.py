@@ -144,9 +144,9 @@ def run_plain_flower(rounds: int, clients: int = 10) -> dict[str, Any]:
 def run_centralised(epochs: int) -> dict[str, Any]:
     import torch
 
-    from torchshield.train.datasets import load_dataset
-    from torchshield.train.loop import evaluate, fit
-    from torchshield.train.zoo import build_model
+    from torchshield.nn.datasets import load_dataset
+    from torchshield.nn.loop import evaluate, fit
+    from torchshield.nn.zoo import build_model
 
     data = load_dataset({"name": "sklearn:digits", "test_fraction": 0.2, "seed": 0})
     torch.manual_seed(0)
@@ -174,7 +174,7 @@ def run_deploy(tmp: Path, rounds: int) -> dict[str, Any]:
 def fresh_clientapp_import_s() -> float:
     """What a SuperNode pays per message: a new process importing flwr + torch + our app."""
     t0 = time.perf_counter()
-    subprocess.run([sys.executable, "-c", "import torchshield.federated.client_app, torchshield.train.loop"],
+    subprocess.run([sys.executable, "-c", "import torchshield.federated.client_app, torchshield.nn.loop"],
                    check=True)
     return time.perf_counter() - t0
 

@@ -241,7 +241,7 @@ def prepare(workdir: Path, hidden: tuple[int, ...] = (64,)) -> str:
     from torchshield.crypto.keys import write_key_file
     from torchshield.serve.access.keys import KeyStore
     from torchshield.serve.db import open_database
-    from torchshield.train.zoo import build_model
+    from torchshield.nn.zoo import build_model
 
     master = write_key_file(workdir / "shield.key")
     torch.manual_seed(0)

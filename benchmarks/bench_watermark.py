@@ -55,7 +55,7 @@ def _mlp(seed: int) -> nn.Sequential:
 
 
 def _train(seed: int, section=None, key=None, epochs=EPOCHS):
-    from torchshield.train.loop import fit
+    from torchshield.nn.loop import fit
 
     model = _mlp(seed)
     regs, record = make_regularizer(section, model, key) if section else ([], None)

@@ -9,8 +9,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from torchshield._lazy import lazy_exports
-
-__version__ = "0.1.0"
+from torchshield._version import __version__
 
 __all__ = ["__version__", "inspect", "load", "save", "scan"]
 

@@ -18,7 +18,7 @@ def make_bundle(path: Path, master: Any = None, *, name: str = "digits", seed: i
     import torch
 
     import torchshield
-    from torchshield.train.zoo import build_model
+    from torchshield.nn.zoo import build_model
 
     torch.manual_seed(seed)
     model = build_model(ARCH, in_shape=(8,), num_classes=4)

@@ -18,8 +18,8 @@ def served(tmp_path_factory):
     from torchshield.model.watermark import make_regularizer, write_record
     from torchshield.serve.http import create_app
     from torchshield.serve.service import ServeConfig, Service
-    from torchshield.train.loop import fit
-    from torchshield.train.zoo import build_model
+    from torchshield.nn.loop import fit
+    from torchshield.nn.zoo import build_model
 
     tmp = tmp_path_factory.mktemp("wm-serve")
     owner = write_key_file(tmp / "owner.key")

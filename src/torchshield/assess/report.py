@@ -8,7 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from torchshield import __version__
+from torchshield._version import __version__
 from torchshield.assess.checks import SECTIONS
 from torchshield.assess.context import AssessContext, AssessInputs
 from torchshield.assess.findings import FAIL, VERDICTS, Section, worst

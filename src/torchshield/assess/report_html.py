@@ -38,7 +38,7 @@ def _metric(value: object) -> str:
 
 
 def write_html(report: Report, path: str | Path) -> Path:
-    from torchshield.crypto.files import atomic_write_bytes
+    from torchshield.atomic import atomic_write_bytes
 
     p = Path(path)
     atomic_write_bytes(p, render_html(report).encode("utf-8"))

@@ -55,7 +55,7 @@ def _architecture(meta: dict[str, Any]) -> tuple[dict[str, Any], tuple[int, ...]
 
 def rebuild_model(manifest: dict[str, Any], tensors: dict[str, Any]) -> ModelSubject:
     """Build the architecture the manifest names and load the bundle's weights into it."""
-    from torchshield.train.zoo import build_model
+    from torchshield.nn.zoo import build_model
 
     meta = dict(manifest.get("metadata") or {})
     spec, shape, n = _architecture(meta)
@@ -71,7 +71,7 @@ def rebuild_model(manifest: dict[str, Any], tensors: dict[str, Any]) -> ModelSub
 
 def load_split(path: Path, subject: ModelSubject) -> tuple[Any, Any]:
     """Read a CSV/Parquet table and turn it into the model's inputs and label indices."""
-    from torchshield.train.datasets import read_table, table_to_tensors
+    from torchshield.nn.datasets import read_table, table_to_tensors
 
     d = subject.data
     norm = d.get("normalization") or {}

@@ -19,7 +19,7 @@ import click
 import typer
 from rich.markup import escape
 
-from torchshield import __version__
+from torchshield._version import __version__
 from torchshield.cli.output import STATE, err_console
 from torchshield.errors import ShieldError
 

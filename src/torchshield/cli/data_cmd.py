@@ -89,7 +89,7 @@ def find(text: str | None = typer.Argument(None, help="Text to scan (default: re
 @data_app.command("mask")
 def mask(path: Path = typer.Argument(..., help="Input table or text file."),
          out: Path = typer.Option(..., "--out", "-o", help="Output file (.csv/.tsv/.parquet/.jsonl/.txt)."),
-         policy: Path | None = typer.Option(None, "--policy", "-p", help="Policy YAML (default: replace all PII)."),
+         policy: Path | None = typer.Option(None, "--policy", help="Policy YAML (default: replace all PII)."),
          key_file: Path | None = _KEY_FILE, encoding: str | None = _ENCODING, fmt: str | None = _FORMAT,
          out_format: str | None = typer.Option(None, "--out-format", help="Output format (default: from suffix)."),
          chunk_rows: int = typer.Option(50_000, "--chunk-rows", help="Rows per chunk (bounds memory)."),
@@ -155,14 +155,14 @@ def kanon(path: Path = typer.Argument(..., help="Input table."),
           t_close: float | None = typer.Option(None, "--t", help="Max total-variation distance per class."),
           hierarchy: Path | None = typer.Option(None, "--hierarchy",
                                                 help="YAML: {column: {value: parent, ...}} category hierarchies."),
-          policy: Path | None = typer.Option(None, "--policy", "-p",
+          policy: Path | None = typer.Option(None, "--policy",
                                              help="Policy YAML whose `hierarchies:` section to use."),
           max_suppress: float = typer.Option(0.05, "--max-suppress", help="Fraction of rows that may be suppressed."),
           encoding: str | None = _ENCODING, fmt: str | None = _FORMAT, as_json: bool = JSON_OPTION) -> None:
     """Generalise quasi-identifiers until every class has >= k rows; report risk and information loss."""
     import pandas as pd
 
-    from torchshield.crypto.files import atomic_write_bytes
+    from torchshield.atomic import atomic_write_bytes
     from torchshield.data.tabular import iter_chunks, kanonymize, sidecar_paths, write_table
 
     cols = [c.strip() for c in quasi.split(",") if c.strip()]
@@ -219,7 +219,7 @@ def generate(out: Path = typer.Option(..., "--out", "-o", help="Where to write t
              encoding: str = typer.Option("utf-8", "--encoding", help="utf-8 or gb18030 (CSV only)."),
              as_json: bool = JSON_OPTION) -> None:
     """Write a synthetic (Faker) patient table for trying the commands; no real person is in it."""
-    from torchshield.crypto.files import atomic_output
+    from torchshield.atomic import atomic_output
     from torchshield.data.synth import patient_table
     from torchshield.data.tabular import detect_format, write_table
 

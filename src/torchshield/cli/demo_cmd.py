@@ -8,7 +8,7 @@ from typing import Any
 
 import typer
 
-from torchshield.cli.output import JSON_OPTION, emit, err_console, fail
+from torchshield.cli.output import JSON_OPTION, emit, err_console, fail, progress
 
 __all__ = ["register"]
 
@@ -38,7 +38,8 @@ def demo(
                 f"      [{_STYLE[r.status]}]{r.status}[/] ({r.seconds:.1f} s) {r.summary}", highlight=False
             )
 
-    state = run_demo(out, quick=quick, seed=seed, progress=show, on_start=on_start, on_step=on_step)
+    state = run_demo(out, quick=quick, seed=seed, progress=progress if show else None,
+                     on_start=on_start, on_step=on_step)
     doc = {
         "out": str(out),
         "seconds": state.facts.get("seconds"),

@@ -144,7 +144,7 @@ def export(bundle: Path = typer.Argument(..., help="A .tsb bundle."),
     """Explicitly decrypt a bundle back to a plain .safetensors file (plaintext on disk!)."""
     from safetensors.torch import save as st_save
 
-    from torchshield.crypto.files import atomic_write_bytes
+    from torchshield.atomic import atomic_write_bytes
     from torchshield.crypto.keys import resolve_master_key
     from torchshield.model.bundle import inspect, load
 

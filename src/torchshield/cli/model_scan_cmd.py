@@ -38,7 +38,6 @@ def scan_command(
     allow: list[str] = typer.Option(
         [],
         "--allow",
-        "-a",
         metavar="MODULE.NAME",
         help="Accept this global (repeatable); 'pkg.*' accepts a whole package.",
     ),

@@ -66,8 +66,8 @@ def embed_cmd(model: Path = typer.Argument(..., help="Bundle written by 'torchsh
     """Embed an ownership mark by fine-tuning MODEL on its data; the record goes in the manifest."""
     from torchshield.model.bundle import inspect
     from torchshield.model.watermark import embed, write_record
-    from torchshield.train.datasets import load_dataset
-    from torchshield.train.loop import evaluate
+    from torchshield.nn.datasets import load_dataset
+    from torchshield.nn.loop import evaluate
     from torchshield.train.recipe import load_trained
 
     _check_out(out, force)

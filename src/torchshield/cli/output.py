@@ -21,6 +21,8 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
+from torchshield.jsonable import to_jsonable
+
 __all__ = ["JSON_OPTION", "STATE", "console", "emit", "err_console", "fail", "progress", "to_jsonable"]
 
 console = Console(soft_wrap=True)
@@ -36,31 +38,6 @@ class _State:
 
 
 STATE = _State()
-
-
-def to_jsonable(obj: Any) -> Any:
-    """Make dataclasses, paths, sets and numpy/torch scalars printable as JSON."""
-    import dataclasses
-    from pathlib import Path
-
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        if hasattr(obj, "to_dict"):
-            return to_jsonable(obj.to_dict())
-        return to_jsonable(dataclasses.asdict(obj))
-    if isinstance(obj, dict):
-        return {str(k): to_jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple, set, frozenset)):
-        return [to_jsonable(v) for v in obj]
-    if isinstance(obj, Path):
-        return str(obj)
-    if isinstance(obj, bytes):
-        return obj.hex()
-    if hasattr(obj, "item") and callable(obj.item):
-        try:
-            return obj.item()
-        except (ValueError, RuntimeError):
-            pass
-    return obj
 
 
 def emit(data: Any, human: Callable[[Console], None] | None = None, *, as_json: bool) -> None:

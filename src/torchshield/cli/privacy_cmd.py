@@ -111,8 +111,8 @@ def ledger_verify(ledger: str = LEDGER_OPTION, as_json: bool = JSON_OPTION) -> N
 def _dataset_id(dataset: str, book: Any) -> str:
     p = Path(dataset)
     if p.is_file():
+        from torchshield.nn.datasets import read_table
         from torchshield.privacy.queries import fingerprint
-        from torchshield.train.datasets import read_table
 
         return fingerprint(read_table(p))
     matches = [d for d, _ in book.dataset_ids() if d.startswith(dataset)]

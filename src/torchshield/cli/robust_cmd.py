@@ -42,7 +42,7 @@ def _floats(text: str, what: str) -> list[float]:
 def _load(model_path: Path, data: str | None, *, key_file: Path | None, pubkey: Path | None,
           limit: int | None, bounds: str | None) -> tuple[Any, Any, Any, tuple[float, float], dict[str, Any]]:
     """Model, inputs, labels, bounds and manifest for a bundle and a data spec."""
-    from torchshield.train.datasets import BUILTINS, load_dataset
+    from torchshield.nn.datasets import BUILTINS, load_dataset
     from torchshield.train.recipe import load_trained, read_rows
 
     if not model_path.is_file():
@@ -81,7 +81,7 @@ def _attack_params(name: str, steps: int | None, restarts: int | None, queries: 
 
 def _save_adversarial(path: Path, report: Any, y: Any, manifest: dict[str, Any]) -> None:
     """Adversarial examples as safetensors (one tensor per attack/eps + labels) or Parquet rows."""
-    from torchshield.crypto.files import atomic_output
+    from torchshield.atomic import atomic_output
 
     suffix = path.suffix.lower()
     if suffix == ".safetensors":
@@ -220,12 +220,12 @@ def certify_cmd(model: Path = typer.Argument(..., help="A .tsb bundle (ideally t
 def calibrate_cmd(model: Path = typer.Argument(..., help="A .tsb bundle."), data: str | None = DATA,
                   out: Path = typer.Option(..., "--out", "-o", help="Detector file to write (.json)."),
                   fpr: float = typer.Option(0.05, "--fpr", help="Target false-positive rate on clean inputs."),
-                  squeezer: list[str] = typer.Option(["bits:4"], "--squeezer", "-s",
+                  squeezer: list[str] = typer.Option(["bits:4"], "--squeezer",
                                                      help="bits:N or median:N, repeatable."),
                   limit: int | None = LIMIT, bounds: str | None = BOUNDS, key_file: Path | None = KEY_FILE,
                   as_json: bool = JSON_OPTION) -> None:
     """Calibrate a feature-squeezing detector on clean data to a false-positive rate."""
-    from torchshield.crypto.files import atomic_write_bytes
+    from torchshield.atomic import atomic_write_bytes
     from torchshield.robust.defenses import FeatureSqueezingDetector, parse_squeezer
 
     net, x, _, lo_hi, _ = _load(model, data, key_file=key_file, pubkey=None, limit=limit, bounds=bounds)

@@ -62,7 +62,7 @@ def init(vault: str = VAULT, key_file: Path | None = KEY_FILE, as_json: bool = J
 
 @store_app.command("put")
 def put(vault: str = VAULT, file: Path = typer.Argument(..., help="File to store."),
-        name: str = typer.Option(..., "--name", "-n", help="Object name (no path separators)."),
+        name: str = typer.Option(..., "--name", help="Object name (no path separators)."),
         tag: str | None = typer.Option(None, "--tag", "-t", help="Version tag, e.g. v3."),
         meta: list[str] = typer.Option([], "--meta", help="KEY=VALUE metadata, encrypted with the object."),
         key_file: Path | None = KEY_FILE, as_json: bool = JSON_OPTION) -> None:

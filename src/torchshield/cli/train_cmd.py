@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from torchshield.cli.output import JSON_OPTION, STATE, emit, err_console
+from torchshield.cli.output import JSON_OPTION, STATE, emit, err_console, progress
 
 __all__ = ["register", "train"]
 
@@ -25,7 +25,7 @@ def train(config: Path = typer.Argument(..., help="YAML training config (model, 
             eps = f"  epsilon {event.extra['epsilon']:.3f}" if "epsilon" in event.extra else ""
             err_console.print(f"epoch {event.epoch}/{event.epochs}  loss {event.loss:.4f}{eps}", highlight=False)
 
-    result = train_from_config(cfg, progress=not as_json, on_epoch=on_epoch)
+    result = train_from_config(cfg, progress=None if as_json else progress, on_epoch=on_epoch)
 
     def human(console) -> None:  # noqa: ANN001
         for msg in result.messages:

@@ -30,7 +30,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
 from torchshield.errors import KeyMaterialError, WrongKeyError
-from torchshield.crypto.files import atomic_write_bytes
+from torchshield.atomic import atomic_write_bytes
 from torchshield.crypto.labels import DERIVE_INFO_PREFIX, KEY_ID_INFO, check_label
 
 __all__ = [

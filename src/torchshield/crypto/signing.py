@@ -15,7 +15,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from torchshield.crypto.files import atomic_write_bytes
+from torchshield.atomic import atomic_write_bytes
 from torchshield.errors import KeyMaterialError, SignatureError
 
 __all__ = [

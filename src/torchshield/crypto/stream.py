@@ -42,7 +42,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from torchshield.crypto.envelope import WRAPPED_KEY_SIZE, WrappedKey, new_data_key, rewrap, unwrap_data_key, \
     wrap_data_key
-from torchshield.crypto.files import atomic_output
+from torchshield.atomic import atomic_output
 from torchshield.crypto.keys import MasterKey
 from torchshield.crypto.labels import STREAM_CHUNK_INFO
 from torchshield.errors import FormatError, InputError, IntegrityError

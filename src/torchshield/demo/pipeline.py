@@ -13,10 +13,14 @@ import time
 import traceback
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from torchshield.demo import data_steps, model_steps, ops_steps
 from torchshield.demo.state import DemoState, StepResult, StepSkipped
 from torchshield.errors import InputError
+
+if TYPE_CHECKING:
+    from torchshield.nn.loop import ProgressFactory
 
 __all__ = ["MARKER", "STEPS", "run_demo"]
 
@@ -69,7 +73,7 @@ def run_demo(
     *,
     quick: bool = False,
     seed: int = 0,
-    progress: bool = False,
+    progress: ProgressFactory | None = None,
     on_start: Callable[[int, str], None] | None = None,
     on_step: Callable[[StepResult], None] | None = None,
 ) -> DemoState:

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from torchshield.nn.loop import ProgressFactory
 
 __all__ = ["DemoState", "StepResult", "StepSkipped"]
 
@@ -38,7 +41,7 @@ class DemoState:
     out: Path
     quick: bool = False
     seed: int = 0
-    progress: bool = False  # progress bars inside long steps (shown only on a terminal)
+    progress: ProgressFactory | None = None  # the CLI's progress bars inside long steps (on a terminal)
     files: dict[str, Path] = field(default_factory=dict)  # named artifacts: "raw", "train", "model", ...
     facts: dict[str, Any] = field(default_factory=dict)  # numbers later steps and the summary use
     results: list[StepResult] = field(default_factory=list)

@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from torchshield.crypto.files import atomic_output
+from torchshield.atomic import atomic_output
 from torchshield.errors import InputError
 
 __all__ = ["DeploymentCerts", "make_test_certs"]
@@ -59,7 +59,7 @@ def make_test_certs(directory: str | Path, *, nodes: int, hosts: tuple[str, ...]
     d.mkdir(parents=True, exist_ok=True)
     if (d / "ca.crt").exists() and not overwrite:
         raise InputError(f"{d}: already holds certificates", hint="choose another directory or pass --overwrite")
-    now = _dt.datetime.now(_dt.timezone.utc)
+    now = _dt.datetime.now(_dt.UTC)
     ca_key = ec.generate_private_key(ec.SECP384R1())
     ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "torchshield federation test CA")])
     ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())

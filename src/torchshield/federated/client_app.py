@@ -46,7 +46,7 @@ class ShieldClient(NumPyClient):
     def fit(self, parameters: list[Any], config: dict[str, Any]) -> tuple[list[Any], int, dict[str, Any]]:
         import torch
 
-        from torchshield.train.loop import fit
+        from torchshield.nn.loop import fit
 
         cfg = self.task.config
         server_round = int(config.get("server_round", 0))
@@ -68,8 +68,7 @@ class ShieldClient(NumPyClient):
         loader = self.split.loader(local.batch_size, shuffle=True,
                                    seed=cfg.seed * 100_003 + server_round * 1_009 + self.partition_id)
         optimizer = torch.optim.SGD(model.parameters(), lr=local.lr, momentum=local.momentum)
-        result = fit(model, loader, epochs=local.epochs, optimizer=optimizer, regularizers=regularizers,
-                     progress=False)
+        result = fit(model, loader, epochs=local.epochs, optimizer=optimizer, regularizers=regularizers)
         # Under DP every client weighs the same (the sensitivity bound assumes it); the weight
         # is also what SecAgg+ multiplies into the masked sum, so it is set here, on the client.
         weight = 1 if cfg.privacy is not None else len(self.split)

@@ -20,7 +20,7 @@ from torchshield.errors import InputError
 
 if TYPE_CHECKING:  # pragma: no cover
     from torchshield.federated.task import FederatedTask
-    from torchshield.train.datasets import Split
+    from torchshield.nn.datasets import Split
 
 __all__ = ["deidentify_split"]
 
@@ -34,7 +34,7 @@ def deidentify_split(split: Split, task: FederatedTask, *, policy: str) -> Split
 
     from torchshield.data import load_policy
     from torchshield.data.anonymize import Anonymizer
-    from torchshield.train.datasets import Split
+    from torchshield.nn.datasets import Split
 
     names = list(task.data.feature_names)
     if not names:

@@ -15,12 +15,12 @@ import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from torchshield.crypto.files import atomic_write_bytes
+from torchshield.atomic import atomic_write_bytes
 
 if TYPE_CHECKING:  # pragma: no cover
     from torch import nn
 
-    from torchshield.federated.server_app import FederationResult
+    from torchshield.federated.result import FederationResult
     from torchshield.federated.task import FederatedTask
 
 __all__ = ["metrics_document", "write_outputs"]

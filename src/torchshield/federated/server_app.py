@@ -11,7 +11,6 @@ simulation and a deployed SuperLink produce the same outputs.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from flwr.server import LegacyContext, ServerApp, ServerConfig
@@ -19,6 +18,7 @@ from flwr.server.workflow import DefaultWorkflow, SecAggPlusWorkflow
 
 from torchshield.federated.accounting import client_level_epsilon, noise_for_target_epsilon
 from torchshield.federated.client_app import config_from_context
+from torchshield.federated.result import FederationResult
 from torchshield.federated.strategies import RoundRecorder, build_strategy
 from torchshield.federated.task import build_task, get_weights, set_weights
 
@@ -29,16 +29,6 @@ if TYPE_CHECKING:  # pragma: no cover
     from torchshield.federated.config import FederationConfig
 
 __all__ = ["FederationResult", "build_server_app", "resolve_noise", "run_federation"]
-
-
-@dataclass
-class FederationResult:
-    config: FederationConfig
-    rounds: list[dict[str, Any]]
-    privacy: dict[str, Any] | None
-    final_accuracy: float
-    outputs: dict[str, str] = field(default_factory=dict)
-    rejected: list[dict[str, Any]] = field(default_factory=list)
 
 
 def resolve_noise(config: FederationConfig) -> float | None:
@@ -58,7 +48,7 @@ def run_federation(grid: Grid, context: Context, config: FederationConfig, *,
     """Run ``config.rounds`` rounds on ``grid`` and write the outputs."""
     import torch
 
-    from torchshield.train.loop import evaluate
+    from torchshield.nn.loop import evaluate
 
     task = build_task(config)
     model = task.build_model()

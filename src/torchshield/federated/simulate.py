@@ -23,7 +23,7 @@ from torchshield.errors import ShieldError
 
 if TYPE_CHECKING:  # pragma: no cover
     from torchshield.federated.config import FederationConfig
-    from torchshield.federated.server_app import FederationResult
+    from torchshield.federated.result import FederationResult
 
 __all__ = ["prepare_flower_env", "simulate"]
 

@@ -21,7 +21,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from torch import nn
 
     from torchshield.federated.config import FederationConfig
-    from torchshield.train.datasets import Split, TabularData
+    from torchshield.nn.datasets import Split, TabularData
 
 __all__ = ["FederatedTask", "build_task", "check_shapes", "get_weights", "set_weights"]
 
@@ -35,14 +35,14 @@ class FederatedTask:
     def build_model(self) -> nn.Module:
         import torch
 
-        from torchshield.train.zoo import build_model
+        from torchshield.nn.zoo import build_model
 
         torch.manual_seed(self.config.seed)  # every party starts from the same initial model
         return build_model({"type": "mlp", "hidden": list(self.config.model_hidden)},
                            in_features=self.data.in_features, num_classes=self.data.num_classes)
 
     def client_split(self, partition_id: int) -> Split:
-        from torchshield.train.datasets import Split
+        from torchshield.nn.datasets import Split
 
         if not 0 <= partition_id < len(self.shards):
             raise InputError(f"partition-id {partition_id} is outside 0..{len(self.shards) - 1}",
@@ -64,7 +64,7 @@ def build_task(config: FederationConfig) -> FederatedTask:
 
 @functools.lru_cache(maxsize=4)  # configs are frozen, hashable values; a client actor reuses its task
 def _cached_task(config: FederationConfig) -> FederatedTask:
-    from torchshield.train.datasets import load_dataset
+    from torchshield.nn.datasets import load_dataset
 
     name = config.dataset.name
     data = load_dataset({"name": name if ":" in name else f"sklearn:{name}",

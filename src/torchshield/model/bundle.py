@@ -38,11 +38,11 @@ import blake3
 import numpy as np
 import torch
 
-from torchshield import __version__
+from torchshield._version import __version__
 from torchshield.crypto import signing
 from torchshield.crypto.envelope import WRAPPED_KEY_SIZE, WrappedKey, new_data_key, rewrap, unwrap_data_key, \
     wrap_data_key
-from torchshield.crypto.files import atomic_output
+from torchshield.atomic import atomic_output
 from torchshield.crypto.keys import MasterKey, resolve_master_key
 from torchshield.crypto.stream import DEFAULT_CHUNK_SIZE, StreamCipher, StreamWriter, ciphertext_length, \
     decrypt_into

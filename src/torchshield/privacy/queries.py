@@ -74,7 +74,7 @@ class Dataset:
         import pandas as pd
 
         if isinstance(data, (str, Path)):
-            from torchshield.train.datasets import read_table
+            from torchshield.nn.datasets import read_table
 
             name = name or Path(data).name
             data = read_table(data)

@@ -1,6 +1,6 @@
 """Training losses that harden a model: PGD-AT, TRADES, fast FGSM-AT and Gaussian noise.
 
-The shared training loop (``torchshield.train.loop.fit``) calls ``loss_fn(model, x, y)`` once per
+The shared training loop (``torchshield.nn.loop.fit``) calls ``loss_fn(model, x, y)`` once per
 batch; :func:`make_loss` turns the ``adversarial:`` or ``augment:`` section of the training config
 into such a function. Each returns per-example losses (shape ``[B]``), as the loop prefers and
 DP-SGD requires. Two guarantees every loss here keeps:

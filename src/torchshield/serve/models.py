@@ -4,7 +4,7 @@ A bundle's metadata describes how to serve it (``torchshield train`` writes thes
 bundle can carry them)::
 
     {"name": "digits",                                   # default: the file name's stem
-     "model": {"type": "mlp", "hidden": [64]},           # torchshield.train.zoo spec
+     "model": {"type": "mlp", "hidden": [64]},           # torchshield.nn.zoo spec
      "input": {"shape": [64], "dtype": "float32", "min": 0, "max": 16},
      "num_classes": 10,                                  # or "classes": ["zero", ...]
      "serve": {"output": "top_k", "top_k": 3, "decimals": 2, "max_batch": 64}}
@@ -216,7 +216,7 @@ def load_bundle_model(path: str | os.PathLike[str], *, master: Any = None,
     """Rebuild the model a bundle describes, loading (decrypting in memory) its weights."""
     import torchshield
     from torchshield.train.bundle_meta import flat_model_metadata
-    from torchshield.train.zoo import build_model
+    from torchshield.nn.zoo import build_model
 
     p = Path(path)
     info = torchshield.inspect(p)

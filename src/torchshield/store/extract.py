@@ -11,7 +11,7 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
-from torchshield.crypto.files import atomic_output
+from torchshield.atomic import atomic_output
 from torchshield.errors import InputError
 from torchshield.store.objects import ChunkProblem, open_chunk
 from torchshield.store.repository import Repository, chunk_rel

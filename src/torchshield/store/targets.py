@@ -24,7 +24,7 @@ import secrets
 from abc import ABC, abstractmethod
 from pathlib import Path
 
-from torchshield.crypto.files import fsync_dir
+from torchshield.atomic import fsync_dir
 from torchshield.errors import InputError, MissingDependencyError
 
 __all__ = ["FsspecTarget", "LocalTarget", "Target", "crash_point", "open_target", "storage_error"]

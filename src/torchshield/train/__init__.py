@@ -1,11 +1,12 @@
-"""Training: the one shared loop (``fit``/``evaluate``), a small model zoo, data loading,
-YAML run configs and DP-SGD. Opacus is imported only when a run is private."""
+"""Training runs: YAML run configs, DP-SGD and the bundle a run writes. The shared loop, the zoo and
+data loading live in ``torchshield.nn`` (below every user of them) and are re-exported here for the
+training API. Opacus is imported only when a run is private."""
 
 from __future__ import annotations
 
-from torchshield.train.datasets import ImageData, Split, TabularData, load_dataset
-from torchshield.train.loop import EpochEnd, TrainResult, cross_entropy_loss, evaluate, fit
-from torchshield.train.zoo import build_model
+from torchshield.nn.datasets import ImageData, Split, TabularData, load_dataset
+from torchshield.nn.loop import EpochEnd, TrainResult, cross_entropy_loss, evaluate, fit
+from torchshield.nn.zoo import build_model
 
 __all__ = [
     "EpochEnd",

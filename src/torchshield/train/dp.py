@@ -243,7 +243,7 @@ class _OpacusHooks:
 
 @dataclass
 class PrivateTraining:
-    """A :class:`torchshield.train.loop.StepEngine` that makes each step (epsilon, delta)-DP.
+    """A :class:`torchshield.nn.loop.StepEngine` that makes each step (epsilon, delta)-DP.
 
     Build it with :func:`make_private` *before* the optimizer (the model may be fixed)."""
 

@@ -14,10 +14,10 @@ import torch
 from torch import Tensor, nn
 
 from torchshield.errors import FormatError, InputError
+from torchshield.nn.datasets import read_table, table_to_tensors
+from torchshield.nn.loop import fit
+from torchshield.nn.zoo import build_model
 from torchshield.train.config import build_optimizer
-from torchshield.train.datasets import read_table, table_to_tensors
-from torchshield.train.loop import fit
-from torchshield.train.zoo import build_model
 
 __all__ = ["load_trained", "read_rows", "shadow_trainer"]
 
@@ -104,7 +104,7 @@ def shadow_trainer(manifest: dict[str, Any]) -> Any:
         opt_spec = {"name": "sgd", "lr": 0.05, **(cfg.get("optimizer") or {})}
         optimizer = build_optimizer(model.parameters(), {k: (float(v) if k != "name" else v)
                                                          for k, v in opt_spec.items()})
-        fit(model, loader, epochs=int(cfg.get("epochs", 1)), optimizer=optimizer, privacy=engine, progress=False)
+        fit(model, loader, epochs=int(cfg.get("epochs", 1)), optimizer=optimizer, privacy=engine)
         if engine is not None:
             engine.close()
         return model.eval()

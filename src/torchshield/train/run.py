@@ -16,12 +16,12 @@ from typing import Any
 
 import torch
 
-from torchshield import __version__
+from torchshield._version import __version__
 from torchshield.errors import InputError
+from torchshield.nn.datasets import load_dataset
+from torchshield.nn.loop import EpochEnd, ProgressFactory, Regularizer, evaluate, fit
+from torchshield.nn.zoo import build_model
 from torchshield.train.config import TrainConfig, build_optimizer
-from torchshield.train.datasets import load_dataset
-from torchshield.train.loop import EpochEnd, Regularizer, evaluate, fit
-from torchshield.train.zoo import build_model
 
 __all__ = ["RunResult", "train_from_config"]
 
@@ -49,7 +49,7 @@ def _optional(module: str, attr: str, what: str) -> Callable[..., Any]:
         raise
 
 
-def train_from_config(cfg: TrainConfig, *, progress: bool = True,
+def train_from_config(cfg: TrainConfig, *, progress: ProgressFactory | None = None,
                       on_epoch: Callable[[EpochEnd], Any] | None = None) -> RunResult:
     torch.manual_seed(cfg.seed)
     if cfg.output.bundle.exists() and not cfg.output.overwrite:

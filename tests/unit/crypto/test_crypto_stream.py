@@ -7,12 +7,12 @@ import pytest
 from torchshield.crypto.envelope import open_sealed, rewrap_sealed, seal
 from torchshield.crypto.keys import generate_master_key
 from torchshield.crypto.stream import (
+    ciphertext_length,
     decrypt_file,
     encrypt_file,
     plaintext_length,
     read_file_header,
     rotate_file_key,
-    ciphertext_length,
 )
 from torchshield.errors import FormatError, IntegrityError, WrongKeyError
 

@@ -23,9 +23,9 @@ def trained(tmp_path_factory):
 
 
 def _trained(tmp_path_factory):
-    from torchshield.train.datasets import load_dataset
-    from torchshield.train.loop import fit
-    from torchshield.train.zoo import build_model
+    from torchshield.nn.datasets import load_dataset
+    from torchshield.nn.loop import fit
+    from torchshield.nn.zoo import build_model
 
     folder = tmp_path_factory.mktemp("wmcli")
     key_path = folder / "owner.key"

@@ -26,7 +26,7 @@ def mlp(seed: int) -> nn.Sequential:
 def train(model: nn.Module, part: slice, epochs: int, regularizers=()) -> nn.Module:
     """Train on one thread: a model this small runs several times faster without intra-op threads,
     and under ``pytest -n 2`` the other core belongs to the other worker. The setting is restored."""
-    from torchshield.train.loop import fit
+    from torchshield.nn.loop import fit
 
     loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(X[part], Y[part]), batch_size=64,
                                          shuffle=True, generator=torch.Generator().manual_seed(1))

@@ -45,7 +45,7 @@ def make_cnn() -> nn.Module:
 
 def tiny_fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, epochs: int, loss_fn=None,
              lr: float = 1e-2, batch: int = 64, seed: int = 0) -> nn.Module:
-    """A minimal training loop (stands in for torchshield.train.loop.fit in these tests)."""
+    """A minimal training loop (stands in for torchshield.nn.loop.fit in these tests)."""
     torch.manual_seed(seed)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     loss_fn = loss_fn or (lambda m, xb, yb: F.cross_entropy(m(xb), yb))

@@ -17,7 +17,7 @@ from torchshield.robust.training import (
     TradesLoss,
     make_loss,
 )
-from torchshield.train.loop import fit
+from torchshield.nn.loop import fit
 
 SECTIONS = [
     ({"method": "pgd", "eps": 0.1, "steps": 3}, PGDTrainingLoss),

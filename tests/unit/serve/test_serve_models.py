@@ -21,7 +21,7 @@ def test_encrypted_bundle_loads_without_plaintext_on_disk(bundle, master_key, tm
 
 def test_predictions_match_the_rebuilt_module(bundle, master_key):
     import torchshield
-    from torchshield.train.zoo import build_model
+    from torchshield.nn.zoo import build_model
 
     m = load_bundle_model(bundle, master=master_key)
     ref = build_model({"type": "mlp", "hidden": [16]}, in_shape=(8,), num_classes=4)

@@ -28,7 +28,7 @@ def test_store_commands_round_trip(tmp_path: Path, capsys) -> None:  # type: ign
     put = _json(capsys, ["store", "put", vault, str(tmp_path / "f"), "--name", "patients", "--tag", "v3",
                          "--meta", "source=his", *k])
     assert put["snapshot"]["name"] == "patients" and put["new_chunks"] == put["chunks"]
-    assert _json(capsys, ["store", "put", vault, str(tmp_path / "f"), "-n", "patients", *k])["new_chunks"] == 0
+    assert _json(capsys, ["store", "put", vault, str(tmp_path / "f"), "--name", "patients", *k])["new_chunks"] == 0
     listed = _json(capsys, ["store", "list", vault, *k])["objects"]
     assert [(o["name"], o["versions"]) for o in listed] == [("patients", 2)]
     log = _json(capsys, ["store", "log", vault, "patients", *k])["versions"]
@@ -49,5 +49,5 @@ def test_store_commands_round_trip(tmp_path: Path, capsys) -> None:  # type: ign
     # bad input: wrong key (exit 2), path trick in a name (exit 2), not a vault (exit 2)
     assert run(["store", "list", vault, "-k", str(key)]) == 2
     assert "key id" in capsys.readouterr().err
-    assert run(["store", "put", vault, str(tmp_path / "f"), "-n", "../x", *k]) == 2
+    assert run(["store", "put", vault, str(tmp_path / "f"), "--name", "../x", *k]) == 2
     assert run(["store", "list", str(tmp_path), *k]) == 2

@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from torchshield.crypto.files import atomic_output
+from torchshield.atomic import atomic_output
 from torchshield.data.dtypes import is_text as _is_text
 from torchshield.errors import FormatError, InputError
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import yaml
 
-from torchshield.crypto.files import atomic_write_bytes
+from torchshield.atomic import atomic_write_bytes
 from torchshield.data.anonymize import Anonymizer, Policy, load_policy
 from torchshield.data.tabular.io import count_rows, detect_encoding, detect_format, iter_chunks, open_writer
 from torchshield.errors import InputError

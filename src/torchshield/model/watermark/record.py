@@ -146,6 +146,6 @@ def read_record(path: str | os.PathLike[str]) -> WatermarkRecord:
 
 
 def write_record(path: str | os.PathLike[str], record: WatermarkRecord) -> None:
-    from torchshield.crypto.files import atomic_write_bytes
+    from torchshield.atomic import atomic_write_bytes
 
     atomic_write_bytes(Path(path), (json.dumps(record.to_dict(), indent=2) + "\n").encode())

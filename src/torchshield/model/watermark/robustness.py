@@ -32,9 +32,9 @@ def fine_tune(model: nn.Module, loader: Iterable[tuple[torch.Tensor, torch.Tenso
     """Continue training in place with a fresh Adam optimiser and plain cross-entropy."""
     import torch
 
-    from torchshield.train.loop import fit
+    from torchshield.nn.loop import fit
 
-    fit(model, loader, epochs=epochs, optimizer=torch.optim.Adam(model.parameters(), lr=lr), progress=False)
+    fit(model, loader, epochs=epochs, optimizer=torch.optim.Adam(model.parameters(), lr=lr))
     return model.eval()
 
 

@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from torch import nn
 
     from torchshield.crypto.keys import MasterKey
+    from torchshield.nn.loop import ProgressFactory
 
 __all__ = ["embed", "make_regularizer"]
 
@@ -88,7 +89,7 @@ def make_regularizer(section: Mapping[str, Any], model: nn.Module, key: MasterKe
 
 def embed(model: nn.Module, loader: Iterable[tuple[torch.Tensor, torch.Tensor]], key: MasterKey,
           section: Mapping[str, Any], *, epochs: int = 10, lr: float = 1e-3,
-          progress: bool = False, max_rounds: int = 3) -> WatermarkRecord:
+          progress: ProgressFactory | None = None, max_rounds: int = 3) -> WatermarkRecord:
     """Write a mark into an already trained ``model`` by fine-tuning it on its own data.
 
     Each mark has its own random secret, so how many epochs it needs varies. The mark is
@@ -97,7 +98,7 @@ def embed(model: nn.Module, loader: Iterable[tuple[torch.Tensor, torch.Tensor]],
     import torch
 
     from torchshield.errors import CheckFailed
-    from torchshield.train.loop import fit
+    from torchshield.nn.loop import fit
 
     regularizers, record = make_regularizer(section, model, key)
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)

@@ -52,12 +52,12 @@ def distillation_loss(teacher: nn.Module, temperature: float) -> LossFn:
 def defensive_distillation(build: Callable[[], nn.Module], loader: Iterable[tuple[Tensor, Tensor]], *,
                            temperature: float = 20.0, epochs: int = 10, lr: float = 1e-3) -> nn.Module:
     """Train teacher then student through the shared loop; return the student (deploy at T = 1)."""
-    from torchshield.train.loop import fit
+    from torchshield.nn.loop import fit
 
     teacher = build()
     fit(teacher, loader, epochs=epochs, optimizer=torch.optim.Adam(teacher.parameters(), lr=lr),
-        loss_fn=temperature_loss(temperature), progress=False)
+        loss_fn=temperature_loss(temperature))
     student = build()
     fit(student, loader, epochs=epochs, optimizer=torch.optim.Adam(student.parameters(), lr=lr),
-        loss_fn=distillation_loss(teacher.eval(), temperature), progress=False)
+        loss_fn=distillation_loss(teacher.eval(), temperature))
     return student.eval()

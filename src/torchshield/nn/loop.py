@@ -20,6 +20,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Iterable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -103,6 +104,11 @@ class StepEngine(Protocol):
     def epoch_report(self) -> dict[str, Any]: ...
 
 
+ProgressFactory = Callable[[str, "int | None"], AbstractContextManager[Callable[..., None]]]
+"""Makes a progress display: called with a description and a total, it returns a context manager
+that yields ``advance(n=1)``. The library never draws one itself; the CLI passes its own."""
+
+
 def _reduce(loss: Tensor) -> Tensor:
     return loss.mean() if loss.dim() > 0 else loss
 
@@ -117,13 +123,14 @@ def fit(
     regularizers: Sequence[Regularizer] = (),
     callbacks: Sequence[Callable[[EpochEnd], bool | None]] = (),
     device: str | torch.device = "cpu",
-    progress: bool = True,
+    progress: ProgressFactory | None = None,
     privacy: StepEngine | None = None,
 ) -> TrainResult:
     """Train ``model`` for ``epochs`` passes over ``train_loader``.
 
     Non-private and private training run the same code; ``privacy`` only changes where the
-    batches come from (Poisson sampling) and how the gradient is made (clip + noise)."""
+    batches come from (Poisson sampling) and how the gradient is made (clip + noise).
+    ``progress`` is the caller's progress display (the CLI passes its bar); none by default."""
     if epochs < 1:
         from torchshield.errors import InputError
 
@@ -229,13 +236,9 @@ def _maybe_len(loader: Any) -> int | None:
         return None
 
 
-def _progress_bar(enabled: bool, total: int | None) -> Any:
-    # imported lazily and only when asked for: one look for every progress bar of the CLI,
-    # without making the training package depend on the CLI at import time
-    if enabled:
-        from torchshield.cli.output import progress
-
-        return progress("training", total)
+def _progress_bar(factory: ProgressFactory | None, total: int | None) -> Any:
+    if callable(factory):  # (a bare False from older callers means "no bar" too)
+        return factory("training", total)
     from contextlib import nullcontext
 
     return nullcontext(lambda n=1: None)
