@@ -301,6 +301,7 @@ def keys() -> dict[str, Any]:
 
 
 def test_committed_test_keys_are_the_documented_fixed_ones(keys: dict[str, Any]) -> None:
+    assert all(_expected(v)["keys"] == _expected(NEWEST)["keys"] for v in VERSION_DIRS), "one set of test keys"
     assert keys["master"] == bytes(range(32))
     text = (KEYS / "TEST-ONLY-master.key").read_text()
     prefix, b64 = text.split()
@@ -702,6 +703,31 @@ def test_another_signer_is_refused(keys: dict[str, Any]) -> None:
         ref_read_tsb((NEWEST / "bundle-signed.tsb").read_bytes(), master=None, pubkey=other)
     with pytest.raises(SignatureError, match="not by the expected signer"):
         torchshield.load(NEWEST / "bundle-signed.tsb", verify_with=other)
+
+
+def _with_chunk_size(blob: bytes, chunk_size: int) -> bytes:
+    """An encrypted bundle whose manifest declares another chunk size, every unkeyed digest fixed."""
+    lay = _tsb_layout(blob)
+    manifest = dict(lay.manifest, encryption=dict(lay.manifest["encryption"], chunk_size=chunk_size))
+    mbytes = canonical(manifest)
+    prefix = blob[:12] + struct.pack("<I", len(mbytes))
+    head = prefix + mbytes + blob[lay.keyslot_offset:lay.keyslot_offset + 69]
+    head += b"\x00" * (-len(head) % 64)
+    data = blob[lay.data_offset:lay.data_offset + lay.stored_length]
+    return head + data + blake3.blake3(data).digest() + blake3.blake3(prefix + mbytes).digest() + \
+        struct.pack("<I", 0) + b"TSB-END1"
+
+
+@pytest.mark.xfail(strict=True, raises=ZeroDivisionError,
+                   reason="bundle.py reads encryption.chunk_size unchecked (reported in issue 23, item 4): "
+                          "0 divides by zero; a huge one is allocated before any tag is checked")
+def test_a_manifest_with_chunk_size_zero_is_a_format_error(keys: dict[str, Any], tmp_path: Path) -> None:
+    bad = _with_chunk_size((NEWEST / "bundle-encrypted.tsb").read_bytes(), 0)
+    with pytest.raises(Rejected, match="format: chunk size"):
+        ref_read_tsb(bad, master=keys["master"], pubkey=None)
+    (tmp_path / "x.tsb").write_bytes(bad)
+    with pytest.raises(FormatError):
+        torchshield.load(tmp_path / "x.tsb", key=MasterKey(keys["master"]))
 
 
 # ============================================================================================
