@@ -127,10 +127,24 @@ def _cli(*args: str) -> subprocess.CompletedProcess[str]:
                           timeout=120, env=dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path)))
 
 
+_STARTED: list[subprocess.Popen[str]] = []
+
+
+@pytest.fixture(autouse=True)
+def _no_child_outlives_its_test():  # type: ignore[no-untyped-def]
+    yield
+    while _STARTED:
+        proc = _STARTED.pop()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=30)
+
+
 def _start_paused_get(argv: list[str], pause_at: int) -> subprocess.Popen[str]:
     proc = subprocess.Popen([sys.executable, "-c", _PAUSING_GET.format(pause_at=pause_at), *argv],
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env=dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path)))
+    _STARTED.append(proc)
     assert proc.stdout is not None
     ready, _, _ = select.select([proc.stdout], [], [], 120)
     assert ready, "the child never reached its pause point"
@@ -155,38 +169,33 @@ def vault(tmp_path: Path, master_key: MasterKey) -> tuple[list[str], Path]:
 def test_a_killed_get_is_swept_by_the_next_and_a_live_get_is_not(vault) -> None:  # type: ignore[no-untyped-def]
     argv, out = vault
     live = _start_paused_get([*argv, "-o", str(out / "b.bin")], pause_at=4)
-    try:
-        (live_tmp,) = _partials(out)
-        live_size = live_tmp.stat().st_size
-        # a second get starts (and sweeps) while the first one runs, then is killed mid-object
-        killed = _start_paused_get([*argv, "-o", str(out / "a.bin")], pause_at=6)
-        assert live_tmp.exists() and live_tmp.stat().st_size == live_size, "its sweep spared the live get"
-        (leftover,) = [p for p in _partials(out) if p != live_tmp]
-        assert leftover.name.startswith(".torchshield-get.a.bin.")
-        assert stat.S_IMODE(leftover.stat().st_mode) == 0o600
-        written = leftover.read_bytes()
-        assert 0 < len(written) < len(DATA) and DATA.startswith(written), "partly decrypted plaintext"
-        killed.send_signal(signal.SIGKILL)
-        assert killed.wait(timeout=30) == -signal.SIGKILL
-        assert leftover.exists() and not (out / "a.bin").exists(), "SIGKILL leaves the partial file"
+    (live_tmp,) = _partials(out)
+    live_size = live_tmp.stat().st_size
+    # a second get starts (and sweeps) while the first one runs, then is killed mid-object
+    killed = _start_paused_get([*argv, "-o", str(out / "a.bin")], pause_at=6)
+    assert live_tmp.exists() and live_tmp.stat().st_size == live_size, "its sweep spared the live get"
+    (leftover,) = [p for p in _partials(out) if p != live_tmp]
+    assert leftover.name.startswith(".torchshield-get.a.bin.")
+    assert stat.S_IMODE(leftover.stat().st_mode) == 0o600
+    written = leftover.read_bytes()
+    assert 0 < len(written) < len(DATA) and DATA.startswith(written), "partly decrypted plaintext"
+    killed.send_signal(signal.SIGKILL)
+    assert killed.wait(timeout=30) == -signal.SIGKILL
+    assert leftover.exists() and not (out / "a.bin").exists(), "SIGKILL leaves the partial file"
 
-        done = _cli(*argv, "-o", str(out / "c.bin"), "--json")
-        assert done.returncode == 0, done.stderr
-        assert json.loads(done.stdout)["partials_removed"] == [leftover.name]
-        assert (out / "c.bin").read_bytes() == DATA
-        assert not leftover.exists(), "the dead get's plaintext is gone"
-        assert live_tmp.exists() and live_tmp.stat().st_size == live_size, "the live get's file is untouched"
-        again = _cli(*argv, "-o", str(out / "d.bin"))
-        assert again.returncode == 0 and "removed" not in again.stdout, again.stdout
-        assert live_tmp.exists()
-        assert live.stdin is not None
-        live.stdin.write("\n")
-        live.stdin.flush()
-        assert live.wait(timeout=60) == 0, live.stderr.read() if live.stderr else ""
-    finally:
-        if live.poll() is None:
-            live.kill()
-            live.wait(timeout=30)
+    done = _cli(*argv, "-o", str(out / "c.bin"), "--json")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["partials_removed"] == [leftover.name]
+    assert (out / "c.bin").read_bytes() == DATA
+    assert not leftover.exists(), "the dead get's plaintext is gone"
+    assert live_tmp.exists() and live_tmp.stat().st_size == live_size, "the live get's file is untouched"
+    again = _cli(*argv, "-o", str(out / "d.bin"))
+    assert again.returncode == 0 and "removed" not in again.stdout, again.stdout
+    assert live_tmp.exists()
+    assert live.stdin is not None
+    live.stdin.write("\n")
+    live.stdin.flush()
+    assert live.wait(timeout=60) == 0, live.stderr.read() if live.stderr else ""
     assert (out / "b.bin").read_bytes() == DATA
     assert _partials(out) == []
     assert sorted(p.name for p in out.iterdir()) == ["b.bin", "c.bin", "d.bin"]
