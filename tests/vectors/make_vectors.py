@@ -39,7 +39,7 @@ SIGNER_SEED = bytes(range(32, 64))
 CHUNK = 4096  # the smallest chunk size TSE accepts: multi-chunk vectors stay a few KiB
 
 
-def test_keys() -> tuple[MasterKey, Ed25519PrivateKey]:
+def fixed_test_keys() -> tuple[MasterKey, Ed25519PrivateKey]:
     master = MasterKey(MASTER_SECRET)
     signer = Ed25519PrivateKey.from_private_bytes(SIGNER_SEED)
     KEYS.mkdir(exist_ok=True)
@@ -78,7 +78,7 @@ def sha256(path: Path) -> str:
 def main(version_dir: str) -> None:
     out = HERE / version_dir
     out.mkdir(exist_ok=False)  # never overwrite committed vectors
-    master, signer = test_keys()
+    master, signer = fixed_test_keys()
     ts = tensors()
     files: dict[str, dict] = {}
     meta = {"purpose": "known-answer test vector", "note": "模型 (UTF-8 in the manifest)"}
