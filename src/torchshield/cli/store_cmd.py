@@ -81,14 +81,22 @@ def get(vault: str = VAULT, name: str = typer.Argument(..., help="Object name.")
         version: str = typer.Option("latest", "--version", "-v", help="Snapshot id prefix, tag, or latest."),
         force: bool = typer.Option(False, "--force", help="Overwrite OUT if it exists."),
         key_file: Path | None = KEY_FILE, as_json: bool = JSON_OPTION) -> None:
-    """Write a version of NAME to OUT; refuses (exit 1, no output file) if any chunk is damaged."""
-    from torchshield.store import get_object, resolve_snapshot
+    """Write a version of NAME to OUT; refuses (exit 1, no output file) if any chunk is damaged.
+
+    Partial files that killed gets left next to OUT are removed first (never a running one's)."""
+    from torchshield.store import get_object, resolve_snapshot, sweep_partials
 
     repo = _open(vault, key_file)
     snap = resolve_snapshot(repo, version, name=name)
-    get_object(repo, snap, out, overwrite=force)
-    emit({"snapshot": snap.summary(), "out": str(out)},
-         lambda c: c.print(f"wrote {out} ({_size(snap.size)}) from snapshot {snap.short_id}"), as_json=as_json)
+    swept = sweep_partials(out.parent)
+    get_object(repo, snap, out, overwrite=force, sweep=False)
+    emit({"snapshot": snap.summary(), "out": str(out), "partials_removed": [p.name for p in swept]},
+         lambda c: c.print(f"wrote {out} ({_size(snap.size)}) from snapshot {snap.short_id}" + _swept(swept)),
+         as_json=as_json)
+
+
+def _swept(paths: list[Path]) -> str:
+    return f"; removed {len(paths)} partial file(s) left by killed gets" if paths else ""
 
 
 def _table(rows: list[dict[str, Any]], human_title: str):  # type: ignore[no-untyped-def]
@@ -173,11 +181,19 @@ def restore(vault: str = VAULT,
             key_file: Path | None = KEY_FILE, as_json: bool = JSON_OPTION) -> None:
     """Restore a snapshot (or the latest version of every object) into a folder, byte-exact."""
     from torchshield.store import restore as run_restore
+    from torchshield.store import sweep_partials
 
-    done = run_restore(_open(vault, key_file), snapshot, to, overwrite=force)
+    repo = _open(vault, key_file)
+    swept = sweep_partials(to) if to.is_dir() else []
+    done = run_restore(repo, snapshot, to, overwrite=force, sweep=False)
     rows = [{"snapshot": s.id, "name": s.name, "path": str(p), "size": s.size} for s, p in done]
-    emit({"restored": rows}, lambda c: [c.print(f"restored {r['name']} -> {r['path']}") for r in rows],
-         as_json=as_json)
+
+    def human(c) -> None:  # type: ignore[no-untyped-def]
+        for r in rows:
+            c.print(f"restored {r['name']} -> {r['path']}")
+        if swept:
+            c.print(_swept(swept).lstrip("; "))
+    emit({"restored": rows, "partials_removed": [p.name for p in swept]}, human, as_json=as_json)
 
 
 @store_app.command("prune")

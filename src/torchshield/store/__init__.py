@@ -9,6 +9,7 @@ versions and rotate the master key without rewriting data. Design and threat mod
 from torchshield.store.backup import BackupResult, backup
 from torchshield.store.extract import get_object, restore
 from torchshield.store.ingest import PutResult, put_file, put_stream
+from torchshield.store.partials import sweep_partials
 from torchshield.store.prune import PruneReport, prune
 from torchshield.store.repository import Repository, VaultLocked, is_vault
 from torchshield.store.rotate import rotate_master_key
@@ -33,5 +34,6 @@ __all__ = [
     "resolve_snapshot",
     "restore",
     "rotate_master_key",
+    "sweep_partials",
     "verify",
 ]

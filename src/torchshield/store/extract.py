@@ -2,7 +2,9 @@
 
 Every chunk is authenticated before its bytes are written, and the output goes to a temporary
 file renamed into place only when the whole object checked out: damaged data never reaches the
-destination, not even as a partial file.
+destination, not even as a partial file. The temporary file is recognisable and locked while
+written (``partials``), so a later ``get`` or ``restore`` into the same folder removes what a
+killed one left behind, and never a concurrent one's.
 """
 
 from __future__ import annotations
@@ -11,9 +13,9 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
-from torchshield.atomic import atomic_output
 from torchshield.errors import InputError
 from torchshield.store.objects import ChunkProblem, open_chunk
+from torchshield.store.partials import partial_output, sweep_partials
 from torchshield.store.repository import Repository, chunk_rel
 from torchshield.store.snapshots import Snapshot, load_snapshots, resolve_snapshot, validate_name
 
@@ -36,20 +38,27 @@ def iter_plaintext(repo: Repository, snap: Snapshot) -> Iterator[bytes]:
         yield plain
 
 
-def get_object(repo: Repository, snap: Snapshot, out: str | os.PathLike[str], *, overwrite: bool = False) -> Path:
+def get_object(repo: Repository, snap: Snapshot, out: str | os.PathLike[str], *, overwrite: bool = False,
+               sweep: bool = True) -> Path:
+    """Write snapshot ``snap`` to ``out`` (mode 0600). First removes the partial files that killed
+    gets left in ``out``'s folder (``sweep=False``: the caller has just done so)."""
     dest = Path(out)
-    with repo.lock(exclusive=False), atomic_output(dest, mode=0o600, overwrite=overwrite) as fh:
+    if sweep:
+        sweep_partials(dest.parent)
+    with repo.lock(exclusive=False), partial_output(dest, overwrite=overwrite) as fh:
         for plain in iter_plaintext(repo, snap):
             fh.write(plain)
     return dest
 
 
 def restore(repo: Repository, ref: str, to_dir: str | os.PathLike[str], *,
-            overwrite: bool = False) -> list[tuple[Snapshot, Path]]:
+            overwrite: bool = False, sweep: bool = True) -> list[tuple[Snapshot, Path]]:
     """Restore one snapshot (id or prefix), or with ``ref="latest"`` the newest version of every
-    object, into ``to_dir/<object name>``."""
+    object, into ``to_dir/<object name>``, after removing killed gets' partial files there."""
     root = Path(to_dir)
     root.mkdir(parents=True, exist_ok=True)
+    if sweep:
+        sweep_partials(root)
     if ref == "latest":
         latest: dict[str, Snapshot] = {}
         for snap in load_snapshots(repo):
@@ -62,5 +71,5 @@ def restore(repo: Repository, ref: str, to_dir: str | os.PathLike[str], *,
         dest = root / validate_name(snap.name)
         if dest.resolve().parent != root.resolve():
             raise InputError(f"object name {snap.name!r} would leave {root}")
-        done.append((snap, get_object(repo, snap, dest, overwrite=overwrite)))
+        done.append((snap, get_object(repo, snap, dest, overwrite=overwrite, sweep=False)))
     return done

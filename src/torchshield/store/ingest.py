@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import secrets
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -77,7 +77,7 @@ def put_stream(repo: Repository, stream: BinaryIO, *, name: str, tag: str | None
             crash_point("chunk-written")
         repo.target.sync_dirs(made_dirs)
         crash_point("before-commit")
-        snap = Snapshot(secrets.token_hex(16), name, tag, datetime.now(timezone.utc).isoformat(), size,
+        snap = Snapshot(secrets.token_hex(16), name, tag, datetime.now(UTC).isoformat(), size,
                         chunks, dict(metadata or {}))
         blob = seal_manifest(repo.master, repo.vault_id, snap.id, snap.to_manifest())
         repo.target.write_atomic(snapshot_rel(snap.id), blob)
