@@ -108,3 +108,7 @@ def run(argv: Sequence[str] | None = None) -> int:
                           "(please report it; rerun with --debug for the traceback)", markup=True,
                           highlight=False, soft_wrap=True)
         return INTERNAL_ERROR
+
+
+if __name__ == "__main__":  # python -m torchshield.cli.app
+    main()

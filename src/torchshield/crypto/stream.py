@@ -309,7 +309,8 @@ def decrypt_file(src: str | os.PathLike[str], dst: str | os.PathLike[str], maste
         data_key = unwrap_data_key(master, hdr.wrapped_key, context=hdr.salt + hdr.context)
         cipher = StreamCipher(data_key, salt=hdr.salt, context_digest=hdr.context_digest)
         total = 0
-        with atomic_output(dst, overwrite=overwrite) as fout:
+        # 0600: the output is decrypted plaintext, for the owner only (as is the temporary file).
+        with atomic_output(dst, mode=0o600, overwrite=overwrite) as fout:
             for chunk in iter_decrypt(fin, cipher, cipher_len=size - hdr.data_offset,
                                       chunk_size=hdr.chunk_size):
                 fout.write(chunk)
