@@ -25,6 +25,7 @@ import lzma
 import mmap
 import os
 import re
+import stat
 import struct
 import tarfile
 import zlib
@@ -37,6 +38,7 @@ from torchshield.model.scan.allowlist import CRITICAL, HIGH, Allowlist
 from torchshield.model.scan.keras import config_findings, read_h5_config
 from torchshield.model.scan.pickle_ops import (
     LEGACY_MAGIC,
+    MAX_EXPANDED,
     MEDIUM,
     PickleWalk,
     Ref,
@@ -58,6 +60,7 @@ class Limits:
     max_ratio: int = 1000  # deflate cannot exceed ~1032:1; more means a lie or a bomb
     max_pickles: int = 10_000  # pickles concatenated in one stream
     max_header: int = 100 << 20  # safetensors header, as the safetensors library caps it
+    max_expanded: int = MAX_EXPANDED  # nodes of a loaded object once materialised (billion laughs)
 
 
 _ZIP_LOCAL = b"PK\x03\x04"
@@ -270,7 +273,7 @@ class _Scanner:
                     pos - b.lo,
                 )
                 break
-            walk = walk_pickle(b.data, pos, b.hi, self.allow)
+            walk = walk_pickle(b.data, pos, b.hi, self.allow, max_expanded=self.limits.max_expanded)
             if (
                 count == 0
                 and not walk.complete
@@ -326,7 +329,7 @@ class _Scanner:
         for f in walk.findings:
             self.add(f.severity, f.kind, f.message, b.member, f.offset - base, f.callable)
         for start in walk.resync[:16] if follow else ():  # the other reading of a straddled FRAME
-            self.record_walk(walk_pickle(b.data, start, b.hi, self.allow), b, follow=False)
+            self.record_walk(walk_pickle(b.data, start, b.hi, self.allow, max_expanded=self.limits.max_expanded), b, follow=False)
         for offset, loader, blob in walk.nested:
             label = _join(b.member, f"<{loader} argument at offset {offset - base}>")
             # the bytes literal lives inside this stream: scan it in place, no copy
@@ -852,7 +855,7 @@ class _Scanner:
         """torch 0.1.x tar format: pickle(count), then per storage pickle((key, location, type)) + raw bytes."""
         pos = b.lo
         while pos < b.hi:
-            walk = walk_pickle(b.data, pos, b.hi, self.allow)
+            walk = walk_pickle(b.data, pos, b.hi, self.allow, max_expanded=self.limits.max_expanded)
             self.record_walk(walk, b)
             self.report.pickles += 1
             if not walk.complete:
@@ -1035,9 +1038,13 @@ def scan_file(path: str | os.PathLike[str], allow: Allowlist, limits: Limits) ->
             report.unreadable_reason = "no such file"
             return report
         if p.is_dir():
-            report.unreadable_reason = "is a directory (pass the files inside it)"
+            report.unreadable_reason = "is a directory (scan it with torchshield.scan(directory))"
             return report
-        report.size = p.stat().st_size
+        st = p.stat()
+        if not stat.S_ISREG(st.st_mode):
+            report.unreadable_reason = "not a regular file (a device, pipe or socket)"
+            return report
+        report.size = st.st_size
         if report.size == 0:
             report.unreadable_reason = "empty file"
             return report
