@@ -61,7 +61,9 @@ def test_unterminated_long_line_is_still_unreadable(tmp_path: Path) -> None:
     report = scan(_write(tmp_path, "cut.pkl", b"S'" + b"A" * _LONG))
     assert report.files[0].status == "unreadable" and report.exit_code == 2
     # after a payload, the same cut is reported as a truncation next to the finding
-    cut = scan(_write(tmp_path, "cut2.pkl", corpus.reduce_payload("os", "system", proto=0)[:-5] + b"A" * _LONG))
+    cut = scan(
+        _write(tmp_path, "cut2.pkl", corpus.reduce_payload("os", "system", proto=0)[:-5] + b"A" * _LONG)
+    )
     assert "os.system" in {f.callable for f in cut.findings}
     assert any("no terminating newline" in f.message for f in cut.findings)
 
@@ -215,7 +217,11 @@ def test_encrypted_member_is_never_clean(tmp_path: Path, flag: int, where: str) 
     clean = corpus.torch_zip(corpus.p2(b"}"), extra={"archive/extra.bin": _CIPHERTEXT})
     assert scan(_write(tmp_path, "clean.pt", clean)).safe  # the control: same bytes, no flag
     data = _flag_member(
-        clean, "archive/extra.bin", flag, central=where in ("both", "central"), local=where in ("both", "local")
+        clean,
+        "archive/extra.bin",
+        flag,
+        central=where in ("both", "central"),
+        local=where in ("both", "local"),
     )
     report = scan(_write(tmp_path, "enc.pt", data))
     assert report.files[0].status == "unsafe" and report.exit_code == 1
@@ -306,7 +312,9 @@ def test_stable_diffusion_parameterdict_fragment_is_safe(tmp_path: Path) -> None
 def test_real_parameterdict_checkpoint_is_safe(tmp_path: Path) -> None:
     torch.manual_seed(0)
     path = tmp_path / "real.pt"
-    torch.save({"string_to_param": torch.nn.ParameterDict({"*": torch.nn.Parameter(torch.randn(2, 8))})}, path)
+    torch.save(
+        {"string_to_param": torch.nn.ParameterDict({"*": torch.nn.Parameter(torch.randn(2, 8))})}, path
+    )
     assert scan(path).safe, scan(path).findings
 
 
@@ -322,7 +330,9 @@ def test_real_parameterdict_checkpoint_is_safe(tmp_path: Path) -> None:
         ("torch.nn.modules.linear", "Linear", "high"),
     ],
 )
-def test_neighbours_of_inert_names_are_not_widened(tmp_path: Path, module: str, name: str, severity: str) -> None:
+def test_neighbours_of_inert_names_are_not_widened(
+    tmp_path: Path, module: str, name: str, severity: str
+) -> None:
     path = _write(tmp_path, "n.pkl", corpus.reduce_payload(module, name))
     assert [f.severity for f in scan(path).findings if f.callable == f"{module}.{name}"] == [severity]
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable
-
 from pathlib import Path
 
 from torchshield.model.scan.allowlist import Allowlist

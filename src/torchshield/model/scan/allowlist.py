@@ -26,8 +26,8 @@ tables ``pickle`` itself uses (``_compat_pickle``) and the worse verdict wins.
 """
 
 from __future__ import annotations
-
 import __future__
+
 import _compat_pickle
 import re
 from collections.abc import Iterable

@@ -30,7 +30,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from torchshield.model.scan.allowlist import HIGH, Allowlist
-from torchshield.model.scan.formats import Limits, scan_file
+from torchshield.model.scan.formats import Limits, open_regular, scan_file
 from torchshield.model.scan.keras import config_findings
 from torchshield.model.scan.pickle_ops import MEDIUM
 from torchshield.model.scan.report import FileReport, Finding
@@ -48,7 +48,21 @@ _IMAGE_MAGIC = (
 )
 _DRIVE = re.compile(r"^[A-Za-z]:")
 _TEXT_SUFFIXES = frozenset(
-    {".txt", ".md", ".rst", ".py", ".json", ".jsonl", ".yaml", ".yml", ".csv", ".tsv", ".cfg", ".ini", ".toml"}
+    {
+        ".txt",
+        ".md",
+        ".rst",
+        ".py",
+        ".json",
+        ".jsonl",
+        ".yaml",
+        ".yml",
+        ".csv",
+        ".tsv",
+        ".cfg",
+        ".ini",
+        ".toml",
+    }
     | {".jinja", ".j2", ".html"}
 )
 _JSON_KEYS = ("weight_map", "auto_map", "class_name")
@@ -156,7 +170,10 @@ def _text_misread_as_pickle(path: Path, report: FileReport) -> bool:
     if not any(f.kind == "unreadable" for f in report.findings):
         return False
     try:
-        with open(path, "rb") as fh:
+        fh = open_regular(path)
+        if fh is None:
+            return False
+        with fh:
             return _is_text(fh)
     except OSError:
         return False
@@ -167,8 +184,11 @@ def _data_format(path: Path, limits: Limits) -> tuple[str | None, dict[str, Any]
     """The kind of inert data the file holds (None: not proven), and its JSON object when it
     has a key that speaks about the set (a shard index, an auto_map, a Keras config)."""
     try:
-        size = path.stat().st_size
-        with open(path, "rb") as fh:
+        fh = open_regular(path)
+        if fh is None:
+            return None, None
+        with fh:
+            size = os.fstat(fh.fileno()).st_size
             head = fh.read(4096)
             for magic, kind in _IMAGE_MAGIC:
                 if head.startswith(magic):
@@ -256,7 +276,12 @@ def _is_protobuf(data: bytes) -> bool:
 
 # -- what a JSON file in the set says about the set ----------------------------------------
 def _check_json(
-    doc: dict[str, Any], path: Path, root: Path, files: dict[Path, FileReport], report: FileReport, allow: Allowlist
+    doc: dict[str, Any],
+    path: Path,
+    root: Path,
+    files: dict[Path, FileReport],
+    report: FileReport,
+    allow: Allowlist,
 ) -> None:
     if "weight_map" in doc:
         report.format = "index-json"

@@ -47,7 +47,7 @@ from torchshield.model.scan.pickle_ops import (
 )
 from torchshield.model.scan.report import FileReport, Finding
 
-__all__ = ["Limits", "scan_file"]
+__all__ = ["NOT_REGULAR", "Limits", "open_regular", "scan_file"]
 
 
 @dataclass(frozen=True)
@@ -329,7 +329,11 @@ class _Scanner:
         for f in walk.findings:
             self.add(f.severity, f.kind, f.message, b.member, f.offset - base, f.callable)
         for start in walk.resync[:16] if follow else ():  # the other reading of a straddled FRAME
-            self.record_walk(walk_pickle(b.data, start, b.hi, self.allow, max_expanded=self.limits.max_expanded), b, follow=False)
+            self.record_walk(
+                walk_pickle(b.data, start, b.hi, self.allow, max_expanded=self.limits.max_expanded),
+                b,
+                follow=False,
+            )
         for offset, loader, blob in walk.nested:
             label = _join(b.member, f"<{loader} argument at offset {offset - base}>")
             # the bytes literal lives inside this stream: scan it in place, no copy
@@ -1029,6 +1033,23 @@ def _unknown_reason(data: Any) -> str:
     return "not a recognised model file format (pickle, torch zip or legacy, numpy, safetensors, tar, .tsb)"
 
 
+NOT_REGULAR = "not a regular file (a device, pipe or socket)"
+
+
+def open_regular(path: str | os.PathLike[str]) -> io.BufferedReader | None:
+    """Open a regular file for reading, or None: a FIFO or a device must never block the scan
+    (opened non-blocking, checked with fstat on the open descriptor, so no swap in between)."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            return None
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
 def scan_file(path: str | os.PathLike[str], allow: Allowlist, limits: Limits) -> FileReport:
     """Scan one file; never raises for bad input: problems become findings or an unreadable status."""
     p = Path(path)
@@ -1040,15 +1061,15 @@ def scan_file(path: str | os.PathLike[str], allow: Allowlist, limits: Limits) ->
         if p.is_dir():
             report.unreadable_reason = "is a directory (scan it with torchshield.scan(directory))"
             return report
-        st = p.stat()
-        if not stat.S_ISREG(st.st_mode):
-            report.unreadable_reason = "not a regular file (a device, pipe or socket)"
+        fh = open_regular(p)
+        if fh is None:
+            report.unreadable_reason = NOT_REGULAR
             return report
-        report.size = st.st_size
-        if report.size == 0:
-            report.unreadable_reason = "empty file"
-            return report
-        with open(p, "rb") as fh:
+        with fh:
+            report.size = os.fstat(fh.fileno()).st_size
+            if report.size == 0:
+                report.unreadable_reason = "empty file"
+                return report
             mm = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
             try:
                 _Scanner(report, allow, limits, p).run(mm)

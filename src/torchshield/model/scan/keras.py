@@ -87,8 +87,9 @@ def h5py_available() -> bool:
     return importlib.util.find_spec("h5py") is not None
 
 
-def read_h5_config(source: Path | bytes, *, timeout: float = H5_TIMEOUT_S) -> H5Config:
+def read_h5_config(source: Path | bytes, *, timeout: float | None = None) -> H5Config:
     """Read ``model_config``/``training_config`` from an HDF5 file (a path, or its bytes)."""
+    timeout = H5_TIMEOUT_S if timeout is None else timeout
     if not h5py_available():
         return H5Config(missing_h5py=True)
     arg, payload = ("-", source) if isinstance(source, bytes) else (str(source), b"")
@@ -133,8 +134,10 @@ def config_findings(doc: Any, allow: Allowlist) -> list[tuple[str, str, str]]:
             out.append(
                 (
                     CRITICAL,
-                    "Keras Lambda layer: its marshalled Python code runs when the model is "
-                    "loaded with safe_mode=False (the default for legacy .h5 files)",
+                    (
+                        "Keras Lambda layer: its marshalled Python code runs when the model is "
+                        "loaded with safe_mode=False (the default for legacy .h5 files)"
+                    ),
                     "keras.layers.Lambda",
                 )
             )
@@ -176,7 +179,9 @@ def _custom_object(
         return None
     return (
         HIGH,
-        f"Keras registered custom object {name!r}: its code comes from the loading program's "
-        "registry, not from the file; review it or pass --allow with this exact name",
+        (
+            f"Keras registered custom object {name!r}: its code comes from the loading program's "
+            "registry, not from the file; review it or pass --allow with this exact name"
+        ),
         name,
     )

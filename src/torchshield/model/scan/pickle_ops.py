@@ -31,7 +31,15 @@ from typing import Any
 
 from torchshield.model.scan.allowlist import CRITICAL, HIGH, Allowlist, Verdict
 
-__all__ = ["LEGACY_MAGIC", "MAX_EXPANDED", "PickleWalk", "RawFinding", "expanded_size", "looks_like_pickle", "walk_pickle"]
+__all__ = [
+    "LEGACY_MAGIC",
+    "MAX_EXPANDED",
+    "PickleWalk",
+    "RawFinding",
+    "expanded_size",
+    "looks_like_pickle",
+    "walk_pickle",
+]
 
 LEGACY_MAGIC = 0x1950A86A20F9469CFC6C  # first pickle of torch's legacy (non-zip) format
 MAX_TEXT = 1 << 16  # longer strings are kept as opaque markers: no module name is that long
