@@ -32,6 +32,7 @@ ORDER = [
     ["serve"],      # the inference service
     ["demo"],       # the end-to-end pipeline
     ["cli"],        # the command line
+    ["__main__"],   # python -m torchshield
 ]
 RANK = {name: rank for rank, names in enumerate(ORDER) for name in names}
 

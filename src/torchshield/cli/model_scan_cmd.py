@@ -1,5 +1,6 @@
 """`torchshield model scan PATH...`: say, without running anything, whether model files can run
-code when loaded. Exit 0 all safe, 1 any file unsafe, 2 a file could not be read."""
+code when loaded. A directory (a Hugging Face model folder, a sharded checkpoint) is scanned as
+one set, every file in it listed. Exit 0 all safe, 1 any file unsafe, 2 a file could not be read."""
 
 from __future__ import annotations
 
@@ -32,18 +33,20 @@ def register_into(model_app: typer.Typer) -> None:
 def scan_command(
     paths: list[Path] = typer.Argument(
         ...,
-        help="Model files: .pt/.pth/.bin/.ckpt, .pkl, .npy/.npz, "
-        ".safetensors, .tsb, or any pickle (routed by content).",
+        help="Model files (.pt/.pth/.bin/.ckpt, .pkl, .npy/.npz, .safetensors, .keras/.h5, .tsb, "
+        "any pickle: routed by content) or model directories, scanned as one set.",
     ),
     allow: list[str] = typer.Option(
         [],
         "--allow",
         metavar="MODULE.NAME",
-        help="Accept this global (repeatable); 'pkg.*' accepts a whole package.",
+        help="Accept this global (repeatable); 'pkg.*' accepts a whole package; "
+        "'trust_remote_code' accepts custom code (*.py, auto_map) in a directory.",
     ),
     as_json: bool = JSON_OPTION,
 ) -> None:
-    """Scan model files for code that runs when they are loaded (static: nothing is imported or unpickled)."""
+    """Scan model files or directories for code that runs when they are loaded (static: nothing is
+    imported or unpickled)."""
     from torchshield.model.scan import ScanReport, scan
 
     report = ScanReport()

@@ -50,11 +50,11 @@ def test_unreadable_inputs(tmp_path: Path, name: str, data: bytes, reason: str) 
     assert reason in (report.files[0].unreadable_reason or "")
 
 
-def test_missing_and_directory(tmp_path: Path) -> None:
+def test_missing_and_empty_directory(tmp_path: Path) -> None:
     report = scan([tmp_path / "nope.pt", tmp_path])
     assert [f.unreadable_reason for f in report.files] == [
         "no such file",
-        "is a directory (pass the files inside it)",
+        "empty directory: no files to scan",
     ]
     assert report.exit_code == 2
 

@@ -2,8 +2,9 @@
 
 ``scan(path)`` reads pickles (every protocol, concatenated streams), torch zip checkpoints
 (every pickle member, stored or deflated, nested archives), torch's legacy formats, NumPy
-``.npy``/``.npz`` object arrays, safetensors headers and ``.tsb`` bundles, and reports every
-imported name that is not needed to rebuild tensors and arrays.
+``.npy``/``.npz`` object arrays, safetensors headers, Keras configs (``.keras``, ``.h5``) and
+``.tsb`` bundles, and reports every imported name that is not on the allowlist. A directory
+(a Hugging Face model folder, a sharded checkpoint) is scanned as one set (``directory``).
 
 Threat model: the file comes from someone we do not trust. The scanner never imports a module
 named in the file and never unpickles; it walks opcodes symbolically (``pickle_ops``), reads
@@ -18,8 +19,10 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable
+from pathlib import Path
 
 from torchshield.model.scan.allowlist import Allowlist
+from torchshield.model.scan.directory import scan_directory
 from torchshield.model.scan.formats import Limits, scan_file
 from torchshield.model.scan.report import FileReport, Finding, ScanReport
 
@@ -31,8 +34,11 @@ PathLike = str | os.PathLike[str]
 def scan(
     path: PathLike | Iterable[PathLike], *, allow: Iterable[str] = (), limits: Limits | None = None
 ) -> ScanReport:
-    """Scan one model file (or several) without running anything in it.
+    """Scan model files or model directories without running anything in them.
 
+    A directory is scanned as one set: every file under it gets its own ``FileReport`` in the
+    one returned report (``report.safe`` / ``report.exit_code`` is the set's verdict), and shard
+    indexes are checked against the files present (see ``torchshield.model.scan.directory``).
     ``allow`` names extra globals to accept (``"mypkg.MyModel"``, or ``"mypkg.*"`` for a whole
     package); a known-dangerous name is accepted only when named exactly. Never raises for a
     bad file: a missing, empty or unparseable file is reported with status ``unreadable``.
@@ -40,4 +46,10 @@ def scan(
     paths = [path] if isinstance(path, (str, os.PathLike)) else list(path)
     allowlist = Allowlist(allow)
     lim = limits or Limits()
-    return ScanReport(files=[scan_file(p, allowlist, lim) for p in paths])
+    files: list[FileReport] = []
+    for p in paths:
+        if Path(p).is_dir():
+            files.extend(scan_directory(Path(p), allowlist, lim))
+        else:
+            files.append(scan_file(p, allowlist, lim))
+    return ScanReport(files=files)

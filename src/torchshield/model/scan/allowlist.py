@@ -7,14 +7,16 @@ unknown module already runs that module's code. Three verdicts:
 
 * **safe** - an exact name from the list below: what ``torch.save`` and NumPy need to rebuild
   tensors and arrays (the same set torch's ``weights_only`` unpickler accepts, plus NumPy's
-  array, scalar, dtype and random-state constructors). Matching is exact on the full dotted
+  array, scalar, dtype and random-state constructors), and names decided one by one to be
+  inert (``__future__`` features, ``collections.abc`` classes, value builtins such as ``len``,
+  torch's ``ParameterDict``/``ParameterList``). Matching is exact on the full dotted
   name; a prefix never makes a name safe (``torch._utils._rebuild_tensor_v2.__globals__`` is
   not ``torch._utils._rebuild_tensor_v2``).
 * **critical** - a name that runs code, reaches the interpreter, the file system, the network,
   another unpickler, or resolves further names (see ``_DANGEROUS_MODULES`` and
   ``_DANGEROUS_NAMES``); also any dunder attribute (``__builtins__``, ``__call__``,
   ``__globals__``...) and any dangerous name reached through an attribute chain
-  (``torch._utils.os.system``).
+  (``torch._utils.os.system``), including a module's private alias (``random._os.system``).
 * **high** - anything else: unknown, so it may run code we cannot see. ``allow`` accepts such
   names (exact names, or ``package.*`` for a whole package); a critical name is accepted only
   when the user names it exactly.
@@ -24,6 +26,7 @@ tables ``pickle`` itself uses (``_compat_pickle``) and the worse verdict wins.
 """
 
 from __future__ import annotations
+import __future__
 
 import _compat_pickle
 import re
@@ -150,6 +153,71 @@ _TORCH_REBUILD = [
 ]
 
 
+# Builtins that compute on values and never resolve a name, open a file or call something the
+# stream chose: they call only special methods (__len__, __lt__, __index__...) of objects the
+# stream built from names that were judged on their own. Not here: getattr/eval/exec/compile/
+# open/__import__/vars/globals (critical), map/filter/iter/next/type/super/property (they call
+# or build callables), print/input (I/O).
+_INERT_BUILTINS = (
+    "len",
+    "abs",
+    "min",
+    "max",
+    "sum",
+    "round",
+    "divmod",
+    "ord",
+    "chr",
+    "bin",
+    "oct",
+    "hex",
+    "sorted",
+    "reversed",
+    "enumerate",
+    "zip",
+    "any",
+    "all",
+    "isinstance",
+    "issubclass",
+    "callable",
+    "hash",
+    "id",
+    "Ellipsis",
+    "NotImplemented",
+    "memoryview",
+)
+# Abstract base classes: importing collections.abc runs nothing new (the interpreter already
+# imported it), and calling an ABC raises TypeError. Exact names only: ``Mapping.register`` is not here.
+_ABCS = (
+    "AsyncGenerator",
+    "AsyncIterable",
+    "AsyncIterator",
+    "Awaitable",
+    "Buffer",
+    "ByteString",
+    "Callable",
+    "Collection",
+    "Container",
+    "Coroutine",
+    "Generator",
+    "Hashable",
+    "ItemsView",
+    "Iterable",
+    "Iterator",
+    "KeysView",
+    "Mapping",
+    "MappingView",
+    "MutableMapping",
+    "MutableSequence",
+    "MutableSet",
+    "Reversible",
+    "Sequence",
+    "Set",
+    "Sized",
+    "ValuesView",
+)
+
+
 def _safe_names() -> frozenset[str]:
     names = {
         "collections.OrderedDict",
@@ -186,6 +254,13 @@ def _safe_names() -> frozenset[str]:
         "torch.storage.TypedStorage",
         "torch.storage.UntypedStorage",
         "torch.storage._TypedStorage",
+        # containers of Parameters, rebuilt by copyreg._reconstructor + BUILD of plain state; torch's
+        # own classes whose unpickling runs no code from the file (textual-inversion embeddings in
+        # Stable Diffusion checkpoints hold a ParameterDict)
+        "torch.nn.ParameterDict",
+        "torch.nn.ParameterList",
+        "torch.nn.modules.container.ParameterDict",
+        "torch.nn.modules.container.ParameterList",
         "torch._utils._rebuild_storage_from_bytes",
         "numpy.ndarray",
         "numpy.dtype",
@@ -207,6 +282,9 @@ def _safe_names() -> frozenset[str]:
         "numpy.random._generator.Generator",
     }
     names.update(f"torch._utils.{n}" for n in _TORCH_REBUILD)
+    names.update(f"builtins.{n}" for n in _INERT_BUILTINS)
+    names.update(f"__future__.{n}" for n in __future__.all_feature_names)
+    names.update(f"{m}.{n}" for m in ("collections.abc", "_collections_abc") for n in _ABCS)
     names.update(f"torch.{n}" for n in _TORCH_DTYPES + _TORCH_MISC)
     for prefix in ("torch", "torch.cuda"):
         names.update(f"{prefix}.{t}Storage" for t in _TORCH_STORAGE_TYPES)
@@ -327,6 +405,32 @@ _DANGEROUS_MODULES = frozenset(
         "tensorflow",
         "jax",
         "IPython",
+        # found by the peers' corpora (issue 21): each runs a callable or code it is handed
+        "_xxsubinterpreters",  # run_string
+        "_xxinterpchannels",
+        "_interpchannels",
+        "_interpqueues",
+        "pexpect",  # spawn / run a command
+        "ptyprocess",
+        "sh",
+        "plumbum",
+        "invoke",
+        "fabric",
+        "paramiko",
+        "psutil",  # psutil.Popen
+        "tkinter",  # Tcl eval reaches exec
+        "_tkinter",
+        "atexit",  # register(callable): runs it at exit
+        "weakref",  # finalize / ref callbacks run a callable when an object dies
+        "_weakref",
+        "sched",  # scheduler.enter(..., action)
+        "contextlib",  # ExitStack.callback, closing, contextmanager
+        "contextvars",  # Context.run(callable)
+        "_contextvars",
+        "sqlite3",  # create_function, executescript, enable_load_extension
+        "_sqlite3",
+        "compileall",  # compiles (and can import) arbitrary paths
+        "py_compile",
     ]
 )
 
@@ -443,6 +547,22 @@ _DANGEROUS_NAMES = frozenset(
         "codecs.open",
         "_codecs.decode",
         "string.Template",
+        # PyYAML's loaders that construct arbitrary Python objects (!!python/object/apply)
+        "yaml.load",
+        "yaml.load_all",
+        "yaml.unsafe_load",
+        "yaml.unsafe_load_all",
+        "yaml.full_load",
+        "yaml.full_load_all",
+        "yaml.Loader",
+        "yaml.UnsafeLoader",
+        "yaml.FullLoader",
+        "yaml.loader",
+        "yaml.constructor",
+        "yaml.cyaml",
+        "yaml.CLoader",
+        "yaml.CUnsafeLoader",
+        "yaml.CFullLoader",
     ]
 )
 
@@ -526,7 +646,7 @@ class Allowlist:
         if full in self._exact:
             return Verdict(None, "allowed by --allow")
         if full in SAFE_NAMES:
-            return Verdict(None, "needed to rebuild tensors or arrays")
+            return Verdict(None, "allowlisted: rebuilds tensors or arrays, or runs no code")
         mod_parts = module.split(".")
         if any(_DUNDER.match(p) and p not in _HARMLESS_DUNDER_MODULES for p in mod_parts) or any(
             _DUNDER.match(p) for p in name.split(".")
@@ -534,9 +654,13 @@ class Allowlist:
             return Verdict(CRITICAL, "reaches a dunder attribute (interpreter internals)")
         canon = ".".join([_RENAMED.get(mod_parts[0], mod_parts[0]), *mod_parts[1:], name])
         parts = canon.split(".")
-        # the module path as a whole, then every attribute chain inside the name part
+        # the module path as a whole, then every attribute chain inside the name part; a private
+        # alias of a module (random._os, tempfile._shutil) is judged as the module it names
         for start in (0, *range(len(mod_parts), len(parts))):
-            rule = _dangerous(".".join(parts[start:]))
+            chain = parts[start:]
+            rule = _dangerous(".".join(chain))
+            if rule is None and start > 0 and chain[0].startswith("_") and chain[0].strip("_"):
+                rule = _dangerous(".".join([chain[0].lstrip("_"), *chain[1:]]))
             if rule is not None:
                 how = "" if start == 0 else " through an attribute chain"
                 return Verdict(CRITICAL, f"can run code or touch the system ({rule}){how}")

@@ -25,6 +25,7 @@ import lzma
 import mmap
 import os
 import re
+import stat
 import struct
 import tarfile
 import zlib
@@ -34,8 +35,10 @@ from pathlib import Path
 from typing import Any
 
 from torchshield.model.scan.allowlist import CRITICAL, HIGH, Allowlist
+from torchshield.model.scan.keras import config_findings, read_h5_config
 from torchshield.model.scan.pickle_ops import (
     LEGACY_MAGIC,
+    MAX_EXPANDED,
     MEDIUM,
     PickleWalk,
     Ref,
@@ -44,7 +47,7 @@ from torchshield.model.scan.pickle_ops import (
 )
 from torchshield.model.scan.report import FileReport, Finding
 
-__all__ = ["Limits", "scan_file"]
+__all__ = ["NOT_REGULAR", "Limits", "open_regular", "scan_file"]
 
 
 @dataclass(frozen=True)
@@ -57,6 +60,7 @@ class Limits:
     max_ratio: int = 1000  # deflate cannot exceed ~1032:1; more means a lie or a bomb
     max_pickles: int = 10_000  # pickles concatenated in one stream
     max_header: int = 100 << 20  # safetensors header, as the safetensors library caps it
+    max_expanded: int = MAX_EXPANDED  # nodes of a loaded object once materialised (billion laughs)
 
 
 _ZIP_LOCAL = b"PK\x03\x04"
@@ -68,6 +72,7 @@ _Z64_LOC = struct.Struct("<4sLQL")
 _Z64_EOCD = struct.Struct("<4sQ2H2L4Q")
 _NPY_MAGIC = b"\x93NUMPY"
 _TSB_MAGIC = b"\x89TSB\r\n\x1a\n"
+_HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 _SKIP_MEMBER = re.compile(
     r"(^|/)(data/\d+|\.data/.*|version|byteorder|\.format_version|\.storage_alignment)$"
 )
@@ -214,6 +219,8 @@ class _Scanner:
             return self.scan_npy(b)
         if head.startswith(_TSB_MAGIC):
             return self.scan_tsb(b)
+        if head.startswith(_HDF5_MAGIC):
+            return self.scan_hdf5(b)
         if _is_safetensors(head, b.hi - b.lo):
             return self.scan_safetensors(b)
         if len(head) >= 262 and head[257:262] == b"ustar":
@@ -266,7 +273,7 @@ class _Scanner:
                     pos - b.lo,
                 )
                 break
-            walk = walk_pickle(b.data, pos, b.hi, self.allow)
+            walk = walk_pickle(b.data, pos, b.hi, self.allow, max_expanded=self.limits.max_expanded)
             if (
                 count == 0
                 and not walk.complete
@@ -322,7 +329,11 @@ class _Scanner:
         for f in walk.findings:
             self.add(f.severity, f.kind, f.message, b.member, f.offset - base, f.callable)
         for start in walk.resync[:16] if follow else ():  # the other reading of a straddled FRAME
-            self.record_walk(walk_pickle(b.data, start, b.hi, self.allow), b, follow=False)
+            self.record_walk(
+                walk_pickle(b.data, start, b.hi, self.allow, max_expanded=self.limits.max_expanded),
+                b,
+                follow=False,
+            )
         for offset, loader, blob in walk.nested:
             label = _join(b.member, f"<{loader} argument at offset {offset - base}>")
             # the bytes literal lives inside this stream: scan it in place, no copy
@@ -379,6 +390,7 @@ class _Scanner:
         self.check_overlaps(entries, b)
         for entry in entries:
             member = _join(b.member, entry.name)
+            self.check_encrypted(entry, b, member)
             if _SKIP_MEMBER.search(entry.name):
                 record_sizes[entry.name] = entry.usize
                 continue
@@ -423,45 +435,53 @@ class _Scanner:
         return fmt
 
     def scan_keras_config(self, b: _Blob) -> None:
-        """Keras v3 archives: Lambda layers carry marshalled bytecode; "function" entries name any callable."""
+        """Keras v3 archives: the model config (see ``keras.config_findings``)."""
         try:
             doc = json.loads(bytes(b.data[b.lo : b.hi]).decode("utf-8"))
         except (UnicodeDecodeError, ValueError, RecursionError):
             self.add(HIGH, "unscannable", "Keras config.json is not valid JSON", b.member)
             return
-        todo: list[Any] = [doc]
-        while todo:
-            node = todo.pop()
-            if isinstance(node, list):
-                todo.extend(node)
+        self.keras_findings(doc, b.member)
+
+    def keras_findings(self, doc: Any, member: str | None) -> None:
+        for severity, message, name in config_findings(doc, self.allow):
+            self.add(severity, "import", message, member, callable=name)
+
+    def scan_hdf5(self, b: _Blob) -> str:
+        """HDF5 (Keras .h5): the root ``model_config``/``training_config`` attributes, read by h5py
+        in a child process; a file without them holds data only (weights)."""
+        whole = b.depth == 0 and isinstance(b.data, mmap.mmap) and b.lo == 0 and b.hi == len(b.data)
+        if not whole and not self.spend(b.hi - b.lo, b.member):
+            return "hdf5"
+        got = read_h5_config(self.path if whole else bytes(b.data[b.lo : b.hi]))
+        problem = None
+        if got.missing_h5py:
+            problem = (
+                "an HDF5 file (Keras .h5): install the keras extra (pip install 'torchshield[keras]', "
+                "which brings h5py) to scan it"
+            )
+        elif got.malformed is not None:
+            problem = f"malformed HDF5 file: {got.malformed}"
+        if problem is not None:
+            if b.depth == 0:
+                self.report.unreadable_reason = problem
+            else:
+                self.add(HIGH, "unscannable", f"{problem}: not scanned", b.member)
+            return "hdf5"
+        if got.failed is not None:
+            self.add(HIGH, "unscannable", f"{got.failed}; treat the file as unsafe", b.member)
+            return "hdf5"
+        for key, text in got.attrs.items():
+            if not text:
                 continue
-            if not isinstance(node, dict):
+            where = _join(b.member, f"<HDF5 attribute {key}>")
+            try:
+                doc = json.loads(text)
+            except (ValueError, RecursionError):
+                self.add(HIGH, "unscannable", f"HDF5 attribute {key} is not valid JSON", where)
                 continue
-            todo.extend(node.values())
-            kind = node.get("class_name")
-            if kind == "Lambda":
-                self.add(
-                    CRITICAL,
-                    "import",
-                    "Keras Lambda layer: its marshalled Python code runs when the model is "
-                    "loaded with safe_mode=False",
-                    b.member,
-                    callable="keras.layers.Lambda",
-                )
-            elif (
-                kind == "function"
-                and isinstance(node.get("module"), str)
-                and isinstance(node.get("config"), str)
-            ):
-                verdict = self.allow.judge(node["module"], node["config"])
-                if verdict.severity is not None:
-                    self.add(
-                        verdict.severity,
-                        "import",
-                        f"Keras function reference: {verdict.reason}",
-                        b.member,
-                        callable=f"{node['module']}.{node['config']}",
-                    )
+            self.keras_findings(doc, where)
+        return "keras-h5" if got.attrs.get("model_config") else "hdf5"
 
     def check_storages(
         self, storages: list[tuple[str, tuple[Any, ...]]], sizes: dict[str, int], b: _Blob
@@ -584,15 +604,14 @@ class _Scanner:
                 f"{e.name!r}: Python's zipfile refuses this, torch loads it",
                 member,
             )
-        for bit, what in ((0x1, "encrypted"), (0x20, "patched data"), (0x40, "strong encryption")):
-            if e.flags & bit:
-                self.add(
-                    MEDIUM,
-                    "structure",
-                    f"zip flag 0x{bit:x} ({what}) set: Python's zipfile refuses the member, "
-                    "torch ignores the flag; content scanned as stored",
-                    member,
-                )
+        if (e.flags | lf[2]) & 0x20:
+            self.add(
+                MEDIUM,
+                "structure",
+                "zip flag 0x20 (patched data) set: Python's zipfile refuses the member, "
+                "torch ignores the flag; content scanned as stored",
+                member,
+            )
         start = e.local + _LFH.size + lf[9] + lf[10]
         if start + e.csize > b.hi:
             self.add(
@@ -616,6 +635,26 @@ class _Scanner:
                 member,
             )
         return start
+
+    def check_encrypted(self, e: _ZipEntry, b: _Blob, member: str) -> None:
+        """An encrypted member (flag 0x1 or 0x40 in the central or the local header) is never clean.
+
+        Its stored bytes are still scanned as torch's reader takes them (it ignores the flag),
+        but a loader given the password reads a plaintext no scanner can see."""
+        flags = e.flags
+        if e.local + _LFH.size <= b.hi and bytes(b.data[e.local : e.local + 4]) == _ZIP_LOCAL:
+            flags |= _LFH.unpack_from(b.data, e.local)[2]
+        for bit, what in ((0x1, "encrypted"), (0x40, "strong encryption")):
+            if flags & bit:
+                self.add(
+                    HIGH,
+                    "unscannable",
+                    f"zip flag 0x{bit:x} ({what}): the member's plaintext cannot be scanned; a loader "
+                    "given the password reads content no scanner sees (the stored bytes were scanned "
+                    "as torch reads them; Python's zipfile refuses the member)",
+                    member,
+                )
+                return
 
     def member_peek(self, e: _ZipEntry, b: _Blob, start: int) -> bytes:
         """The first bytes of a member, enough to route it, without reading the rest."""
@@ -820,7 +859,7 @@ class _Scanner:
         """torch 0.1.x tar format: pickle(count), then per storage pickle((key, location, type)) + raw bytes."""
         pos = b.lo
         while pos < b.hi:
-            walk = walk_pickle(b.data, pos, b.hi, self.allow)
+            walk = walk_pickle(b.data, pos, b.hi, self.allow, max_expanded=self.limits.max_expanded)
             self.record_walk(walk, b)
             self.report.pickles += 1
             if not walk.complete:
@@ -991,9 +1030,24 @@ def _unknown_reason(data: Any) -> str:
     head = bytes(data[:8])
     if head.startswith(b"\x89PNG"):
         return "a PNG image, not a model file"
-    if head.startswith(b"\x89HDF\r\n\x1a\n"):
-        return "an HDF5 file (Keras .h5): not scanned by torchshield; load it with Keras safe_mode"
     return "not a recognised model file format (pickle, torch zip or legacy, numpy, safetensors, tar, .tsb)"
+
+
+NOT_REGULAR = "not a regular file (a device, pipe or socket)"
+
+
+def open_regular(path: str | os.PathLike[str]) -> io.BufferedReader | None:
+    """Open a regular file for reading, or None: a FIFO or a device must never block the scan
+    (opened non-blocking, checked with fstat on the open descriptor, so no swap in between)."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            return None
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
 
 
 def scan_file(path: str | os.PathLike[str], allow: Allowlist, limits: Limits) -> FileReport:
@@ -1005,13 +1059,17 @@ def scan_file(path: str | os.PathLike[str], allow: Allowlist, limits: Limits) ->
             report.unreadable_reason = "no such file"
             return report
         if p.is_dir():
-            report.unreadable_reason = "is a directory (pass the files inside it)"
+            report.unreadable_reason = "is a directory (scan it with torchshield.scan(directory))"
             return report
-        report.size = p.stat().st_size
-        if report.size == 0:
-            report.unreadable_reason = "empty file"
+        fh = open_regular(p)
+        if fh is None:
+            report.unreadable_reason = NOT_REGULAR
             return report
-        with open(p, "rb") as fh:
+        with fh:
+            report.size = os.fstat(fh.fileno()).st_size
+            if report.size == 0:
+                report.unreadable_reason = "empty file"
+                return report
             mm = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
             try:
                 _Scanner(report, allow, limits, p).run(mm)

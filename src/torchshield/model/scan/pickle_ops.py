@@ -11,7 +11,14 @@ the wrong type, opcodes that straddle a FRAME, misplaced PROTO, stack underflow)
 
 Threat model: the bytes come from an attacker. Time is linear in the length of the stream,
 memory is linear in the number of opcodes (each opcode pushes at most one small object; DUP
-and memo GET share references, so "billion laughs" expansion costs nothing here).
+and memo GET share references, so "billion laughs" expansion costs nothing here). Text lines
+(protocol 0) are read to their newline however long, as CPython's ``readline`` does: a long
+line must not end the reading before the opcodes after it.
+
+Containers remember what was put in them, so that the size the loaded object takes once
+materialised (``json.dumps``, ``repr``, a deep copy, a walk over it) is computed over the memo
+graph, each shared object counted once per reference (``expanded_size``): ~90 memo references
+nested ten deep expand to 10^9 nodes, which a count of raw references cannot see.
 """
 
 from __future__ import annotations
@@ -24,12 +31,22 @@ from typing import Any
 
 from torchshield.model.scan.allowlist import CRITICAL, HIGH, Allowlist, Verdict
 
-__all__ = ["LEGACY_MAGIC", "PickleWalk", "RawFinding", "looks_like_pickle", "walk_pickle"]
+__all__ = [
+    "LEGACY_MAGIC",
+    "MAX_EXPANDED",
+    "PickleWalk",
+    "RawFinding",
+    "expanded_size",
+    "looks_like_pickle",
+    "walk_pickle",
+]
 
 LEGACY_MAGIC = 0x1950A86A20F9469CFC6C  # first pickle of torch's legacy (non-zip) format
 MAX_TEXT = 1 << 16  # longer strings are kept as opaque markers: no module name is that long
 MEDIUM = "medium"
-_EXPANSION_REUSE = 100_000
+MAX_EXPANDED = 10_000_000  # nodes of the materialised object; see _Walker.check_expansion
+_EXPANSION_RATIO = 100  # ... and that many times the opcodes (a plain large pickle is not an attack)
+_SIZE_CAP = 1 << 63  # sizes saturate here: exact arithmetic on 1000^120 would itself be a bomb
 
 # Calls whose first argument is itself a serialized object: its bytes are scanned as a nested file.
 NESTED_LOADERS = frozenset(
@@ -69,9 +86,19 @@ class _Opaque:
 
 
 OPAQUE = _Opaque()
-MARK = object()
-LIST_T = object()
-DICT_T = object()
+
+
+class Node:
+    """A list, dict, set or frozenset built by the stream, with what was put into it.
+
+    ``items`` holds single values and whole chunks (the Python list popped at a MARK), so
+    APPENDS/SETITEMS cost one append here; only ``expanded_size`` looks inside."""
+
+    __slots__ = ("items", "kind")
+
+    def __init__(self, kind: str, chunk: list[Any] | None = None) -> None:
+        self.kind = kind
+        self.items: list[Any] = [chunk] if chunk else []
 
 
 class Blob:
@@ -97,12 +124,14 @@ class Ref:
 
 
 class Call:
-    """The result of calling something: an opaque object with a known origin."""
+    """The result of calling something: an opaque object with a known origin. Its arguments and
+    whatever is later put into it (SETITEMS, APPENDS, BUILD state) count as its contents."""
 
-    __slots__ = ("callee",)
+    __slots__ = ("callee", "items")
 
-    def __init__(self, callee: Any) -> None:
+    def __init__(self, callee: Any, args: Any = None) -> None:
         self.callee = callee
+        self.items: list[Any] = [] if args is None else [args]
 
 
 @dataclass
@@ -207,6 +236,8 @@ class _Walker:
         self.frame_end = -1
         self.arg_pos = 0
         self.reuse = 0  # memo GETs and DUPs: shared references, the raw material of expansion attacks
+        self.calls: list[Call] = []
+        self.max_expanded = MAX_EXPANDED
 
     # -- findings -------------------------------------------------------------------
     def anomaly(self, offset: int, message: str, severity: str = HIGH, kind: str = "structure") -> None:
@@ -264,7 +295,9 @@ class _Walker:
                 else "a value that is not an imported name"
             )
             self.anomaly(offset, f"{how} calls {what} (indirect call)")
-        return Call(callee)
+        result = Call(callee, args)
+        self.calls.append(result)
+        return result
 
     # -- argument decoding ---------------------------------------------------------
     def text(self, raw: memoryview, offset: int, encoding: str = "utf-8") -> Any:
@@ -281,6 +314,9 @@ class _Walker:
             return OPAQUE
 
     def name_line(self, raw: memoryview, offset: int) -> str:
+        if len(raw) > MAX_TEXT:
+            self.anomaly(offset, f"GLOBAL name line of {len(raw)} bytes: no importable name is that long")
+            raw = raw[:MAX_TEXT]
         try:
             return codecs.decode(raw, "utf-8")
         except UnicodeDecodeError:
@@ -353,7 +389,7 @@ class _Walker:
             elif kind == _LINE or kind == _LINES:
                 lines = []
                 for _ in range(1 if kind == _LINE else 2):
-                    nl = self.data.find(b"\n", pos, min(end, pos + MAX_TEXT + 2))
+                    nl = self.data.find(b"\n", pos, end)  # no cap: CPython's readline has none
                     if nl < 0:
                         break
                     lines.append(buf[pos:nl])
@@ -388,13 +424,32 @@ class _Walker:
             self.step(op, offset, arg, stack, memo)
             stack = self.stack
         walk.end = pos
-        if self.reuse > _EXPANSION_REUSE and self.reuse > 50 * max(1, len(memo)):
-            self.anomaly(
-                walk.start,
-                f"{self.reuse} memo/DUP references to {len(memo)} objects: the shape of a "
-                "memory-expansion (billion laughs) attack on whoever walks the loaded object",
-            )
+        if self.reuse:  # without shared references the object is a tree: its size is at most the op count
+            self.check_expansion()
         return walk
+
+    def check_expansion(self) -> None:
+        """Flag an object graph whose materialised size is both large and far larger than the stream.
+
+        The roots are the loaded object and every call's arguments (a call such as ``str(x)``
+        materialises ``x`` while loading, even when its result is then popped)."""
+        walk = self.walk
+        sizes: dict[int, int] = {}
+        biggest = 0
+        for root in (walk.root, *self.calls):
+            biggest = max(biggest, expanded_size(root, sizes))
+        if biggest > self.max_expanded and biggest > _EXPANSION_RATIO * walk.ops:
+            shown = f"more than {_SIZE_CAP:.2e}" if biggest >= _SIZE_CAP else f"{biggest:,}"
+            walk.findings.append(
+                RawFinding(
+                    walk.start,
+                    HIGH,
+                    "expansion",
+                    f"the loaded object expands to {shown} nodes when materialised, from {walk.ops} "
+                    f"opcodes and {self.reuse} memo/DUP references: a memory-expansion (billion laughs) "
+                    f"attack on whoever walks, prints or copies it (limit {self.max_expanded:,})",
+                )
+            )
 
     def step(self, op: int, offset: int, arg: Any, stack: list[Any], memo: dict[int, Any]) -> None:
         if op in (0x8C, 0x58, 0x8D):  # SHORT_BINUNICODE, BINUNICODE, BINUNICODE8
@@ -445,21 +500,28 @@ class _Walker:
             self.stack.append(tuple(items))
         elif op == 0x29:  # EMPTY_TUPLE
             stack.append(())
-        elif op in (0x5D, 0x7D, 0x8F, 0x4E, 0x88, 0x89, 0x46, 0x47):  # empties, None, bools, floats
-            stack.append(LIST_T if op == 0x5D else DICT_T if op == 0x7D else OPAQUE)
+        elif op in (0x5D, 0x7D, 0x8F):  # EMPTY_LIST, EMPTY_DICT, EMPTY_SET
+            stack.append(Node(_EMPTY_KIND[op]))
+        elif op in (0x4E, 0x88, 0x89, 0x46, 0x47):  # None, bools, floats
+            stack.append(OPAQUE)
         elif op in (0x6C, 0x64, 0x91):  # LIST, DICT, FROZENSET
-            self.pop_mark(offset)
-            self.stack.append(LIST_T if op == 0x6C else DICT_T if op == 0x64 else OPAQUE)
+            items = self.pop_mark(offset)
+            self.stack.append(Node(_EMPTY_KIND[op], items))
         elif op in (0x61, 0x73, 0x75, 0x65, 0x90):  # APPEND, SETITEM, SETITEMS, APPENDS, ADDITEMS
-            if op in (0x61,):
-                self.pop(offset)
+            added: Any
+            if op == 0x61:
+                added = self.pop(offset)
             elif op == 0x73:
-                self.pop(offset)
-                self.pop(offset)
+                value = self.pop(offset)
+                added = [self.pop(offset), value]
             else:
-                self.pop_mark(offset)
+                added = self.pop_mark(offset)
             target = self.top(offset)
-            if op in (0x73, 0x75) and (target is LIST_T or isinstance(target, tuple)):
+            if isinstance(target, (Node, Call)):
+                target.items.append(added)
+            if op in (0x73, 0x75) and (
+                (isinstance(target, Node) and target.kind == "list") or isinstance(target, tuple)
+            ):
                 self.anomaly(
                     offset,
                     "SETITEM on a list or tuple: crashes or corrupts memory in torch's "
@@ -472,8 +534,8 @@ class _Walker:
             if op == 0x63:
                 self.stack.append(ref)
             else:
-                self.pop_mark(offset)
-                self.stack.append(self.call(ref, "INST", offset))
+                items = self.pop_mark(offset)
+                self.stack.append(self.call(ref, "INST", offset, tuple(items)))
         elif op == 0x93:  # STACK_GLOBAL
             name = self.pop(offset)
             module = self.pop(offset)
@@ -510,9 +572,11 @@ class _Walker:
             cls = items[0] if items else OPAQUE
             self.stack.append(self.call(cls, "OBJ", offset, tuple(items[1:])))
         elif op == 0x62:  # BUILD
-            self.pop(offset)
+            state = self.pop(offset)
             target = self.top(offset)
-            if isinstance(target, Ref):
+            if isinstance(target, (Node, Call)):
+                target.items.append(state)
+            elif isinstance(target, Ref):
                 self.walk.findings.append(
                     RawFinding(
                         offset,
@@ -567,6 +631,59 @@ class _Walker:
         # PROTO needs no stack work; STOP is handled by the loop.
 
 
+_EMPTY_KIND = {0x5D: "list", 0x7D: "dict", 0x8F: "set", 0x6C: "list", 0x64: "dict", 0x91: "frozenset"}
+
+
+def expanded_size(root: Any, sizes: dict[int, int] | None = None) -> int:
+    """How many nodes ``root`` has once materialised as a tree: every reference to a shared
+    object counts that object's whole size again (a DAG-to-tree size), saturating at 2**63.
+
+    Iterative post-order walk, each container visited once (``sizes`` caches by identity, and
+    may be shared between calls over one stream), so time is linear in the graph however large
+    the result. A reference back to a container still being walked (a cycle: ``repr`` prints
+    ``[...]``) counts 1. Leaves (strings, numbers, names, bytes) count 1."""
+    if sizes is None:
+        sizes = {}
+    if not isinstance(root, (Node, Call, tuple)):
+        return 1
+    done = sizes.get(id(root))
+    if done is not None:
+        return done
+    active = {id(root)}
+    work: list[tuple[Any, Any, list[int]]] = [(root, _children(root), [1])]
+    while work:
+        node, children, acc = work[-1]
+        for child in children:
+            if not isinstance(child, (Node, Call, tuple)):
+                acc[0] += 1
+                continue
+            cid = id(child)
+            got = sizes.get(cid)
+            if got is not None:
+                acc[0] = min(_SIZE_CAP, acc[0] + got)
+            elif cid in active:
+                acc[0] += 1
+            else:
+                active.add(cid)
+                work.append((child, _children(child), [1]))
+                break
+        else:
+            work.pop()
+            active.discard(id(node))
+            total = min(_SIZE_CAP, acc[0])
+            sizes[id(node)] = total
+            if work:
+                parent = work[-1][2]
+                parent[0] = min(_SIZE_CAP, parent[0] + total)
+    return sizes[id(root)]
+
+
+def _children(node: Any) -> Any:
+    if isinstance(node, tuple):
+        return iter(node)
+    return (x for item in node.items for x in (item if isinstance(item, list) else (item,)))
+
+
 def _memo_index(op: int, arg: Any) -> int | None:
     if op in (0x68, 0x71):
         return arg[0]
@@ -614,8 +731,13 @@ def _describe(value: Any) -> str:
     return "unknown value"
 
 
-def walk_pickle(data: Any, start: int, end: int, allow: Allowlist) -> PickleWalk:
+def walk_pickle(
+    data: Any, start: int, end: int, allow: Allowlist, *, max_expanded: int = MAX_EXPANDED
+) -> PickleWalk:
     """Walk one pickle in ``data[start:end]`` until its STOP (or the first fatal irregularity).
 
-    ``data`` is bytes, a bytearray or an mmap; offsets in the result are absolute in ``data``."""
-    return _Walker(data, start, end, allow).run()
+    ``data`` is bytes, a bytearray or an mmap; offsets in the result are absolute in ``data``.
+    ``max_expanded`` bounds the materialised size of the loaded object (billion laughs)."""
+    walker = _Walker(data, start, end, allow)
+    walker.max_expanded = max_expanded
+    return walker.run()
