@@ -27,9 +27,27 @@ def test_auc_matches_sklearn_and_low_fpr_tpr():
     _, _, auc = roc(m, n)
     assert auc == pytest.approx(roc_auc_score(np.r_[np.ones(400), np.zeros(500)], np.r_[m, n]), abs=1e-12)
     perfect = summarise("x", np.arange(100, 200.0), np.arange(0, 100.0))
-    assert perfect.auc == 1.0 and perfect.tpr_at_1pct_fpr == 1.0 and perfect.epsilon_lower_bound > 3
+    # the bound is stated on a held-out half (50 vs 50 here): ln(0.929 / 0.071) = 2.57 at most
+    assert perfect.auc == 1.0 and perfect.tpr_at_1pct_fpr == 1.0 and 1.9 < perfect.epsilon_lower_bound <= 2.58
     chance = summarise("x", rng.normal(0, 1, 2000), rng.normal(0, 1, 2000))
     assert abs(chance.auc - 0.5) < 0.04 and chance.epsilon_lower_bound < 0.3
+
+
+def test_lower_bound_is_95pct_after_maximising_over_thresholds_and_attacks():
+    """No leakage (members and non-members scored alike): the strongest of 3 attacks' "95%" bounds
+    must be above 0 in at most 5% of audits. The max over all thresholds, uncorrected, was above 0
+    in 11.6% of such audits (issue 22 measured 6.7% on models). Seeded: one fixed sample of 300 audits;
+    a correct 95% bound exceeds 6% there with probability < 0.2 (binomial tail)."""
+    rng = np.random.default_rng(7)
+    trials, positive = 300, 0
+    for t in range(trials):
+        bounds = [summarise(name, rng.normal(size=150), rng.normal(size=150), confidence=1 - 0.05 / 3,
+                            seed=3 * t + i).epsilon_lower_bound for i, name in enumerate(("a", "b", "c"))]
+        positive += max(bounds) > 0
+    assert positive / trials <= 0.06
+    # and the audit keeps its power against a real leak
+    leak = summarise("x", rng.normal(2.0, 1, 300), rng.normal(0, 1, 300), confidence=1 - 0.05 / 3)
+    assert leak.epsilon_lower_bound > 0.5
 
 
 def test_epsilon_bound_respects_dp_tradeoff():
@@ -70,7 +88,8 @@ def _audit(bundle, root, capsys):
 def test_dp_model_leaks_less_than_overfit_model(digits_files, capsys):
     overfit = _train(digits_files, "overfit")
     dp = _train(digits_files, "dp", epochs=10, batch_size=60,
-                privacy={"epsilon": 1.0, "delta": 1e-3, "max_grad_norm": 1.0, "seed": 0})
+                privacy={"epsilon": 1.0, "delta": 1e-3, "max_grad_norm": 1.0, "seed": 0,
+                         "insecure_seed_for_tests": True})
     code_o, rep_o = _audit(overfit, digits_files, capsys)
     code_d, rep_d = _audit(dp, digits_files, capsys)
     assert code_o == 0 and code_d == 0
