@@ -32,7 +32,13 @@ import torch
 from torch import Tensor, nn
 
 from torchshield.errors import InputError, MissingDependencyError
-from torchshield.privacy.accounting import ACCOUNTANTS, check_budget, epsilon_for, noise_multiplier_for
+from torchshield.privacy.accounting import (
+    ACCOUNTANTS,
+    check_budget,
+    epsilon_and_accountant,
+    epsilon_for,
+    noise_multiplier_for,
+)
 from torchshield.train.noise import NoiseSource, noise_source
 
 __all__ = ["GRAD_SAMPLE_MODES", "PrivacyConfig", "PrivateTraining", "fix_model", "make_private"]
@@ -327,15 +333,17 @@ class PrivateTraining:
 
     def record(self) -> dict[str, Any]:
         """The bundle manifest's ``privacy`` slot."""
+        epsilon, accountant = epsilon_and_accountant([(self.noise_multiplier, self.sample_rate, self.steps)],
+                                                     delta=self.config.delta, accountant=self.config.accountant)
         return {
             "mechanism": "DP-SGD (Poisson sampling, per-example clipping, Gaussian noise)",
-            "epsilon": self.epsilon(),
+            "epsilon": epsilon,
             "delta": self.config.delta,
             "target_epsilon": self.config.epsilon,
             "noise_multiplier": self.noise_multiplier,
             "sample_rate": self.sample_rate,
             "steps": self.steps,
-            "accountant": self.config.accountant,
+            "accountant": accountant,
             "max_grad_norm": self.config.max_grad_norm,
             "mode": self.mode,
             "model_fixes": self.fixes,
