@@ -72,7 +72,8 @@ def digits_files(tmp_path_factory):
 
 def _train(root, name, **extra):
     doc = {"model": {"type": "mlp", "hidden": [128]},
-           "data": {"path": "members.parquet", "label": "label", "normalize": "none", "test_fraction": 0},
+           "data": {"path": "members.parquet", "label": "label", "normalize": "none", "test_fraction": 0,
+                    "bounds": [0, 16], "classes": list(range(10))},  # public, declared: DP needs them
            "optimizer": {"name": "adam", "lr": 0.01}, "epochs": 30, "batch_size": 32, "seed": 0,
            "output": {"bundle": f"{name}.tsb"}, **extra}
     torch.set_num_threads(1)
@@ -119,3 +120,45 @@ def test_inconsistent_claim_fails_with_exit_1(digits_files, capsys, tmp_path):
                 "--non-members", str(digits_files / "nonmembers.parquet"), "--shadows", "0", "--json"])
     rep = json.loads(capsys.readouterr().out)
     assert code == 1 and not rep["consistent"] and rep["verdict"].startswith("INCONSISTENT")
+
+
+def test_audit_of_the_training_file_uses_the_recorded_split(tmp_path, capsys):
+    """`train` splits its input itself; passing that file as --members used to label the held-out
+    rows as members too. The split file beside the bundle now says which rows trained."""
+    from torchshield.train import load_dataset
+    from torchshield.train.recipe import load_trained, read_rows
+
+    d = load_digits()
+    df = pd.DataFrame(d.data[:400], columns=d.feature_names)
+    df["label"] = d.target[:400]
+    df.to_parquet(tmp_path / "all.parquet")
+    spec = {"path": "all.parquet", "label": "label", "normalize": "none", "test_fraction": 0.3}
+    doc = {"model": {"type": "mlp", "hidden": [32]}, "data": spec, "optimizer": {"name": "adam", "lr": 0.01},
+           "epochs": 3, "batch_size": 32, "seed": 0, "output": {"bundle": "m.tsb"}}
+    bundle = train_from_config(TrainConfig.from_dict(doc, base=tmp_path), progress=False).bundle
+    split_file = tmp_path / "m.tsb.split.json"
+    assert split_file.is_file() and (split_file.stat().st_mode & 0o777) == 0o600
+    code = run(["privacy", "audit", str(bundle), "--members", str(tmp_path / "all.parquet"), "--shadows", "0",
+                "--json"])
+    rep = json.loads(capsys.readouterr().out)
+    assert code == 0
+    # independent reference: the rows the loader put in the training split
+    data = load_dataset({**spec, "path": str(tmp_path / "all.parquet")})
+    assert rep["members"] == len(data.train) and rep["non_members"] == len(data.test)
+    assert 0 < rep["non_members"] < 400 and rep["members"] + rep["non_members"] == 400
+    _, manifest = load_trained(bundle)
+    x, _ = read_rows(tmp_path / "all.parquet", manifest)
+    from torchshield.train.split import read_split
+
+    trained = read_split(split_file).trained
+    train_rows = {tuple(r) for r in data.train.x.flatten(1).tolist()}
+    assert {tuple(r) for r in x[torch.from_numpy(trained)].flatten(1).tolist()} == train_rows
+    assert not ({tuple(r) for r in x[torch.from_numpy(~trained)].flatten(1).tolist()} - {
+        tuple(r) for r in data.test.x.flatten(1).tolist()})
+    # without the split file and without --non-members: a clear error, not a mislabelled audit
+    split_file.rename(tmp_path / "elsewhere.json")
+    assert run(["privacy", "audit", str(bundle), "--members", str(tmp_path / "all.parquet"), "--shadows", "0"]) == 2
+    assert "--non-members" in capsys.readouterr().err
+    assert run(["privacy", "audit", str(bundle), "--members", str(tmp_path / "all.parquet"), "--shadows", "0",
+                "--split", str(tmp_path / "elsewhere.json"), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["members"] == len(data.train)
