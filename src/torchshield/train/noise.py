@@ -34,6 +34,8 @@ from torch import Tensor
 __all__ = ["NoiseSource", "SecureNoise", "SeededNoise", "discrete_laplace", "noise_source"]
 
 _REKEY_BYTES = 64 << 20  # far below ChaCha20's 256 GiB per (key, nonce); re-keying is cheap
+_CHUNK = 1 << 20  # samples per Box-Muller pass: bounds the temporary buffers at ~24 MiB
+_ZEROS = bytes(8 * _CHUNK)  # the plaintext whose encryption is the keystream; allocated once
 _TWO_PI = 2.0 * math.pi
 
 
@@ -59,11 +61,21 @@ class _GaussianFromUniform:
         raise NotImplementedError
 
     def _standard_normal(self, n: int) -> np.ndarray:
-        pairs = (n + 1) // 2
-        u = self.uniform(2 * pairs)
-        r = np.sqrt(-2.0 * np.log(u[:pairs]))
-        theta = _TWO_PI * u[pairs:]
-        return np.concatenate([r * np.cos(theta), r * np.sin(theta)])[:n]
+        out = np.empty(n + (n & 1))
+        for start in range(0, len(out), _CHUNK):
+            part = out[start:start + _CHUNK]
+            pairs = len(part) // 2
+            u = self.uniform(2 * pairs)
+            r = np.log(u[:pairs])
+            r *= -2.0
+            np.sqrt(r, out=r)
+            theta = u[pairs:]
+            theta *= _TWO_PI
+            np.cos(theta, out=part[:pairs])
+            part[:pairs] *= r
+            np.sin(theta, out=part[pairs:])
+            part[pairs:] *= r
+        return out[:n]
 
     def normal_array(self, n: int, std: float) -> np.ndarray:
         """``n`` float64 draws of N(0, std^2)."""
@@ -94,18 +106,22 @@ class SecureNoise(_GaussianFromUniform):
 
     def _bytes(self, n: int) -> bytes:
         chunks = []
+        zeros = memoryview(_ZEROS)
         while n > 0:
             if self._left == 0:
                 self._rekey()
-            take = min(n, self._left)
-            chunks.append(self._stream.update(bytes(take)))  # keystream XOR zeros = keystream
+            take = min(n, self._left, len(_ZEROS))
+            chunks.append(self._stream.update(zeros[:take]))  # keystream XOR zeros = keystream
             self._left -= take
             n -= take
         return b"".join(chunks) if len(chunks) != 1 else chunks[0]
 
     def uniform(self, n: int) -> np.ndarray:
         bits = np.frombuffer(self._bytes(8 * n), dtype=np.uint64) >> np.uint64(11)
-        return (bits.astype(np.float64) + 1.0) * 2.0**-53  # (0, 1]: log() is finite
+        u = bits.astype(np.float64)
+        u += 1.0
+        u *= 2.0**-53
+        return u  # (0, 1]: log() is finite
 
     def describe(self) -> dict[str, Any]:
         return {"generator": "ChaCha20 keystream (cryptography), key from os.urandom", "secure_mode": self.secure_mode}
