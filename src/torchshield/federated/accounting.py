@@ -65,6 +65,7 @@ def _quiet_absl() -> Iterator[None]:
 
 def _accountant(clients: int, per_round: int, neighbouring: str, delta: float) -> tuple[Any, Any, float]:
     try:
+        import dp_accounting  # noqa: F401 - Flower's accountant needs it (flwr[dp])
         from flwr.supercore.privacy_accounting import (
             GaussianPrivacyEvent,
             NeighboringRelation,
@@ -72,7 +73,6 @@ def _accountant(clients: int, per_round: int, neighbouring: str, delta: float) -
             SamplingMethod,
         )
         from flwr.supercore.privacy_accounting.rdp_accountant import RdpAccountant
-        import dp_accounting  # noqa: F401 - Flower's accountant needs it (flwr[dp])
     except ImportError:
         raise MissingDependencyError("dp-accounting", "fl") from None
     if neighbouring == "replace-one":

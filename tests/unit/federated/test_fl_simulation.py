@@ -53,12 +53,13 @@ def test_secagg_dp_fedprox_survives_a_dropout_and_records_epsilon(tmp_path) -> N
     # round 2: client 0 dropped after the key exchange; SecAgg+ reconstructed its masks from 2 shares
     assert result.rounds[1]["clients_aggregated"] == 2
     # under client-level DP the metrics say nothing per client: no losses, sizes or participants
-    metrics_text = open(result.outputs["metrics_json"]).read()
+    with open(result.outputs["metrics_json"]) as fh:
+        metrics_text = fh.read()
     assert all(word not in metrics_text for word in ('"partition_id"', '"loss"', '"examples"'))
     assert result.final_accuracy > 0.3  # chance is 0.1
     p = torchshield.inspect(result.outputs["model"]).manifest["privacy"]
     assert p["rounds"] == 2 and p["noise_multiplier"] == 0.05 and p["clipping_norm"] == 2.0
-    assert p["epsilon"] > 0 and p == json.loads(open(result.outputs["metrics_json"]).read())["privacy"]
+    assert p["epsilon"] > 0 and p == json.loads(metrics_text)["privacy"]
     assert p["neighbouring"] == "replace-one client" and "without replacement" in p["sampling"]
     assert "ChaCha20" in p["noise"]["generator"]
     prov = torchshield.inspect(result.outputs["model"]).manifest["provenance"]
