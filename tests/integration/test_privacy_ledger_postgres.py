@@ -43,3 +43,29 @@ def test_two_processes_cannot_double_spend_on_postgres(pg_db):
     assert ledger.budget("d" * 64).spent_epsilon == pytest.approx(2.0)
     assert ledger.verify("d" * 64) == []
     ledger.close()
+
+
+REGISTER = textwrap.dedent("""
+    import json, sys
+    from torchshield.privacy.ledger import Ledger
+    ledger = Ledger(sys.argv[1])
+    ok = 0
+    for i in range(20):
+        ledger.register(f"{i:064d}", epsilon=1.0)  # every process registers the same new data sets
+        ok += 1
+    print(json.dumps({"ok": ok}))
+""")
+
+
+def test_processes_registering_the_same_new_data_sets_at_once_all_succeed(pg_db):
+    from torchshield.privacy.ledger import Ledger
+
+    Ledger(pg_db).close()  # tables created once, before the race
+    procs = [subprocess.Popen([sys.executable, "-c", REGISTER, pg_db], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(4)]
+    outs = [p.communicate(timeout=120) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [err[-300:] for _, err in outs]
+    assert [json.loads(out)["ok"] for out, _ in outs] == [20] * 4
+    ledger = Ledger(pg_db)
+    assert len(ledger.dataset_ids()) == 20
+    ledger.close()

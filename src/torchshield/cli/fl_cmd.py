@@ -39,14 +39,19 @@ def _summary(result_doc: dict[str, Any], outputs: dict[str, str]) -> dict[str, A
 def _render(doc: dict[str, Any]) -> Any:
     def human(console: Any) -> None:
         for r in doc["rounds"]:
-            losses = ", ".join(f"{c['partition_id']}:{c['loss']:.3f}" for c in r["clients"] if c["loss"] is not None)
-            console.print(f"round {r['round']:>3}  {r['seconds']:7.2f} s  test acc {r['test_accuracy']:.4f}  "
-                          f"client losses [{losses}]")
+            if "clients" in r:
+                losses = ", ".join(f"{c['partition_id']}:{c['loss']:.3f}" for c in r["clients"]
+                                   if c["loss"] is not None)
+                who = f"client losses [{losses}]"
+            else:  # client-level DP: who took part and their losses stay private
+                who = f"{r['clients_aggregated']} updates aggregated"
+            console.print(f"round {r['round']:>3}  {r['seconds']:7.2f} s  test acc {r['test_accuracy']:.4f}  {who}")
         console.print(f"final test accuracy: {doc['final_accuracy']:.4f}")
         if doc.get("privacy"):
             p = doc["privacy"]
             console.print(f"client-level DP: epsilon {p['epsilon']:.3f} at delta {p['delta']} "
-                          f"(noise {p['noise_multiplier']:.3f}, clip {p['clipping_norm']})")
+                          f"(noise {p['noise_multiplier']:.3f}, clip {p['clipping_norm']}; neighbouring: "
+                          f"{p['neighbouring']}; sampling: {p['sampling']})", markup=False)
         for name, path in doc.get("outputs", {}).items():
             console.print(f"{name}: {path}")
 

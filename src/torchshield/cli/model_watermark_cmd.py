@@ -39,16 +39,28 @@ def _check_out(out: Path, force: bool) -> None:
 
 
 def _save_like(source: Any, tensors_or_model: Any, out: Path, key: Any, *, metadata: dict[str, Any] | None = None,
-               watermark: dict[str, Any] | None = None, command: str) -> None:
-    """Write ``out`` with ``source``'s manifest slots, encrypted iff the source was."""
+               watermark: dict[str, Any] | None = None, command: str, trained_without_dp: bool = False) -> str | None:
+    """Write ``out`` with ``source``'s manifest slots, encrypted iff the source was.
+
+    A DP claim survives only what is post-processing of the DP model (obfuscation permutes units
+    with a key, using no data). ``trained_without_dp``: the weights were trained on data without
+    DP, so the claim no longer holds and is dropped; returns the message saying so."""
     import torchshield
 
     m = source.manifest
     provenance = {**(m.get("provenance") or {}), "command": command}
+    privacy, dropped = m.get("privacy"), None
+    if privacy and trained_without_dp:
+        dropped = (f"the DP claim (epsilon {privacy.get('epsilon', float('nan')):.4g}, delta {privacy.get('delta')}) "
+                   f"was dropped: '{command}' trained the weights on data without DP, so it no longer holds")
+        provenance["dp_claim_dropped"] = {"by": command, "epsilon": privacy.get("epsilon"),
+                                          "delta": privacy.get("delta")}
+        privacy = None
     torchshield.save(tensors_or_model, out, key=key if source.encrypted else None,
                      metadata=metadata if metadata is not None else m.get("metadata"),
-                     privacy=m.get("privacy"), provenance=provenance,
+                     privacy=privacy, provenance=provenance,
                      watermark=watermark if watermark is not None else m.get("watermark"))
+    return dropped
 
 
 @watermark_app.command("embed")
@@ -88,12 +100,17 @@ def embed_cmd(model: Path = typer.Argument(..., help="Bundle written by 'torchsh
     with progress(f"embedding a {method} mark", epochs):
         record = embed(net, dataset.train.loader(64, shuffle=True, seed=0), key, section, epochs=epochs)
     after = evaluate(net, dataset.test.loader(1024))
-    _save_like(inspect(model), net, out, key, watermark=record.to_dict(), command="model watermark embed")
+    dropped = _save_like(inspect(model), net, out, key, watermark=record.to_dict(), command="model watermark embed",
+                         trained_without_dp=True)
     if record_out is not None:
         write_record(record_out, record)
     report = {"out": str(out), "record": str(record_out) if record_out else None, "method": method,
               "mark_id": record.mark_id, "accuracy_before": before.get("accuracy"),
-              "accuracy_after": after.get("accuracy")}
+              "accuracy_after": after.get("accuracy"), "privacy_dropped": dropped}
+    if dropped:
+        from torchshield.cli.output import err_console
+
+        err_console.print(f"note: {dropped}", highlight=False, markup=False)
     emit(report, lambda c: c.print(
         f"wrote {out}: {method} mark {record.mark_id}; test accuracy {before.get('accuracy', 0):.4f} -> "
         f"{after.get('accuracy', 0):.4f}" + (f"; record in {record_out}" if record_out else "")), as_json=as_json)

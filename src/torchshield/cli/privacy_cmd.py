@@ -21,8 +21,13 @@ LEDGER_OPTION = typer.Option(None, "--ledger", help="Ledger database URL (defaul
 
 @app.command("audit")
 def audit(model: Path = typer.Argument(..., help="Trained .tsb bundle (written by 'torchshield train')."),
-          members: Path = typer.Option(..., "--members", help="CSV/Parquet rows that were in the training data."),
-          non_members: Path = typer.Option(..., "--non-members", help="Rows from the same source NOT trained on."),
+          members: Path = typer.Option(..., "--members", help="CSV/Parquet rows that were in the training data, "
+                                                              "or the very file 'train' read (its split file then "
+                                                              "says which rows trained)."),
+          non_members: Path = typer.Option(None, "--non-members", help="Rows from the same source NOT trained on "
+                                                                       "(default: the training file's held-out rows)."),
+          split: Path = typer.Option(None, "--split", help="The split file 'train' wrote (default: "
+                                                           "MODEL.split.json beside the bundle, if present)."),
           label: str = typer.Option(None, "--label", help="Label column (default: the one used in training)."),
           shadows: int = typer.Option(4, "--shadows", min=0, help="Shadow models for LiRA (0: no LiRA)."),
           offline: bool = typer.Option(False, "--offline", help="Offline LiRA (OUT shadows only)."),
@@ -33,11 +38,10 @@ def audit(model: Path = typer.Argument(..., help="Trained .tsb bundle (written b
           as_json: bool = JSON_OPTION) -> None:
     """Measure membership leakage (loss, confidence, LiRA) and compare it with the model's claimed epsilon."""
     from torchshield.privacy.audit import audit_membership
-    from torchshield.train.recipe import load_trained, read_rows, shadow_trainer
+    from torchshield.train.recipe import load_trained, shadow_trainer
 
     target, manifest = load_trained(model, key=key_file, verify_with=verify_with)
-    xm, ym = read_rows(members, manifest, label=label)
-    xn, yn = read_rows(non_members, manifest, label=label)
+    (xm, ym), (xn, yn), notes = _audit_rows(model, manifest, members, non_members, split, label)
     claim = manifest.get("privacy") or {}
     with progress("training shadow models", shadows) as advance:
         report = audit_membership(target, (xm, ym), (xn, yn), train_shadow=shadow_trainer(manifest) if shadows else None,
@@ -52,11 +56,47 @@ def audit(model: Path = typer.Argument(..., help="Trained .tsb bundle (written b
             table.add_row(a.attack, f"{a.auc:.3f}", f"{a.tpr_at_1pct_fpr:.3f}", f"{a.tpr_at_01pct_fpr:.3f}",
                           f"{a.epsilon_lower_bound:.2f}", f"{a.seconds:.1f}")
         console.print(table)
+        for note in notes:
+            console.print(f"note: {note}", highlight=False, markup=False)
         console.print(report.verdict, highlight=False, markup=False)
 
-    emit({"model": str(model), **report.to_dict()}, human, as_json=as_json)
+    emit({"model": str(model), **report.to_dict(), "rows": notes}, human, as_json=as_json)
     if fail_on_inconsistent and not report.consistent:
         fail(1)
+
+
+def _audit_rows(model: Path, manifest: dict[str, Any], members: Path, non_members: Path | None, split: Path | None,
+                label: str | None) -> tuple[Any, Any, list[str]]:
+    """Members and non-members; rows of the training file are labelled by the split ``train`` recorded."""
+    from torchshield.errors import InputError
+    from torchshield.train.recipe import read_rows
+    from torchshield.nn.split import read_split, split_path
+
+    recorded = split or (split_path(model) if split_path(model).is_file() else None)
+    doc = read_split(recorded) if recorded is not None else None
+    xm, ym = read_rows(members, manifest, label=label)
+    notes: list[str] = []
+    if doc is not None and doc.describes(members):
+        if len(doc.trained) != len(ym):
+            raise InputError(f"--split: {recorded} describes {len(doc.trained)} rows, {members} has {len(ym)}")
+        mask = _torch_mask(doc.trained)
+        notes.append(f"members: the {int(mask.sum())} rows of {members.name} that trained the model ({recorded.name})")
+        if non_members is None or non_members.resolve() == members.resolve():
+            notes.append(f"non-members: the {int((~mask).sum())} held-out rows of {members.name}")
+            return (xm[mask], ym[mask]), (xm[~mask], ym[~mask]), notes
+        return (xm[mask], ym[mask]), read_rows(non_members, manifest, label=label), notes
+    if non_members is None:
+        raise InputError("--non-members is required unless --members is the training file itself and its split "
+                         "file is found", hint=f"pass --non-members, or --split {split_path(model).name}")
+    if doc is not None:
+        notes.append(f"{members.name} is not the file in {recorded.name}: every row of it is taken as a member")
+    return (xm, ym), read_rows(non_members, manifest, label=label), notes
+
+
+def _torch_mask(trained: Any) -> Any:
+    import torch
+
+    return torch.from_numpy(trained.copy())
 
 
 @ledger_app.command("show")

@@ -40,6 +40,11 @@ def train(config: Path = typer.Argument(..., help="YAML training config (model, 
                           f"[{p['accountant']}], noise {p['noise_multiplier']:.4f}, sample rate "
                           f"{p['sample_rate']:.4g}, {p['steps']} steps, mode {p['mode']}", highlight=False,
                           markup=False)
+            for r in p.get("releases") or []:
+                console.print(f"released with DP: {r['what']} = {r['value']} (epsilon {r['epsilon']:g}, included "
+                              "above)", highlight=False, markup=False)
+            if p.get("insecure_seed_for_tests"):
+                console.print(f"WARNING: {p['warning']}", highlight=False, markup=False)
 
     emit(result.to_dict(), human, as_json=as_json)
 

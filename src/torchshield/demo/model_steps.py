@@ -13,6 +13,10 @@ __all__ = ["harden", "membership_audit", "owner_keys", "protect", "train", "wate
 
 MODEL_NAME = "readmission"
 PRIVACY = {"epsilon": 3.0, "delta": 1e-5, "max_grad_norm": 1.0}
+# DP training takes nothing from the private rows for the manifest: public, declared input bounds
+# (clinically plausible ranges; values outside are clipped) and the label values
+PUBLIC_BOUNDS = {"age_mid": [0, 110], "female": [0, 1], "bmi": [10, 60], "systolic_bp": [60, 240],
+                 "glucose": [1, 30], "cholesterol": [1, 15], "smoker": [0, 1]}
 
 
 def _config(state: DemoState, bundle: Path, **extra: Any) -> Any:
@@ -22,7 +26,8 @@ def _config(state: DemoState, bundle: Path, **extra: Any) -> Any:
     output = {"bundle": str(bundle), "overwrite": True, **extra.pop("output", {})}
     doc = {
         "model": {"type": "mlp", "hidden": [128, 128]},
-        "data": {"path": str(train_path), "label": LABEL, "features": FEATURES, "test_fraction": 0.0},
+        "data": {"path": str(train_path), "label": LABEL, "features": FEATURES, "test_fraction": 0.0,
+                 **({"bounds": PUBLIC_BOUNDS, "classes": [0, 1], "normalize": "minmax"} if "privacy" in extra else {})},
         "optimizer": {"name": "adam", "lr": 0.003},
         "epochs": 25 if state.quick else 40,
         "batch_size": 32,

@@ -71,9 +71,10 @@ class ShieldClient(NumPyClient):
         result = fit(model, loader, epochs=local.epochs, optimizer=optimizer, regularizers=regularizers)
         # Under DP every client weighs the same (the sensitivity bound assumes it); the weight
         # is also what SecAgg+ multiplies into the masked sum, so it is set here, on the client.
-        weight = 1 if cfg.privacy is not None else len(self.split)
-        return get_weights(model), weight, {"loss": float(result.final_loss), "partition_id": self.partition_id,
-                                            "examples": len(self.split)}
+        if cfg.privacy is not None:  # a client's loss and data size are its data: not sent under DP
+            return get_weights(model), 1, {"partition_id": self.partition_id}
+        return get_weights(model), len(self.split), {"loss": float(result.final_loss),
+                                                     "partition_id": self.partition_id, "examples": len(self.split)}
 
 
 def config_from_context(context: Context) -> FederationConfig:

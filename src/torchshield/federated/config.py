@@ -75,6 +75,7 @@ class PrivacyConfig:
     noise_multiplier: float | None = None
     target_epsilon: float | None = None
     delta: float = 1e-5
+    neighbouring: str = "replace-one"  # or "add-remove" (only with every client in every round)
 
 
 @dataclass(frozen=True)
@@ -160,6 +161,11 @@ def parse_config(raw: Any, *, source: str = "fl.yaml") -> FederationConfig:
     local = _local(f, f.section(raw, "local"))
     secagg = _secagg(f, raw.get("secure_aggregation", False), clients, max(1, int(clients * fraction_fit)))
     privacy = _privacy(f, raw.get("privacy"))
+    if privacy is not None:
+        from torchshield.federated.accounting import check_accountable
+
+        check_accountable(clients=clients, per_round=max(1, int(clients * fraction_fit)),
+                          neighbouring=privacy.neighbouring)
     drop = f.section(raw, "dropout")
     dropout = DropoutConfig(clients=f.int_(drop, "dropout.clients", 0, low=0, key="clients"),
                             from_round=f.int_(drop, "dropout.from_round", 1, low=1, key="from_round"))
@@ -167,12 +173,16 @@ def parse_config(raw: Any, *, source: str = "fl.yaml") -> FederationConfig:
         raise InputError(f"{source}: dropout.clients ({dropout.clients}) must be below clients ({clients})")
     deid = f.section(raw, "deid")
     out = f.section(raw, "output")
+    out_dir = Path(str(out.get("dir", "fl-output")))
+    if out_dir.exists() and not out_dir.is_dir():
+        raise InputError(f"{source}: output.dir {out_dir} exists and is not a folder",
+                         hint="name a folder (it is created if missing)")
     backend = f.section(raw, "backend")
     cfg = FederationConfig(
         clients=clients, rounds=rounds, fraction_fit=fraction_fit, seed=f.int_(raw, "seed", 0, low=0),
         dataset=dataset, partition=partition, strategy=strategy, model_hidden=tuple(hidden), local=local,
         secure_aggregation=secagg, privacy=privacy, dropout=dropout,
-        deid_policy=deid.get("policy"), output_dir=str(out.get("dir", "fl-output")),
+        deid_policy=deid.get("policy"), output_dir=str(out_dir),
         sign_with=out.get("sign_with"),
         client_cpus=f.float_(backend, "backend.client_cpus", 1.0, low=0.0, open_low=True, key="client_cpus"),
         num_cpus=(f.int_(backend, "backend.num_cpus", 1, low=1, key="num_cpus") if "num_cpus" in backend else None),
@@ -208,6 +218,11 @@ class _Fields:
     def float_(self, raw: dict[str, Any], name: str, default: float, *, low: float | None = None,
                high: float | None = None, open_low: bool = False, key: str | None = None) -> float:
         value = raw.get(key or name, default)
+        if isinstance(value, str):  # YAML 1.1 (PyYAML) reads 1e-5 as a string; train accepts it too
+            try:
+                value = float(value)
+            except ValueError:
+                pass
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
             raise InputError(f"{self.source}: {name} must be a number, got {value!r}")
         if low is not None and (value <= low if open_low else value < low):
@@ -321,4 +336,9 @@ def _privacy(f: _Fields, value: Any) -> PrivacyConfig | None:
     z = f.float_(value, "privacy.noise_multiplier", 0.0, low=0.0, key="noise_multiplier") if has_z else None
     eps = (f.float_(value, "privacy.target_epsilon", 0.0, low=0.0, open_low=True, key="target_epsilon")
            if has_eps else None)
-    return PrivacyConfig(clip=clip, noise_multiplier=z, target_epsilon=eps, delta=delta)
+    unknown = sorted(set(value) - {"clip", "delta", "noise_multiplier", "target_epsilon", "neighbouring"})
+    if unknown:
+        raise InputError(f"{f.source}: unknown privacy field(s) {unknown}",
+                         hint="known: clip, delta, noise_multiplier, target_epsilon, neighbouring")
+    neighbouring = str(value.get("neighbouring", "replace-one"))
+    return PrivacyConfig(clip=clip, noise_multiplier=z, target_epsilon=eps, delta=delta, neighbouring=neighbouring)

@@ -32,7 +32,8 @@ def metrics_document(result: FederationResult) -> dict[str, Any]:
             "partition": {"kind": cfg.partition.kind, "alpha": cfg.partition.alpha if
                           cfg.partition.kind == "dirichlet" else None},
             "secure_aggregation": cfg.secure_aggregation is not None, "privacy": result.privacy,
-            "final_accuracy": result.final_accuracy, "rounds": result.rounds, "rejected": result.rejected}
+            "final_accuracy": result.final_accuracy, "rounds": result.rounds,
+            "rejected": result.rejected if cfg.privacy is None else len(result.rejected)}
 
 
 def write_outputs(result: FederationResult, model: nn.Module, task: FederatedTask) -> dict[str, str]:
@@ -48,8 +49,12 @@ def write_outputs(result: FederationResult, model: nn.Module, task: FederatedTas
         "secure_aggregation": None if cfg.secure_aggregation is None else {
             "protocol": "SecAgg+", "num_shares": cfg.secure_aggregation.num_shares,
             "reconstruction_threshold": cfg.secure_aggregation.reconstruction_threshold},
-        "shard_sizes": task.shard_sizes(), "model_hidden": list(cfg.model_hidden),
+        "model_hidden": list(cfg.model_hidden),
     }
+    if cfg.privacy is None:  # under client-level DP a client's data size is its data
+        provenance["shard_sizes"] = task.shard_sizes()
+    else:
+        provenance["dataset"] = {k: v for k, v in provenance["dataset"].items() if k != "fingerprint"}
     bundle = torchshield.save(model, out / "global_model.tsb", sign_with=cfg.sign_with,
                               metadata={"final_accuracy": _finite(result.final_accuracy)},
                               privacy=_clean(result.privacy), provenance=provenance)
@@ -65,7 +70,7 @@ def _csv(rounds: list[dict[str, Any]]) -> str:
     w = csv.writer(buf)
     w.writerow(["round", "seconds", "test_accuracy", "test_loss", "partition_id", "client_loss", "client_examples"])
     for r in rounds:
-        for c in r["clients"] or [{"partition_id": "", "loss": "", "examples": ""}]:
+        for c in r.get("clients") or [{"partition_id": "", "loss": "", "examples": ""}]:
             w.writerow([r["round"], r["seconds"], r["test_accuracy"], r["test_loss"], c["partition_id"], c["loss"],
                         c["examples"]])
     return buf.getvalue()

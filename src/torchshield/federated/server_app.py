@@ -16,10 +16,10 @@ from typing import TYPE_CHECKING, Any
 from flwr.server import LegacyContext, ServerApp, ServerConfig
 from flwr.server.workflow import DefaultWorkflow, SecAggPlusWorkflow
 
-from torchshield.federated.accounting import client_level_epsilon, noise_for_target_epsilon
+from torchshield.federated.accounting import accounting_record, noise_for_target_epsilon
 from torchshield.federated.client_app import config_from_context
 from torchshield.federated.result import FederationResult
-from torchshield.federated.strategies import RoundRecorder, build_strategy
+from torchshield.federated.strategies import RoundRecorder, SecureClientManager, build_strategy
 from torchshield.federated.task import build_task, get_weights, set_weights
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -39,8 +39,9 @@ def resolve_noise(config: FederationConfig) -> float | None:
     if p.noise_multiplier is not None:
         return p.noise_multiplier
     assert p.target_epsilon is not None
-    return noise_for_target_epsilon(target_epsilon=p.target_epsilon, sample_rate=config.sample_rate,
-                                    rounds=config.rounds, delta=p.delta)
+    return noise_for_target_epsilon(target_epsilon=p.target_epsilon, clients=config.clients,
+                                    per_round=config.clients_per_round, rounds=config.rounds, delta=p.delta,
+                                    neighbouring=p.neighbouring)
 
 
 def run_federation(grid: Grid, context: Context, config: FederationConfig, *,
@@ -52,7 +53,7 @@ def run_federation(grid: Grid, context: Context, config: FederationConfig, *,
 
     task = build_task(config)
     model = task.build_model()
-    recorder = RoundRecorder(on_round=on_round)
+    recorder = RoundRecorder(on_round=on_round, private=config.privacy is not None)
     test_loader = task.data.test.loader(256)
 
     def evaluate_fn(server_round: int, weights: list[Any], _cfg: dict[str, Any]) -> tuple[float, dict[str, Any]]:
@@ -65,7 +66,8 @@ def run_federation(grid: Grid, context: Context, config: FederationConfig, *,
     z = resolve_noise(config)
     strategy = build_strategy(config, initial=get_weights(model), evaluate_fn=evaluate_fn, recorder=recorder,
                               noise_multiplier=z, rng=rng)
-    legacy = LegacyContext(context=context, config=ServerConfig(num_rounds=config.rounds), strategy=strategy)
+    legacy = LegacyContext(context=context, config=ServerConfig(num_rounds=config.rounds), strategy=strategy,
+                           client_manager=SecureClientManager(population=config.clients))
     sa = config.secure_aggregation
     fit_workflow = None if sa is None else SecAggPlusWorkflow(
         num_shares=sa.num_shares, reconstruction_threshold=sa.reconstruction_threshold,
@@ -76,11 +78,10 @@ def run_federation(grid: Grid, context: Context, config: FederationConfig, *,
     privacy = None
     if config.privacy is not None and z is not None:
         done = len(recorder.rounds)
-        privacy = {"mechanism": "client-level DP-FedAvg (Gaussian, fixed clipping)", "unit": "client",
-                   "accountant": "rdp", "noise_multiplier": z, "clipping_norm": config.privacy.clip,
-                   "sample_rate": config.sample_rate, "rounds": done, "delta": config.privacy.delta,
-                   "epsilon": client_level_epsilon(noise_multiplier=z, sample_rate=config.sample_rate,
-                                                   rounds=done, delta=config.privacy.delta)}
+        privacy = accounting_record(noise_multiplier=z, clients=config.clients, per_round=config.clients_per_round,
+                                    rounds=done, delta=config.privacy.delta,
+                                    neighbouring=config.privacy.neighbouring, clip=config.privacy.clip)
+        privacy["noise"] = strategy.inner.noise.describe() if hasattr(strategy.inner, "noise") else None
     final = recorder.rounds[-1]["test_accuracy"] if recorder.rounds else float("nan")
     result = FederationResult(config, recorder.rounds, privacy, final, rejected=recorder.rejected)
     if recorder.final_weights is not None:

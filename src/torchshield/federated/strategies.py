@@ -8,7 +8,7 @@ Behaviour is added by *wrapping* a Flower strategy (Flower's own DP design), nev
   We override ``aggregate_fit`` because Flower's (1.41) falls short of what the guarantee needs:
 
   1. its noise comes from ``np.random.normal`` (the global Mersenne Twister, predictable from
-     outputs); ours comes from a generator seeded from the OS CSPRNG (``secrets``);
+     outputs); ours comes from a CSPRNG (``torchshield.train.noise``: the ChaCha20 keystream);
   2. it averages with FedAvg's ``num_examples`` weights, so one client's weight, and the
      sensitivity, depend on its claimed data size; we force uniform weights (sensitivity ``C/m``);
   3. it discards a round in which any client failed; we aggregate the ``m`` survivors with
@@ -17,6 +17,9 @@ Behaviour is added by *wrapping* a Flower strategy (Flower's own DP design), nev
      (FedAdam: a non-linear function of the mean) is not the Gaussian mechanism on the mean; we
      add it to the mean first and hand the inner strategy only the noisy mean.
 
+- :class:`SecureClientManager` samples each round's clients with the OS CSPRNG, uniformly from
+  the whole population (Flower's uses the Mersenne Twister of ``random``): amplification by
+  sampling assumes the adversary cannot predict who took part.
 - :class:`ShapeGuard` rejects an update whose arrays do not match the global model, naming
   the client, instead of letting numpy broadcast or crash deep inside aggregation.
 
@@ -44,6 +47,7 @@ from flwr.common import (
     ndarrays_to_parameters,
     parameters_to_ndarrays,
 )
+from flwr.server.client_manager import SimpleClientManager
 from flwr.server.strategy import (
     DifferentialPrivacyClientSideFixedClipping,
     FedAdam,
@@ -60,14 +64,19 @@ if TYPE_CHECKING:  # pragma: no cover
 
     from torchshield.federated.config import FederationConfig
 
-__all__ = ["ClientLevelDP", "RoundRecorder", "ShapeGuard", "build_strategy"]
+__all__ = ["ClientLevelDP", "RoundRecorder", "SecureClientManager", "ShapeGuard", "build_strategy"]
 
 
 @dataclass
 class RoundRecorder:
-    """Collects per-round metrics on the server: global test accuracy and per-client losses."""
+    """Collects per-round metrics on the server: global test accuracy and, without DP, per-client losses.
+
+    Under client-level DP (``private``) a round's row says how many updates were aggregated but
+    not which clients sent them, nor their losses or data sizes: who took part must stay secret
+    for sampling to amplify privacy, and a client's loss and size are its data."""
 
     on_round: Callable[[dict[str, Any]], None] | None = None
+    private: bool = False
     rounds: list[dict[str, Any]] = field(default_factory=list)
     final_weights: NDArrays | None = None
     rejected: list[dict[str, Any]] = field(default_factory=list)
@@ -86,6 +95,9 @@ class RoundRecorder:
         row = {"round": server_round, "seconds": round(now - self._last, 4), "test_loss": loss,
                "test_accuracy": accuracy, "clients": clients,
                "rejected": [r for r in self.rejected if r["round"] == server_round]}
+        if self.private:
+            row["clients_aggregated"] = len(row.pop("clients"))
+            row["rejected"] = len(row["rejected"])
         self._last = now
         self.rounds.append(row)
         if self.on_round is not None:
@@ -156,14 +168,32 @@ class ShapeGuard(_Wrapper):
         return None
 
 
+class SecureClientManager(SimpleClientManager):
+    """Fixed-size sampling without replacement from all ``population`` clients, with the OS CSPRNG."""
+
+    def __init__(self, *, population: int) -> None:
+        super().__init__()
+        self.population = population
+        self._random = secrets.SystemRandom()
+
+    def sample(self, num_clients: int, min_num_clients: int | None = None, criterion: Any = None) -> list[Any]:
+        self.wait_for(max(self.population, min_num_clients or num_clients))  # uniform over the whole population
+        cids = [c for c in self.clients if criterion is None or criterion.select(self.clients[c])]
+        if num_clients > len(cids):
+            return []
+        return [self.clients[c] for c in self._random.sample(sorted(cids), num_clients)]
+
+
 class ClientLevelDP(DifferentialPrivacyClientSideFixedClipping):
     """Client-level DP-FedAvg over any Flower strategy (see the module docstring for why ours)."""
 
     def __init__(self, strategy: Strategy, *, noise_multiplier: float, clipping_norm: float,
-                 num_sampled_clients: int, rng: np.random.Generator | None = None) -> None:
+                 num_sampled_clients: int, rng: Any = None) -> None:
+        from torchshield.train.noise import SecureNoise, SeededNoise
+
         super().__init__(strategy, noise_multiplier, clipping_norm, num_sampled_clients)
-        # A CSPRNG-seeded generator; tests may pass a seeded one to make runs repeatable.
-        self.rng = rng or np.random.default_rng(np.random.SeedSequence(secrets.randbits(128)))
+        # The CSPRNG; tests may pass an int seed (or a seeded NoiseSource) to make runs repeatable.
+        self.noise = SeededNoise(rng) if isinstance(rng, int) else rng or SecureNoise()
         self.noise_stds: list[float] = []
 
     def aggregate_fit(self, server_round: int, results: list[tuple[ClientProxy, FitRes]],
@@ -175,7 +205,7 @@ class ClientLevelDP(DifferentialPrivacyClientSideFixedClipping):
         arrays = [parameters_to_ndarrays(res.parameters) for _, res in results]
         std = self.noise_multiplier * self.clipping_norm / len(results)
         noisy = [np.mean([a[i] for a in arrays], axis=0).astype(arrays[0][i].dtype) for i in range(len(arrays[0]))]
-        noisy = [m + self.rng.normal(0.0, std, m.shape).astype(m.dtype) for m in noisy]
+        noisy = [m + self.noise.normal_array(m.size, std).reshape(m.shape).astype(m.dtype) for m in noisy]
         self.noise_stds.append(std)
         log(INFO, "torchshield: client-level DP noise std %.5f over %d clients in round %d", std, len(results),
             server_round)
@@ -189,7 +219,7 @@ class ClientLevelDP(DifferentialPrivacyClientSideFixedClipping):
 
 def build_strategy(config: FederationConfig, *, initial: NDArrays, evaluate_fn: Callable[..., Any],
                    recorder: RoundRecorder, noise_multiplier: float | None,
-                   rng: np.random.Generator | None = None) -> Strategy:
+                   rng: Any = None) -> Strategy:
     """The Flower strategy the config asks for, wrapped for DP and shape checks."""
     k = config.clients_per_round
 

@@ -42,6 +42,7 @@ __all__ = ["DEFAULT_LEDGER_URL", "Budget", "Charge", "Ledger", "LedgerEntry", "d
 
 EPS_UNIT = Decimal("1e-12")
 DELTA_UNIT = Decimal("1e-18")
+MAX_EPSILON = 1e6  # 1e18 units: budgets, costs and their sum stay inside a signed 64-bit column
 DEFAULT_LEDGER_URL = "sqlite:///" + str(Path("~/.torchshield/privacy-ledger.db").expanduser())
 
 
@@ -55,6 +56,9 @@ def _units(value: float | str | Decimal, unit: Decimal, rounding: str) -> int:
     d = Decimal(str(value))
     if not d.is_finite() or d < 0:
         raise InputError(f"privacy cost must be a finite number >= 0, got {value}")
+    if d > Decimal(str(MAX_EPSILON)):
+        raise InputError(f"privacy budget or cost {float(d):g} is above the ledger's limit of {MAX_EPSILON:g}",
+                         hint="an epsilon that large promises nothing; use a meaningful budget")
     return int((d / unit).to_integral_value(rounding=rounding))
 
 
@@ -227,8 +231,18 @@ class Ledger:
         if not epsilon > 0 or not 0 <= delta < 1:
             raise InputError(f"budget must have epsilon > 0 and 0 <= delta < 1, got ({epsilon}, {delta})")
         eps_u, delta_u = _units(epsilon, EPS_UNIT, ROUND_FLOOR), _units(delta, DELTA_UNIT, ROUND_FLOOR)
+        try:
+            self._register_once(dataset_id, eps_u, delta_u, name, actor)
+        except sa.exc.IntegrityError:
+            # PostgreSQL: another process inserted the same new data set between our read and our
+            # insert (no table lock there, unlike SQLite's BEGIN IMMEDIATE); its row now exists
+            self._register_once(dataset_id, eps_u, delta_u, name, actor)
+        return self.budget(dataset_id)
+
+    def _register_once(self, dataset_id: str, eps_u: int, delta_u: int, name: str, actor: str) -> None:
+        sa = self._sa
         with self._write() as conn:
-            row = conn.execute(sa.select(self.datasets).where(self.datasets.c.dataset_id == dataset_id)).first()
+            row = self._dataset_row(conn, dataset_id)
             if row is None:
                 conn.execute(sa.insert(self.datasets).values(
                     dataset_id=dataset_id, name=name, epsilon_units=eps_u, delta_units=delta_u,
@@ -238,7 +252,10 @@ class Ledger:
                                  f"{_from_units(row.epsilon_units, EPS_UNIT):g}, delta="
                                  f"{_from_units(row.delta_units, DELTA_UNIT):g}",
                                  hint="a lifetime budget is set once; omit the budget to use it")
-        return self.budget(dataset_id)
+
+    def _dataset_row(self, conn: Any, dataset_id: str) -> Any:
+        sa = self._sa
+        return conn.execute(sa.select(self.datasets).where(self.datasets.c.dataset_id == dataset_id)).first()
 
     def is_registered(self, dataset_id: str) -> bool:
         sa = self._sa

@@ -30,8 +30,8 @@ TOP_LEVEL_KEYS = ("adversarial", "augment", "batch_size", "data", "description",
                   "name", "optimizer", "output", "privacy", "seed", "watermark")
 OPTIMIZERS = ("adam", "adamw", "sgd")
 _OUTPUT_KEYS = ("bundle", "key_file", "overwrite", "signing_key")
-_PRIVACY_KEYS = ("accountant", "delta", "epsilon", "grad_sample_mode", "max_grad_norm", "max_physical_batch_size",
-                 "noise_multiplier", "seed")
+_PRIVACY_KEYS = ("accountant", "dataset_size", "delta", "epsilon", "grad_sample_mode", "insecure_seed_for_tests", "max_grad_norm",
+                 "max_physical_batch_size", "noise_multiplier", "secure_mode", "seed")
 
 
 @dataclass(frozen=True)

@@ -6,8 +6,10 @@ that one example: (epsilon, delta)-DP for the add/remove-one-example relation. T
 if (1) each example's gradient is clipped to ``max_grad_norm`` before summing, (2) Gaussian
 noise of std ``noise_multiplier * max_grad_norm`` is added to each sum, (3) batches are Poisson
 samples (each example in independently with rate q), and (4) the accountant sees every step.
-Noise and sampling draw from a generator seeded from ``os.urandom`` (not a fixed seed) unless a
-test passes ``seed``; an attacker who knew the seed could subtract the noise.
+Noise and sampling coins come from a CSPRNG (``torchshield.train.noise``: the ChaCha20 keystream
+keyed from ``os.urandom``); ``secure_mode`` also defends the Gaussian sampler against
+floating-point attacks. A fixed ``seed`` (an attacker who knew it could subtract the noise) is
+refused unless ``insecure_seed_for_tests: true``, which the privacy record then carries.
 
 Why our own clipping engine. Opacus' default ``hooks`` mode materialises a ``[B, *param]``
 gradient per parameter; on CPU that is memory traffic on fresh pages and makes a step 41x a
@@ -22,7 +24,6 @@ layer caused it. Accounting stays with Opacus (``torchshield.privacy.accounting`
 
 from __future__ import annotations
 
-import secrets
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -31,7 +32,14 @@ import torch
 from torch import Tensor, nn
 
 from torchshield.errors import InputError, MissingDependencyError
-from torchshield.privacy.accounting import ACCOUNTANTS, check_budget, epsilon_for, noise_multiplier_for
+from torchshield.privacy.accounting import (
+    ACCOUNTANTS,
+    check_budget,
+    epsilon_and_accountant,
+    epsilon_for,
+    noise_multiplier_for,
+)
+from torchshield.train.noise import NoiseSource, noise_source
 
 __all__ = ["GRAD_SAMPLE_MODES", "PrivacyConfig", "PrivateTraining", "fix_model", "make_private"]
 
@@ -50,9 +58,18 @@ class PrivacyConfig:
     max_physical_batch_size: int | None = None
     noise_multiplier: float | None = None  # derived from epsilon when absent
     seed: int | None = None  # tests only: a known seed lets anyone subtract the noise
+    insecure_seed_for_tests: bool = False  # the explicit opt-in ``seed`` needs; recorded in the bundle
+    secure_mode: bool = False  # also defend the Gaussian sampler against floating-point attacks (4x samples)
 
     def __post_init__(self) -> None:
         check_budget(self.epsilon, self.delta)
+        if not isinstance(self.secure_mode, bool) or not isinstance(self.insecure_seed_for_tests, bool):
+            raise InputError("privacy.secure_mode and privacy.insecure_seed_for_tests must be true or false")
+        if self.seed is not None and self.insecure_seed_for_tests is not True:
+            raise InputError("privacy.seed makes the DP noise predictable: anyone who knows it can subtract the "
+                             "noise, so the epsilon would not hold",
+                             hint="remove privacy.seed (noise comes from a CSPRNG), or, in tests only, add "
+                                  "privacy.insecure_seed_for_tests: true (recorded in the bundle)")
         if not self.max_grad_norm > 0:
             raise InputError(f"privacy.max_grad_norm must be > 0, got {self.max_grad_norm}")
         if self.accountant not in ACCOUNTANTS:
@@ -85,10 +102,6 @@ def fix_model(model: nn.Module) -> tuple[nn.Module, list[str]]:
                          hint="replace that layer (e.g. BatchNorm -> GroupNorm, no in-place buffers) "
                               "or train without privacy:")
     return fixed, changes
-
-
-def _secure_generator(seed: int | None) -> torch.Generator:
-    return torch.Generator().manual_seed(seed if seed is not None else secrets.randbits(63))
 
 
 def _no_inplace(model: nn.Module) -> None:
@@ -259,8 +272,9 @@ class PrivateTraining:
     steps: int = 0
     _engine: Any = None
     _sums: dict[nn.Parameter, Tensor] = field(default_factory=dict)
-    _noise_gen: torch.Generator | None = None
-    _sample_gen: torch.Generator | None = None
+    _noise: NoiseSource | None = None  # Gaussian noise
+    _coins: NoiseSource | None = None  # Poisson sampling
+    _trainable: list[tuple[str, nn.Module]] = field(default_factory=list)
 
     # -- StepEngine -------------------------------------------------------------------------
     def loader(self, train_loader: Any) -> Iterator[tuple[Tensor, Tensor]]:
@@ -272,7 +286,7 @@ class PrivateTraining:
         n = len(y)
         per_epoch = max(1, round(1.0 / self.sample_rate))
         for _ in range(per_epoch):
-            mask = torch.rand(n, generator=self._sample_gen) < self.sample_rate
+            mask = torch.from_numpy(self._coins.uniform(n) <= self.sample_rate)
             idx = mask.nonzero().squeeze(1)
             yield x[idx], y[idx]
 
@@ -284,6 +298,11 @@ class PrivateTraining:
             yield x[start:start + size], y[start:start + size]
 
     def backward(self, model: nn.Module, per_example_loss: Tensor) -> None:
+        for name, m in self._trainable:  # both engines skip layers in eval(): they would get noise only
+            if not m.training:
+                raise InputError(f"layer {name} ({type(m).__name__}) has trainable parameters but is in eval() "
+                                 "mode: under DP-SGD it would get no gradient, only noise",
+                                 hint="put it in train() mode, or freeze it (requires_grad=False)")
         for p, g in self._engine.clipped_sum(per_example_loss, self.config.max_grad_norm).items():
             self._sums[p] = g if p not in self._sums else self._sums[p].add_(g)
 
@@ -295,7 +314,7 @@ class PrivateTraining:
             if total is None:
                 total = torch.zeros_like(p)
             if dist is None or dist.get_rank() == 0:  # noise added once, by rank 0, before the sum
-                total = total + torch.normal(0.0, std, p.shape, generator=self._noise_gen, dtype=p.dtype)
+                total = total + self._noise.normal(p.shape, std, dtype=p.dtype, device=p.device)
             if dist is not None:
                 dist.all_reduce(total)
             grad = total.div_(self.expected_batch_size)
@@ -314,19 +333,24 @@ class PrivateTraining:
 
     def record(self) -> dict[str, Any]:
         """The bundle manifest's ``privacy`` slot."""
+        epsilon, accountant = epsilon_and_accountant([(self.noise_multiplier, self.sample_rate, self.steps)],
+                                                     delta=self.config.delta, accountant=self.config.accountant)
         return {
             "mechanism": "DP-SGD (Poisson sampling, per-example clipping, Gaussian noise)",
-            "epsilon": self.epsilon(),
+            "epsilon": epsilon,
             "delta": self.config.delta,
             "target_epsilon": self.config.epsilon,
             "noise_multiplier": self.noise_multiplier,
             "sample_rate": self.sample_rate,
             "steps": self.steps,
-            "accountant": self.config.accountant,
+            "accountant": accountant,
             "max_grad_norm": self.config.max_grad_norm,
             "mode": self.mode,
             "model_fixes": self.fixes,
             "neighbouring": "add/remove one example",
+            "noise": self._noise.describe(),
+            **({"insecure_seed_for_tests": True, "warning": "noise seeded for tests: anyone who knows the seed "
+                "can subtract it; the epsilon above does not hold"} if self.config.seed is not None else {}),
         }
 
     def close(self) -> None:
@@ -393,7 +417,8 @@ def make_private(model: nn.Module, *, config: PrivacyConfig, dataset_size: int, 
         if spent > config.epsilon:
             raise InputError(f"privacy.noise_multiplier={sigma} spends epsilon {spent:.3f} > {config.epsilon} "
                              f"over {steps} steps", hint="omit noise_multiplier to derive it from epsilon")
+    trainable = [(name or "<root>", m) for name, m in model.named_modules() if _owned_params(m)]
     return PrivateTraining(model, config, sigma, q, q * dataset_size, steps, mode, messages, fixes,
-                           _engine=engine, _noise_gen=_secure_generator(seed),
-                           _sample_gen=_secure_generator(None if seed is None else seed + 1))
+                           _engine=engine, _noise=noise_source(seed, secure_mode=config.secure_mode),
+                           _coins=noise_source(None if seed is None else seed + 1), _trainable=trainable)
 

@@ -2,7 +2,17 @@
 
 Sections that other capabilities own are dispatched lazily (``adversarial:``/``augment:`` to
 ``torchshield.robust.training``, ``watermark:`` to ``torchshield.model.watermark.training``), so
-a build without them still trains and says clearly what is missing when a config asks for it."""
+a build without them still trains and says clearly what is missing when a config asks for it.
+
+What a DP bundle publishes. Its manifest travels with the model, so under ``privacy:`` it holds
+nothing computed from the private rows beyond the accounted release: no data fingerprint, no
+row counts, no training loss or accuracy (shown to the owner in the command's output only), only
+declared bounds, classes and normalisation (``train.datasets``). The sample rate needs the size
+of the training set, which add/remove-DP treats as private: it is a declared public
+``privacy.dataset_size`` or a count released with the discrete Laplace mechanism and charged
+to the same epsilon (``releases`` in the record). Which rows trained goes to a split file beside
+the bundle (``<bundle>.split.json``, mode 0600): the owner's, for ``privacy audit``; a DP bundle
+must not carry it."""
 
 from __future__ import annotations
 
@@ -22,6 +32,7 @@ from torchshield.nn.datasets import load_dataset
 from torchshield.nn.loop import EpochEnd, ProgressFactory, Regularizer, evaluate, fit
 from torchshield.nn.zoo import build_model
 from torchshield.train.config import TrainConfig, build_optimizer
+from torchshield.nn.split import split_path, write_split
 
 __all__ = ["RunResult", "train_from_config"]
 
@@ -52,10 +63,12 @@ def _optional(module: str, attr: str, what: str) -> Callable[..., Any]:
 def train_from_config(cfg: TrainConfig, *, progress: ProgressFactory | None = None,
                       on_epoch: Callable[[EpochEnd], Any] | None = None) -> RunResult:
     torch.manual_seed(cfg.seed)
-    if cfg.output.bundle.exists() and not cfg.output.overwrite:
-        raise InputError(f"output.bundle: {cfg.output.bundle} already exists",
-                         hint="choose another path or set output.overwrite: true")
-    data = load_dataset(cfg.data)
+    for target in (cfg.output.bundle, split_path(cfg.output.bundle)):
+        if target.exists() and not cfg.output.overwrite:
+            raise InputError(f"output.bundle: {target} already exists",
+                             hint="choose another path or set output.overwrite: true")
+    private = cfg.privacy is not None
+    data = load_dataset(cfg.data, private=private)
     model = build_model(cfg.model, in_shape=data.input_shape, num_classes=data.num_classes)
     messages: list[str] = []
     loss_fn = None
@@ -63,10 +76,15 @@ def train_from_config(cfg: TrainConfig, *, progress: ProgressFactory | None = No
         make_loss = _optional("torchshield.robust.training", "make_loss", "adversarial training")
         loss_fn = make_loss(cfg.adversarial or cfg.augment, bounds=data.input_bounds)
     engine = None
+    releases: list[dict[str, Any]] = []
     if cfg.privacy is not None:
         from torchshield.train.dp import PrivacyConfig, make_private
 
-        engine = make_private(model, config=PrivacyConfig(**cfg.privacy), dataset_size=len(data.train),
+        settings = dict(cfg.privacy)
+        size, releases = _public_size(settings, data, cfg.batch_size)
+        spent_on_releases = sum(r["epsilon"] for r in releases)
+        settings["epsilon"] = settings["epsilon"] - spent_on_releases
+        engine = make_private(model, config=PrivacyConfig(**settings), dataset_size=size,
                               batch_size=cfg.batch_size, epochs=cfg.epochs)
         model = engine.model
         messages += engine.messages
@@ -93,8 +111,34 @@ def train_from_config(cfg: TrainConfig, *, progress: ProgressFactory | None = No
     metrics = {"train": evaluate(model, data.train.loader(1024), device=cfg.device),
                "test": evaluate(model, data.test.loader(1024), device=cfg.device) if len(data.test) else None}
     privacy = engine.record() if engine is not None else None
+    if privacy is not None:  # basic composition: the releases' epsilons add to DP-SGD's
+        privacy["epsilon"] += sum(r["epsilon"] for r in releases)
+        privacy["target_epsilon"] = float(cfg.privacy["epsilon"])
+        privacy["releases"] = releases
     bundle = _save(cfg, model, data, metrics, result.to_dict(), privacy, watermark_record)
+    split = write_split(bundle, data, private=private)
+    if split is not None:
+        messages.append(f"rows trained on: {split} (keep it private: it says who is in the training set)")
     return RunResult(bundle, metrics, result.to_dict(), privacy, messages)
+
+
+def _public_size(settings: dict[str, Any], data: Any, batch_size: int) -> tuple[int, list[dict[str, Any]]]:
+    """The training-set size DP-SGD may use (sample rate, step count): public, or DP-released."""
+    declared = settings.pop("dataset_size", None)
+    if data.public:
+        return len(data.train), []
+    if declared is not None:
+        if isinstance(declared, bool) or not isinstance(declared, int) or declared < batch_size:
+            raise InputError(f"privacy.dataset_size must be a whole number >= batch_size ({batch_size}), "
+                             f"got {declared!r}", hint="a public estimate of the training-set size")
+        return declared, []
+    from torchshield.train.noise import discrete_laplace, noise_source
+
+    eps = round(0.01 * float(settings["epsilon"]), 12)  # 1% of the budget: scale 100/epsilon rows
+    source = noise_source(settings.get("seed") if settings.get("insecure_seed_for_tests") else None)
+    released = max(batch_size, discrete_laplace(len(data.train), eps, source))
+    return released, [{"what": "training-set size (for the sample rate)", "value": released, "epsilon": eps,
+                       "delta": 0.0, "mechanism": "discrete Laplace (two-sided geometric), sensitivity 1"}]
 
 
 def _save(cfg: TrainConfig, model: torch.nn.Module, data: Any, metrics: dict[str, Any],
@@ -103,15 +147,22 @@ def _save(cfg: TrainConfig, model: torch.nn.Module, data: Any, metrics: dict[str
 
     cfg.output.bundle.parent.mkdir(parents=True, exist_ok=True)
     config = {k: v for k, v in cfg.raw.items() if k != "output"}  # paths to key files stay out of the manifest
+    private = privacy is not None
     metadata = {"config": config, "metrics": metrics, "training": {k: v for k, v in training.items()
                                                                     if k != "loss_history"},
-                "loss_history": training.get("loss_history", []), "data": data.describe(),
+                "loss_history": training.get("loss_history", []), "data": data.describe(private=private),
                 "model": {"spec": cfg.model, "input_shape": list(data.input_shape),
                           "num_classes": data.num_classes}}
     provenance = {"tool": f"torchshield {__version__}", "command": "train",
                   "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
                   "torch": torch.__version__, "python": platform.python_version(),
                   "data_fingerprint": data.fingerprint, "seed": cfg.seed}
+    if private:  # only the accounted release leaves (module docstring)
+        metadata["metrics"] = {"withheld": "computed on private rows without DP; shown to the owner by "
+                                           "'torchshield train' only"}
+        metadata["training"] = {k: training[k] for k in ("epochs", "steps") if k in training}
+        metadata.pop("loss_history")
+        provenance.pop("data_fingerprint")
     wm = watermark.to_dict() if hasattr(watermark, "to_dict") else watermark
     return save(model, cfg.output.bundle, key=cfg.output.key_file, sign_with=cfg.output.signing_key,
                 metadata=metadata, privacy=privacy, watermark=wm, provenance=provenance)

@@ -43,7 +43,9 @@ def train_bundle(train: Path, out: Path, *, epochs: int = 15, **extra: Any) -> P
     output = {"bundle": str(out), "overwrite": True, **extra.pop("output", {})}
     doc = {
         "model": {"type": "mlp", "hidden": [32]},
-        "data": {"path": str(train), "label": "label", "features": FEATURES, "test_fraction": 0.0},
+        "data": {"path": str(train), "label": "label", "features": FEATURES, "test_fraction": 0.0,
+                 # DP training needs public, declared bounds and classes (nothing taken from the rows)
+                 **({"bounds": [-5, 5], "classes": [0, 1]} if "privacy" in extra else {})},
         "optimizer": {"name": "adam", "lr": 0.01},
         "epochs": epochs,
         "batch_size": 16,

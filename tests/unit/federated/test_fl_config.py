@@ -61,3 +61,24 @@ def test_cli_bad_config_exits_2_with_one_line(tmp_path, capsys) -> None:
     assert run(["fl", "simulate", str(tmp_path / "missing.yaml")]) == 2
     (tmp_path / "bad.yaml").write_text("clients: [1,\n")
     assert run(["fl", "simulate", str(tmp_path / "bad.yaml")]) == 2
+
+
+def test_yaml_delta_in_e_notation_is_a_number(tmp_path) -> None:
+    from torchshield.federated.config import load_config
+
+    p = tmp_path / "fl.yaml"
+    p.write_text("clients: 4\nprivacy: {clip: 1.0, noise_multiplier: 1.0, delta: 1e-5}\n")  # PyYAML: '1e-5' (str)
+    cfg = load_config(p)
+    assert cfg.privacy is not None and cfg.privacy.delta == 1e-5 and cfg.privacy.neighbouring == "replace-one"
+    with pytest.raises(InputError, match="privacy.delta must be a number"):
+        parse_config({"privacy": {"noise_multiplier": 1.0, "delta": "tiny"}})
+
+
+def test_an_existing_file_as_output_dir_is_refused_before_the_run(tmp_path, capsys) -> None:
+    (tmp_path / "taken").write_text("not a folder")
+    with pytest.raises(InputError, match="output.dir"):
+        parse_config({"output": {"dir": str(tmp_path / "taken")}})
+    p = tmp_path / "fl.yaml"
+    p.write_text(yaml.safe_dump({"clients": 3}))
+    assert run(["fl", "simulate", str(p), "--out", str(tmp_path / "taken")]) == 2
+    assert "output.dir" in capsys.readouterr().err

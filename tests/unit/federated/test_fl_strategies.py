@@ -42,7 +42,7 @@ def test_shape_guard_rejects_and_names_the_client() -> None:
 def test_client_level_dp_uniform_weights_and_noise_scale() -> None:
     z, clip = 2.0, 0.5
     dp = ClientLevelDP(FedAvg(), noise_multiplier=z, clipping_norm=clip, num_sampled_clients=3,
-                       rng=np.random.default_rng(0))
+                       rng=0)
     big = [_res([np.zeros((200, 50), np.float32)], n=1000, pid=0), _res([np.ones((200, 50), np.float32)], n=1, pid=1)]
     params, _ = dp.aggregate_fit(1, big, [ConnectionError("client 2 dropped")])
     agg = parameters_to_ndarrays(params)[0]
@@ -88,7 +88,47 @@ def test_inner_strategy_sees_only_the_noisy_mean() -> None:
             return super().aggregate_fit(server_round, results, failures)
 
     dp = ClientLevelDP(Recording(), noise_multiplier=1.0, clipping_norm=1.0, num_sampled_clients=2,
-                       rng=np.random.default_rng(1))
+                       rng=1)
     dp.aggregate_fit(1, [_ok(0.0, pid=0), _ok(2.0, pid=1)], [])
     assert len(seen) == 2 and all(np.array_equal(a, b) for a, b in zip(seen[0], seen[1], strict=True))
     assert not np.allclose(seen[0][0], 1.0) and abs(seen[0][0].mean() - 1.0) < 1.5  # noisy mean, never a raw update
+
+
+def test_secure_client_manager_samples_k_distinct_clients_uniformly_with_the_os_csprng(monkeypatch) -> None:
+    import random
+    from collections import Counter
+
+    from torchshield.federated.strategies import SecureClientManager
+
+    class Proxy:
+        def __init__(self, cid: str) -> None:
+            self.cid = cid
+
+    manager = SecureClientManager(population=10)
+    for i in range(10):
+        manager.register(Proxy(str(i)))
+
+    def no_mersenne(*a, **k):
+        raise AssertionError("random.sample (Mersenne Twister) must not pick the clients")
+
+    monkeypatch.setattr(random, "sample", no_mersenne)
+    counts: Counter[str] = Counter()
+    for _ in range(2000):
+        picked = [p.cid for p in manager.sample(3)]
+        assert len(set(picked)) == 3
+        counts.update(picked)
+    # each client expected 600 times (sd ~20.5); 6 sd bounds: a correct sampler fails with p < 1e-8
+    assert all(abs(c - 600) < 125 for c in counts.values()) and len(counts) == 10
+
+
+def test_private_rounds_do_not_say_who_took_part_or_their_losses() -> None:
+    rec = RoundRecorder(private=True)
+    rec.fit_metrics(1, [(1, {"partition_id": 4}), (1, {"partition_id": 7})])
+    rec.evaluated(1, [np.zeros(2)], 0.5, 0.9)
+    row = rec.rounds[0]
+    assert "clients" not in row and row["clients_aggregated"] == 2
+    assert "partition_id" not in str(row) and "loss" not in {k for k in row if k != "test_loss"}
+    plain = RoundRecorder()
+    plain.fit_metrics(1, [(5, {"partition_id": 4, "loss": 0.3})])
+    plain.evaluated(1, [np.zeros(2)], 0.5, 0.9)
+    assert plain.rounds[0]["clients"][0]["loss"] == 0.3

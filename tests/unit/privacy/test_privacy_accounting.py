@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 
 from torchshield.errors import InputError
@@ -45,3 +47,19 @@ def test_bad_budgets():
         check_budget(1.0, 1e-3, n=1000)
     with pytest.raises(InputError, match="accountant"):
         epsilon_for([(1.0, 0.1, 10)], delta=1e-5, accountant="gdp")
+
+
+def test_prv_at_extreme_settings_falls_back_to_rdp_quickly_and_says_so():
+    import time
+
+    from torchshield.privacy.accounting import epsilon_and_accountant
+
+    # sigma 0.2, q 1, 100 steps: Opacus' PRV ran 21 s here and returned inf
+    t = time.perf_counter()
+    eps, used = epsilon_and_accountant([(0.2, 1.0, 100)], delta=1e-5, accountant="prv")
+    assert time.perf_counter() - t < 5
+    assert eps == pytest.approx(epsilon_for([(0.2, 1.0, 100)], delta=1e-5, accountant="rdp"))
+    assert math.isfinite(eps) and used.startswith("rdp (prv fallback")
+    # ordinary settings still use PRV itself
+    eps, used = epsilon_and_accountant([(1.0, 0.01, 1000)], delta=1e-5, accountant="prv")
+    assert used == "prv" and eps < epsilon_for([(1.0, 0.01, 1000)], delta=1e-5, accountant="rdp")

@@ -183,3 +183,46 @@ def test_cli_query_and_ledger_show(table, tmp_path, capsys):
     shown = json.loads(capsys.readouterr().out)
     assert shown[0]["spent"]["epsilon"] == pytest.approx(0.5) and shown[0]["entries"][0]["actor"] == "bob"
     assert run(["privacy", "ledger", "verify", "--ledger", url]) == 0
+
+
+def test_a_budget_or_cost_above_the_ledger_limit_is_a_clear_input_error(tmp_path, capsys):
+    ledger = Ledger(f"sqlite:///{tmp_path / 'big.db'}")
+    with pytest.raises(InputError, match="above the ledger's limit"):
+        ledger.register("d" * 64, epsilon=1e7)  # 1e19 units: overflowed the 64-bit column (exit 70)
+    ledger.register("d" * 64, epsilon=1e6)  # the limit itself fits
+    with pytest.raises(InputError, match="above the ledger's limit"):
+        ledger.charge("d" * 64, plan={"q": 1}, mechanism="laplace", noise_scale=1.0, epsilon=2e7)
+    assert ledger.budget("d" * 64).spent_epsilon == 0
+
+
+def test_cli_query_with_a_huge_budget_exits_2(table, tmp_path, capsys):
+    _, path = table
+    assert run(["data", "query", str(path), "mean", "age", "--epsilon", "0.5", "--bounds", "age=0:120",
+                "--ledger", f"sqlite:///{tmp_path / 'cli.db'}", "--budget-epsilon", "1e7"]) == 2
+    err = capsys.readouterr().err
+    assert "limit" in err and "Traceback" not in err
+
+
+def test_registration_race_lost_on_insert_retries_and_agrees(tmp_path, monkeypatch):
+    """PostgreSQL has no table lock: two processes may both read "no such data set" and both insert.
+    The loser's IntegrityError is retried, finds the winner's row and accepts the same budget."""
+    url = f"sqlite:///{tmp_path / 'race.db'}"
+    winner, loser = Ledger(url), Ledger(url)
+    real = Ledger._dataset_row
+    calls = []
+
+    def stale_read(self, conn, dataset_id):
+        calls.append(dataset_id)
+        if len(calls) == 1:  # our first read happened before the winner's insert
+            winner_row = real(self, conn, dataset_id)
+            assert winner_row is not None
+            return None
+        return real(self, conn, dataset_id)
+
+    winner.register("e" * 64, epsilon=2.0)
+    monkeypatch.setattr(Ledger, "_dataset_row", stale_read)
+    budget = loser.register("e" * 64, epsilon=2.0)
+    assert budget.epsilon == 2.0 and len(calls) == 2
+    calls.clear()
+    with pytest.raises(InputError, match="already has budget"):  # a different budget is still refused
+        loser.register("e" * 64, epsilon=3.0)

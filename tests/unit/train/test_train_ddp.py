@@ -22,7 +22,8 @@ WORKER = textwrap.dedent("""
     torch.manual_seed(100 + rank)  # different local inits: make_private must sync them
     model = build_model({"type": "mlp", "hidden": [64]}, in_shape=data.input_shape, num_classes=10)
     shard = torch.utils.data.TensorDataset(data.train.x[rank::2], data.train.y[rank::2])
-    engine = make_private(model, config=PrivacyConfig(epsilon=3.0, delta=1e-5, seed=7),
+    engine = make_private(model, config=PrivacyConfig(epsilon=3.0, delta=1e-5, seed=7,
+                                                      insecure_seed_for_tests=True),
                           dataset_size=len(data.train), batch_size=128, epochs=6)
     opt = torch.optim.SGD(engine.model.parameters(), lr=0.5, momentum=0.9)
     fit(engine.model, torch.utils.data.DataLoader(shard, batch_size=64), epochs=6, optimizer=opt,

@@ -70,7 +70,8 @@ def digits():
 def test_dp_training_on_digits_reaches_accuracy_within_budget(digits):
     torch.manual_seed(0)
     model = build_model({"type": "mlp", "hidden": [64]}, in_shape=digits.input_shape, num_classes=10)
-    engine = make_private(model, config=PrivacyConfig(epsilon=3.0, delta=1e-5, seed=1),
+    engine = make_private(model, config=PrivacyConfig(epsilon=3.0, delta=1e-5, seed=1,
+                                                      insecure_seed_for_tests=True),
                           dataset_size=len(digits.train), batch_size=128, epochs=8)
     assert engine.mode == "ghost"
     opt = torch.optim.SGD(engine.model.parameters(), lr=0.5, momentum=0.9)
@@ -91,6 +92,7 @@ def _one_step(physical, noise_seed=3, noise_multiplier=1.0):
     model = build_model({"type": "mlp", "hidden": [8]}, in_features=10, num_classes=3)
     x, y = torch.rand(60, 10), torch.randint(0, 3, (60,))
     cfg = PrivacyConfig(epsilon=50.0, delta=1e-3, noise_multiplier=noise_multiplier, seed=noise_seed,
+                        insecure_seed_for_tests=True,
                         max_physical_batch_size=physical)
     engine = make_private(model, config=cfg, dataset_size=60, batch_size=30, epochs=1)
     loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=30)
@@ -110,7 +112,8 @@ def test_noise_is_drawn_and_unseeded_runs_differ():
 
 def test_batchnorm_is_fixed_and_unsupported_layer_falls_back_to_hooks():
     model = nn.Sequential(nn.Linear(10, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 3))
-    engine = make_private(model, config=PrivacyConfig(epsilon=5.0, delta=1e-3, seed=0, noise_multiplier=2.0),
+    engine = make_private(model, config=PrivacyConfig(epsilon=5.0, delta=1e-3, seed=0, noise_multiplier=2.0,
+                                                      insecure_seed_for_tests=True),
                           dataset_size=100,
                           batch_size=20, epochs=1)
     assert any("BatchNorm1d -> GroupNorm" in f for f in engine.fixes)
@@ -151,7 +154,8 @@ def test_regularizers_apply_under_dp_and_constant_ones_are_skipped():
     torch.manual_seed(0)
     model = build_model({"type": "mlp", "hidden": [8]}, in_features=10, num_classes=3)
     x, y = torch.rand(60, 10), torch.randint(0, 3, (60,))
-    engine = make_private(model, config=PrivacyConfig(epsilon=50.0, delta=1e-3, noise_multiplier=0.5, seed=0),
+    engine = make_private(model, config=PrivacyConfig(epsilon=50.0, delta=1e-3, noise_multiplier=0.5, seed=0,
+                                                      insecure_seed_for_tests=True),
                           dataset_size=60, batch_size=30, epochs=3)
     loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=30)
     shrink = lambda m: 50.0 * sum(p.pow(2).sum() for p in m.parameters())  # noqa: E731

@@ -42,6 +42,15 @@ def _claimed(s: Section, record: Any) -> None:
         )
         return
     eps, delta = float(record["epsilon"]), record.get("delta")
+    if record.get("insecure_seed_for_tests"):
+        s.add(
+            "dp-record",
+            FAIL,
+            f"the noise was seeded for tests (insecure_seed_for_tests): anyone who knows the seed can "
+            f"subtract it, so the recorded epsilon = {eps:.2f} does not hold",
+            "retrain without privacy.seed (noise then comes from a CSPRNG)",
+        )
+        return
     s.metrics.update(
         {
             "claimed_epsilon": round(eps, 4),

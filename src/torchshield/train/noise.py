@@ -1,0 +1,159 @@
+"""Where DP noise comes from: a cryptographically secure stream by default, a seeded one only in tests.
+
+Threat model. An adversary who can predict the noise can subtract it from a released model and
+read the clipped gradient sums, which carry the training examples. A generator whose state
+follows from a seed or from past outputs (torch's Philox/Mersenne Twister, numpy's PCG64, even
+when seeded once from ``secrets``) is predictable in that sense; the DP theorem assumes noise the
+adversary cannot predict. So every noise draw (and every Poisson sampling coin, whose secrecy
+privacy amplification assumes) comes from :class:`SecureNoise`: the keystream of ChaCha20 (from
+``cryptography``, i.e. OpenSSL) under a 256-bit key from ``os.urandom``, re-keyed every 64 MiB.
+ChaCha20's keystream is the generator behind Linux's ``getrandom`` and OpenSSL's own DRBG
+options; we do not write a primitive, we use one as a stream of uniform bits.
+
+Floating-point attacks. A Gaussian sampler built on float arithmetic does not produce every
+float with the probability the maths assumes; Jin et al. (arXiv:2112.05307) and Holohan and
+Braghin (arXiv:2107.10138) show how the gaps can reveal the unnoised value. ``secure_mode``
+applies Holohan and Braghin's fix that Opacus' ``secure_mode`` uses (Section 5.1, n = 2): the
+noise is the sum of 4 independent draws of std ``sigma``, divided by 2, computed in float64.
+It costs 4x the samples (measured in ``benchmarks/bench_dp_noise.py``).
+
+:class:`SeededNoise` exists only for tests (``privacy.insecure_seed_for_tests: true``): its
+output follows from the seed, so a bundle trained with it says so in its privacy record.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from torch import Tensor
+
+__all__ = ["NoiseSource", "SecureNoise", "SeededNoise", "discrete_laplace", "noise_source"]
+
+_REKEY_BYTES = 64 << 20  # far below ChaCha20's 256 GiB per (key, nonce); re-keying is cheap
+_CHUNK = 1 << 20  # samples per Box-Muller pass: bounds the temporary buffers at ~24 MiB
+_ZEROS = bytes(8 * _CHUNK)  # the plaintext whose encryption is the keystream; allocated once
+_TWO_PI = 2.0 * math.pi
+
+
+class NoiseSource(Protocol):
+    """What DP-SGD and client-level DP draw from."""
+
+    secure_mode: bool
+
+    def uniform(self, n: int) -> np.ndarray: ...  # float64 in (0, 1]
+
+    def normal(self, shape: Any, std: float, *, dtype: torch.dtype = torch.float32,
+               device: Any = None) -> Tensor: ...
+
+    def describe(self) -> dict[str, Any]: ...
+
+
+class _GaussianFromUniform:
+    """Box-Muller over a uniform stream; ``secure_mode`` sums 4 draws (see the module docstring)."""
+
+    secure_mode: bool = False
+
+    def uniform(self, n: int) -> np.ndarray:  # pragma: no cover - provided by subclasses
+        raise NotImplementedError
+
+    def _standard_normal(self, n: int) -> np.ndarray:
+        out = np.empty(n + (n & 1))
+        for start in range(0, len(out), _CHUNK):
+            part = out[start:start + _CHUNK]
+            pairs = len(part) // 2
+            u = self.uniform(2 * pairs)
+            r = np.log(u[:pairs])
+            r *= -2.0
+            np.sqrt(r, out=r)
+            theta = u[pairs:]
+            theta *= _TWO_PI
+            np.cos(theta, out=part[:pairs])
+            part[:pairs] *= r
+            np.sin(theta, out=part[pairs:])
+            part[pairs:] *= r
+        return out[:n]
+
+    def normal_array(self, n: int, std: float) -> np.ndarray:
+        """``n`` float64 draws of N(0, std^2)."""
+        if self.secure_mode:
+            z = self._standard_normal(4 * n).reshape(4, n).sum(0) / 2.0
+        else:
+            z = self._standard_normal(n)
+        return z * std
+
+    def normal(self, shape: Any, std: float, *, dtype: torch.dtype = torch.float32, device: Any = None) -> Tensor:
+        size = torch.Size(shape)
+        out = torch.from_numpy(self.normal_array(size.numel(), std)).to(dtype).view(size)
+        return out if device is None else out.to(device)
+
+
+class SecureNoise(_GaussianFromUniform):
+    """Uniform bits from the ChaCha20 keystream, keyed from ``os.urandom`` (a CSPRNG)."""
+
+    def __init__(self, *, secure_mode: bool = False) -> None:
+        self.secure_mode = secure_mode
+        self._rekey()
+
+    def _rekey(self) -> None:
+        from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
+
+        self._stream = Cipher(algorithms.ChaCha20(os.urandom(32), os.urandom(16)), mode=None).encryptor()
+        self._left = _REKEY_BYTES
+
+    def _bytes(self, n: int) -> bytes:
+        chunks = []
+        zeros = memoryview(_ZEROS)
+        while n > 0:
+            if self._left == 0:
+                self._rekey()
+            take = min(n, self._left, len(_ZEROS))
+            chunks.append(self._stream.update(zeros[:take]))  # keystream XOR zeros = keystream
+            self._left -= take
+            n -= take
+        return b"".join(chunks) if len(chunks) != 1 else chunks[0]
+
+    def uniform(self, n: int) -> np.ndarray:
+        bits = np.frombuffer(self._bytes(8 * n), dtype=np.uint64) >> np.uint64(11)
+        u = bits.astype(np.float64)
+        u += 1.0
+        u *= 2.0**-53
+        return u  # (0, 1]: log() is finite
+
+    def describe(self) -> dict[str, Any]:
+        return {"generator": "ChaCha20 keystream (cryptography), key from os.urandom", "secure_mode": self.secure_mode}
+
+
+class SeededNoise(_GaussianFromUniform):
+    """INSECURE: a seeded PCG64 stream, so that tests can repeat a run. Never for a release."""
+
+    def __init__(self, seed: int, *, secure_mode: bool = False) -> None:
+        self.secure_mode = secure_mode
+        self._rng = np.random.default_rng(seed)
+
+    def uniform(self, n: int) -> np.ndarray:
+        return 1.0 - self._rng.random(n)  # (0, 1]
+
+    def describe(self) -> dict[str, Any]:
+        return {"generator": "INSECURE seeded PCG64 (insecure_seed_for_tests)", "secure_mode": self.secure_mode}
+
+
+def noise_source(seed: int | None = None, *, secure_mode: bool = False) -> NoiseSource:
+    """The secure stream, or (tests only, ``seed`` given) a seeded one."""
+    return SecureNoise(secure_mode=secure_mode) if seed is None else SeededNoise(seed, secure_mode=secure_mode)
+
+
+def discrete_laplace(value: int, epsilon: float, source: NoiseSource) -> int:
+    """``value`` plus two-sided geometric noise: epsilon-DP for a count of sensitivity 1.
+
+    Integer output: the floating-point attacks on continuous Laplace (Mironov 2012) do not apply
+    to a value rounded onto the integers by construction. ``P(k) ~ exp(-epsilon |k|)``."""
+    if not epsilon > 0:
+        raise ValueError("epsilon must be > 0")
+    u = source.uniform(2)
+    log_q = -epsilon  # log of the geometric's failure probability exp(-epsilon)
+    g1, g2 = (math.floor(math.log(float(v)) / log_q) for v in u)
+    return int(value) + g1 - g2
