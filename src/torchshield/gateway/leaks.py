@@ -1,0 +1,94 @@
+"""Output leak scanning: PII in the model's answer that the caller did not send.
+
+A model fine-tuned on private records can repeat them (a phone number, a name with its ID). The
+gateway cannot tell a memorised value from an invented one, and does not need to: anything the
+detector finds in the answer that is neither in the caller's own text (as sent, or as the model
+saw it) nor a stand-in the gateway issued is treated as a leak. "In the caller's text" is decided
+on a canonical form (NFKC, case-folded, spaces and ``-()`` removed) so ``138 1234 5678`` and
+``13812345678`` are one number, and a value made of letters or digits must stand on its own (not
+inside a longer number) to count as present.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from torchshield.data.pii import Finding, find_pii
+
+__all__ = ["Leak", "OwnText", "find_leaks", "mask_leaks"]
+
+_DROP = re.compile(r"[\s\-()（）]+")
+_ALNUM = re.compile(r"[0-9a-z]")
+
+
+def canonical(text: str) -> str:
+    return _DROP.sub("", unicodedata.normalize("NFKC", text).casefold())
+
+
+class OwnText:
+    """What the caller sent in this request (canonical), to tell their own values from leaks."""
+
+    def __init__(self) -> None:
+        self._parts: list[str] = []
+        self._stand_ins: set[str] = set()
+
+    def add(self, text: str) -> None:
+        self._parts.append(canonical(text))
+
+    def add_stand_ins(self, stand_ins: Iterable[str]) -> None:
+        self._stand_ins.update(canonical(s) for s in stand_ins)
+
+    def holds(self, value: str) -> bool:
+        c = canonical(value)
+        if not c:
+            return True
+        if c in self._stand_ins:
+            return True
+        lead = "(?<![0-9a-z])" if _ALNUM.match(c[0]) else ""
+        tail = "(?![0-9a-z])" if _ALNUM.match(c[-1]) else ""
+        pat = re.compile(lead + re.escape(c) + tail)
+        return any(pat.search(p) for p in self._parts)
+
+    def clear(self) -> None:
+        self._parts.clear()
+        self._stand_ins.clear()
+
+
+@dataclass(frozen=True)
+class Leak:
+    type: str
+    start: int
+    end: int
+
+
+def find_leaks(output: str, own: OwnText, *, protected: list[tuple[int, int]], min_score: float,
+               types: frozenset[str] | None) -> list[Leak]:
+    """Findings in ``output`` that are not the caller's own values and do not overlap a stand-in."""
+    findings: list[Finding] = find_pii(output, min_score=min_score, types=types)
+    leaks = []
+    for f in findings:
+        if any(f.start < e and s < f.end for s, e in protected):
+            continue
+        if own.holds(f.text):
+            continue
+        leaks.append(Leak(f.type, f.start, f.end))
+    return leaks
+
+
+def mask_leaks(output: str, leaks: list[Leak]) -> str:
+    """Each leaked span replaced by ``<TYPE>`` (one-way: not a placeholder, never re-identified)."""
+    out, pos = [], 0
+    for lk in sorted(leaks, key=lambda x: x.start):
+        out.append(output[pos:lk.start])
+        out.append(f"<{lk.type}>")
+        pos = lk.end
+    out.append(output[pos:])
+    return "".join(out)
+
+
+def count_types(leaks: Iterable[Leak]) -> dict[str, int]:
+    return dict(sorted(Counter(lk.type for lk in leaks).items()))
