@@ -4,9 +4,9 @@ A model fine-tuned on private records can repeat them (a phone number, a name wi
 gateway cannot tell a memorised value from an invented one, and does not need to: anything the
 detector finds in the answer that is neither in the caller's own text (as sent, or as the model
 saw it) nor a stand-in the gateway issued is treated as a leak. "In the caller's text" is decided
-on a canonical form (NFKC, case-folded, spaces and ``-()`` removed) so ``138 1234 5678`` and
-``13812345678`` are one number, and a value made of letters or digits must stand on its own (not
-inside a longer number) to count as present.
+on a canonical form (NFKC, case-folded, spaces collapsed, spaces and ``-()`` between digits
+removed) so ``138 1234 5678`` and ``13812345678`` are one number; a value must stand on its own
+to count as present (not inside a longer number or word; a ``+86``/``0086``/``+1`` prefix allowed).
 """
 
 from __future__ import annotations
@@ -21,12 +21,16 @@ from torchshield.data.pii import Finding, find_pii
 
 __all__ = ["Leak", "OwnText", "find_leaks", "mask_leaks"]
 
-_DROP = re.compile(r"[\s\-()（）]+")
+_BETWEEN_DIGITS = re.compile(r"(?<=[0-9+])[\s\-()（）.]+(?=[0-9(])|(?<=[0-9])[\s\-()（）.]+(?=[0-9])")
+_SPACES = re.compile(r"\s+")
 _ALNUM = re.compile(r"[0-9a-z]")
+_DIGIT_LEAD = r"(?:(?<![0-9a-z])|(?<=\+86)|(?<=0086)|(?<=\+1))"
 
 
 def canonical(text: str) -> str:
-    return _DROP.sub("", unicodedata.normalize("NFKC", text).casefold())
+    s = unicodedata.normalize("NFKC", text).casefold()
+    s = _BETWEEN_DIGITS.sub("", _BETWEEN_DIGITS.sub("", s))
+    return _SPACES.sub(" ", s).strip()
 
 
 class OwnText:
@@ -48,7 +52,7 @@ class OwnText:
             return True
         if c in self._stand_ins:
             return True
-        lead = "(?<![0-9a-z])" if _ALNUM.match(c[0]) else ""
+        lead = (_DIGIT_LEAD if c[0].isdigit() else "(?<![0-9a-z])") if _ALNUM.match(c[0]) else ""
         tail = "(?![0-9a-z])" if _ALNUM.match(c[-1]) else ""
         pat = re.compile(lead + re.escape(c) + tail)
         return any(pat.search(p) for p in self._parts)
