@@ -37,20 +37,27 @@ class OwnText:
     """What the caller sent in this request (canonical), to tell their own values from leaks."""
 
     def __init__(self) -> None:
+        self._raw: list[str] = []
         self._parts: list[str] = []
-        self._stand_ins: set[str] = set()
+        self._stand_ins: list[str] = []
+        self._stand_ins_canon: set[str] = set()
 
     def add(self, text: str) -> None:
-        self._parts.append(canonical(text))
+        self._raw.append(text)  # canonicalised only when an answer holds a finding to check
 
     def add_stand_ins(self, stand_ins: Iterable[str]) -> None:
-        self._stand_ins.update(canonical(s) for s in stand_ins)
+        self._stand_ins.extend(stand_ins)
 
     def holds(self, value: str) -> bool:
         c = canonical(value)
         if not c:
             return True
-        if c in self._stand_ins:
+        if self._raw or self._stand_ins:
+            self._parts += [canonical(t) for t in self._raw]
+            self._stand_ins_canon.update(canonical(t) for t in self._stand_ins)
+            self._raw.clear()
+            self._stand_ins.clear()
+        if c in self._stand_ins_canon:
             return True
         lead = (_DIGIT_LEAD if c[0].isdigit() else "(?<![0-9a-z])") if _ALNUM.match(c[0]) else ""
         tail = "(?![0-9a-z])" if _ALNUM.match(c[-1]) else ""
@@ -58,8 +65,8 @@ class OwnText:
         return any(pat.search(p) for p in self._parts)
 
     def clear(self) -> None:
-        self._parts.clear()
-        self._stand_ins.clear()
+        for bucket in (self._raw, self._parts, self._stand_ins, self._stand_ins_canon):
+            bucket.clear()
 
 
 @dataclass(frozen=True)

@@ -37,6 +37,8 @@ _VAULT_MAGIC = b"TSGV1"
 # What a caller might type to pose as a placeholder: <PERSON_1>, <PERSON_1_abcdefgh>, [EMAIL_2] ...
 PLACEHOLDER_LOOKALIKE = re.compile(r"[<\[{(]\s*[A-Z][A-Z0-9_]*_\d+(?:_[A-Za-z]+)?\s*[>\]})]")
 _KINDS = {0: "placeholder", 1: "pseudonym"}
+# An issued placeholder as a model may echo it: brackets kept, changed to [], or dropped.
+_ISSUED = re.compile(rf"[<\[]?\s*([A-Z][A-Z0-9_]*_\d+_([a-z]{{{_TAG_LEN}}}))(?![A-Za-z])\s*[>\]]?")
 
 
 def vault_context(conversation: str, caller: str) -> bytes:
@@ -74,7 +76,6 @@ class RequestVault:
             tag = "".join(secrets.choice(_TAG_ALPHABET) for _ in range(_TAG_LEN))
             if tag not in low and tag not in self._tags:
                 self._tags.append(tag)
-                self._pattern = None
                 return tag
 
     def _digest(self, entity: str, original: str) -> bytes:
@@ -109,49 +110,50 @@ class RequestVault:
         """The stand-ins (not the originals): what may appear in the model's answer on our behalf."""
         return list(self._entries)
 
-    def _token_pattern(self) -> re.Pattern[str] | None:
-        if self._pattern is None and self._entries:
-            alts = []
-            if self._tags:
-                tags = "|".join(self._tags)
-                # Models drop or change brackets: match the core and take the brackets if present.
-                alts.append(rf"[<\[]?\s*[A-Z][A-Z0-9_]*_\d+_(?:{tags})(?![A-Za-z])\s*[>\]]?")
+    def _pseudonym_pattern(self) -> re.Pattern[str] | None:
+        if self._pattern is None:
             pseudo = sorted((t for t, e in self._entries.items() if e.kind == "pseudonym"), key=len, reverse=True)
-            alts += [re.escape(p) for p in pseudo]
-            self._pattern = re.compile("|".join(alts)) if alts else None
+            if not pseudo:
+                return None
+            self._pattern = re.compile("|".join(map(re.escape, pseudo)))
         return self._pattern
 
-    def _lookup(self, found: str) -> _Entry | None:
-        entry = self._entries.get(found)
-        if entry is None:
-            core = found.strip("<>[] \t")
-            entry = self._entries.get(f"<{core}>")
-        return entry
+    def _matches(self, text: str) -> list[tuple[int, int, _Entry]]:
+        """(start, end, entry) of every stand-in this vault issued, in ``text``, left to right."""
+        if not self._entries:
+            return []
+        found: list[tuple[int, int, _Entry]] = []
+        if self._tags and "_" in text:
+            for m in _ISSUED.finditer(text):
+                if m.group(2) in self._tags:
+                    entry = self._entries.get(f"<{m.group(1)}>")
+                    if entry is not None:
+                        found.append((m.start(), m.end(), entry))
+        pat = self._pseudonym_pattern()
+        if pat is not None:
+            for m in pat.finditer(text):
+                if not any(s < m.end() and m.start() < e for s, e, _ in found):
+                    found.append((m.start(), m.end(), self._entries[m.group(0)]))
+            found.sort(key=lambda x: x[0])
+        return found
 
     def spans(self, text: str) -> list[tuple[int, int]]:
         """Where this vault's stand-ins occur in ``text``."""
-        pat = self._token_pattern()
-        if pat is None:
-            return []
-        return [m.span() for m in pat.finditer(text) if self._lookup(m.group(0)) is not None]
+        return [(s, e) for s, e, _ in self._matches(text)]
 
     def reidentify(self, text: str) -> tuple[str, dict[str, int]]:
         """``text`` with every stand-in this vault issued replaced by its original; counts by type."""
         if self.wiped:
             raise RuntimeError("the vault of this request was already wiped")
-        pat = self._token_pattern()
         counts: dict[str, int] = {}
-        if pat is None:
-            return text, counts
-
-        def sub(m: re.Match[str]) -> str:
-            entry = self._lookup(m.group(0))
-            if entry is None:
-                return m.group(0)
+        out: list[str] = []
+        pos = 0
+        for start, end, entry in self._matches(text):
+            out += [text[pos:start], entry.original.decode()]
             counts[entry.entity] = counts.get(entry.entity, 0) + 1
-            return entry.original.decode()
-
-        return pat.sub(sub, text), counts
+            pos = end
+        out.append(text[pos:])
+        return "".join(out), counts
 
     # ---- ending --------------------------------------------------------------------------
     def wipe(self) -> None:

@@ -145,7 +145,7 @@ def test_counters_add_up_to_the_audit_record(master_key):
     gw, calls = gateway(master_key)
     result = gw.protect(Memorising(), note(ALICE) + " <PERSON_1>", request_id="r", caller="k", reidentify=True)
     total: Counter[str] = Counter()
-    for name, labels, amount in calls:
+    for name, _labels, amount in calls:
         total[name] += amount
     audit = result.audit
     assert total["torchshield_gateway_entities_total"] == sum(audit.input_entities.values()) == len(ALICE)
