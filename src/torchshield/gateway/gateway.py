@@ -23,10 +23,11 @@ the threat model).
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping, MutableMapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -130,7 +131,7 @@ class Gateway:
                 reidentify: bool = False, conversation: str | None = None) -> GatewayResult:
         """``model(text)`` behind the gateway."""
         with self.request(request_id=request_id, caller=caller, reidentify=reidentify,
-                          conversation=conversation) as req:
+                          conversation=conversation) as req, req.audit_on_error():
             answer = req.finish(model(req.deidentify(text)))
             return GatewayResult(answer, req.audit)
 
@@ -138,7 +139,7 @@ class Gateway:
                       request_id: str, caller: str, reidentify: bool = False) -> GatewayBatchResult:
         """``model(texts) -> answers`` behind the gateway, as one request: if any text is refused
         or any answer blocked, the whole batch is."""
-        with self.request(request_id=request_id, caller=caller, reidentify=reidentify) as req:
+        with self.request(request_id=request_id, caller=caller, reidentify=reidentify) as req, req.audit_on_error():
             safe = [req.deidentify(t) for t in texts]
             answers = list(model(safe))
             if len(answers) != len(safe):
@@ -198,6 +199,16 @@ class GatewayRequest:
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
         self.close()
+
+    @contextlib.contextmanager
+    def audit_on_error(self) -> Iterator[None]:
+        """A ShieldError raised inside carries this request's audit record as ``.audit`` (a refused
+        or blocked request is audited too)."""
+        try:
+            yield
+        except ShieldError as exc:
+            exc.audit = self.audit  # type: ignore[attr-defined]
+            raise
 
     # ---- in --------------------------------------------------------------------------------------
     def _text(self, value: object) -> str:

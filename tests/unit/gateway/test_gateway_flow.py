@@ -137,6 +137,7 @@ def test_refusing_policy_stops_the_request_before_the_model(master_key):
     assert info.value.http_status == 422 and info.value.counts == {"CN_RESIDENT_ID": 1}
     assert ALICE["CN_RESIDENT_ID"] not in str(info.value) and "CN_RESIDENT_ID" in str(info.value)
     assert ("torchshield_gateway_refusals_total", {"reason": "input_refused"}, 1) in calls
+    assert info.value.audit.to_dict()["refused"] == {"CN_RESIDENT_ID": 1}  # refusals are audited too
     # A text without that type passes.
     assert gw.protect(rec, "手机13812345678", request_id="r2", caller="k").text.startswith("Answer: 手机<CN_MOBILE_1_")
 
@@ -182,3 +183,24 @@ def test_the_serving_shape_request_context(master_key):
     assert ALICE["EMAIL"] in answer
     with pytest.raises(RuntimeError, match="closed"):
         req.finish(prompt)
+
+
+@pytest.mark.parametrize("locale", ["zh_CN", "en_US"])
+def test_input_scrubber_recall_equals_find_pii_recall_on_a_labelled_corpus(master_key, locale):
+    """The issue's goal: the scrubber's recall is find_pii's. A labelled span is recalled by
+    find_pii if a finding overlaps it, and by the gateway if its text no longer reaches the model."""
+    from torchshield.data.synth import generate_records
+
+    gw, _ = gateway(master_key)
+    records = generate_records(60, locale=locale, seed=19)
+    spans = engine_hits = gateway_hits = 0
+    for i, rec in enumerate(records):
+        recorder = Recorder(echo)
+        gw.protect(recorder, rec.text, request_id=f"r{i}", caller="k")
+        findings = find_pii(rec.text)
+        for _etype, s, e in rec.spans:
+            spans += 1
+            engine_hits += any(f.start < e and s < f.end for f in findings)
+            gateway_hits += rec.text[s:e] not in recorder.inputs[0]
+    assert spans > 100 and gateway_hits == engine_hits
+    assert engine_hits / spans > 0.9  # a sanity floor on the engine, not the point of this test
