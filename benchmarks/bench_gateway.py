@@ -5,12 +5,13 @@ interleaved rounds with the order rotated, medians:
 
   * ``bare``       the model callable alone (an echo: the cost of the model itself is not the point)
   * ``find_pii``   the detector once over the prompt (the floor under any de-identification)
+  * ``find_pii_answer``  the detector over the de-identified answer (the leak scan's floor)
   * ``gateway``    ``Gateway.protect`` for a caller allowed to see PII: de-identify, call, leak
                    scan of the answer, re-identify, wipe
   * ``predictor``  the same for a caller without that right (no re-identification)
 
 The added latency is ``gateway - bare``. The gateway runs the detector twice (on the prompt and on
-the answer), so ``2 x find_pii`` is its floor; the rest is the gateway's own work.
+the answer), so ``find_pii + find_pii_answer`` is its floor; the rest is the gateway's own work.
 
 LLM Guard (``Anonymize`` + ``Deanonymize``) is not measured: its Anonymize scanner loads a
 transformers NER model (and spaCy models for Chinese) from the model hub when it starts, which
@@ -62,13 +63,20 @@ def run(rounds: int, per_round: int) -> dict[str, object]:
     def detect() -> None:
         find_pii(text)
 
+    with gw.request(request_id="r", caller="k") as req:
+        answer = "Answer: " + req.deidentify(text)
+
+    def detect_answer() -> None:
+        find_pii(answer)
+
     def owner() -> None:
         gw.protect(lambda t: "Answer: " + t, text, request_id="r", caller="k", reidentify=True)
 
     def predictor() -> None:
         gw.protect(lambda t: "Answer: " + t, text, request_id="r", caller="k", reidentify=False)
 
-    variants = {"bare": bare, "find_pii": detect, "gateway": owner, "predictor": predictor}
+    variants = {"bare": bare, "find_pii": detect, "find_pii_answer": detect_answer, "gateway": owner,
+                "predictor": predictor}
     for fn in variants.values():  # warm-up (regex compilation, lexicons)
         for _ in range(3):
             fn()
@@ -87,7 +95,7 @@ def run(rounds: int, per_round: int) -> dict[str, object]:
         "prompt_bytes": len(text.encode()), "entities": sum(audit.input_entities.values()),
         "entity_types": dict(sorted(audit.input_entities.items())), "median_ms": med,
         "added_ms_owner": med["gateway"] - med["bare"], "added_ms_predictor": med["predictor"] - med["bare"],
-        "gateway_over_two_find_pii": med["gateway"] / (2 * med["find_pii"]),
+        "gateway_own_ms": med["gateway"] - med["find_pii"] - med["find_pii_answer"],
         "samples_per_variant": rounds * per_round, "cpus": sorted(os.sched_getaffinity(0)),
         "llm_guard": "not measured (its Anonymize scanner downloads NER/spaCy models at start-up; no hub access)",
     }
@@ -109,10 +117,10 @@ def main() -> None:
     print(f"prompt: {res['prompt_bytes']} bytes, {res['entities']} entities {res['entity_types']}; "
           f"pinned to cpus {res['cpus']}; {res['samples_per_variant']} samples each")
     for name, ms in res["median_ms"].items():  # type: ignore[union-attr]
-        print(f"  {name:10} median {ms:8.3f} ms")
+        print(f"  {name:16} median {ms:8.3f} ms")
     print(f"added latency (gateway - bare): owner {res['added_ms_owner']:.3f} ms, "
           f"predictor {res['added_ms_predictor']:.3f} ms  (issue goal: <= 2 ms)")
-    print(f"gateway / (2 x find_pii): {res['gateway_over_two_find_pii']:.2f}x")
+    print(f"gateway's own work (gateway - find_pii - find_pii_answer): {res['gateway_own_ms']:.3f} ms")
     print(f"LLM Guard: {res['llm_guard']}")
 
 
