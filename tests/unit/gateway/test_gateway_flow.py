@@ -120,6 +120,7 @@ def test_leak_actions_block_and_flag(master_key, action):
             gw.protect(model, note(ALICE), request_id="r", caller="k", reidentify=True)
         assert info.value.http_status == 451 and info.value.exit_code == 3
         assert info.value.counts == {"CN_MOBILE": 1} and TRAINING_PHONE not in str(info.value)
+        assert info.value.audit.blocked and dict(info.value.audit.leaks) == {"CN_MOBILE": 1}
         assert ("torchshield_gateway_refusals_total", {"reason": "output_blocked"}, 1) in calls
     else:
         result = gw.protect(model, note(ALICE), request_id="r", caller="k", reidentify=True)
@@ -183,6 +184,10 @@ def test_the_serving_shape_request_context(master_key):
     assert ALICE["EMAIL"] in answer
     with pytest.raises(RuntimeError, match="closed"):
         req.finish(prompt)
+    with gw.request(request_id="r2", caller="k") as req2:
+        req2.deidentify("hi")
+        with pytest.raises(TypeError, match="must return a str, got bytes"):
+            req2.finish(b"bytes from a model")  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize("locale", ["zh_CN", "en_US"])
