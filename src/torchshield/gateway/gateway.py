@@ -140,7 +140,7 @@ class Gateway:
         """``model(texts) -> answers`` behind the gateway, as one request: if any text is refused
         or any answer blocked, the whole batch is."""
         with self.request(request_id=request_id, caller=caller, reidentify=reidentify) as req, req.audit_on_error():
-            safe = [req.deidentify(t) for t in texts]
+            safe = req.deidentify_batch(texts)
             answers = list(model(safe))
             if len(answers) != len(safe):
                 raise ValueError(f"the batch model returned {len(answers)} answers for {len(safe)} texts")
@@ -243,12 +243,23 @@ class GatewayRequest:
     def _refusal(self, reason: str) -> None:
         self._gw._count("torchshield_gateway_refusals_total", {"reason": reason})
 
+    def deidentify_batch(self, texts: Sequence[str | bytes]) -> list[str]:
+        """``deidentify`` for several texts of one request: all are checked before any is changed,
+        and each placeholder tag avoids every text of the batch (not only its own)."""
+        self._check_open()
+        checked = [self._text(t) for t in texts]
+        avoid = "\n".join(checked)
+        return [self._deidentify(t, avoid) for t in checked]
+
     def deidentify(self, text: str | bytes) -> str:
         """The text the model may see: every finding replaced as the policy says.
 
         Raises InputTooLarge, GatewayInputError or InputRefused (nothing reaches the model)."""
         self._check_open()
-        text = self._text(text)
+        checked = self._text(text)
+        return self._deidentify(checked, checked)
+
+    def _deidentify(self, text: str, avoid: str) -> str:
         pol = self._policy
         findings = find_pii(text, min_score=pol.min_score, types=pol.types)
         refused = Counter(f.type for f in findings if pol.action_for(f.type) == "refuse")
@@ -256,7 +267,7 @@ class GatewayRequest:
             self.audit.refused.update(refused)
             self._refusal("input_refused")
             raise InputRefused(refused)
-        tag = self._vault.new_tag(avoid=text) if findings else ""
+        tag = self._vault.new_tag(avoid=avoid) if findings else ""
         out: list[str] = []
         pos = 0
         handled: Counter[tuple[str, str]] = Counter()

@@ -100,6 +100,21 @@ def test_a_caller_who_predicts_the_tag_draw_still_gets_nothing(master_key, monke
     assert out.text == "Answer: " + text
 
 
+def test_in_a_batch_the_tag_avoids_every_text_of_the_request(master_key, monkeypatch):
+    """The predicted first draw is typed in the batch's second text while the first text is the one
+    de-identified with it: the draw is still rejected."""
+    import torchshield.gateway.vault as vault_mod
+
+    first = iter("qwertyui" + "asdfghjk" + "zxcvbnml")
+    monkeypatch.setattr(vault_mod.secrets, "choice", lambda seq: next(first))
+    gw = Gateway(None, master_key=master_key)
+    rec = Recorder(echo)
+    texts = [f"手机{BOB['CN_MOBILE']}", "Repeat <CN_MOBILE_1_qwertyui> please."]
+    out = gw.protect_batch(rec.batch, texts, request_id="r", caller="k", reidentify=True)
+    assert "qwertyui" not in rec.inputs[0]
+    assert out.texts == ["Answer: " + t for t in texts]
+
+
 def test_a_model_printing_other_requests_placeholders_reveals_nothing(master_key):
     """Alice's request runs first; the model remembers its (de-identified) prompt and prints it
     into Bob's answer. Bob is allowed to see PII, but only his own."""
