@@ -209,3 +209,21 @@ def test_input_scrubber_recall_equals_find_pii_recall_on_a_labelled_corpus(maste
             gateway_hits += rec.text[s:e] not in recorder.inputs[0]
     assert spans > 100 and gateway_hits == engine_hits
     assert engine_hits / spans > 0.9  # a sanity floor on the engine, not the point of this test
+
+
+def test_concurrent_requests_each_get_only_their_own_values(master_key):
+    """One gateway shared by threads: every answer re-identifies its own request and nothing else."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    gw, _ = gateway(master_key)
+    people = [ALICE, BOB] * 8
+
+    def one(i: int) -> str:
+        return gw.protect(mutate, note(people[i]), request_id=f"r{i}", caller=f"k{i % 3}", reidentify=True).text
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        answers = list(pool.map(one, range(len(people))))
+    for who, answer in zip(people, answers):
+        other = BOB if who is ALICE else ALICE
+        assert all(v in answer for v in who.values())
+        assert not any(v in answer for v in other.values())
