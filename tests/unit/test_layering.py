@@ -29,6 +29,7 @@ ORDER = [
     ["federated"],  # Flower apps and strategies
     ["assess"],     # checks -> findings -> report
     ["store"],      # encrypted artifact store
+    ["gateway"],    # privacy gateway for text models (PII in, leaks out)
     ["serve"],      # the inference service
     ["demo"],       # the end-to-end pipeline
     ["cli"],        # the command line
