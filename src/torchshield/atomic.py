@@ -13,7 +13,7 @@ from typing import BinaryIO
 
 from torchshield.errors import InputError
 
-__all__ = ["atomic_output", "atomic_write_bytes", "fsync_dir"]
+__all__ = ["atomic_output", "atomic_write_bytes", "commit", "fsync_dir"]
 
 
 @contextlib.contextmanager
@@ -38,20 +38,26 @@ def atomic_output(path: str | os.PathLike[str], *, mode: int = 0o644,
             yield fh
             fh.flush()
             os.fsync(fh.fileno())
-        if overwrite:
-            os.replace(tmp, target)
-        else:
-            try:
-                os.link(tmp, target)
-            except FileExistsError:
-                raise InputError(f"{target} already exists",
-                                 hint="choose another path or remove it first") from None
-            os.unlink(tmp)
-        fsync_dir(parent)
+        commit(tmp, target, overwrite=overwrite)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def commit(tmp: str | os.PathLike[str], target: Path, *, overwrite: bool,
+           hint: str = "choose another path or remove it first") -> None:
+    """Move a finished temporary file onto ``target`` and make the rename durable. Without
+    ``overwrite`` the final link fails if ``target`` appeared meanwhile, so two writers cannot both win."""
+    if overwrite:
+        os.replace(tmp, target)
+    else:
+        try:
+            os.link(tmp, target)
+        except FileExistsError:
+            raise InputError(f"{target} already exists", hint=hint) from None
+        os.unlink(tmp)
+    fsync_dir(target.parent if str(target.parent) else Path("."))
 
 
 def fsync_dir(path: str | os.PathLike[str]) -> None:

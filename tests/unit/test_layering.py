@@ -18,6 +18,7 @@ PKG = SRC / "torchshield"
 ORDER = [
     ["errors", "_lazy", "_version"],  # import nothing of torchshield
     ["atomic", "jsonable"],  # crash-safe file writes; plain JSON from our objects
+    ["partials"],   # decrypted plaintext under locked temporary names, swept after a crash
     ["crypto"],     # keys, envelope, streaming AEAD, signatures, the keyed hash chain
     ["nn"],         # the shared training loop, the architectures zoo, tables to tensors
     ["data"],       # PII, anonymisation, tabular privacy

@@ -40,12 +40,19 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from torchshield.crypto.envelope import WRAPPED_KEY_SIZE, WrappedKey, new_data_key, rewrap, unwrap_data_key, \
-    wrap_data_key
 from torchshield.atomic import atomic_output
+from torchshield.crypto.envelope import (
+    WRAPPED_KEY_SIZE,
+    WrappedKey,
+    new_data_key,
+    rewrap,
+    unwrap_data_key,
+    wrap_data_key,
+)
 from torchshield.crypto.keys import MasterKey
 from torchshield.crypto.labels import STREAM_CHUNK_INFO
 from torchshield.errors import FormatError, InputError, IntegrityError
+from torchshield.partials import partial_output, sweep_partials
 
 __all__ = [
     "DEFAULT_CHUNK_SIZE",
@@ -309,8 +316,10 @@ def decrypt_file(src: str | os.PathLike[str], dst: str | os.PathLike[str], maste
         data_key = unwrap_data_key(master, hdr.wrapped_key, context=hdr.salt + hdr.context)
         cipher = StreamCipher(data_key, salt=hdr.salt, context_digest=hdr.context_digest)
         total = 0
-        # 0600: the output is decrypted plaintext, for the owner only (as is the temporary file).
-        with atomic_output(dst, mode=0o600, overwrite=overwrite) as fout:
+        # Decrypted plaintext: 0600, under a locked temporary name that a later decrypt into the
+        # same folder sweeps if this process is killed before the rename (torchshield.partials).
+        sweep_partials(Path(dst).parent)
+        with partial_output(dst, overwrite=overwrite) as fout:
             for chunk in iter_decrypt(fin, cipher, cipher_len=size - hdr.data_offset,
                                       chunk_size=hdr.chunk_size):
                 fout.write(chunk)

@@ -6,10 +6,10 @@ versions and rotate the master key without rewriting data. Design and threat mod
 (keys and formats) and ``repository`` (layout and commit order); docs/store.md for users.
 """
 
+from torchshield.partials import sweep_partials
 from torchshield.store.backup import BackupResult, backup
 from torchshield.store.extract import get_object, restore
 from torchshield.store.ingest import PutResult, put_file, put_stream
-from torchshield.store.partials import sweep_partials
 from torchshield.store.prune import PruneReport, prune
 from torchshield.store.repository import Repository, VaultLocked, is_vault
 from torchshield.store.rotate import rotate_master_key

@@ -14,8 +14,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from torchshield.errors import InputError
+from torchshield.partials import partial_output, sweep_partials
 from torchshield.store.objects import ChunkProblem, open_chunk
-from torchshield.store.partials import partial_output, sweep_partials
 from torchshield.store.repository import Repository, chunk_rel
 from torchshield.store.snapshots import Snapshot, load_snapshots, resolve_snapshot, validate_name
 

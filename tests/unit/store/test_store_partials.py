@@ -23,8 +23,8 @@ from store_fixtures import make_vault, random_bytes
 from torchshield import store
 from torchshield.crypto.keys import MasterKey, write_key_file
 from torchshield.errors import InputError
-from torchshield.store import partials
-from torchshield.store.partials import is_partial_name, partial_output, sweep_partials
+from torchshield import partials
+from torchshield.partials import is_partial_name, partial_output, sweep_partials
 
 DATA = random_bytes(400_000, 23)  # ~50 chunks of the test chunker (2-32 KiB)
 
@@ -40,7 +40,7 @@ def test_partial_file_is_recognisable_private_and_gone_after_success(tmp_path: P
     with partial_output(out) as fh:
         fh.write(b"secret plaintext")
         (tmp,) = _partials(tmp_path)
-        assert tmp.name.startswith(".torchshield-get.model.bin.") and tmp.name.endswith(".partial")
+        assert tmp.name.startswith(".torchshield-partial.model.bin.") and tmp.name.endswith(".partial")
         assert stat.S_IMODE(tmp.stat().st_mode) == 0o600
         assert sweep_partials(tmp_path) == [] and tmp.exists(), "a live writer's file is locked"
     assert out.read_bytes() == b"secret plaintext" and stat.S_IMODE(out.stat().st_mode) == 0o600
@@ -62,24 +62,24 @@ def test_partial_file_vanishes_on_error_and_refuses_an_existing_output(tmp_path:
 
 
 def test_sweep_removes_only_unlocked_files_of_our_pattern(tmp_path: Path) -> None:
-    dead = tmp_path / ".torchshield-get.x.bin.0123456789abcdef.partial"
+    dead = tmp_path / ".torchshield-partial.x.bin.0123456789abcdef.partial"
     dead.write_bytes(b"partly decrypted")
     keep = {
         ".x.bin.abc123.tmp": "atomic_output's temporaries are not ours to judge",
         "x.partial": "a user's file",
-        ".torchshield-get.x.bin.0123456789abcdef.partial.bak": "not the whole name",
-        ".torchshield-get.x.bin.XYZ.partial": "no random part",
+        ".torchshield-partial.x.bin.0123456789abcdef.partial.bak": "not the whole name",
+        ".torchshield-partial.x.bin.XYZ.partial": "no random part",
     }
     for name in keep:
         (tmp_path / name).write_bytes(b"user data")
     victim = tmp_path / "victim"
     victim.write_bytes(b"must survive")
-    (tmp_path / ".torchshield-get.l.fedcba9876543210.partial").symlink_to(victim)
-    (tmp_path / ".torchshield-get.d.00000000000000ff.partial").mkdir()
+    (tmp_path / ".torchshield-partial.l.fedcba9876543210.partial").symlink_to(victim)
+    (tmp_path / ".torchshield-partial.d.00000000000000ff.partial").mkdir()
     assert sweep_partials(tmp_path) == [dead]
     assert not dead.exists() and victim.read_bytes() == b"must survive"
     assert all((tmp_path / n).exists() for n in keep)
-    assert (tmp_path / ".torchshield-get.d.00000000000000ff.partial").is_dir()
+    assert (tmp_path / ".torchshield-partial.d.00000000000000ff.partial").is_dir()
     assert sweep_partials(tmp_path / "missing") == []
 
 
@@ -175,7 +175,7 @@ def test_a_killed_get_is_swept_by_the_next_and_a_live_get_is_not(vault) -> None:
     killed = _start_paused_get([*argv, "-o", str(out / "a.bin")], pause_at=6)
     assert live_tmp.exists() and live_tmp.stat().st_size == live_size, "its sweep spared the live get"
     (leftover,) = [p for p in _partials(out) if p != live_tmp]
-    assert leftover.name.startswith(".torchshield-get.a.bin.")
+    assert leftover.name.startswith(".torchshield-partial.a.bin.")
     assert stat.S_IMODE(leftover.stat().st_mode) == 0o600
     written = leftover.read_bytes()
     assert 0 < len(written) < len(DATA) and DATA.startswith(written), "partly decrypted plaintext"
@@ -210,3 +210,49 @@ def test_restore_sweeps_its_folder_too(vault, tmp_path: Path, master_key: Master
     repo = store.Repository.open(tmp_path / "vault", master_key)
     [(snap, path)] = store.restore(repo, "latest", out)
     assert path.read_bytes() == DATA and not leftover.exists() and _partials(out) == []
+
+
+# --- keys decrypt: the same partial files and sweep -------------------------------------------
+
+_PAUSING_DECRYPT = """
+import sys
+import torchshield.crypto.stream as stream
+from torchshield.cli.app import run
+real, seen = stream.iter_decrypt, [0]
+def iter_decrypt(*args, **kwargs):
+    for i, chunk in enumerate(real(*args, **kwargs)):
+        if i == 3:
+            print("paused", flush=True)
+            sys.stdin.readline()
+        yield chunk
+stream.iter_decrypt = iter_decrypt
+sys.exit(run(sys.argv[1:]))
+"""
+
+
+def test_a_killed_keys_decrypt_leaves_a_0600_partial_that_the_next_decrypt_sweeps(tmp_path, master_key):
+    from torchshield.crypto.stream import encrypt_file
+
+    key = tmp_path / "shield.key"
+    write_key_file(key, master_key)
+    plain = os.urandom(64 * 1024)
+    (tmp_path / "p.bin").write_bytes(plain)
+    encrypt_file(tmp_path / "p.bin", tmp_path / "p.tse", master_key, chunk_size=4096)
+    out = tmp_path / "out"
+    out.mkdir()
+    argv = ["keys", "decrypt", str(tmp_path / "p.tse"), "-o", str(out / "a.bin"), "-k", str(key)]
+    proc = subprocess.Popen([sys.executable, "-c", _PAUSING_DECRYPT, *argv], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path)))
+    _STARTED.append(proc)
+    ready, _, _ = select.select([proc.stdout], [], [], 120)
+    assert ready and proc.stdout.readline() == "paused\n", proc.stderr.read()
+    (leftover,) = _partials(out)
+    assert stat.S_IMODE(leftover.stat().st_mode) == 0o600 and leftover.stat().st_size > 0
+    proc.kill()
+    proc.wait(timeout=30)
+    assert leftover.exists() and not (out / "a.bin").exists()
+    done = _cli("keys", "decrypt", str(tmp_path / "p.tse"), "-o", str(out / "b.bin"), "-k", str(key))
+    assert done.returncode == 0, done.stderr
+    assert not leftover.exists() and _partials(out) == []
+    assert (out / "b.bin").read_bytes() == plain and stat.S_IMODE((out / "b.bin").stat().st_mode) == 0o600

@@ -1,11 +1,11 @@
-"""Partial outputs of ``get`` and ``restore``: decrypted plaintext under a temporary name, and the
-sweep that removes the ones whose writer died.
+"""Partial outputs of decryption (``store get``/``restore``, ``keys decrypt``): decrypted plaintext
+under a temporary name, and the sweep that removes the ones whose writer died.
 
-Why. ``get`` writes authenticated plaintext into a temporary file (mode 0600) next to the output
+Why. ``get`` (like ``keys decrypt``) writes authenticated plaintext into a temporary file (mode 0600) next to the output
 and renames it into place only when the whole object checked out. A ``get`` killed with SIGKILL
 (or by a power cut) cannot clean up: it leaves partly decrypted plaintext beside the output that
 nothing refers to. So these files are recognisable by name,
-``.torchshield-get.<output name>.<16 hex>.partial``, and every live writer holds an exclusive
+``.torchshield-partial.<output name>.<16 hex>.partial``, and every live writer holds an exclusive
 ``flock`` on its file from before its first byte until after the rename. The kernel drops the
 lock when its process dies, however it dies, so an unlocked partial file is a dead writer's
 leftover. Each ``get``/``restore`` sweeps the unlocked partial files of its output folder; a
@@ -37,14 +37,14 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
-from torchshield.atomic import fsync_dir
+from torchshield.atomic import commit
 from torchshield.errors import InputError
 
 __all__ = ["PARTIAL_PREFIX", "PARTIAL_SUFFIX", "is_partial_name", "partial_output", "sweep_partials"]
 
-PARTIAL_PREFIX = ".torchshield-get."
+PARTIAL_PREFIX = ".torchshield-partial."
 PARTIAL_SUFFIX = ".partial"
-_NAME_RE = re.compile(r"\.torchshield-get\..+\.[0-9a-f]{16}\.partial", re.DOTALL)
+_NAME_RE = re.compile(r"\.torchshield-partial\..+\.[0-9a-f]{16}\.partial", re.DOTALL)
 _STEM_MAX = 96  # keeps prefix + stem + random part + suffix under the usual 255-byte name limit
 _ATTEMPTS = 32
 
@@ -112,16 +112,7 @@ def partial_output(path: str | os.PathLike[str], *, overwrite: bool = False) -> 
             yield fh
             fh.flush()
             os.fsync(fh.fileno())
-        if overwrite:
-            os.replace(tmp, target)
-        else:
-            try:
-                os.link(tmp, target)
-            except FileExistsError:
-                raise InputError(f"{target} already exists",
-                                 hint="choose another path or pass --force") from None
-            os.unlink(tmp)
-        fsync_dir(parent)
+        commit(tmp, target, overwrite=overwrite, hint="choose another path or pass --force")
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
