@@ -171,7 +171,8 @@ def export_hf_dir(model: nn.Module, files: dict[str, bytes], out: Path) -> list[
     """Write ``model`` (a transformers model) and its carried files as a directory
     ``from_pretrained`` reads; returns the file names written."""
     out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(str(out))
+    with _quiet_progress():
+        model.save_pretrained(str(out))
     for name, data in files.items():
         if name in CARRIED_FILES:
             (out / name).write_bytes(data)
