@@ -162,7 +162,7 @@ def _fill(module: nn.Module, contents: BundleContents, path: Path) -> None:
         module.load_state_dict(contents.weights, strict=True, assign=True)
     except RuntimeError as exc:
         raise FormatError(f"{path}: the weights do not fit the recorded architecture "
-                          f"({str(exc).splitlines()[0]})",
+                          f"({_first_problem(exc)})",
                           hint="the bundle records fixes it cannot re-apply, or was edited") from None
     _retie(module, contents.aliases)
 
@@ -246,3 +246,10 @@ def export_hf(bundle: str | os.PathLike[str], out: str | os.PathLike[str], *, ke
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return names
+
+
+def _first_problem(exc: Exception) -> str:
+    """torch's load_state_dict message without its header line: the first mismatch it names."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    detail = next((ln for ln in lines[1:]), lines[0] if lines else type(exc).__name__)
+    return detail[:300]

@@ -84,7 +84,7 @@ def _fill(module: nn.Module, tensors: dict[str, torch.Tensor], source: str) -> N
     try:
         module.load_state_dict(tensors, strict=True)
     except RuntimeError as exc:
-        raise InputError(f"{source}: the weights do not fit the architecture ({str(exc).splitlines()[0]})",
+        raise InputError(f"{source}: the weights do not fit the architecture ({_first_problem(exc)})",
                          hint="check --arch/--factory and its options (e.g. num_classes)") from None
 
 
@@ -145,3 +145,10 @@ def _read_hf(p: Path, scan: Scanner | None) -> ModelSource:
             "transformers": transformers.__version__}
     return ModelSource(dict(module.state_dict()), arch, hf_preprocessing(config, carried), carried,
                        read=["config.json", *(f.name for f in files), *carried], module=module)
+
+
+def _first_problem(exc: Exception) -> str:
+    """torch's load_state_dict message without its header line: the first mismatch it names."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    detail = next((ln for ln in lines[1:]), lines[0] if lines else type(exc).__name__)
+    return detail[:300]
