@@ -15,14 +15,18 @@ WORDS = ["the", "a", "model", "is", "good", "bad", "secure", "data", "token", "t
 SHARD = "20KB"
 
 
-def _bert_tokenizer(directory: Path):  # noqa: ANN202
-    from transformers import BertTokenizerFast
+def _bert_tokenizer():  # noqa: ANN202
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
 
-    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]
-    (directory / "vocab.txt").write_text("\n".join(vocab) + "\n")
-    tok = BertTokenizerFast(vocab_file=str(directory / "vocab.txt"))
-    (directory / "vocab.txt").unlink()
-    return tok
+    vocab = {w: i for i, w in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS])}
+    core = Tokenizer(models.WordPiece(vocab, unk_token="[UNK]"))
+    core.normalizer = normalizers.BertNormalizer(lowercase=True)
+    core.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    core.post_processor = processors.TemplateProcessing(single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B [SEP]",
+                                                        special_tokens=[("[CLS]", 2), ("[SEP]", 3)])
+    return PreTrainedTokenizerFast(tokenizer_object=core, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
+                                   sep_token="[SEP]", mask_token="[MASK]")
 
 
 def _word_tokenizer():  # noqa: ANN202
@@ -45,7 +49,7 @@ def tiny_bert(directory: Path, *, seed: int = 0) -> Path:
     model = AutoModelForSequenceClassification.from_config(cfg).eval()
     directory.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(directory, max_shard_size=SHARD)
-    _bert_tokenizer(directory).save_pretrained(directory)
+    _bert_tokenizer().save_pretrained(directory)
     return directory
 
 

@@ -223,10 +223,13 @@ def export_hf(bundle: str | os.PathLike[str], out: str | os.PathLike[str], *, ke
     dest = Path(out)
     if dest.exists() and not (overwrite and dest.is_dir()):
         raise InputError(f"{dest} already exists", hint="pass --force to replace it, or choose another directory")
-    loaded = open_model(bundle, key=key, verify_with=verify_with)
-    if loaded.architecture.get("kind") != "hf":
-        raise InputError(f"{bundle} holds a {loaded.architecture.get('kind')} model, not a Hugging Face one",
+    from torchshield.model.header import inspect
+
+    kind = (architecture_of(inspect(bundle).manifest) or {}).get("kind")
+    if kind != "hf":
+        raise InputError(f"{bundle} holds a {kind or 'tensors-only'} model, not a Hugging Face one",
                          hint="export it with --format safetensors")
+    loaded = open_model(bundle, key=key, verify_with=verify_with)
     module = loaded.module
     for p in module.parameters():  # the bundle's tensors are views of one buffer; give each its own
         p.data = p.data.clone()

@@ -156,8 +156,13 @@ def hf_model_from_tensors(config: dict[str, Any], tensors: dict[str, torch.Tenso
     the random initialisation and ties what the config ties; torchshield checks that every
     parameter came from ``tensors``: none may be left at a random initial value."""
     cls, cfg = _model_class(config)
-    with _quiet_progress():
-        model, info = cls.from_pretrained(None, config=cfg, state_dict=tensors, output_loading_info=True)
+    try:
+        with _quiet_progress():
+            model, info = cls.from_pretrained(None, config=cfg, state_dict=tensors, output_loading_info=True)
+    except (RuntimeError, ValueError) as exc:  # size mismatches, malformed tensors
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise FormatError(f"{source}: the weights do not fit {cls.__name__} ({first})",
+                          hint="check that config.json belongs to these weights") from None
     problems = [(what, keys) for what in ("missing_keys", "mismatched_keys", "unexpected_keys")
                 if (keys := [k for k in info.get(what) or [] if not str(k).endswith("position_ids")])]
     if problems:
