@@ -90,9 +90,14 @@ def _scanner_safe_globals(p: Path) -> list[Any]:
         if not module.split(".")[0] == "numpy" or allow.judge(module, name).severity is not None:
             continue
         try:
-            out.append(getattr(importlib.import_module(module), name))
+            obj = getattr(importlib.import_module(module), name)
         except (ImportError, AttributeError):
             continue
+        out.append(obj)
+        if full == "numpy.dtype":  # an unpickled dtype is an instance of its DType class (numpy >= 1.25)
+            import numpy as np
+
+            out.extend(type(np.dtype(code)) for code in "?bBhHiIlLqQefdgFDG")
     return out
 
 
