@@ -123,7 +123,26 @@ def read_source(path: str | Path, *, architecture: Mapping[str, Any] | None = No
             src.tensors = dict(module.state_dict())
     if input_spec:
         src.preprocessing["input"] = {**src.preprocessing.get("input", {}), **dict(input_spec)}
+    if src.module is not None and "output" not in src.preprocessing:
+        src.preprocessing.update(_probe_output(src.module, src.preprocessing.get("input") or {}))
     return src
+
+
+def _probe_output(module: nn.Module, spec: Mapping[str, Any]) -> dict[str, Any]:
+    """The output a model gives for one zero example of its declared shape: ``(1, C)`` logits
+    tell the class count. Models that do not run on it are described no further."""
+    shape = spec.get("shape")
+    if not shape or str(spec.get("dtype", "float32")).startswith(("int", "uint")):
+        return {}
+    try:
+        with torch.no_grad():
+            out = module.eval()(torch.zeros(1, *(int(s) for s in shape)))
+    except Exception:  # noqa: BLE001 - a model that needs other inputs: nothing to learn here
+        return {}
+    logits = getattr(out, "logits", out)
+    if isinstance(logits, torch.Tensor) and logits.ndim == 2:
+        return {"output": {"kind": "logits", "num_classes": int(logits.shape[1]), "labels": None}}
+    return {}
 
 
 def _read_hf(p: Path, scan: Scanner | None) -> ModelSource:
