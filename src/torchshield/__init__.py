@@ -1,8 +1,9 @@
 """torchshield: protect PyTorch models and the data they learn from.
 
 The top-level API keeps the nouns of the CLI: ``save``/``load``/``inspect`` for ``.tsb``
-bundles, ``load_model`` for the ready module a bundle describes, and ``scan`` for any model file. Heavy parts import lazily, so ``import torchshield``
-stays light (no torch, pandas, fastapi or flwr until they are used)."""
+bundles, ``load_model`` for the ready module a bundle describes, and ``scan`` for any model
+file. Heavy parts import lazily, so ``import torchshield`` stays light (no torch, pandas,
+fastapi or flwr until they are used)."""
 
 from __future__ import annotations
 
