@@ -15,7 +15,7 @@ WORDS = ["the", "a", "model", "is", "good", "bad", "secure", "data", "token", "t
 SHARD = "20KB"
 
 
-def _bert_tokenizer():  # noqa: ANN202
+def _bert_tokenizer():
     from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
 
@@ -29,7 +29,7 @@ def _bert_tokenizer():  # noqa: ANN202
                                    sep_token="[SEP]", mask_token="[MASK]")
 
 
-def _word_tokenizer():  # noqa: ANN202
+def _word_tokenizer():
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 

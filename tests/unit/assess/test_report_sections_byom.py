@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import json
 
+import byom_models as bm
 import pytest
 import torch
 from safetensors.torch import save_file
-
-import byom_models as bm
 
 from torchshield.assess import AssessInputs, assess
 from torchshield.assess.findings import SKIPPED

@@ -3,12 +3,11 @@ training state kept or dropped (and said so); NumPy scalars judged as the scanne
 
 from __future__ import annotations
 
+import byom_models as bm
 import numpy as np
 import pytest
 import torch
 from torch import nn
-
-import byom_models as bm
 
 from torchshield.errors import FormatError, InputError
 from torchshield.model.bundle import inspect, load, save

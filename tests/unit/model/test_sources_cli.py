@@ -5,10 +5,9 @@ from __future__ import annotations
 
 import json
 
+import byom_models as bm
 import pytest
 import torch
-
-import byom_models as bm
 
 from torchshield.cli.app import run
 

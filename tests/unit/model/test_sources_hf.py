@@ -17,11 +17,11 @@ import torch
 
 pytest.importorskip("transformers")
 
-import byom_models as bm  # noqa: E402  (tests/ is on sys.path)
+import byom_models as bm
 
-from torchshield.errors import FormatError, InputError, MissingDependencyError, UnsafeFileError  # noqa: E402
-from torchshield.model.bundle import inspect, load  # noqa: E402
-from torchshield.model.loading import export_hf, load_model, open_model, protect_model  # noqa: E402
+from torchshield.errors import FormatError, InputError, MissingDependencyError, UnsafeFileError
+from torchshield.model.bundle import inspect, load
+from torchshield.model.loading import export_hf, load_model, open_model, protect_model
 
 KEY = bytes(range(32))
 IDS = torch.tensor([[2, 5, 6, 7, 3], [2, 9, 10, 3, 0]])
@@ -101,8 +101,8 @@ def test_preprocessing_input_spec_and_files(hf_dirs, tmp_path):
     loaded = open_model(tmp_path / "b.tsb", key=KEY)
     for fname in ("tokenizer.json", "tokenizer_config.json"):
         assert loaded.files[fname] == (hf_dirs["bert"] / fname).read_bytes()
-    from transformers import PreTrainedTokenizerFast
     from tokenizers import Tokenizer
+    from transformers import PreTrainedTokenizerFast
 
     tok = PreTrainedTokenizerFast(tokenizer_object=Tokenizer.from_str(loaded.files["tokenizer.json"].decode()))
     ids = tok("the model is secure")["input_ids"]

@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import json
 
+import byom_models as bm
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
-
-import byom_models as bm
 
 from torchshield.cli.app import run
 from torchshield.model.loading import protect_model
