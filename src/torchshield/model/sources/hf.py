@@ -80,7 +80,7 @@ def hf_weight_files(path: Path) -> list[Path]:
         if index.is_file():
             try:
                 weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
-                shards = list(dict.fromkeys(_plain_name(v, index) for v in weight_map.values()))
+                shards = sorted({_plain_name(v, index) for v in weight_map.values()})
             except (OSError, ValueError, KeyError, TypeError, AttributeError):
                 raise FormatError(f"{index} is not a valid shard index (no 'weight_map')") from None
             missing = [s for s in shards if not (path / s).is_file()]
