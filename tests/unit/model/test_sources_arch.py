@@ -239,3 +239,21 @@ def test_objects_torch_refuses_are_named_without_scan_advice(tmp_path):
         protect_model(tmp_path / "c.pt", tmp_path / "c.tsb")
     assert "datetime.datetime" in str(err.value) and "scan" not in str(err.value)
     assert not (tmp_path / "c.tsb").exists()
+
+
+@pytest.mark.parametrize("spec,shape", [({"type": "mlp", "hidden": [8, 4]}, [6]),
+                                        ({"type": "cnn", "channels": [4, 6], "pool": True}, [1, 12, 12])])
+def test_zoo_rebuilds_what_training_builds(spec, shape):
+    """The zoo under model/ (used by load_model) and train's zoo build the same module for a spec,
+    so a bundle written by `torchshield train` loads with its own weights."""
+    from torchshield.model.sources.zoo import build_zoo_model
+    from torchshield.train.zoo import build_model
+
+    ours, theirs = build_zoo_model(spec, in_shape=shape, num_classes=3), build_model(spec, in_shape=shape,
+                                                                                     num_classes=3)
+    assert [(k, v.shape) for k, v in ours.state_dict().items()] == \
+        [(k, v.shape) for k, v in theirs.state_dict().items()]
+    ours.load_state_dict(theirs.state_dict())
+    x = torch.rand(2, *shape)
+    with torch.no_grad():
+        assert torch.equal(ours(x), theirs(x))
