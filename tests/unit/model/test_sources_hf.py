@@ -210,3 +210,17 @@ def test_missing_transformers_names_the_install_line(hf_dirs, tmp_path, monkeypa
     with pytest.raises(MissingDependencyError) as err:
         protect_model(hf_dirs["bert"], tmp_path / "x.tsb")
     assert "pip install 'torchshield[hf]'" in str(err.value) and err.value.exit_code == 2
+
+
+def test_pytorch_model_bin_directory(hf_dirs, tmp_path):
+    """Older directories hold pytorch_model.bin (a torch pickle): scanned, then read weights-only."""
+    ref = _auto("vit").from_pretrained(hf_dirs["vit"])
+    d = tmp_path / "bin"
+    d.mkdir()
+    for name in ("config.json", "preprocessor_config.json"):
+        (d / name).write_bytes((hf_dirs["vit"] / name).read_bytes())
+    torch.save(ref.state_dict(), d / "pytorch_model.bin")
+    report = protect_model(d, tmp_path / "v.tsb")
+    assert "pytorch_model.bin" in report.read
+    model = load_model(tmp_path / "v.tsb")
+    assert torch.equal(_logits(model, _inputs("vit")), _logits(ref, _inputs("vit")))
