@@ -32,16 +32,25 @@ __all__ = ["LoadedModel", "ProtectReport", "architecture_of", "export_hf", "load
 # --- protect ---------------------------------------------------------------------------------
 
 def _scan_source(path: Path) -> None:
-    """Refuse a file the static scanner finds unsafe. Called per file read (a directory's
-    weight files and shards); the scanner's directory mode replaces this at merge time."""
-    if path.suffix in (".safetensors", ".json") or not path.is_file():
-        return  # safetensors headers are parsed by the safetensors library; JSON is never unpickled
-    from torchshield.model.scan import scan
+    """Refuse a model source (file or model directory) the static scanner finds unsafe.
 
-    report = scan(path)
-    if not report.safe:
-        raise UnsafeFileError(f"{path} can run code when loaded; refusing to protect it",
-                              hint=f"see: torchshield model scan {path}")
+    A directory is scanned as the set of files ``protect`` will deserialise (every weight file
+    and shard its index lists); JSON and tokenizer files are read as bytes, never unpickled.
+    When the scanner takes directories itself, this becomes one ``scan(path)`` call."""
+    from torchshield.model.scan import scan
+    from torchshield.model.sources.hf import hf_weight_files, is_hf_dir
+
+    if path.is_dir():
+        files = hf_weight_files(path) if is_hf_dir(path) else []
+    else:
+        files = [path] if path.is_file() else []
+    for f in files:
+        if f.suffix in (".safetensors", ".json"):
+            continue  # safetensors headers are parsed by the safetensors library; JSON is never unpickled
+        report = scan(f)
+        if not report.safe:
+            raise UnsafeFileError(f"{f} can run code when loaded; refusing to protect it",
+                                  hint=f"see: torchshield model scan {f}")
 
 
 @dataclass(frozen=True)
@@ -68,8 +77,9 @@ def protect_model(path: str | os.PathLike[str], out: str | os.PathLike[str], *, 
     """Read ``path`` (file or HF directory, scanned first) and write one bundle to ``out``."""
     from torchshield.model.bundle import shared_tensors
 
+    _scan_source(Path(path))
     src = read_source(path, architecture=architecture, input_spec=input_spec,
-                      keep_training_state=keep_training_state, key=source_key, scan=_scan_source)
+                      keep_training_state=keep_training_state, key=source_key)
     name = Path(path).name
     save(src.tensors, out, key=key, sign_with=sign_with, metadata={"source": name, **dict(metadata or {})},
          provenance={"source_file": name, "command": "model protect", "read": src.read},
