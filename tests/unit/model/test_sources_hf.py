@@ -224,3 +224,16 @@ def test_pytorch_model_bin_directory(hf_dirs, tmp_path):
     assert "pytorch_model.bin" in report.read
     model = load_model(tmp_path / "v.tsb")
     assert torch.equal(_logits(model, _inputs("vit")), _logits(ref, _inputs("vit")))
+
+
+def test_reprotecting_a_bundle_keeps_what_it_carries(hf_dirs, tmp_path, master_key):
+    """Encrypting an unencrypted bundle (or re-keying one) keeps architecture, preprocessing,
+    tied tensors and files: the new bundle loads to the same model."""
+    protect_model(hf_dirs["gpt2"], tmp_path / "plain.tsb")
+    protect_model(tmp_path / "plain.tsb", tmp_path / "enc.tsb", key=master_key)
+    a, b = inspect(tmp_path / "plain.tsb").manifest, inspect(tmp_path / "enc.tsb").manifest
+    for field in ("architecture", "preprocessing", "aliases", "files"):
+        assert a[field] == b[field], field
+    model = load_model(tmp_path / "enc.tsb", key=master_key)
+    ref = _auto("gpt2").from_pretrained(hf_dirs["gpt2"])
+    assert torch.equal(_logits(model, _inputs("gpt2")), _logits(ref, _inputs("gpt2")))

@@ -106,6 +106,8 @@ def read_source(path: str | Path, *, architecture: Mapping[str, Any] | None = No
         if architecture is not None:
             raise InputError("--arch/--factory apply to a weights file; a model directory names its own architecture")
         src = _read_hf(p, scan)
+    elif architecture is None and _is_bundle(p):
+        src = _read_bundle(p, key=key, keep_training_state=keep_training_state)
     else:
         if scan is not None:
             scan(p)
@@ -143,6 +145,28 @@ def _probe_output(module: nn.Module, spec: Mapping[str, Any]) -> dict[str, Any]:
     if isinstance(logits, torch.Tensor) and logits.ndim == 2:
         return {"output": {"kind": "logits", "num_classes": int(logits.shape[1]), "labels": None}}
     return {}
+
+
+def _is_bundle(p: Path) -> bool:
+    from torchshield.model.header import is_bundle
+
+    return is_bundle(p)
+
+
+def _read_bundle(p: Path, *, key: Any, keep_training_state: bool) -> ModelSource:
+    """A bundle re-protected (to encrypt or sign it, or under another key) keeps what it carries."""
+    from torchshield.model.bundle import load_contents
+    from torchshield.model.sources.records import architecture_of, preprocessing_of
+
+    contents = load_contents(p, key=key)
+    src = ModelSource(dict(contents.weights), architecture_of(contents.manifest), preprocessing_of(contents.manifest),
+                      dict(contents.files), read=[p.name])
+    if contents.training_state is not None:
+        if keep_training_state:
+            src.training_state = contents.training_state
+        else:
+            src.dropped = {k: "kept in the source bundle" for k in contents.training_state.values}
+    return src
 
 
 def _read_hf(p: Path, scan: Scanner | None) -> ModelSource:
