@@ -8,7 +8,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from torchshield.assess.subject import ModelSubject, NotAssessable, load_split, rebuild_model
+from torchshield.assess.subject import ModelSubject, NotAssessable, load_split, open_subject, rebuild_model
 
 __all__ = ["AssessContext", "AssessInputs"]
 
@@ -57,6 +57,10 @@ class AssessContext:
 
     @cached_property
     def subject(self) -> ModelSubject:
+        if isinstance(self.manifest.get("architecture"), dict):  # a user's own model (model protect)
+            if self.info.encrypted and self.inputs.key is None:
+                self.tensors  # noqa: B018 - raises NotAssessable with the reason
+            return open_subject(self.inputs.model, key=self.inputs.key, pubkey=self.inputs.pubkey)
         return rebuild_model(self.manifest, self.tensors)
 
     def _split(self, path: Path | None, what: str) -> tuple[Any, Any]:

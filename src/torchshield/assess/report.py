@@ -15,9 +15,10 @@ from torchshield.assess.findings import FAIL, VERDICTS, Section, worst
 from torchshield.assess.subject import NotAssessable
 from torchshield.errors import CheckFailed, ShieldError
 
-__all__ = ["FORMAT", "Report", "assess"]
+__all__ = ["FORMAT", "SECTION_IDS", "Report", "assess"]
 
 FORMAT = "torchshield-report"
+SECTION_IDS = tuple(section_id for section_id, _, _ in SECTIONS)
 VERSION = 1
 
 
@@ -66,20 +67,34 @@ def _run_one(
         section.add("load", FAIL, str(exc), "restore the model from a trusted copy")
         return section
     except ShieldError as exc:  # bad input for this check (wrong key, unreadable table): say so, go on
-        return Section(section_id, title).skip(f"could not run: {exc}")
+        return Section(section_id, title).skip(f"skipped: could not run: {exc}")
+    except Exception as exc:  # noqa: BLE001 - one section that cannot run must not abort the whole report
+        first = (str(exc).strip().splitlines() or [""])[0][:200]
+        return Section(section_id, title).skip(
+            f"skipped: could not run on this model: {type(exc).__name__}: {first}",
+            "rerun this section alone with --only to see the full error (--debug)")
 
 
 def assess(
     inputs: AssessInputs,
     *,
     only: tuple[str, ...] | None = None,
+    skip: tuple[str, ...] = (),
     on_section: Callable[[Section], None] | None = None,
 ) -> Report:
     """Assess a model (and its data, and its service) and return the report.
 
-    Raises ShieldError only when the model file itself is not usable input (missing path);
-    everything else becomes a finding."""
+    ``only`` / ``skip`` choose sections by id (see ``SECTION_IDS``). Raises ShieldError only when
+    the model file itself is not usable input (missing path) or a section id is unknown;
+    everything else, including a section that crashes, becomes a finding."""
     from torchshield.errors import InputError
+
+    for flag, ids in (("--only", only or ()), ("--skip", skip)):
+        unknown = [i for i in ids if i not in SECTION_IDS]
+        if unknown:
+            raise InputError(f"{flag}: unknown section {unknown[0]!r}", hint=f"sections: {', '.join(SECTION_IDS)}")
+    if only is not None and not set(only) - set(skip):
+        raise InputError("--only and --skip leave no section to run")
 
     if not inputs.model.is_file():
         raise InputError(f"{inputs.model}: model file not found")
@@ -90,7 +105,7 @@ def assess(
     ctx = AssessContext(inputs)
     sections = []
     for section_id, title, check in SECTIONS:
-        if only is not None and section_id not in only:
+        if (only is not None and section_id not in only) or section_id in skip:
             continue
         section = _run_one(section_id, title, check, ctx)
         if not section.findings:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["ModelSubject", "NotAssessable", "load_split", "rebuild_model"]
+__all__ = ["ModelSubject", "NotAssessable", "load_split", "open_subject", "rebuild_model"]
 
 
 class NotAssessable(Exception):
@@ -54,12 +54,15 @@ def _architecture(meta: dict[str, Any]) -> tuple[dict[str, Any], tuple[int, ...]
 
 
 def rebuild_model(manifest: dict[str, Any], tensors: dict[str, Any]) -> ModelSubject:
-    """Build the architecture the manifest names and load the bundle's weights into it."""
+    """Build the architecture the manifest names, re-apply its recorded fixes (BatchNorm ->
+    GroupNorm for DP training) and load the bundle's weights into it."""
+    from torchshield.model.sources.fixes import apply_fixes
     from torchshield.nn.zoo import build_model
 
     meta = dict(manifest.get("metadata") or {})
     spec, shape, n = _architecture(meta)
     module = build_model(spec, in_shape=shape, num_classes=n)
+    apply_fixes(module, (manifest.get("privacy") or {}).get("model_fixes") or [])
     try:
         module.load_state_dict(tensors)
     except RuntimeError:
@@ -69,8 +72,56 @@ def rebuild_model(manifest: dict[str, Any], tensors: dict[str, Any]) -> ModelSub
     return ModelSubject(module, shape, n, dict(data))
 
 
+def open_subject(path: Path, *, key: Any, pubkey: Path | None) -> ModelSubject:
+    """A bundle that records its architecture (``model protect`` of a user's model): the ready
+    module as attacks see it (logits from raw inputs in their natural shape)."""
+    from torchshield.model.loading import open_model, preprocessing_of
+    from torchshield.model.header import inspect
+    from torchshield.robust.subject import NotApplicable, attackable, input_bounds
+
+    pre = preprocessing_of(inspect(path).manifest)
+    if (pre.get("input") or {}).get("kind") == "tokens" or (pre.get("output") or {}).get("kind") == "causal-lm":
+        raise NotAssessable("not applicable: the model takes token ids, and Lp-ball attacks and membership tests "
+                            "on tabular rows do not apply to text models")
+    loaded = open_model(path, key=key, verify_with=pubkey)
+    try:
+        net, shape = attackable(loaded.module, loaded.preprocessing)
+    except NotApplicable as exc:
+        raise NotAssessable(f"not applicable: {exc.message}") from None
+    n = (loaded.preprocessing.get("output") or {}).get("num_classes")
+    if shape is None or not n:
+        raise NotAssessable("the bundle does not record its input shape or class count",
+                            "protect it with --input-shape (and an architecture that names num_classes)")
+    bounds = input_bounds(loaded.preprocessing)
+    data = {"input_bounds": list(bounds)} if bounds else {}
+    return ModelSubject(net, shape, int(n), {**data, "tensor_inputs": True})
+
+
+def _tensor_split(path: Path, subject: ModelSubject) -> tuple[Any, Any]:
+    import torch
+
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            doc = load_file(str(path))
+        else:
+            doc = torch.load(path, map_location="cpu", weights_only=True)
+        x, y = doc["inputs"], doc["labels"]
+    except Exception as exc:  # noqa: BLE001 - any unreadable file is a reason to skip, said plainly
+        raise NotAssessable(f"{path.name} is not a tensor file with 'inputs' and 'labels' ({type(exc).__name__})",
+                            "save {'inputs': x, 'labels': y} with safetensors.torch.save_file") from None
+    if tuple(x.shape[1:]) != subject.input_shape:
+        raise NotAssessable(f"{path.name}: inputs have shape {tuple(x.shape[1:])} per example, the model takes "
+                            f"{subject.input_shape}")
+    return x.float(), y.long()
+
+
 def load_split(path: Path, subject: ModelSubject) -> tuple[Any, Any]:
-    """Read a CSV/Parquet table and turn it into the model's inputs and label indices."""
+    """Read a CSV/Parquet table (or, for a user's own model, a tensor file with ``inputs`` in the
+    model's natural shape and ``labels``) and turn it into the model's inputs and label indices."""
+    if subject.data.get("tensor_inputs") or path.suffix in (".safetensors", ".pt"):
+        return _tensor_split(path, subject)
     from torchshield.nn.datasets import read_table, table_to_tensors
 
     d = subject.data

@@ -30,6 +30,9 @@ def report(
     ),
     out: Path = typer.Option(Path("report"), "--out", help="Folder for index.html and report.json."),
     quick: bool = typer.Option(False, "--quick", help="Fewer attacks and examples (a fast first look)."),
+    only: list[str] = typer.Option([], "--only", help="Run only these sections (ids, comma-separated or repeated): "
+                                   "model-file, privacy, robustness, watermark, pii-residue, serving."),
+    skip: list[str] = typer.Option([], "--skip", help="Leave these sections out (same ids as --only)."),
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Assess a model and its data; write an HTML report with charts and report.json."""
@@ -57,7 +60,9 @@ def report(
         if not as_json and not STATE.quiet:
             err_console.print(f"  {section.title}: {section.verdict}", highlight=False)
 
-    result = assess(inputs, on_section=on_section)
+    only_ids = tuple(i.strip() for item in only for i in item.split(",") if i.strip())
+    skip_ids = tuple(i.strip() for item in skip for i in item.split(",") if i.strip())
+    result = assess(inputs, only=only_ids or None, skip=skip_ids, on_section=on_section)
     paths = write_report(result, out)
     doc = {
         "verdict": result.verdict,

@@ -1,10 +1,13 @@
 """`torchshield robust ...`: robust-accuracy evaluation, randomized-smoothing certification and
-the feature-squeezing detector, on models trained by `torchshield train` (.tsb bundles)."""
+the feature-squeezing detector, on bundled models: trained by `torchshield train` (tables, built-in
+data sets) or brought by the user (`model protect` of a Hugging Face directory or a weights file with
+its architecture; data in the model's natural shape)."""
 
 from __future__ import annotations
 
 import inspect as _inspect
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +25,8 @@ DATA = typer.Option(None, "--data", "-d", help="sklearn:digits / sklearn:breast_
 KEY_FILE = typer.Option(None, "--key-file", "-k", help="Master key file for an encrypted bundle.")
 PUBKEY = typer.Option(None, "--pubkey", "-p", help="Require the bundle to be signed by this public key.")
 LIMIT = typer.Option(None, "--limit", "-n", help="Use only the first N examples.")
+ALLOW_FACTORY = typer.Option([], "--allow-factory", help="Import this model factory (package.module:function) "
+                             "for an unsigned bundle that names one.")
 BOUNDS = typer.Option(None, "--bounds", help="Input range 'lo,hi' (default: the bundle's recorded bounds).")
 
 
@@ -39,11 +44,25 @@ def _floats(text: str, what: str) -> list[float]:
     return values
 
 
+@dataclass
+class _Subject:
+    model: Any
+    x: Any
+    y: Any
+    bounds: tuple[float, float]
+    manifest: dict[str, Any]
+    num_classes: int | None
+    feature_names: list[str]
+
+
 def _load(model_path: Path, data: str | None, *, key_file: Path | None, pubkey: Path | None,
-          limit: int | None, bounds: str | None) -> tuple[Any, Any, Any, tuple[float, float], dict[str, Any]]:
-    """Model, inputs, labels, bounds and manifest for a bundle and a data spec."""
-    from torchshield.nn.datasets import BUILTINS, load_dataset
-    from torchshield.train.recipe import load_trained, read_rows
+          limit: int | None, bounds: str | None, allow_factory: list[str] | None = None) -> _Subject:
+    """Model, inputs, labels, bounds and manifest for a bundle and a data spec.
+
+    Bundles written by ``torchshield train`` use their own test split or a table; any other
+    bundle with an architecture (Hugging Face, registry, factory) takes ``--data`` as a tensor
+    file holding ``inputs`` in the model's natural shape (N x C x H x W for images) and ``labels``."""
+    from torchshield.model.header import inspect
 
     if not model_path.is_file():
         raise InputError(f"{model_path}: no such model bundle")
@@ -52,6 +71,14 @@ def _load(model_path: Path, data: str | None, *, key_file: Path | None, pubkey: 
         from torchshield.crypto.signing import load_public_key
 
         verify_with = load_public_key(pubkey)
+    manifest = inspect(model_path).manifest
+    meta = manifest.get("metadata") or {}
+    if not ("config" in meta and "data" in meta):
+        return _load_any(model_path, manifest, data, key_file=key_file, verify_with=verify_with, limit=limit,
+                         bounds=bounds, allow_factory=allow_factory or [])
+    from torchshield.nn.datasets import BUILTINS, load_dataset
+    from torchshield.train.recipe import load_trained, read_rows
+
     model, manifest = load_trained(model_path, key=key_file, verify_with=verify_with)
     meta = manifest["metadata"]
     if data is None or data in BUILTINS:
@@ -61,14 +88,75 @@ def _load(model_path: Path, data: str | None, *, key_file: Path | None, pubkey: 
         x, y = split.x, split.y
     else:
         x, y = read_rows(data, manifest)
+    x, y = _limit(x, y, limit)
+    lo_hi = _floats(bounds, "--bounds") if bounds else meta["data"]["input_bounds"]
+    if len(lo_hi) != 2:
+        raise InputError(f"--bounds: expected 'lo,hi', got {bounds!r}")
+    return _Subject(model, x, y, (float(lo_hi[0]), float(lo_hi[1])), manifest,
+                    meta["model"].get("num_classes"), list(meta["data"].get("feature_names") or []))
+
+
+def _limit(x: Any, y: Any, limit: int | None) -> tuple[Any, Any]:
     if limit is not None:
         if limit < 1:
             raise InputError(f"--limit must be >= 1, got {limit}")
         x, y = x[:limit], y[:limit]
-    lo_hi = _floats(bounds, "--bounds") if bounds else meta["data"]["input_bounds"]
-    if len(lo_hi) != 2:
-        raise InputError(f"--bounds: expected 'lo,hi', got {bounds!r}")
-    return model, x, y, (float(lo_hi[0]), float(lo_hi[1])), manifest
+    return x, y
+
+
+def _read_tensors(path: Path) -> dict[str, Any]:
+    """``inputs`` and ``labels`` from a .safetensors or .pt file (weights-only: no code runs)."""
+    import torch
+
+    if not path.is_file():
+        raise InputError(f"--data: {path} does not exist")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            doc = load_file(str(path))
+        else:
+            doc = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any unreadable file is bad input
+        raise InputError(f"--data: {path} is not a tensor file ({type(exc).__name__})",
+                         hint="save {'inputs': x, 'labels': y} with safetensors.torch.save_file") from None
+    if not isinstance(doc, dict):
+        raise InputError(f"--data: {path} must hold named tensors 'inputs' and 'labels'")
+    return doc
+
+
+def _load_any(model_path: Path, manifest: dict[str, Any], data: str | None, *, key_file: Path | None,
+              verify_with: Any, limit: int | None, bounds: str | None, allow_factory: list[str]) -> _Subject:
+    from torchshield.model.loading import open_model, preprocessing_of
+    from torchshield.robust.subject import attackable, input_bounds
+
+    pre = preprocessing_of(manifest)
+    if (pre.get("input") or {}).get("kind") == "tokens" or (pre.get("output") or {}).get("kind") == "causal-lm":
+        attackable(_NoModel(), pre)  # raises NotApplicable with the reason, before any key or data is read
+    if data is None:
+        raise InputError(f"--data is required for {model_path.name}: a .safetensors file with 'inputs' "
+                         "(N x C x H x W for images) and 'labels'")
+    loaded = open_model(model_path, key=key_file, verify_with=verify_with, allow_factories=allow_factory)
+    net, shape = attackable(loaded.module, loaded.preprocessing)
+    doc = _read_tensors(Path(data))
+    x = next((doc[k] for k in ("inputs", "pixel_values", "x") if k in doc), None)
+    y = next((doc[k] for k in ("labels", "y") if k in doc), None)
+    if x is None or y is None:
+        raise InputError(f"--data: {data} needs tensors 'inputs' and 'labels', has {sorted(doc)[:5]}")
+    if shape is not None and tuple(x.shape[1:]) != shape:
+        raise InputError(f"--data: inputs have shape {tuple(x.shape[1:])} per example, the model takes {shape}",
+                         hint="pass examples in the model's natural shape (N x C x H x W), not flattened")
+    x, y = _limit(x.float(), y, limit)
+    lo_hi = tuple(_floats(bounds, "--bounds")) if bounds else input_bounds(pre)
+    if lo_hi is None or len(lo_hi) != 2:
+        raise InputError(f"{model_path.name} does not record its input range",
+                         hint="pass --bounds lo,hi (e.g. 0,1 for pixels)")
+    n = (pre.get("output") or {}).get("num_classes")
+    return _Subject(net, x, y, (float(lo_hi[0]), float(lo_hi[1])), manifest, n, [])
+
+
+class _NoModel:
+    """Stands in for a module when only the preprocessing decides (token models)."""
 
 
 def _attack_params(name: str, steps: int | None, restarts: int | None, queries: int | None) -> dict[str, Any]:
@@ -79,7 +167,7 @@ def _attack_params(name: str, steps: int | None, restarts: int | None, queries: 
     return {k: v for k, v in given.items() if v is not None and k in accepted}
 
 
-def _save_adversarial(path: Path, report: Any, y: Any, manifest: dict[str, Any]) -> None:
+def _save_adversarial(path: Path, report: Any, y: Any, names: list[str]) -> None:
     """Adversarial examples as safetensors (one tensor per attack/eps + labels) or Parquet rows."""
     from torchshield.atomic import atomic_output
 
@@ -96,7 +184,6 @@ def _save_adversarial(path: Path, report: Any, y: Any, manifest: dict[str, Any])
         raise InputError(f"--save-adv: {path} must end in .parquet or .safetensors")
     import pandas as pd
 
-    names = manifest["metadata"]["data"].get("feature_names") or []
     frames = []
     for (attack, eps), adv in report.adversarial.items():
         flat = adv.reshape(adv.shape[0], -1).numpy()
@@ -137,22 +224,34 @@ def eval_cmd(model: Path = typer.Argument(..., help="A .tsb bundle written by `t
                                                   "(.parquet or .safetensors)."),
              min_robust: float | None = typer.Option(None, "--min-robust-accuracy", help="Exit 1 if any robust "
                                                      "accuracy falls below this (for CI gates)."),
-             key_file: Path | None = KEY_FILE, pubkey: Path | None = PUBKEY, as_json: bool = JSON_OPTION) -> None:
-    """Clean and robust accuracy per attack and epsilon."""
+             key_file: Path | None = KEY_FILE, pubkey: Path | None = PUBKEY,
+             allow_factory: list[str] = ALLOW_FACTORY, as_json: bool = JSON_OPTION) -> None:
+    """Clean and robust accuracy per attack and epsilon, on inputs in the model's natural shape.
+
+    Token-id models (text) are reported as not applicable (exit 0): no Lp-ball attack applies."""
     from torchshield.robust.evaluate import evaluate_robustness
+    from torchshield.robust.subject import NotApplicable
 
     names = [n.strip() for item in attack for n in item.split(",") if n.strip()]
     eps_list = _floats(eps, "--eps")
-    net, x, y, lo_hi, manifest = _load(model, data, key_file=key_file, pubkey=pubkey, limit=limit, bounds=bounds)
+    try:
+        sub = _load(model, data, key_file=key_file, pubkey=pubkey, limit=limit, bounds=bounds,
+                    allow_factory=allow_factory)
+    except NotApplicable as exc:
+        doc = {"model": str(model), "status": "not_applicable", "reason": exc.message, "hint": exc.hint}
+        line = f"{model.name}: not applicable: {exc.message} ({exc.hint})"
+        emit(doc, lambda c: c.print(line, highlight=False), as_json=as_json)
+        return
+    net, x, y, lo_hi, num_classes = sub.model, sub.x, sub.y, sub.bounds, sub.num_classes
     specs = [(n, _attack_params(n, steps, restarts, queries)) for n in names]
-    num_classes = manifest["metadata"]["model"].get("num_classes")
     with progress("attacking", len(y) * len(specs) * len(eps_list)) as advance:
         report = evaluate_robustness(net, x, y, attacks=specs, eps=eps_list, bounds=lo_hi, batch_size=batch_size,
                                      seed=seed, num_classes=num_classes, keep_adversarial=save_adv is not None,
                                      on_batch=advance)
     if save_adv is not None:
-        _save_adversarial(save_adv, report, y, manifest)
-    doc = {"model": str(model), **report.to_dict(), "saved_adversarial": str(save_adv) if save_adv else None}
+        _save_adversarial(save_adv, report, y, sub.feature_names)
+    doc = {"model": str(model), "status": "evaluated", "input_shape": list(x.shape[1:]), **report.to_dict(),
+           "saved_adversarial": str(save_adv) if save_adv else None}
 
     def human(c: Any) -> None:
         from rich.table import Table
@@ -186,13 +285,19 @@ def certify_cmd(model: Path = typer.Argument(..., help="A .tsb bundle (ideally t
                 seed: int | None = typer.Option(None, "--seed", help="Seed the noise (tests only; default "
                                                 "draws from the OS CSPRNG)."),
                 limit: int | None = LIMIT, key_file: Path | None = KEY_FILE, pubkey: Path | None = PUBKEY,
-                as_json: bool = JSON_OPTION) -> None:
-    """Certified L2 accuracy at radii via randomized smoothing (Cohen et al. 2019)."""
+                allow_factory: list[str] = ALLOW_FACTORY, as_json: bool = JSON_OPTION) -> None:
+    """Certified L2 accuracy at radii via randomized smoothing (Cohen et al. 2019).
+
+    Refused (exit 2) for token-id models: Gaussian noise on token ids certifies nothing."""
     from torchshield.robust.smoothing import ABSTAIN, SmoothedClassifier
 
     radius_list = _floats(radii, "--radii")
-    net, x, y, _, manifest = _load(model, data, key_file=key_file, pubkey=pubkey, limit=limit, bounds=None)
-    smoothed = SmoothedClassifier(net, num_classes=int(manifest["metadata"]["model"]["num_classes"]), sigma=sigma,
+    sub = _load(model, data, key_file=key_file, pubkey=pubkey, limit=limit, bounds=None,
+                allow_factory=allow_factory)  # NotApplicable is an InputError: exit 2 with the reason
+    net, x, y = sub.model, sub.x, sub.y
+    if sub.num_classes is None:
+        raise InputError(f"{model.name} does not record its number of classes")
+    smoothed = SmoothedClassifier(net, num_classes=int(sub.num_classes), sigma=sigma,
                                   batch_size=batch_size, seed=seed)
     certs = []
     with progress("certifying", len(y)) as advance:
@@ -228,7 +333,8 @@ def calibrate_cmd(model: Path = typer.Argument(..., help="A .tsb bundle."), data
     from torchshield.atomic import atomic_write_bytes
     from torchshield.robust.defenses import FeatureSqueezingDetector, parse_squeezer
 
-    net, x, _, lo_hi, _ = _load(model, data, key_file=key_file, pubkey=None, limit=limit, bounds=bounds)
+    sub = _load(model, data, key_file=key_file, pubkey=None, limit=limit, bounds=bounds)
+    net, x, lo_hi = sub.model, sub.x, sub.bounds
     detector = FeatureSqueezingDetector(net, [parse_squeezer(s) for s in squeezer], lo_hi)
     detector.calibrate(x, fpr=fpr)
     doc = detector.to_dict()
@@ -253,7 +359,8 @@ def detect_cmd(model: Path = typer.Argument(..., help="A .tsb bundle."), data: s
         doc = json.loads(detector_file.read_text())
     except (OSError, ValueError) as exc:
         raise InputError(f"--detector: cannot read {detector_file} ({type(exc).__name__})") from None
-    net, x, y, _, _ = _load(model, data, key_file=key_file, pubkey=None, limit=limit, bounds=None)
+    sub = _load(model, data, key_file=key_file, pubkey=None, limit=limit, bounds=None)
+    net, x, y = sub.model, sub.x, sub.y
     detector = FeatureSqueezingDetector.from_dict(net, doc)
     result: dict[str, Any] = {"examples": len(y), "threshold": detector.threshold,
                               "clean_flagged_rate": float(detector.detect(x).double().mean())}

@@ -28,9 +28,8 @@ import json
 import mmap
 import os
 import secrets
-import struct
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -40,38 +39,20 @@ import torch
 
 from torchshield._version import __version__
 from torchshield.crypto import signing
-from torchshield.crypto.envelope import WRAPPED_KEY_SIZE, WrappedKey, new_data_key, rewrap, unwrap_data_key, \
-    wrap_data_key
+from torchshield.crypto.envelope import new_data_key, rewrap, unwrap_data_key, wrap_data_key
 from torchshield.atomic import atomic_output
 from torchshield.crypto.keys import MasterKey, resolve_master_key
-from torchshield.crypto.stream import DEFAULT_CHUNK_SIZE, StreamCipher, StreamWriter, ciphertext_length, \
-    decrypt_into
+from torchshield.crypto.stream import DEFAULT_CHUNK_SIZE, StreamCipher, StreamWriter, decrypt_into
 from torchshield.errors import FormatError, InputError, IntegrityError, KeyMaterialError, SignatureError
 from torchshield.model.dtypes import dtype_from_name, dtype_name
+from torchshield.model.header import ALIGN, END_MAGIC, FILE_PREFIX, FLAG_ENCRYPTED, MAGIC, MANIFEST_VERSION, STATE_PREFIX, \
+    VERSION, _PREFIX, _SIG_DOMAIN, _SLOTS, _STREAM_ALG, _TRAILER, BundleInfo, _canonical, _key_slot, _Layout, \
+    _numel, _open_checked, _pad, _read_layout, inspect, is_bundle
 
-__all__ = ["BundleInfo", "VerifyReport", "inspect", "is_bundle", "load", "rotate_key", "save", "verify"]
-
-MAGIC = b"\x89TSB\r\n\x1a\n"
-END_MAGIC = b"TSB-END1"
-VERSION = 1
-FLAG_ENCRYPTED = 0x01
-ALIGN = 64
-_PREFIX = struct.Struct("<8sBBHI")  # magic, version, flags, reserved, manifest length
-_TRAILER = struct.Struct("<32s32sI8s")  # data digest, manifest digest, signature length, end magic
-_MAX_MANIFEST = 64 << 20
-_SIG_DOMAIN = b"torchshield/bundle-signature/v1"
-_STREAM_ALG = "AES-256-GCM-STREAM-v1"
-_SLOTS = ("privacy", "watermark", "provenance")
+__all__ = ["BundleContents", "BundleInfo", "TrainingState", "VerifyReport", "inspect", "is_bundle", "load",
+           "load_contents", "rotate_key", "save", "shared_tensors", "verify"]
 
 Tensors = dict[str, torch.Tensor]
-
-
-def _pad(n: int) -> int:
-    return -n % ALIGN
-
-
-def _canonical(doc: Mapping[str, Any]) -> bytes:
-    return json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
 
 
 def _signed_message(prefix: bytes, manifest_digest: bytes, data_digest: bytes) -> bytes:
@@ -82,7 +63,7 @@ def _signed_message(prefix: bytes, manifest_digest: bytes, data_digest: bytes) -
 
 def _state_dict(obj: Any) -> Tensors:
     if isinstance(obj, torch.nn.Module):
-        obj = obj.state_dict()
+        obj = obj.state_dict(keep_vars=False)
     if not isinstance(obj, Mapping):
         raise InputError(f"cannot save a {type(obj).__name__}",
                          hint="pass an nn.Module or a dict of tensor names to tensors")
@@ -95,8 +76,28 @@ def _state_dict(obj: Any) -> Tensors:
                              hint="bundles hold tensors only; put other values in metadata=")
         if t.is_sparse or t.layout != torch.strided:
             raise InputError(f"tensor {name!r} is not a dense tensor", hint="call .to_dense() first")
-        out[name] = t.detach().to("cpu").contiguous()
+        out[name] = t.detach()
     return out
+
+
+def shared_tensors(tensors: Mapping[str, torch.Tensor]) -> dict[str, str]:
+    """``{alias: canonical}`` for tensors that are the same memory as an earlier one.
+
+    Two names alias when they view the same storage at the same offset with the same dtype,
+    shape and strides: tied weights (GPT-2's ``lm_head.weight`` is ``wte.weight``). Such a
+    tensor is stored once and re-tied on load; partial overlaps are stored separately."""
+    seen: dict[tuple[Any, ...], str] = {}
+    aliases: dict[str, str] = {}
+    for name, t in tensors.items():
+        if t.numel() == 0 or t.device.type == "meta":
+            continue
+        ident = (t.device.type, t.untyped_storage().data_ptr(), t.storage_offset(), t.dtype, tuple(t.shape),
+                 t.stride())
+        if ident in seen:
+            aliases[name] = seen[ident]
+        else:
+            seen[ident] = name
+    return aliases
 
 
 def _tensor_bytes(t: torch.Tensor) -> memoryview:
@@ -121,13 +122,31 @@ def save(obj: torch.nn.Module | Mapping[str, torch.Tensor], path: str | os.PathL
          sign_with: str | os.PathLike[str] | signing.Ed25519PrivateKey | None = None,
          metadata: Mapping[str, Any] | None = None, privacy: Mapping[str, Any] | None = None,
          watermark: Mapping[str, Any] | None = None, provenance: Mapping[str, Any] | None = None,
+         architecture: Mapping[str, Any] | None = None, preprocessing: Mapping[str, Any] | None = None,
+         files: Mapping[str, bytes] | None = None, training_state: TrainingState | None = None,
          chunk_size: int = DEFAULT_CHUNK_SIZE, overwrite: bool = True) -> Path:
     """Write ``obj`` (a module or a state dict) to a ``.tsb`` bundle at ``path``, atomically.
 
     ``key`` encrypts the tensor data (a MasterKey, 32 raw bytes or a key-file path);
     ``sign_with`` signs it (an Ed25519 key or key-file path). ``privacy``, ``watermark`` and
-    ``provenance`` are JSON manifest slots filled by training, watermarking and the pipeline."""
-    tensors = _state_dict(obj)
+    ``provenance`` are JSON manifest slots filled by training, watermarking and the pipeline.
+
+    Manifest v2 (all optional): ``architecture`` (how to rebuild the module, see
+    ``torchshield.model.sources``), ``preprocessing`` (input spec, normalisation, tokenizer),
+    ``files`` (small named files such as ``tokenizer.json``, stored, encrypted and signed with the
+    weights) and ``training_state`` (optimizer tensors and JSON values). Tensors sharing memory
+    (tied weights) are stored once; the manifest's ``aliases`` re-ties them on load."""
+    weights = _state_dict(obj)
+    aliases = shared_tensors(weights)
+    tensors: Tensors = {k: v.to("cpu").contiguous() for k, v in weights.items() if k not in aliases}
+    for fname, data in (files or {}).items():
+        if not isinstance(data, (bytes, bytearray)) or not fname or "/" in fname or fname.startswith("."):
+            raise InputError(f"files entry {fname!r} must be a plain file name with bytes")
+        tensors[FILE_PREFIX + fname] = torch.frombuffer(bytearray(data), dtype=torch.uint8) if data \
+            else torch.empty(0, dtype=torch.uint8)
+    if training_state is not None:
+        for sname, t in training_state.tensors.items():
+            tensors[STATE_PREFIX + sname] = t.detach().to("cpu").contiguous()
     master = resolve_master_key(key) if key is not None else None
     signer = signing.load_signing_key(sign_with) if sign_with is not None else None
     entries: dict[str, Any] = {}
@@ -144,7 +163,7 @@ def save(obj: torch.nn.Module | Mapping[str, torch.Tensor], path: str | os.PathL
         views.append((raw, pad))
         offset += len(raw) + pad
     manifest: dict[str, Any] = {
-        "format": "torchshield-bundle", "format_version": VERSION,
+        "format": "torchshield-bundle", "format_version": VERSION, "manifest_version": MANIFEST_VERSION,
         "object_id": secrets.token_hex(16),
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "tool": f"torchshield {__version__}", "torch": torch.__version__,
@@ -153,6 +172,12 @@ def save(obj: torch.nn.Module | Mapping[str, torch.Tensor], path: str | os.PathL
     }
     for slot, value in zip(_SLOTS, (privacy, watermark, provenance)):
         manifest[slot] = _json_slot(slot, dict(value) if value is not None else None)
+    optional = {"architecture": architecture, "preprocessing": preprocessing, "aliases": aliases or None,
+                "files": {k: FILE_PREFIX + k for k in files} if files else None,
+                "training_state": training_state.values if training_state is not None else None}
+    for slot, value in optional.items():
+        if value is not None:
+            manifest[slot] = _json_slot(slot, dict(value))
     salt = secrets.token_bytes(16)
     if master is not None:
         manifest["encryption"] = {"alg": _STREAM_ALG, "chunk_size": chunk_size, "salt": salt.hex()}
@@ -199,184 +224,6 @@ def save(obj: torch.nn.Module | Mapping[str, torch.Tensor], path: str | os.PathL
 
 
 # --- reading -------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class _Layout:
-    path: Path
-    prefix: bytes
-    flags: int
-    manifest: dict[str, Any]
-    manifest_digest: bytes
-    keyslot_offset: int
-    data_offset: int
-    stored_length: int
-    data_digest: bytes
-    signature: dict[str, Any] | None
-    file_size: int
-
-    @property
-    def encrypted(self) -> bool:
-        return bool(self.flags & FLAG_ENCRYPTED)
-
-
-def _open_checked(path: str | os.PathLike[str]) -> tuple[Path, BinaryIO, int]:
-    p = Path(path)
-    if p.is_dir():
-        raise InputError(f"{p} is a directory, not a bundle", hint="pass a .tsb file")
-    try:
-        fh = open(p, "rb")
-    except FileNotFoundError:
-        raise InputError(f"{p} does not exist") from None
-    except PermissionError:
-        raise InputError(f"{p} cannot be read (permission denied)") from None
-    return p, fh, os.fstat(fh.fileno()).st_size
-
-
-def _read_layout(path: str | os.PathLike[str], fh: BinaryIO | None = None) -> _Layout:
-    p, f, size = _open_checked(path) if fh is None else (Path(path), fh, os.fstat(fh.fileno()).st_size)
-    try:
-        return _parse_layout(p, f, size)
-    finally:
-        if fh is None:
-            f.close()
-
-
-def _parse_layout(p: Path, f: BinaryIO, size: int) -> _Layout:
-    if size == 0:
-        raise FormatError(f"{p} is empty, not a bundle")
-    prefix = f.read(_PREFIX.size)
-    if len(prefix) < _PREFIX.size or not prefix.startswith(MAGIC):
-        raise FormatError(f"{p} is not a torchshield bundle (.tsb)",
-                          hint="make one with: torchshield model protect MODEL --out model.tsb")
-    _magic, version, flags, reserved, mlen = _PREFIX.unpack(prefix)
-    if version != VERSION:
-        raise FormatError(f"{p} is bundle format version {version}; this torchshield reads version {VERSION}",
-                          hint="upgrade torchshield")
-    if reserved != 0 or flags & ~FLAG_ENCRYPTED:
-        raise IntegrityError(f"{p}: the bundle header was altered (unknown flags)")
-    if mlen > min(_MAX_MANIFEST, size):
-        raise IntegrityError(f"{p}: the manifest length field is out of range: the header was altered "
-                             "or the file truncated")
-    manifest_bytes = f.read(mlen)
-    if size < _PREFIX.size + mlen + _TRAILER.size:
-        raise IntegrityError(f"{p} is truncated: it is shorter than its header declares")
-    f.seek(size - _TRAILER.size)
-    data_digest, manifest_digest, sig_len, end = _TRAILER.unpack(f.read(_TRAILER.size))
-    if end != END_MAGIC:
-        raise IntegrityError(f"{p} was truncated or extended: the end marker is missing")
-    if not secrets.compare_digest(blake3.blake3(prefix + manifest_bytes).digest(), manifest_digest):
-        raise IntegrityError(f"{p}: the manifest was edited after the bundle was written",
-                             hint="restore the original file; edited bundles cannot be trusted")
-    try:
-        manifest = json.loads(manifest_bytes)
-        stored_length = _stored_length(manifest, bool(flags & FLAG_ENCRYPTED))
-    except (ValueError, KeyError, TypeError):
-        raise FormatError(f"{p}: the manifest is not a valid bundle manifest") from None
-    keyslot_offset = _PREFIX.size + mlen
-    head = keyslot_offset + (WRAPPED_KEY_SIZE if flags & FLAG_ENCRYPTED else 0)
-    data_offset = head + _pad(head)
-    expected = data_offset + stored_length + sig_len + _TRAILER.size
-    if size != expected:
-        how = "truncated" if size < expected else "extended"
-        raise IntegrityError(f"{p} is {size} bytes but its header declares {expected}: the file was {how}")
-    f.seek(keyslot_offset)
-    between = f.read(data_offset - keyslot_offset)
-    if any(between[WRAPPED_KEY_SIZE if flags & FLAG_ENCRYPTED else 0:]):
-        raise IntegrityError(f"{p}: padding bytes before the data were altered")
-    signature = None
-    if sig_len:
-        f.seek(size - _TRAILER.size - sig_len)
-        try:
-            signature = json.loads(f.read(sig_len))
-            if not isinstance(signature, dict):
-                raise ValueError
-        except ValueError:
-            raise IntegrityError(f"{p}: the signature block is damaged") from None
-    return _Layout(path=p, prefix=prefix, flags=flags, manifest=manifest, manifest_digest=manifest_digest,
-                   keyslot_offset=keyslot_offset, data_offset=data_offset, stored_length=stored_length,
-                   data_digest=data_digest, signature=signature, file_size=size)
-
-
-def _stored_length(manifest: dict[str, Any], encrypted: bool) -> int:
-    if manifest.get("format") != "torchshield-bundle":
-        raise ValueError("not a bundle manifest")
-    n = int(manifest["data_length"])
-    if n < 0 or not isinstance(manifest["tensors"], dict):
-        raise ValueError("bad data length")
-    if encrypted:
-        enc = manifest["encryption"]
-        if enc.get("alg") != _STREAM_ALG:
-            raise ValueError("unknown encryption")
-        return ciphertext_length(n, int(enc["chunk_size"]))
-    return n
-
-
-@dataclass(frozen=True)
-class BundleInfo:
-    """What a bundle says about itself; reading it needs no key and checks the structure."""
-
-    path: Path
-    manifest: dict[str, Any]
-    encrypted: bool
-    signed: bool
-    signer: str | None
-    key_id: str | None
-    file_size: int
-    format_version: int = VERSION
-    tensors: dict[str, dict[str, Any]] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        m = self.manifest
-        return {"path": str(self.path), "format_version": self.format_version, "encrypted": self.encrypted,
-                "signed": self.signed, "signer": self.signer, "key_id": self.key_id,
-                "file_size": self.file_size, "object_id": m.get("object_id"), "created": m.get("created"),
-                "tool": m.get("tool"), "tensor_count": len(self.tensors),
-                "parameter_count": sum(_numel(t["shape"]) for t in self.tensors.values()),
-                "tensors": self.tensors, "metadata": m.get("metadata"),
-                **{slot: m.get(slot) for slot in _SLOTS}}
-
-
-def _numel(shape: list[int]) -> int:
-    n = 1
-    for s in shape:
-        n *= int(s)
-    return n
-
-
-def _info(layout: _Layout, key_id: str | None) -> BundleInfo:
-    m = dict(layout.manifest)
-    m["encrypted"] = layout.encrypted
-    m["signed"] = layout.signature is not None
-    order = m.get("tensor_order") or list(m["tensors"])
-    tensors = {k: {"dtype": m["tensors"][k]["dtype"], "shape": m["tensors"][k]["shape"]} for k in order
-               if k in m["tensors"]}
-    return BundleInfo(path=layout.path, manifest=m, encrypted=layout.encrypted,
-                      signed=layout.signature is not None,
-                      signer=(layout.signature or {}).get("fingerprint"), key_id=key_id,
-                      file_size=layout.file_size, tensors=tensors)
-
-
-def _key_slot(layout: _Layout, fh: BinaryIO) -> WrappedKey:
-    fh.seek(layout.keyslot_offset)
-    return WrappedKey.from_bytes(fh.read(WRAPPED_KEY_SIZE))
-
-
-def inspect(path: str | os.PathLike[str]) -> BundleInfo:
-    """Read a bundle's manifest and check its structure (no key needed, data not hashed)."""
-    p, fh, _ = _open_checked(path)
-    with fh:
-        layout = _read_layout(p, fh)
-        key_id = _key_slot(layout, fh).key_id_hex if layout.encrypted else None
-    return _info(layout, key_id)
-
-
-def is_bundle(path: str | os.PathLike[str]) -> bool:
-    try:
-        with open(path, "rb") as fh:
-            return fh.read(len(MAGIC)) == MAGIC
-    except OSError:
-        return False
-
 
 def _check_signature(layout: _Layout, verify_with: Any) -> str:
     if layout.signature is None:
@@ -427,15 +274,48 @@ def _damaged_tensor(layout: _Layout, buf: torch.Tensor) -> str:
     return ""
 
 
+@dataclass(frozen=True)
+class TrainingState:
+    """What a training checkpoint holds besides the weights: tensors (optimizer moments, ...)
+    stored in the data section, and JSON values (epoch, step, param_groups) in the manifest."""
+
+    tensors: dict[str, torch.Tensor]
+    values: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class BundleContents:
+    """Everything a bundle holds, decrypted and checked: weights (tied names re-tied to one
+    tensor), named files, training state, and the manifest."""
+
+    manifest: dict[str, Any]
+    weights: Tensors
+    files: dict[str, bytes]
+    training_state: TrainingState | None
+
+    @property
+    def aliases(self) -> dict[str, str]:
+        return dict(self.manifest.get("aliases") or {})
+
+
 def load(path: str | os.PathLike[str], *, key: MasterKey | bytes | str | os.PathLike[str] | None = None,
          verify_with: str | os.PathLike[str] | bytes | signing.Ed25519PublicKey | None = None,
          device: str | torch.device = "cpu", verify: bool = True) -> Tensors:
-    """Load a bundle's tensors into memory, never writing plaintext to disk.
+    """Load a bundle's weights into memory, never writing plaintext to disk.
 
     Unencrypted bundles are memory-mapped copy-on-write (no copy) after their BLAKE3 digest is
     checked. Encrypted bundles are decrypted chunk by chunk into one preallocated buffer; the
     returned tensors are views of it. ``verify_with`` (a public key) requires a valid signature
-    by that signer; ``verify=False`` skips the digest check of unencrypted bundles."""
+    by that signer; ``verify=False`` skips the digest check of unencrypted bundles. Tied names
+    (the manifest's ``aliases``) map to the very same tensor as their canonical name; files and
+    training state are left out (see :func:`load_contents`)."""
+    return load_contents(path, key=key, verify_with=verify_with, device=device, verify=verify).weights
+
+
+def load_contents(path: str | os.PathLike[str], *, key: MasterKey | bytes | str | os.PathLike[str] | None = None,
+                  verify_with: str | os.PathLike[str] | bytes | signing.Ed25519PublicKey | None = None,
+                  device: str | torch.device = "cpu", verify: bool = True) -> BundleContents:
+    """Like :func:`load`, and also the bundle's files, training state and manifest."""
     p, fh, _ = _open_checked(path)
     with fh:
         layout = _read_layout(p, fh)
@@ -446,10 +326,22 @@ def load(path: str | os.PathLike[str], *, key: MasterKey | bytes | str | os.Path
             buf = _decrypt(layout, fh, key, hash_data=verify_with is not None)
         else:
             buf = _map_plain(layout, fh, n, verify=verify or verify_with is not None)
-    tensors = _views(layout, buf)
+    views = _views(layout, buf)
+    files = {k[len(FILE_PREFIX):]: v.numpy().tobytes() for k, v in views.items() if k.startswith(FILE_PREFIX)}
+    state = {k[len(STATE_PREFIX):]: v for k, v in views.items() if k.startswith(STATE_PREFIX)}
+    weights = {k: v for k, v in views.items() if not k.startswith((FILE_PREFIX, STATE_PREFIX))}
     if torch.device(device).type != "cpu":
-        tensors = {k: v.to(device) for k, v in tensors.items()}
-    return tensors
+        weights = {k: v.to(device) for k, v in weights.items()}
+    aliases = layout.manifest.get("aliases") or {}
+    if not isinstance(aliases, dict):
+        raise FormatError(f"{p}: the manifest's aliases are malformed")
+    for alias, target in aliases.items():
+        if target not in weights or alias in weights:
+            raise FormatError(f"{p}: tied tensor {alias!r} points at {target!r}, which the bundle does not hold")
+        weights[alias] = weights[target]
+    values = layout.manifest.get("training_state")
+    training = TrainingState(state, dict(values)) if values is not None or state else None
+    return BundleContents(dict(layout.manifest), weights, files, training)
 
 
 def _map_plain(layout: _Layout, fh: BinaryIO, n: int, *, verify: bool) -> torch.Tensor:

@@ -7,7 +7,7 @@ a build without them still trains and says clearly what is missing when a config
 What a DP bundle publishes. Its manifest travels with the model, so under ``privacy:`` it holds
 nothing computed from the private rows beyond the accounted release: no data fingerprint, no
 row counts, no training loss or accuracy (shown to the owner in the command's output only), only
-declared bounds, classes and normalisation (``train.datasets``). The sample rate needs the size
+declared bounds, classes and normalisation (``nn.datasets``). The sample rate needs the size
 of the training set, which add/remove-DP treats as private: it is a declared public
 ``privacy.dataset_size`` or a count released with the discrete Laplace mechanism and charged
 to the same epsilon (``releases`` in the record). Which rows trained goes to a split file beside

@@ -1,7 +1,7 @@
 """Embedding a mark while training: the ``watermark:`` section of a training config.
 
 ``torchshield train`` hands the section to :func:`make_regularizer` and adds the returned terms
-to its loss (``train.loop.fit(regularizers=...)``); the record goes into the bundle's
+to its loss (``nn.loop.fit(regularizers=...)``); the record goes into the bundle's
 ``watermark`` slot. :func:`embed` does the same for a model that is already trained: a short
 fine-tune on its data with the mark's regulariser (the CLI's ``model watermark embed``).
 
