@@ -18,6 +18,7 @@ __all__ = [
     "DIGITS",
     "FunctionRecognizer",
     "ScanText",
+    "NEG_NUMBER",
     "NUM_AFTER",
     "NUM_BEFORE",
     "PatternRecognizer",
@@ -29,6 +30,10 @@ __all__ = [
 # Boundaries for numbers and codes: no ASCII letter or digit on either side (CJK is fine).
 NUM_BEFORE = r"(?<![0-9A-Za-z])"
 NUM_AFTER = r"(?![0-9A-Za-z])"
+# Labels that say a number is something else (an order, a ticket): a checksum passing by chance
+# on such a number is not PII. They lower a score as context words raise it.
+NEG_NUMBER = ("订单号", "订单", "流水号", "流水", "单号", "编号", "运单", "order", "ticket", "invoice",
+              "tracking", "ref", "serial", "txn", "transaction")
 
 
 _DIGIT_RUN = re.compile(r"[0-9]+")
@@ -109,7 +114,8 @@ class PatternRecognizer(Recognizer):
                  flags: int = 0, group: int = 0,
                  clean: Callable[[str], str] | None = None, min_digit_run: int = 0,
                  needs: Sequence[str] = (), left_boundary: bool | str = False,
-                 negative_context: Sequence[str] = ()) -> None:
+                 negative_context: Sequence[str] = (),
+                 trim: Callable[[str], int] | None = None) -> None:
         self.name = name
         self.entity = entity
         self.entity_types = frozenset({entity})
@@ -133,6 +139,9 @@ class PatternRecognizer(Recognizer):
         # Patterns that may follow a dot themselves (IP addresses list "." as forbidden) are left alone.
         self._skip_decimal_fractions = "0" in self.left_boundary and "." not in self.left_boundary
         self.negative_context = tuple(w.lower() for w in negative_context)
+        # ``trim(match) -> n`` keeps the first n characters (an IBAN ends where its country's
+        # length says, not where the regex stopped: a trailing " X" is not part of it).
+        self.trim = trim
 
     def _skip(self, doc: ScanText) -> bool:
         if self.min_digit_run and doc.digit_run < self.min_digit_run:
@@ -174,6 +183,8 @@ class PatternRecognizer(Recognizer):
         text, lower = doc.text, doc.lower
         for m in self._matches(text):
             start, end = m.span(self.group)
+            if self.trim is not None:
+                end = start + self.trim(text[start:end])
             if start == end:
                 continue
             ctx = has_context(lower, start, end, self.context)

@@ -7,7 +7,7 @@ import re
 from collections.abc import Iterable
 
 from torchshield.data.pii.lexicon import load_words
-from torchshield.data.pii.recognizer import DIGITS, PatternRecognizer, RawMatch, Recognizer, ScanText, has_context
+from torchshield.data.pii.recognizer import ALNUM, DIGITS, NEG_NUMBER, PatternRecognizer, RawMatch, Recognizer, ScanText, has_context
 
 __all__ = ["EnglishAddressRecognizer", "EnglishNameRecognizer", "en_recognizers"]
 
@@ -15,11 +15,16 @@ CTX_SSN = ("ssn", "social security", "social sec", "ss#", "ss #", "taxpayer")
 CTX_PHONE = ("phone", "tel", "call", "mobile", "cell", "fax", "contact", "reach", "dial", "电话", "手机",
              "联系", "text me")
 
-_SSN = r"(?!000|666|9[0-9]{2})[0-9]{3}([- ])(?!00)[0-9]{2}\1(?!0000)[0-9]{4}(?![0-9-])"
+_SSN = r"(?!000|666|9[0-9]{2})[0-9]{3}([- .])(?!00)[0-9]{2}\1(?!0000)[0-9]{4}(?![0-9-]|\.[0-9])"
 _SSN_PLAIN = r"(?!000|666|9[0-9]{2})[0-9]{3}(?!00)[0-9]{2}(?!0000)[0-9]{4}(?![0-9])"
 _NANP = (r"(?:(?:\+1|001)[ .-]?)?(?:\([2-9][0-9]{2}\) ?|[2-9][0-9]{2}[ .-]?)[2-9][0-9]{2}[ .-]?"
          r"[0-9]{4}(?: ?(?:x|ext\.? ?|#)[0-9]{1,6})?(?![0-9])")
 _INTL = r"\+(?!1[^0-9]|86)[2-9][0-9]{0,2}(?:[ .-]?\(?[0-9]{1,4}\)?){2,5}(?![0-9])"
+# National (trunk-prefix 0) formats outside North America: 020 7946 0958, 030 1234567,
+# 01 23 45 67 89, (02) 9876 5432. Checked against libphonenumber's metadata per region.
+_NATIONAL = r"(?:\(0[0-9]{1,4}\)|0[1-9][0-9]{0,3})(?:[ .-]?[0-9]{2,5}){1,4}(?![0-9])"
+_NATIONAL_REGIONS = ("GB", "DE", "FR", "IT", "ES", "NL", "BE", "CH", "AT", "IE", "SE", "NO", "DK", "FI", "PL",
+                     "PT", "AU", "NZ", "IN", "JP", "KR", "BR", "ZA", "SG", "MX", "TR", "IL")
 
 
 def _nanp(s: str) -> float:
@@ -29,8 +34,50 @@ def _nanp(s: str) -> float:
     return 0.75 if formatted else (0.35 if len(digits) == 10 else 0.75)
 
 
-def _intl(s: str) -> bool:
-    return 8 <= sum(c.isdigit() for c in s) <= 15
+def _intl(s: str) -> float | None:
+    digits = sum(c.isdigit() for c in s)
+    if not 8 <= digits <= 15:
+        return None
+    phonenumbers = _phonenumbers()
+    if phonenumbers is None:
+        return 0.6
+    try:
+        num = phonenumbers.parse(s, None)
+    except phonenumbers.NumberParseException:
+        return None
+    if phonenumbers.is_valid_number(num):
+        return 0.75
+    return 0.45 if phonenumbers.is_possible_number(num) else None
+
+
+def _national(s: str) -> float | None:
+    digits = sum(c.isdigit() for c in s)
+    phonenumbers = _phonenumbers()
+    if not 9 <= digits <= 12 or phonenumbers is None:
+        return None
+    for region in _NATIONAL_REGIONS:
+        try:
+            num = phonenumbers.parse(s, region)
+        except phonenumbers.NumberParseException:
+            return None
+        if phonenumbers.is_valid_number(num):
+            return 0.55
+    return None
+
+
+_PN: list = []
+
+
+def _phonenumbers():  # type: ignore[no-untyped-def]
+    """libphonenumber's metadata (the ``phonenumbers`` package of the ``pii`` extra), or None:
+    without it, international numbers fall back to a digit count and national ones are skipped."""
+    if not _PN:
+        try:
+            import phonenumbers
+        except ImportError:  # pragma: no cover - the extra is part of `all`
+            phonenumbers = None
+        _PN.append(phonenumbers)
+    return _PN[0]
 
 
 def en_recognizers() -> list[Recognizer]:
@@ -38,7 +85,7 @@ def en_recognizers() -> list[Recognizer]:
     keep = (lambda s: s)  # noqa: E731
     return [
         PatternRecognizer("us_ssn", "US_SSN", _SSN, score=0.85, context=CTX_SSN, context_boost=0.15,
-                          flags=re.ASCII, min_digit_run=4, left_boundary=DIGITS + "-"),
+                          flags=re.ASCII, min_digit_run=4, left_boundary=DIGITS + "-."),
         PatternRecognizer("us_ssn_plain", "US_SSN", _SSN_PLAIN, score=0.3, context=CTX_SSN,
                           context_boost=0.55, require_context=True, flags=re.ASCII, min_digit_run=9,
                           left_boundary=DIGITS),
@@ -46,8 +93,12 @@ def en_recognizers() -> list[Recognizer]:
                           context=CTX_PHONE, context_boost=0.2, flags=re.ASCII, clean=keep, min_digit_run=4,
                           left_boundary=DIGITS + "+"),
         PatternRecognizer("phone_intl", "PHONE_NUMBER", _INTL, validator=_intl, score=0.6,
-                          context=CTX_PHONE, context_boost=0.3, invalid_score=None, flags=re.ASCII, clean=keep,
+                          context=CTX_PHONE, context_boost=0.2, invalid_score=None, flags=re.ASCII, clean=keep,
                           needs=("+",), left_boundary=True),
+        PatternRecognizer("phone_national", "PHONE_NUMBER", _NATIONAL, validator=_national, score=0.55,
+                          context=CTX_PHONE, context_boost=0.3, require_context=True, no_context_score=0.35,
+                          invalid_score=None, flags=re.ASCII, clean=keep, min_digit_run=2,
+                          left_boundary=ALNUM + "+", negative_context=NEG_NUMBER, languages=("en",)),
         EnglishNameRecognizer(),
         EnglishAddressRecognizer(),
     ]
