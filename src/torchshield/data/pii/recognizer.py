@@ -62,10 +62,15 @@ class ScanText:
 
 
 class RawMatch(NamedTuple):
+    """A match in normalised coordinates. ``verify``, when set, is a second opinion the engine
+    asks only if the match survives overlap resolution: ``verify(text, start, end, score)``
+    returns the final score (how a costly model runs only where candidates are)."""
+
     type: str
     start: int
     end: int
     score: float
+    verify: Callable[[str, int, int, float], float] | None = None
 
 
 def has_context(lower: str, start: int, end: int, words: Sequence[str], *, before: int = 24,
