@@ -37,6 +37,10 @@ NEG_NUMBER = ("订单号", "订单", "流水号", "流水", "单号", "编号", 
 
 
 _DIGIT_RUN = re.compile(r"[0-9]+")
+# How far from a context word a context-only pattern is searched (has_context's window, 24
+# characters before a match and 12 after it, plus the longest match such a pattern makes).
+_WINDOW_BEFORE = 12 + 40
+_WINDOW_AFTER = 24 + 40
 ALNUM = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 DIGITS = "0123456789"
 
@@ -120,7 +124,7 @@ class PatternRecognizer(Recognizer):
                  clean: Callable[[str], str] | None = None, min_digit_run: int = 0,
                  needs: Sequence[str] = (), left_boundary: bool | str = False,
                  negative_context: Sequence[str] = (),
-                 trim: Callable[[str], int] | None = None) -> None:
+                 trim: Callable[[str], int] | None = None, gate: str | None = None) -> None:
         self.name = name
         self.entity = entity
         self.entity_types = frozenset({entity})
@@ -147,61 +151,110 @@ class PatternRecognizer(Recognizer):
         # ``trim(match) -> n`` keeps the first n characters (an IBAN ends where its country's
         # length says, not where the regex stopped: a trailing " X" is not part of it).
         self.trim = trim
+        # ``gate``: a cheap regex every match must contain. One search of it decides whether the
+        # full pattern (with its boundary restarts) runs at all; most texts hold no phone, card
+        # or IP address, so most recognisers stop here.
+        self.gate = re.compile(gate) if gate else None
 
     def _skip(self, doc: ScanText) -> bool:
         if self.min_digit_run and doc.digit_run < self.min_digit_run:
             return True
-        if self.needs and not any(w in doc.lower for w in self.needs):
+        lower = doc.lower
+        if self.needs and not any(w in lower for w in self.needs):
+            return True
+        if self.gate is not None and self.gate.search(doc.text) is None:
             return True
         # Context-only patterns: without a context word anywhere, every match would score
         # no_context_score, under the threshold.
         return (self.require_context and self.no_context_score < doc.min_score
-                and not any(w in doc.lower for w in self.context))
+                and not any(w in lower for w in self.context))
 
-    def _matches(self, text: str) -> Iterable[re.Match[str]]:
+    def _windows(self, doc: ScanText) -> list[tuple[int, int]]:
+        """Where a context-only pattern (dates of birth, bare SSNs, 15-digit IDs) is searched when
+        a match without a context word would be dropped anyway: the windows has_context looks at,
+        widened to whitespace so that no match is cut by an edge."""
+        text, lower, n = doc.text, doc.lower, len(doc.text)
+        spans: list[tuple[int, int]] = []
+        for w in self.context:
+            i = lower.find(w)
+            while i >= 0:
+                # has_context wants the word within 24 characters before the match or 12 after
+                # it: the match lies within [i - 12 - longest, i + 24 + longest)
+                spans.append((max(0, i - _WINDOW_BEFORE), min(n, i + len(w) + _WINDOW_AFTER)))
+                i = lower.find(w, i + 1)
+        spans.sort()
+        merged: list[tuple[int, int]] = []
+        for a, b in spans:
+            if a > 0:
+                a = max(text.rfind(" ", 0, a), text.rfind("\n", 0, a)) + 1
+            if b < n:
+                b = min((j for j in (text.find(" ", b), text.find("\n", b)) if j >= 0), default=n)
+            if merged and a <= merged[-1][1]:
+                merged[-1] = (merged[-1][0], max(merged[-1][1], b))
+            else:
+                merged.append((a, b))
+        return merged
+
+    def _spans(self, text: str, pos: int = 0, endpos: int | None = None) -> list[tuple[int, int]]:
+        """(start, end) of the pattern's group in text[pos:endpos], after the left-boundary rule."""
+        n = len(text) if endpos is None else endpos
+        group = self.group
         if not self.left_boundary:
-            yield from self.pattern.finditer(text)
-            return
+            return [m.span(group) for m in self.pattern.finditer(text, pos, n)]
         # ``left_boundary`` replaces a leading lookbehind such as (?<![0-9A-Za-z]), which would
         # stop the regex engine from skipping ahead to the first possible character. A match
         # preceded by a forbidden character is dropped and the search resumes after the run
         # of forbidden characters: no position inside it is allowed either.
         forbidden = self.left_boundary
-        pos, n = 0, len(text)
+        search = self.pattern.search
+        skip_decimal = self._skip_decimal_fractions
+        out: list[tuple[int, int]] = []
         while True:
-            m = self.pattern.search(text, pos)
+            m = search(text, pos, n)
             if m is None:
-                return
+                return out
             s = m.start()
-            decimal = self._skip_decimal_fractions and s > 1 and text[s - 1] == "." and text[s - 2].isdigit()
-            if decimal or (s > 0 and text[s - 1] in forbidden):
+            if s > 0 and (text[s - 1] in forbidden
+                          or skip_decimal and s > 1 and text[s - 1] == "." and text[s - 2].isdigit()):
                 pos = s + 1
                 while pos < n and text[pos] in forbidden:
                     pos += 1
                 continue
-            yield m
+            out.append(m.span(group))
             pos = max(m.end(), s + 1)
 
-    def analyze(self, doc: ScanText) -> Iterable[RawMatch]:
+    def analyze(self, doc: ScanText) -> list[RawMatch]:  # type: ignore[override]
         if self._skip(doc):
-            return
+            return []
+        text = doc.text
+        if self.require_context and self.no_context_score < doc.min_score:
+            spans: list[tuple[int, int]] = []
+            for a, b in self._windows(doc):
+                spans.extend(sp for sp in self._spans(text, a, b) if not spans or sp[0] > spans[-1][0])
+        else:
+            spans = self._spans(text)
+        if not spans:
+            return []
+        return self._score_spans(doc, spans)
+
+    def _score_spans(self, doc: ScanText, spans: list[tuple[int, int]]) -> list[RawMatch]:
         text, lower = doc.text, doc.lower
-        for m in self._matches(text):
-            start, end = m.span(self.group)
-            if self.trim is not None:
-                end = start + self.trim(text[start:end])
+        out: list[RawMatch] = []
+        entity, validator, trim = self.entity, self.validator, self.trim
+        for start, end in spans:
+            if trim is not None:
+                end = start + trim(text[start:end])
             if start == end:
                 continue
             ctx = has_context(lower, start, end, self.context)
-            score: float | None = self.score
-            if self.validator is not None:
-                verdict = self.validator(self.clean(text[start:end]))
+            score = self.score
+            if validator is not None:
+                verdict = validator(self.clean(text[start:end]))
                 if verdict is True:
                     score = self.score
                 elif verdict is False or verdict is None:
-                    if not (ctx and self.invalid_score is not None):
-                        continue
-                    yield RawMatch(self.entity, start, end, self.invalid_score)
+                    if ctx and self.invalid_score is not None:
+                        out.append(RawMatch(entity, start, end, self.invalid_score))
                     continue
                 else:
                     score = float(verdict)
@@ -212,7 +265,8 @@ class PatternRecognizer(Recognizer):
                 score = min(score, self.no_context_score)
             elif ctx:
                 score = score + self.context_boost
-            yield RawMatch(self.entity, start, end, min(1.0, max(0.0, score)))
+            out.append(RawMatch(entity, start, end, min(1.0, max(0.0, score))))
+        return out
 
 
 def _strip_seps(s: str) -> str:

@@ -37,14 +37,14 @@ CTX_PLATE = ("车牌", "号牌", "车辆", "车号", "plate", "驾驶")
 _DATE = r"(?:18|19|20)[0-9]{2}(?:0[1-9]|1[0-2])(?:0[1-9]|[12][0-9]|3[01])"
 _ID18 = r"[1-9][0-9]{5}[ -]?" + _DATE + r"[ -]?[0-9]{3}[0-9Xx]" + NUM_AFTER
 _ID15 = r"[1-9][0-9]{7}(?:0[1-9]|1[0-2])(?:0[1-9]|[12][0-9]|3[01])[0-9]{3}" + NUM_AFTER
-_MOBILE = r"(?:(?:\+|00)?86[ -]?)?1[3-9][0-9][ -]?[0-9]{4}[ -]?[0-9]{4}" + NUM_AFTER
+_MOBILE = r"(?=[+018])(?:(?:\+|00)?86[ -]?)?1[3-9][0-9][ -]?[0-9]{4}[ -]?[0-9]{4}" + NUM_AFTER
 _LANDLINE = (r"(?:\(0[0-9]{2,3}\)[ -]?|0(?:10|2[0-9]|[3-9][0-9]{2})[ -]?)"
              r"[2-9][0-9]{6,7}(?:(?:-|转)[0-9]{1,6})?(?![0-9])")
 _USCC_CH = "0-9A-HJ-NP-RTUW-Y"
 _UC = f"[{_USCC_CH}]"
 # Written solid, as authority+category / region / organisation code / check (2-6-9-1), or in
 # groups of four (4-4-4-4-2), with one space or hyphen between the parts.
-_USCC = (f"(?:[1-9ANY]{_UC}[0-9]{{6}}{_UC}{{10}}"
+_USCC = (f"(?=[1-9ANY])(?:[1-9ANY]{_UC}[0-9]{{6}}{_UC}{{10}}"
          f"|[1-9ANY]{_UC}[ -][0-9]{{6}}[ -]{_UC}{{9}}[ -]?{_UC}"
          f"|[1-9ANY]{_UC}[0-9]{{2}}[ -][0-9]{{4}}[ -]{_UC}{{4}}[ -]{_UC}{{4}}[ -]{_UC}{{2}})" + NUM_AFTER)
 _PASSPORT = r"(?:E[A-HJ-NP-Z][0-9]{7}|[EGK][0-9]{8}|(?:PE|SE|DE|MA)[0-9]{7})" + NUM_AFTER
@@ -88,15 +88,18 @@ def cn_recognizers() -> list[Recognizer]:
     return [
         PatternRecognizer("cn_resident_id_18", "CN_RESIDENT_ID", _ID18, validator=_id18, score=0.95,
                           context=CTX_ID, context_boost=0.05, flags=re.ASCII,
-                          left_boundary=True, min_digit_run=6, negative_context=NEG_NUMBER),
+                          left_boundary=True, min_digit_run=6, negative_context=NEG_NUMBER,
+                          gate=r"[0-9]{6}[ -]?(?:18|19|20)[0-9]{2}"),
         PatternRecognizer("cn_resident_id_15", "CN_RESIDENT_ID", _ID15, validator=cn_id15_valid,
                           score=0.5, context=CTX_ID, context_boost=0.35, require_context=True,
                           flags=re.ASCII, left_boundary=True, min_digit_run=15),
         PatternRecognizer("cn_uscc", "CN_USCC", _USCC, validator=_uscc, score=0.95, context=CTX_USCC,
                           context_boost=0.1, invalid_score=0.3, flags=re.ASCII,
-                          left_boundary=True, min_digit_run=2, negative_context=NEG_NUMBER),
+                          left_boundary=True, min_digit_run=2, negative_context=NEG_NUMBER,
+                          gate=r"[0-9]{2}[ -]?[0-9]{4}"),
         PatternRecognizer("cn_mobile", "CN_MOBILE", _MOBILE, validator=_mobile, score=0.85,
                           context=CTX_PHONE, context_boost=0.15, flags=re.ASCII, left_boundary=True, min_digit_run=4,
+                          gate=r"1[3-9][0-9][ -]?[0-9]{4}",
                           clean=lambda s: s.replace(" ", "").replace("-", "")),
         PatternRecognizer("cn_landline", "CN_LANDLINE", _LANDLINE, validator=_landline, score=0.6,
                           context=CTX_LANDLINE, context_boost=0.3, flags=re.ASCII, min_digit_run=7, left_boundary=True,
@@ -136,6 +139,7 @@ _CUE_BEFORE = ("患者", "姓名", "名字", "申请人", "联系人", "客户",
                "付款人", "汇款人", "转账给", "汇款给", "dr.", "dr",
                "name", "叫", "由", "请")
 _STRONG_CUES = frozenset(c for c in _CUE_BEFORE if len(c) >= 2)
+_STRONG_TUPLE = tuple(_STRONG_CUES)
 _TITLE_AFTER = ("先生", "女士", "小姐", "医生", "老师", "同志", "教授", "主任", "大夫", "护士", "经理",
                 "律师", "同学", "师傅", "阿姨", "叔叔", "的身份证", "的手机", "的电话", "的银行卡", "的账户")
 # What follows a name in a record: its sex, its ID, its phone (王芳，女，45岁 / 张伟（身份证：…）).
@@ -188,17 +192,25 @@ class ChineseNameRecognizer(Recognizer):
 
     def _scored_stat(self, doc: ScanText, stats: zh_names.ZhNameStats) -> list[tuple[float, int, int, int]]:
         text = doc.text
+        n = len(text)
         out = []
+        compound, single, bad = self._compound, self._single, _NOT_GIVEN_STAT
         for m in self._surname_start.finditer(text):
             s = m.start()
             for g in (s + 2, s + 1):
-                if text[s:g] not in (self._compound if g == s + 2 else self._single):
+                if g >= n or text[s:g] not in (compound if g == s + 2 else single):
                     continue
-                for e in (g + 2, g + 1):
-                    if e > len(text) or not all(_is_cjk(c) and c not in _NOT_GIVEN_STAT for c in text[g:e]):
-                        continue
+                c1 = text[g]
+                if not ("\u4e00" <= c1 <= "\u9fff") or c1 in bad:
+                    continue  # no given name here
+                c2 = text[g + 1] if g + 1 < n else ""
+                two = "\u4e00" <= c2 <= "\u9fff" and c2 not in bad
+                for e in ((g + 2, g + 1) if two else (g + 1,)):
                     cue = self._score(text, s, e)
-                    score = cue + _stat_score(text, s, g, e, stats, cued=cue >= 0.5)
+                    score = cue + _stat_base(text, s, g, e, stats)
+                    if score + _EDGE_MAX < doc.min_score:
+                        continue  # cannot reach the threshold: skip the word checks at the edges
+                    score += _stat_edges(text, s, e, stats, cued=cue >= 0.5)
                     if score >= doc.min_score:
                         out.append((min(score, 0.95), e - s, s, e))
         return out
@@ -251,14 +263,13 @@ class ChineseNameRecognizer(Recognizer):
         before = text[max(0, start - 8):start].lower().rstrip(" ：:")
         after = text[end:end + 4]
         score = 0.2
-        if any(before.endswith(c) or before[:-1].endswith(c) and before[-1:] in "为是" for c in _STRONG_CUES):
+        if before.endswith(_STRONG_TUPLE) or before[-1:] in ("为", "是") and before[:-1].endswith(_STRONG_TUPLE):
             score += 0.4  # 投保人陈磊 / 投保人为陈磊
-        elif start > 0 and (any(before.endswith(c) for c in _CUE_BEFORE + _LIST_CUES)
-                            or text[start - 1] in "：:"):
+        elif start > 0 and (before.endswith(_ALL_CUES) or text[start - 1] in "：:"):
             score += 0.15
-        if any(after.startswith(t) for t in _TITLE_AFTER):
+        if after.startswith(_TITLE_AFTER):
             score += 0.3
-        elif any(after.startswith(t) for t in _AFTER_CUES):
+        elif after.startswith(_AFTER_CUES):
             score += 0.2
         if start == 0 or text[start - 1] in _BOUNDARY or not _is_cjk(text[start - 1]):
             score += 0.1
@@ -275,9 +286,12 @@ _FUNCTION_BEFORE = frozenset("和与及同跟给向对被让叫请为由致将�
 _FUNCTION_AFTER = frozenset("和与及同跟的在说是今于来去到已也都就还又再曾为被把将向对给从系签表")
 
 
-def _stat_score(text: str, s: int, g: int, e: int, stats: zh_names.ZhNameStats, *, cued: bool) -> float:
-    """What the statistics add to (or take from) the cue score of the candidate text[s:e].
-    ``cued``: a strong cue or title is present, so words through its edges count half."""
+_EDGE_MAX = 0.2  # the most _stat_edges adds (a word on each side)
+
+
+def _stat_base(text: str, s: int, g: int, e: int, stats: zh_names.ZhNameStats) -> float:
+    """The cheap part of the statistics: name-likeness of the given characters, and whether the
+    candidate or its given name is an ordinary word, starts a longer one, or names a place."""
     cand, given = text[s:e], text[g:e]
     words = stats.words
     n = len(text)
@@ -287,23 +301,40 @@ def _stat_score(text: str, s: int, g: int, e: int, stats: zh_names.ZhNameStats, 
         adj -= 0.5  # 高度, 方案, 江苏 (and 康复, 秦岭, which jieba tags as names): a word
     if len(given) == 2 and words.get(given, 0) >= zh_names.COMMON_WORD and given not in stats.given_pairs:
         adj -= 0.3  # 米|右转, 胡|萝卜: the "given name" is an ordinary word
-    if any(words.get(text[s:s + k], 0) >= _MIN_WORD for k in range(e - s + 1, 5) if s + k <= n):
-        adj -= 0.35  # 齐齐|哈尔, 江河湖|海: the start of a longer word
-    # The text segments around a name standing on its own: a word (or a function character)
-    # ends right before it and one starts right after it. A dictionary word through an edge
-    # that is more frequent than those says otherwise: the surname belongs to the word before
-    # (上海|市) or the given name to the word after (张主|任); 今天|王娟 is not 天王.
+    for k in range(e - s + 1, 5):
+        if s + k <= n and words.get(text[s:s + k], 0) >= _MIN_WORD:
+            adj -= 0.35  # 齐齐|哈尔, 江河湖|海: the start of a longer word
+            break
+    if e < n and text[e] in _PLACE_AFTER:
+        adj -= 0.4  # 宁德县, 张家港路: a place name
+    if s > 0 and text[s - 1] in "省市区县":
+        adj -= 0.2  # inside an address: 辽宁省兰英县
+    return adj
+
+
+def _stat_edges(text: str, s: int, e: int, stats: zh_names.ZhNameStats, *, cued: bool) -> float:
+    """Whether the text segments around the candidate as around a name standing on its own: a
+    word (or a function character) ends right before it and one starts right after it. A
+    dictionary word through an edge that is more frequent than those says otherwise: the surname
+    belongs to the word before (上海|市) or the given name to the word after (张主|任); 今天|王娟
+    is not 天王. ``cued``: a strong cue or title is present, so such words count half."""
+    words = stats.words
+    n = len(text)
+    adj = 0.0
+    left = 0
+    if s > 0 and _is_cjk(text[s - 1]):
+        left = _FUNCTION_FREQ if text[s - 1] in _FUNCTION_BEFORE else _support(
+            words, [text[s - k:s] for k in (2, 3, 4) if k <= s])
+    right = 0
+    if e < n and _is_cjk(text[e]):
+        right = _FUNCTION_FREQ if text[e] in _FUNCTION_AFTER else _support(
+            words, [text[e:e + k] for k in (2, 3, 4) if e + k <= n])
+    length = e - s
+    cross_left = _support(words, [text[s - k:s + j] for k in (1, 2, 3) if k <= s
+                                  for j in range(1, min(length, 4 - k) + 1)])
+    cross_right = _support(words, [text[e - j:e + k] for k in (1, 2, 3) if e + k <= n
+                                   for j in range(1, min(length, 4 - k) + 1)])
     weight = 0.5 if cued else 1.0
-    left = _support(words, [text[s - k:s] for k in (2, 3, 4) if k <= s]) if s > 0 and _is_cjk(text[s - 1]) else 0
-    if s > 0 and text[s - 1] in _FUNCTION_BEFORE:
-        left = max(left, _FUNCTION_FREQ)
-    right = _support(words, [text[e:e + k] for k in (2, 3, 4) if e + k <= n]) if e < n and _is_cjk(text[e]) else 0
-    if e < n and text[e] in _FUNCTION_AFTER:
-        right = max(right, _FUNCTION_FREQ)
-    cross_left = _support(words, [text[s - k:s + j] for k in (1, 2, 3) if k <= s for j in range(1, e - s + 1)
-                                  if 2 <= k + j <= 4])
-    cross_right = _support(words, [text[e - j:e + k] for k in (1, 2, 3) if e + k <= n for j in range(1, e - s + 1)
-                                   if 2 <= j + k <= 4])
     if cross_left > left:
         adj -= 0.35 * weight
     elif left:
@@ -312,10 +343,6 @@ def _stat_score(text: str, s: int, g: int, e: int, stats: zh_names.ZhNameStats, 
         adj -= 0.35 * weight
     elif right:
         adj += 0.1
-    if e < n and text[e] in _PLACE_AFTER:
-        adj -= 0.4  # 宁德县, 张家港路: a place name
-    if s > 0 and text[s - 1] in "省市区县":
-        adj -= 0.2  # inside an address: 辽宁省兰英县
     return adj
 
 
@@ -333,6 +360,7 @@ def _support(words: dict[str, int], spans: list[str]) -> int:
 
 
 _LIST_CUES = ("、", "和", "与", "及", "同", "致", "：", ":")
+_ALL_CUES = _CUE_BEFORE + _LIST_CUES
 _NOT_NAMES_BY_FIRST: dict[str, tuple[str, ...]] = {}
 for _w in _NOT_NAMES:
     _NOT_NAMES_BY_FIRST[_w[0]] = (*_NOT_NAMES_BY_FIRST.get(_w[0], ()), _w)
