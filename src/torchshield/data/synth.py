@@ -12,7 +12,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from torchshield.data.pii.validators import cn_id_check_char, gb11714_check_char, luhn_check_digit, uscc_check_char
+from torchshield.data.pii.validators import (
+    cn_id_check_char,
+    gb11714_check_char,
+    luhn_check_digit,
+    uscc_check_char,
+)
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd

@@ -14,11 +14,18 @@ from collections.abc import Iterable
 
 from torchshield.data.pii import zh_names
 from torchshield.data.pii.lexicon import load_words
-from torchshield.data.pii.recognizer import NEG_NUMBER, NUM_AFTER, PatternRecognizer, RawMatch, Recognizer, ScanText
+from torchshield.data.pii.recognizer import (
+    NEG_NUMBER,
+    NUM_AFTER,
+    PatternRecognizer,
+    RawMatch,
+    Recognizer,
+    ScanText,
+)
 from torchshield.data.pii.validators import (
     CN_PROVINCE_CODES,
-    cn_id_birth_date,
     cn_id15_valid,
+    cn_id_birth_date,
     cn_id_valid,
     cn_mobile_prefix_valid,
     uscc_structure_valid,

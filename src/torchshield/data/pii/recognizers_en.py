@@ -8,7 +8,15 @@ from collections.abc import Iterable
 
 from torchshield.data.pii import en_ner
 from torchshield.data.pii.lexicon import load_words
-from torchshield.data.pii.recognizer import ALNUM, DIGITS, NEG_NUMBER, PatternRecognizer, RawMatch, Recognizer, ScanText, has_context
+from torchshield.data.pii.recognizer import (
+    ALNUM,
+    DIGITS,
+    NEG_NUMBER,
+    PatternRecognizer,
+    RawMatch,
+    Recognizer,
+    ScanText,
+)
 
 __all__ = ["EnglishAddressRecognizer", "EnglishNameRecognizer", "en_recognizers"]
 
@@ -148,12 +156,12 @@ _NOT_NAME_WORDS = frozenset({
     "Taxes", "Before", "After", "Morning", "Evening", "Christmas", "Eve", "Grand", "Canyon", "Golden", "Gate",
     "River", "Valley", "Memorial", "Saint", "New", "San", "Los", "Las", "North", "South", "East", "West", "Lake",
     "Mount", "Port", "Fort", "Sir", "Madam", "Revenue", "Outage", "Migration", "Benefits", "Cotton", "Shirt",
-    "Heart", "Rate", "Blood", "Pressure", "Normal", "Stable", "Customer", "Support", "Team", "Office", "Group",
+    "Heart", "Rate", "Blood", "Pressure", "Normal", "Stable", "Support", "Team", "Office", "Group",
     "Mayo", "Wells", "Fargo", "Chase", "Amazon", "Apple", "Microsoft", "Google", "Washington", "York", "Angeles",
     "Francisco", "Virginia", "Ohio", "Texas", "California", "Florida", "Baptist", "First", "Net", "Sapphire",
     "Admission", "Discharge", "Summary", "Consult", "Wire", "Transfer", "Beneficiary", "Branch", "Manager",
     "Radiology", "Statement", "Follow", "Authorised", "Authorized", "Signatory", "Reviewed", "Signed",
-    "Assigned", "According", "Account", "Holder", "Is", "Are", "Was", "If", "When", "And", "Or", "But", "For",
+    "Assigned", "According", "Holder", "Is", "Are", "Was", "If", "When", "And", "Or", "But", "For",
     "With", "From", "To", "In", "On", "At", "By", "Of", "As", "My", "Our", "Your", "Their", "His", "Her", "We",
     "You", "It", "He", "She", "They", "I", "Yes", "No", "Not", "All", "Any", "Some", "Each", "Every", "Today",
     "Tomorrow", "Yesterday", "Mrs", "Mr", "Ms", "Dr", "Prof", "Professor", "Nurse", "Doctor", "Officer",
