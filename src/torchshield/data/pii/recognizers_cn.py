@@ -306,7 +306,8 @@ def _stat_base(text: str, s: int, g: int, e: int, stats: zh_names.ZhNameStats) -
     freq = words.get(cand, 0)
     if freq >= _MIN_WORD and (cand not in stats.name_words or freq >= _COMMON_NAME_WORD):
         adj -= 0.5  # 高度, 方案, 江苏 (and 康复, 秦岭, which jieba tags as names): a word
-    if len(given) == 2 and words.get(given, 0) >= zh_names.COMMON_WORD and given not in stats.given_pairs:
+    if len(given) == 2 and words.get(given, 0) >= zh_names.COMMON_WORD and given not in stats.given_pairs \
+            and cand not in stats.name_words:  # (王建国 is a name jieba knows, though 建国 is a word)
         adj -= 0.3  # 米|右转, 胡|萝卜: the "given name" is an ordinary word
     for k in range(e - s + 1, 5):
         if s + k <= n and words.get(text[s:s + k], 0) >= _MIN_WORD:
