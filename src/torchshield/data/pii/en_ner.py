@@ -71,13 +71,15 @@ def entity_spans(text: str, start: int, end: int) -> list[tuple[int, int, str]] 
         return None
     a, b = _sentence(text, start, end)
     sent = text[a:b]
-    hit = _CACHE.get(sent)
+    with _LOCK:  # find_pii may run in several threads (the privacy gateway)
+        hit = _CACHE.get(sent)
+        if hit is not None:
+            _CACHE.move_to_end(sent)
     if hit is None:
         doc = nlp(sent)
         hit = tuple((e.start_char, e.end_char, e.label_) for e in doc.ents)
-        _CACHE[sent] = hit
-        if len(_CACHE) > _CACHE_SIZE:
-            _CACHE.popitem(last=False)
-    else:
-        _CACHE.move_to_end(sent)
+        with _LOCK:
+            _CACHE[sent] = hit
+            if len(_CACHE) > _CACHE_SIZE:
+                _CACHE.popitem(last=False)
     return [(a + s, a + e, label) for s, e, label in hit]
