@@ -184,3 +184,20 @@ def test_iban_agrees_with_stdnum_on_faker_numbers_and_mutations():
                 assert v.iban_valid(cand) == sn_iban.is_valid(cand), cand
                 checked += 1
     assert checked == 2000
+
+
+def test_context_word_regex_agrees_with_substring_test():
+    """The one-scan context check (an alternation searched with pos/endpos) answers exactly what
+    the word-by-word substring test answers on the same window."""
+    from torchshield.data.pii.recognizer import _words_re
+    from torchshield.data.synth import generate_records
+
+    words = ("身份证", "id no", "phone", "tel", "order", "订单", "卡号", "dob")
+    rx = _words_re(words)
+    rng = random.Random(9)
+    for rec in generate_records(200, locale="zh_CN", seed=1) + generate_records(200, locale="en_US", seed=1):
+        lower = rec.text.lower()
+        for _ in range(10):
+            a = rng.randrange(len(lower))
+            b = a + rng.randrange(40)
+            assert (rx.search(lower, a, b) is not None) == any(w in lower[a:b] for w in words), (lower, a, b)

@@ -148,6 +148,13 @@ class PatternRecognizer(Recognizer):
         # Patterns that may follow a dot themselves (IP addresses list "." as forbidden) are left alone.
         self._skip_decimal_fractions = "0" in self.left_boundary and "." not in self.left_boundary
         self.negative_context = tuple(w.lower() for w in negative_context)
+        # Context words as one alternation: one C-level scan of the window per match instead of a
+        # Python loop over the words.
+        self._ctx_re = _words_re(self.context)
+        self._neg_re = _words_re(self.negative_context)
+        self._needs_re = _words_re(self.needs)
+        # Context-only: with no context word anywhere, every match would score no_context_score.
+        self._context_only = require_context
         # ``trim(match) -> n`` keeps the first n characters (an IBAN ends where its country's
         # length says, not where the regex stopped: a trailing " X" is not part of it).
         self.trim = trim
@@ -159,15 +166,14 @@ class PatternRecognizer(Recognizer):
     def _skip(self, doc: ScanText) -> bool:
         if self.min_digit_run and doc.digit_run < self.min_digit_run:
             return True
-        lower = doc.lower
-        if self.needs and not any(w in lower for w in self.needs):
+        if self._needs_re is not None and self._needs_re.search(doc.lower) is None:
             return True
         if self.gate is not None and self.gate.search(doc.text) is None:
             return True
         # Context-only patterns: without a context word anywhere, every match would score
         # no_context_score, under the threshold.
-        return (self.require_context and self.no_context_score < doc.min_score
-                and not any(w in lower for w in self.context))
+        return (self._context_only and self.no_context_score < doc.min_score
+                and (self._ctx_re is None or self._ctx_re.search(doc.lower) is None))
 
     def _windows(self, doc: ScanText) -> list[tuple[int, int]]:
         """Where a context-only pattern (dates of birth, bare SSNs, 15-digit IDs) is searched when
@@ -241,12 +247,14 @@ class PatternRecognizer(Recognizer):
         text, lower = doc.text, doc.lower
         out: list[RawMatch] = []
         entity, validator, trim = self.entity, self.validator, self.trim
+        ctx_re, neg_re = self._ctx_re, self._neg_re
         for start, end in spans:
             if trim is not None:
                 end = start + trim(text[start:end])
             if start == end:
                 continue
-            ctx = has_context(lower, start, end, self.context)
+            ctx = ctx_re is not None and (ctx_re.search(lower, max(0, start - 24), start) is not None
+                                          or ctx_re.search(lower, end, end + 12) is not None)
             score = self.score
             if validator is not None:
                 verdict = validator(self.clean(text[start:end]))
@@ -258,8 +266,7 @@ class PatternRecognizer(Recognizer):
                     continue
                 else:
                     score = float(verdict)
-            if self.negative_context and has_context(lower, start, end, self.negative_context, before=8,
-                                                     after=0):
+            if neg_re is not None and neg_re.search(lower, max(0, start - 8), start) is not None:
                 score -= 0.5  # 订单号 / Order #: the number is labelled as something else
             if self.require_context and not ctx:
                 score = min(score, self.no_context_score)
@@ -267,6 +274,15 @@ class PatternRecognizer(Recognizer):
                 score = score + self.context_boost
             out.append(RawMatch(entity, start, end, min(1.0, max(0.0, score))))
         return out
+
+
+def _words_re(words: Sequence[str]) -> re.Pattern[str] | None:
+    """One regex matching any of ``words`` (longest first), or None for no words. Searched with
+    pos/endpos over the lower-cased text, it answers what has_context answers for the same
+    window (a word must lie wholly inside the window)."""
+    if not words:
+        return None
+    return re.compile("|".join(re.escape(w) for w in sorted(set(words), key=len, reverse=True)))
 
 
 def _strip_seps(s: str) -> str:
