@@ -181,13 +181,12 @@ class PatternRecognizer(Recognizer):
         widened to whitespace so that no match is cut by an edge."""
         text, lower, n = doc.text, doc.lower, len(doc.text)
         spans: list[tuple[int, int]] = []
-        for w in self.context:
-            i = lower.find(w)
-            while i >= 0:
-                # has_context wants the word within 24 characters before the match or 12 after
-                # it: the match lies within [i - 12 - longest, i + 24 + longest)
-                spans.append((max(0, i - _WINDOW_BEFORE), min(n, i + len(w) + _WINDOW_AFTER)))
-                i = lower.find(w, i + 1)
+        if self._ctx_re is None:
+            return []
+        for m in self._ctx_re.finditer(lower):
+            # has_context wants the word within 24 characters before the match or 12 after
+            # it: the match lies within [i - 12 - longest, i + 24 + longest)
+            spans.append((max(0, m.start() - _WINDOW_BEFORE), min(n, m.end() + _WINDOW_AFTER)))
         spans.sort()
         merged: list[tuple[int, int]] = []
         for a, b in spans:

@@ -102,7 +102,7 @@ def cn_recognizers() -> list[Recognizer]:
                           flags=re.ASCII, left_boundary=True, min_digit_run=15),
         PatternRecognizer("cn_uscc", "CN_USCC", _USCC, validator=_uscc, score=0.95, context=CTX_USCC,
                           context_boost=0.1, invalid_score=0.3, flags=re.ASCII,
-                          left_boundary=True, min_digit_run=2, negative_context=NEG_NUMBER,
+                          left_boundary=True, min_digit_run=4, negative_context=NEG_NUMBER,
                           gate=r"[0-9]{2}[ -]?[0-9]{4}"),
         PatternRecognizer("cn_mobile", "CN_MOBILE", _MOBILE, validator=_mobile, score=0.85,
                           context=CTX_PHONE, context_boost=0.15, flags=re.ASCII, left_boundary=True, min_digit_run=4,
