@@ -20,8 +20,8 @@ ORDER = [
     ["atomic", "jsonable"],  # crash-safe file writes; plain JSON from our objects
     ["partials"],   # decrypted plaintext under locked temporary names, swept after a crash
     ["crypto"],     # keys, envelope, streaming AEAD, signatures, the keyed hash chain
+    ["data"],       # PII, anonymisation, tabular privacy, the one table reader
     ["nn"],         # the shared training loop, the architectures zoo, tables to tensors
-    ["data"],       # PII, anonymisation, tabular privacy
     ["model"],      # bundles, model sources, scanner, watermarks, obfuscation
     ["<facade>"],   # torchshield/__init__.py: save/load/inspect/scan (it imports model only)
     ["robust"],     # attacks, defences, certification

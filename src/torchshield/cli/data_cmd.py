@@ -160,10 +160,8 @@ def kanon(path: Path = typer.Argument(..., help="Input table."),
           max_suppress: float = typer.Option(0.05, "--max-suppress", help="Fraction of rows that may be suppressed."),
           encoding: str | None = _ENCODING, fmt: str | None = _FORMAT, as_json: bool = JSON_OPTION) -> None:
     """Generalise quasi-identifiers until every class has >= k rows; report risk and information loss."""
-    import pandas as pd
-
     from torchshield.atomic import atomic_write_bytes
-    from torchshield.data.tabular import iter_chunks, kanonymize, sidecar_paths, write_table
+    from torchshield.data.tabular import kanonymize, read_table, sidecar_paths, write_table
 
     cols = [c.strip() for c in quasi.split(",") if c.strip()]
     if not cols:
@@ -174,7 +172,7 @@ def kanon(path: Path = typer.Argument(..., help="Input table."),
 
         hier = {**load_policy(policy).hierarchies, **(hier or {})}
     with progress("reading", None):
-        df = pd.concat(list(iter_chunks(path, fmt=fmt, encoding=encoding)), ignore_index=True)
+        df = read_table(path, fmt=fmt, encoding=encoding)
     with progress("generalising", None):
         result = kanonymize(df, cols, k=k, l=l_div, t=t_close, sensitive=sensitive, hierarchies=hier,
                             max_suppress=max_suppress)

@@ -151,10 +151,10 @@ def ledger_verify(ledger: str = LEDGER_OPTION, as_json: bool = JSON_OPTION) -> N
 def _dataset_id(dataset: str, book: Any) -> str:
     p = Path(dataset)
     if p.is_file():
-        from torchshield.nn.datasets import read_table
+        from torchshield.data.tabular.io import read_table
         from torchshield.privacy.queries import fingerprint
 
-        return fingerprint(read_table(p))
+        return fingerprint(read_table(p, typed=True))
     matches = [d for d, _ in book.dataset_ids() if d.startswith(dataset)]
     if len(matches) != 1:
         from torchshield.errors import InputError

@@ -12,7 +12,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from torchshield.data.pii.validators import cn_id_check_char, luhn_check_digit, uscc_check_char
+from torchshield.data.pii.validators import (
+    cn_id_check_char,
+    gb11714_check_char,
+    luhn_check_digit,
+    uscc_check_char,
+)
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
@@ -57,10 +62,17 @@ def _faker(locale: str, seed: int) -> Any:
 _USCC_ALPHA = "0123456789ABCDEFGHJKLMNPQRTUWXY"
 
 
+_REGIONS = ("110105", "310104", "440305", "330106", "510107", "420102", "610113", "320102", "370202", "500103")
+
+
 def fake_uscc(rng: random.Random) -> str:
-    head = rng.choice(["91", "92", "93", "11", "12", "51", "52"]) + f"{rng.randint(110000, 659999)}"
-    body = "".join(rng.choice(_USCC_ALPHA) for _ in range(9))
-    return head + body + uscc_check_char(head + body)
+    """A USCC as GB 32100 builds it: authority + category, region, a GB 11714 organisation code
+    (8 characters + its check digit), then the mod-31 check character. (It draws from ``rng`` as
+    many times as the earlier generator did, so the seeded corpora keep their other values.)"""
+    head = rng.choice(["91", "92", "93", "11", "12", "51", "52"]) + _REGIONS[rng.randint(110000, 659999) % 10]
+    org = "".join(rng.choice(_USCC_ALPHA) for _ in range(9))[:8]
+    org += gb11714_check_char(org)
+    return head + org + uscc_check_char(head + org)
 
 
 def fake_unionpay(rng: random.Random, length: int = 19) -> str:

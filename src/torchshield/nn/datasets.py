@@ -212,23 +212,17 @@ def _tabular(name: str, x: np.ndarray, y: np.ndarray, tr: np.ndarray, te: np.nda
 
 
 def read_table(path: str | Path) -> Any:
-    """Read a CSV or Parquet file into a pandas DataFrame."""
-    try:
-        import pandas as pd
-    except ImportError:  # pragma: no cover
-        raise MissingDependencyError("pandas", "data") from None
+    """Read a CSV or Parquet file into a pandas DataFrame with inferred column types, through the
+    one table reader of the package (``torchshield.data.tabular.io``: format and encoding
+    detection, GB18030 included, errors naming the file and line)."""
     p = Path(path)
     if not p.is_file():
         raise InputError(f"data.path: {p} does not exist or is not a file")
-    suffix = p.suffix.lower()
     try:
-        if suffix in {".parquet", ".pq"}:
-            return pd.read_parquet(p)
-        if suffix in {".csv", ".txt"}:
-            return pd.read_csv(p)
-    except Exception as exc:  # noqa: BLE001 - pandas/pyarrow raise many types for broken files
-        raise FormatError(f"{p}: cannot read as {suffix[1:]} ({type(exc).__name__})") from None
-    raise FormatError(f"{p}: unsupported file type {suffix!r}", hint="use .csv or .parquet")
+        from torchshield.data.tabular.io import read_table as read_any_table
+    except ImportError:  # pragma: no cover - pandas is part of the data extra
+        raise MissingDependencyError("pandas", "data") from None
+    return read_any_table(p, typed=True)
 
 
 def _is_numeric(series: Any) -> bool:

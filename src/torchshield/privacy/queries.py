@@ -74,10 +74,10 @@ class Dataset:
         import pandas as pd
 
         if isinstance(data, (str, Path)):
-            from torchshield.nn.datasets import read_table
+            from torchshield.data.tabular.io import read_table  # the one table reader (GB18030 too)
 
             name = name or Path(data).name
-            data = read_table(data)
+            data = read_table(data, typed=True)
         if not isinstance(data, pd.DataFrame):
             raise InputError("Dataset needs a pandas DataFrame or a CSV/Parquet path")
         self.df = data

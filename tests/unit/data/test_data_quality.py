@@ -61,4 +61,4 @@ NAME_FREE = ["方案已确认，明日手术。", "金额为500元，已缴费�
 def test_held_out_clinical_sentences():
     found = sum(any(f.type == "PERSON" and f.text == name for f in find_pii(t)) for t, name in NAMED)
     false = sum(f.type == "PERSON" for t in NAME_FREE for f in find_pii(t))
-    assert found >= 14 and false <= 2, (found, false)  # measured 15/20 and 1 at the default threshold
+    assert found >= 16 and false <= 1, (found, false)  # measured 17/20 and 0 at the default threshold

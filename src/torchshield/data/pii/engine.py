@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from torchshield.data.pii.finding import Finding
 from torchshield.data.pii.normalize import normalize
-from torchshield.data.pii.recognizer import ScanText
+from torchshield.data.pii.recognizer import RawMatch, ScanText
 from torchshield.data.pii.registry import RecognizerRegistry, get_registry
 from torchshield.errors import InputError
 
@@ -22,6 +22,7 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = ["DEFAULT_MIN_SCORE", "find_pii", "find_pii_batch", "find_pii_dataframe"]
 
 DEFAULT_MIN_SCORE = 0.5
+_VERIFY_CEILING = 0.8  # the score a pending match (RawMatch.verify) competes at before it is verified
 _CJK = re.compile("[\u4e00-\u9fff]")
 _LATIN = re.compile("[A-Za-z]{2}")
 _LANGS = {"zh": frozenset({"zh"}), "en": frozenset({"en"})}
@@ -66,12 +67,31 @@ def find_pii(text: str, *, lang: str | None = None, types: set[str] | frozenset[
     shift = len(prefix)
     recognizers = reg.select(_languages(ntext, lang), wanted)
     matches: list[tuple[float, int, int, int, str]] = []
+    pending: dict[tuple[int, int, int], tuple[RawMatch, float]] = {}
     for order, rec in enumerate(recognizers):
         for m in rec.analyze(scan):
-            if m.score < min_score or m.end <= shift or (wanted is not None and m.type not in wanted):
+            if m.end <= shift or (wanted is not None and m.type not in wanted):
                 continue
-            matches.append((m.score, m.start - shift, m.end - shift, order, m.type))
-    return [_finding(doc, t, s, e, sc, recognizers[o].name) for sc, s, e, o, t in _resolve(matches)]
+            score = m.score
+            if m.verify is not None:
+                # A pending match competes at the score it gets if confirmed; the second
+                # opinion is asked below, only if it survives overlap resolution.
+                score = max(score, _VERIFY_CEILING)
+                pending[(m.start - shift, m.end - shift, order)] = (m, m.score)
+            elif score < min_score:
+                continue
+            matches.append((score, m.start - shift, m.end - shift, order, m.type))
+    kept = _resolve(matches)
+    while pending and any((s, e, o) in pending for _, s, e, o, _ in kept):
+        matches = [x for x in matches if (x[1], x[2], x[3]) not in pending]
+        for (s, e, o), (m, rule_score) in pending.items():
+            final = m.verify(ntext, m.start, m.end, rule_score) if any(
+                (k[1], k[2], k[3]) == (s, e, o) for k in kept) else rule_score
+            if final >= min_score:
+                matches.append((final, s, e, o, m.type))
+        pending = {}
+        kept = _resolve(matches)
+    return [_finding(doc, t, s, e, sc, recognizers[o].name) for sc, s, e, o, t in kept]
 
 
 def _resolve(matches: list[tuple[float, int, int, int, str]]) -> list[tuple[float, int, int, int, str]]:

@@ -18,6 +18,7 @@ __all__ = [
     "DIGITS",
     "FunctionRecognizer",
     "ScanText",
+    "NEG_NUMBER",
     "NUM_AFTER",
     "NUM_BEFORE",
     "PatternRecognizer",
@@ -29,9 +30,17 @@ __all__ = [
 # Boundaries for numbers and codes: no ASCII letter or digit on either side (CJK is fine).
 NUM_BEFORE = r"(?<![0-9A-Za-z])"
 NUM_AFTER = r"(?![0-9A-Za-z])"
+# Labels that say a number is something else (an order, a ticket): a checksum passing by chance
+# on such a number is not PII. They lower a score as context words raise it.
+NEG_NUMBER = ("订单号", "订单", "流水号", "流水", "单号", "编号", "运单", "order", "ticket", "invoice",
+              "tracking", "ref", "serial", "txn", "transaction")
 
 
 _DIGIT_RUN = re.compile(r"[0-9]+")
+# How far from a context word a context-only pattern is searched (has_context's window, 24
+# characters before a match and 12 after it, plus the longest match such a pattern makes).
+_WINDOW_BEFORE = 12 + 40
+_WINDOW_AFTER = 24 + 40
 ALNUM = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 DIGITS = "0123456789"
 
@@ -57,10 +66,15 @@ class ScanText:
 
 
 class RawMatch(NamedTuple):
+    """A match in normalised coordinates. ``verify``, when set, is a second opinion the engine
+    asks only if the match survives overlap resolution: ``verify(text, start, end, score)``
+    returns the final score (how a costly model runs only where candidates are)."""
+
     type: str
     start: int
     end: int
     score: float
+    verify: Callable[[str, int, int, float], float] | None = None
 
 
 def has_context(lower: str, start: int, end: int, words: Sequence[str], *, before: int = 24,
@@ -109,7 +123,8 @@ class PatternRecognizer(Recognizer):
                  flags: int = 0, group: int = 0,
                  clean: Callable[[str], str] | None = None, min_digit_run: int = 0,
                  needs: Sequence[str] = (), left_boundary: bool | str = False,
-                 negative_context: Sequence[str] = ()) -> None:
+                 negative_context: Sequence[str] = (),
+                 trim: Callable[[str], int] | None = None, gate: str | None = None) -> None:
         self.name = name
         self.entity = entity
         self.entity_types = frozenset({entity})
@@ -133,70 +148,140 @@ class PatternRecognizer(Recognizer):
         # Patterns that may follow a dot themselves (IP addresses list "." as forbidden) are left alone.
         self._skip_decimal_fractions = "0" in self.left_boundary and "." not in self.left_boundary
         self.negative_context = tuple(w.lower() for w in negative_context)
+        # Context words as one alternation: one C-level scan of the window per match instead of a
+        # Python loop over the words.
+        self._ctx_re = _words_re(self.context)
+        self._neg_re = _words_re(self.negative_context)
+        self._needs_re = _words_re(self.needs)
+        # Context-only: with no context word anywhere, every match would score no_context_score.
+        self._context_only = require_context
+        # ``trim(match) -> n`` keeps the first n characters (an IBAN ends where its country's
+        # length says, not where the regex stopped: a trailing " X" is not part of it).
+        self.trim = trim
+        # ``gate``: a cheap regex every match must contain. One search of it decides whether the
+        # full pattern (with its boundary restarts) runs at all; most texts hold no phone, card
+        # or IP address, so most recognisers stop here.
+        self.gate = re.compile(gate) if gate else None
 
     def _skip(self, doc: ScanText) -> bool:
         if self.min_digit_run and doc.digit_run < self.min_digit_run:
             return True
-        if self.needs and not any(w in doc.lower for w in self.needs):
+        if self._needs_re is not None and self._needs_re.search(doc.lower) is None:
+            return True
+        if self.gate is not None and self.gate.search(doc.text) is None:
             return True
         # Context-only patterns: without a context word anywhere, every match would score
         # no_context_score, under the threshold.
-        return (self.require_context and self.no_context_score < doc.min_score
-                and not any(w in doc.lower for w in self.context))
+        return (self._context_only and self.no_context_score < doc.min_score
+                and (self._ctx_re is None or self._ctx_re.search(doc.lower) is None))
 
-    def _matches(self, text: str) -> Iterable[re.Match[str]]:
+    def _windows(self, doc: ScanText) -> list[tuple[int, int]]:
+        """Where a context-only pattern (dates of birth, bare SSNs, 15-digit IDs) is searched when
+        a match without a context word would be dropped anyway: the windows has_context looks at,
+        widened to whitespace so that no match is cut by an edge."""
+        text, lower, n = doc.text, doc.lower, len(doc.text)
+        spans: list[tuple[int, int]] = []
+        if self._ctx_re is None:
+            return []
+        for m in self._ctx_re.finditer(lower):
+            # has_context wants the word within 24 characters before the match or 12 after
+            # it: the match lies within [i - 12 - longest, i + 24 + longest)
+            spans.append((max(0, m.start() - _WINDOW_BEFORE), min(n, m.end() + _WINDOW_AFTER)))
+        spans.sort()
+        merged: list[tuple[int, int]] = []
+        for a, b in spans:
+            if a > 0:
+                a = max(text.rfind(" ", 0, a), text.rfind("\n", 0, a)) + 1
+            if b < n:
+                b = min((j for j in (text.find(" ", b), text.find("\n", b)) if j >= 0), default=n)
+            if merged and a <= merged[-1][1]:
+                merged[-1] = (merged[-1][0], max(merged[-1][1], b))
+            else:
+                merged.append((a, b))
+        return merged
+
+    def _spans(self, text: str, pos: int = 0, endpos: int | None = None) -> list[tuple[int, int]]:
+        """(start, end) of the pattern's group in text[pos:endpos], after the left-boundary rule."""
+        n = len(text) if endpos is None else endpos
+        group = self.group
         if not self.left_boundary:
-            yield from self.pattern.finditer(text)
-            return
+            return [m.span(group) for m in self.pattern.finditer(text, pos, n)]
         # ``left_boundary`` replaces a leading lookbehind such as (?<![0-9A-Za-z]), which would
         # stop the regex engine from skipping ahead to the first possible character. A match
         # preceded by a forbidden character is dropped and the search resumes after the run
         # of forbidden characters: no position inside it is allowed either.
         forbidden = self.left_boundary
-        pos, n = 0, len(text)
+        search = self.pattern.search
+        skip_decimal = self._skip_decimal_fractions
+        out: list[tuple[int, int]] = []
         while True:
-            m = self.pattern.search(text, pos)
+            m = search(text, pos, n)
             if m is None:
-                return
+                return out
             s = m.start()
-            decimal = self._skip_decimal_fractions and s > 1 and text[s - 1] == "." and text[s - 2].isdigit()
-            if decimal or (s > 0 and text[s - 1] in forbidden):
+            if s > 0 and (text[s - 1] in forbidden
+                          or skip_decimal and s > 1 and text[s - 1] == "." and text[s - 2].isdigit()):
                 pos = s + 1
                 while pos < n and text[pos] in forbidden:
                     pos += 1
                 continue
-            yield m
+            out.append(m.span(group))
             pos = max(m.end(), s + 1)
 
-    def analyze(self, doc: ScanText) -> Iterable[RawMatch]:
+    def analyze(self, doc: ScanText) -> list[RawMatch]:  # type: ignore[override]
         if self._skip(doc):
-            return
+            return []
+        text = doc.text
+        if self.require_context and self.no_context_score < doc.min_score:
+            spans: list[tuple[int, int]] = []
+            for a, b in self._windows(doc):
+                spans.extend(sp for sp in self._spans(text, a, b) if not spans or sp[0] > spans[-1][0])
+        else:
+            spans = self._spans(text)
+        if not spans:
+            return []
+        return self._score_spans(doc, spans)
+
+    def _score_spans(self, doc: ScanText, spans: list[tuple[int, int]]) -> list[RawMatch]:
         text, lower = doc.text, doc.lower
-        for m in self._matches(text):
-            start, end = m.span(self.group)
+        out: list[RawMatch] = []
+        entity, validator, trim = self.entity, self.validator, self.trim
+        ctx_re, neg_re = self._ctx_re, self._neg_re
+        for start, end in spans:
+            if trim is not None:
+                end = start + trim(text[start:end])
             if start == end:
                 continue
-            ctx = has_context(lower, start, end, self.context)
-            score: float | None = self.score
-            if self.validator is not None:
-                verdict = self.validator(self.clean(text[start:end]))
+            ctx = ctx_re is not None and (ctx_re.search(lower, max(0, start - 24), start) is not None
+                                          or ctx_re.search(lower, end, end + 12) is not None)
+            score = self.score
+            if validator is not None:
+                verdict = validator(self.clean(text[start:end]))
                 if verdict is True:
                     score = self.score
                 elif verdict is False or verdict is None:
-                    if not (ctx and self.invalid_score is not None):
-                        continue
-                    yield RawMatch(self.entity, start, end, self.invalid_score)
+                    if ctx and self.invalid_score is not None:
+                        out.append(RawMatch(entity, start, end, self.invalid_score))
                     continue
                 else:
                     score = float(verdict)
-            if self.negative_context and has_context(lower, start, end, self.negative_context, before=8,
-                                                     after=0):
+            if neg_re is not None and neg_re.search(lower, max(0, start - 8), start) is not None:
                 score -= 0.5  # 订单号 / Order #: the number is labelled as something else
             if self.require_context and not ctx:
                 score = min(score, self.no_context_score)
             elif ctx:
                 score = score + self.context_boost
-            yield RawMatch(self.entity, start, end, min(1.0, max(0.0, score)))
+            out.append(RawMatch(entity, start, end, min(1.0, max(0.0, score))))
+        return out
+
+
+def _words_re(words: Sequence[str]) -> re.Pattern[str] | None:
+    """One regex matching any of ``words`` (longest first), or None for no words. Searched with
+    pos/endpos over the lower-cased text, it answers what has_context answers for the same
+    window (a word must lie wholly inside the window)."""
+    if not words:
+        return None
+    return re.compile("|".join(re.escape(w) for w in sorted(set(words), key=len, reverse=True)))
 
 
 def _strip_seps(s: str) -> str:

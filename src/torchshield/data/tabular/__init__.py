@@ -8,6 +8,7 @@ from torchshield.data.tabular.io import (
     detect_format,
     iter_chunks,
     open_writer,
+    read_table,
     write_table,
 )
 from torchshield.data.tabular.kanon import KAnonResult, QuasiIdentifier, kanonymize, risk_metrics
@@ -25,6 +26,7 @@ __all__ = [
     "kanonymize",
     "mask_file",
     "open_writer",
+    "read_table",
     "risk_metrics",
     "scan_file",
     "scan_frame",
