@@ -13,12 +13,15 @@ import logging
 import queue
 import threading
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from torchshield.errors import AccessDenied
 from torchshield.serve.access.keys import ApiKey, KeyStore
 from torchshield.serve.audit import AuditLog, AuditWriter
 from torchshield.serve.monitor import ExtractionMonitor, MonitorConfig
+from torchshield.serve.policy import CREATES, Scope, may, may_manage
 from torchshield.serve.ratelimit import DbRateLimiter, Limit, MemoryRateLimiter, RateDecision
 from torchshield.serve.rbac import GLOBAL, Authorizer
 
@@ -158,11 +161,30 @@ class Service:
         limit = Limit(rate=key.rate_per_s or self.config.rate_per_s, burst=key.burst or self.config.burst)
         return self.limiter.hit(key.key_id, limit)
 
-    def manageable_models(self, key: ApiKey) -> set[str] | None:
-        """Models whose keys ``key`` may manage; None means all (a global role)."""
-        if self.authz.allowed(key.key_id, GLOBAL, "keys", "manage"):
-            return None
-        return {m for m in key.models if self.authz.allowed(key.key_id, m, "keys", "manage")}
+    # ---- key management: the table of serve.policy, nothing else -----------------------
+    @staticmethod
+    def is_manager(key: ApiKey) -> bool:
+        """Whether ``key`` may reach key management at all (its role creates some keys)."""
+        return may(key.role, Scope.of(key.models), "keys.create")
+
+    @staticmethod
+    def may_manage(manager: ApiKey, role: str, models: Iterable[str]) -> bool:
+        """Whether ``manager`` may create, list or revoke a key of ``role`` for ``models``."""
+        return may_manage(manager.role, Scope.of(manager.models), role, Scope.of(models))
+
+    def require_manager(self, key: ApiKey) -> None:
+        if not self.is_manager(key):
+            raise AccessDenied(f"role {key.role} may not manage keys")
+
+    def authorize_new_key(self, manager: ApiKey, role: str, models: Iterable[str]) -> None:
+        """Raise :class:`AccessDenied` unless ``manager`` may create a ``role`` key for ``models``."""
+        if not self.may_manage(manager, role, models):
+            made = ", ".join(sorted(CREATES[manager.role])) or "no"
+            raise AccessDenied(f"role {manager.role} may create {made} keys, for models within its own "
+                               "scope only")
+
+    def manageable(self, manager: ApiKey, keys: Iterable[ApiKey]) -> list[ApiKey]:
+        return [k for k in keys if self.may_manage(manager, k.role, k.models)]
 
     def observe_later(self, key: ApiKey, inputs: Any, labels: Any) -> None:
         """Queue a batch for the extraction monitor (see :meth:`observe`) without waiting for it."""

@@ -17,18 +17,20 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from torchshield.serve.access.keys import ApiKey, parse_duration, valid_model_name
+from torchshield.errors import AccessDenied, CheckFailed, InputError, PolicyError, ShieldError, WrongKeyError
+from torchshield.serve.access.keys import ApiKey, valid_model_name
 from torchshield.serve.db import redact_url
 from torchshield.serve.http.metrics import Metrics
-from torchshield.serve.models import InvalidInput
+from torchshield.serve.http.schemas import MAX_SEQ, CreateKeyBody, first_problem, valid_since
 from torchshield.serve.rbac import GLOBAL
 from torchshield.serve.service import Decision, Service
 
@@ -51,6 +53,19 @@ def _error(status: int, message: str, headers: dict[str, str] | None = None) -> 
     if status == 401:
         hdrs.setdefault("WWW-Authenticate", 'Bearer realm="torchshield"')
     return JSONResponse({"error": {"code": _CODES.get(status, "error"), "message": message}}, status, hdrs)
+
+
+def status_for(exc: ShieldError) -> int:
+    """The HTTP status of an error of the tree (see :mod:`torchshield.errors`): the same classes
+    the CLI maps to exit codes. Policy refusals are 403, bad input 422; a failed check or anything
+    else torchshield raised on purpose inside a request is the service's fault, 500."""
+    if isinstance(exc, (AccessDenied, PolicyError)):
+        return 403
+    if isinstance(exc, (InputError, WrongKeyError)):
+        return 422
+    if isinstance(exc, CheckFailed):
+        return 500
+    return 500
 
 
 def _bearer(request: Request) -> str | None:
@@ -111,11 +126,12 @@ class GuardMiddleware:
                 return {"type": "http.request", "body": body, "more_body": False}
             return await receive()  # after the body, only the real disconnect can come
 
-        state = {"held": None}
+        state: dict[str, Any] = {"held": None, "started": False}
         ctx["commit"] = lambda status: self._commit_early(scope, ctx, status, t0)
 
         async def guarded_send(msg: dict) -> None:
             if msg["type"] == "http.response.start":
+                state["started"] = True
                 status = msg["status"]
                 ok = await self._commit(scope, ctx, status, t0)
                 if not ok:
@@ -132,7 +148,16 @@ class GuardMiddleware:
             await _error(413, f"request body is larger than the limit of {self.limit} bytes")(
                 scope, _nothing, guarded_send)
             return
-        await self.app(scope, replay, guarded_send)
+        try:
+            await self.app(scope, replay, guarded_send)
+        except Exception as exc:  # noqa: BLE001 - anything unexpected: a JSON 500 that has its record
+            log.error("unhandled %s on %s %s", type(exc).__name__, scope.get("method"), ctx.get("route") or
+                      "unmatched", exc_info=True)
+            if state["started"]:
+                return  # the response (and its record) went out already; nothing more to say
+            ctx["reason"] = f"internal error ({type(exc).__name__})"
+            await _error(500, "internal error; the request was recorded, retry or report it")(
+                scope, _nothing, guarded_send)
 
     def _record(self, scope: dict, ctx: dict, status: int, elapsed: float) -> dict[str, Any]:
         body = scope["state"].get("body", b"")
@@ -239,7 +264,17 @@ def create_app(service: Service) -> FastAPI:
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
-        return _error(422, "request parameters are invalid")
+        message = first_problem(list(exc.errors()))
+        _audit_ctx(request)["reason"] = message
+        return _error(422, message)
+
+    @app.exception_handler(ShieldError)
+    async def _shield_error(request: Request, exc: ShieldError) -> JSONResponse:
+        # The error tree decides the status; the message is the error's own (never a secret).
+        status = status_for(exc)
+        message = exc.message if status < 500 else "internal error; the request was recorded"
+        _audit_ctx(request)["reason"] = exc.message[:200]
+        return _error(status, message)
 
     async def _database_down(request: Request, exc: Exception) -> JSONResponse:
         # The database went away mid-run (a restart, a network cut): a JSON 503 the caller can
@@ -261,6 +296,8 @@ def create_app(service: Service) -> FastAPI:
 
     def conclude(request: Request, d: Decision) -> Decision:
         _audit_ctx(request).update(key_id=d.key.key_id if d.key else None, reason=d.reason)
+        if d.status == 403:
+            raise AccessDenied(d.reason)
         if not d.allowed:
             headers = {"Retry-After": str(d.retry_after)} if d.status == 429 else None
             raise ApiError(d.status, d.reason, headers=headers)
@@ -298,6 +335,14 @@ def create_app(service: Service) -> FastAPI:
         except (ValueError, RecursionError):
             raise ApiError(422, "body is not valid JSON (or nested too deeply)") from None
 
+    def parse_body(request: Request, schema: type[BaseModel]) -> Any:
+        """The JSON body validated against ``schema``; 422 naming the first bad field."""
+        raw = json_body(request)
+        try:
+            return schema.model_validate(raw)
+        except ValidationError as exc:
+            raise ApiError(422, first_problem(exc)) from None
+
     async def guard_keys(request: Request, action: str, route: str) -> Decision:
         """Key management needs keys:manage in at least one domain; per-model checks follow."""
         return await authenticated(request, action, route, need_manage=True)
@@ -312,8 +357,8 @@ def create_app(service: Service) -> FastAPI:
         if key is None:
             raise ApiError(401, "missing, unknown, expired or revoked API key")
         ctx["key_id"] = key.key_id
-        if need_manage and service.manageable_models(key) == set():
-            raise ApiError(403, f"role {key.role} may not manage keys")
+        if need_manage:
+            service.require_manager(key)
         rate = await run_in_threadpool(service.rate_limit, key)
         if not rate.allowed:
             raise ApiError(429, "rate limit exceeded", headers={"Retry-After": str(rate.retry_after)})
@@ -368,10 +413,7 @@ def create_app(service: Service) -> FastAPI:
             return found(decide(request, "predict", route, "model", "predict", name, m is not None))
 
         def inputs() -> Any:
-            try:
-                return m.validate(json_body(request))
-            except InvalidInput as exc:
-                raise ApiError(422, exc.message) from None
+            return m.validate(json_body(request))  # InvalidInput, an InputError: 422 via the error tree
 
         def answer(d: Decision, x: Any, result: dict[str, Any]) -> JSONResponse:
             if secure and d.key is not None:
@@ -419,25 +461,13 @@ def create_app(service: Service) -> FastAPI:
         """Create a key: `{"role", "models": [...], "name", "expires": "30d", "rate_per_s", "burst"}`.
         The token is in this response only."""
         d = await guard_keys(request, "keys.create", "/v1/keys")
-        body = json_body(request)
-        if not isinstance(body, dict):
-            raise ApiError(422, "body must be a JSON object")
-        role, models = body.get("role"), body.get("models", [GLOBAL])
-        if not isinstance(role, str) or not isinstance(models, list) or not all(isinstance(x, str) for x in models):
-            raise ApiError(422, '"role" must be a string and "models" a list of model names')
-        scope = service.manageable_models(d.key) if secure and d.key else None
-        if scope is not None and (role != "predictor" or GLOBAL in models or not set(models) <= scope):
-            raise ApiError(403, "owners may create predictor keys for their own models only")
-        try:
-            expires = parse_duration(body["expires"]) if body.get("expires") else None
-            new = await run_in_threadpool(lambda: service.keys.create(
-                role=role, models=models, name=str(body.get("name", "")), expires_in=expires,
-                created_by=d.key.key_id if d.key else "", rate_per_s=body.get("rate_per_s"),
-                burst=body.get("burst")))
-        except Exception as exc:  # InputError from validation; message carries no secret
-            if getattr(exc, "message", None) is None:
-                raise
-            raise ApiError(422, exc.message) from None
+        body = parse_body(request, CreateKeyBody)
+        if secure and d.key is not None:
+            service.authorize_new_key(d.key, body.role, body.models)
+        new = await run_in_threadpool(lambda: service.keys.create(
+            role=body.role, models=body.models, name=body.name, expires_in=body.expires_in,
+            created_by=d.key.key_id if d.key else "", rate_per_s=body.rate_per_s, burst=body.burst))
+        role = body.role
         _audit_ctx(request)["detail"] = {"created": new.key.key_id, "role": role}
         return JSONResponse({"key": new.key.to_dict(), "token": new.token}, 201)
 
@@ -446,9 +476,8 @@ def create_app(service: Service) -> FastAPI:
         """Keys the caller may manage (never their tokens)."""
         d = await guard_keys(request, "keys.list", "/v1/keys")
         keys = await run_in_threadpool(service.keys.list)
-        scope = service.manageable_models(d.key) if d.key else None
-        if scope is not None:
-            keys = [k for k in keys if GLOBAL not in k.models and set(k.models) <= scope]
+        if secure and d.key is not None:
+            keys = service.manageable(d.key, keys)
         return {"keys": [k.to_dict() for k in keys]}
 
     @app.delete("/v1/keys/{key_id}", tags=["keys"])
@@ -456,9 +485,12 @@ def create_app(service: Service) -> FastAPI:
         """Revoke a key; effective for the next request in every worker."""
         d = await guard_keys(request, "keys.revoke", "/v1/keys/{key_id}")
         target = await run_in_threadpool(service.keys.get, key_id)
-        scope = service.manageable_models(d.key) if d.key else None
-        if scope is not None and (target is None or GLOBAL in target.models or not set(target.models) <= scope):
-            raise ApiError(403, "you may not revoke this key")
+        if secure and d.key is not None:
+            # An unknown id answers 404 only to a manager of every key, so that others learn nothing.
+            everything = service.may_manage(d.key, "admin", [GLOBAL])
+            if (target is None and not everything) or (target is not None and not service.may_manage(
+                    d.key, target.role, target.models)):
+                raise AccessDenied("you may not revoke this key")
         if target is None:
             raise ApiError(404, "no such key")
         await run_in_threadpool(service.keys.revoke, key_id)
@@ -467,10 +499,15 @@ def create_app(service: Service) -> FastAPI:
 
     # ---- audit (auditor, admin) ----
     @app.get("/v1/audit", tags=["audit"])
-    async def audit_records(request: Request, after_seq: int = 0, limit: int = 100, since: str | None = None) -> dict:
+    async def audit_records(request: Request, after_seq: Annotated[int, Query(ge=0, le=MAX_SEQ)] = 0,
+                            limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+                            since: Annotated[str | None, Query(max_length=40)] = None) -> dict:
         """Audit records after `after_seq` (or from ISO time `since`), oldest first, at most `limit` (<= 1000)."""
         await guard(request, "audit.read", "/v1/audit", "audit", "read")
-        limit = max(1, min(int(limit), 1000))
+        try:
+            valid_since(since)
+        except ValueError:
+            raise ApiError(422, "since: not an ISO date or time, e.g. 2026-11-01T12:00:00+00:00") from None
         recs = await run_in_threadpool(service.audit.records, since=since, after_seq=after_seq, limit=limit)
         return {"records": recs}
 
