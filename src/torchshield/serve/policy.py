@@ -126,3 +126,7 @@ def markdown_table() -> str:
         cells.append(", ".join(sorted(CREATES[role])) + " (within its scope)" if CREATES[role] else "-")
         rows.append("| " + " | ".join([f"`{role}`", *cells]) + " |")
     return "\n".join(rows)
+
+
+if __name__ == "__main__":  # python -m torchshield.serve.policy: the table for docs/serving.md
+    print(markdown_table())
