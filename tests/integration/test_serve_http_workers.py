@@ -40,7 +40,8 @@ def setup(tmp_path, key_file, master_key):
 def _start(bundle: Path, db: str, key_file: Path, workers: int) -> tuple[subprocess.Popen, str]:
     port = free_port()
     proc = subprocess.Popen([*CLI, "serve", str(bundle), "--db", db, "--key-file", str(key_file), "--port", str(port),
-                             "--workers", str(workers), "--rate", "10000", "--burst", "10000"],
+                             "--workers", str(workers), "--rate", "10000", "--burst", "10000",
+                             "--trust", str(bundle.parent / "signer.pub")],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     deadline = time.time() + 90
@@ -158,7 +159,7 @@ def test_tls(setup, tmp_path):
     cert, key = _self_signed(tmp_path)
     port = free_port()
     proc = subprocess.Popen([*CLI, "serve", str(bundle), "--db", db, "--key-file", str(key_file), "--port", str(port),
-                             "--tls-cert", str(cert), "--tls-key", str(key)],
+                             "--tls-cert", str(cert), "--tls-key", str(key), "--trust", str(bundle.parent / "signer.pub")],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
     url = f"https://127.0.0.1:{port}"
     try:

@@ -40,6 +40,10 @@ class ServeConfig:
     db_url: str = "sqlite:///shield.db"
     bundles: tuple[str, ...] = ()
     key_file: str | None = None
+    # Public keys (.pub files) of the signers whose bundles are served; anything else is refused
+    # at start and on reload unless allow_unsigned, the named opt-out (logged at every load).
+    trusted_signers: tuple[str, ...] = ()
+    allow_unsigned: bool = False
     body_limit: int = 1 << 20
     rate_per_s: float = 50.0
     burst: int = 100
@@ -63,6 +67,7 @@ class ServeConfig:
     def from_dict(cls, d: dict[str, Any]) -> ServeConfig:
         d = dict(d)
         d["bundles"] = tuple(d.get("bundles", ()))
+        d["trusted_signers"] = tuple(d.get("trusted_signers", ()))
         return cls(**d)
 
 
@@ -83,6 +88,7 @@ class Decision:
 class Service:
     def __init__(self, config: ServeConfig, *, master: Any, registry: Any, db: Any) -> None:
         self.config = config
+        self._master = master
         self.db = db
         self.registry = registry
         self.keys = KeyStore(db, master)
@@ -107,11 +113,34 @@ class Service:
 
         master = master or resolve_master_key(key_file=config.key_file)
         if registry is None:
-            override = OutputPolicy(mode=config.output) if config.output else None
-            registry = ModelRegistry.from_bundles(list(config.bundles), master=master, output=override)
+            registry = cls.load_models(config, master)
         db = open_database(config.db_url)
         db.start_checkpointer()
         return cls(config, master=master, registry=registry, db=db)
+
+    @staticmethod
+    def load_models(config: ServeConfig, master: Any) -> Any:
+        """Load and verify every bundle of ``config`` (SignatureError if one is not trusted)."""
+        from torchshield.serve.models import ModelRegistry, OutputPolicy, TrustPolicy
+
+        trust = TrustPolicy.from_files(config.trusted_signers, allow_unsigned=config.allow_unsigned)
+        if config.allow_unsigned:
+            log.warning("--allow-unsigned: bundles are served whoever signed them (trusted signers: %s)",
+                        trust.describe())
+        override = OutputPolicy(mode=config.output) if config.output else None
+        return ModelRegistry.from_bundles(list(config.bundles), master=master, output=override, trust=trust)
+
+    def reload_models(self) -> list[str]:
+        """Load every bundle again (they may have been replaced on disk) under the same trust
+        policy, and swap the new models in only if all of them load and verify: a bundle that
+        is unsigned or foreign-signed is refused (SignatureError) and the models served until
+        now stay. Returns the names now served."""
+        registry = self.load_models(self.config, self._master)
+        for name in registry.names():
+            registry.get(name).calibrate_inline(self.config.loop_budget_ms / 1e3)
+        self.registry = registry  # one reference swap: a request sees the old or the new registry
+        log.info("models reloaded: %s", ", ".join(registry.names()))
+        return registry.names()
 
     def close(self) -> None:
         self._observations.put(None)
