@@ -5,6 +5,8 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import logging
@@ -94,6 +96,11 @@ def serve(
     if workers == 1:
         from torchshield.serve.http.app import create_app
 
+        given = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+        if given:  # one worker needs no shared metrics, but an operator's folder starts empty too
+            from torchshield.serve.metrics import prepare_multiprocess_dir
+
+            prepare_multiprocess_dir(given)
         service = Service.start(config, master=master)
         _reload_on_hangup(service)
         _announce(service.keys.count(), service.registry.names(), f"{scheme}://{host}:{port}", workers, db)
@@ -114,8 +121,31 @@ def serve(
               workers, db)
     database.dispose()
     os.environ[CONFIG_ENV] = json.dumps(config.to_dict())
-    uvicorn.run("torchshield.serve.http.worker:app_from_env", factory=True, workers=workers, host=host,
-                port=port, log_level="warning", **tls)
+    with _multiprocess_metrics():
+        uvicorn.run("torchshield.serve.http.worker:app_from_env", factory=True, workers=workers, host=host,
+                    port=port, log_level="warning", **tls)
+
+
+@contextmanager
+def _multiprocess_metrics() -> Iterator[None]:
+    """Several workers share one set of metrics through prometheus_client's multiprocess mode:
+    PROMETHEUS_MULTIPROC_DIR (the operator's, or a private temporary folder removed at exit),
+    emptied now so that the counters start at zero; the workers inherit it."""
+    import shutil
+    import tempfile
+
+    from torchshield.serve.metrics import MULTIPROC_ENV, prepare_multiprocess_dir
+
+    given = os.environ.get(MULTIPROC_ENV)
+    folder = given or tempfile.mkdtemp(prefix="torchshield-metrics-")
+    prepare_multiprocess_dir(folder)
+    os.environ[MULTIPROC_ENV] = folder
+    try:
+        yield
+    finally:
+        if not given:
+            shutil.rmtree(folder, ignore_errors=True)
+            os.environ.pop(MULTIPROC_ENV, None)
 
 
 def _reload_on_hangup(service: object) -> None:

@@ -20,6 +20,7 @@ from typing import Any
 from torchshield.errors import AccessDenied
 from torchshield.serve.access.keys import ApiKey, KeyStore
 from torchshield.serve.audit import AuditLog, AuditWriter
+from torchshield.serve.metrics import ServeMetrics
 from torchshield.serve.monitor import ExtractionMonitor, MonitorConfig
 from torchshield.serve.policy import CREATES, Scope, may, may_manage
 from torchshield.serve.ratelimit import DbRateLimiter, Limit, MemoryRateLimiter, RateDecision
@@ -96,6 +97,7 @@ class Service:
         self.audit = AuditLog(db, master)
         self.audit_writer = AuditWriter(self.audit)
         self.monitor = ExtractionMonitor(MonitorConfig(**config.monitor))
+        self.metrics = ServeMetrics()
         # The monitor runs on its own thread, after the answer: its statistics (a Shapiro-Wilk test
         # every few queries) are not the caller's to wait for, and an alert is not a verdict.
         self._observations: queue.SimpleQueue[Any] = queue.SimpleQueue()
@@ -287,6 +289,7 @@ class Service:
         alerts = self.monitor.observe(key.key_id, inputs, labels)
         for a in alerts:
             log.warning("extraction alert %s for key %s: %s", a.kind, a.key_id, a.detail)
+            self.metrics.alert(a.kind)
             self.audit_writer.write({"action": "monitor.alert", "key_id": a.key_id, "decision": "alert",
                                       "reason": a.kind, "detail": a.detail, "status": 0})
         return alerts

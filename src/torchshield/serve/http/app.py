@@ -29,7 +29,6 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from torchshield.errors import AccessDenied, CheckFailed, InputError, PolicyError, ShieldError, WrongKeyError
 from torchshield.serve.access.keys import ApiKey, valid_model_name
 from torchshield.serve.db import redact_url
-from torchshield.serve.http.metrics import Metrics
 from torchshield.serve.http.schemas import MAX_SEQ, CreateKeyBody, first_problem, valid_since
 from torchshield.serve.rbac import GLOBAL
 from torchshield.serve.service import Decision, Service
@@ -81,8 +80,8 @@ def _audit_ctx(request: Request) -> dict[str, Any]:
 class GuardMiddleware:
     """Body limit, timing, metrics and one committed audit record per request (pure ASGI)."""
 
-    def __init__(self, app: Any, *, service: Service, metrics: Metrics) -> None:
-        self.app, self.service, self.metrics = app, service, metrics
+    def __init__(self, app: Any, *, service: Service) -> None:
+        self.app, self.service, self.metrics = app, service, service.metrics
         self.limit = service.config.body_limit
         self.audit_on = service.config.security
         self.commit_on_loop = service.db.is_sqlite  # see AuditWriter.write_async
@@ -233,13 +232,12 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
 
 def create_app(service: Service) -> FastAPI:
     """The FastAPI application for ``service`` (OpenAPI docs at /docs and /openapi.json)."""
-    metrics = Metrics()
     secure = service.config.security
     app = FastAPI(title="torchshield inference service", version="1", lifespan=_lifespan,
                   description="Authenticated, rate-limited, audited model inference. "
                               "Send `Authorization: Bearer <key>`; keys come from `torchshield access`.")
     app.state.service = service
-    app.add_middleware(GuardMiddleware, service=service, metrics=metrics)
+    app.add_middleware(GuardMiddleware, service=service)
     # The checks read in-memory state (and a SQLite row when a key's cached one is stale): they
     # run on the event loop. On PostgreSQL they run on the loop too, the key read as a coroutine
     # (checks_async). Rate limits kept in the database go through a worker thread.
@@ -376,7 +374,7 @@ def create_app(service: Service) -> FastAPI:
         """Prometheus text exposition (role monitor or admin)."""
         await guard(request, "metrics.read", "/metrics", "metrics", "read")
         head = (await run_in_threadpool(service.audit.head))[0] if secure else None
-        data, ctype = metrics.render(service.monitor, head)
+        data, ctype = await run_in_threadpool(service.metrics.render, head)
         return Response(data, media_type=ctype)
 
     @app.get("/v1/models", tags=["models"])
@@ -452,7 +450,7 @@ def create_app(service: Service) -> FastAPI:
                 return response
 
             response = await run_in_threadpool(on_worker)
-        metrics.predictions[name] += _audit_ctx(request)["detail"]["inputs"]  # on the loop: no race
+        service.metrics.predicted(name, _audit_ctx(request)["detail"]["inputs"])
         return response
 
     # ---- keys (admin; owners for their models) ----
