@@ -80,8 +80,15 @@ def run_server(kind: str, workdir: Path, port: int) -> None:
     else:
         db_url = _secure_db(workdir) if kind == "secure" else f"sqlite:///{workdir / (kind + '.db')}"
         cfg = ServeConfig(db_url=db_url, bundles=(str(bundle),), trusted_signers=(signer_pub,),
-                          rate_per_s=1e6, burst=10**6, security=(kind == "secure"), monitor_when_off=(kind == "ref"))
-        app = create_app(Service.start(cfg, master=master))
+                          rate_per_s=1e6, burst=10**6)
+        service = Service.start(cfg, master=master)
+        path = None  # secure: the request path the product chooses for the backend
+        if kind != "secure":
+            sys.path.insert(0, str(HERE.parent))
+            from serve_reference import OpenPath
+
+            path = OpenPath(service, monitored=(kind == "ref"))
+        app = create_app(service, path=path)
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning")
 
 

@@ -64,14 +64,22 @@ def test_monitor_keeps_up_under_concurrent_requests(tmp_path):
     assert {snap[k.key.key_id]["queries"] for k in keys} == {60}
 
 
-def test_monitor_runs_with_security_off_when_asked(tmp_path):
-    """The benchmark's reference app (auth, RBAC and audit off) still monitors, as one caller."""
+def test_benchmark_reference_monitors_without_security(tmp_path):
+    """The benchmark's reference app (benchmarks/serve_reference.py: auth, RBAC and audit off)
+    still monitors, every caller as one anonymous key."""
+    import sys
+    from pathlib import Path
+
     from torchshield.crypto.keys import generate_master_key
     from torchshield.serve.http import create_app
 
-    svc = make_service(tmp_path, generate_master_key(), security=False, monitor_when_off=True)
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+    from serve_reference import OpenPath
+
+    svc = make_service(tmp_path, generate_master_key())
     try:
-        with running(create_app(svc)) as url, httpx.Client(base_url=url, timeout=30) as client:
+        with running(create_app(svc, path=OpenPath(svc, monitored=True))) as url, \
+                httpx.Client(base_url=url, timeout=30) as client:
             for i in range(5):  # no Authorization header: security is off
                 r = client.post("/v1/models/digits/predict", json={"inputs": [[float(i)] * 8] * 3})
                 assert r.status_code == 200

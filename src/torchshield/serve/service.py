@@ -54,10 +54,6 @@ class ServeConfig:
     loop_budget_ms: float = 0.5
     output: str | None = None  # force one output mode for every model
     monitor: dict[str, Any] = field(default_factory=dict)
-    security: bool = True  # False only for the benchmark floor: no auth, RBAC, rate limit or audit
-    # With security off, still run the extraction monitor (all callers as one anonymous key): the
-    # issue's benchmark reference, "the same app with auth, RBAC and audit off".
-    monitor_when_off: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         from dataclasses import asdict
@@ -232,8 +228,7 @@ class Service:
         passes of ``MONITOR_CHUNK`` inputs: one wake-up per burst instead of per request, and
         short slices of work (the thread yields between passes), so that the monitor never holds
         the interpreter long enough to show in a request's latency."""
-        if self.config.security or self.config.monitor_when_off:  # SciPy takes seconds to import: not in a request
-            self.monitor.warm_up()
+        self.monitor.warm_up()  # SciPy takes seconds to import: not in a request
         try:  # background work must not take the other core: NumPy's BLAS, one thread (process-wide)
             from threadpoolctl import threadpool_limits
 
