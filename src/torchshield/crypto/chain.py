@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from hashlib import sha256
 from typing import Any
 
-__all__ = ["GENESIS", "ChainHead", "ChainReport", "ChainRow", "KeyedChain"]
+__all__ = ["ChainHead", "ChainReport", "ChainRow", "GENESIS", "KeyedChain"]
 
 GENESIS = "0" * 64
 

@@ -25,8 +25,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-__all__ = ["ACTIONS", "CREATES", "GLOBAL", "ROLE_PERMISSIONS", "SERVICE_WIDE", "Scope", "may", "may_manage",
-           "markdown_table", "role_names"]
+__all__ = ["ACTIONS", "CREATES", "GLOBAL", "ROLE_PERMISSIONS", "SERVICE_WIDE", "Scope", "markdown_table", "may",
+           "may_manage", "role_names"]
 
 GLOBAL = "*"
 

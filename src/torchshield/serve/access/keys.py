@@ -37,7 +37,7 @@ from typing import Any
 from torchshield.errors import InputError
 from torchshield.serve.rbac import GLOBAL, ROLES, grant_rows
 
-__all__ = ["MAX_BURST", "MAX_RATE", "ApiKey", "KeyStore", "NewKey", "parse_duration", "valid_model_name"]
+__all__ = ["ApiKey", "KeyStore", "MAX_BURST", "MAX_RATE", "NewKey", "parse_duration", "valid_model_name"]
 
 _TOKEN_RE = re.compile(r"tsk_([0-9a-f]{16})_([A-Za-z0-9_-]{43})")
 _MODEL_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")

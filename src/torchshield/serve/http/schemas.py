@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from torchshield.serve.access.keys import MAX_BURST, MAX_RATE, parse_duration, valid_model_name
 from torchshield.serve.policy import GLOBAL, role_names
 
-__all__ = ["MAX_SEQ", "CreateKeyBody", "first_problem"]
+__all__ = ["CreateKeyBody", "MAX_SEQ", "first_problem", "valid_since"]
 
 MAX_SEQ = (1 << 63) - 1  # a BIGINT: the largest sequence number the audit log can hold
 
