@@ -142,6 +142,9 @@ def test_a_burst_string_never_poisons_a_key(server):
 def test_bad_audit_queries_are_422_naming_the_field(server, query, field):
     (r,) = one_record_each(server, [("auditor", "GET", f"/v1/audit?{query}", {})])
     assert r.status_code == 422 and r.json()["error"]["message"].startswith(f"{field}:"), r.text
+    _, _, svc = server
+    rec = svc.audit.records(after_seq=svc.audit.head()[0] - 1)[-1]
+    assert rec["route"] == "/v1/audit" and rec["reason"].startswith(f"{field}:")
 
 
 def test_unexpected_exception_is_a_json_500_with_its_record(server, monkeypatch):

@@ -173,8 +173,13 @@ async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResp
 
 
 async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+    """A query or path parameter refused before the route ran: its record still names the route."""
     message = first_problem(list(exc.errors()))
-    audit_context(request).reason = message
+    ctx = audit_context(request)
+    route = request.scope.get("route")
+    if ctx.route is None and route is not None:
+        ctx.route, ctx.action = route.path, f"{route.name}.invalid"
+    ctx.reason = message
     return _error(422, message)
 
 
