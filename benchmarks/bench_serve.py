@@ -58,16 +58,17 @@ def run_server(kind: str, workdir: Path, port: int) -> None:
 
     from torchshield.crypto.keys import read_key_file
     from torchshield.serve.http import create_app
-    from torchshield.serve.models import load_bundle_model
+    from torchshield.serve.models import TrustPolicy, load_bundle_model
     from torchshield.serve.service import ServeConfig, Service
 
     master = read_key_file(workdir / "shield.key")
     bundle = workdir / "mlp.tsb"
+    signer_pub = str(workdir / "signer.pub")
     if kind == "bare":
         import torch
         from fastapi import FastAPI
 
-        model = load_bundle_model(bundle, master=master)
+        model = load_bundle_model(bundle, master=master, trust=TrustPolicy.from_files([signer_pub]))
         app = FastAPI()
 
         @app.post("/v1/models/mlp/predict")
@@ -78,9 +79,16 @@ def run_server(kind: str, workdir: Path, port: int) -> None:
             return {"outputs": labels, "predictions": labels}
     else:
         db_url = _secure_db(workdir) if kind == "secure" else f"sqlite:///{workdir / (kind + '.db')}"
-        cfg = ServeConfig(db_url=db_url, bundles=(str(bundle),),
-                          rate_per_s=1e6, burst=10**6, security=(kind == "secure"), monitor_when_off=(kind == "ref"))
-        app = create_app(Service.start(cfg, master=master))
+        cfg = ServeConfig(db_url=db_url, bundles=(str(bundle),), trusted_signers=(signer_pub,),
+                          rate_per_s=1e6, burst=10**6)
+        service = Service.start(cfg, master=master)
+        path = None  # secure: the request path the product chooses for the backend
+        if kind != "secure":
+            sys.path.insert(0, str(HERE.parent))
+            from serve_reference import OpenPath
+
+            path = OpenPath(service, monitored=(kind == "ref"))
+        app = create_app(service, path=path)
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning")
 
 
@@ -239,6 +247,7 @@ def prepare(workdir: Path, hidden: tuple[int, ...] = (64,)) -> str:
 
     import torchshield
     from torchshield.crypto.keys import write_key_file
+    from torchshield.crypto.signing import generate_signing_key
     from torchshield.serve.access.keys import KeyStore
     from torchshield.serve.db import open_database
     from torchshield.nn.zoo import build_model
@@ -246,8 +255,9 @@ def prepare(workdir: Path, hidden: tuple[int, ...] = (64,)) -> str:
     master = write_key_file(workdir / "shield.key")
     torch.manual_seed(0)
     meta = {**META, "model": {"type": "mlp", "hidden": list(hidden)}}
+    signer, _ = generate_signing_key(workdir / "signer", overwrite=True)
     torchshield.save(build_model(meta["model"], in_shape=(64,), num_classes=10), workdir / "mlp.tsb", key=master,
-                     metadata=meta)
+                     sign_with=signer, metadata=meta)
     db = open_database(_secure_db(workdir))
     token = KeyStore(db, master).create(role="predictor", models=["mlp"]).token
     db.dispose()
@@ -316,7 +326,8 @@ def _soak(db: str, workdir: Path, n: int, c: int, workers: int) -> dict:
     url = f"http://127.0.0.1:{port}/v1/models/mlp/predict"
     log = workdir / "soak-server.log"
     proc = start([TS, "serve", str(workdir / "mlp.tsb"), "--db", db, "--key-file", key, "--port", str(port),
-                  "--workers", str(workers), "--rate", "1000000", "--burst", "1000000"], url, log)
+                  "--workers", str(workers), "--rate", "1000000", "--burst", "1000000",
+                  "--trust", str(workdir / "signer.pub")], url, log)
     try:
         before = _count(db, key)
         res = load(url, boot["token"], n, c)

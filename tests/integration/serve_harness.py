@@ -14,7 +14,19 @@ META = {"name": "digits", "model": ARCH, "input": {"shape": [8], "dtype": "float
         "num_classes": 4}
 
 
-def make_bundle(path: Path, master: Any = None, *, name: str = "digits", seed: int = 0, **extra: Any) -> Path:
+def make_signer(folder: Path) -> tuple[Path, Path]:
+    """A signing key pair in ``folder`` (made once): (private key file, public key file)."""
+    from torchshield.crypto.signing import generate_signing_key
+
+    priv, pub = folder / "signer.key", folder / "signer.pub"
+    if not pub.exists():
+        priv, pub = (Path(p) for p in generate_signing_key(folder / "signer"))
+    return priv, pub
+
+
+def make_bundle(path: Path, master: Any = None, *, name: str = "digits", seed: int = 0, sign: bool = True,
+                sign_with: Any = None, **extra: Any) -> Path:
+    """A tiny bundle, signed by the signer of its folder (``make_signer``) unless told otherwise."""
     import torch
 
     import torchshield
@@ -22,15 +34,18 @@ def make_bundle(path: Path, master: Any = None, *, name: str = "digits", seed: i
 
     torch.manual_seed(seed)
     model = build_model(ARCH, in_shape=(8,), num_classes=4)
-    torchshield.save(model, path, key=master, metadata={**META, "name": name, **extra})
+    signer = sign_with or (make_signer(path.parent)[0] if sign else None)
+    torchshield.save(model, path, key=master, sign_with=signer, metadata={**META, "name": name, **extra})
     return path
 
 
 def make_service(tmp: Path, master: Any, *, db_url: str | None = None, models: tuple[str, ...] = ("digits", "iris"),
                  **config: Any) -> Any:
+    """A service over signed bundles of ``models``, trusting their signer."""
     from torchshield.serve.service import ServeConfig, Service
 
     bundles = tuple(str(make_bundle(tmp / f"{n}.tsb", master, name=n, seed=i)) for i, n in enumerate(models))
+    config.setdefault("trusted_signers", (str(make_signer(tmp)[1]),))
     cfg = ServeConfig(db_url=db_url or f"sqlite:///{tmp / 'serve.db'}", bundles=bundles, **config)
     return Service.start(cfg, master=master)
 

@@ -30,8 +30,10 @@ CHILD = textwrap.dedent("""
 """)
 
 
-def test_two_processes_cannot_double_spend_on_postgres(pg_db):
+def test_two_processes_cannot_double_spend_on_postgres(pg_db, key_file, monkeypatch):
     from torchshield.privacy.ledger import Ledger
+
+    monkeypatch.setenv("TORCHSHIELD_KEY_FILE", str(key_file))  # the ledger's chain is keyed (children inherit it)
 
     ledger = Ledger(pg_db)
     assert ledger.engine.dialect.name == "postgresql"

@@ -42,16 +42,16 @@ def test_failed_audit_write_withholds_the_answer(tmp_path):
 
 def test_a_status_changed_after_an_early_commit_is_amended(tmp_path):
     from torchshield.serve.http import create_app
-    from torchshield.serve.http.app import _audit_ctx
+    from torchshield.serve.http import audit_context
 
     svc, token = _service(tmp_path)
     app = create_app(svc)
 
     @app.post("/test/early")
     def early(request: Request) -> JSONResponse:  # commits "200", then answers 500: the log must not claim a 200
-        ctx = _audit_ctx(request)
-        ctx.update(action="test.early", route="/test/early")
-        ctx["commit"](200)
+        ctx = audit_context(request)
+        ctx.action, ctx.route = "test.early", "/test/early"
+        request.app.state.path.commit_now(ctx, 200)
         return JSONResponse({"error": {"code": "internal_error", "message": "x"}}, 500)
 
     try:

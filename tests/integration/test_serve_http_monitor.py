@@ -28,9 +28,10 @@ def test_probing_key_is_flagged_in_metrics_and_audit_log(tmp_path):
             text = client.get("/metrics", headers={"Authorization": f"Bearer {monitor}"}).text
     finally:
         svc.close()
-    assert 'torchshield_extraction_alerts_total{kind="near_duplicates"} 1' in text
-    assert 'torchshield_extraction_alerts_total{kind="budget"} 1' in text
-    assert f'torchshield_key_queries{{key_id="{prober.key.key_id}"}} 70' in text
+    assert 'torchshield_extraction_alerts_total{kind="near_duplicates"} 1.0' in text
+    assert 'torchshield_extraction_alerts_total{kind="budget"} 1.0' in text
+    assert prober.key.key_id not in text  # no per-key labels (unbounded); per-key data is in the audit log
+    assert 'torchshield_predictions_total{model="digits"} 70.0' in text
     alerts = [r for r in svc.audit.records() if r["action"] == "monitor.alert"]
     assert sorted(a["reason"] for a in alerts) == ["budget", "near_duplicates"]
     assert all(a["key_id"] == prober.key.key_id for a in alerts)
@@ -63,14 +64,22 @@ def test_monitor_keeps_up_under_concurrent_requests(tmp_path):
     assert {snap[k.key.key_id]["queries"] for k in keys} == {60}
 
 
-def test_monitor_runs_with_security_off_when_asked(tmp_path):
-    """The benchmark's reference app (auth, RBAC and audit off) still monitors, as one caller."""
+def test_benchmark_reference_monitors_without_security(tmp_path):
+    """The benchmark's reference app (benchmarks/serve_reference.py: auth, RBAC and audit off)
+    still monitors, every caller as one anonymous key."""
+    import sys
+    from pathlib import Path
+
     from torchshield.crypto.keys import generate_master_key
     from torchshield.serve.http import create_app
 
-    svc = make_service(tmp_path, generate_master_key(), security=False, monitor_when_off=True)
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+    from serve_reference import OpenPath
+
+    svc = make_service(tmp_path, generate_master_key())
     try:
-        with running(create_app(svc)) as url, httpx.Client(base_url=url, timeout=30) as client:
+        with running(create_app(svc, path=OpenPath(svc, monitored=True))) as url, \
+                httpx.Client(base_url=url, timeout=30) as client:
             for i in range(5):  # no Authorization header: security is off
                 r = client.post("/v1/models/digits/predict", json={"inputs": [[float(i)] * 8] * 3})
                 assert r.status_code == 200

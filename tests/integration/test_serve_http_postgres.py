@@ -100,9 +100,9 @@ def test_postgres_hot_path_recovers_from_lost_connections(pg_db, master_key):
     try:
         log.append({"action": "b"})
     except Exception as exc:  # noqa: BLE001 - the driver's error for the dropped connection
-        from torchshield.serve.db import _lost_connection
+        from torchshield.serve.db_errors import lost_connection
 
-        assert _lost_connection(exc)
+        assert lost_connection(exc)
     log.append({"action": "c"})
     assert [r["action"] for r in log.records()][-1] == "c" and log.verify().ok
     db.dispose()
@@ -119,7 +119,8 @@ def test_postgres_event_loop_path_recovers_from_lost_connections(pg_db, master_k
 
     from torchshield.serve.access.keys import KeyStore
     from torchshield.serve.audit import AuditLog
-    from torchshield.serve.db import _lost_connection, open_database
+    from torchshield.serve.db import open_database
+    from torchshield.serve.db_errors import lost_connection
 
     db = open_database(pg_db)
     keys, log = KeyStore(db, master_key), AuditLog(db, master_key)
@@ -164,7 +165,7 @@ def test_postgres_event_loop_path_recovers_from_lost_connections(pg_db, master_k
                 outcomes.append((f"b{i}", True))
                 break
             except Exception as exc:  # noqa: BLE001 - the driver's error for the dropped connection
-                assert _lost_connection(exc)
+                assert lost_connection(exc)
                 outcomes.append((f"b{i}", False))
 
     asyncio.run(scenario())

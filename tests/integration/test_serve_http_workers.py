@@ -37,11 +37,14 @@ def setup(tmp_path, key_file, master_key):
     return bundle, db, key_file, json.loads(boot.stdout)["token"]
 
 
-def _start(bundle: Path, db: str, key_file: Path, workers: int) -> tuple[subprocess.Popen, str]:
+def _start(bundle: Path, db: str, key_file: Path, workers: int, env: dict | None = None
+           ) -> tuple[subprocess.Popen, str]:
     port = free_port()
     proc = subprocess.Popen([*CLI, "serve", str(bundle), "--db", db, "--key-file", str(key_file), "--port", str(port),
-                             "--workers", str(workers), "--rate", "10000", "--burst", "10000"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+                             "--workers", str(workers), "--rate", "10000", "--burst", "10000",
+                             "--trust", str(bundle.parent / "signer.pub")],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True,
+                            env={**os.environ, **(env or {})})
     url = f"http://127.0.0.1:{port}"
     deadline = time.time() + 90
     while time.time() < deadline:
@@ -109,6 +112,72 @@ def test_two_workers_under_load_and_revocation(setup):
     assert [r["status"] for r in requests].count(401) == 20
 
 
+def _sample(text: str, line_start: str) -> float:
+    values = [float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(line_start)]
+    assert len(values) == 1, (line_start, text)
+    return values[0]
+
+
+def _per_worker_predictions(folder: Path) -> dict[str, float]:
+    """What each worker process counted, read from its own multiprocess file."""
+    from prometheus_client.multiprocess import MultiProcessCollector
+
+    out = {}
+    for f in folder.glob("counter_*.db"):
+        samples = [s for m in MultiProcessCollector.merge([str(f)], accumulate=True) for s in m.samples
+                   if s.name == "torchshield_predictions_total"]
+        out[f.stem] = sum(s.value for s in samples)
+    return out
+
+
+def test_metrics_are_totals_of_every_worker(setup, tmp_path):
+    """Issue 17, finding 8: behind one port a scrape reaches either worker; every scrape must
+    show the totals of both (prometheus_client's multiprocess mode), never one worker's share.
+    Load goes on (fresh connections) until both workers have answered some of it; a stale file
+    left in the metrics folder by an earlier run is removed at start."""
+    bundle, db, key_file, admin = setup
+    folder = tmp_path / "metrics"
+    folder.mkdir()
+    (folder / "counter_1.db").write_bytes(b"stale: an earlier run's counters")
+    proc, url = _start(bundle, db, key_file, workers=2, env={"PROMETHEUS_MULTIPROC_DIR": str(folder)})
+    hdr = {"Authorization": f"Bearer {admin}"}
+    fresh = httpx.Limits(max_keepalive_connections=0)
+    sent, scrapes = 0, []
+    try:
+        def client() -> None:
+            with httpx.Client(base_url=url, timeout=30, headers=hdr, limits=fresh) as c:
+                for _ in range(10):
+                    assert c.post("/v1/models/digits/predict", json={"inputs": X}).status_code == 200
+
+        for _ in range(30):
+            threads = [threading.Thread(target=client) for _ in range(8)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            sent += 80
+            per_worker = _per_worker_predictions(folder)
+            if sum(v > 0 for v in per_worker.values()) >= 2:
+                break
+        assert sum(v > 0 for v in per_worker.values()) == 2 and sum(per_worker.values()) == sent, per_worker
+        with httpx.Client(base_url=url, timeout=30, headers=hdr, limits=fresh) as c:
+            for _ in range(12):
+                r = c.get("/metrics")
+                assert r.status_code == 200
+                scrapes.append(r.text)
+    finally:
+        _stop(proc)
+    for text in scrapes:  # whichever worker answered, the totals of both
+        assert _sample(text, 'torchshield_predictions_total{model="digits"}') == sent
+        assert _sample(text, 'torchshield_requests_total{route="/v1/models/{name}/predict",status="200"}') == sent
+        assert _sample(text, "torchshield_request_seconds_count") >= sent
+        assert "key_id" not in text  # bounded labels: nothing per API key
+    # each scrape counts the ones before it, whichever worker answered them
+    seen = [_sample(t, 'torchshield_requests_total{route="/metrics",status="200"}') if 'route="/metrics"' in t
+            else 0.0 for t in scrapes]
+    assert seen == [float(i) for i in range(12)]
+
+
 def test_sigkill_loses_no_acknowledged_record(setup):
     bundle, db, key_file, admin = setup
     proc, url = _start(bundle, db, key_file, workers=1)
@@ -158,7 +227,7 @@ def test_tls(setup, tmp_path):
     cert, key = _self_signed(tmp_path)
     port = free_port()
     proc = subprocess.Popen([*CLI, "serve", str(bundle), "--db", db, "--key-file", str(key_file), "--port", str(port),
-                             "--tls-cert", str(cert), "--tls-key", str(key)],
+                             "--tls-cert", str(cert), "--tls-key", str(key), "--trust", str(bundle.parent / "signer.pub")],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
     url = f"https://127.0.0.1:{port}"
     try:

@@ -44,7 +44,7 @@ def served(tmp_path_factory):
 
     thief = generate_master_key()
     svc = Service.start(ServeConfig(db_url=f"sqlite:///{tmp / 'serve.db'}", bundles=tuple(bundles.values()),
-                                    rate_per_s=1000, burst=1000), master=thief)
+                                    rate_per_s=1000, burst=1000, allow_unsigned=True), master=thief)
     token = svc.keys.create(role="predictor").token
     with running(create_app(svc)) as url:
         yield url, token, tmp

@@ -5,7 +5,11 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+
+import logging
 
 import typer
 
@@ -13,6 +17,7 @@ from torchshield.cli.output import err_console
 from torchshield.errors import InputError
 
 DEFAULT_DB = "sqlite:///shield.db"
+log = logging.getLogger("torchshield.serve")
 
 
 def register(root: typer.Typer) -> None:
@@ -43,6 +48,11 @@ def serve(
     output: str | None = typer.Option(None, "--output", help="Force output hardening for every model: "
                                                             "label, top_k or probabilities."),
     body_limit: int = typer.Option(1 << 20, "--body-limit", help="Largest request body in bytes (else 413)."),
+    trust: list[Path] = typer.Option([], "--trust", help="Public key (.pub) of a signer whose bundles are "
+                                                        "served (repeat); others are refused."),
+    allow_unsigned: bool = typer.Option(False, "--allow-unsigned",
+                                        help="DANGEROUS: serve bundles that are unsigned or signed by a key "
+                                             "not given with --trust (logged at every load)."),
     loop_budget_ms: float = typer.Option(0.5, "--loop-budget-ms", min=0.0,
                                          help="Run a predict on the event loop when its model answers a body "
                                               "that size within this time (measured at start); 0: always "
@@ -59,23 +69,40 @@ def serve(
         raise InputError("--rate-limit-store must be memory or db")
     if (tls_cert is None) != (tls_key is None):
         raise InputError("--tls-cert and --tls-key go together")
-    for p in [*bundles, *(x for x in (tls_cert, tls_key) if x)]:
+    for p in [*bundles, *trust, *(x for x in (tls_cert, tls_key) if x)]:
         if not p.is_file():
             raise InputError(f"{p}: no such file")
+    from torchshield.serve.models import TrustPolicy
+
+    policy = TrustPolicy.from_files([str(t) for t in trust], allow_unsigned=allow_unsigned)
+    if allow_unsigned:
+        err_console.print("[bold red]WARNING: --allow-unsigned:[/] bundles are served whoever made them; "
+                          f"trusted signers: {policy.describe()}", highlight=False)
+    elif not trust:
+        raise InputError("--trust: name the public key (.pub) of the signer whose bundles may be served",
+                         hint="e.g. --trust signer.pub (repeat for several); or --allow-unsigned to serve "
+                              "unverified bundles")
     if not _is_loopback(host):
         err_console.print(f"[bold yellow]WARNING:[/] binding {host}: the service is reachable from other "
                           "machines" + ("" if tls_cert else " over plain HTTP (API keys travel in clear; "
                                                              "use --tls-cert/--tls-key)"), highlight=False)
     config = ServeConfig(db_url=db, bundles=tuple(str(b) for b in bundles),
                          key_file=str(key_file) if key_file else None, body_limit=body_limit, rate_per_s=rate,
-                         burst=burst, rate_store=rate_store, output=output, loop_budget_ms=loop_budget_ms)
+                         burst=burst, rate_store=rate_store, output=output, loop_budget_ms=loop_budget_ms,
+                         trusted_signers=tuple(str(t) for t in trust), allow_unsigned=allow_unsigned)
     tls = {"ssl_certfile": str(tls_cert), "ssl_keyfile": str(tls_key)} if tls_cert else {}
     master = resolve_master_key(key_file=key_file)  # fail fast, with clear errors, before any worker starts
     scheme = "https" if tls_cert else "http"
     if workers == 1:
         from torchshield.serve.http.app import create_app
 
+        given = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+        if given:  # one worker needs no shared metrics, but an operator's folder starts empty too
+            from torchshield.serve.metrics import prepare_multiprocess_dir
+
+            prepare_multiprocess_dir(given)
         service = Service.start(config, master=master)
+        _reload_on_hangup(service)
         _announce(service.keys.count(), service.registry.names(), f"{scheme}://{host}:{port}", workers, db)
         uvicorn.run(create_app(service), host=host, port=port, log_level="warning", **tls)
         service.close()
@@ -86,15 +113,56 @@ def serve(
     from torchshield.serve.access.keys import KeyStore
     from torchshield.serve.db import open_database
 
-    for b in bundles:
-        inspect_bundle(b)
+    for b in bundles:  # the signer named by each header must be trusted; each worker verifies the signature
+        info = inspect_bundle(b)
+        policy.verifier(b, info.signed, info.signer)
     database = open_database(db)
     _announce(KeyStore(database, master).count(), [b.name for b in bundles], f"{scheme}://{host}:{port}",
               workers, db)
     database.dispose()
     os.environ[CONFIG_ENV] = json.dumps(config.to_dict())
-    uvicorn.run("torchshield.serve.http.worker:app_from_env", factory=True, workers=workers, host=host,
-                port=port, log_level="warning", **tls)
+    with _multiprocess_metrics():
+        uvicorn.run("torchshield.serve.http.worker:app_from_env", factory=True, workers=workers, host=host,
+                    port=port, log_level="warning", **tls)
+
+
+@contextmanager
+def _multiprocess_metrics() -> Iterator[None]:
+    """Several workers share one set of metrics through prometheus_client's multiprocess mode:
+    PROMETHEUS_MULTIPROC_DIR (the operator's, or a private temporary folder removed at exit),
+    emptied now so that the counters start at zero; the workers inherit it."""
+    import shutil
+    import tempfile
+
+    from torchshield.serve.metrics import MULTIPROC_ENV, prepare_multiprocess_dir
+
+    given = os.environ.get(MULTIPROC_ENV)
+    folder = given or tempfile.mkdtemp(prefix="torchshield-metrics-")
+    prepare_multiprocess_dir(folder)
+    os.environ[MULTIPROC_ENV] = folder
+    try:
+        yield
+    finally:
+        if not given:
+            shutil.rmtree(folder, ignore_errors=True)
+            os.environ.pop(MULTIPROC_ENV, None)
+
+
+def _reload_on_hangup(service: object) -> None:
+    """SIGHUP (one worker): load and verify the bundles again, on a thread; a bundle that is not
+    trusted any more is refused and the models served until then stay. With --workers N, uvicorn's
+    supervisor answers SIGHUP by restarting the workers, each of which verifies at start."""
+    import signal
+    import threading
+
+    def reload() -> None:
+        try:
+            service.reload_models()  # type: ignore[attr-defined]
+        except Exception as exc:  # noqa: BLE001 - keep serving what was verified before
+            log.error("reload refused, still serving the previous models: %s", getattr(exc, "message", exc))
+
+    if hasattr(signal, "SIGHUP"):
+        signal.signal(signal.SIGHUP, lambda *_: threading.Thread(target=reload, name="torchshield-reload").start())
 
 
 def _announce(n_keys: int, names: list[str], url: str, workers: int, db: str) -> None:

@@ -54,7 +54,7 @@ def serve(state: DemoState) -> str:
     from torchshield.serve import ServeConfig, Service
     from torchshield.serve.http import create_app
 
-    model, key_path, test = state.need("model", "master_key", "test")
+    model, key_path, test, pubkey = state.need("model", "master_key", "test", "pubkey")
     # The refused calls below are deliberate; the audit log records them, so Casbin's per-denial
     # warnings would only clutter the demo's progress output.
     logging.getLogger("casbin").setLevel(logging.ERROR)
@@ -62,6 +62,7 @@ def serve(state: DemoState) -> str:
     cfg = ServeConfig(
         db_url=f"sqlite:///{state.path('serve_db', 'serve/serve.db')}",
         bundles=(str(model),),
+        trusted_signers=(str(pubkey),),  # the owner's signer: the service serves only what it signed
         rate_per_s=5.0,
         burst=20,
     )

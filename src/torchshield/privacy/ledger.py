@@ -15,8 +15,13 @@ Guarantees:
   (epsilon) and 1e-18 (delta): costs are rounded up, budgets down, sums are exact. A tiny
   spend can never vanish in floating point (the openmed ledger bug).
 - **Who, when, what.** Each entry records actor, UTC time, the query plan, mechanism, noise
-  scale and cost, and is hash-chained to the previous entry of its data set, so deleting or
-  editing history is detected by ``verify()``.
+  scale and cost, and is chained to the previous entry of its data set by the shared keyed hash
+  chain (:mod:`torchshield.crypto.chain`: HMAC-SHA256 under a key derived from the master key,
+  a head per data set), so editing, deleting, inserting or reordering history, or cutting its
+  tail, is detected by ``verify()`` against anyone who can write the database but does not hold
+  the master key. (Older ledgers chained with plain SHA-256, which such a writer can simply
+  recompute: they are refused on open; :meth:`Ledger.migrate_unkeyed` re-chains one explicitly
+  after checking its old chain.)
 - **Replay cache.** The same plan on the same data set version returns the stored noisy
   answer at no cost: re-asking must not let anyone average the noise away.
 
@@ -36,7 +41,8 @@ from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
 from pathlib import Path
 from typing import Any
 
-from torchshield.errors import InputError, PrivacyBudgetExceeded
+from torchshield.crypto.chain import GENESIS, ChainHead, ChainRow, KeyedChain
+from torchshield.errors import FormatError, InputError, KeyMaterialError, PrivacyBudgetExceeded
 
 __all__ = ["DEFAULT_LEDGER_URL", "Budget", "Charge", "Ledger", "LedgerEntry", "default_ledger_url"]
 
@@ -143,8 +149,12 @@ def _tables(sa: Any) -> Any:
              sa.Column("delta_units", sa.BigInteger, nullable=False),
              sa.Column("status", sa.String(16), nullable=False),  # reserved | committed
              sa.Column("answer", sa.Text, nullable=True),
-             sa.Column("prev_hash", sa.String(64), nullable=False),
-             sa.Column("entry_hash", sa.String(64), nullable=False))
+             sa.Column("prev_hash", sa.String(64), nullable=False),  # the keyed chain's previous MAC
+             sa.Column("entry_hash", sa.String(64), nullable=False))  # this entry's MAC
+    sa.Table("privacy_chain_heads", md,  # per data set: the last entry's position and MAC
+             sa.Column("dataset_id", sa.String(64), sa.ForeignKey("privacy_datasets.dataset_id"), primary_key=True),
+             sa.Column("seq", sa.BigInteger, nullable=False),
+             sa.Column("mac", sa.String(64), nullable=False))
     return md
 
 
@@ -152,19 +162,40 @@ def _canonical(doc: Any) -> str:
     return json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 
 
-def _entry_hash(prev: str, row: dict[str, Any]) -> str:
-    body = {k: row[k] for k in ("dataset_id", "ts", "actor", "plan", "mechanism", "noise_scale", "epsilon_units",
-                                "delta_units")}
-    return hashlib.sha256((prev + _canonical(body)).encode()).hexdigest()
+_CHAINED = ("dataset_id", "ts", "actor", "plan", "mechanism", "noise_scale", "epsilon_units", "delta_units")
+CHAIN_PURPOSE = "privacy/ledger-chain"
+
+
+def _entry_body(n: int, row: Any) -> str:
+    """The chained bytes of a data set's ``n``-th entry (its position bound in)."""
+    get = row.get if isinstance(row, dict) else lambda k: getattr(row, k)
+    return _canonical({**{k: get(k) for k in _CHAINED}, "n": n})
+
+
+def _legacy_entry_hash(prev: str, row: Any) -> str:
+    """The unkeyed SHA-256 link of ledgers written before the keyed chain (read by migration only)."""
+    get = row.get if isinstance(row, dict) else lambda k: getattr(row, k)
+    return hashlib.sha256((prev + _canonical({k: get(k) for k in _CHAINED})).encode()).hexdigest()
+
+
+def _ledger_key(key: Any) -> Any:
+    from torchshield.crypto.keys import resolve_master_key
+
+    master = resolve_master_key(key, required=False)
+    if master is None:
+        raise KeyMaterialError("the privacy ledger chains its history under a key derived from the master key",
+                               hint="pass key= (or --key-file), or set TORCHSHIELD_KEY_FILE or TORCHSHIELD_KEY")
+    return master
 
 
 class Ledger:
     """Open (and create) the ledger at ``url``; see the module docstring for its guarantees."""
 
-    def __init__(self, url: str | None = None) -> None:
+    def __init__(self, url: str | None = None, *, key: Any = None) -> None:
         import sqlalchemy as sa
 
         self.url = url or default_ledger_url()
+        self._chain = KeyedChain(_ledger_key(key), CHAIN_PURPOSE)
         self._sa = sa
         try:
             parsed = sa.engine.make_url(self.url)
@@ -177,14 +208,73 @@ class Ledger:
         self.engine = self._make_engine()
         self.md = _tables(sa)
         self.datasets, self.entries = self.md.tables["privacy_datasets"], self.md.tables["privacy_ledger"]
+        self.heads = self.md.tables["privacy_chain_heads"]
         try:
             with self._write() as conn:
+                self._refuse_unkeyed(conn)
                 self.md.create_all(conn)
                 meta = self.md.tables["privacy_meta"]
                 if conn.execute(sa.update(meta).where(meta.c.id == 1).values(opened_at=_now())).rowcount == 0:
                     conn.execute(sa.insert(meta).values(id=1, opened_at=_now()))
         except sa.exc.SQLAlchemyError as exc:
             raise self._db_error(exc) from None
+
+    def _refuse_unkeyed(self, conn: Any) -> None:
+        """A ledger written before the keyed chain (entries, but no chain heads) is refused: its
+        SHA-256 chain proves nothing against whoever can write the database."""
+        names = set(self._sa.inspect(conn).get_table_names())
+        if "privacy_ledger" in names and "privacy_chain_heads" not in names and conn.execute(
+                self._sa.select(self._sa.func.count()).select_from(self.entries)).scalar_one():
+            shown = self.url.split("@")[-1]
+            raise FormatError(f"ledger {shown} has an unkeyed (plain SHA-256) hash chain from an older torchshield",
+                              hint="re-chain it once under the master key: python -c \"from torchshield.privacy."
+                                   "ledger import Ledger; Ledger.migrate_unkeyed('URL')\" (checks the old chain "
+                                   "first)")
+
+    @classmethod
+    def migrate_unkeyed(cls, url: str, *, key: Any = None) -> int:
+        """Re-chain a ledger written with the old unkeyed SHA-256 chain under the keyed chain,
+        after checking that the old chain is intact (FormatError naming the first bad entry if
+        not: history that may have been rewritten is not blessed with a MAC). Returns the number
+        of entries re-chained. Run it once, where the old ledger is known to be untouched."""
+        import sqlalchemy as sa
+
+        chain = KeyedChain(_ledger_key(key), CHAIN_PURPOSE)
+        md = _tables(sa)
+        entries, heads = md.tables["privacy_ledger"], md.tables["privacy_chain_heads"]
+        engine = sa.create_engine(url)
+        try:
+            with engine.begin() as conn:
+                if "privacy_chain_heads" in set(sa.inspect(conn).get_table_names()):
+                    return 0  # keyed already
+                rows = conn.execute(sa.select(entries).order_by(entries.c.seq)).all()
+                by_set: dict[str, list[Any]] = {}
+                for r in rows:
+                    by_set.setdefault(r.dataset_id, []).append(r)
+                for dataset_id, chain_rows in by_set.items():
+                    prev = GENESIS
+                    for r in chain_rows:
+                        if r.prev_hash != prev or r.entry_hash != _legacy_entry_hash(prev, r):
+                            raise FormatError(f"ledger entry {r.seq} (data set {dataset_id[:12]}) does not match "
+                                              "its old hash chain: refusing to re-chain edited history")
+                        prev = r.entry_hash
+                md.create_all(conn)
+                n_total = 0
+                for dataset_id, chain_rows in by_set.items():
+                    mac = GENESIS
+                    for n, r in enumerate(chain_rows, 1):
+                        new = chain.mac(mac, _entry_body(n, r))
+                        conn.execute(sa.update(entries).where(entries.c.seq == r.seq)
+                                     .values(prev_hash=mac, entry_hash=new))
+                        mac = new
+                    conn.execute(sa.insert(heads).values(dataset_id=dataset_id, seq=len(chain_rows), mac=mac))
+                    n_total += len(chain_rows)
+                for (dataset_id,) in conn.execute(sa.select(md.tables["privacy_datasets"].c.dataset_id)).all():
+                    if dataset_id not in by_set:
+                        conn.execute(sa.insert(heads).values(dataset_id=dataset_id, seq=0, mac=GENESIS))
+            return n_total
+        finally:
+            engine.dispose()
 
     def _make_engine(self) -> Any:
         sa = self._sa
@@ -247,6 +337,7 @@ class Ledger:
                 conn.execute(sa.insert(self.datasets).values(
                     dataset_id=dataset_id, name=name, epsilon_units=eps_u, delta_units=delta_u,
                     created_at=_now(), created_by=actor))
+                conn.execute(sa.insert(self.heads).values(dataset_id=dataset_id, seq=0, mac=GENESIS))
             elif (row.epsilon_units, row.delta_units) != (eps_u, delta_u):
                 raise InputError(f"data set {dataset_id[:12]} already has budget epsilon="
                                  f"{_from_units(row.epsilon_units, EPS_UNIT):g}, delta="
@@ -313,15 +404,19 @@ class Ledger:
                     f"{dataset_id[:12]} has epsilon={_from_units(row.epsilon_units - se, EPS_UNIT):g}, "
                     f"delta={_from_units(row.delta_units - sd, DELTA_UNIT):g} left",
                     hint="see 'torchshield privacy ledger show' for what was spent, by whom and when")
-            prev = conn.execute(sa.select(e.c.entry_hash).where(e.c.dataset_id == dataset_id)
-                                .order_by(e.c.seq.desc()).limit(1)).scalar()
+            head = self._head(conn, dataset_id)
+            if head is None:
+                raise FormatError(f"data set {dataset_id[:12]} has lost its chain head: the ledger was tampered with",
+                                  hint="run 'torchshield privacy ledger verify' and restore the ledger from a backup")
             values = {"dataset_id": dataset_id, "ts": _now(), "actor": actor, "plan": plan_json,
                       "mechanism": mechanism, "noise_scale": float(noise_scale), "epsilon_units": eps_u,
                       "delta_units": delta_u}
-            prev = prev or "0" * 64
+            (row,), new_head = self._chain.extend(head, lambda n: _entry_body(n, values), 1)
             seq = conn.execute(sa.insert(e).values(**values, plan_hash=plan_hash, status="reserved",
-                                                   prev_hash=prev, entry_hash=_entry_hash(prev, values))
+                                                   prev_hash=row.prev_mac, entry_hash=row.mac)
                                ).inserted_primary_key[0]
+            conn.execute(sa.update(self.heads).where(self.heads.c.dataset_id == dataset_id)
+                         .values(seq=new_head.seq, mac=new_head.mac))
         return Charge(self, int(seq))
 
     def _commit(self, seq: int, answer: Any) -> None:
@@ -348,20 +443,27 @@ class Ledger:
         with self.engine.connect() as conn:
             return [(r.dataset_id, r.name) for r in conn.execute(sa.select(self.datasets)).all()]
 
+    def _head(self, conn: Any, dataset_id: str) -> ChainHead | None:
+        sa = self._sa
+        row = conn.execute(sa.select(self.heads.c.seq, self.heads.c.mac)
+                           .where(self.heads.c.dataset_id == dataset_id)).first()
+        return None if row is None else ChainHead(int(row.seq), row.mac)
+
     def verify(self, dataset_id: str) -> list[str]:
-        """Problems in the hash chain of ``dataset_id`` (empty when intact)."""
+        """Problems in the keyed chain of ``dataset_id`` (empty when intact): the first entry that
+        was edited, removed, inserted or reordered, or a head that disagrees (a cut tail)."""
         sa = self._sa
         e = self.entries
         with self.engine.connect() as conn:
             rows = conn.execute(sa.select(e).where(e.c.dataset_id == dataset_id).order_by(e.c.seq)).all()
-        problems, prev = [], "0" * 64
-        for r in rows:
-            values = {k: getattr(r, k) for k in ("dataset_id", "ts", "actor", "plan", "mechanism", "noise_scale",
-                                                   "epsilon_units", "delta_units")}
-            if r.prev_hash != prev or r.entry_hash != _entry_hash(prev, values):
-                problems.append(f"entry {r.seq}: hash chain broken (edited, removed or reordered)")
-            prev = r.entry_hash
-        return problems
+            head = self._head(conn, dataset_id)
+        chain_rows = [ChainRow(n, _entry_body(n, r), r.prev_hash, r.entry_hash) for n, r in enumerate(rows, 1)]
+        report = self._chain.verify(chain_rows, head)
+        if report.ok:
+            return []
+        bad = report.first_bad or 0
+        where = f"entry {rows[bad - 1].seq}" if 1 <= bad <= len(rows) else f"data set {dataset_id[:12]}"
+        return [f"{where}: hash chain broken: {report.reason}"]
 
 
 def _now() -> str:

@@ -6,7 +6,14 @@ Import this package only where serving is wanted: it pulls in SQLAlchemy and Cas
 from torchshield.serve.access import ApiKey, KeyStore, NewKey
 from torchshield.serve.audit import AuditLog, AuditWriter, VerifyReport
 from torchshield.serve.db import Database, open_database
-from torchshield.serve.models import InputSpec, ModelRegistry, OutputPolicy, ServedModel, load_bundle_model
+from torchshield.serve.models import (
+    InputSpec,
+    ModelRegistry,
+    OutputPolicy,
+    ServedModel,
+    TrustPolicy,
+    load_bundle_model,
+)
 from torchshield.serve.monitor import Alert, ExtractionMonitor, MonitorConfig
 from torchshield.serve.rbac import ROLES, Authorizer
 from torchshield.serve.service import Decision, ServeConfig, Service
@@ -30,6 +37,7 @@ __all__ = [
     "ServeConfig",
     "ServedModel",
     "Service",
+    "TrustPolicy",
     "VerifyReport",
     "load_bundle_model",
     "open_database",

@@ -1,11 +1,13 @@
-"""A tamper-evident audit log: one SQL row per decision, chained by HMAC-SHA256.
+"""A tamper-evident audit log: one SQL row per decision, on the shared keyed hash chain.
 
-Record ``n`` stores ``mac_n = HMAC(K, mac_{n-1} || body_n)`` where ``body_n`` is the canonical
-JSON of the record (sorted keys, no spaces, its own sequence number inside) and ``K =
-MasterKey.derive("serve/audit-chain")``. A head row keeps the last ``(seq, mac)``. Editing a
-record breaks its MAC, deleting one breaks the next record's link, inserting one needs K,
-reordering changes the sequence numbers bound into the MACs, and cutting the tail disagrees
-with the head. :func:`AuditLog.verify` walks the chain and names the first bad record.
+Record ``n`` stores ``mac_n = HMAC(K, mac_{n-1} || body_n)`` (:class:`~torchshield.crypto.chain.KeyedChain`)
+where ``body_n`` is the canonical JSON of the record (sorted keys, no spaces, its own sequence
+number and time inside) and ``K = MasterKey.derive("serve/audit-chain")``. A head row keeps the
+last ``(seq, mac)``. Editing a record breaks its MAC, deleting one breaks the next record's link,
+inserting one needs K, reordering changes the sequence numbers bound into the MACs, a row
+numbered outside ``1..head`` is reported, and cutting the tail or deleting or editing the head
+disagrees with the head. :func:`AuditLog.verify` walks the chain and names the first bad record;
+reads (:meth:`AuditLog.records`) serve only records numbered ``1..head``.
 
 Threat model: someone with write access to the database but not to the master key edits the
 trail after the fact. Not covered: that person rewinding the head *and* truncating the tail to
@@ -34,12 +36,11 @@ from datetime import UTC, datetime
 from hashlib import sha256
 from typing import Any
 
+from torchshield.crypto.chain import ChainHead, ChainRow, KeyedChain
 from torchshield.serve.db import WriteBusy
 from torchshield.serve.db_async import settle_all
 
 __all__ = ["AuditLog", "AuditWriter", "VerifyReport", "canonical_json"]
-
-GENESIS = "0" * 64
 
 
 _CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
@@ -76,7 +77,7 @@ class AuditLog:
 
     def __init__(self, db: Any, master: Any) -> None:
         self._db = db
-        self._key = master.derive("serve/audit-chain")
+        self._keyed = KeyedChain(master, "serve/audit-chain")
         self._digest_key = master.derive("serve/audit-digest")
         # PostgreSQL, event loop: the head as this process's last commit left it, and whether the
         # one-statement append is worth trying (see append_many_async); commits by kind
@@ -89,7 +90,7 @@ class AuditLog:
         return hmac.new(self._digest_key, data, sha256).hexdigest()[:32]
 
     def _mac(self, prev: str, body: str) -> str:
-        return hmac.new(self._key, bytes.fromhex(prev) + body.encode(), sha256).hexdigest()
+        return self._keyed.mac(prev, body)
 
     _HEAD = "SELECT seq, mac FROM serve_audit_head WHERE id = 1"
     _INSERT = "INSERT INTO serve_audit_log (seq, ts, body, prev_mac, mac) VALUES (?, ?, ?, ?, ?)"
@@ -173,18 +174,34 @@ class AuditLog:
         return self.append_many([record])[0]
 
     def head(self) -> tuple[int, str]:
+        """The head ``(seq, mac)``; IntegrityError if its row is gone (the log was tampered with)."""
+        found = self.head_or_none()
+        if found is None:
+            from torchshield.errors import IntegrityError
+
+            raise IntegrityError("the audit log's head row is missing (deleted)",
+                                 hint="run `torchshield audit verify` and restore the database from a backup")
+        return found.seq, found.mac
+
+    def head_or_none(self) -> ChainHead | None:
         import sqlalchemy as sa
 
         head = self._db.t("audit_head")
         with self._db.reading() as conn:
-            row = conn.execute(sa.select(head.c.seq, head.c.mac).where(head.c.id == 1)).one()
-        return int(row.seq), row.mac
+            row = conn.execute(sa.select(head.c.seq, head.c.mac).where(head.c.id == 1)).first()
+        return None if row is None else ChainHead(int(row.seq), row.mac)
 
-    def iter_rows(self, *, since: str | None = None, after_seq: int = 0, limit: int | None = None) -> Iterator[Any]:
+    def iter_rows(self, *, since: str | None = None, after_seq: int = 0, limit: int | None = None,
+                  everything: bool = False) -> Iterator[Any]:
+        """Rows numbered ``after_seq+1..head``, oldest first (``everything``: every stored row,
+        whatever its number, for :meth:`verify`)."""
         import sqlalchemy as sa
 
-        log = self._db.t("audit_log")
-        stmt = sa.select(log).where(log.c.seq > after_seq).order_by(log.c.seq)
+        log, head = self._db.t("audit_log"), self._db.t("audit_head")
+        stmt = sa.select(log).order_by(log.c.seq)
+        if not everything:
+            stmt = stmt.where(log.c.seq > max(after_seq, 0),
+                              log.c.seq <= sa.select(head.c.seq).where(head.c.id == 1).scalar_subquery())
         if since:
             stmt = stmt.where(log.c.ts >= since)
         if limit is not None:
@@ -204,32 +221,31 @@ class AuditLog:
             return int(conn.execute(sa.select(sa.func.count()).select_from(self._db.t("audit_log"))).scalar_one())
 
     def verify(self) -> VerifyReport:
-        """Walk the whole chain; the report names the first record that does not check out."""
-        head_seq, head_mac = self.head()
-        prev, expect, n = GENESIS, 1, 0
+        """Walk the whole chain (every stored row, against the head); the report names the first
+        record that does not check out, or the head if it is missing or disagrees."""
+        head = self.head_or_none()
 
-        def bad(seq: int, reason: str) -> VerifyReport:
-            return VerifyReport(False, n, head_seq, head_mac, seq, reason)
-
-        for row in self.iter_rows():
-            seq = int(row.seq)
-            if seq != expect:
-                return bad(expect, f"record {expect} is missing (next stored record is {seq})")
+        def check_body(row: ChainRow) -> str | None:
             try:
                 body = json.loads(row.body)
             except ValueError:
-                return bad(seq, f"record {seq} is not valid JSON")
-            if body.get("seq") != seq or body.get("ts") != row.ts:
-                return bad(seq, f"record {seq} was moved or its time edited")
-            if not hmac.compare_digest(row.prev_mac, prev):
-                return bad(seq, f"record {seq} does not link to record {seq - 1} (deleted, inserted or reordered)")
-            if not hmac.compare_digest(row.mac, self._mac(prev, row.body)):
-                return bad(seq, f"record {seq} was edited (its MAC does not match)")
-            prev, expect, n = row.mac, seq + 1, n + 1
-        if n != head_seq or not hmac.compare_digest(prev, head_mac):
-            return bad(min(n + 1, head_seq) if head_seq else n,
-                       f"chain ends at record {n} but the head says {head_seq} (records cut or head edited)")
-        return VerifyReport(True, n, head_seq, head_mac)
+                return f"record {row.seq} is not valid JSON"
+            if not isinstance(body, dict) or body.get("seq") != row.seq or body.get("ts") != ts[row.seq]:
+                return f"record {row.seq} was moved or its time edited"
+            return None
+
+        ts: dict[int, str] = {}
+
+        def rows() -> Iterator[ChainRow]:
+            for r in self.iter_rows(everything=True):
+                seq = int(r.seq)
+                ts.clear()
+                ts[seq] = r.ts
+                yield ChainRow(seq, r.body, r.prev_mac, r.mac)
+
+        rep = self._keyed.verify(rows(), head, check_body=check_body)
+        return VerifyReport(rep.ok, rep.records, head.seq if head else -1, head.mac if head else "",
+                            rep.first_bad, rep.reason)
 
 
 def _settle(waiter: Any, fut: Future) -> None:

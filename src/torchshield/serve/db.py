@@ -38,6 +38,7 @@ except ImportError:  # pragma: no cover - Windows: SQLite's busy handler alone
     fcntl = None  # type: ignore[assignment]
 
 from torchshield.errors import InputError
+from torchshield.serve.db_errors import lost_connection
 
 __all__ = ["Database", "WriteBusy", "open_database", "redact_url"]
 
@@ -265,7 +266,7 @@ class Database:
                         cur.execute(sql, params)
                         return cur.fetchone()
                 except Exception as exc:
-                    if attempt == 2 or not _lost_connection(exc):
+                    if attempt == 2 or not lost_connection(exc):
                         raise  # only a lost connection (dropped from the pool by _raw) is retried
         cur = self._held_connection(self.read_engine).cursor()
         try:
@@ -401,11 +402,6 @@ class Database:
             self.write_engine.dispose()
         if self.hot_engine is not None:
             self.hot_engine.dispose()
-
-
-def _lost_connection(exc: BaseException) -> bool:
-    """A DB-API error that means the connection is gone (any driver: by the standard's names)."""
-    return any(c.__name__ in ("OperationalError", "InterfaceError") for c in type(exc).__mro__)
 
 
 def _no_autocheckpoint(dbapi_conn: Any, _record: Any) -> None:

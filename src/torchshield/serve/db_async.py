@@ -23,6 +23,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
+from torchshield.serve.db_errors import lost_connection
+
 __all__ = ["AsyncHotPath", "NextBatch", "settle_all"]
 
 GETCONN_TIMEOUT_S = 1.0
@@ -140,8 +142,6 @@ class AsyncHotPath:
         """Every row of a read; retried once if the connection was lost."""
         from psycopg_pool import PoolTimeout
 
-        from torchshield.serve.db import _lost_connection
-
         for attempt in (1, 2):
             pool = await self._opened()
             try:
@@ -151,7 +151,7 @@ class AsyncHotPath:
             except PoolTimeout:
                 raise  # no connection to be had (the server is down): waiting again would not help
             except Exception as exc:
-                if not _lost_connection(exc):
+                if not lost_connection(exc):
                     raise
                 await pool.check()  # the others were most likely dropped with it
                 if attempt == 2:
@@ -161,15 +161,13 @@ class AsyncHotPath:
     async def execute_returning(self, sql: str, params: tuple[Any, ...] = ()) -> list[Any]:
         """One statement in its own transaction (autocommit), its RETURNING rows. Never retried:
         a write whose connection was lost may have committed."""
-        from torchshield.serve.db import _lost_connection
-
         pool = await self._opened()
         try:
             async with pool.connection() as conn:
                 cur = await conn.execute(sql, params)
                 return await cur.fetchall()
         except Exception as exc:
-            if _lost_connection(exc):
+            if lost_connection(exc):
                 await pool.check()
             raise
 
@@ -181,14 +179,12 @@ class AsyncHotPath:
         fetch waits for what it needs, so the audit append (BEGIN, lock the head, INSERT, UPDATE,
         COMMIT) waits on fewer round trips: against the local server, 1.0-1.2 ms instead of
         1.3-1.6 ms for one record (median of 300; the commit's WAL flush is most of the rest)."""
-        from torchshield.serve.db import _lost_connection
-
         pool = await self._opened()
         try:
             async with pool.connection() as conn, conn.pipeline(), conn.transaction():
                 yield conn.cursor()
         except Exception as exc:
-            if _lost_connection(exc):
+            if lost_connection(exc):
                 await pool.check()
             raise
 

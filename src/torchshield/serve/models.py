@@ -9,6 +9,14 @@ bundle can carry them)::
      "num_classes": 10,                                  # or "classes": ["zero", ...]
      "serve": {"output": "top_k", "top_k": 3, "decimals": 2, "max_batch": 64}}
 
+Only bundles signed by a trusted key are served (:class:`TrustPolicy`): each bundle is loaded
+with ``verify_with=`` the trusted public key that signed it, so its signature is checked over the
+manifest and the data before the model exists; an unsigned bundle, or one signed by any other
+key, is refused at start-up and on reload, unless the operator named the opt-out
+(``allow_unsigned``, ``serve --allow-unsigned``), which is logged loudly. Threat model: someone
+who can replace a bundle file on the serving machine (or in the store it comes from) but does not
+hold a trusted signing key.
+
 Encrypted bundles are decrypted in memory by ``torchshield.load`` (no plaintext file ever
 exists). Inputs are checked against the spec (type, shape, finiteness, bounds, batch size)
 before the model runs. Output hardening limits what each answer reveals, which raises the
@@ -18,16 +26,20 @@ best classes with rounded probabilities) or ``probabilities`` (all classes, roun
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from torchshield.errors import FormatError, InputError
+from torchshield.errors import FormatError, InputError, SignatureError
 from torchshield.serve.access.keys import valid_model_name
 
-__all__ = ["InputSpec", "InvalidInput", "ModelRegistry", "OutputPolicy", "ServedModel", "load_bundle_model"]
+__all__ = ["InputSpec", "InvalidInput", "ModelRegistry", "OutputPolicy", "ServedModel", "TrustPolicy",
+           "load_bundle_model"]
+
+log = logging.getLogger("torchshield.serve")
 
 _DTYPES = {"float32", "float64", "float16", "int64", "int32", "uint8"}
 OUTPUT_MODES = ("label", "top_k", "probabilities")
@@ -93,13 +105,15 @@ class ServedModel:
     classes: list[str] | None = None
     source: str = ""
     encrypted: bool = False
+    signer: str | None = None  # fingerprint of the signer whose signature was verified at load
+    trusted: bool = False  # the signature was verified against a trusted key
     loop_bytes: int = 0  # request bodies up to this size may run on the event loop (calibrate_inline)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "input": self.spec.to_dict(), "num_classes": self.num_classes,
                 "classes": self.classes, "output": self.output.to_dict(), "max_batch": self.max_batch,
-                "encrypted": self.encrypted}
+                "encrypted": self.encrypted, "signature": {"signer": self.signer, "trusted": self.trusted}}
 
     def validate(self, payload: Any) -> Any:
         """``payload`` (parsed JSON) -> a float32 tensor, or :class:`InvalidInput` naming the problem."""
@@ -211,15 +225,51 @@ def _serve_options(meta: dict[str, Any], where: str, override: OutputPolicy | No
     return pol, max(1, max_batch)
 
 
+@dataclass(frozen=True)
+class TrustPolicy:
+    """The signers whose bundles are served, by fingerprint; ``allow_unsigned`` is the named,
+    logged opt-out that serves any bundle (a signature by a trusted key is still checked)."""
+
+    signers: dict[str, Any] = field(default_factory=dict)  # fingerprint -> Ed25519PublicKey
+    allow_unsigned: bool = False
+
+    @classmethod
+    def from_files(cls, paths: list[str] | tuple[str, ...], *, allow_unsigned: bool = False) -> TrustPolicy:
+        from torchshield.crypto import signing
+
+        keys = [signing.load_public_key(p) for p in paths]
+        return cls({signing.fingerprint(k): k for k in keys}, allow_unsigned)
+
+    def describe(self) -> str:
+        return ", ".join(sorted(self.signers)) or "none"
+
+    def verifier(self, path: Path, signed: bool, signer: str | None) -> Any:
+        """The trusted public key to load ``path`` with (``verify_with``), or None to load it
+        unverified (only with ``allow_unsigned``); SignatureError if it may not be served."""
+        key = self.signers.get(signer) if signed and signer else None
+        if key is not None:
+            return key
+        what = f"signed by {signer}, which is not a trusted signer" if signed else "not signed"
+        if self.allow_unsigned:
+            log.warning("SERVING AN UNVERIFIED BUNDLE (--allow-unsigned): %s is %s", path, what)
+            return None
+        raise SignatureError(f"{path} is {what} (trusted: {self.describe()})",
+                             hint="sign it (torchshield model protect --sign) and pass the signer's .pub with "
+                                  "--trust, or start with --allow-unsigned to serve it unverified")
+
+
 def load_bundle_model(path: str | os.PathLike[str], *, master: Any = None,
-                      output: OutputPolicy | None = None) -> ServedModel:
-    """Rebuild the model a bundle describes, loading (decrypting in memory) its weights."""
+                      output: OutputPolicy | None = None, trust: TrustPolicy | None = None) -> ServedModel:
+    """Rebuild the model a bundle describes, loading (decrypting in memory) its weights, after
+    checking its signature against ``trust`` (default: no trusted signer, nothing unsigned: every
+    bundle is refused)."""
     import torchshield
     from torchshield.train.bundle_meta import flat_model_metadata
     from torchshield.nn.zoo import build_model
 
     p = Path(path)
     info = torchshield.inspect(p)
+    verify_with = (trust or TrustPolicy()).verifier(p, info.signed, info.signer)
     manifest = info.manifest
     meta = flat_model_metadata(dict(manifest.get("metadata") or {}))
     name = str(meta.get("name") or p.name.split(".")[0])
@@ -236,7 +286,7 @@ def load_bundle_model(path: str | os.PathLike[str], *, master: Any = None,
         raise FormatError(f"{p}: metadata needs 'num_classes' (or a 'classes' list)")
     module = build_model(dict(meta["model"]), in_shape=spec.shape, num_classes=num_classes)
     encrypted = bool(info.encrypted)
-    tensors = torchshield.load(p, key=master if encrypted else None)
+    tensors = torchshield.load(p, key=master if encrypted else None, verify_with=verify_with)
     try:
         module.load_state_dict(tensors)
     except RuntimeError as exc:
@@ -245,7 +295,8 @@ def load_bundle_model(path: str | os.PathLike[str], *, master: Any = None,
     module.eval()
     pol, max_batch = _serve_options(meta, str(p), output)
     return ServedModel(name=name, module=module, spec=spec, num_classes=num_classes, output=pol,
-                       max_batch=max_batch, classes=classes, source=str(p), encrypted=encrypted)
+                       max_batch=max_batch, classes=classes, source=str(p), encrypted=encrypted,
+                       signer=info.signer if verify_with is not None else None, trusted=verify_with is not None)
 
 
 class ModelRegistry:
@@ -268,6 +319,6 @@ class ModelRegistry:
         return sorted(self._models)
 
     @classmethod
-    def from_bundles(cls, paths: list[str], *, master: Any = None, output: OutputPolicy | None = None
-                     ) -> ModelRegistry:
-        return cls([load_bundle_model(p, master=master, output=output) for p in paths])
+    def from_bundles(cls, paths: list[str], *, master: Any = None, output: OutputPolicy | None = None,
+                     trust: TrustPolicy | None = None) -> ModelRegistry:
+        return cls([load_bundle_model(p, master=master, output=output, trust=trust) for p in paths])

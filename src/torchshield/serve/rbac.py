@@ -23,9 +23,11 @@ import logging
 import threading
 from typing import Any
 
+from torchshield.serve.policy import GLOBAL, ROLE_PERMISSIONS
+
 __all__ = ["Authorizer", "GLOBAL", "ROLES", "create_policy_table", "default_policies", "grant_rows"]
 
-GLOBAL = "*"
+ROLES = ROLE_PERMISSIONS  # the table of serve.policy, seeded into Casbin
 
 _MODEL_CONF = """
 [request_definition]
@@ -44,17 +46,6 @@ e = some(where (p.eft == allow))
 m = (g(r.sub, p.sub, r.dom) || g(r.sub, p.sub, "*")) && (p.dom == "*" || p.dom == r.dom) \
 && r.obj == p.obj && r.act == p.act
 """
-
-# role -> (object, action) pairs; the permissions every deployment starts with.
-ROLES: dict[str, tuple[tuple[str, str], ...]] = {
-    "admin": (("model", "read"), ("model", "predict"), ("keys", "manage"), ("audit", "read"),
-              ("metrics", "read")),
-    "auditor": (("audit", "read"),),
-    "monitor": (("metrics", "read"),),
-    "owner": (("model", "read"), ("model", "predict"), ("keys", "manage")),
-    "predictor": (("model", "read"), ("model", "predict")),
-}
-
 
 def default_policies() -> list[list[str]]:
     return [[role, GLOBAL, obj, act] for role, perms in sorted(ROLES.items()) for obj, act in perms]

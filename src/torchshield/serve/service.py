@@ -13,12 +13,16 @@ import logging
 import queue
 import threading
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from torchshield.errors import AccessDenied
 from torchshield.serve.access.keys import ApiKey, KeyStore
 from torchshield.serve.audit import AuditLog, AuditWriter
+from torchshield.serve.metrics import ServeMetrics
 from torchshield.serve.monitor import ExtractionMonitor, MonitorConfig
+from torchshield.serve.policy import CREATES, Scope, may, may_manage
 from torchshield.serve.ratelimit import DbRateLimiter, Limit, MemoryRateLimiter, RateDecision
 from torchshield.serve.rbac import GLOBAL, Authorizer
 
@@ -37,6 +41,10 @@ class ServeConfig:
     db_url: str = "sqlite:///shield.db"
     bundles: tuple[str, ...] = ()
     key_file: str | None = None
+    # Public keys (.pub files) of the signers whose bundles are served; anything else is refused
+    # at start and on reload unless allow_unsigned, the named opt-out (logged at every load).
+    trusted_signers: tuple[str, ...] = ()
+    allow_unsigned: bool = False
     body_limit: int = 1 << 20
     rate_per_s: float = 50.0
     burst: int = 100
@@ -46,10 +54,6 @@ class ServeConfig:
     loop_budget_ms: float = 0.5
     output: str | None = None  # force one output mode for every model
     monitor: dict[str, Any] = field(default_factory=dict)
-    security: bool = True  # False only for the benchmark floor: no auth, RBAC, rate limit or audit
-    # With security off, still run the extraction monitor (all callers as one anonymous key): the
-    # issue's benchmark reference, "the same app with auth, RBAC and audit off".
-    monitor_when_off: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         from dataclasses import asdict
@@ -60,6 +64,7 @@ class ServeConfig:
     def from_dict(cls, d: dict[str, Any]) -> ServeConfig:
         d = dict(d)
         d["bundles"] = tuple(d.get("bundles", ()))
+        d["trusted_signers"] = tuple(d.get("trusted_signers", ()))
         return cls(**d)
 
 
@@ -80,6 +85,7 @@ class Decision:
 class Service:
     def __init__(self, config: ServeConfig, *, master: Any, registry: Any, db: Any) -> None:
         self.config = config
+        self._master = master
         self.db = db
         self.registry = registry
         self.keys = KeyStore(db, master)
@@ -87,6 +93,7 @@ class Service:
         self.audit = AuditLog(db, master)
         self.audit_writer = AuditWriter(self.audit)
         self.monitor = ExtractionMonitor(MonitorConfig(**config.monitor))
+        self.metrics = ServeMetrics()
         # The monitor runs on its own thread, after the answer: its statistics (a Shapiro-Wilk test
         # every few queries) are not the caller's to wait for, and an alert is not a verdict.
         self._observations: queue.SimpleQueue[Any] = queue.SimpleQueue()
@@ -104,11 +111,34 @@ class Service:
 
         master = master or resolve_master_key(key_file=config.key_file)
         if registry is None:
-            override = OutputPolicy(mode=config.output) if config.output else None
-            registry = ModelRegistry.from_bundles(list(config.bundles), master=master, output=override)
+            registry = cls.load_models(config, master)
         db = open_database(config.db_url)
         db.start_checkpointer()
         return cls(config, master=master, registry=registry, db=db)
+
+    @staticmethod
+    def load_models(config: ServeConfig, master: Any) -> Any:
+        """Load and verify every bundle of ``config`` (SignatureError if one is not trusted)."""
+        from torchshield.serve.models import ModelRegistry, OutputPolicy, TrustPolicy
+
+        trust = TrustPolicy.from_files(config.trusted_signers, allow_unsigned=config.allow_unsigned)
+        if config.allow_unsigned:
+            log.warning("--allow-unsigned: bundles are served whoever signed them (trusted signers: %s)",
+                        trust.describe())
+        override = OutputPolicy(mode=config.output) if config.output else None
+        return ModelRegistry.from_bundles(list(config.bundles), master=master, output=override, trust=trust)
+
+    def reload_models(self) -> list[str]:
+        """Load every bundle again (they may have been replaced on disk) under the same trust
+        policy, and swap the new models in only if all of them load and verify: a bundle that
+        is unsigned or foreign-signed is refused (SignatureError) and the models served until
+        now stay. Returns the names now served."""
+        registry = self.load_models(self.config, self._master)
+        for name in registry.names():
+            registry.get(name).calibrate_inline(self.config.loop_budget_ms / 1e3)
+        self.registry = registry  # one reference swap: a request sees the old or the new registry
+        log.info("models reloaded: %s", ", ".join(registry.names()))
+        return registry.names()
 
     def close(self) -> None:
         self._observations.put(None)
@@ -158,11 +188,30 @@ class Service:
         limit = Limit(rate=key.rate_per_s or self.config.rate_per_s, burst=key.burst or self.config.burst)
         return self.limiter.hit(key.key_id, limit)
 
-    def manageable_models(self, key: ApiKey) -> set[str] | None:
-        """Models whose keys ``key`` may manage; None means all (a global role)."""
-        if self.authz.allowed(key.key_id, GLOBAL, "keys", "manage"):
-            return None
-        return {m for m in key.models if self.authz.allowed(key.key_id, m, "keys", "manage")}
+    # ---- key management: the table of serve.policy, nothing else -----------------------
+    @staticmethod
+    def is_manager(key: ApiKey) -> bool:
+        """Whether ``key`` may reach key management at all (its role creates some keys)."""
+        return may(key.role, Scope.of(key.models), "keys.create")
+
+    @staticmethod
+    def may_manage(manager: ApiKey, role: str, models: Iterable[str]) -> bool:
+        """Whether ``manager`` may create, list or revoke a key of ``role`` for ``models``."""
+        return may_manage(manager.role, Scope.of(manager.models), role, Scope.of(models))
+
+    def require_manager(self, key: ApiKey) -> None:
+        if not self.is_manager(key):
+            raise AccessDenied(f"role {key.role} may not manage keys")
+
+    def authorize_new_key(self, manager: ApiKey, role: str, models: Iterable[str]) -> None:
+        """Raise :class:`AccessDenied` unless ``manager`` may create a ``role`` key for ``models``."""
+        if not self.may_manage(manager, role, models):
+            made = ", ".join(sorted(CREATES[manager.role])) or "no"
+            raise AccessDenied(f"role {manager.role} may create {made} keys, for models within its own "
+                               "scope only")
+
+    def manageable(self, manager: ApiKey, keys: Iterable[ApiKey]) -> list[ApiKey]:
+        return [k for k in keys if self.may_manage(manager, k.role, k.models)]
 
     def observe_later(self, key: ApiKey, inputs: Any, labels: Any) -> None:
         """Queue a batch for the extraction monitor (see :meth:`observe`) without waiting for it."""
@@ -179,8 +228,7 @@ class Service:
         passes of ``MONITOR_CHUNK`` inputs: one wake-up per burst instead of per request, and
         short slices of work (the thread yields between passes), so that the monitor never holds
         the interpreter long enough to show in a request's latency."""
-        if self.config.security or self.config.monitor_when_off:  # SciPy takes seconds to import: not in a request
-            self.monitor.warm_up()
+        self.monitor.warm_up()  # SciPy takes seconds to import: not in a request
         try:  # background work must not take the other core: NumPy's BLAS, one thread (process-wide)
             from threadpoolctl import threadpool_limits
 
@@ -236,6 +284,7 @@ class Service:
         alerts = self.monitor.observe(key.key_id, inputs, labels)
         for a in alerts:
             log.warning("extraction alert %s for key %s: %s", a.kind, a.key_id, a.detail)
+            self.metrics.alert(a.kind)
             self.audit_writer.write({"action": "monitor.alert", "key_id": a.key_id, "decision": "alert",
                                       "reason": a.kind, "detail": a.detail, "status": 0})
         return alerts

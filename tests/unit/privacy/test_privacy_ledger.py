@@ -19,6 +19,13 @@ from torchshield.privacy.ledger import Ledger
 from torchshield.privacy.queries import Dataset, gaussian_sigma
 
 
+@pytest.fixture(autouse=True)
+def ledger_key(key_file, monkeypatch):
+    """The ledger's chain is keyed: its master key comes from the environment, as for the CLI."""
+    monkeypatch.setenv("TORCHSHIELD_KEY_FILE", str(key_file))
+    return key_file
+
+
 @pytest.fixture()
 def table(tmp_path):
     rng = np.random.default_rng(0)

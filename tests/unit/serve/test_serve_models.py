@@ -7,23 +7,30 @@ import pytest
 import torch
 
 from torchshield.errors import FormatError, KeyMaterialError
-from torchshield.serve.models import InvalidInput, OutputPolicy, load_bundle_model
+from pathlib import Path
+
+from torchshield.serve.models import InvalidInput, OutputPolicy, TrustPolicy, load_bundle_model
+
+
+def _load(path, **kw):
+    """load_bundle_model trusting the signer the harness signed ``path`` with."""
+    return load_bundle_model(path, trust=TrustPolicy.from_files([str(Path(path).parent / "signer.pub")]), **kw)
 
 
 def test_encrypted_bundle_loads_without_plaintext_on_disk(bundle, master_key, tmp_path):
     before = {p: p.stat().st_size for p in tmp_path.rglob("*")}
-    m = load_bundle_model(bundle, master=master_key)
+    m = _load(bundle, master=master_key)
     assert {p: p.stat().st_size for p in tmp_path.rglob("*")} == before
     assert m.encrypted and m.name == "digits" and m.spec.shape == (8,)
     with pytest.raises(KeyMaterialError):
-        load_bundle_model(bundle)
+        _load(bundle)
 
 
 def test_predictions_match_the_rebuilt_module(bundle, master_key):
     import torchshield
     from torchshield.nn.zoo import build_model
 
-    m = load_bundle_model(bundle, master=master_key)
+    m = _load(bundle, master=master_key)
     ref = build_model({"type": "mlp", "hidden": [16]}, in_shape=(8,), num_classes=4)
     ref.load_state_dict(torchshield.load(bundle, key=master_key))
     x = torch.rand(5, 8) * 16
@@ -36,7 +43,7 @@ def test_metadata_without_architecture_is_a_format_error(tmp_path):
     p = tmp_path / "bare.tsb"
     torchshield.save({"w": torch.zeros(2)}, p)
     with pytest.raises(FormatError, match="metadata"):
-        load_bundle_model(p)
+        load_bundle_model(p, trust=TrustPolicy(allow_unsigned=True))
 
 
 @pytest.mark.parametrize("payload,message", [
@@ -59,7 +66,7 @@ def test_metadata_without_architecture_is_a_format_error(tmp_path):
     ({"inputs": [[10**30] + [1] * 7]}, "numbers only"),
 ])
 def test_invalid_inputs_are_rejected_before_the_model(bundle, master_key, payload, message):
-    m = load_bundle_model(bundle, master=master_key)
+    m = _load(bundle, master=master_key)
     m.module = None  # the model must not run on invalid input
     with pytest.raises(InvalidInput, match=message.replace("[", r"\[").replace("]", r"\]")):
         m.validate(payload)
@@ -67,7 +74,7 @@ def test_invalid_inputs_are_rejected_before_the_model(bundle, master_key, payloa
 
 @pytest.mark.parametrize("mode", ["label", "top_k", "probabilities"])
 def test_output_hardening(bundle, master_key, mode):
-    m = load_bundle_model(bundle, master=master_key, output=OutputPolicy(mode=mode, top_k=2, decimals=1))
+    m = _load(bundle, master=master_key, output=OutputPolicy(mode=mode, top_k=2, decimals=1))
     out = m.predict(m.validate({"inputs": [[3.0] * 8, [9.0] * 8]}))
     assert len(out["predictions"]) == 2
     if mode == "label":
@@ -91,7 +98,7 @@ def test_class_names_go_to_outputs_and_predictions_stay_indices(tmp_path, master
     from serve_harness import make_bundle
 
     p = make_bundle(tmp_path / "named.tsb", master_key, classes=["a", "b", "c", "d"], serve={"output": "label"})
-    m = load_bundle_model(p, master=master_key)
+    m = _load(p, master=master_key)
     out = m.predict(m.validate({"inputs": [[5.0] * 8]}))
     assert isinstance(out["predictions"][0], int) and out["outputs"] == [["a", "b", "c", "d"][out["predictions"][0]]]
 
@@ -101,7 +108,7 @@ def test_inline_calibration_sizes_bodies_by_measured_time(bundle, master_key):
     cannot meet, or none, sends every body to a worker thread."""
     import json
 
-    m = load_bundle_model(bundle, master=master_key)
+    m = _load(bundle, master=master_key)
     one_input = len(json.dumps({"inputs": [[0] * 8]}, separators=(",", ":")))
     assert m.calibrate_inline(0.05) >= one_input and m.loop_bytes >= one_input
     assert m.calibrate_inline(1e-9) == 0 and m.loop_bytes == 0
@@ -109,7 +116,7 @@ def test_inline_calibration_sizes_bodies_by_measured_time(bundle, master_key):
 
 
 def test_predict_without_waiting_yields_to_a_running_batch(bundle, master_key):
-    m = load_bundle_model(bundle, master=master_key)
+    m = _load(bundle, master=master_key)
     x = torch.zeros(2, 8)
     with m._lock:  # another thread is running the model
         assert m.predict(x, wait=False) is None

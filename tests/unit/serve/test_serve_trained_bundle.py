@@ -6,7 +6,7 @@ import yaml
 
 from torchshield.cli.app import run
 from torchshield.crypto.keys import read_key_file, write_key_file
-from torchshield.serve.models import load_bundle_model
+from torchshield.serve.models import TrustPolicy, load_bundle_model
 
 
 def test_trained_encrypted_bundle_is_servable(tmp_path, capsys):
@@ -16,7 +16,8 @@ def test_trained_encrypted_bundle_is_servable(tmp_path, capsys):
            "output": {"bundle": "m.tsb", "key_file": "k.key"}}
     (tmp_path / "t.yaml").write_text(yaml.safe_dump(cfg))
     assert run(["train", str(tmp_path / "t.yaml"), "--json"]) == 0, capsys.readouterr().err
-    served = load_bundle_model(tmp_path / "m.tsb", master=read_key_file(tmp_path / "k.key"))
+    served = load_bundle_model(tmp_path / "m.tsb", master=read_key_file(tmp_path / "k.key"),
+                               trust=TrustPolicy(allow_unsigned=True))  # `train` does not sign
     assert served.num_classes == 10 and served.spec.to_dict()["shape"] == [1, 8, 8]
     from sklearn.datasets import load_digits
 

@@ -95,6 +95,23 @@ def _tls(s: Section, scheme: str, host: str) -> None:
         )
 
 
+def _signed_models(s: Section, models: list) -> None:
+    """Served bundles signed by a trusted key: the service reports, per model it lets this key
+    see, whether the bundle's signature was verified against a key given with ``serve --trust``."""
+    sigs = {m.get("name"): m.get("signature") for m in models if isinstance(m, dict)}
+    if not sigs or any(not isinstance(v, dict) for v in sigs.values()):
+        s.add("signed-models", SKIPPED, "the service does not say who signed its models (or shows none to this key)",
+              "use a torchshield service that verifies signatures (serve --trust signer.pub)")
+        return
+    untrusted = sorted(str(n) for n, v in sigs.items() if not v.get("trusted"))
+    s.metrics["signers"] = {str(n): v.get("signer") for n, v in sigs.items()}
+    if untrusted:
+        s.add("signed-models", FAIL, f"served bundles not signed by a trusted key: {', '.join(untrusted)}",
+              "sign the bundles and start the service with --trust signer.pub, without --allow-unsigned")
+    else:
+        s.add("signed-models", PASS, f"served bundles signed by a trusted key ({len(sigs)} of {len(sigs)})")
+
+
 def _authenticated(s: Section, client, headers: dict[str, str]) -> None:
     models = client.get("/v1/models", headers=headers)
     if models.status_code != 200:
@@ -102,6 +119,7 @@ def _authenticated(s: Section, client, headers: dict[str, str]) -> None:
         return
     s.metrics["models"] = [m.get("name") for m in models.json().get("models", [])]
     s.add("api-key", PASS, f"the API key is accepted (it may use {len(s.metrics['models'])} of the models)")
+    _signed_models(s, models.json().get("models", []))
     audit = client.get("/v1/audit/verify", headers=headers)
     if audit.status_code == 200:
         doc = audit.json()

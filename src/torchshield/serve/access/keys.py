@@ -37,21 +37,23 @@ from typing import Any
 from torchshield.errors import InputError
 from torchshield.serve.rbac import GLOBAL, ROLES, grant_rows
 
-__all__ = ["ApiKey", "KeyStore", "NewKey", "parse_duration", "valid_model_name"]
+__all__ = ["ApiKey", "KeyStore", "MAX_BURST", "MAX_RATE", "NewKey", "parse_duration", "valid_model_name"]
 
 _TOKEN_RE = re.compile(r"tsk_([0-9a-f]{16})_([A-Za-z0-9_-]{43})")
 _MODEL_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 _DURATION_RE = re.compile(r"(\d+)([smhdw])")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+MAX_RATE = 1e6  # requests/second a key may be given (finite: a rate of inf is no limit)
+MAX_BURST = 1_000_000
 KEY_CACHE_TTL_S = 1.0  # longest a worker uses a key's row without reading it again
 _KEY_CACHE_MAX = 10_000  # rows kept per worker (only keys that exist get one)
 
 
 def parse_duration(text: str) -> float:
     """``30d`` -> seconds; units s, m, h, d, w."""
-    m = _DURATION_RE.fullmatch(text.strip())
+    m = _DURATION_RE.fullmatch(text.strip()) if isinstance(text, str) and len(text) <= 12 else None
     if not m or int(m.group(1)) <= 0:
-        raise InputError(f"--expires: {text!r} is not a duration", hint="use e.g. 90m, 12h, 30d or 4w")
+        raise InputError(f"expires: {text!r} is not a duration", hint="use e.g. 90m, 12h, 30d or 4w")
     return int(m.group(1)) * _UNITS[m.group(2)]
 
 
@@ -155,13 +157,17 @@ class KeyStore:
         import sqlalchemy as sa
 
         if role not in ROLES:
-            raise InputError(f"--role: unknown role {role!r}", hint=f"choose one of {', '.join(sorted(ROLES))}")
-        models = sorted(set(models)) or [GLOBAL]
+            raise InputError(f"role: unknown role {role!r}", hint=f"choose one of {', '.join(sorted(ROLES))}")
+        models = sorted(set(models))
+        if not models:  # never read as "every model": that is '*', said explicitly
+            raise InputError("models: give at least one model name, or '*' for every model")
         bad = [m for m in models if m != GLOBAL and not valid_model_name(m)]
         if bad or (GLOBAL in models and len(models) > 1):
-            raise InputError("--model: model names are letters, digits, '.', '_' and '-' (or '*' alone)")
-        if rate_per_s is not None and rate_per_s <= 0:
-            raise InputError("--rate: must be a positive number of requests per second")
+            raise InputError("models: model names are letters, digits, '.', '_' and '-' (or '*' alone)")
+        if rate_per_s is not None and not (isinstance(rate_per_s, (int, float)) and 0 < rate_per_s <= MAX_RATE):
+            raise InputError(f"rate_per_s: must be a number of requests per second in (0, {MAX_RATE:g}]")
+        if burst is not None and not (type(burst) is int and 1 <= burst <= MAX_BURST):
+            raise InputError(f"burst: must be a whole number from 1 to {MAX_BURST}")
         key_id = secrets.token_hex(8)
         token = f"tsk_{key_id}_{base64.urlsafe_b64encode(secrets.token_bytes(32)).rstrip(b'=').decode()}"
         now = time.time()
