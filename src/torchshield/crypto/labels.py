@@ -29,6 +29,7 @@ DERIVATIONS: dict[str, str] = {
     "serve/api-key-hash": "HMAC key under which API-key tokens are stored (serve/access/keys.py)",
     "serve/audit-chain": "HMAC key of the audit log's hash chain (serve/audit.py)",
     "serve/audit-digest": "HMAC key of request-body digests kept in audit records",
+    "privacy/ledger-chain": "HMAC key of the privacy budget ledger's hash chain (privacy/ledger.py)",
     "watermark/{method}/{mark_id}": "the secret of one watermark (trigger inputs, white-box projection)",
     "obfuscate/{nonce}": "seed of one obfuscation's hidden-unit permutations",
     "obfuscate/names/{nonce}": "HMAC key of one obfuscation's tensor-name scrambling",

@@ -49,6 +49,13 @@ def _literal_labels() -> list[tuple[str, str]]:
     return found
 
 
+def test_every_chain_purpose_is_registered():
+    from torchshield.privacy.ledger import CHAIN_PURPOSE
+
+    check_label(CHAIN_PURPOSE)
+    check_label("serve/audit-chain")
+
+
 def test_every_label_in_the_code_is_registered():
     labels = _literal_labels()
     assert len(labels) >= len(DERIVATIONS) - 1  # the scan finds the call sites
