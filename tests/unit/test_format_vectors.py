@@ -718,14 +718,17 @@ def _with_chunk_size(blob: bytes, chunk_size: int) -> bytes:
         struct.pack("<I", 0) + b"TSB-END1"
 
 
-@pytest.mark.xfail(strict=True, raises=ZeroDivisionError,
-                   reason="bundle.py reads encryption.chunk_size unchecked (reported in issue 23, item 4): "
-                          "0 divides by zero; a huge one is allocated before any tag is checked")
-def test_a_manifest_with_chunk_size_zero_is_a_format_error(keys: dict[str, Any], tmp_path: Path) -> None:
-    bad = _with_chunk_size((NEWEST / "bundle-encrypted.tsb").read_bytes(), 0)
-    with pytest.raises(Rejected, match="format: chunk size"):
-        ref_read_tsb(bad, master=keys["master"], pubkey=None)
+@pytest.mark.parametrize("chunk_size", [0, 1000, 2**40, -4096, "4096", True])
+def test_a_manifest_with_a_bad_chunk_size_is_a_format_error(keys: dict[str, Any], tmp_path: Path,
+                                                             chunk_size: Any) -> None:
+    """0 used to divide by zero, 2**40 to be allocated before any tag was checked."""
+    bad = _with_chunk_size((NEWEST / "bundle-encrypted.tsb").read_bytes(), chunk_size)
+    if chunk_size == 0:
+        with pytest.raises(Rejected, match="format: chunk size"):
+            ref_read_tsb(bad, master=keys["master"], pubkey=None)
     (tmp_path / "x.tsb").write_bytes(bad)
+    with pytest.raises(FormatError):
+        torchshield.inspect(tmp_path / "x.tsb")
     with pytest.raises(FormatError):
         torchshield.load(tmp_path / "x.tsb", key=MasterKey(keys["master"]))
 

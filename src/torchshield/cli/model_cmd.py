@@ -124,7 +124,9 @@ def protect(src: Path = typer.Argument(..., help="Model: a Hugging Face director
         report = protect_model(src, out, key=key if encrypt else None, sign_with=sign, architecture=architecture,
                                input_spec=_input_spec(input_shape, input_range, None),
                                keep_training_state=keep_training_state, metadata=_parse_metadata(metadata),
-                               source_key=resolve_master_key(key_file=source_key or key_file, required=False),
+                               # the key resolved once above (a passphrase is asked for once)
+                               source_key=resolve_master_key(key_file=source_key, required=False)
+                               if source_key is not None else key,
                                overwrite=force)
     info = inspect(out).to_dict()
     doc = {**info, "protect": report.to_dict()}

@@ -121,9 +121,13 @@ def serve(
               workers, db)
     database.dispose()
     os.environ[CONFIG_ENV] = json.dumps(config.to_dict())
-    with _multiprocess_metrics():
-        uvicorn.run("torchshield.serve.http.worker:app_from_env", factory=True, workers=workers, host=host,
-                    port=port, log_level="warning", **tls)
+    os.environ[WORKER_KEY_ENV] = worker_key_env(master)  # resolved once above; each worker pops it
+    try:
+        with _multiprocess_metrics():
+            uvicorn.run("torchshield.serve.http.worker:app_from_env", factory=True, workers=workers, host=host,
+                        port=port, log_level="warning", **tls)
+    finally:
+        os.environ.pop(WORKER_KEY_ENV, None)
 
 
 @contextmanager

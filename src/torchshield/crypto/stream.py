@@ -108,6 +108,14 @@ class StreamCipher:
                                  "truncated, extended or reordered") from None
 
 
+def valid_chunk_size(chunk_size: object) -> bool:
+    """The one rule for chunk sizes, in TSE headers and bundle manifests alike: a power of two from
+    4 KiB to 64 MiB (so a crafted header can neither divide by zero nor make a reader allocate
+    gigabytes before any tag is checked)."""
+    return (isinstance(chunk_size, int) and not isinstance(chunk_size, bool)
+            and (1 << 12) <= chunk_size <= (1 << 26) and not chunk_size & (chunk_size - 1))
+
+
 def chunk_count(plain_len: int, chunk_size: int) -> int:
     return max(1, -(-plain_len // chunk_size))
 
@@ -254,7 +262,7 @@ class FileHeader:
 
 
 def _file_header(chunk_size: int, salt: bytes, context: bytes) -> bytes:
-    if chunk_size & (chunk_size - 1) or not (1 << 12) <= chunk_size <= (1 << 26):
+    if not valid_chunk_size(chunk_size):
         raise InputError("chunk size must be a power of two between 4 KiB and 64 MiB")
     return (_FILE_MAGIC + struct.pack("<BBH", _FILE_VERSION, chunk_size.bit_length() - 1, 0) + salt
             + struct.pack("<H", len(context)) + context)

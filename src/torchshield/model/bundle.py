@@ -41,8 +41,9 @@ from torchshield._version import __version__
 from torchshield.crypto import signing
 from torchshield.crypto.envelope import new_data_key, rewrap, unwrap_data_key, wrap_data_key
 from torchshield.atomic import atomic_output
-from torchshield.crypto.keys import MasterKey, resolve_master_key
-from torchshield.crypto.stream import DEFAULT_CHUNK_SIZE, StreamCipher, StreamWriter, decrypt_into
+from torchshield.crypto.keys import MasterKey
+from torchshield.crypto.stream import DEFAULT_CHUNK_SIZE, StreamCipher, StreamWriter, decrypt_into, \
+    valid_chunk_size
 from torchshield.errors import FormatError, InputError, IntegrityError, KeyMaterialError, SignatureError
 from torchshield.model.dtypes import dtype_from_name, dtype_name
 from torchshield.model.header import ALIGN, END_MAGIC, FILE_PREFIX, FLAG_ENCRYPTED, MAGIC, MANIFEST_VERSION, STATE_PREFIX, \
@@ -53,6 +54,15 @@ __all__ = ["BundleContents", "BundleInfo", "TrainingState", "VerifyReport", "ins
            "load_contents", "rotate_key", "save", "shared_tensors", "verify"]
 
 Tensors = dict[str, torch.Tensor]
+
+
+def _master_key(key: Any) -> MasterKey:
+    """Bundles take a resolved ``MasterKey`` only: keys are read once at the edge (the CLI, a service
+    start, ``read_key_file``), never looked up here in files or the environment."""
+    if not isinstance(key, MasterKey):
+        raise KeyMaterialError(f"key= must be a MasterKey, not {type(key).__name__}",
+                               hint="read it once with torchshield.crypto.keys.read_key_file(PATH)")
+    return key
 
 
 def _signed_message(prefix: bytes, manifest_digest: bytes, data_digest: bytes) -> bytes:
@@ -118,7 +128,7 @@ def _json_slot(name: str, value: Any) -> Any:
 
 
 def save(obj: torch.nn.Module | Mapping[str, torch.Tensor], path: str | os.PathLike[str], *,
-         key: MasterKey | bytes | str | os.PathLike[str] | None = None,
+         key: MasterKey | None = None,
          sign_with: str | os.PathLike[str] | signing.Ed25519PrivateKey | None = None,
          metadata: Mapping[str, Any] | None = None, privacy: Mapping[str, Any] | None = None,
          watermark: Mapping[str, Any] | None = None, provenance: Mapping[str, Any] | None = None,
@@ -127,7 +137,7 @@ def save(obj: torch.nn.Module | Mapping[str, torch.Tensor], path: str | os.PathL
          chunk_size: int = DEFAULT_CHUNK_SIZE, overwrite: bool = True) -> Path:
     """Write ``obj`` (a module or a state dict) to a ``.tsb`` bundle at ``path``, atomically.
 
-    ``key`` encrypts the tensor data (a MasterKey, 32 raw bytes or a key-file path);
+    ``key`` encrypts the tensor data (a resolved MasterKey: ``read_key_file(PATH)``);
     ``sign_with`` signs it (an Ed25519 key or key-file path). ``privacy``, ``watermark`` and
     ``provenance`` are JSON manifest slots filled by training, watermarking and the pipeline.
 
@@ -136,6 +146,8 @@ def save(obj: torch.nn.Module | Mapping[str, torch.Tensor], path: str | os.PathL
     ``files`` (small named files such as ``tokenizer.json``, stored, encrypted and signed with the
     weights) and ``training_state`` (optimizer tensors and JSON values). Tensors sharing memory
     (tied weights) are stored once; the manifest's ``aliases`` re-ties them on load."""
+    if not valid_chunk_size(chunk_size):
+        raise InputError(f"chunk_size={chunk_size!r} is not a power of two from 4 KiB to 64 MiB")
     weights = _state_dict(obj)
     aliases = shared_tensors(weights)
     tensors: Tensors = {k: v.to("cpu").contiguous() for k, v in weights.items() if k not in aliases}
@@ -147,7 +159,7 @@ def save(obj: torch.nn.Module | Mapping[str, torch.Tensor], path: str | os.PathL
     if training_state is not None:
         for sname, t in training_state.tensors.items():
             tensors[STATE_PREFIX + sname] = t.detach().to("cpu").contiguous()
-    master = resolve_master_key(key) if key is not None else None
+    master = _master_key(key) if key is not None else None
     signer = signing.load_signing_key(sign_with) if sign_with is not None else None
     entries: dict[str, Any] = {}
     views: list[tuple[memoryview, int]] = []
@@ -298,7 +310,7 @@ class BundleContents:
         return dict(self.manifest.get("aliases") or {})
 
 
-def load(path: str | os.PathLike[str], *, key: MasterKey | bytes | str | os.PathLike[str] | None = None,
+def load(path: str | os.PathLike[str], *, key: MasterKey | None = None,
          verify_with: str | os.PathLike[str] | bytes | signing.Ed25519PublicKey | None = None,
          device: str | torch.device = "cpu", verify: bool = True) -> Tensors:
     """Load a bundle's weights into memory, never writing plaintext to disk.
@@ -312,7 +324,7 @@ def load(path: str | os.PathLike[str], *, key: MasterKey | bytes | str | os.Path
     return load_contents(path, key=key, verify_with=verify_with, device=device, verify=verify).weights
 
 
-def load_contents(path: str | os.PathLike[str], *, key: MasterKey | bytes | str | os.PathLike[str] | None = None,
+def load_contents(path: str | os.PathLike[str], *, key: MasterKey | None = None,
                   verify_with: str | os.PathLike[str] | bytes | signing.Ed25519PublicKey | None = None,
                   device: str | torch.device = "cpu", verify: bool = True) -> BundleContents:
     """Like :func:`load`, and also the bundle's files, training state and manifest."""
@@ -363,11 +375,10 @@ def _map_plain(layout: _Layout, fh: BinaryIO, n: int, *, verify: bool) -> torch.
 
 
 def _decrypt(layout: _Layout, fh: BinaryIO, key: Any, *, hash_data: bool) -> torch.Tensor:
-    if key is None and not (os.environ.get("TORCHSHIELD_KEY") or os.environ.get("TORCHSHIELD_KEY_FILE")):
+    if key is None:
         raise KeyMaterialError(f"{layout.path} is encrypted and no key was given",
-                               hint="pass key= (or --key-file), or set TORCHSHIELD_KEY_FILE")
-    master = resolve_master_key(key)
-    assert master is not None
+                               hint="pass key=read_key_file(PATH) (on the CLI: --key-file or $TORCHSHIELD_KEY_FILE)")
+    master = _master_key(key)
     enc = layout.manifest["encryption"]
     object_id = bytes.fromhex(layout.manifest["object_id"])
     data_key = unwrap_data_key(master, _key_slot(layout, fh), context=object_id)

@@ -25,7 +25,7 @@ from typing import Any, BinaryIO
 import blake3
 
 from torchshield.crypto.envelope import WRAPPED_KEY_SIZE, WrappedKey
-from torchshield.crypto.stream import ciphertext_length
+from torchshield.crypto.stream import ciphertext_length, valid_chunk_size
 from torchshield.errors import FormatError, InputError, IntegrityError
 
 __all__ = ["BundleInfo", "inspect", "is_bundle"]
@@ -161,7 +161,9 @@ def _stored_length(manifest: dict[str, Any], encrypted: bool) -> int:
         enc = manifest["encryption"]
         if enc.get("alg") != _STREAM_ALG:
             raise ValueError("unknown encryption")
-        return ciphertext_length(n, int(enc["chunk_size"]))
+        if not valid_chunk_size(enc.get("chunk_size")):
+            raise ValueError("encryption.chunk_size is not a power of two from 4 KiB to 64 MiB")
+        return ciphertext_length(n, enc["chunk_size"])
     return n
 
 

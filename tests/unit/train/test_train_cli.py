@@ -48,7 +48,7 @@ def test_private_training_writes_signed_encrypted_bundle_with_privacy_record(tmp
     # the stored weights are the trained model: same test accuracy as reported
     data = load_dataset("sklearn:digits")
     model = build_model(BASE["model"], in_shape=data.input_shape, num_classes=10)
-    model.load_state_dict(torchshield.load(tmp_path / "out.tsb", key=tmp_path / "master.key",
+    model.load_state_dict(torchshield.load(tmp_path / "out.tsb", key=read_key_file(tmp_path / "master.key"),
                                            verify_with=tmp_path / "signer.pub"))
     assert evaluate(model, data.test.loader(512))["accuracy"] == pytest.approx(out["metrics"]["test"]["accuracy"])
     assert run(["model", "inspect", str(tmp_path / "out.tsb")]) == 0
