@@ -390,8 +390,10 @@ class _Scanner:
         self.check_overlaps(entries, b)
         for entry in entries:
             member = _join(b.member, entry.name)
-            self.check_encrypted(entry, b, member)
             if _SKIP_MEMBER.search(entry.name):
+                # central flags only: the local header of a tensor record is never read (its page
+                # would be touched for nothing), and a password-aware reader decides by the central flag
+                self.check_encrypted(entry.flags, member)
                 record_sizes[entry.name] = entry.usize
                 continue
             start = self.member_start(entry, b, member)
@@ -604,6 +606,7 @@ class _Scanner:
                 f"{e.name!r}: Python's zipfile refuses this, torch loads it",
                 member,
             )
+        self.check_encrypted(e.flags | lf[2], member)
         if (e.flags | lf[2]) & 0x20:
             self.add(
                 MEDIUM,
@@ -636,14 +639,13 @@ class _Scanner:
             )
         return start
 
-    def check_encrypted(self, e: _ZipEntry, b: _Blob, member: str) -> None:
-        """An encrypted member (flag 0x1 or 0x40 in the central or the local header) is never clean.
+    def check_encrypted(self, flags: int, member: str) -> None:
+        """An encrypted member (flag 0x1 or 0x40, central or local header) is never clean.
 
         Its stored bytes are still scanned as torch's reader takes them (it ignores the flag),
         but a loader given the password reads a plaintext no scanner can see."""
-        flags = e.flags
-        if e.local + _LFH.size <= b.hi and bytes(b.data[e.local : e.local + 4]) == _ZIP_LOCAL:
-            flags |= _LFH.unpack_from(b.data, e.local)[2]
+        if not flags & 0x41:
+            return
         for bit, what in ((0x1, "encrypted"), (0x40, "strong encryption")):
             if flags & bit:
                 self.add(

@@ -235,7 +235,9 @@ class _Walker:
         self.refs_by_name: dict[str, Ref] = {}
         self.frame_end = -1
         self.arg_pos = 0
-        self.reuse = 0  # memo GETs and DUPs: shared references, the raw material of expansion attacks
+        # memo GETs and DUPs of containers: shared containers are the raw material of expansion
+        # attacks; sharing a string or a name (every torch checkpoint does) cannot expand anything
+        self.reuse = 0
         self.calls: list[Call] = []
         self.max_expanded = MAX_EXPANDED
 
@@ -424,7 +426,7 @@ class _Walker:
             self.step(op, offset, arg, stack, memo)
             stack = self.stack
         walk.end = pos
-        if self.reuse:  # without shared references the object is a tree: its size is at most the op count
+        if expansion_possible(self.reuse, walk.ops, self.max_expanded):
             self.check_expansion()
         return walk
 
@@ -446,7 +448,7 @@ class _Walker:
                     HIGH,
                     "expansion",
                     f"the loaded object expands to {shown} nodes when materialised, from {walk.ops} "
-                    f"opcodes and {self.reuse} memo/DUP references: a memory-expansion (billion laughs) "
+                    f"opcodes and {self.reuse} memo/DUP references to containers: a memory-expansion (billion laughs) "
                     f"attack on whoever walks, prints or copies it (limit {self.max_expanded:,})",
                 )
             )
@@ -472,8 +474,10 @@ class _Walker:
                 )
                 stack.append(OPAQUE)
             else:
-                stack.append(memo[idx])
-                self.reuse += 1
+                value = memo[idx]
+                stack.append(value)
+                if type(value) in _CONTAINERS:
+                    self.reuse += 1
         elif op == 0x28:  # MARK
             self.metastack.append(stack)
             self.stack = []
@@ -617,8 +621,10 @@ class _Walker:
         elif op == 0x31:  # POP_MARK
             self.pop_mark(offset)
         elif op == 0x32:  # DUP
-            self.stack.append(self.top(offset))
-            self.reuse += 1
+            value = self.top(offset)
+            self.stack.append(value)
+            if type(value) in _CONTAINERS:
+                self.reuse += 1
         elif op == 0x95:  # FRAME
             size = int.from_bytes(arg, "little")
             self.frame_end = offset + 9 + size
@@ -631,6 +637,21 @@ class _Walker:
         # PROTO needs no stack work; STOP is handled by the loop.
 
 
+_CONTAINERS = frozenset({Node, Call, tuple})
+
+
+def expansion_possible(reuse: int, ops: int, max_expanded: int) -> bool:
+    """Whether ``reuse`` re-fetched containers in a stream of ``ops`` opcodes can reach a flagged size.
+
+    Each push places a value in at most one container, so a container's in-degree exceeds one
+    only through GET/DUP, and the extra edges over all containers number at most ``reuse``.
+    Paths from a root to a node pick one parent at each node passed, so a node is reached by at
+    most prod(in-degree) <= 2**reuse paths, and the expanded size is at most
+    2 * ops * 2**reuse (nodes plus back-edges counted as leaves). The flag needs more than
+    ``max_expanded`` and more than 100 x ops, so below that bound the walk is skipped."""
+    if reuse < 6:  # 2 * 2**5 = 64 < _EXPANSION_RATIO
+        return False
+    return reuse > 64 or (2 * ops << reuse) > max_expanded
 _EMPTY_KIND = {0x5D: "list", 0x7D: "dict", 0x8F: "set", 0x6C: "list", 0x64: "dict", 0x91: "frozenset"}
 
 
