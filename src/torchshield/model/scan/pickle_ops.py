@@ -27,6 +27,7 @@ import codecs
 import re
 import struct
 from dataclasses import dataclass, field
+from itertools import chain
 from typing import Any
 
 from torchshield.model.scan.allowlist import CRITICAL, HIGH, Allowlist, Verdict
@@ -91,14 +92,14 @@ OPAQUE = _Opaque()
 class Node:
     """A list, dict, set or frozenset built by the stream, with what was put into it.
 
-    ``items`` holds single values and whole chunks (the Python list popped at a MARK), so
-    APPENDS/SETITEMS cost one append here; only ``expanded_size`` looks inside."""
+    ``items`` holds chunks: the Python list popped at a MARK as it is, a single value in a list
+    of one, so APPENDS/SETITEMS cost one append here; only ``expanded_size`` looks inside."""
 
     __slots__ = ("items", "kind")
 
     def __init__(self, kind: str, chunk: list[Any] | None = None) -> None:
         self.kind = kind
-        self.items: list[Any] = [chunk] if chunk else []
+        self.items: list[list[Any]] = [chunk] if chunk else []
 
 
 class Blob:
@@ -131,7 +132,7 @@ class Call:
 
     def __init__(self, callee: Any, args: Any = None) -> None:
         self.callee = callee
-        self.items: list[Any] = [] if args is None else [args]
+        self.items: list[list[Any]] = [] if args is None else [[args]]
 
 
 @dataclass
@@ -522,7 +523,7 @@ class _Walker:
                 added = self.pop_mark(offset)
             target = self.top(offset)
             if isinstance(target, (Node, Call)):
-                target.items.append(added)
+                target.items.append(added if type(added) is list else [added])
             if op in (0x73, 0x75) and (
                 (isinstance(target, Node) and target.kind == "list") or isinstance(target, tuple)
             ):
@@ -579,7 +580,7 @@ class _Walker:
             state = self.pop(offset)
             target = self.top(offset)
             if isinstance(target, (Node, Call)):
-                target.items.append(state)
+                target.items.append([state])
             elif isinstance(target, Ref):
                 self.walk.findings.append(
                     RawFinding(
@@ -652,6 +653,8 @@ def expansion_possible(reuse: int, ops: int, max_expanded: int) -> bool:
     if reuse < 6:  # 2 * 2**5 = 64 < _EXPANSION_RATIO
         return False
     return reuse > 64 or (2 * ops << reuse) > max_expanded
+
+
 _EMPTY_KIND = {0x5D: "list", 0x7D: "dict", 0x8F: "set", 0x6C: "list", 0x64: "dict", 0x91: "frozenset"}
 
 
@@ -665,23 +668,25 @@ def expanded_size(root: Any, sizes: dict[int, int] | None = None) -> int:
     ``[...]``) counts 1. Leaves (strings, numbers, names, bytes) count 1."""
     if sizes is None:
         sizes = {}
-    if not isinstance(root, (Node, Call, tuple)):
+    if type(root) not in _CONTAINERS:
         return 1
     done = sizes.get(id(root))
     if done is not None:
         return done
     active = {id(root)}
     work: list[tuple[Any, Any, list[int]]] = [(root, _children(root), [1])]
+    known = sizes.get
+    containers = _CONTAINERS
     while work:
         node, children, acc = work[-1]
         for child in children:
-            if not isinstance(child, (Node, Call, tuple)):
+            if type(child) not in containers:
                 acc[0] += 1
                 continue
             cid = id(child)
-            got = sizes.get(cid)
+            got = known(cid)
             if got is not None:
-                acc[0] = min(_SIZE_CAP, acc[0] + got)
+                acc[0] += got  # at most (children x cap) before the node saturates: no blow-up
             elif cid in active:
                 acc[0] += 1
             else:
@@ -694,15 +699,14 @@ def expanded_size(root: Any, sizes: dict[int, int] | None = None) -> int:
             total = min(_SIZE_CAP, acc[0])
             sizes[id(node)] = total
             if work:
-                parent = work[-1][2]
-                parent[0] = min(_SIZE_CAP, parent[0] + total)
+                work[-1][2][0] += total
     return sizes[id(root)]
 
 
 def _children(node: Any) -> Any:
     if isinstance(node, tuple):
         return iter(node)
-    return (x for item in node.items for x in (item if isinstance(item, list) else (item,)))
+    return chain.from_iterable(node.items)
 
 
 def _memo_index(op: int, arg: Any) -> int | None:
