@@ -47,7 +47,7 @@ from torchshield.model.scan.pickle_ops import (
 )
 from torchshield.model.scan.report import FileReport, Finding
 
-__all__ = ["NOT_REGULAR", "Limits", "open_regular", "scan_file"]
+__all__ = ["IS_A_DIRECTORY", "NOT_REGULAR", "Limits", "open_regular", "scan_file"]
 
 
 @dataclass(frozen=True)
@@ -1036,6 +1036,7 @@ def _unknown_reason(data: Any) -> str:
 
 
 NOT_REGULAR = "not a regular file (a device, pipe or socket)"
+IS_A_DIRECTORY = "is a directory"
 
 
 def open_regular(path: str | os.PathLike[str]) -> io.BufferedReader | None:
@@ -1043,7 +1044,10 @@ def open_regular(path: str | os.PathLike[str]) -> io.BufferedReader | None:
     (opened non-blocking, checked with fstat on the open descriptor, so no swap in between)."""
     fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
     try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
+        mode = os.fstat(fd).st_mode
+        if stat.S_ISDIR(mode):
+            raise IsADirectoryError(path)
+        if not stat.S_ISREG(mode):
             os.close(fd)
             return None
         return os.fdopen(fd, "rb")
@@ -1057,12 +1061,6 @@ def scan_file(path: str | os.PathLike[str], allow: Allowlist, limits: Limits) ->
     p = Path(path)
     report = FileReport(path=str(path))
     try:
-        if not p.exists():
-            report.unreadable_reason = "no such file"
-            return report
-        if p.is_dir():
-            report.unreadable_reason = "is a directory (scan it with torchshield.scan(directory))"
-            return report
         fh = open_regular(p)
         if fh is None:
             report.unreadable_reason = NOT_REGULAR
@@ -1080,6 +1078,10 @@ def scan_file(path: str | os.PathLike[str], allow: Allowlist, limits: Limits) ->
                     mm.close()
                 except BufferError:  # a view is still alive somewhere; the GC closes it
                     pass
+    except FileNotFoundError:
+        report.unreadable_reason = "no such file"
+    except IsADirectoryError:
+        report.unreadable_reason = IS_A_DIRECTORY
     except PermissionError:
         report.unreadable_reason = "permission denied"
     except (ValueError, struct.error, IndexError, KeyError, TypeError, RecursionError, MemoryError) as exc:

@@ -26,6 +26,7 @@ from __future__ import annotations
 import codecs
 import re
 import struct
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from itertools import chain
 from typing import Any
@@ -89,17 +90,26 @@ class _Opaque:
 OPAQUE = _Opaque()
 
 
-class Node:
-    """A list, dict, set or frozenset built by the stream, with what was put into it.
+class Node(list):  # type: ignore[type-arg]
+    """A container built by the stream, holding what was put into it, for ``expanded_size``.
 
-    ``items`` holds chunks: the Python list popped at a MARK as it is, a single value in a list
-    of one, so APPENDS/SETITEMS cost one append here; only ``expanded_size`` looks inside."""
+    The node is itself a list of chunks: the Python list popped at a MARK as it is, a single
+    value as a tuple of one, so APPENDS/SETITEMS cost one append here (a list subclass with no
+    ``__init__`` of its own is created at C speed); only ``expanded_size`` looks inside."""
 
-    __slots__ = ("items", "kind")
+    __slots__ = ()
 
-    def __init__(self, kind: str, chunk: list[Any] | None = None) -> None:
-        self.kind = kind
-        self.items: list[list[Any]] = [chunk] if chunk else []
+
+class ListNode(Node):
+    """A list (EMPTY_LIST, LIST)."""
+
+    __slots__ = ()
+
+
+class MapNode(Node):
+    """A dict, set or frozenset (EMPTY_DICT, DICT, EMPTY_SET, FROZENSET)."""
+
+    __slots__ = ()
 
 
 class Blob:
@@ -124,15 +134,11 @@ class Ref:
         self.calls: list[str] = []
 
 
-class Call:
+class Call(Node):
     """The result of calling something: an opaque object with a known origin. Its arguments and
-    whatever is later put into it (SETITEMS, APPENDS, BUILD state) count as its contents."""
+    whatever is later put into it (SETITEMS, APPENDS, BUILD state) are its chunks."""
 
-    __slots__ = ("callee", "items")
-
-    def __init__(self, callee: Any, args: Any = None) -> None:
-        self.callee = callee
-        self.items: list[list[Any]] = [] if args is None else [[args]]
+    __slots__ = ("callee",)
 
 
 @dataclass
@@ -239,6 +245,7 @@ class _Walker:
         # memo GETs and DUPs of containers: shared containers are the raw material of expansion
         # attacks; sharing a string or a name (every torch checkpoint does) cannot expand anything
         self.reuse = 0
+        self.fetches: dict[int, int] = {}  # id(container) -> times re-fetched (containers live in memo)
         self.calls: list[Call] = []
         self.max_expanded = MAX_EXPANDED
 
@@ -298,7 +305,8 @@ class _Walker:
                 else "a value that is not an imported name"
             )
             self.anomaly(offset, f"{how} calls {what} (indirect call)")
-        result = Call(callee, args)
+        result = Call(((args,),) if args is not None else ())
+        result.callee = callee
         self.calls.append(result)
         return result
 
@@ -427,7 +435,7 @@ class _Walker:
             self.step(op, offset, arg, stack, memo)
             stack = self.stack
         walk.end = pos
-        if expansion_possible(self.reuse, walk.ops, self.max_expanded):
+        if self.reuse and expansion_possible(self.fetches.values(), walk.ops, self.max_expanded):
             self.check_expansion()
         return walk
 
@@ -479,6 +487,7 @@ class _Walker:
                 stack.append(value)
                 if type(value) in _CONTAINERS:
                     self.reuse += 1
+                    self.fetches[id(value)] = self.fetches.get(id(value), 0) + 1
         elif op == 0x28:  # MARK
             self.metastack.append(stack)
             self.stack = []
@@ -505,13 +514,11 @@ class _Walker:
             self.stack.append(tuple(items))
         elif op == 0x29:  # EMPTY_TUPLE
             stack.append(())
-        elif op in (0x5D, 0x7D, 0x8F):  # EMPTY_LIST, EMPTY_DICT, EMPTY_SET
-            stack.append(Node(_EMPTY_KIND[op]))
-        elif op in (0x4E, 0x88, 0x89, 0x46, 0x47):  # None, bools, floats
-            stack.append(OPAQUE)
+        elif op in (0x5D, 0x7D, 0x8F, 0x4E, 0x88, 0x89, 0x46, 0x47):  # empties, None, bools, floats
+            stack.append(ListNode() if op == 0x5D else MapNode() if op in (0x7D, 0x8F) else OPAQUE)
         elif op in (0x6C, 0x64, 0x91):  # LIST, DICT, FROZENSET
             items = self.pop_mark(offset)
-            self.stack.append(Node(_EMPTY_KIND[op], items))
+            self.stack.append(ListNode((items,)) if op == 0x6C else MapNode((items,)))
         elif op in (0x61, 0x73, 0x75, 0x65, 0x90):  # APPEND, SETITEM, SETITEMS, APPENDS, ADDITEMS
             added: Any
             if op == 0x61:
@@ -522,11 +529,9 @@ class _Walker:
             else:
                 added = self.pop_mark(offset)
             target = self.top(offset)
-            if isinstance(target, (Node, Call)):
-                target.items.append(added if type(added) is list else [added])
-            if op in (0x73, 0x75) and (
-                (isinstance(target, Node) and target.kind == "list") or isinstance(target, tuple)
-            ):
+            if type(target) in _CONTAINERS and type(target) is not tuple:
+                target.append(added if op != 0x61 else (added,))
+            if op in (0x73, 0x75) and type(target) in (ListNode, tuple):
                 self.anomaly(
                     offset,
                     "SETITEM on a list or tuple: crashes or corrupts memory in torch's "
@@ -579,8 +584,8 @@ class _Walker:
         elif op == 0x62:  # BUILD
             state = self.pop(offset)
             target = self.top(offset)
-            if isinstance(target, (Node, Call)):
-                target.items.append([state])
+            if type(target) in _CONTAINERS and type(target) is not tuple:
+                target.append((state,))
             elif isinstance(target, Ref):
                 self.walk.findings.append(
                     RawFinding(
@@ -626,6 +631,7 @@ class _Walker:
             self.stack.append(value)
             if type(value) in _CONTAINERS:
                 self.reuse += 1
+                self.fetches[id(value)] = self.fetches.get(id(value), 0) + 1
         elif op == 0x95:  # FRAME
             size = int.from_bytes(arg, "little")
             self.frame_end = offset + 9 + size
@@ -638,24 +644,24 @@ class _Walker:
         # PROTO needs no stack work; STOP is handled by the loop.
 
 
-_CONTAINERS = frozenset({Node, Call, tuple})
+_CONTAINERS = frozenset({ListNode, MapNode, Call, tuple})
 
 
-def expansion_possible(reuse: int, ops: int, max_expanded: int) -> bool:
-    """Whether ``reuse`` re-fetched containers in a stream of ``ops`` opcodes can reach a flagged size.
+def expansion_possible(fetches: Iterable[int], ops: int, max_expanded: int) -> bool:
+    """Whether containers re-fetched ``fetches`` times each (memo GET, DUP) in a stream of ``ops``
+    opcodes can reach a flagged size; when not, the expansion walk is skipped.
 
-    Each push places a value in at most one container, so a container's in-degree exceeds one
-    only through GET/DUP, and the extra edges over all containers number at most ``reuse``.
-    Paths from a root to a node pick one parent at each node passed, so a node is reached by at
-    most prod(in-degree) <= 2**reuse paths, and the expanded size is at most
-    2 * ops * 2**reuse (nodes plus back-edges counted as leaves). The flag needs more than
-    ``max_expanded`` and more than 100 x ops, so below that bound the walk is skipped."""
-    if reuse < 6:  # 2 * 2**5 = 64 < _EXPANSION_RATIO
-        return False
-    return reuse > 64 or (2 * ops << reuse) > max_expanded
-
-
-_EMPTY_KIND = {0x5D: "list", 0x7D: "dict", 0x8F: "set", 0x6C: "list", 0x64: "dict", 0x91: "frozenset"}
+    Each push places a value in at most one container, so a container's in-degree is at most
+    1 + its re-fetches. A root-to-node path picks one parent at each node it passes, so a node
+    is reached by at most prod(1 + fetches) paths, and the expanded size is at most
+    2 * ops * prod(1 + fetches) (nodes plus back-edges counted as leaves). The flag needs more
+    than ``max_expanded`` and more than 100 x ops."""
+    bound = 2
+    for count in fetches:
+        bound *= 1 + count
+        if bound * ops > max_expanded and bound > _EXPANSION_RATIO:
+            return True
+    return False
 
 
 def expanded_size(root: Any, sizes: dict[int, int] | None = None) -> int:
@@ -706,7 +712,7 @@ def expanded_size(root: Any, sizes: dict[int, int] | None = None) -> int:
 def _children(node: Any) -> Any:
     if isinstance(node, tuple):
         return iter(node)
-    return chain.from_iterable(node.items)
+    return chain.from_iterable(node)
 
 
 def _memo_index(op: int, arg: Any) -> int | None:
