@@ -139,6 +139,7 @@ class Call(Node):
     whatever is later put into it (SETITEMS, APPENDS, BUILD state) are its chunks."""
 
     __slots__ = ("callee",)
+    callee: Any
 
 
 @dataclass
