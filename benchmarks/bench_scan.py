@@ -1,6 +1,10 @@
 """Scanner throughput and findings next to ModelScan and fickling, on the same files, in the same run.
 
-    .venv/bin/python benchmarks/bench_scan.py [--scale 1.0] [--keep DIR]
+    .venv/bin/python benchmarks/bench_scan.py [--scale 1.0] [--keep DIR] [--baseline-src OLD/src]
+
+``--baseline-src`` loads a second copy of the scanner (e.g. ``git archive HEAD~5 src | tar -x -C /tmp/old``)
+in the same process and times it against this one on the benign files, alternating run by run,
+so that a shared machine's load falls on both alike: the figure is the median paired CPU ratio.
 
 Corpus: large benign checkpoints (torch zip, torch legacy, npz, a pickle of NumPy arrays,
 safetensors), 40 small state_dicts, and the malicious catalogue of
@@ -22,6 +26,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "unit" / "model"))
@@ -120,6 +125,41 @@ def benign_only(files: list[Path], repeat: int) -> tuple[float, float]:
     return statistics.median(walls), statistics.median(cpus)
 
 
+def _load_scan(src: Path) -> Any:
+    """Import torchshield.model.scan from ``src`` under its own module objects."""
+    import importlib
+
+    for name in [n for n in sys.modules if n == "torchshield" or n.startswith("torchshield.")]:
+        del sys.modules[name]
+    sys.path.insert(0, str(src))
+    try:
+        return importlib.import_module("torchshield.model.scan").scan
+    finally:
+        sys.path.remove(str(src))
+
+
+def paired(files: list[Path], baseline_src: Path, rounds: int) -> tuple[float, float, float]:
+    """Median CPU seconds of this scanner and of the baseline over ``files``, alternating which
+    runs first, and the median of the per-round ratios (this / baseline)."""
+    current = _load_scan(ROOT / "src")
+    baseline = _load_scan(baseline_src)
+    assert current.__code__.co_filename != baseline.__code__.co_filename
+
+    def cpu(fn: Any) -> float:
+        c0 = time.process_time()
+        for p in files:
+            fn(p)
+        return time.process_time() - c0
+
+    cpu(current), cpu(baseline)
+    ours_t, base_t = [], []
+    for i in range(rounds):
+        for fn, out in ((current, ours_t), (baseline, base_t))[:: 1 if i % 2 else -1]:
+            out.append(cpu(fn))
+    ratio = statistics.median(o / b for o, b in zip(ours_t, base_t, strict=True))
+    return statistics.median(ours_t), statistics.median(base_t), ratio
+
+
 def anchor(tool: str, files: list[Path], folder: Path, timeout: float) -> tuple[float, dict[str, str]] | None:
     if not ANCHOR_PY.exists():
         print(f"note: {tool} skipped: {ANCHOR_PY} not found (see the module docstring to install anchors)")
@@ -153,6 +193,9 @@ def main() -> None:
     parser.add_argument("--keep", type=Path, help="build the corpus here and keep it")
     parser.add_argument("--anchor-timeout", type=float, default=150)
     parser.add_argument(
+        "--baseline-src", type=Path, help="another scanner's src/ to time against (see above)"
+    )
+    parser.add_argument(
         "--repeat", type=int, default=9, help="runs of torchshield over the benign files alone (median kept)"
     )
     args = parser.parse_args()
@@ -177,6 +220,12 @@ def main() -> None:
             f"{len(benign) / t_benign:.0f} files/s; CPU {cpu_benign:.3f} s, {benign_mb / cpu_benign:.0f} MB/s "
             f"(medians of {args.repeat})"
         )
+        if args.baseline_src:
+            now, then, ratio = paired(benign, args.baseline_src, max(args.repeat, 21))
+            print(
+                f"benign files, paired CPU: this {now * 1e3:.1f} ms, baseline {then * 1e3:.1f} ms, "
+                f"median ratio {ratio:.3f} (throughput {100 * (1 / ratio - 1):+.1f}%)"
+            )
         for tool in ("modelscan", "fickling"):
             got = anchor(tool, files, folder, args.anchor_timeout)
             if got is not None:

@@ -13,9 +13,12 @@ from pathlib import Path
 import pytest
 import scan_corpus as corpus
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from torchshield.model.scan import Limits, scan
-from torchshield.model.scan.pickle_ops import MAX_EXPANDED
+from torchshield.model.scan.allowlist import Allowlist
+from torchshield.model.scan.pickle_ops import MAX_EXPANDED, expanded_size, expansion_possible, walk_pickle
 
 CMD = corpus.CMD
 
@@ -138,6 +141,79 @@ def test_self_reference_is_finite(tmp_path: Path) -> None:
     start = time.perf_counter()
     file = scan(_write(tmp_path, "cycle.pkl", data)).files[0]
     assert file.status == "safe" and time.perf_counter() - start < 5
+
+
+_ACTIONS = st.lists(
+    st.tuples(st.sampled_from(["new", "get", "append", "int", "pop", "dup"]), st.integers(0, 255)),
+    max_size=60,
+)
+
+
+@settings(max_examples=150, deadline=None, derandomize=True)
+@given(actions=_ACTIONS)
+def test_expanded_size_matches_a_reference_and_the_skip_bound_holds(actions: list[tuple[str, int]]) -> None:
+    """Random acyclic list graphs built opcode by opcode, next to the same graph built from real
+    Python lists: the walker's size equals the reference path count, and the bound that lets a
+    walk skip the computation (2 * ops * prod(1 + re-fetches of each list)) is never below it."""
+    ops = bytearray(b"\x80\x04")
+    stack: list[object] = []
+    memo: list[list[object]] = []
+    born: dict[int, int] = {}
+    refetches = 0
+    fetched: dict[int, int] = {}
+    for act, k in actions:
+        if act == "new":
+            ops += b"]\x94"  # EMPTY_LIST, MEMOIZE
+            fresh: list[object] = []
+            born[id(fresh)] = len(memo)
+            memo.append(fresh)
+            stack.append(fresh)
+        elif act == "get" and memo:
+            ops += b"h" + bytes([k % len(memo)])
+            stack.append(memo[k % len(memo)])
+            refetches += 1
+            fetched[id(stack[-1])] = fetched.get(id(stack[-1]), 0) + 1
+        elif act == "dup" and stack and isinstance(stack[-1], list):
+            ops += b"2"
+            stack.append(stack[-1])
+            refetches += 1
+            fetched[id(stack[-1])] = fetched.get(id(stack[-1]), 0) + 1
+        elif act == "int":
+            ops += b"K" + bytes([k])
+            stack.append(k)
+        elif act == "append" and len(stack) >= 2 and isinstance(stack[-2], list):
+            item, target = stack[-1], stack[-2]
+            if isinstance(item, list) and born[id(item)] >= born[id(target)]:
+                continue  # only older lists go into newer ones: the graph stays acyclic
+            ops += b"a"
+            stack.pop()
+            target.append(item)
+        elif act == "pop" and stack:
+            ops += b"0"
+            stack.pop()
+    if not stack:
+        ops += b"]"
+        stack.append([])
+    data = bytes(ops + b".")
+    sizes: dict[int, int] = {}
+
+    def reference(x: object) -> int:
+        if not isinstance(x, list):
+            return 1
+        if id(x) not in sizes:
+            sizes[id(x)] = 1 + sum(reference(c) for c in x)
+        return sizes[id(x)]
+
+    walk = walk_pickle(data, 0, len(data), Allowlist())
+    assert walk.complete
+    true_size = reference(stack[-1])
+    assert expanded_size(walk.root) == true_size
+    paths = 1
+    for count in fetched.values():
+        paths *= 1 + count
+    assert true_size <= 2 * walk.ops * paths <= 2 * walk.ops * 2**refetches
+    if true_size > 100 * walk.ops:
+        assert expansion_possible(fetched.values(), walk.ops, true_size - 1)
 
 
 def test_real_shared_tensors_are_not_flagged(tmp_path: Path) -> None:

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from torchshield.model.scan.allowlist import Allowlist
 from torchshield.model.scan.directory import scan_directory
-from torchshield.model.scan.formats import Limits, scan_file
+from torchshield.model.scan.formats import IS_A_DIRECTORY, Limits, scan_file
 from torchshield.model.scan.report import FileReport, Finding, ScanReport
 
 __all__ = ["FileReport", "Finding", "Limits", "ScanReport", "scan"]
@@ -48,8 +48,9 @@ def scan(
     lim = limits or Limits()
     files: list[FileReport] = []
     for p in paths:
-        if Path(p).is_dir():
+        report = scan_file(p, allowlist, lim)  # one open + fstat; a directory is told apart there
+        if report.unreadable_reason == IS_A_DIRECTORY:
             files.extend(scan_directory(Path(p), allowlist, lim))
         else:
-            files.append(scan_file(p, allowlist, lim))
+            files.append(report)
     return ScanReport(files=files)

@@ -47,7 +47,7 @@ from torchshield.model.scan.pickle_ops import (
 )
 from torchshield.model.scan.report import FileReport, Finding
 
-__all__ = ["NOT_REGULAR", "Limits", "open_regular", "scan_file"]
+__all__ = ["IS_A_DIRECTORY", "NOT_REGULAR", "Limits", "open_regular", "scan_file"]
 
 
 @dataclass(frozen=True)
@@ -390,8 +390,10 @@ class _Scanner:
         self.check_overlaps(entries, b)
         for entry in entries:
             member = _join(b.member, entry.name)
-            self.check_encrypted(entry, b, member)
             if _SKIP_MEMBER.search(entry.name):
+                # central flags only: the local header of a tensor record is never read (its page
+                # would be touched for nothing), and a password-aware reader decides by the central flag
+                self.check_encrypted(entry.flags, member)
                 record_sizes[entry.name] = entry.usize
                 continue
             start = self.member_start(entry, b, member)
@@ -604,6 +606,7 @@ class _Scanner:
                 f"{e.name!r}: Python's zipfile refuses this, torch loads it",
                 member,
             )
+        self.check_encrypted(e.flags | lf[2], member)
         if (e.flags | lf[2]) & 0x20:
             self.add(
                 MEDIUM,
@@ -636,14 +639,13 @@ class _Scanner:
             )
         return start
 
-    def check_encrypted(self, e: _ZipEntry, b: _Blob, member: str) -> None:
-        """An encrypted member (flag 0x1 or 0x40 in the central or the local header) is never clean.
+    def check_encrypted(self, flags: int, member: str) -> None:
+        """An encrypted member (flag 0x1 or 0x40, central or local header) is never clean.
 
         Its stored bytes are still scanned as torch's reader takes them (it ignores the flag),
         but a loader given the password reads a plaintext no scanner can see."""
-        flags = e.flags
-        if e.local + _LFH.size <= b.hi and bytes(b.data[e.local : e.local + 4]) == _ZIP_LOCAL:
-            flags |= _LFH.unpack_from(b.data, e.local)[2]
+        if not flags & 0x41:
+            return
         for bit, what in ((0x1, "encrypted"), (0x40, "strong encryption")):
             if flags & bit:
                 self.add(
@@ -1034,6 +1036,7 @@ def _unknown_reason(data: Any) -> str:
 
 
 NOT_REGULAR = "not a regular file (a device, pipe or socket)"
+IS_A_DIRECTORY = "is a directory"
 
 
 def open_regular(path: str | os.PathLike[str]) -> io.BufferedReader | None:
@@ -1041,7 +1044,10 @@ def open_regular(path: str | os.PathLike[str]) -> io.BufferedReader | None:
     (opened non-blocking, checked with fstat on the open descriptor, so no swap in between)."""
     fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
     try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
+        mode = os.fstat(fd).st_mode
+        if stat.S_ISDIR(mode):
+            raise IsADirectoryError(path)
+        if not stat.S_ISREG(mode):
             os.close(fd)
             return None
         return os.fdopen(fd, "rb")
@@ -1055,12 +1061,6 @@ def scan_file(path: str | os.PathLike[str], allow: Allowlist, limits: Limits) ->
     p = Path(path)
     report = FileReport(path=str(path))
     try:
-        if not p.exists():
-            report.unreadable_reason = "no such file"
-            return report
-        if p.is_dir():
-            report.unreadable_reason = "is a directory (scan it with torchshield.scan(directory))"
-            return report
         fh = open_regular(p)
         if fh is None:
             report.unreadable_reason = NOT_REGULAR
@@ -1078,6 +1078,10 @@ def scan_file(path: str | os.PathLike[str], allow: Allowlist, limits: Limits) ->
                     mm.close()
                 except BufferError:  # a view is still alive somewhere; the GC closes it
                     pass
+    except FileNotFoundError:
+        report.unreadable_reason = "no such file"
+    except IsADirectoryError:
+        report.unreadable_reason = IS_A_DIRECTORY
     except PermissionError:
         report.unreadable_reason = "permission denied"
     except (ValueError, struct.error, IndexError, KeyError, TypeError, RecursionError, MemoryError) as exc:

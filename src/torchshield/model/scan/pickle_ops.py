@@ -26,7 +26,9 @@ from __future__ import annotations
 import codecs
 import re
 import struct
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+from itertools import chain
 from typing import Any
 
 from torchshield.model.scan.allowlist import CRITICAL, HIGH, Allowlist, Verdict
@@ -88,17 +90,26 @@ class _Opaque:
 OPAQUE = _Opaque()
 
 
-class Node:
-    """A list, dict, set or frozenset built by the stream, with what was put into it.
+class Node(list):  # type: ignore[type-arg]
+    """A container built by the stream, holding what was put into it, for ``expanded_size``.
 
-    ``items`` holds single values and whole chunks (the Python list popped at a MARK), so
-    APPENDS/SETITEMS cost one append here; only ``expanded_size`` looks inside."""
+    The node is itself a list of chunks: the Python list popped at a MARK as it is, a single
+    value as a tuple of one, so APPENDS/SETITEMS cost one append here (a list subclass with no
+    ``__init__`` of its own is created at C speed); only ``expanded_size`` looks inside."""
 
-    __slots__ = ("items", "kind")
+    __slots__ = ()
 
-    def __init__(self, kind: str, chunk: list[Any] | None = None) -> None:
-        self.kind = kind
-        self.items: list[Any] = [chunk] if chunk else []
+
+class ListNode(Node):
+    """A list (EMPTY_LIST, LIST)."""
+
+    __slots__ = ()
+
+
+class MapNode(Node):
+    """A dict, set or frozenset (EMPTY_DICT, DICT, EMPTY_SET, FROZENSET)."""
+
+    __slots__ = ()
 
 
 class Blob:
@@ -123,15 +134,12 @@ class Ref:
         self.calls: list[str] = []
 
 
-class Call:
+class Call(Node):
     """The result of calling something: an opaque object with a known origin. Its arguments and
-    whatever is later put into it (SETITEMS, APPENDS, BUILD state) count as its contents."""
+    whatever is later put into it (SETITEMS, APPENDS, BUILD state) are its chunks."""
 
-    __slots__ = ("callee", "items")
-
-    def __init__(self, callee: Any, args: Any = None) -> None:
-        self.callee = callee
-        self.items: list[Any] = [] if args is None else [args]
+    __slots__ = ("callee",)
+    callee: Any
 
 
 @dataclass
@@ -235,7 +243,10 @@ class _Walker:
         self.refs_by_name: dict[str, Ref] = {}
         self.frame_end = -1
         self.arg_pos = 0
-        self.reuse = 0  # memo GETs and DUPs: shared references, the raw material of expansion attacks
+        # memo GETs and DUPs of containers: shared containers are the raw material of expansion
+        # attacks; sharing a string or a name (every torch checkpoint does) cannot expand anything
+        self.reuse = 0
+        self.fetches: dict[int, int] = {}  # id(container) -> times re-fetched (containers live in memo)
         self.calls: list[Call] = []
         self.max_expanded = MAX_EXPANDED
 
@@ -295,7 +306,8 @@ class _Walker:
                 else "a value that is not an imported name"
             )
             self.anomaly(offset, f"{how} calls {what} (indirect call)")
-        result = Call(callee, args)
+        result = Call(((args,),) if args is not None else ())
+        result.callee = callee
         self.calls.append(result)
         return result
 
@@ -424,7 +436,7 @@ class _Walker:
             self.step(op, offset, arg, stack, memo)
             stack = self.stack
         walk.end = pos
-        if self.reuse:  # without shared references the object is a tree: its size is at most the op count
+        if self.reuse and expansion_possible(self.fetches.values(), walk.ops, self.max_expanded):
             self.check_expansion()
         return walk
 
@@ -446,7 +458,7 @@ class _Walker:
                     HIGH,
                     "expansion",
                     f"the loaded object expands to {shown} nodes when materialised, from {walk.ops} "
-                    f"opcodes and {self.reuse} memo/DUP references: a memory-expansion (billion laughs) "
+                    f"opcodes and {self.reuse} memo/DUP references to containers: a memory-expansion (billion laughs) "
                     f"attack on whoever walks, prints or copies it (limit {self.max_expanded:,})",
                 )
             )
@@ -472,8 +484,11 @@ class _Walker:
                 )
                 stack.append(OPAQUE)
             else:
-                stack.append(memo[idx])
-                self.reuse += 1
+                value = memo[idx]
+                stack.append(value)
+                if type(value) in _CONTAINERS:
+                    self.reuse += 1
+                    self.fetches[id(value)] = self.fetches.get(id(value), 0) + 1
         elif op == 0x28:  # MARK
             self.metastack.append(stack)
             self.stack = []
@@ -500,13 +515,11 @@ class _Walker:
             self.stack.append(tuple(items))
         elif op == 0x29:  # EMPTY_TUPLE
             stack.append(())
-        elif op in (0x5D, 0x7D, 0x8F):  # EMPTY_LIST, EMPTY_DICT, EMPTY_SET
-            stack.append(Node(_EMPTY_KIND[op]))
-        elif op in (0x4E, 0x88, 0x89, 0x46, 0x47):  # None, bools, floats
-            stack.append(OPAQUE)
+        elif op in (0x5D, 0x7D, 0x8F, 0x4E, 0x88, 0x89, 0x46, 0x47):  # empties, None, bools, floats
+            stack.append(ListNode() if op == 0x5D else MapNode() if op in (0x7D, 0x8F) else OPAQUE)
         elif op in (0x6C, 0x64, 0x91):  # LIST, DICT, FROZENSET
             items = self.pop_mark(offset)
-            self.stack.append(Node(_EMPTY_KIND[op], items))
+            self.stack.append(ListNode((items,)) if op == 0x6C else MapNode((items,)))
         elif op in (0x61, 0x73, 0x75, 0x65, 0x90):  # APPEND, SETITEM, SETITEMS, APPENDS, ADDITEMS
             added: Any
             if op == 0x61:
@@ -517,11 +530,9 @@ class _Walker:
             else:
                 added = self.pop_mark(offset)
             target = self.top(offset)
-            if isinstance(target, (Node, Call)):
-                target.items.append(added)
-            if op in (0x73, 0x75) and (
-                (isinstance(target, Node) and target.kind == "list") or isinstance(target, tuple)
-            ):
+            if type(target) in _CONTAINERS and type(target) is not tuple:
+                target.append(added if op != 0x61 else (added,))
+            if op in (0x73, 0x75) and type(target) in (ListNode, tuple):
                 self.anomaly(
                     offset,
                     "SETITEM on a list or tuple: crashes or corrupts memory in torch's "
@@ -574,8 +585,8 @@ class _Walker:
         elif op == 0x62:  # BUILD
             state = self.pop(offset)
             target = self.top(offset)
-            if isinstance(target, (Node, Call)):
-                target.items.append(state)
+            if type(target) in _CONTAINERS and type(target) is not tuple:
+                target.append((state,))
             elif isinstance(target, Ref):
                 self.walk.findings.append(
                     RawFinding(
@@ -617,8 +628,11 @@ class _Walker:
         elif op == 0x31:  # POP_MARK
             self.pop_mark(offset)
         elif op == 0x32:  # DUP
-            self.stack.append(self.top(offset))
-            self.reuse += 1
+            value = self.top(offset)
+            self.stack.append(value)
+            if type(value) in _CONTAINERS:
+                self.reuse += 1
+                self.fetches[id(value)] = self.fetches.get(id(value), 0) + 1
         elif op == 0x95:  # FRAME
             size = int.from_bytes(arg, "little")
             self.frame_end = offset + 9 + size
@@ -631,7 +645,24 @@ class _Walker:
         # PROTO needs no stack work; STOP is handled by the loop.
 
 
-_EMPTY_KIND = {0x5D: "list", 0x7D: "dict", 0x8F: "set", 0x6C: "list", 0x64: "dict", 0x91: "frozenset"}
+_CONTAINERS = frozenset({ListNode, MapNode, Call, tuple})
+
+
+def expansion_possible(fetches: Iterable[int], ops: int, max_expanded: int) -> bool:
+    """Whether containers re-fetched ``fetches`` times each (memo GET, DUP) in a stream of ``ops``
+    opcodes can reach a flagged size; when not, the expansion walk is skipped.
+
+    Each push places a value in at most one container, so a container's in-degree is at most
+    1 + its re-fetches. A root-to-node path picks one parent at each node it passes, so a node
+    is reached by at most prod(1 + fetches) paths, and the expanded size is at most
+    2 * ops * prod(1 + fetches) (nodes plus back-edges counted as leaves). The flag needs more
+    than ``max_expanded`` and more than 100 x ops."""
+    bound = 2
+    for count in fetches:
+        bound *= 1 + count
+        if bound * ops > max_expanded and bound > _EXPANSION_RATIO:
+            return True
+    return False
 
 
 def expanded_size(root: Any, sizes: dict[int, int] | None = None) -> int:
@@ -644,23 +675,25 @@ def expanded_size(root: Any, sizes: dict[int, int] | None = None) -> int:
     ``[...]``) counts 1. Leaves (strings, numbers, names, bytes) count 1."""
     if sizes is None:
         sizes = {}
-    if not isinstance(root, (Node, Call, tuple)):
+    if type(root) not in _CONTAINERS:
         return 1
     done = sizes.get(id(root))
     if done is not None:
         return done
     active = {id(root)}
     work: list[tuple[Any, Any, list[int]]] = [(root, _children(root), [1])]
+    known = sizes.get
+    containers = _CONTAINERS
     while work:
         node, children, acc = work[-1]
         for child in children:
-            if not isinstance(child, (Node, Call, tuple)):
+            if type(child) not in containers:
                 acc[0] += 1
                 continue
             cid = id(child)
-            got = sizes.get(cid)
+            got = known(cid)
             if got is not None:
-                acc[0] = min(_SIZE_CAP, acc[0] + got)
+                acc[0] += got  # at most (children x cap) before the node saturates: no blow-up
             elif cid in active:
                 acc[0] += 1
             else:
@@ -673,15 +706,14 @@ def expanded_size(root: Any, sizes: dict[int, int] | None = None) -> int:
             total = min(_SIZE_CAP, acc[0])
             sizes[id(node)] = total
             if work:
-                parent = work[-1][2]
-                parent[0] = min(_SIZE_CAP, parent[0] + total)
+                work[-1][2][0] += total
     return sizes[id(root)]
 
 
 def _children(node: Any) -> Any:
     if isinstance(node, tuple):
         return iter(node)
-    return (x for item in node.items for x in (item if isinstance(item, list) else (item,)))
+    return chain.from_iterable(node)
 
 
 def _memo_index(op: int, arg: Any) -> int | None:
