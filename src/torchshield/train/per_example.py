@@ -446,7 +446,7 @@ class PerExampleClipper:
                 params = _broadcast_params(m)
                 assert params is not None
                 self.handles.append(m.register_forward_pre_hook(self._watch(name, params)))
-                self.handles.append(m.register_forward_hook(self._unwatch))
+                self.handles.append(m.register_forward_hook(self._unwatch, always_call=True))
 
     # -- forward -------------------------------------------------------------------------------
     def _batch_size(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
