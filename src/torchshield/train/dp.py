@@ -121,7 +121,7 @@ class PrivateTraining:
             if total is None:
                 total = torch.zeros_like(p)
             if dist is None or dist.get_rank() == 0:  # noise added once, by rank 0, before the sum
-                total = total + torch.normal(0.0, std, p.shape, generator=self._noise_gen, dtype=p.dtype)
+                total = total + torch.normal(0.0, std, p.shape, generator=self._noise_gen, dtype=p.dtype).to(p.device)
             if dist is not None:
                 dist.all_reduce(total)
             grad = total.div_(self.expected_batch_size)
