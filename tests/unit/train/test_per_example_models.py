@@ -161,7 +161,6 @@ def test_gpt2_vocabulary_sized_lm_head_uses_the_ghost_norm(monkeypatch):
 
     torch.manual_seed(0)
     model = _gpt2().double().train()
-    monkeypatch.setattr(pe, "_MATERIALISE_CAP", 5 * 16 * 16 - 1)  # a head use would be [5, 40, 16]
     seen = []
     original = pe._Dense.__init__
 
@@ -169,5 +168,9 @@ def test_gpt2_vocabulary_sized_lm_head_uses_the_ghost_norm(monkeypatch):
         seen.append(tuple(grads.shape))
         original(self, param, grads)
     monkeypatch.setattr(pe._Dense, "__init__", spy)
-    assert_matches(model, _causal_lm, _batch("gpt2"))
-    assert (5, 40, 16) not in seen
+    monkeypatch.setattr(pe, "_GHOST_FACTOR", 0)  # by time alone, every Linear/Conv1D use would be materialised
+    for cap, materialised in ((1 << 30, True), (5 * 40 * 16 - 1, False)):  # a head use is [5, 40, 16]
+        monkeypatch.setattr(pe, "_MATERIALISE_CAP", cap)
+        seen.clear()
+        assert_matches(model, _causal_lm, _batch("gpt2"))
+        assert ((5, 40, 16) in seen) == materialised
