@@ -9,6 +9,8 @@ Variants, each a full optimizer step on the same fixed batch:
 - ``non-private``: forward, mean loss, backward, SGD step;
 - ``torchshield``: ``make_private`` + the training loop's private step (per-example clipping by
   ``train/per_example.py``, noise, SGD step);
+- ``torchshield-clip``: the same without the Gaussian draw (what per-example clipping alone costs;
+  the draw is the noise generator's business, measured on its own line);
 - ``opacus-ghost``: Opacus 1.6 ``grad_sample_mode="ghost"`` with its two documented workarounds
   applied so it runs at all: no in-place ops (``out = out + identity``, ReLU not in place) and
   ``position_ids`` (and BERT's ``token_type_ids``) passed as contiguous ``[B, L]`` tensors.
@@ -36,7 +38,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-VARIANTS = ("non-private", "torchshield", "opacus-ghost")
+VARIANTS = ("non-private", "torchshield", "torchshield-clip", "opacus-ghost")
 
 
 @dataclass(frozen=True)
@@ -63,7 +65,8 @@ class BasicBlock(nn.Module):
         self.bn2 = nn.GroupNorm(32, c_out)
         self.downsample = None
         if stride != 1 or c_in != c_out:
-            self.downsample = nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride, bias=False), nn.GroupNorm(32, c_out))
+            self.downsample = nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride, bias=False),
+                                            nn.GroupNorm(32, c_out))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         identity = x
@@ -107,7 +110,8 @@ def _model(kind: str, sizes: Sizes, opacus: bool) -> nn.Module:
                                       attention_probs_dropout_prob=0.0)
         return transformers.BertForSequenceClassification(cfg)
     if kind == "gpt2":
-        cfg = transformers.GPT2Config(n_layer=sizes.gpt2_layers, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+        cfg = transformers.GPT2Config(n_layer=sizes.gpt2_layers, resid_pdrop=0.0, embd_pdrop=0.0,
+                                      attn_pdrop=0.0)
         return transformers.GPT2LMHeadModel(cfg)
     return ResNet18(inplace=not opacus)
 
@@ -164,7 +168,7 @@ def _setup(kind: str, variant: str, sizes: Sizes) -> Callable[[], None]:
             task.per_example(model, x, y).mean().backward()
             opt.step()
         return step
-    if variant == "torchshield":
+    if variant.startswith("torchshield"):
         from torchshield.train.dp import PrivacyConfig, make_private
         from torchshield.train.loop import _private_step
 
@@ -172,6 +176,13 @@ def _setup(kind: str, variant: str, sizes: Sizes) -> Callable[[], None]:
                               dataset_size=sizes.batch * 10, batch_size=sizes.batch, epochs=1)
         assert engine.mode == "ghost", engine.messages
         opt = torch.optim.SGD(engine.model.parameters(), lr=1e-3)
+        if variant == "torchshield-clip":
+            def clip_step() -> None:
+                opt.zero_grad(set_to_none=True)
+                for p, g in engine._engine.clipped_sum(task.per_example(engine.model, x, y), 1.0).items():
+                    p.grad = g.div_(sizes.batch)
+                opt.step()
+            return clip_step
 
         def step() -> None:
             opt.zero_grad(set_to_none=True)
@@ -183,7 +194,8 @@ def _setup(kind: str, variant: str, sizes: Sizes) -> Callable[[], None]:
 
     warnings.filterwarnings("ignore")
     opt = torch.optim.SGD(model.parameters(), lr=1e-3)
-    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x.cpu(), y.cpu()), batch_size=sizes.batch)
+    data = torch.utils.data.TensorDataset(x.cpu(), y.cpu())
+    loader = torch.utils.data.DataLoader(data, batch_size=sizes.batch)
     module, dp_opt, criterion, _ = PrivacyEngine().make_private(
         module=model, optimizer=opt, data_loader=loader, noise_multiplier=1.0, max_grad_norm=1.0,
         grad_sample_mode="ghost", criterion=nn.CrossEntropyLoss(), poisson_sampling=False)
@@ -193,7 +205,8 @@ def _setup(kind: str, variant: str, sizes: Sizes) -> Callable[[], None]:
         dp_opt.zero_grad(set_to_none=True)
         logits = task.logits(module, x)
         if kind == "gpt2":
-            loss = criterion(logits.reshape(-1, logits.shape[-1]), y[:, 1:].reshape(-1), shape=logits.shape[:2])
+            flat = logits.reshape(-1, logits.shape[-1])
+            loss = criterion(flat, y[:, 1:].reshape(-1), shape=logits.shape[:2])
         else:
             loss = criterion(logits, y)
         loss.backward()
@@ -215,7 +228,7 @@ def step_times(kind: str, sizes: Sizes, rounds: int, warmup: int = 1) -> dict[st
         try:
             steps[v] = _setup(kind, v, sizes)
             steps[v]()  # first step outside the clock (lazy allocations, kernels)
-        except Exception as exc:  # a variant that cannot run is reported, not hidden
+        except Exception as exc:  # noqa: BLE001 - a variant that cannot run is reported, not hidden
             errors[v] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:160]}"
             steps.pop(v, None)
     names = [v for v in VARIANTS if v in steps]
@@ -238,6 +251,19 @@ def step_times(kind: str, sizes: Sizes, rounds: int, warmup: int = 1) -> dict[st
     for v, e in errors.items():
         out[v] = {"error": e}  # type: ignore[dict-item]
     return out
+
+
+def noise_ms(kind: str, sizes: Sizes) -> tuple[int, float]:
+    """Time of one Gaussian draw over all trainable parameters, as ``PrivateTraining.step`` makes it."""
+    n = sum(p.numel() for p in _model(kind, sizes, False).parameters())
+    gen = torch.Generator().manual_seed(0)
+    times = []
+    for _ in range(3):
+        t = time.perf_counter()
+        torch.normal(0.0, 1.0, (n,), generator=gen).to(sizes.device)
+        _sync(sizes.device)
+        times.append((time.perf_counter() - t) * 1000)
+    return n, statistics.median(times)
 
 
 def _cuda_peak(step: Callable[[], None]) -> float:
@@ -272,7 +298,7 @@ def cpu_peaks(kind: str, sizes: Sizes, threads: int) -> dict[str, dict[str, floa
         cmd = [sys.executable, __file__, "--rss", kind, v, "--device", "cpu", "--batch", str(sizes.batch),
                "--seq", str(sizes.seq), "--image", str(sizes.image), "--gpt2-layers", str(sizes.gpt2_layers),
                "--threads", str(threads)]
-        proc = subprocess.run(cmd, capture_output=True, text=True)
+        proc = subprocess.run(cmd, check=False, capture_output=True, text=True)
         res[v] = json.loads(proc.stdout.strip().splitlines()[-1]) if proc.returncode == 0 else "failed"
     return res
 
@@ -317,10 +343,14 @@ def main() -> None:
                     print(f"  {kind:6s} {n_threads or 'gpu'}t {v:12s} FAILED {r['error']}")
                     continue
                 peak = f"  peak {r['peak_mb']:.0f} MB" if "peak_mb" in r else ""
-                print(f"  {kind:6s} {n_threads or 'gpu'}t {v:12s} {r['median_ms']:9.1f} ms  "
+                print(f"  {kind:6s} {n_threads or 'gpu'}t {v:16s} {r['median_ms']:9.1f} ms  "
                       f"{r['paired_ratio']:5.2f}x{peak}")
+            n, noise = noise_ms(kind, sizes)
+            report[f"{kind}/{n_threads or 'cuda'}/noise_ms"] = noise
+            print(f"  {kind:6s}: one Gaussian draw over its {n / 1e6:.1f}M parameters: {noise:.1f} ms")
             if "torchshield" in res and "median_ms" in res.get("opacus-ghost", {}):
-                print(f"  {kind:6s}: torchshield is {res['opacus-ghost']['median_ms'] / res['torchshield']['median_ms']:.2f}x "
+                speedup = res["opacus-ghost"]["median_ms"] / res["torchshield"]["median_ms"]
+                print(f"  {kind:6s}: torchshield is {speedup:.2f}x "
                       f"faster than Opacus ghost")
             if args.memory and not cuda:
                 peaks = cpu_peaks(kind, sizes, n_threads)

@@ -80,7 +80,7 @@ SUPPORTED = (
 )
 
 _MATERIALISE_CAP = 1 << 25  # elements of one layer's [B, m, n] per-example gradient (128 MiB in fp32)
-_GHOST_FACTOR = 32  # a materialised element costs about this many multiply-adds of Gram work (module docstring)
+_GHOST_FACTOR = 32  # one materialised element costs about this many multiply-adds of Gram work
 
 
 # -- per-example uses of a parameter ---------------------------------------------------------------
@@ -179,7 +179,7 @@ def _linear_use(param: nn.Parameter, left: Tensor, right: Tensor, strategy: str)
     return _Dense(param, torch.bmm(left.transpose(1, 2), right).view(batch, *param.shape))
 
 
-def _trainable(p: Tensor | None) -> bool:
+def _trainable(p: Any) -> bool:
     return isinstance(p, nn.Parameter) and p.requires_grad
 
 
@@ -189,7 +189,7 @@ def _seq(t: Tensor, batch: int) -> Tensor:
     return t.reshape(batch, -1, t.shape[-1])
 
 
-def _linear(m: nn.Module, a: Tensor, g: Tensor, strategy: str) -> list[_Use]:
+def _linear(m: Any, a: Tensor, g: Tensor, strategy: str) -> list[_Use]:
     b = g.shape[0]
     uses: list[_Use] = []
     if _trainable(m.weight):
@@ -199,7 +199,7 @@ def _linear(m: nn.Module, a: Tensor, g: Tensor, strategy: str) -> list[_Use]:
     return uses
 
 
-def _hf_conv1d(m: nn.Module, a: Tensor, g: Tensor, strategy: str) -> list[_Use]:
+def _hf_conv1d(m: Any, a: Tensor, g: Tensor, strategy: str) -> list[_Use]:
     b = g.shape[0]  # y = x @ W + b with W: [in, out]
     uses: list[_Use] = []
     if _trainable(m.weight):
@@ -209,7 +209,7 @@ def _hf_conv1d(m: nn.Module, a: Tensor, g: Tensor, strategy: str) -> list[_Use]:
     return uses
 
 
-def _embedding(m: nn.Module, a: Tensor, g: Tensor, strategy: str) -> list[_Use]:
+def _embedding(m: Any, a: Tensor, g: Tensor, strategy: str) -> list[_Use]:
     if not _trainable(m.weight):
         return []
     b = g.shape[0]
@@ -219,7 +219,7 @@ def _embedding(m: nn.Module, a: Tensor, g: Tensor, strategy: str) -> list[_Use]:
     return [_Factored(m.weight, idx, grads, index=True)]
 
 
-def _affine(m: nn.Module, xhat: Tensor, g: Tensor, shape: tuple[int, ...], channel_first: bool) -> list[_Use]:
+def _affine(m: Any, xhat: Tensor, g: Tensor, shape: tuple[int, ...], channel_first: bool) -> list[_Use]:
     """Per-example gradients of ``y = weight * xhat + bias``: sums of ``g * xhat`` and ``g``."""
     b = g.shape[0]
     if channel_first:  # GroupNorm: [B, C, *spatial]
@@ -234,33 +234,33 @@ def _affine(m: nn.Module, xhat: Tensor, g: Tensor, shape: tuple[int, ...], chann
     return uses
 
 
-def _layer_norm(m: nn.Module, a: Tensor, g: Tensor, strategy: str) -> list[_Use]:
+def _layer_norm(m: Any, a: Tensor, g: Tensor, strategy: str) -> list[_Use]:
     xhat = F.layer_norm(a, m.normalized_shape, None, None, m.eps)
     return _affine(m, xhat, g, tuple(m.normalized_shape), channel_first=False)
 
 
-def _rms_norm(m: nn.Module, a: Tensor, g: Tensor, strategy: str) -> list[_Use]:
+def _rms_norm(m: Any, a: Tensor, g: Tensor, strategy: str) -> list[_Use]:
     xhat = F.rms_norm(a, m.normalized_shape, None, m.eps)
     return _affine(m, xhat, g, tuple(m.normalized_shape), channel_first=False)
 
 
-def _hf_rms_xhat(m: nn.Module, a: Tensor) -> Tensor:
+def _hf_rms_xhat(m: Any, a: Tensor) -> Tensor:
     """What transformers' RMSNorm classes multiply by their weight (computed in float32)."""
-    eps = getattr(m, "variance_epsilon", getattr(m, "eps", None))
+    eps = float(getattr(m, "variance_epsilon", getattr(m, "eps", 0.0)))  # one exists: _is_hf_rms_norm
     x = a.float()
     return (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)).to(a.dtype)
 
 
-def _hf_rms_norm(m: nn.Module, a: Tensor, g: Tensor, strategy: str) -> list[_Use]:
+def _hf_rms_norm(m: Any, a: Tensor, g: Tensor, strategy: str) -> list[_Use]:
     return _affine(m, _hf_rms_xhat(m, a), g, tuple(m.weight.shape), channel_first=False)
 
 
-def _group_norm(m: nn.Module, a: Tensor, g: Tensor, strategy: str) -> list[_Use]:
+def _group_norm(m: Any, a: Tensor, g: Tensor, strategy: str) -> list[_Use]:
     xhat = F.group_norm(a, m.num_groups, None, None, m.eps)
     return _affine(m, xhat, g, (m.num_channels,), channel_first=True)
 
 
-def _conv_input(m: nn.Module, a: Tensor) -> tuple[Tensor, list[int]]:
+def _conv_input(m: Any, a: Tensor) -> tuple[Tensor, list[int]]:
     """The input as the convolution saw it and the zero padding still to apply."""
     nd = a.dim() - 2
     if m.padding_mode != "zeros":
@@ -276,7 +276,7 @@ def _conv_input(m: nn.Module, a: Tensor) -> tuple[Tensor, list[int]]:
     return a, list(m.padding)
 
 
-def _conv(m: nn.Module, a: Tensor, g: Tensor, strategy: str) -> list[_Use]:
+def _conv(m: Any, a: Tensor, g: Tensor, strategy: str) -> list[_Use]:
     b = g.shape[0]
     uses: list[_Use] = []
     if _trainable(m.weight):
@@ -284,7 +284,8 @@ def _conv(m: nn.Module, a: Tensor, g: Tensor, strategy: str) -> list[_Use]:
         nd = x.dim() - 2
         positions = math.prod(g.shape[2:])
         fan_in = m.weight[0].numel()
-        if m.groups == 1 and nd in (1, 2) and _ghost_is_cheaper(strategy, b, positions, m.out_channels, fan_in):
+        ghost = _ghost_is_cheaper(strategy, b, positions, m.out_channels, fan_in)
+        if m.groups == 1 and nd in (1, 2) and ghost:
             uses.append(_Factored(m.weight, g.reshape(b, m.out_channels, -1).transpose(1, 2),
                                   _unfold(m, x, pad).transpose(1, 2)))
         else:
@@ -294,15 +295,15 @@ def _conv(m: nn.Module, a: Tensor, g: Tensor, strategy: str) -> list[_Use]:
     return uses
 
 
-def _unfold(m: nn.Module, x: Tensor, pad: list[int]) -> Tensor:
+def _unfold(m: Any, x: Tensor, pad: list[int]) -> Tensor:
     """im2col: ``[B, C_in * prod(kernel), positions]``, channel-major like ``weight.view(C_out, -1)``."""
     if x.dim() == 3:  # Conv1d as a 1 x L image
         return F.unfold(x.unsqueeze(2), (1, m.kernel_size[0]), dilation=(1, m.dilation[0]),
                         padding=(0, pad[0]), stride=(1, m.stride[0]))
-    return F.unfold(x, m.kernel_size, dilation=m.dilation, padding=pad, stride=m.stride)
+    return F.unfold(x, m.kernel_size, dilation=m.dilation, padding=tuple(pad), stride=m.stride)
 
 
-def _conv_per_example(m: nn.Module, x: Tensor, g: Tensor, pad: list[int]) -> Tensor:
+def _conv_per_example(m: Any, x: Tensor, g: Tensor, pad: list[int]) -> Tensor:
     """Per-example weight gradients ``[B, *weight.shape]`` from one grouped weight-gradient call.
 
     Folding the batch into the channels (``groups = B * groups``) turns "B separate weight
@@ -321,7 +322,7 @@ def _conv_per_example(m: nn.Module, x: Tensor, g: Tensor, pad: list[int]) -> Ten
 _Rule = Callable[[nn.Module, Tensor, Tensor, str], list[_Use]]
 
 
-def _is_hf_conv1d(m: nn.Module) -> bool:
+def _is_hf_conv1d(m: Any) -> bool:
     return type(m).__name__ == "Conv1D" and type(m).__module__.startswith("transformers") \
         and hasattr(m, "nf") and getattr(m, "weight", None) is not None and m.weight.dim() == 2
 
@@ -330,7 +331,8 @@ def _is_hf_rms_norm(m: nn.Module) -> bool:
     """transformers' RMSNorm classes (LlamaRMSNorm, T5LayerNorm, ...): weight only, one dim, an epsilon."""
     name = type(m).__name__
     own = dict(m.named_parameters(recurse=False))
-    return type(m).__module__.startswith("transformers") and (name.endswith("RMSNorm") or name == "T5LayerNorm") \
+    named = name.endswith("RMSNorm") or name == "T5LayerNorm"
+    return type(m).__module__.startswith("transformers") and named \
         and set(own) == {"weight"} and own["weight"].dim() == 1 \
         and (hasattr(m, "variance_epsilon") or hasattr(m, "eps")) and not list(m.children())
 
@@ -365,8 +367,9 @@ def _rule(m: nn.Module) -> tuple[_Rule | None, str]:
 
 def _broadcast_params(m: nn.Module) -> list[tuple[str, nn.Parameter]] | None:
     """A container's own trainable parameters if all of them are broadcast over the batch (dim 0 = 1)."""
-    own = [(n, p) for n, p in m.named_parameters(recurse=False) if p.requires_grad]
-    if own and list(m.children()) and all(p.dim() >= 2 and p.shape[0] == 1 for _, p in own):
+    own: list[tuple[str, nn.Parameter]] = [(n, p) for n, p in m.named_parameters(recurse=False)
+                                           if p.requires_grad]
+    if own and next(m.children(), None) is not None and all(p.dim() >= 2 and p.shape[0] == 1 for _, p in own):
         return own
     return None
 
@@ -411,7 +414,8 @@ class _WatchParams(TorchFunctionMode):
         self.owner, self.sink = owner, sink
         self.params = {id(p): (n, p) for n, p in params}
 
-    def __torch_function__(self, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: Any = None) -> Any:
+    def __torch_function__(self, func: Any, types: Any, args: tuple[Any, ...] = (),
+                           kwargs: Any = None) -> Any:
         kwargs = kwargs or {}
         out = func(*args, **kwargs)
         hits = [self.params[id(x)] for x in (*args, *kwargs.values()) if id(x) in self.params]
@@ -476,8 +480,8 @@ class PerExampleClipper:
             return replaced
         return record
 
-    def _check_hf_rms_norm(self, name: str, m: nn.Module, a: Tensor, out: Tensor) -> None:
-        """Duck typing is only trusted once the layer's output is ``weight * xhat`` (or ``(1 + weight) * xhat``)."""
+    def _check_hf_rms_norm(self, name: str, m: Any, a: Tensor, out: Tensor) -> None:
+        """Duck typing is trusted once the output is ``weight * xhat`` (or ``(1 + weight) * xhat``)."""
         with torch.no_grad():
             xhat = _hf_rms_xhat(m, a)
             ok = any(torch.allclose(out, (w * xhat).to(out.dtype), rtol=1e-3, atol=1e-5)
@@ -522,7 +526,8 @@ class PerExampleClipper:
             if g is None:
                 continue
             if call.a._version != call.version:
-                raise InputError(f"the input of layer {call.name} was modified in place after the layer used it",
+                raise InputError(f"the input of layer {call.name} was modified in place after the layer "
+                                 "used it",
                                  hint="use an out-of-place op there (x = x + y)")
             _check_batch(call.name, g, batch)
             uses += call.rule(call.module, call.a, g, self.strategy)
@@ -563,7 +568,8 @@ class PerExampleClipper:
 
 def _check_batch(name: str, g: Tensor, batch: int) -> None:
     if g.dim() == 0 or g.shape[0] != batch:
-        raise InputError(f"layer {name} ran on a tensor whose first dimension ({g.shape[0] if g.dim() else 0}) "
+        first = g.shape[0] if g.dim() else 0
+        raise InputError(f"layer {name} ran on a tensor whose first dimension ({first}) "
                          f"is not the batch ({batch}); its per-example gradient is undefined",
                          hint="keep the batch as the first dimension of every trained layer's input")
 
@@ -574,7 +580,7 @@ def _no_inplace(model: nn.Module) -> None:
     """In-place activations would overwrite the layer outputs Opacus' hooks differentiate."""
     for m in model.modules():
         if getattr(m, "inplace", False) is True:
-            m.inplace = False
+            setattr(m, "inplace", False)  # noqa: B010 - any module type
 
 
 class OpacusHooks:
@@ -589,7 +595,7 @@ class OpacusHooks:
 
     def reset(self) -> None:
         for p in self.params:
-            p.grad_sample = None
+            setattr(p, "grad_sample", None)  # noqa: B010 - Opacus' attribute
 
     def close(self) -> None:
         self.hooks.remove_hooks()
@@ -598,13 +604,16 @@ class OpacusHooks:
         import warnings
 
         saved = [p.grad for p in self.params]
-        with warnings.catch_warnings():  # "full backward hook is firing ... no inputs require gradients": expected
+        # "full backward hook is firing ... no inputs require gradients": expected
+        with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
             loss.sum().backward()
-        samples = [p.grad_sample for p in self.params]
+        samples = [getattr(p, "grad_sample", None) for p in self.params]
         for p, g in zip(self.params, saved):
-            p.grad, p.grad_sample = g, None  # the unclipped gradient must not leak into the step
-        norms = torch.stack([s.flatten(1).norm(2, dim=1) for s in samples if s is not None], dim=1).norm(2, dim=1)
+            p.grad = g  # the unclipped gradient must not leak into the step
+            setattr(p, "grad_sample", None)  # noqa: B010
+        per_param = [s.flatten(1).norm(2, dim=1) for s in samples if s is not None]
+        norms = torch.stack(per_param, dim=1).norm(2, dim=1)
         clip = (max_norm / (norms + 1e-6)).clamp_(max=1.0)
         return {p: torch.tensordot(clip, s, dims=1) for p, s in zip(self.params, samples) if s is not None}
 

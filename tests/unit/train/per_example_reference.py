@@ -32,8 +32,8 @@ def reference(model: nn.Module, loss_fn: LossFn, batch: tuple[Tensor, ...], max_
     return torch.stack(norms), dict(zip(params, total))
 
 
-def engine(model: nn.Module, loss_fn: LossFn, batch: tuple[Tensor, ...], max_norm: float, strategy: str = "auto"
-           ) -> tuple[Tensor, dict[nn.Parameter, Tensor]]:
+def engine(model: nn.Module, loss_fn: LossFn, batch: tuple[Tensor, ...], max_norm: float,
+           strategy: str = "auto") -> tuple[Tensor, dict[nn.Parameter, Tensor]]:
     clipper = PerExampleClipper(model, strategy=strategy)
     try:
         norms = clipper.per_example_norms(loss_fn(model, batch))
@@ -55,5 +55,7 @@ def assert_matches(model: nn.Module, loss_fn: LossFn, batch: tuple[Tensor, ...],
     assert {names[id(p)] for p in sums} == {names[id(p)] for p in ref_sums if p.requires_grad}
     for p, expected in ref_sums.items():
         scale = float(expected.abs().max()) + 1e-12
-        torch.testing.assert_close(sums[p], expected, rtol=rtol, atol=rtol * scale, msg=lambda m: f"{names[id(p)]}: {m}")
+        name = names[id(p)]
+        torch.testing.assert_close(sums[p], expected, rtol=rtol, atol=rtol * scale,
+                                   msg=lambda m, name=name: f"{name}: {m}")
     return ref_norms

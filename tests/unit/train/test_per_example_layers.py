@@ -81,7 +81,7 @@ def test_rms_norm_like_layer_with_other_maths_is_refused_at_first_step():
 
     model = nn.Sequential(nn.Linear(5, 6), LooksLikeRMSNorm(6))
     LooksLikeRMSNorm.__module__ = llama.__name__
-    clipper = PerExampleClipper(model)
+    PerExampleClipper(model)
     with pytest.raises(InputError, match=r"1 \(LooksLikeRMSNorm\).*not weight \* x / rms"):
         model(_rand(4, 5).float())
 
@@ -249,7 +249,8 @@ def test_unsupported_layer_refused_from_the_cli_before_training(tmp_path, monkey
     monkeypatch.syspath_prepend(str(tmp_path))
     cfg = tmp_path / "train.yaml"
     cfg.write_text(yaml.safe_dump({
-        "model": {"type": "scalemodels:make"}, "data": "sklearn:digits", "optimizer": {"name": "sgd", "lr": 0.1},
+        "model": {"type": "scalemodels:make"}, "data": "sklearn:digits",
+        "optimizer": {"name": "sgd", "lr": 0.1},
         "epochs": 1, "batch_size": 64, "output": {"bundle": "out.tsb"},
         "privacy": {"epsilon": 3.0, "delta": 1e-5}}))
     assert run(["train", str(cfg)]) == 2

@@ -41,17 +41,18 @@ def _bert():
 
 
 def _gpt2():
-    cfg = transformers.GPT2Config(vocab_size=40, n_embd=16, n_layer=2, n_head=2, n_positions=16, resid_pdrop=0.0,
-                                  embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=0, eos_token_id=0)
+    cfg = transformers.GPT2Config(vocab_size=40, n_embd=16, n_layer=2, n_head=2, n_positions=16,
+                                  resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=0,
+                                  eos_token_id=0)
     model = transformers.GPT2LMHeadModel(cfg)
     assert model.lm_head.weight is model.transformer.wte.weight  # tied: one parameter, two uses
     return model
 
 
 def _vit():
-    cfg = transformers.ViTConfig(image_size=8, patch_size=4, num_channels=3, hidden_size=16, num_hidden_layers=2,
-                                 num_attention_heads=2, intermediate_size=24, num_labels=3, hidden_dropout_prob=0.0,
-                                 attention_probs_dropout_prob=0.0)
+    cfg = transformers.ViTConfig(image_size=8, patch_size=4, num_channels=3, hidden_size=16,
+                                 num_hidden_layers=2, num_attention_heads=2, intermediate_size=24,
+                                 num_labels=3, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
     return transformers.ViTForImageClassification(cfg)
 
 
@@ -67,7 +68,8 @@ class BasicBlock(nn.Module):
         self.bn2 = nn.GroupNorm(2, c_out)
         self.downsample = None
         if stride != 1 or c_in != c_out:
-            self.downsample = nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride, bias=False), nn.GroupNorm(2, c_out))
+            self.downsample = nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride, bias=False),
+                                            nn.GroupNorm(2, c_out))
 
     def forward(self, x):
         identity = x
@@ -107,7 +109,8 @@ def _batch(kind: str, n: int = 5):
         ids = torch.randint(0, 40, (n, 9), generator=g)
         return (ids, torch.randint(0, 3, (n,), generator=g)) if kind == "bert" else (ids,)
     side = 8 if kind == "vit" else 16
-    return torch.randn(n, 3, side, side, generator=g, dtype=torch.float64), torch.randint(0, 3, (n,), generator=g)
+    x = torch.randn(n, 3, side, side, generator=g, dtype=torch.float64)
+    return x, torch.randint(0, 3, (n,), generator=g)
 
 
 MODELS = {
@@ -168,7 +171,7 @@ def test_gpt2_vocabulary_sized_lm_head_uses_the_ghost_norm(monkeypatch):
         seen.append(tuple(grads.shape))
         original(self, param, grads)
     monkeypatch.setattr(pe._Dense, "__init__", spy)
-    monkeypatch.setattr(pe, "_GHOST_FACTOR", 0)  # by time alone, every Linear/Conv1D use would be materialised
+    monkeypatch.setattr(pe, "_GHOST_FACTOR", 0)  # by time alone, every Linear/Conv1D use is materialised
     for cap, materialised in ((1 << 30, True), (5 * 40 * 16 - 1, False)):  # a head use is [5, 40, 16]
         monkeypatch.setattr(pe, "_MATERIALISE_CAP", cap)
         seen.clear()
