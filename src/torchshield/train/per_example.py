@@ -213,7 +213,7 @@ def _embedding(m: Any, a: Tensor, g: Tensor, strategy: str) -> list[_Use]:
     if not _trainable(m.weight):
         return []
     b = g.shape[0]
-    idx, grads = a.reshape(b, -1), _seq(g, b)
+    idx, grads = a.reshape(b, -1).long(), _seq(g, b)
     if m.padding_idx is not None:  # torch gives the padding row no gradient
         grads = grads * (idx != m.padding_idx).unsqueeze(2).to(grads.dtype)
     return [_Factored(m.weight, idx, grads, index=True)]
@@ -312,7 +312,8 @@ def _conv_per_example(m: Any, x: Tensor, g: Tensor, pad: list[int]) -> Tensor:
     faster than unfold + bmm, without the large unfolded buffer."""
     b, c_in = x.shape[:2]
     nd = x.dim() - 2
-    shape = torch.zeros((), dtype=x.dtype, device=x.device).expand(b * m.out_channels, *m.weight.shape[1:])
+    # only its shape is read; a plain (uninitialised) tensor, as the CPU and cuDNN kernels expect
+    shape = torch.empty(b * m.out_channels, *m.weight.shape[1:], dtype=x.dtype, device=x.device)
     grad_w = torch.ops.aten.convolution_backward(
         g.reshape(1, b * m.out_channels, *g.shape[2:]), x.reshape(1, b * c_in, *x.shape[2:]), shape, None,
         list(m.stride), pad, list(m.dilation), False, [0] * nd, b * m.groups, [False, True, False])[1]
