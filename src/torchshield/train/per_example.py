@@ -128,6 +128,8 @@ def _inner(u: _Use, v: _Use) -> Tensor:
         u, v = v, u
     if isinstance(v, _Factored):
         assert isinstance(u, _Factored)
+        if u is v and not u.index and u.left.shape[1] == 1:  # one position: ||g||^2 ||a||^2
+            return u.left.pow(2).sum((1, 2)) * u.right.pow(2).sum((1, 2))
         return (_left_gram(u, v) * torch.bmm(u.right, v.right.transpose(1, 2))).sum((1, 2))
     assert isinstance(u, _Factored)
     dense = v.grads.reshape(v.grads.shape[0], -1, u.right.shape[-1])  # [B, m, n]
@@ -142,26 +144,33 @@ def _weighted_sum(u: _Use, clip: Tensor) -> Tensor:
     p = u.param
     if isinstance(u, _Dense):
         return torch.tensordot(clip.to(u.grads.dtype), u.grads, dims=1).view_as(p)
-    right = u.right * clip.to(u.right.dtype).view(-1, 1, 1)
+    scale = clip.to(u.right.dtype).view(-1, 1, 1)
     if u.index:
+        right = (u.right * scale).reshape(-1, u.right.shape[-1])
         out = torch.zeros(p.shape[0], right.shape[-1], dtype=right.dtype, device=right.device)
-        return out.index_add_(0, u.left.reshape(-1), right.reshape(-1, right.shape[-1])).view_as(p)
-    return u.left.reshape(-1, u.left.shape[-1]).t().mm(right.reshape(-1, right.shape[-1])).view_as(p)
+        return out.index_add_(0, u.left.reshape(-1), right).view_as(p)
+    left, right = u.left, u.right
+    if left.shape[-1] <= right.shape[-1]:  # scale the smaller factor
+        left = left * scale
+    else:
+        right = right * scale
+    return left.reshape(-1, left.shape[-1]).t().mm(right.reshape(-1, right.shape[-1])).view_as(p)
 
 
-def _squared_norms(uses: list[_Use], batch: int, dtype: torch.dtype, device: torch.device) -> Tensor:
-    """Squared per-example norm of the sum of ``uses`` (all of one parameter, or of several)."""
+def _add_squared_norms(sq: Tensor, uses: list[_Use]) -> None:
+    """Add to ``sq`` the squared per-example norm of the sum of ``uses`` (all of one parameter)."""
+    if len(uses) == 1:
+        sq += _inner(uses[0], uses[0])
+        return
     dense = [u for u in uses if isinstance(u, _Dense)]
     merged: list[_Use] = [u for u in uses if isinstance(u, _Factored)]
     if dense:
         total = dense[0].grads if len(dense) == 1 else torch.stack([d.grads for d in dense]).sum(0)
         merged.append(_Dense(dense[0].param, total))
-    sq = torch.zeros(batch, dtype=dtype, device=device)
     for i, u in enumerate(merged):
         sq += _inner(u, u)
         for v in merged[i + 1:]:
             sq += 2 * _inner(u, v)
-    return sq
 
 
 def _ghost_is_cheaper(strategy: str, batch: int, t: int, m: int, n: int) -> bool:
@@ -549,7 +558,7 @@ class PerExampleClipper:
             by_param.setdefault(id(u.param), []).append(u)
         sq = torch.zeros(like.shape[0], dtype=like.dtype, device=like.device)
         for group in by_param.values():
-            sq += _squared_norms(group, like.shape[0], like.dtype, like.device)
+            _add_squared_norms(sq, group)
         return sq.clamp_(min=0).sqrt()
 
     def per_example_norms(self, loss: Tensor) -> Tensor:
