@@ -15,7 +15,8 @@ Variants, each a full optimizer step on the same fixed batch:
   applied so it runs at all: no in-place ops (``out = out + identity``, ReLU not in place) and
   ``position_ids`` (and BERT's ``token_type_ids``) passed as contiguous ``[B, L]`` tensors.
   Opacus refuses tied parameters in ghost mode ("Parameter tying is not supported with Ghost
-  Clipping"), so for GPT-2 its row says so.
+  Clipping"), so its GPT-2 has an untied LM head (a third workaround; one more vocab x hidden
+  matrix to train, so its step does slightly more work than ours).
 Interleaved rounds, order rotated each round, warm-up rounds dropped, median of paired ratios.
 Peak memory: ``torch.cuda.max_memory_allocated`` over one step on CUDA; on the CPU the peak RSS
 of a child process running a few steps (``--memory``).
@@ -101,6 +102,7 @@ class ResNet18(nn.Module):
 
 
 def _model(kind: str, sizes: Sizes, opacus: bool) -> nn.Module:
+    """``opacus``: the model with Opacus' workarounds (no in-place residual, GPT-2 head untied)."""
     import transformers
 
     transformers.logging.set_verbosity_error()
@@ -111,7 +113,7 @@ def _model(kind: str, sizes: Sizes, opacus: bool) -> nn.Module:
         return transformers.BertForSequenceClassification(cfg)
     if kind == "gpt2":
         cfg = transformers.GPT2Config(n_layer=sizes.gpt2_layers, resid_pdrop=0.0, embd_pdrop=0.0,
-                                      attn_pdrop=0.0)
+                                      attn_pdrop=0.0, tie_word_embeddings=not opacus)
         return transformers.GPT2LMHeadModel(cfg)
     return ResNet18(inplace=not opacus)
 
@@ -221,17 +223,18 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def step_times(kind: str, sizes: Sizes, rounds: int, warmup: int = 1) -> dict[str, dict[str, float]]:
+def step_times(kind: str, sizes: Sizes, rounds: int, warmup: int = 1,
+               variants: tuple[str, ...] = VARIANTS) -> dict[str, dict[str, float]]:
     steps: dict[str, Callable[[], None]] = {}
     errors: dict[str, str] = {}
-    for v in VARIANTS:
+    for v in variants:
         try:
             steps[v] = _setup(kind, v, sizes)
             steps[v]()  # first step outside the clock (lazy allocations, kernels)
         except Exception as exc:  # noqa: BLE001 - a variant that cannot run is reported, not hidden
             errors[v] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:160]}"
             steps.pop(v, None)
-    names = [v for v in VARIANTS if v in steps]
+    names = [v for v in variants if v in steps]
     times: dict[str, list[float]] = {v: [] for v in names}
     for r in range(rounds + warmup):
         for v in names[r % len(names):] + names[:r % len(names)]:
@@ -313,6 +316,7 @@ def main() -> None:
     ap.add_argument("--gpt2-layers", type=int)
     ap.add_argument("--rounds", type=int)
     ap.add_argument("--models", default="bert,gpt2,resnet")
+    ap.add_argument("--variants", default=",".join(VARIANTS), help="non-private is always run")
     ap.add_argument("--threads", default="1,2", help="CPU thread counts, comma-separated")
     ap.add_argument("--memory", action="store_true", help="CPU: peak RSS per variant in child processes")
     ap.add_argument("--rss", nargs=2, metavar=("MODEL", "VARIANT"), help=argparse.SUPPRESS)
@@ -336,7 +340,8 @@ def main() -> None:
         if n_threads:
             torch.set_num_threads(n_threads)
         for kind in args.models.split(","):
-            res = step_times(kind, sizes, rounds)
+            chosen = ("non-private", *(v for v in args.variants.split(",") if v in VARIANTS[1:]))
+            res = step_times(kind, sizes, rounds, variants=chosen)
             report[f"{kind}/{n_threads or 'cuda'}"] = res
             for v, r in res.items():
                 if "error" in r:
