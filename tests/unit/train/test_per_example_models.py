@@ -177,3 +177,29 @@ def test_gpt2_vocabulary_sized_lm_head_uses_the_ghost_norm(monkeypatch):
         seen.clear()
         assert_matches(model, _causal_lm, _batch("gpt2"))
         assert ((5, 40, 16) in seen) == materialised
+
+
+@pytest.mark.parametrize("kind", list(MODELS))
+def test_dp_training_runs_through_the_loop_with_our_engine(kind):
+    """The crash reports: DP-SGD on a ResNet (in-place residual), BERT and GPT-2 ([1, L] position ids)."""
+    from torchshield.train import fit
+    from torchshield.train.dp import PrivacyConfig, make_private
+
+    torch.manual_seed(0)
+    make, loss_fn = MODELS[kind]
+    model = make()
+    batch = _batch(kind, n=16)
+    x = batch[0].float() if batch[0].is_floating_point() else batch[0]
+    y = batch[1] if len(batch) > 1 else torch.zeros(len(x), dtype=torch.long)
+    engine = make_private(model, config=PrivacyConfig(epsilon=50.0, delta=1e-3, noise_multiplier=1.0, seed=0),
+                          dataset_size=16, batch_size=8, epochs=1)
+    assert engine.mode == "ghost" and not engine.messages
+    before = [p.detach().clone() for p in engine.model.parameters()]
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=8)
+    result = fit(engine.model, loader, epochs=1, optimizer=torch.optim.SGD(engine.model.parameters(), 0.01),
+                 loss_fn=lambda m, xb, yb: loss_fn(m, (xb, yb)), privacy=engine, progress=False)
+    engine.close()
+    assert result.steps == 2 and engine.record()["steps"] == 2
+    after = list(engine.model.parameters())
+    assert all(torch.isfinite(p).all() for p in after)
+    assert all(not torch.equal(b, p) for b, p in zip(before, after))  # noise reaches every parameter
