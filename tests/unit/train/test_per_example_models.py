@@ -132,6 +132,14 @@ def test_norms_and_clipped_sum_equal_one_example_at_a_time(kind, strategy):
     assert (norms > norms.median()).any() and (norms < norms.median()).any()  # some clipped, some not
 
 
+@pytest.mark.parametrize("kind", list(MODELS))
+def test_float32_matches_the_reference_to_1e_4(kind):
+    torch.manual_seed(0)
+    make, loss_fn = MODELS[kind]
+    batch = tuple(t.float() if t.is_floating_point() else t for t in _batch(kind))
+    assert_matches(make().train(), loss_fn, batch, rtol=1e-4)
+
+
 def test_model_code_runs_unchanged_under_the_engine():
     """The in-place residual and the [1, L] position buffer are used as written; nothing is patched."""
     torch.manual_seed(0)
