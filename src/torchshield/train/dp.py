@@ -30,7 +30,7 @@ from torch import Tensor, nn
 
 from torchshield.errors import InputError
 from torchshield.privacy.accounting import ACCOUNTANTS, check_budget, epsilon_for, noise_multiplier_for
-from torchshield.train.per_example import OpacusHooks, PerExampleClipper, fix_model, unsupported_layer
+from torchshield.train.per_example import OpacusHooks, PerExampleClipper, fix_model
 
 __all__ = ["GRAD_SAMPLE_MODES", "PrivacyConfig", "PrivateTraining", "fix_model", "make_private"]
 
@@ -202,10 +202,7 @@ def make_private(model: nn.Module, *, config: PrivacyConfig, dataset_size: int, 
                                                             accountant=config.accountant)
     messages = [f"model fixed for DP: {c}" for c in fixes]
     mode = "ghost" if config.grad_sample_mode in ("auto", "ghost") else config.grad_sample_mode
-    if mode == "ghost" and (unsupported := unsupported_layer(model)):  # refused before any step
-        raise InputError(f"DP-SGD cannot clip layer {unsupported} per example",
-                         hint="replace that layer, freeze it (requires_grad=False), or set "
-                              "privacy.grad_sample_mode: hooks to use Opacus")
+    # our engine refuses, naming it, a trainable layer it cannot clip: before any step
     engine = PerExampleClipper(model) if mode == "ghost" else OpacusHooks(model, mode)
     seed = config.seed
     if seed is not None and dist is not None:
