@@ -48,6 +48,13 @@ Broadcast parameters. A parameter owned directly by a container module (ViT's ``
 batch); every op that consumes it is watched during that module's forward, and only ``expand``
 and ``add`` are accepted, whose per-example gradient is the output gradient summed to its shape.
 
+Why exactness matters. The (epsilon, delta) guarantee holds only if no example's clipped
+contribution exceeds C. A norm computed too small (a missed cross term of a tied weight, a
+gradient summed over the batch before it was split per example) under-clips and voids the
+guarantee silently; a norm too large (a frozen parameter counted) only costs utility. So every
+rule is tested against one-example-at-a-time autograd, and a layer without a rule is refused
+rather than skipped.
+
 Supported layers are listed in :data:`SUPPORTED`; a module with trainable parameters that none
 covers is named by :func:`unsupported_layer` before training. Frozen parameters
 (``requires_grad=False``) are neither clipped nor counted in the norm.
