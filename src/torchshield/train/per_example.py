@@ -459,6 +459,8 @@ class PerExampleClipper:
                              hint="replace that layer, freeze it (requires_grad=False), or set "
                                   "privacy.grad_sample_mode: hooks to use Opacus")
         self.strategy = strategy
+        self.named = [(n, p) for n, p in model.named_parameters()]  # a tied parameter once
+        self.verified = False
         self.calls: list[_Call] = []
         self.param_calls: list[_ParamCall] = []
         self.batch: int | None = None
@@ -537,7 +539,7 @@ class PerExampleClipper:
         edges = [c.edge for c in calls] + [c.edge for c in pcalls]
         if not edges:
             return []
-        grads = torch.autograd.grad(loss.sum(), edges, allow_unused=True)
+        grads = torch.autograd.grad(loss.sum(), edges, allow_unused=True, retain_graph=not self.verified)
         uses: list[_Use] = []
         for call, g in zip(calls, grads):
             if g is None:
@@ -557,7 +559,34 @@ class PerExampleClipper:
             if shape[0] != 1:
                 raise InputError(f"parameter {pcall.name} is not broadcast over the batch")
             uses.append(_Dense(p, g.sum_to_size((batch, *shape[1:])).reshape(batch, *p.shape)))
-        return [u for u in uses if u.param.requires_grad]
+        uses = [u for u in uses if u.param.requires_grad]
+        if not self.verified:
+            self._verify(loss, uses)
+        return uses
+
+    def _verify(self, loss: Tensor, uses: list[_Use]) -> None:
+        """Once, at the first step: the uses must add up to autograd's batch gradient.
+
+        A parameter also used outside its layer's forward (``h @ emb.weight.T`` in a parent module)
+        would otherwise lose that use's share of every example's norm and be under-clipped."""
+        params = [(n, p) for n, p in self.named if p.requires_grad]
+        true = torch.autograd.grad(loss.sum(), [p for _, p in params], allow_unused=True)
+        ones = torch.ones(loss.shape[0], dtype=loss.dtype, device=loss.device)
+        ours: dict[nn.Parameter, Tensor] = {}
+        for u in uses:
+            s = _weighted_sum(u, ones)
+            ours[u.param] = s if u.param not in ours else ours[u.param] + s
+        scale = max((float(t.abs().max()) for t in true if t is not None and t.numel()), default=0.0)
+        rtol = 1e-5 if loss.dtype == torch.float64 else 1e-3 if loss.dtype == torch.float32 else 5e-2
+        for (name, p), t in zip(params, true):
+            mine = ours.get(p)
+            if t is None or (mine is not None and torch.allclose(mine, t, rtol=rtol, atol=rtol * scale)):
+                continue
+            raise InputError(f"DP-SGD cannot clip parameter {name} per example: part of its gradient comes "
+                             "from a use the engine does not see (the parameter is used outside its "
+                             "layer's forward, e.g. a functional call in a parent module)",
+                             hint="use it through its module (or a tied nn.Linear), or freeze it")
+        self.verified = True
 
     def _norms(self, uses: list[_Use], like: Tensor) -> Tensor:
         by_param: dict[int, list[_Use]] = {}

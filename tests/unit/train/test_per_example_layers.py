@@ -257,3 +257,27 @@ def test_unsupported_layer_refused_from_the_cli_before_training(tmp_path, monkey
     err = capsys.readouterr().err
     assert "cannot clip layer 0 (Scale" in err and "Traceback" not in err
     assert not (tmp_path / "out.tsb").exists()
+
+
+class _FunctionalTie(nn.Module):
+    """The embedding table reused by a matmul in the parent's forward, not through a module."""
+
+    def __init__(self):
+        super().__init__()
+        self.emb, self.lin = nn.Embedding(11, 6), nn.Linear(6, 6)
+
+    def forward(self, ids):
+        return torch.tanh(self.lin(self.emb(ids))) @ self.emb.weight.t()
+
+
+def test_a_parameter_used_outside_its_layer_is_refused_at_the_first_step():
+    """Its hidden use would be missing from every per-example norm: under-clipping, refused."""
+    torch.manual_seed(0)
+    model = _FunctionalTie()
+    clipper = PerExampleClipper(model)
+    ids = torch.randint(0, 11, (4, 5))
+    with pytest.raises(InputError, match=r"cannot clip parameter emb\.weight per example: part of its"):
+        clipper.clipped_sum(_mse(model, (ids,)), 1.0)
+    model.emb.weight.requires_grad_(False)  # frozen, nothing to clip
+    sums = PerExampleClipper(model).clipped_sum(_mse(model, (ids,)), 1.0)
+    assert set(sums) == {model.lin.weight, model.lin.bias}
