@@ -8,6 +8,7 @@ from typing import Any
 import typer
 
 from torchshield.cli.output import JSON_OPTION, emit, fail, progress
+from torchshield.crypto.keys import resolve_master_key
 
 __all__ = ["register"]
 
@@ -40,7 +41,7 @@ def audit(model: Path = typer.Argument(..., help="Trained .tsb bundle (written b
     from torchshield.privacy.audit import audit_membership
     from torchshield.train.recipe import load_trained, shadow_trainer
 
-    target, manifest = load_trained(model, key=key_file, verify_with=verify_with)
+    target, manifest = load_trained(model, key=resolve_master_key(key_file=key_file, required=False), verify_with=verify_with)
     (xm, ym), (xn, yn), notes = _audit_rows(model, manifest, members, non_members, split, label)
     claim = manifest.get("privacy") or {}
     with progress("training shadow models", shadows) as advance:
@@ -69,8 +70,8 @@ def _audit_rows(model: Path, manifest: dict[str, Any], members: Path, non_member
                 label: str | None) -> tuple[Any, Any, list[str]]:
     """Members and non-members; rows of the training file are labelled by the split ``train`` recorded."""
     from torchshield.errors import InputError
-    from torchshield.train.recipe import read_rows
     from torchshield.nn.split import read_split, split_path
+    from torchshield.train.recipe import read_rows
 
     recorded = split or (split_path(model) if split_path(model).is_file() else None)
     doc = read_split(recorded) if recorded is not None else None

@@ -14,6 +14,7 @@ from typing import Any
 import typer
 
 from torchshield.cli.output import JSON_OPTION, emit, fail, progress
+from torchshield.crypto.keys import resolve_master_key
 from torchshield.errors import InputError
 
 __all__ = ["register"]
@@ -79,7 +80,7 @@ def _load(model_path: Path, data: str | None, *, key_file: Path | None, pubkey: 
     from torchshield.nn.datasets import BUILTINS, load_dataset
     from torchshield.train.recipe import load_trained, read_rows
 
-    model, manifest = load_trained(model_path, key=key_file, verify_with=verify_with)
+    model, manifest = load_trained(model_path, key=resolve_master_key(key_file=key_file, required=False), verify_with=verify_with)
     meta = manifest["metadata"]
     if data is None or data in BUILTINS:
         spec = (meta.get("config") or {}).get("data")
@@ -136,7 +137,7 @@ def _load_any(model_path: Path, manifest: dict[str, Any], data: str | None, *, k
     if data is None:
         raise InputError(f"--data is required for {model_path.name}: a .safetensors file with 'inputs' "
                          "(N x C x H x W for images) and 'labels'")
-    loaded = open_model(model_path, key=key_file, verify_with=verify_with, allow_factories=allow_factory)
+    loaded = open_model(model_path, key=resolve_master_key(key_file=key_file, required=False), verify_with=verify_with, allow_factories=allow_factory)
     net, shape = attackable(loaded.module, loaded.preprocessing)
     doc = _read_tensors(Path(data))
     x = next((doc[k] for k in ("inputs", "pixel_values", "x") if k in doc), None)

@@ -13,13 +13,11 @@ refused unless ``insecure_seed_for_tests: true``, which the privacy record then 
 
 Why our own clipping engine. Opacus' default ``hooks`` mode materialises a ``[B, *param]``
 gradient per parameter; on CPU that is memory traffic on fresh pages and makes a step 41x a
-non-private one for an MLP (docs/benchmarks.md). ``ghost`` mode here uses book-keeping (Bu et
-al. 2023): one backward pass to the layer *outputs* only, per-example norms of Linear weight
-gradients from ``||a_i||^2 * ||g_i||^2`` (no per-example gradient built), then one matmul per
-layer weighting each example by its clip factor. Conv2d builds its per-example gradients
-(small: ``[B, C_out, C_in*k*k]``) as the weight gradient of one grouped convolution. Models with other trainable
-layers (norms, embeddings, attention) fall back to Opacus' hooks, with a message saying which
-layer caused it. Accounting stays with Opacus (``torchshield.privacy.accounting``).
+non-private one for an MLP (docs/benchmarks.md). ``ghost`` (the default, also under ``auto``) is
+our book-keeping engine, :mod:`torchshield.train.per_example`: Linear, Embedding, norms,
+convolutions and tied weights, with a layer it cannot clip refused before training. Opacus' hooks
+run only when ``grad_sample_mode`` asks for them. Accounting stays with Opacus
+(``torchshield.privacy.accounting``).
 """
 
 from __future__ import annotations
@@ -31,7 +29,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from torchshield.errors import InputError, MissingDependencyError
+from torchshield.errors import InputError
 from torchshield.privacy.accounting import (
     ACCOUNTANTS,
     check_budget,
@@ -40,6 +38,7 @@ from torchshield.privacy.accounting import (
     noise_multiplier_for,
 )
 from torchshield.train.noise import NoiseSource, noise_source
+from torchshield.train.per_example import OpacusHooks, PerExampleClipper, fix_model
 
 __all__ = ["GRAD_SAMPLE_MODES", "PrivacyConfig", "PrivateTraining", "fix_model", "make_private"]
 
@@ -81,177 +80,6 @@ class PrivacyConfig:
             raise InputError("privacy.max_physical_batch_size must be >= 1")
 
 
-def fix_model(model: nn.Module) -> tuple[nn.Module, list[str]]:
-    """Apply Opacus' ModuleValidator fixes (BatchNorm -> GroupNorm, ...) and say what changed.
-
-    BatchNorm mixes examples of a batch, so no per-example gradient exists; GroupNorm does not."""
-    try:
-        from opacus.validators import ModuleValidator
-    except ImportError:  # pragma: no cover
-        raise MissingDependencyError("opacus", "privacy") from None
-    before = {name: type(m).__name__ for name, m in model.named_modules()}
-    if ModuleValidator.is_valid(model):
-        return model, []
-    fixed = ModuleValidator.fix(model)
-    after = {name: type(m).__name__ for name, m in fixed.named_modules()}
-    changes = [f"{name}: {before[name]} -> {after[name]}" for name in before
-               if name in after and before[name] != after[name]]
-    errors = ModuleValidator.validate(fixed, strict=False)
-    if errors:
-        raise InputError(f"model cannot be trained with DP-SGD: {errors[0]}",
-                         hint="replace that layer (e.g. BatchNorm -> GroupNorm, no in-place buffers) "
-                              "or train without privacy:")
-    return fixed, changes
-
-
-def _no_inplace(model: nn.Module) -> None:
-    """In-place activations would overwrite the layer outputs both engines differentiate."""
-    for m in model.modules():
-        if getattr(m, "inplace", False) is True:
-            m.inplace = False
-
-
-def _owned_params(module: nn.Module) -> list[nn.Parameter]:
-    return [p for p in module.parameters(recurse=False) if p.requires_grad]
-
-
-def _ghost_unsupported(model: nn.Module) -> str | None:
-    """Name the first trainable layer our book-keeping engine cannot clip, or None."""
-    for name, m in model.named_modules():
-        if not _owned_params(m):
-            continue
-        if isinstance(m, nn.Linear):
-            continue
-        if isinstance(m, nn.Conv2d) and m.groups == 1 and m.padding_mode == "zeros" \
-                and not isinstance(m.padding, str):
-            continue
-        return f"{name or '<root>'} ({type(m).__name__})"
-    return None
-
-
-class _BookKeeping:
-    """Per-example clipped gradient sums for Linear and Conv2d layers (see module docstring)."""
-
-    def __init__(self, model: nn.Module) -> None:
-        self.layers = [m for m in model.modules() if _owned_params(m)]
-        self.calls: dict[nn.Module, list[tuple[Tensor, Tensor]]] = {}
-        self.handles = [m.register_forward_hook(self._record) for m in self.layers]
-        _no_inplace(model)
-
-    def _record(self, module: nn.Module, inputs: tuple[Tensor, ...], output: Tensor) -> None:
-        if torch.is_grad_enabled() and module.training:
-            self.calls.setdefault(module, []).append((inputs[0].detach(), output))
-
-    def reset(self) -> None:
-        self.calls.clear()
-
-    def close(self) -> None:
-        for h in self.handles:
-            h.remove()
-        self.calls.clear()
-
-    def clipped_sum(self, loss: Tensor, max_norm: float) -> dict[nn.Parameter, Tensor]:
-        pairs = [(m, a, out) for m in self.layers for a, out in self.calls.get(m, [])]
-        grads = torch.autograd.grad(loss.sum(), [out for _, _, out in pairs], allow_unused=True)
-        used: dict[nn.Module, list[tuple[Tensor, Tensor]]] = {}
-        for (m, a, _), g in zip(pairs, grads):
-            if g is not None:
-                used.setdefault(m, []).append((a, g))
-        self.calls.clear()
-        batch = loss.shape[0]
-        sq = torch.zeros(batch, dtype=loss.dtype)
-        plan: list[tuple[nn.Module, str, Any]] = []
-        for m, calls in used.items():
-            if isinstance(m, nn.Linear) and len(calls) == 1 and calls[0][0].dim() == 2:
-                a, g = calls[0]
-                gg = g.pow(2).sum(1)
-                sq += a.pow(2).sum(1) * gg + (gg if m.bias is not None else 0)
-                plan.append((m, "ghost", (a, g)))
-            else:
-                w, b = self._per_example(m, calls)
-                sq += w.flatten(1).pow(2).sum(1) + (b.pow(2).sum(1) if b is not None else 0)
-                plan.append((m, "materialised", (w, b)))
-        clip = (max_norm / (sq.sqrt() + 1e-6)).clamp_(max=1.0)
-        out: dict[nn.Parameter, Tensor] = {}
-        for m, kind, data in plan:
-            if kind == "ghost":
-                a, g = data
-                gw = g * clip.unsqueeze(1)
-                out[m.weight] = gw.t().mm(a)
-                if m.bias is not None:
-                    out[m.bias] = gw.sum(0)
-            else:
-                w, b = data
-                out[m.weight] = torch.tensordot(clip, w, dims=1).view_as(m.weight)
-                if b is not None:
-                    out[m.bias] = clip @ b
-        return out
-
-    @staticmethod
-    def _per_example(m: nn.Module, calls: list[tuple[Tensor, Tensor]]) -> tuple[Tensor, Tensor | None]:
-        w_sum: Tensor | None = None
-        b_sum: Tensor | None = None
-        for a, g in calls:
-            if isinstance(m, nn.Conv2d):
-                w = _conv_per_example(m, a, g)
-                b = g.sum((2, 3)) if m.bias is not None else None
-            else:  # Linear over [B, ..., features]
-                a3, g3 = a.reshape(a.shape[0], -1, a.shape[-1]), g.reshape(g.shape[0], -1, g.shape[-1])
-                w = torch.bmm(g3.transpose(1, 2), a3)
-                b = g3.sum(1) if m.bias is not None else None
-            w_sum = w if w_sum is None else w_sum + w
-            if b is not None:
-                b_sum = b if b_sum is None else b_sum + b
-        assert w_sum is not None
-        return w_sum, b_sum
-
-
-def _conv_per_example(m: nn.Conv2d, a: Tensor, g: Tensor) -> Tensor:
-    """Per-example weight gradients ``[B, C_out, C_in*kh*kw]`` from one grouped weight-gradient call.
-
-    Folding the batch into the channels (``groups=B``) turns "B separate weight gradients" into
-    the weight gradient of one grouped convolution, which torch's optimised backward kernel
-    computes directly: 1.8x faster here than a grouped forward correlation and 3x faster than
-    unfold + bmm, without the large unfolded buffer."""
-    batch, c_in = a.shape[:2]
-    c_out = m.out_channels
-    shape = torch.empty(batch * c_out, c_in, *m.kernel_size, dtype=a.dtype)  # only its shape is used
-    grad_w = torch.ops.aten.convolution_backward(
-        g.reshape(1, batch * c_out, *g.shape[2:]), a.reshape(1, batch * c_in, *a.shape[2:]), shape, None,
-        list(m.stride), list(m.padding), list(m.dilation), False, [0, 0], batch, [False, True, False])[1]
-    return grad_w.reshape(batch, c_out, -1)
-
-
-class _OpacusHooks:
-    """Fallback for layers our engine does not cover: Opacus' per-layer grad samplers."""
-
-    def __init__(self, model: nn.Module, mode: str) -> None:
-        from opacus.grad_sample.utils import prepare_module
-
-        self.params = [p for p in model.parameters() if p.requires_grad]
-        _no_inplace(model)
-        self.hooks = prepare_module(model, mode, False, batch_first=True, loss_reduction="sum")
-
-    def reset(self) -> None:
-        for p in self.params:
-            p.grad_sample = None
-
-    def close(self) -> None:
-        self.hooks.remove_hooks()
-
-    def clipped_sum(self, loss: Tensor, max_norm: float) -> dict[nn.Parameter, Tensor]:
-        import warnings
-
-        saved = [p.grad for p in self.params]
-        with warnings.catch_warnings():  # "full backward hook is firing ... no inputs require gradients": expected
-            warnings.simplefilter("ignore", UserWarning)
-            loss.sum().backward()
-        samples = [p.grad_sample for p in self.params]
-        for p, g in zip(self.params, saved):
-            p.grad, p.grad_sample = g, None  # the unclipped gradient must not leak into the step
-        norms = torch.stack([s.flatten(1).norm(2, dim=1) for s in samples if s is not None], dim=1).norm(2, dim=1)
-        clip = (max_norm / (norms + 1e-6)).clamp_(max=1.0)
-        return {p: torch.tensordot(clip, s, dims=1) for p, s in zip(self.params, samples) if s is not None}
 
 
 @dataclass
@@ -399,25 +227,20 @@ def make_private(model: nn.Module, *, config: PrivacyConfig, dataset_size: int, 
                                                             sample_rate=q, steps=steps,
                                                             accountant=config.accountant)
     messages = [f"model fixed for DP: {c}" for c in fixes]
-    mode = config.grad_sample_mode
-    unsupported = _ghost_unsupported(model)
-    if mode == "ghost" and unsupported:
-        raise InputError(f"grad_sample_mode ghost does not support layer {unsupported}",
-                         hint="use grad_sample_mode: auto or hooks")
-    if mode == "auto":
-        mode = "ghost" if unsupported is None else "hooks"
-        if unsupported:
-            messages.append(f"layer {unsupported} is not covered by ghost clipping; using Opacus hooks (slower)")
-    engine = _BookKeeping(model) if mode == "ghost" else _OpacusHooks(model, mode)
-    seed = config.seed
-    if seed is not None and dist is not None:
-        seed += 1000 * dist.get_rank()  # each rank samples its own shard
+    mode = "ghost" if config.grad_sample_mode in ("auto", "ghost") else config.grad_sample_mode
     if config.noise_multiplier is not None:
         spent = epsilon_for([(sigma, q, steps)], delta=config.delta, accountant=config.accountant)
         if spent > config.epsilon:
             raise InputError(f"privacy.noise_multiplier={sigma} spends epsilon {spent:.3f} > {config.epsilon} "
                              f"over {steps} steps", hint="omit noise_multiplier to derive it from epsilon")
-    trainable = [(name or "<root>", m) for name, m in model.named_modules() if _owned_params(m)]
+    # our engine refuses, naming it, a trainable layer it cannot clip: before any step (and after
+    # the budget check, so that a refused run leaves no hooks on the caller's model)
+    engine = PerExampleClipper(model) if mode == "ghost" else OpacusHooks(model, mode)
+    seed = config.seed
+    if seed is not None and dist is not None:
+        seed += 1000 * dist.get_rank()  # each rank samples its own shard
+    trainable = [(name or "<root>", m) for name, m in model.named_modules()
+                 if any(p.requires_grad for p in m.parameters(recurse=False))]
     return PrivateTraining(model, config, sigma, q, q * dataset_size, steps, mode, messages, fixes,
                            _engine=engine, _noise=noise_source(seed, secure_mode=config.secure_mode),
                            _coins=noise_source(None if seed is None else seed + 1), _trainable=trainable)

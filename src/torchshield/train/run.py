@@ -30,9 +30,9 @@ from torchshield._version import __version__
 from torchshield.errors import InputError
 from torchshield.nn.datasets import load_dataset
 from torchshield.nn.loop import EpochEnd, ProgressFactory, Regularizer, evaluate, fit
+from torchshield.nn.split import split_path, write_split
 from torchshield.nn.zoo import build_model
 from torchshield.train.config import TrainConfig, build_optimizer
-from torchshield.nn.split import split_path, write_split
 
 __all__ = ["RunResult", "train_from_config"]
 
@@ -90,13 +90,14 @@ def train_from_config(cfg: TrainConfig, *, progress: ProgressFactory | None = No
         messages += engine.messages
     regularizers: list[Regularizer] = []
     watermark_record = None
+    bundle_key = _bundle_key(cfg)  # read once: the watermark and the encrypted bundle share it
     if cfg.watermark:
         make_regularizer = _optional("torchshield.model.watermark.training", "make_regularizer",
                                      "watermark embedding")
         from torchshield.crypto.keys import resolve_master_key
 
-        key = resolve_master_key(key_file=cfg.output.key_file, required=True)
-        regularizers, watermark_record = make_regularizer(cfg.watermark, model, key)
+        mark_key = bundle_key or resolve_master_key(required=True)
+        regularizers, watermark_record = make_regularizer(cfg.watermark, model, mark_key)
         regularizers = list(regularizers)
     optimizer = build_optimizer(model.parameters(), cfg.optimizer)
     loader = data.train.loader(cfg.batch_size, shuffle=True, seed=cfg.seed)
@@ -115,7 +116,7 @@ def train_from_config(cfg: TrainConfig, *, progress: ProgressFactory | None = No
         privacy["epsilon"] += sum(r["epsilon"] for r in releases)
         privacy["target_epsilon"] = float(cfg.privacy["epsilon"])
         privacy["releases"] = releases
-    bundle = _save(cfg, model, data, metrics, result.to_dict(), privacy, watermark_record)
+    bundle = _save(cfg, model, data, metrics, result.to_dict(), privacy, watermark_record, bundle_key)
     split = write_split(bundle, data, private=private)
     if split is not None:
         messages.append(f"rows trained on: {split} (keep it private: it says who is in the training set)")
@@ -141,8 +142,17 @@ def _public_size(settings: dict[str, Any], data: Any, batch_size: int) -> tuple[
                        "delta": 0.0, "mechanism": "discrete Laplace (two-sided geometric), sensitivity 1"}]
 
 
+def _bundle_key(cfg: TrainConfig) -> Any:
+    """The key of ``output.key_file``, read once (a passphrase is asked for once), or None."""
+    if cfg.output.key_file is None:
+        return None
+    from torchshield.crypto.keys import read_key_file
+
+    return read_key_file(cfg.output.key_file)
+
+
 def _save(cfg: TrainConfig, model: torch.nn.Module, data: Any, metrics: dict[str, Any],
-          training: dict[str, Any], privacy: dict[str, Any] | None, watermark: Any) -> Path:
+          training: dict[str, Any], privacy: dict[str, Any] | None, watermark: Any, key: Any) -> Path:
     from torchshield.model.bundle import save
 
     cfg.output.bundle.parent.mkdir(parents=True, exist_ok=True)
@@ -164,5 +174,5 @@ def _save(cfg: TrainConfig, model: torch.nn.Module, data: Any, metrics: dict[str
         metadata.pop("loss_history")
         provenance.pop("data_fingerprint")
     wm = watermark.to_dict() if hasattr(watermark, "to_dict") else watermark
-    return save(model, cfg.output.bundle, key=cfg.output.key_file, sign_with=cfg.output.signing_key,
+    return save(model, cfg.output.bundle, key=key, sign_with=cfg.output.signing_key,
                 metadata=metadata, privacy=privacy, watermark=wm, provenance=provenance)

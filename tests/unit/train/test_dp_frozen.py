@@ -3,16 +3,15 @@
 Known bug, left to the per-example engine's owner (issue 22, item 5): the ghost engine adds the
 frozen weight's per-example norm ``||a_i||^2 ||g_i||^2`` to each example's squared norm, so the
 clip factor is too small and the bias gradient is over-clipped (by 28% in the issue's case).
-The hooks engine is right and serves as a second reference. Remove the xfail with the fix."""
+The hooks engine serves as a second reference."""
 
 from __future__ import annotations
 
-import pytest
 import torch
 from torch import nn
 
-from torchshield.train.dp import PrivacyConfig, make_private
 from torchshield.nn.loop import fit
+from torchshield.train.dp import PrivacyConfig, make_private
 
 
 def _reference_bias_sum(model: nn.Module, x: torch.Tensor, y: torch.Tensor, max_norm: float) -> torch.Tensor:
@@ -50,8 +49,6 @@ def test_hooks_engine_clips_a_frozen_weight_layer_on_its_bias_alone():
     assert torch.allclose(got, expected, atol=1e-3, rtol=1e-3)
 
 
-@pytest.mark.xfail(strict=True, reason="ghost engine counts the frozen weight in the clip norm (per-example "
-                                       "engine owner's fix, issue 22)")
 def test_ghost_engine_clips_a_frozen_weight_layer_on_its_bias_alone():
     got, expected = _one_noiseless_step("ghost")
     assert torch.allclose(got, expected, atol=1e-3, rtol=1e-3)

@@ -9,7 +9,8 @@ from torch import nn
 from torchshield.errors import InputError
 from torchshield.privacy.accounting import epsilon_for
 from torchshield.train import build_model, evaluate, fit, load_dataset
-from torchshield.train.dp import PrivacyConfig, _BookKeeping, _OpacusHooks, make_private
+from torchshield.train.dp import PrivacyConfig, make_private
+from torchshield.train.per_example import OpacusHooks, PerExampleClipper
 
 
 def _reference_clipped_sum(model, x, y, max_norm):
@@ -53,7 +54,7 @@ def test_clipped_sums_match_per_example_reference(make, shape, engine):
     model = make()
     x, y = torch.rand(12, *shape), torch.randint(0, 5, (12,))
     expected = _reference_clipped_sum(model, x, y, 0.3)
-    eng = _BookKeeping(model) if engine == "ghost" else _OpacusHooks(model, "hooks")
+    eng = PerExampleClipper(model) if engine == "ghost" else OpacusHooks(model, "hooks")
     eng.reset()
     got = eng.clipped_sum(nn.functional.cross_entropy(model(x), y, reduction="none"), 0.3)
     eng.close()
@@ -110,19 +111,18 @@ def test_noise_is_drawn_and_unseeded_runs_differ():
     assert not torch.allclose(_one_step(None, noise_seed=None), _one_step(None, noise_seed=None))
 
 
-def test_batchnorm_is_fixed_and_unsupported_layer_falls_back_to_hooks():
+def test_batchnorm_is_fixed_and_an_unsupported_layer_is_refused_before_training():
     model = nn.Sequential(nn.Linear(10, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 3))
     engine = make_private(model, config=PrivacyConfig(epsilon=5.0, delta=1e-3, seed=0, noise_multiplier=2.0,
                                                       insecure_seed_for_tests=True),
                           dataset_size=100,
                           batch_size=20, epochs=1)
     assert any("BatchNorm1d -> GroupNorm" in f for f in engine.fixes)
-    assert engine.mode == "hooks"
-    assert any("not covered by ghost clipping" in m and "GroupNorm" in m for m in engine.messages)
+    assert engine.mode == "ghost"  # GroupNorm is clipped by our engine, no Opacus fallback
     engine.close()
-    with pytest.raises(InputError, match="ghost does not support layer 1 .GroupNorm"):
-        make_private(nn.Sequential(nn.Linear(4, 4), nn.GroupNorm(2, 4)),
-                     config=PrivacyConfig(epsilon=5.0, delta=1e-3, grad_sample_mode="ghost", noise_multiplier=2.0),
+    with pytest.raises(InputError, match=r"cannot clip layer 1 \(Bilinear"):
+        make_private(nn.Sequential(nn.Linear(4, 4), nn.Bilinear(4, 4, 2)),
+                     config=PrivacyConfig(epsilon=5.0, delta=1e-3, noise_multiplier=2.0),
                      dataset_size=100, batch_size=20, epochs=1)
 
 
