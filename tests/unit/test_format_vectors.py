@@ -144,6 +144,7 @@ ITEMSIZE = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 
             "U16": 2, "U32": 4, "U64": 8, "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1, "C64": 8, "C128": 16}
 MANIFEST_FIELDS = {"format", "format_version", "object_id", "created", "tool", "torch", "tensors", "tensor_order",
                    "data_length", "digest_alg", "metadata", "privacy", "watermark", "provenance"}
+MANIFEST_V2_FIELDS = {"architecture", "preprocessing", "aliases", "files", "training_state"}
 
 
 @dataclass
@@ -174,7 +175,14 @@ def ref_read_tsb(blob: bytes, *, master: bytes | None, pubkey: bytes | None) -> 
     manifest = json.loads(manifest_bytes.decode("utf-8"))
     need(canonical(manifest) == manifest_bytes, "format", "manifest is not canonical JSON")
     encrypted = bool(flags & 0x01)
-    need(set(manifest) == MANIFEST_FIELDS | ({"encryption"} if encrypted else set()), "format", "manifest fields")
+    # manifest version 2 (docs/format.md): "manifest_version": 2 and optional v2 fields; absent means 1
+    mversion = manifest.get("manifest_version", 1)
+    need(mversion in (1, 2), "format", "manifest_version")
+    optional = MANIFEST_V2_FIELDS if mversion == 2 else set()
+    extra = set(manifest) - MANIFEST_FIELDS - ({"encryption"} if encrypted else set())
+    need(MANIFEST_FIELDS <= set(manifest) and extra <= optional | ({"manifest_version"} if mversion == 2 else set()),
+         "format", "manifest fields")
+    need(("encryption" in manifest) == encrypted, "format", "manifest fields")
     need(manifest["format"] == "torchshield-bundle" and manifest["format_version"] == version
          and manifest["digest_alg"] == "blake3", "format", "format fields")
     object_id = bytes.fromhex(manifest["object_id"])
