@@ -82,7 +82,11 @@ def test_wrong_key_tampered_record_and_other_model_are_refused(marked, tmp_path)
     doc["commitment"] = "00" * 32
     with pytest.raises(IntegrityError):
         verify_whitebox(_state(model), WatermarkRecord.from_dict(doc), key)
+    # the carrier averages over units, so another width of the marked layer is still read (pruned
+    # units); another *input* width is another model
     other = nn.Sequential(nn.Linear(64, 100), nn.ReLU(), nn.Linear(100, 50), nn.ReLU(), nn.Linear(50, 10))
+    assert not verify_whitebox(_state(other), record, key).present
+    other = nn.Sequential(nn.Linear(32, 100), nn.ReLU(), nn.Linear(100, 10))
     with pytest.raises(InputError, match="record is for another model"):
         verify_whitebox(_state(other), record, key)
     with pytest.raises(InputError, match="no tensor"):
@@ -114,6 +118,8 @@ def test_config_section_errors_name_the_field():
         make_regularizer({"method": "whitebox", "triggers": 5}, _mlp(0), key)
     with pytest.raises(InputError, match="exceed"):
         make_regularizer({"method": "whitebox", "bits": 1000, "layers": ["2.weight"]}, _mlp(0), key)
+    with pytest.raises(InputError, match="watermark.carrier"):
+        make_regularizer({"method": "whitebox", "carrier": "median"}, _mlp(0), key)
     with pytest.raises(InputError, match="'9.weight'"):
         make_regularizer({"method": "whitebox", "layers": ["9.weight"]}, _mlp(0), key)
 

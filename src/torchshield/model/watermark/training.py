@@ -9,9 +9,10 @@ Example section::
 
     watermark:
       method: whitebox        # or trigger
-      bits: 128               # whitebox: length of the secret bit string
+      bits: 64                # whitebox: length of the secret bit string (default min(128, layer input width))
       strength: 1.0           # weight of the regulariser in the loss
-      layers: ["3.weight"]    # whitebox: default = the widest hidden layer
+      layers: ["0.weight"]    # whitebox: default = the first Linear/Conv layer (inputs a thief cannot permute)
+      carrier: unit-mean      # whitebox: unit-mean (permutation/rescaling invariant, default) or mean (Uchida)
       threshold: 1.0e-6       # p-value under which verify reports the mark present
       # trigger only: triggers: 100, per_step: 8, input_shape: [64], num_classes: 10, low: 0, high: 1
 """
@@ -36,7 +37,7 @@ __all__ = ["embed", "make_regularizer"]
 
 _COMMON = {"method", "strength", "threshold"}
 _OPTIONS = {
-    "whitebox": _COMMON | {"bits", "layers"},
+    "whitebox": _COMMON | {"bits", "layers", "carrier"},
     "trigger": _COMMON | {"triggers", "per_step", "input_shape", "num_classes", "low", "high"},
 }
 
@@ -65,13 +66,14 @@ def make_regularizer(section: Mapping[str, Any], model: nn.Module, key: MasterKe
                          hint=f"options: {', '.join(sorted(_OPTIONS[method]))}")
     threshold = _number(section, "threshold", float, DEFAULT_P_THRESHOLD)
     if method == "whitebox":
-        from torchshield.model.watermark.whitebox import DEFAULT_BITS, DEFAULT_STRENGTH, new_whitebox_mark
+        from torchshield.model.watermark.whitebox import DEFAULT_STRENGTH, new_whitebox_mark
 
         layers = section.get("layers")
         if layers is not None and (isinstance(layers, str) or not isinstance(layers, Sequence)):
             raise InputError("watermark.layers: expected a list of parameter names, e.g. ['3.weight']")
         reg, record = new_whitebox_mark(model, key, layers=layers, threshold=threshold,
-                                        bits=_number(section, "bits", int, DEFAULT_BITS),
+                                        bits=_number(section, "bits", int, None),
+                                        carrier=str(section.get("carrier", "unit-mean")),
                                         strength=_number(section, "strength", float, DEFAULT_STRENGTH))
     else:
         from torchshield.model.watermark import trigger as t
