@@ -66,7 +66,7 @@ def test_bundle_tensors_scrambled_and_restored_bit_exactly(build):
     original = model.state_dict()
     assert not set(tensors) & set(original)  # names no longer match
     assert "perms" not in str(entry) and original.keys().isdisjoint(str(entry).split('"'))
-    assert entry["changed"]["names_scrambled"] == len(original) and entry["changed"]["tensors_permuted"] >= 3
+    assert entry["changed"]["names_scrambled"] == len(original) and entry["changed"]["tensors_changed"] >= 3
     restored = deobfuscate(tensors, entry, key)
     assert set(restored) == set(original)
     assert all(torch_equal(restored[k], original[k]) for k in original)

@@ -77,12 +77,12 @@ def _check(model: nn.Module, x, run, *, atol: float = 1e-5) -> dict[str, int]:
     with torch.no_grad():
         before = run(model, x)
     result = obfuscate_model(model, key)
-    assert result.tensors_permuted > 0 and result.units_permuted > 0
+    assert result.tensors_changed > 0 and result.units_moved > 0
     assert result.names_scrambled == len(original)
     # the obfuscated tensors, loaded back under the original names, compute the same function
     kept = obfuscate_model(model, key, nonce=result.entry["nonce"], scramble_names=False)
     changed = [k for k, v in kept.tensors.items() if not torch_equal(v, original[k])]
-    assert len(changed) == result.tensors_permuted == kept.tensors_permuted
+    assert len(changed) == result.tensors_changed == kept.tensors_changed
     twin = copy.deepcopy(model)
     twin.load_state_dict(kept.tensors)
     with torch.no_grad():
@@ -100,8 +100,8 @@ def test_resnet_channels_permuted_consistently_across_residual_stream_and_norms(
     model = _stats(ResNet(), x)
     counts = _check(model, x, lambda m, v: m(v))
     # all 10 convs, all 10 BNs (weight, bias, running mean and var) and fc's columns; fc's rows are the output
-    assert counts["tensors_permuted"] == 10 + 10 * 4 + 1
-    assert counts["units_permuted"] > 0.8 * (8 + 8 + 8 + 16 + 16 + 16)
+    assert counts["tensors_changed"] == 10 + 10 * 4 + 1
+    assert counts["units_moved"] > 0.8 * (8 + 8 + 8 + 16 + 16 + 16)
 
 
 def test_nested_sequential_unflatten_resnet_is_really_obfuscated():
@@ -110,7 +110,7 @@ def test_nested_sequential_unflatten_resnet_is_really_obfuscated():
     x = torch.randn(4, 64)
     model = _stats(nn.Sequential(nn.Unflatten(1, (1, 8, 8)), ResNet()), x)
     counts = _check(model, x, lambda m, v: m(v))
-    assert counts["tensors_permuted"] == 10 + 10 * 4 + 1
+    assert counts["tensors_changed"] == 10 + 10 * 4 + 1
 
 
 def test_flatten_into_linear_moves_channel_blocks():
@@ -135,7 +135,7 @@ def test_flatten_into_linear_moves_channel_blocks():
 
     x = torch.randn(4, 1, 8, 8)
     counts = _check(Net().eval(), x, lambda m, v: m(v))
-    assert counts["tensors_permuted"] == 5  # conv weight, bias, norm weight, bias, fc weight
+    assert counts["tensors_changed"] == 5  # conv weight, bias, norm weight, bias, fc weight
 
 
 @pytest.mark.parametrize("model", [
@@ -188,13 +188,13 @@ def _random_biases(model: nn.Module) -> nn.Module:
 
 
 @pytest.mark.parametrize("build", [_bert, _gpt2], ids=["bert", "gpt2"])
-def test_hf_transformer_heads_and_mlp_units_permuted(build):
+def test_hf_transformer_heads_and_mlp_units_moved(build):
     model = build()
     ids = torch.randint(0, 50, (2, 12), generator=torch.Generator().manual_seed(5))
     counts = _check(model, ids, lambda m, v: m(input_ids=v).logits, atol=1e-5)
     bert = isinstance(model, transformers.BertForSequenceClassification)
     # per layer, BERT: q, k, v (weight, bias), attention output weight, intermediate (weight, bias), output
     # weight; GPT-2: c_attn (weight, bias), attn.c_proj weight, c_fc (weight, bias), mlp.c_proj weight
-    assert counts["tensors_permuted"] == 2 * (10 if bert else 6)
+    assert counts["tensors_changed"] == 2 * (10 if bert else 6)
     # units: two 32-wide head permutations (QK, VO) and the MLP units, per layer; a few stay by chance
-    assert counts["units_permuted"] > 0.8 * 2 * (2 * 32 + (48 if bert else 128))
+    assert counts["units_moved"] > 0.8 * 2 * (2 * 32 + (48 if bert else 128))

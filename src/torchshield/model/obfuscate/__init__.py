@@ -286,18 +286,18 @@ def _context(nonce: str) -> bytes:
 class Obfuscation:
     """What one obfuscation did: the tensors to save, the sealed entry, and counts of the change.
 
-    ``tensors_permuted`` counts tensors whose bytes differ from the original, ``units_permuted``
+    ``tensors_changed`` counts tensors whose bytes differ from the original, ``units_moved``
     the hidden units (channels, heads' dimensions, MLP units) that moved, ``names_scrambled`` the
-    renamed tensors. A result always has ``tensors_permuted > 0``: a no-op is refused."""
+    renamed tensors. A result always has ``tensors_changed > 0``: a no-op is refused."""
 
     tensors: dict[str, torch.Tensor]
     entry: dict[str, Any]
-    tensors_permuted: int
-    units_permuted: int
+    tensors_changed: int
+    units_moved: int
     names_scrambled: int
 
     def counts(self) -> dict[str, int]:
-        return {"tensors_permuted": self.tensors_permuted, "units_permuted": self.units_permuted,
+        return {"tensors_changed": self.tensors_changed, "units_moved": self.units_moved,
                 "names_scrambled": self.names_scrambled}
 
 
