@@ -11,15 +11,24 @@ permutation can undo it by matching units across models (weight matching), so th
 speed bump against casual diffing and name-based tooling, not encryption. Use bundle
 encryption for confidentiality.
 
-How it stays exact. For each chain ``producer (Linear/Conv) -> per-unit layers -> consumer
-(Linear/Conv)`` the producer's output units are permuted and the consumer's input units follow
-the same permutation; per-unit layers in between (elementwise activations, BatchNorm,
-LayerNorm over the features, channel-wise pooling, Flatten) have their parameters permuted
-too. When every layer in between is positively homogeneous (ReLU, LeakyReLU, pooling, Dropout),
-unit ``i`` is also scaled by ``2^k_i`` on the way in and ``2^-k_i`` on the way out: powers of
-two make the scaling exact in floating point, so reversing it restores the original bits. Any
-other layer between two weight layers makes the chain unsafe to permute and raises an error
-that names it.
+How it stays exact. Three planners, chosen by the model's shape (``_plan_links``):
+
+* an ``nn.Sequential`` of known layers: for each chain ``producer (Linear/Conv) -> per-unit layers
+  -> consumer (Linear/Conv)`` the producer's output units are permuted and the consumer's input
+  units follow the same permutation; per-unit layers in between (elementwise activations,
+  BatchNorm, LayerNorm over the features, channel-wise pooling, Flatten) have their parameters
+  permuted too. When every layer in between is positively homogeneous (ReLU, LeakyReLU, pooling,
+  Dropout), unit ``i`` is also scaled by ``2^k_i`` on the way in and ``2^-k_i`` on the way out:
+  powers of two make the scaling exact in floating point, so reversing it restores the original
+  bits. Any other layer between two weight layers raises an error that names it.
+* any other module, from its ``torch.fx`` graph (``graph.py``): groups of unit axes joined by
+  residual additions, permutation only.
+* Hugging Face BERT/GPT-2-style transformers, from their module structure
+  (``transformer_blocks.py``): attention heads and MLP intermediate units.
+
+A plan that moves nothing, or whose result is byte-identical to the input, is refused
+(InputError naming why): obfuscation never reports success for a no-op, and
+``obfuscate_model`` returns counts of what changed.
 
 The plan (permutations, scale exponents, name map) is sealed under the master key
 (``crypto.envelope.seal``) and kept in the bundle manifest; nothing about it is stored in clear.
@@ -167,7 +176,7 @@ def _plan_graph(model: nn.Module, rng: Any) -> tuple[_Plan, str]:
     free = [g for g in groups if not g.frozen_by and g.units >= 2]
     plan = _plan_groups([(g.rows, lambda r, n=g.units: r.permutation(n)) for g in free], rng)
     reasons = sorted({why for g in groups for why in g.frozen_by})
-    why = ("every hidden unit reaches the output or passes through " + "; ".join(reasons[:3])
+    why = ("its hidden units are pinned by " + "; ".join(reasons[:3])
            if reasons else "it has fewer than two Linear/Conv layers in a row")
     return plan, why
 

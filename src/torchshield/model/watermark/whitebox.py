@@ -272,7 +272,7 @@ def verify_whitebox(tensors: Mapping[str, torch.Tensor], record: WatermarkRecord
     if not names:
         _select(tensors, record.layers, kind)  # raises the error naming the missing tensor
     expected = _bits(secret, int(record.params["bits"]))
-    best = max((int((_decode([tensors[n]], record, secret, kind) == expected).sum()) for n in names))
+    best = max(int((_decode([tensors[n]], record, secret, kind) == expected).sum()) for n in names)
     verdict = decide("whitebox", best, expected.numel(), 0.5, record.threshold, record.mark_id)
     p = min(1.0, verdict.p_value * len(names))
     return replace(verdict, p_value=p, present=p < record.threshold)
