@@ -121,7 +121,8 @@ def _kinds() -> dict[str, tuple[type, ...]]:
 
 
 def _units(layer: nn.Module) -> int:
-    return int(layer.weight.shape[0])
+    weight: Any = layer.weight
+    return int(weight.shape[0])
 
 
 def _plan_links(model: nn.Module, rng: Any) -> _Plan:
@@ -137,7 +138,7 @@ def _plan_links(model: nn.Module, rng: Any) -> _Plan:
     elif hasattr(model, "config") and getattr(model.config, "model_type", None):
         plan = _plan_groups([(rows, build) for rows, build in transformer_groups(model)], rng)
         why = (f"no attention block or MLP of a known layout was found in this "
-               f"{model.config.model_type} model (BERT- and GPT-2-style blocks are supported)")
+               f"{getattr(model.config, 'model_type', '?')} model (BERT- and GPT-2-style blocks are supported)")
     else:
         plan, why = _plan_graph(model, rng)
     if not plan.ops:

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from torchshield.errors import InputError
 from torchshield.model.watermark.record import WatermarkRecord
-from torchshield.model.watermark.significance import DEFAULT_P_THRESHOLD
+from torchshield.model.watermark.significance import DEFAULT_P_THRESHOLD, Verdict
 
 if TYPE_CHECKING:
     import torch
@@ -75,6 +75,7 @@ def make_regularizer(section: Mapping[str, Any], model: nn.Module, key: MasterKe
         raise InputError(f"watermark.{unknown[0]}: not an option of the {method} method",
                          hint=f"options: {', '.join(sorted(_OPTIONS[method]))}")
     threshold = _number(section, "threshold", float, DEFAULT_P_THRESHOLD)
+    reg: Regularizer
     if method == "whitebox":
         from torchshield.model.watermark.whitebox import DEFAULT_STRENGTH, new_whitebox_mark
 
@@ -176,7 +177,7 @@ def embed(model: nn.Module, loader: Iterable[tuple[torch.Tensor, torch.Tensor]],
                       hint="raise strength or epochs, or use fewer bits / triggers")
 
 
-def _self_check(model: nn.Module, record: WatermarkRecord, key: MasterKey):  # type: ignore[no-untyped-def]
+def _self_check(model: nn.Module, record: WatermarkRecord, key: MasterKey) -> Verdict:
     if record.method == "whitebox":
         from torchshield.model.watermark.whitebox import verify_whitebox
 
