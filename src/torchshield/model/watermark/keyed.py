@@ -24,7 +24,9 @@ digit images). Not for token-id inputs (a pattern is added to the input values).
 
 Threat model and limits: as for every trigger set, querying reveals the stamped inputs to the
 suspect's operator (verify one suspect per record); a thief who learns a pattern can train it
-away; distillation on clean inputs does not carry the rules over (measured, "not covered").
+away. Distillation is *not covered*: a student distilled with soft labels on many clean inputs
+inherited the rules in the runs we measured (docs/benchmarks.md), but with the thief's smaller
+data set or with hard labels it did not, and nothing here can promise either.
 The regulariser reads the owner's base inputs outside the batch, so it must not be used under
 DP-SGD with private base inputs (``make_regularizer`` asks for them explicitly).
 """
