@@ -12,7 +12,8 @@ Example section::
       bits: 64                # whitebox: length of the secret bit string (default min(128, layer input width))
       strength: 1.0           # weight of the regulariser in the loss
       layers: ["0.weight"]    # whitebox: default = the first Linear/Conv layer (inputs a thief cannot permute)
-      carrier: unit-mean      # whitebox: unit-mean (permutation/rescaling invariant, default) or mean (Uchida)
+      carrier: unit-mean      # whitebox: unit-mean (permutation/rescaling invariant, default) or mean (Uchida;
+                              # the default when the first layer has too few inputs for the bits)
       threshold: 1.0e-6       # p-value under which verify reports the mark present
       # trigger only: triggers: 100, per_step: 8, input_shape: [64], num_classes: 10, low: 0, high: 1
       # design: keyed-pattern   # in-distribution inputs + secret patterns (survives fine-tuning; needs
@@ -84,7 +85,7 @@ def make_regularizer(section: Mapping[str, Any], model: nn.Module, key: MasterKe
             raise InputError("watermark.layers: expected a list of parameter names, e.g. ['3.weight']")
         reg, record = new_whitebox_mark(model, key, layers=layers, threshold=threshold,
                                         bits=_number(section, "bits", int, None),
-                                        carrier=str(section.get("carrier", "unit-mean")),
+                                        carrier=str(section["carrier"]) if "carrier" in section else None,
                                         strength=_number(section, "strength", float, DEFAULT_STRENGTH))
     else:
         reg, record = _trigger_mark(section, model, key, threshold, data)

@@ -201,11 +201,17 @@ def _input_width(shape: Sequence[int]) -> int:
 
 def new_whitebox_mark(model: nn.Module, key: MasterKey, *, layers: Sequence[str] | None = None,
                       bits: int | None = None, strength: float = DEFAULT_STRENGTH,
-                      threshold: float = DEFAULT_P_THRESHOLD, carrier: str = "unit-mean",
+                      threshold: float = DEFAULT_P_THRESHOLD, carrier: str | None = None,
                       ) -> tuple[WhiteboxRegularizer, WatermarkRecord]:
     """Create a white-box mark for ``model``: the regulariser to train with and its record.
 
-    ``bits`` defaults to ``min(128, input width of the layers)``."""
+    ``bits`` defaults to ``min(128, input width of the layers)``. ``carrier`` defaults to
+    ``unit-mean`` on the first layer; when that layer has fewer inputs than the bits asked for
+    (or than 16), e.g. a tabular model with 7 features, it falls back to Uchida's ``mean`` carrier
+    on the widest hidden layer, which is *not* invariant to permuting hidden units: the record's
+    ``params.carrier`` says which one a mark uses."""
+    if carrier is None:
+        carrier = _auto_carrier(model, layers, bits)
     if carrier not in CARRIERS:
         raise InputError(f"watermark.carrier: unknown carrier {carrier!r}", hint=f"use one of {', '.join(CARRIERS)}")
     params = dict(model.named_parameters())
@@ -226,6 +232,16 @@ def new_whitebox_mark(model: nn.Module, key: MasterKey, *, layers: Sequence[str]
     record, secret = new_mark(key, "whitebox", threshold=threshold, layers=shapes,
                               params={"bits": bits, "strength": strength, "carrier": carrier})
     return WhiteboxRegularizer(record, secret, strength=strength), record
+
+
+def _auto_carrier(model: nn.Module, layers: Sequence[str] | None, bits: int | None) -> str:
+    if layers:
+        return "unit-mean"
+    first = _weight_layers(model)
+    if not first:
+        return "unit-mean"  # default_layers raises the error naming the problem
+    width = _input_width(list(first[0][1].shape))
+    return "unit-mean" if width >= max(16, bits or 16) else _LEGACY_CARRIER
 
 
 def extract_bits(tensors: Mapping[str, torch.Tensor], record: WatermarkRecord, secret: bytes) -> torch.Tensor:
