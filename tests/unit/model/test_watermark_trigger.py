@@ -52,14 +52,14 @@ def test_independent_models_do_not_answer_the_triggers(marked, independent):
 def test_false_positive_rate_of_the_trigger_test_is_within_its_p_value(independent):
     """The null behind every verdict: for a model not trained on our triggers, P[p <= a] <= a.
 
-    300 marks (independent keys) x 3 independent models = 900 verdicts at a = 0.01: the number of
+    150 marks (independent keys) x 3 independent models = 450 verdicts at a = 0.01: the number of
     rejections is at most Binomial(900, 0.01); the assertion's bound is that distribution's
     1 - 1e-9 quantile, so an honest test fails with probability below 1e-9 (and the keys are seeded)."""
     from scipy.stats import binom
 
     template = _mlp(5)
     verdicts = []
-    for _ in range(300):
+    for _ in range(150):
         key = generate_master_key()
         _, record = make_regularizer({"method": "trigger", "triggers": 60}, template, key)
         verdicts += [verify_trigger(model_predictor(m), record, key).p_value for m in independent]

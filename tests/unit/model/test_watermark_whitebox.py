@@ -82,7 +82,11 @@ def test_wrong_key_tampered_record_and_other_model_are_refused(marked, tmp_path)
     doc["commitment"] = "00" * 32
     with pytest.raises(IntegrityError):
         verify_whitebox(_state(model), WatermarkRecord.from_dict(doc), key)
+    # the carrier averages over units, so another width of the marked layer is still read (pruned
+    # units); another *input* width is another model
     other = nn.Sequential(nn.Linear(64, 100), nn.ReLU(), nn.Linear(100, 50), nn.ReLU(), nn.Linear(50, 10))
+    assert not verify_whitebox(_state(other), record, key).present
+    other = nn.Sequential(nn.Linear(32, 100), nn.ReLU(), nn.Linear(100, 10))
     with pytest.raises(InputError, match="record is for another model"):
         verify_whitebox(_state(other), record, key)
     with pytest.raises(InputError, match="no tensor"):
@@ -114,6 +118,8 @@ def test_config_section_errors_name_the_field():
         make_regularizer({"method": "whitebox", "triggers": 5}, _mlp(0), key)
     with pytest.raises(InputError, match="exceed"):
         make_regularizer({"method": "whitebox", "bits": 1000, "layers": ["2.weight"]}, _mlp(0), key)
+    with pytest.raises(InputError, match="watermark.carrier"):
+        make_regularizer({"method": "whitebox", "carrier": "median"}, _mlp(0), key)
     with pytest.raises(InputError, match="'9.weight'"):
         make_regularizer({"method": "whitebox", "layers": ["9.weight"]}, _mlp(0), key)
 
@@ -123,3 +129,15 @@ def test_binomial_p_value_matches_exact_sum(k, n, p0):
     exact = sum(math.comb(n, i) * p0**i * (1 - p0) ** (n - i) for i in range(k, n + 1))
     assert binomial_p_value(k, n, p0) == pytest.approx(exact, rel=1e-9)
     assert binomial_p_value(256, 256, 0.5) == pytest.approx(2.0**-256, rel=1e-9)
+
+
+def test_too_few_model_inputs_fall_back_to_the_plain_carrier_and_say_so():
+    """A tabular model with 7 features cannot hold 16 bits in its first layer: the mark goes to the
+    widest hidden layer with Uchida's carrier, and the record names that carrier."""
+    key = generate_master_key()
+    model = nn.Sequential(nn.Linear(7, 128), nn.ReLU(), nn.Linear(128, 128), nn.ReLU(), nn.Linear(128, 2))
+    _, record = make_regularizer({"method": "whitebox", "bits": 64}, model, key)
+    assert record.params["carrier"] == "mean" and list(record.layers) == ["2.weight"]
+    _, record = make_regularizer({"method": "whitebox"}, _mlp(0), key)
+    assert record.params["carrier"] == "unit-mean" and list(record.layers) == ["0.weight"]
+    assert record.params["bits"] == 64

@@ -9,11 +9,16 @@ Example section::
 
     watermark:
       method: whitebox        # or trigger
-      bits: 128               # whitebox: length of the secret bit string
+      bits: 64                # whitebox: length of the secret bit string (default min(128, layer input width))
       strength: 1.0           # weight of the regulariser in the loss
-      layers: ["3.weight"]    # whitebox: default = the widest hidden layer
+      layers: ["0.weight"]    # whitebox: default = the first Linear/Conv layer (inputs a thief cannot permute)
+      carrier: unit-mean      # whitebox: unit-mean (permutation/rescaling invariant, default) or mean (Uchida;
+                              # the default when the first layer has too few inputs for the bits)
       threshold: 1.0e-6       # p-value under which verify reports the mark present
       # trigger only: triggers: 100, per_step: 8, input_shape: [64], num_classes: 10, low: 0, high: 1
+      # design: keyed-pattern   # in-distribution inputs + secret patterns (survives fine-tuning; needs
+      #                         # the owner's data: the default in ``embed``), or noise (Adi et al.)
+      # patterns: 16, amplitude: 0.5   # keyed-pattern only
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from torchshield.errors import InputError
 from torchshield.model.watermark.record import WatermarkRecord
-from torchshield.model.watermark.significance import DEFAULT_P_THRESHOLD
+from torchshield.model.watermark.significance import DEFAULT_P_THRESHOLD, Verdict
 
 if TYPE_CHECKING:
     import torch
@@ -36,9 +41,12 @@ __all__ = ["embed", "make_regularizer"]
 
 _COMMON = {"method", "strength", "threshold"}
 _OPTIONS = {
-    "whitebox": _COMMON | {"bits", "layers"},
-    "trigger": _COMMON | {"triggers", "per_step", "input_shape", "num_classes", "low", "high"},
+    "whitebox": _COMMON | {"bits", "layers", "carrier"},
+    "trigger": _COMMON | {"triggers", "per_step", "input_shape", "num_classes", "low", "high", "design",
+                          "patterns", "amplitude"},
 }
+
+_BASE_INPUTS = 1024  # in-distribution inputs a keyed-pattern mark trains on (the first ones are kept)
 
 Regularizer = Callable[["nn.Module"], "torch.Tensor"]
 
@@ -51,9 +59,13 @@ def _number(section: Mapping[str, Any], name: str, kind: type, default: Any) -> 
         raise InputError(f"watermark.{name}: expected a {kind.__name__}, got {value!r}") from None
 
 
-def make_regularizer(section: Mapping[str, Any], model: nn.Module, key: MasterKey,
-                     ) -> tuple[list[Regularizer], WatermarkRecord]:
-    """The loss terms that embed the mark the section describes, and the mark's record."""
+def make_regularizer(section: Mapping[str, Any], model: nn.Module, key: MasterKey, *,
+                     data: torch.Tensor | None = None) -> tuple[list[Regularizer], WatermarkRecord]:
+    """The loss terms that embed the mark the section describes, and the mark's record.
+
+    ``data``: inputs from the task's distribution for a keyed-pattern trigger set (the
+    regulariser trains on them outside the batch, so never pass private data under DP-SGD);
+    with data, a trigger section defaults to ``design: keyed-pattern``, without it to ``noise``."""
     if not isinstance(section, Mapping):
         raise InputError("watermark: expected a mapping such as {method: whitebox}")
     method = str(section.get("method", "whitebox"))
@@ -64,27 +76,74 @@ def make_regularizer(section: Mapping[str, Any], model: nn.Module, key: MasterKe
         raise InputError(f"watermark.{unknown[0]}: not an option of the {method} method",
                          hint=f"options: {', '.join(sorted(_OPTIONS[method]))}")
     threshold = _number(section, "threshold", float, DEFAULT_P_THRESHOLD)
+    reg: Regularizer
     if method == "whitebox":
-        from torchshield.model.watermark.whitebox import DEFAULT_BITS, DEFAULT_STRENGTH, new_whitebox_mark
+        from torchshield.model.watermark.whitebox import DEFAULT_STRENGTH, new_whitebox_mark
 
         layers = section.get("layers")
         if layers is not None and (isinstance(layers, str) or not isinstance(layers, Sequence)):
             raise InputError("watermark.layers: expected a list of parameter names, e.g. ['3.weight']")
         reg, record = new_whitebox_mark(model, key, layers=layers, threshold=threshold,
-                                        bits=_number(section, "bits", int, DEFAULT_BITS),
+                                        bits=_number(section, "bits", int, None),
+                                        carrier=str(section["carrier"]) if "carrier" in section else None,
                                         strength=_number(section, "strength", float, DEFAULT_STRENGTH))
     else:
-        from torchshield.model.watermark import trigger as t
+        reg, record = _trigger_mark(section, model, key, threshold, data)
+    return [reg], record
 
-        shape = section.get("input_shape")
-        reg, record = t.new_trigger_mark(
+
+def _trigger_mark(section: Mapping[str, Any], model: nn.Module, key: MasterKey, threshold: float,
+                  data: torch.Tensor | None) -> tuple[Regularizer, WatermarkRecord]:
+    from torchshield.model.watermark import keyed
+    from torchshield.model.watermark import trigger as t
+
+    design = str(section.get("design", keyed.DESIGN if data is not None else "noise"))
+    shape = section.get("input_shape")
+    if design == "noise":
+        for name in ("patterns", "amplitude"):
+            if name in section:
+                raise InputError(f"watermark.{name}: only for design: keyed-pattern")
+        return t.new_trigger_mark(
             model, key, threshold=threshold, input_shape=[int(d) for d in shape] if shape else None,
             triggers=_number(section, "triggers", int, t.DEFAULT_TRIGGERS),
             num_classes=_number(section, "num_classes", int, None),
             low=_number(section, "low", float, 0.0), high=_number(section, "high", float, 1.0),
             strength=_number(section, "strength", float, t.DEFAULT_TRIGGER_STRENGTH),
             per_step=_number(section, "per_step", int, t.DEFAULT_PER_STEP))
-    return [reg], record
+    if design != keyed.DESIGN:
+        raise InputError(f"watermark.design: unknown design {design!r}", hint=f"use {keyed.DESIGN} or noise")
+    if data is None:
+        raise InputError("watermark.design: keyed-pattern needs inputs from the task's data",
+                         hint="use 'model watermark embed' (it passes the training data), or design: noise")
+    base = data.reshape(len(data), *[int(d) for d in shape]) if shape else data
+    classes = _number(section, "num_classes", int, None) or t._infer_io(model)[1]
+    if not classes:
+        raise InputError("cannot tell the model's number of classes for trigger labels",
+                         hint="set num_classes in the watermark section")
+    low = _number(section, "low", float, None)
+    high = _number(section, "high", float, None)
+    return keyed.new_keyed_mark(
+        key, base, num_classes=classes, threshold=threshold,
+        low=float(base.min()) if low is None else low, high=float(base.max()) if high is None else high,
+        triggers=_number(section, "triggers", int, keyed.DEFAULT_TRIGGERS),
+        patterns=_number(section, "patterns", int, keyed.DEFAULT_PATTERNS),
+        amplitude=_number(section, "amplitude", float, keyed.DEFAULT_AMPLITUDE),
+        strength=_number(section, "strength", float, keyed.DEFAULT_STRENGTH),
+        per_step=_number(section, "per_step", int, keyed.DEFAULT_PER_STEP))
+
+
+def _base_inputs(loader: Iterable[tuple[torch.Tensor, torch.Tensor]], count: int) -> torch.Tensor:
+    import torch
+
+    parts, seen = [], 0
+    for x, _ in loader:
+        parts.append(x.detach().cpu())
+        seen += len(x)
+        if seen >= count:
+            break
+    if not parts:
+        raise InputError("the data to embed the watermark with is empty")
+    return torch.cat(parts)[:count]
 
 
 def embed(model: nn.Module, loader: Iterable[tuple[torch.Tensor, torch.Tensor]], key: MasterKey,
@@ -100,7 +159,10 @@ def embed(model: nn.Module, loader: Iterable[tuple[torch.Tensor, torch.Tensor]],
     from torchshield.errors import CheckFailed
     from torchshield.nn.loop import fit
 
-    regularizers, record = make_regularizer(section, model, key)
+    data = None
+    if section.get("method") == "trigger" and section.get("design", "keyed-pattern") == "keyed-pattern":
+        data = _base_inputs(loader, _BASE_INPUTS)
+    regularizers, record = make_regularizer(section, model, key, data=data)
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     verdict = None
     for _ in range(max(1, max_rounds)):
@@ -116,7 +178,7 @@ def embed(model: nn.Module, loader: Iterable[tuple[torch.Tensor, torch.Tensor]],
                       hint="raise strength or epochs, or use fewer bits / triggers")
 
 
-def _self_check(model: nn.Module, record: WatermarkRecord, key: MasterKey):  # type: ignore[no-untyped-def]
+def _self_check(model: nn.Module, record: WatermarkRecord, key: MasterKey) -> Verdict:
     if record.method == "whitebox":
         from torchshield.model.watermark.whitebox import verify_whitebox
 

@@ -55,6 +55,9 @@ class TriggerSet:
         import torch
 
         p = record.params
+        if p.get("design", "noise") != "noise":
+            raise InputError(f"the record is a {p.get('design')} trigger set; its inputs are sealed",
+                             hint="use keyed.verification_set(record, key)")
         count, classes = int(p["triggers"]), int(p["num_classes"])
         shape = [int(d) for d in p["input_shape"]]
         low, high = float(p["low"]), float(p["high"])
@@ -153,14 +156,24 @@ def verify_trigger(predict: Predictor, record: WatermarkRecord, key: MasterKey, 
     if record.method != "trigger":
         raise InputError(f"the record is for a {record.method} watermark, not a trigger-set one",
                          hint="verify it against the model's weights (a bundle) instead of an endpoint")
+    from torchshield.model.watermark import keyed
+
+    if record.params.get("design") == keyed.DESIGN:
+        inputs, labels, which = keyed.verification_set(record, key)
+        return keyed.verify_keyed(_ask(predict, inputs, batch_size), labels, which, record)
     triggers = TriggerSet.from_record(record, record.open_secret(key))
-    predicted: list[int] = []
-    for start in range(0, len(triggers.labels), batch_size):
-        batch = predict(triggers.inputs[start:start + batch_size])
-        predicted.extend(int(v) for v in batch)
-    if len(predicted) != len(triggers.labels):
-        raise InputError(f"the model answered {len(predicted)} predictions for {len(triggers.labels)} "
-                         "trigger queries", hint="check that it returns one class per input")
+    predicted = _ask(predict, triggers.inputs, batch_size)
     matches = sum(int(p == y) for p, y in zip(predicted, triggers.labels.tolist(), strict=True))
     chance = float(record.params.get("chance", 1.0 / int(record.params["num_classes"])))
     return decide("trigger", matches, len(predicted), chance, record.threshold, record.mark_id)
+
+
+def _ask(predict: Predictor, inputs: torch.Tensor, batch_size: int) -> list[int]:
+    predicted: list[int] = []
+    for start in range(0, len(inputs), batch_size):
+        batch = predict(inputs[start:start + batch_size])
+        predicted.extend(int(v) for v in batch)
+    if len(predicted) != len(inputs):
+        raise InputError(f"the model answered {len(predicted)} predictions for {len(inputs)} "
+                         "trigger queries", hint="check that it returns one class per input")
+    return predicted

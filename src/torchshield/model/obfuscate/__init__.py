@@ -11,15 +11,24 @@ permutation can undo it by matching units across models (weight matching), so th
 speed bump against casual diffing and name-based tooling, not encryption. Use bundle
 encryption for confidentiality.
 
-How it stays exact. For each chain ``producer (Linear/Conv) -> per-unit layers -> consumer
-(Linear/Conv)`` the producer's output units are permuted and the consumer's input units follow
-the same permutation; per-unit layers in between (elementwise activations, BatchNorm,
-LayerNorm over the features, channel-wise pooling, Flatten) have their parameters permuted
-too. When every layer in between is positively homogeneous (ReLU, LeakyReLU, pooling, Dropout),
-unit ``i`` is also scaled by ``2^k_i`` on the way in and ``2^-k_i`` on the way out: powers of
-two make the scaling exact in floating point, so reversing it restores the original bits. Any
-other layer between two weight layers makes the chain unsafe to permute and raises an error
-that names it.
+How it stays exact. Three planners, chosen by the model's shape (``_plan_links``):
+
+* an ``nn.Sequential`` of known layers: for each chain ``producer (Linear/Conv) -> per-unit layers
+  -> consumer (Linear/Conv)`` the producer's output units are permuted and the consumer's input
+  units follow the same permutation; per-unit layers in between (elementwise activations,
+  BatchNorm, LayerNorm over the features, channel-wise pooling, Flatten) have their parameters
+  permuted too. When every layer in between is positively homogeneous (ReLU, LeakyReLU, pooling,
+  Dropout), unit ``i`` is also scaled by ``2^k_i`` on the way in and ``2^-k_i`` on the way out:
+  powers of two make the scaling exact in floating point, so reversing it restores the original
+  bits. Any other layer between two weight layers raises an error that names it.
+* any other module, from its ``torch.fx`` graph (``graph.py``): groups of unit axes joined by
+  residual additions, permutation only.
+* Hugging Face BERT/GPT-2-style transformers, from their module structure
+  (``transformer_blocks.py``): attention heads and MLP intermediate units.
+
+A plan that moves nothing, or whose result is byte-identical to the input, is refused
+(InputError naming why): obfuscation never reports success for a no-op, and
+``obfuscate_model`` returns counts of what changed.
 
 The plan (permutations, scale exponents, name map) is sealed under the master key
 (``crypto.envelope.seal``) and kept in the bundle manifest; nothing about it is stored in clear.
@@ -43,7 +52,7 @@ if TYPE_CHECKING:
 
     from torchshield.crypto.keys import MasterKey
 
-__all__ = ["deobfuscate", "obfuscate", "obfuscate_module"]
+__all__ = ["Obfuscation", "deobfuscate", "obfuscate", "obfuscate_model", "obfuscate_module", "torch_equal"]
 
 _VERSION = 1
 _MAX_EXPONENT = 2  # unit scales are 2^k, k in [-2, 2]
@@ -112,10 +121,68 @@ def _kinds() -> dict[str, tuple[type, ...]]:
 
 
 def _units(layer: nn.Module) -> int:
-    return int(layer.weight.shape[0])
+    weight: Any = layer.weight
+    return int(weight.shape[0])
 
 
 def _plan_links(model: nn.Module, rng: Any) -> _Plan:
+    """Plan the permutations for ``model``: a chain of known layers (with power-of-two scaling),
+    a Hugging Face transformer (heads, MLP units), or any other module through its fx graph."""
+    from torch import nn
+
+    from torchshield.model.obfuscate.transformer_blocks import transformer_groups
+
+    if isinstance(model, nn.Sequential) and _is_known_chain(model):
+        plan = _plan_chain(model, rng)
+        why = "it has fewer than two Linear/Conv layers in a row"
+    elif hasattr(model, "config") and getattr(model.config, "model_type", None):
+        plan = _plan_groups([(rows, build) for rows, build in transformer_groups(model)], rng)
+        why = (f"no attention block or MLP of a known layout was found in this "
+               f"{getattr(model.config, 'model_type', '?')} model (BERT- and GPT-2-style blocks are supported)")
+    else:
+        plan, why = _plan_graph(model, rng)
+    if not plan.ops:
+        raise InputError(f"nothing in this {type(model).__name__} can be permuted without changing its "
+                         f"outputs: {why}", hint="obfuscation needs hidden units between two weight layers")
+    return plan
+
+
+def _is_known_chain(model: nn.Module) -> bool:
+    known = tuple(t for kinds in _kinds().values() for t in kinds)
+    try:
+        return all(isinstance(layer, known) for _, layer in _flatten_chain(model))
+    except InputError:
+        return False
+
+
+def _plan_groups(groups: list[tuple[list[tuple[str, int, int]], Any]], rng: Any) -> _Plan:
+    """One permutation per group, applied to every (tensor, axis, block) member; never the identity."""
+    plan = _Plan()
+    for rows, build in groups:
+        perm = [int(u) for u in build(rng)]
+        if len(perm) < 2:
+            continue
+        while perm == sorted(perm):
+            perm = [int(u) for u in build(rng)]
+        pid = len(plan.perms)
+        plan.perms.append(perm)
+        plan.ops.extend(_Op(tensor, axis, pid, block) for tensor, axis, block in rows)
+    return plan
+
+
+def _plan_graph(model: nn.Module, rng: Any) -> tuple[_Plan, str]:
+    from torchshield.model.obfuscate.graph import trace_groups
+
+    groups = trace_groups(model)
+    free = [g for g in groups if not g.frozen_by and g.units >= 2]
+    plan = _plan_groups([(g.rows, lambda r, n=g.units: r.permutation(n)) for g in free], rng)
+    reasons = sorted({why for g in groups for why in g.frozen_by})
+    why = ("its hidden units are pinned by " + "; ".join(reasons[:3])
+           if reasons else "it has fewer than two Linear/Conv layers in a row")
+    return plan, why
+
+
+def _plan_chain(model: nn.Module, rng: Any) -> _Plan:
     """Walk the chain and plan a permutation (and scales) for every producer -> consumer link."""
 
     kinds = _kinds()
@@ -225,17 +292,80 @@ def _context(nonce: str) -> bytes:
     return f"torchshield/obfuscate/{nonce}".encode()
 
 
+@dataclass(frozen=True)
+class Obfuscation:
+    """What one obfuscation did: the tensors to save, the sealed entry, and counts of the change.
+
+    ``tensors_changed`` counts tensors whose bytes differ from the original, ``units_moved``
+    the hidden units (channels, heads' dimensions, MLP units) that moved, ``names_scrambled`` the
+    renamed tensors. A result always has ``tensors_changed > 0``: a no-op is refused."""
+
+    tensors: dict[str, torch.Tensor]
+    entry: dict[str, Any]
+    tensors_changed: int
+    units_moved: int
+    names_scrambled: int
+
+    def counts(self) -> dict[str, int]:
+        return {"tensors_changed": self.tensors_changed, "units_moved": self.units_moved,
+                "names_scrambled": self.names_scrambled}
+
+
+def _changed(before: Mapping[str, torch.Tensor], after: Mapping[str, torch.Tensor]) -> int:
+    return sum(1 for k, v in after.items() if not torch_equal(before[k], v))
+
+
+def _units_moved(plan: _Plan) -> int:
+    return sum(sum(1 for i, u in enumerate(perm) if i != u) for perm in plan.perms)
+
+
+def _obfuscated_state(model: nn.Module, key: MasterKey, nonce: str,
+                      ) -> tuple[_Plan, dict[str, torch.Tensor], dict[str, torch.Tensor], int]:
+    plan = _plan_links(model, _rng(key, nonce))
+    original = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    permuted = _apply(original, plan, inverse=False)
+    changed = _changed(original, permuted)
+    if not changed:
+        raise InputError(f"obfuscating this {type(model).__name__} would change no tensor",
+                         hint="its permutable units are all equal; there is nothing to hide")
+    if not all(torch_equal(original[k], v) for k, v in _apply(permuted, plan, inverse=True).items()):
+        raise InputError("the model's weights are too small or large to rescale exactly",
+                         hint="this model cannot be obfuscated reversibly; report it")
+    return plan, original, permuted, changed
+
+
+def obfuscate_model(model: nn.Module, key: MasterKey, *, nonce: str | None = None,
+                    scramble_names: bool = True) -> Obfuscation:
+    """Permute (and where exact, rescale) ``model``'s hidden units and scramble tensor names.
+
+    The model itself is not modified. With ``scramble_names=False`` the tensors keep their names
+    (they load into the same module) and the entry has no sealed plan: only the function-level
+    change is made and it cannot be reversed. Raises InputError, naming why, when nothing in the
+    model can be permuted, and never returns a result that changed nothing."""
+    from torchshield.crypto.envelope import seal
+
+    nonce = nonce or secrets.token_hex(8)
+    plan, _, permuted, changed = _obfuscated_state(model, key, nonce)
+    if not scramble_names:
+        return Obfuscation(permuted, {"version": _VERSION, "names_kept": True}, changed, _units_moved(plan), 0)
+    plan.names = {_scramble(name, key, nonce): name for name in permuted}
+    renamed = {scrambled: permuted[name] for scrambled, name in plan.names.items()}
+    entry = {"version": _VERSION, "nonce": nonce, "key_id": key.key_id,
+             "sealed": base64.b64encode(seal(key, plan.to_json(), context=_context(nonce))).decode()}
+    return Obfuscation(renamed, entry, changed, _units_moved(plan), len(renamed))
+
+
 def obfuscate_module(model: nn.Module, key: MasterKey, *, nonce: str | None = None) -> str:
     """Permute and rescale ``model``'s hidden units in place (same function); returns the nonce.
 
-    The module keeps its parameter names; ``obfuscate`` also scrambles them for a bundle."""
+    The module keeps its parameter names; ``obfuscate`` also scrambles them for a bundle.
+    ``obfuscate_model(..., scramble_names=False)`` also returns the counts of what changed."""
     import torch
 
     nonce = nonce or secrets.token_hex(8)
-    plan = _plan_links(model, _rng(key, nonce))
-    state = model.state_dict()
+    _, _, permuted, _ = _obfuscated_state(model, key, nonce)
     with torch.no_grad():
-        model.load_state_dict(_apply(dict(state), plan, inverse=False))
+        model.load_state_dict(permuted)
     return nonce
 
 
@@ -245,21 +375,10 @@ def obfuscate(model: nn.Module, key: MasterKey, *, nonce: str | None = None,
 
     Raises InputError naming the layer if the model cannot be permuted without changing its
     outputs. The reversal is checked here, so a plan that would not restore bit-exactly (a
-    scale that underflows) is never written."""
-    from torchshield.crypto.envelope import seal
-
-    nonce = nonce or secrets.token_hex(8)
-    plan = _plan_links(model, _rng(key, nonce))
-    original = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-    permuted = _apply(original, plan, inverse=False)
-    if not all(torch_equal(original[k], v) for k, v in _apply(permuted, plan, inverse=True).items()):
-        raise InputError("the model's weights are too small or large to rescale exactly",
-                         hint="this model cannot be obfuscated reversibly; report it")
-    plan.names = {_scramble(name, key, nonce): name for name in permuted}
-    renamed = {scrambled: permuted[name] for scrambled, name in plan.names.items()}
-    entry = {"version": _VERSION, "nonce": nonce, "key_id": key.key_id,
-             "sealed": base64.b64encode(seal(key, plan.to_json(), context=_context(nonce))).decode()}
-    return renamed, entry
+    scale that underflows) is never written. The entry's ``changed`` field holds the counts of
+    :class:`Obfuscation` (not secret: how many tensors and units moved, how many names)."""
+    result = obfuscate_model(model, key, nonce=nonce)
+    return result.tensors, {**result.entry, "changed": result.counts()}
 
 
 def torch_equal(a: torch.Tensor, b: torch.Tensor) -> bool:

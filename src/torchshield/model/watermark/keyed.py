@@ -1,0 +1,227 @@
+"""Keyed-pattern trigger set: in-distribution inputs stamped with secret patterns (issue 18).
+
+Why. The noise trigger set (``trigger.py``, Adi et al.) asks the model to memorise N random
+labels on N inputs far from the data; ordinary fine-tuning at a thief's rates (Adam 1e-2, SGD
+0.1) overwrites such isolated memories. Here the model learns K *rules* instead: "an input
+carrying pattern j belongs to class l_j". Each pattern is a dense keyed sign pattern of
+amplitude ``amplitude * (high - low)`` added to real inputs (clipped to the input range); the
+network learns a feature for it, trained on many different base inputs, and fine-tuning on clean
+data has little reason to unlearn a feature it never sees. Measured survival is in
+docs/benchmarks.md (watermark section).
+
+The null stays exact. The K labels are drawn uniformly from C classes by rejection sampling on a
+SHAKE-256 stream of the mark's secret, independently of the patterns (another stream) and of the
+base inputs. A model that never saw the secret predicts some class for each stamped input; given
+those predictions, pattern j contributes ``n_j(l_j)`` matches with ``l_j`` uniform and
+independent across patterns, and ``significance.grouped_p_value`` computes the exact tail of the
+total (floor ``C^-K``: K = 16 patterns and 10 classes can reach 1e-16).
+
+Verification needs base inputs from the task distribution. ``N`` of the inputs given at
+embedding time (the owner's data) are kept in the record, sealed under the master key
+(``crypto.envelope.seal``, bound to the mark id), so verifying needs only the record and the key,
+as for the other marks. The record grows by ``N x input size`` floats (about 40 kB for 160
+digit images). Not for token-id inputs (a pattern is added to the input values).
+
+Threat model and limits: as for every trigger set, querying reveals the stamped inputs to the
+suspect's operator (verify one suspect per record); a thief who learns a pattern can train it
+away. Distillation is *not covered*: a student distilled with soft labels on many clean inputs
+inherited the rules in the runs we measured (docs/benchmarks.md), but with the thief's smaller
+data set or with hard labels it did not, and nothing here can promise either.
+The regulariser reads the owner's base inputs outside the batch, so it must not be used under
+DP-SGD with private base inputs (``make_regularizer`` asks for them explicitly).
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from torchshield.errors import FormatError, InputError
+from torchshield.model.watermark.record import WatermarkRecord, expand_secret, new_mark
+from torchshield.model.watermark.significance import DEFAULT_P_THRESHOLD, Verdict, decide, grouped_p_value
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+    from torchshield.crypto.keys import MasterKey
+
+__all__ = ["DESIGN", "KeyedPatternRegularizer", "KeyedPatterns", "new_keyed_mark", "verification_set",
+           "verify_keyed"]
+
+DESIGN = "keyed-pattern"
+DEFAULT_PATTERNS = 16
+DEFAULT_TRIGGERS = 160
+DEFAULT_AMPLITUDE = 0.5
+DEFAULT_STRENGTH = 0.3
+DEFAULT_PER_STEP = 32
+DEFAULT_EVERY = 2
+
+
+def _uniform_labels(secret: bytes, count: int, classes: int) -> list[int]:
+    """``count`` labels uniform over ``classes`` exactly: rejection sampling on 32-bit words."""
+    import numpy as np
+
+    limit = (2**32 // classes) * classes
+    out: list[int] = []
+    words = 2 * count + 16
+    while len(out) < count:
+        raw = np.frombuffer(expand_secret(secret, "trigger/pattern-labels", 4 * words), dtype="<u4")
+        out = [int(v) % classes for v in raw if int(v) < limit][:count]
+        words *= 2
+    return out
+
+
+@dataclass(frozen=True)
+class KeyedPatterns:
+    """The K secret patterns (shape ``[K, *input_shape]``, entries +-1) and their labels."""
+
+    signs: torch.Tensor
+    labels: torch.Tensor
+    amplitude: float
+    low: float
+    high: float
+
+    @classmethod
+    def from_record(cls, record: WatermarkRecord, secret: bytes) -> KeyedPatterns:
+        import numpy as np
+        import torch
+
+        p = record.params
+        k, classes = int(p["patterns"]), int(p["num_classes"])
+        shape = [int(d) for d in p["input_shape"]]
+        n = k * int(np.prod(shape))
+        raw = np.frombuffer(expand_secret(secret, "trigger/patterns", (n + 7) // 8), dtype=np.uint8)
+        signs = np.unpackbits(raw)[:n].astype(np.float32) * 2.0 - 1.0
+        return cls(torch.from_numpy(signs.reshape(k, *shape)),
+                   torch.tensor(_uniform_labels(secret, k, classes), dtype=torch.long),
+                   float(p["amplitude"]), float(p["low"]), float(p["high"]))
+
+    def stamp(self, inputs: torch.Tensor, which: torch.Tensor) -> torch.Tensor:
+        """``inputs[i]`` with pattern ``which[i]`` added, clipped to the input range."""
+        delta = self.amplitude * (self.high - self.low) * self.signs.to(inputs.device)[which]
+        return (inputs + delta).clamp(self.low, self.high)
+
+
+class KeyedPatternRegularizer:
+    """``strength * CE(model(stamped base inputs), pattern labels)`` on ``per_step`` random pairs.
+
+    Applied on one step in ``every`` with ``every`` times the weight (see ``WhiteboxRegularizer``).
+    Pairs come from a generator seeded by the secret, so an embedding run is reproducible."""
+
+    def __init__(self, patterns: KeyedPatterns, base: torch.Tensor, seed: int, *,
+                 strength: float = DEFAULT_STRENGTH, per_step: int = DEFAULT_PER_STEP,
+                 every: int = DEFAULT_EVERY) -> None:
+        import torch
+
+        self.patterns = patterns
+        self.base = base
+        self.strength = strength
+        self.per_step = max(1, int(per_step))
+        self.every = max(1, int(every))
+        self._gen = torch.Generator().manual_seed(seed)
+        self._calls = 0
+
+    def __call__(self, model: nn.Module) -> torch.Tensor:
+        import torch
+        import torch.nn.functional as F
+
+        self._calls += 1
+        if (self._calls - 1) % self.every:
+            return torch.zeros(())
+        idx = torch.randint(0, len(self.base), (self.per_step,), generator=self._gen)
+        which = torch.randint(0, len(self.patterns.labels), (self.per_step,), generator=self._gen)
+        device = next(model.parameters()).device
+        out = model(self.patterns.stamp(self.base[idx], which).to(device))
+        return (self.strength * self.every) * F.cross_entropy(out, self.patterns.labels[which].to(device))
+
+
+def _context(mark_id: str) -> bytes:
+    return f"torchshield/watermark/trigger/{mark_id}/base-inputs".encode()
+
+
+def new_keyed_mark(key: MasterKey, base_inputs: torch.Tensor, *, num_classes: int, low: float, high: float,
+                   triggers: int = DEFAULT_TRIGGERS, patterns: int = DEFAULT_PATTERNS,
+                   amplitude: float = DEFAULT_AMPLITUDE, strength: float = DEFAULT_STRENGTH,
+                   per_step: int = DEFAULT_PER_STEP, threshold: float = DEFAULT_P_THRESHOLD,
+                   ) -> tuple[KeyedPatternRegularizer, WatermarkRecord]:
+    """A keyed-pattern mark: train with the regulariser on ``base_inputs`` (the owner's data);
+    the first ``triggers`` of them are sealed into the record for verification."""
+    import numpy as np
+    import torch
+
+    from torchshield.crypto.envelope import seal
+
+    base = torch.as_tensor(base_inputs).detach().float().cpu()
+    if num_classes < 2:
+        raise InputError(f"watermark num_classes={num_classes}: a trigger set needs at least 2 classes")
+    if patterns < 4:
+        raise InputError(f"watermark patterns={patterns} is too few; the p-value cannot fall below "
+                         f"{num_classes}^-patterns", hint="use 16")
+    if triggers < 2 * patterns:
+        raise InputError(f"watermark triggers={triggers} gives fewer than 2 per pattern ({patterns} patterns)")
+    if len(base) < triggers:
+        raise InputError(f"the keyed-pattern mark needs at least {triggers} base inputs from the task's data, "
+                         f"got {len(base)}", hint="pass more data or fewer triggers")
+    if not high > low or not 0.0 < amplitude <= 1.0:
+        raise InputError(f"trigger range [{low}, {high}] / amplitude {amplitude} is not usable",
+                         hint="high must exceed low; amplitude is a fraction of the range in (0, 1]")
+    kept = np.ascontiguousarray(base[:triggers].numpy().astype("<f4"))
+    params: dict[str, Any] = {"design": DESIGN, "triggers": triggers, "patterns": patterns,
+                              "num_classes": num_classes, "input_shape": list(base.shape[1:]), "low": low,
+                              "high": high, "amplitude": amplitude, "chance": 1.0 / num_classes,
+                              "strength": strength}
+    record, secret = new_mark(key, "trigger", threshold=threshold, params=params)
+    sealed = seal(key, kept.tobytes(), context=_context(record.mark_id))
+    record = _with_params(record, sealed_inputs=base64.b64encode(sealed).decode())
+    seed = int.from_bytes(expand_secret(secret, "trigger/pairs", 8), "big")
+    reg = KeyedPatternRegularizer(KeyedPatterns.from_record(record, secret), base, seed, strength=strength,
+                                  per_step=per_step)
+    return reg, record
+
+
+def _with_params(record: WatermarkRecord, **extra: Any) -> WatermarkRecord:
+    from dataclasses import replace
+
+    return replace(record, params={**record.params, **extra})
+
+
+def verification_set(record: WatermarkRecord, key: MasterKey) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The stamped verification inputs, their labels and the pattern index of each."""
+    import numpy as np
+    import torch
+
+    from torchshield.crypto.envelope import open_sealed
+
+    secret = record.open_secret(key)
+    p = record.params
+    try:
+        blob = base64.b64decode(str(p["sealed_inputs"]), validate=True)
+        count, shape = int(p["triggers"]), [int(d) for d in p["input_shape"]]
+    except (KeyError, TypeError, ValueError):
+        raise FormatError("the keyed-pattern record's sealed_inputs is missing or malformed",
+                          hint="use the owner's original mark.json") from None
+    raw = open_sealed(key, blob, context=_context(record.mark_id))
+    base = np.frombuffer(raw, dtype="<f4")
+    if base.size != count * int(np.prod(shape)):
+        raise FormatError("the keyed-pattern record's base inputs do not match its triggers and input_shape")
+    patterns = KeyedPatterns.from_record(record, secret)
+    which = torch.arange(count) % len(patterns.labels)
+    inputs = patterns.stamp(torch.from_numpy(base.copy()).reshape(count, *shape), which)
+    return inputs, patterns.labels[which], which
+
+
+def verify_keyed(predicted: Sequence[int], labels: torch.Tensor, which: torch.Tensor,
+                 record: WatermarkRecord) -> Verdict:
+    """Count matches and compute the exact grouped p-value (see ``significance``)."""
+    classes = int(record.params["num_classes"])
+    k = int(record.params["patterns"])
+    table = [[0] * classes for _ in range(k)]
+    for pred, j in zip(predicted, which.tolist(), strict=True):
+        if 0 <= int(pred) < classes:
+            table[j][int(pred)] += 1
+    matches = sum(int(int(p) == y) for p, y in zip(predicted, labels.tolist(), strict=True))
+    return decide("trigger", matches, len(labels), 1.0 / classes, record.threshold, record.mark_id,
+                  p_value=grouped_p_value(table, matches))

@@ -1,0 +1,200 @@
+"""Obfuscation of real graphs: a ResNet-style CNN (BatchNorm, residual +=, downsample), the same
+nested in Sequential(Unflatten, ResNet), and tiny HF BERT / GPT-2 built from configs.
+
+For each: outputs equal to float tolerance, weights actually changed (counted), names scrambled,
+reversal bit-exact; a model where nothing can move is refused instead of reported as done."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from torchshield.crypto.keys import generate_master_key
+from torchshield.errors import InputError
+from torchshield.model.obfuscate import deobfuscate, obfuscate, obfuscate_model, torch_equal
+
+
+class Block(nn.Module):
+    """torchvision's BasicBlock, written out: conv-bn-relu-conv-bn, += identity (or downsample)."""
+
+    def __init__(self, cin: int, cout: int, stride: int = 1) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.relu = nn.ReLU(inplace=True)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.downsample = None
+        if stride != 1 or cin != cout:
+            self.downsample = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        identity = x
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        if self.downsample is not None:
+            identity = self.downsample(x)
+        out += identity
+        return self.relu(out)
+
+
+class ResNet(nn.Module):
+    def __init__(self, classes: int = 10) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 8, 3, 1, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(8)
+        self.relu = nn.ReLU(inplace=True)
+        self.layer1 = nn.Sequential(Block(8, 8), Block(8, 8))
+        self.layer2 = nn.Sequential(Block(8, 16, 2), Block(16, 16))
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(16, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.relu(self.bn1(self.conv1(x)))
+        x = self.layer2(self.layer1(x))
+        return self.fc(torch.flatten(self.avgpool(x), 1))
+
+
+def _stats(model: nn.Module, x: torch.Tensor) -> nn.Module:
+    """Non-trivial BatchNorm affine parameters and running statistics, then eval mode."""
+    model.train()
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.normal_()
+        for _ in range(3):
+            model(x * 2 + 0.3)
+    return model.eval()
+
+
+def _check(model: nn.Module, x, run, *, atol: float = 1e-5) -> dict[str, int]:
+    key = generate_master_key()
+    original = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    with torch.no_grad():
+        before = run(model, x)
+    result = obfuscate_model(model, key)
+    assert result.tensors_changed > 0 and result.units_moved > 0
+    assert result.names_scrambled == len(original)
+    # the obfuscated tensors, loaded back under the original names, compute the same function
+    kept = obfuscate_model(model, key, nonce=result.entry["nonce"], scramble_names=False)
+    changed = [k for k, v in kept.tensors.items() if not torch_equal(v, original[k])]
+    assert len(changed) == result.tensors_changed == kept.tensors_changed
+    twin = copy.deepcopy(model)
+    twin.load_state_dict(kept.tensors)
+    with torch.no_grad():
+        after = run(twin.eval(), x)
+    assert torch.allclose(before, after, atol=atol, rtol=1e-4), (before - after).abs().max()
+    restored = deobfuscate(result.tensors, result.entry, key)
+    assert set(restored) == set(original)
+    assert all(torch_equal(restored[k], original[k]) for k in original)
+    return result.counts()
+
+
+def test_resnet_channels_permuted_consistently_across_residual_stream_and_norms():
+    torch.manual_seed(0)
+    x = torch.randn(4, 1, 8, 8)
+    model = _stats(ResNet(), x)
+    counts = _check(model, x, lambda m, v: m(v))
+    # all 10 convs, all 10 BNs (weight, bias, running mean and var) and fc's columns; fc's rows are the output
+    assert counts["tensors_changed"] == 10 + 10 * 4 + 1
+    assert counts["units_moved"] > 0.8 * (8 + 8 + 8 + 16 + 16 + 16)
+
+
+def test_nested_sequential_unflatten_resnet_is_really_obfuscated():
+    """The issue's case: all tensors came back byte-identical under new names, with success printed."""
+    torch.manual_seed(1)
+    x = torch.randn(4, 64)
+    model = _stats(nn.Sequential(nn.Unflatten(1, (1, 8, 8)), ResNet()), x)
+    counts = _check(model, x, lambda m, v: m(v))
+    assert counts["tensors_changed"] == 10 + 10 * 4 + 1
+
+
+def test_flatten_into_linear_moves_channel_blocks():
+    torch.manual_seed(2)
+    model = nn.Sequential(nn.Conv2d(1, 6, 3, padding=1), nn.GroupNorm(6, 6), nn.GELU(), nn.Unflatten(1, (6, 1)),
+                          nn.Flatten(1, 2), nn.Flatten(), nn.Linear(6 * 64, 10))
+    with pytest.raises(InputError, match="nothing in this Sequential can be permuted"):
+        obfuscate(model, generate_master_key())  # Unflatten/Flatten(1,2): unknown reshapes freeze the channels
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(1, 6, 3, padding=1)
+            self.norm = nn.GroupNorm(1, 6)
+            self.fc = nn.Linear(6 * 64, 10)
+            with torch.no_grad():
+                self.norm.weight.uniform_(0.5, 1.5)
+                self.norm.bias.normal_()
+
+        def forward(self, x):
+            return self.fc(torch.relu(self.norm(self.conv(x))).flatten(1))
+
+    x = torch.randn(4, 1, 8, 8)
+    counts = _check(Net().eval(), x, lambda m, v: m(v))
+    assert counts["tensors_changed"] == 5  # conv weight, bias, norm weight, bias, fc weight
+
+
+@pytest.mark.parametrize("model", [
+    nn.Linear(4, 3),
+    nn.Sequential(nn.Linear(4, 3)),
+    nn.Sequential(nn.Linear(4, 3), nn.Softmax(-1), nn.Linear(3, 2)),
+], ids=["linear", "one-layer", "softmax-between"])
+def test_nothing_to_change_is_refused_with_the_reason(model):
+    with pytest.raises(InputError, match="can be permuted|cannot be|not known"):
+        obfuscate_model(model, generate_master_key())
+
+
+def test_every_unit_reaching_the_output_is_refused():
+    class Tap(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b = nn.Linear(4, 4), nn.Linear(4, 4)
+
+        def forward(self, x):
+            h = self.a(x)
+            return self.b(h), h  # the hidden units are themselves an output: their order is visible
+
+    with pytest.raises(InputError, match="the model's output"):
+        obfuscate_model(Tap(), generate_master_key())
+
+
+transformers = pytest.importorskip("transformers")
+
+
+def _bert():
+    cfg = transformers.BertConfig(vocab_size=50, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                  intermediate_size=48, max_position_embeddings=32, num_labels=3)
+    torch.manual_seed(3)
+    return _random_biases(transformers.BertForSequenceClassification(cfg).eval())
+
+
+def _gpt2():
+    cfg = transformers.GPT2Config(vocab_size=50, n_embd=32, n_layer=2, n_head=4, n_positions=32)
+    torch.manual_seed(4)
+    return _random_biases(transformers.GPT2LMHeadModel(cfg).eval())
+
+
+def _random_biases(model: nn.Module) -> nn.Module:
+    """HF initialises biases to zero: a permuted zero vector would not show as changed."""
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("bias"):
+                p.normal_(0, 0.02)
+    return model
+
+
+@pytest.mark.parametrize("build", [_bert, _gpt2], ids=["bert", "gpt2"])
+def test_hf_transformer_heads_and_mlp_units_moved(build):
+    model = build()
+    ids = torch.randint(0, 50, (2, 12), generator=torch.Generator().manual_seed(5))
+    counts = _check(model, ids, lambda m, v: m(input_ids=v).logits, atol=1e-5)
+    bert = isinstance(model, transformers.BertForSequenceClassification)
+    # per layer, BERT: q, k, v (weight, bias), attention output weight, intermediate (weight, bias), output
+    # weight; GPT-2: c_attn (weight, bias), attn.c_proj weight, c_fc (weight, bias), mlp.c_proj weight
+    assert counts["tensors_changed"] == 2 * (10 if bert else 6)
+    # units: two 32-wide head permutations (QK, VO) and the MLP units, per layer; a few stay by chance
+    assert counts["units_moved"] > 0.8 * 2 * (2 * 32 + (48 if bert else 128))
