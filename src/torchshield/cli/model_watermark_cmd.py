@@ -200,7 +200,7 @@ def obfuscate_cmd(model: Path = typer.Argument(..., help="Bundle written by 'tor
                   force: bool = FORCE, as_json: bool = JSON_OPTION) -> None:
     """Permute and rescale hidden units (same outputs) and scramble parameter names; the plan is sealed."""
     import torchshield
-    from torchshield.model.obfuscate import obfuscate, obfuscate_module
+    from torchshield.model.obfuscate import obfuscate_model
     from torchshield.train.recipe import load_trained
 
     _check_out(out, force)
@@ -208,15 +208,18 @@ def obfuscate_cmd(model: Path = typer.Argument(..., help="Bundle written by 'tor
     net, _ = load_trained(model, key=key)
     source = torchshield.inspect(model)
     meta = dict(source.manifest.get("metadata") or {})
+    # refuses (exit 2, naming why) a model in which nothing can change: never a no-op reported as done
+    result = obfuscate_model(net, key, scramble_names=not keep_names)
+    changed = result.counts()
     if keep_names:
-        obfuscate_module(net, key)
-        tensors: Any = net
-        meta["obfuscation"] = {"version": 1, "names_kept": True}
+        meta["obfuscation"] = {"version": 1, "names_kept": True, "changed": changed}
     else:
-        tensors, meta["obfuscation"] = obfuscate(net, key)
-    _save_like(source, tensors, out, key, metadata=meta, command="model obfuscate")
-    emit({"out": str(out), "names_scrambled": not keep_names},
-         lambda c: c.print(f"wrote {out}: hidden units permuted" + ("" if keep_names else ", names scrambled")),
+        meta["obfuscation"] = {**result.entry, "changed": changed}
+    _save_like(source, result.tensors, out, key, metadata=meta, command="model obfuscate")
+    emit({"out": str(out), "names_scrambled": not keep_names, "changed": changed},
+         lambda c: c.print(f"wrote {out}: {changed['units_moved']} hidden units moved, "
+                           f"{changed['tensors_changed']} tensors changed, "
+                           f"{changed['names_scrambled']} names scrambled"),
          as_json=as_json)
 
 

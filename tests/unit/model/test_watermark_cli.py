@@ -78,7 +78,10 @@ def test_bad_inputs_exit_2(trained, tmp_path, capsys):
 def test_obfuscate_and_deobfuscate_round_trip(trained, tmp_path, capsys):
     _, key_path, _, marked = trained
     obf, back = tmp_path / "obf.tsb", tmp_path / "back.tsb"
-    assert run(["model", "obfuscate", str(marked), "--out", str(obf), "--key-file", str(key_path)]) == 0
+    capsys.readouterr()
+    assert run(["model", "obfuscate", str(marked), "--out", str(obf), "--key-file", str(key_path), "--json"]) == 0
+    changed = json.loads(capsys.readouterr().out)["changed"]
+    assert changed["units_moved"] > 0 and changed["tensors_changed"] > 0 and changed["names_scrambled"] > 0
     original, scrambled = torchshield.load(marked), torchshield.load(obf)
     assert set(original).isdisjoint(scrambled)
     assert "perm" not in json.dumps(torchshield.inspect(obf).manifest)
