@@ -24,9 +24,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from torchshield.nn.loop import fit
 from torchshield.robust.attacks import FGSM, PGD
 from torchshield.robust.training import make_loss
-from torchshield.nn.loop import fit
 
 try:
     import torchattacks

@@ -53,8 +53,8 @@ def _setup(kind: str, variant: str):
             opt.step()
         return step
     if variant == "torchshield":
-        from torchshield.train.dp import PrivacyConfig, make_private
         from torchshield.nn.loop import _private_step, cross_entropy_loss
+        from torchshield.train.dp import PrivacyConfig, make_private
 
         engine = make_private(model, config=PrivacyConfig(epsilon=1e6, delta=1e-5, noise_multiplier=1.0),
                               dataset_size=2560, batch_size=256, epochs=1)

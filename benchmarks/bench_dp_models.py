@@ -171,8 +171,8 @@ def _setup(kind: str, variant: str, sizes: Sizes) -> Callable[[], None]:
             opt.step()
         return step
     if variant.startswith("torchshield"):
-        from torchshield.train.dp import PrivacyConfig, make_private
         from torchshield.nn.loop import _private_step
+        from torchshield.train.dp import PrivacyConfig, make_private
 
         engine = make_private(model, config=PrivacyConfig(epsilon=1e6, delta=1e-5, noise_multiplier=1.0),
                               dataset_size=sizes.batch * 10, batch_size=sizes.batch, epochs=1)

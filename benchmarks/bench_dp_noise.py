@@ -71,8 +71,8 @@ def _model(kind: str) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
 
 
 def _stepper(kind: str, source_name: str, device: str):
-    from torchshield.train.dp import PrivacyConfig, make_private
     from torchshield.nn.loop import _private_step, cross_entropy_loss
+    from torchshield.train.dp import PrivacyConfig, make_private
 
     model, x, y = _model(kind)
     model.to(device)

@@ -53,7 +53,6 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     args = ap.parse_args()
     import torch
-
     from assess_subjects import make_tables, train_bundle
 
     torch.set_num_threads(1)

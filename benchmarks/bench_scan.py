@@ -31,7 +31,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "unit" / "model"))
 
-import scan_corpus as corpus
+import scan_corpus as corpus  # noqa: E402 - after the sys.path entry above
 
 ANCHOR_PY = Path("/tmp/anchors-scan/bin/python")
 ANCHOR_RUNNER = r"""
@@ -78,7 +78,8 @@ def build_corpus(folder: Path, scale: float) -> tuple[list[Path], list[Path]]:
     from safetensors.torch import save_file
 
     torch.manual_seed(0)
-    mb = lambda n: max(1, int(n * scale))
+    def mb(n):
+        return max(1, int(n * scale))
     big = {f"layer{i}.weight": torch.randn(mb(128) * 1024 * 256 // 120) for i in range(120)}
     benign = []
     for name, kwargs in (("big_zip.pt", {}), ("big_legacy.pt", {"_use_new_zipfile_serialization": False})):

@@ -17,10 +17,10 @@ from safetensors.torch import save_file
 pytestmark = pytest.mark.integration
 transformers = pytest.importorskip("transformers")
 
-import byom_models as bm
+import byom_models as bm  # noqa: E402 - after importorskip
 
-from torchshield import load_model
-from torchshield.cli.app import run
+from torchshield import load_model  # noqa: E402
+from torchshield.cli.app import run  # noqa: E402
 
 IDS = torch.tensor([[2, 5, 6, 7, 3], [2, 9, 10, 3, 0]])
 IMAGES = torch.rand(6, 3, 16, 16, generator=torch.Generator().manual_seed(0))

@@ -15,7 +15,13 @@ import pytest
 
 import torchshield
 from torchshield.federated.certs import make_test_certs
-from torchshield.federated.deploy import LocalDeployment, _descendants, free_port, supernode_command, terminate
+from torchshield.federated.deploy import (
+    LocalDeployment,
+    _descendants,
+    free_port,
+    supernode_command,
+    terminate,
+)
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration, pytest.mark.timeout(600)]
 

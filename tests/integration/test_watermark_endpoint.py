@@ -16,10 +16,10 @@ def served(tmp_path_factory):
     import torchshield
     from torchshield.crypto.keys import write_key_file
     from torchshield.model.watermark import make_regularizer, write_record
-    from torchshield.serve.http import create_app
-    from torchshield.serve.service import ServeConfig, Service
     from torchshield.nn.loop import fit
     from torchshield.nn.zoo import build_model
+    from torchshield.serve.http import create_app
+    from torchshield.serve.service import ServeConfig, Service
 
     tmp = tmp_path_factory.mktemp("wm-serve")
     owner = write_key_file(tmp / "owner.key")

@@ -75,8 +75,8 @@ def rebuild_model(manifest: dict[str, Any], tensors: dict[str, Any]) -> ModelSub
 def open_subject(path: Path, *, key: Any, pubkey: Path | None) -> ModelSubject:
     """A bundle that records its architecture (``model protect`` of a user's model): the ready
     module as attacks see it (logits from raw inputs in their natural shape)."""
-    from torchshield.model.loading import open_model, preprocessing_of
     from torchshield.model.header import inspect
+    from torchshield.model.loading import open_model, preprocessing_of
     from torchshield.robust.subject import NotApplicable, attackable, input_bounds
 
     pre = preprocessing_of(inspect(path).manifest)

@@ -248,7 +248,7 @@ def export(bundle: Path = typer.Argument(..., help="A .tsb bundle."),
 
     tensors = load(bundle, key=key, verify_with=pubkey)
     # Tensors are views of one buffer (tied names share one); safetensors wants separate storages.
-    tied = set((info.manifest.get("aliases") or {}))
+    tied = set(info.manifest.get("aliases") or {})
     data = st_save({k: v.clone() for k, v in tensors.items() if k not in tied},
                    metadata={"exported_from": bundle.name, "object_id": info.manifest["object_id"]})
     atomic_write_bytes(out, data, mode=0o600, overwrite=force)

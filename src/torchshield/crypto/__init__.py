@@ -2,7 +2,13 @@
 encryption, streaming AEAD, Ed25519 signatures, and crash-safe file writes."""
 
 from torchshield.crypto.envelope import WrappedKey, open_sealed, rewrap, seal, unwrap_data_key, wrap_data_key
-from torchshield.crypto.keys import MasterKey, generate_master_key, read_key_file, resolve_master_key, write_key_file
+from torchshield.crypto.keys import (
+    MasterKey,
+    generate_master_key,
+    read_key_file,
+    resolve_master_key,
+    write_key_file,
+)
 from torchshield.crypto.stream import decrypt_file, encrypt_file
 
 __all__ = [

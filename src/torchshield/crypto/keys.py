@@ -29,9 +29,9 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
-from torchshield.errors import KeyMaterialError, WrongKeyError
 from torchshield.atomic import atomic_write_bytes
 from torchshield.crypto.labels import DERIVE_INFO_PREFIX, KEY_ID_INFO, check_label
+from torchshield.errors import KeyMaterialError, WrongKeyError
 
 __all__ = [
     "KEY_SIZE",

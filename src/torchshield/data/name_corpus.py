@@ -161,7 +161,8 @@ def generate_name_records(n: int, *, locale: str = "zh_CN", source: str = "faker
         f.seed_instance(seed)
         frames, free = (_ZH_FRAMES_HELD if held else _ZH_FRAMES_DEV), _ZH_NAME_FREE
         pick = _zh_held_name if held else _zh_dev_name
-        name = lambda: pick(f, rng)
+        def name():
+            return pick(f, rng)
         first = last = name
     else:
         fakers = [Faker(loc) for loc in (_EN_HELD_LOCALES if held else ("en_US",))]

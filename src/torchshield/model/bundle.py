@@ -38,17 +38,44 @@ import numpy as np
 import torch
 
 from torchshield._version import __version__
+from torchshield.atomic import atomic_output
 from torchshield.crypto import signing
 from torchshield.crypto.envelope import new_data_key, rewrap, unwrap_data_key, wrap_data_key
-from torchshield.atomic import atomic_output
 from torchshield.crypto.keys import MasterKey
-from torchshield.crypto.stream import DEFAULT_CHUNK_SIZE, StreamCipher, StreamWriter, decrypt_into, \
-    valid_chunk_size
+from torchshield.crypto.stream import (
+    DEFAULT_CHUNK_SIZE,
+    StreamCipher,
+    StreamWriter,
+    decrypt_into,
+    valid_chunk_size,
+)
 from torchshield.errors import FormatError, InputError, IntegrityError, KeyMaterialError, SignatureError
 from torchshield.model.dtypes import dtype_from_name, dtype_name
-from torchshield.model.header import ALIGN, END_MAGIC, FILE_PREFIX, FLAG_ENCRYPTED, MAGIC, MANIFEST_VERSION, STATE_PREFIX, \
-    VERSION, _PREFIX, _SIG_DOMAIN, _SLOTS, _STREAM_ALG, _TRAILER, BundleInfo, _canonical, _key_slot, _Layout, \
-    _numel, _open_checked, _pad, _read_layout, inspect, is_bundle
+from torchshield.model.header import (
+    _PREFIX,
+    _SIG_DOMAIN,
+    _SLOTS,
+    _STREAM_ALG,
+    _TRAILER,
+    ALIGN,
+    END_MAGIC,
+    FILE_PREFIX,
+    FLAG_ENCRYPTED,
+    MAGIC,
+    MANIFEST_VERSION,
+    STATE_PREFIX,
+    VERSION,
+    BundleInfo,
+    _canonical,
+    _key_slot,
+    _Layout,
+    _numel,
+    _open_checked,
+    _pad,
+    _read_layout,
+    inspect,
+    is_bundle,
+)
 
 __all__ = ["BundleContents", "BundleInfo", "TrainingState", "VerifyReport", "inspect", "is_bundle", "load",
            "load_contents", "rotate_key", "save", "shared_tensors", "verify"]
@@ -177,7 +204,7 @@ def save(obj: torch.nn.Module | Mapping[str, torch.Tensor], path: str | os.PathL
     manifest: dict[str, Any] = {
         "format": "torchshield-bundle", "format_version": VERSION, "manifest_version": MANIFEST_VERSION,
         "object_id": secrets.token_hex(16),
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         "tool": f"torchshield {__version__}", "torch": torch.__version__,
         "tensors": entries, "tensor_order": list(entries), "data_length": offset, "digest_alg": "blake3",
         "metadata": _json_slot("metadata", dict(metadata or {})),

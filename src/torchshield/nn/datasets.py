@@ -37,7 +37,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from torchshield.errors import FormatError, InputError, MissingDependencyError
+from torchshield.errors import InputError, MissingDependencyError
 
 __all__ = ["BUILTINS", "ImageData", "Split", "TabularData", "load_dataset", "read_table", "table_to_tensors"]
 

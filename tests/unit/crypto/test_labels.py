@@ -59,5 +59,5 @@ def test_every_chain_purpose_is_registered():
 def test_every_label_in_the_code_is_registered():
     labels = _literal_labels()
     assert len(labels) >= len(DERIVATIONS) - 1  # the scan finds the call sites
-    for where, label in labels:
+    for _where, label in labels:
         check_label(label)  # raises, naming the label, for one that is not in the table

@@ -7,7 +7,14 @@ import re
 import pytest
 
 from torchshield.crypto.keys import generate_master_key
-from torchshield.data.anonymize import Anonymizer, KeyedContext, anonymize_text, load_policy, make_operator, unmask_text
+from torchshield.data.anonymize import (
+    Anonymizer,
+    KeyedContext,
+    anonymize_text,
+    load_policy,
+    make_operator,
+    unmask_text,
+)
 from torchshield.data.anonymize.operators import Cell
 from torchshield.data.pii.validators import cn_id_valid, luhn_valid
 from torchshield.errors import InputError, KeyMaterialError, WrongKeyError

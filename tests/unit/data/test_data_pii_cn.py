@@ -4,6 +4,7 @@ import pytest
 
 from torchshield.data import find_pii
 from torchshield.data.pii import ENTITY_TYPES, RecognizerRegistry, default_registry
+from torchshield.errors import InputError
 
 
 def types_of(text, **kw):
@@ -102,7 +103,7 @@ def test_registry_accepts_user_recognizer_without_core_edit():
     reg.add_pattern("employee_no", "EMPLOYEE_NO", r"EMP-[0-9]{6}", context=("工号",), score=0.6)
     found = find_pii("工号EMP-123456", registry=reg)
     assert [(f.type, f.text) for f in found] == [("EMPLOYEE_NO", "EMP-123456")]
-    with pytest.raises(Exception):
+    with pytest.raises(InputError, match="employee_no"):
         reg.add_pattern("employee_no", "X", "x")
     reg.add_function("always", ["CUSTOM"], lambda t: [("CUSTOM", 0, 1, 0.9)])
     assert ("CUSTOM", 0, 1) in [(f.type, f.start, f.end) for f in find_pii("abc", registry=reg)]

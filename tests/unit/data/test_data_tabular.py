@@ -55,7 +55,7 @@ def test_malformed_csv_names_the_line_and_leaves_no_output(tmp_path):
 
 def test_mixed_encodings_are_refused_with_the_line(tmp_path):
     src = tmp_path / "mixed.csv"
-    src.write_bytes("a,b\n".encode() + "王,1\n".encode("utf-8") * 3 + "李,2\n".encode("gb18030"))
+    src.write_bytes(b"a,b\n" + "王,1\n".encode() * 3 + "李,2\n".encode("gb18030"))
     with pytest.raises(FormatError, match="line 5"):
         list(iter_chunks(src, encoding="utf-8"))
 

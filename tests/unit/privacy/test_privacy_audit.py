@@ -16,7 +16,6 @@ from torchshield.privacy.audit import empirical_epsilon, roc, summarise
 from torchshield.train.config import TrainConfig
 from torchshield.train.run import train_from_config
 
-
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 

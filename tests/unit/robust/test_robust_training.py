@@ -9,6 +9,7 @@ from robust_models import accuracy, digits, make_mlp, one_torch_thread  # noqa: 
 from torch import nn
 
 from torchshield.errors import InputError
+from torchshield.nn.loop import fit
 from torchshield.robust.attacks import PGD
 from torchshield.robust.training import (
     FastFGSMLoss,
@@ -17,7 +18,6 @@ from torchshield.robust.training import (
     TradesLoss,
     make_loss,
 )
-from torchshield.nn.loop import fit
 
 SECTIONS = [
     ({"method": "pgd", "eps": 0.1, "steps": 3}, PGDTrainingLoss),

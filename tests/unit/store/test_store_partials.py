@@ -20,10 +20,9 @@ from pathlib import Path
 import pytest
 from store_fixtures import make_vault, random_bytes
 
-from torchshield import store
+from torchshield import partials, store
 from torchshield.crypto.keys import MasterKey, write_key_file
 from torchshield.errors import InputError
-from torchshield import partials
 from torchshield.partials import is_partial_name, partial_output, sweep_partials
 
 DATA = random_bytes(400_000, 23)  # ~50 chunks of the test chunker (2-32 KiB)

@@ -179,8 +179,7 @@ def _csv_chunks(p: Path, fmt: str, enc: str, chunk_rows: int, nrows: int | None)
         reader = pd.read_csv(p, sep=sep, dtype=str, keep_default_na=False, encoding=enc, chunksize=chunk_rows,
                              nrows=nrows, engine="c")
         with reader:
-            for chunk in reader:
-                yield chunk
+            yield from reader
     except pd.errors.EmptyDataError:
         raise InputError(f"{p} has no header row or data") from None
     except pd.errors.ParserError as exc:

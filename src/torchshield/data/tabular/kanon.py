@@ -104,7 +104,7 @@ def _categorical(name: str, values: pd.Series, parent: dict[str, str]) -> QuasiI
     return q
 
 
-def _mondrian(X: np.ndarray, k: int, sens: np.ndarray | None, n_sens: int, l: int | None,
+def _mondrian(X: np.ndarray, k: int, sens: np.ndarray | None, n_sens: int, l: int | None,  # noqa: E741 - l-diversity's own letter
               t: float | None, global_dist: np.ndarray | None) -> list[np.ndarray]:
     span = X.max(axis=0) - X.min(axis=0)
     span[span == 0] = 1.0
@@ -207,7 +207,7 @@ def risk_metrics(class_sizes: np.ndarray, *, threshold: float = 0.2) -> dict[str
             "unique_records": int((class_sizes == 1).sum())}
 
 
-def kanonymize(df: pd.DataFrame, quasi: Sequence[str], *, k: int, l: int | None = None, t: float | None = None,
+def kanonymize(df: pd.DataFrame, quasi: Sequence[str], *, k: int, l: int | None = None, t: float | None = None,  # noqa: E741 - l-diversity's own letter
                sensitive: str | None = None, hierarchies: Mapping[str, Mapping[str, str]] | None = None,
                max_suppress: float = 0.05, risk_threshold: float = 0.2) -> KAnonResult:
     """Generalise ``quasi`` columns of ``df`` until every class has >= ``k`` rows (and >= ``l``

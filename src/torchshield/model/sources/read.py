@@ -171,8 +171,14 @@ def _read_bundle(p: Path, *, key: Any, keep_training_state: bool) -> ModelSource
 
 def _read_hf(p: Path, scan: Scanner | None) -> ModelSource:
     from torchshield.model.checkpoint import read_checkpoint
-    from torchshield.model.sources.hf import carried_files, hf_model_from_tensors, hf_preprocessing, \
-        hf_weight_files, load_hf_weights, read_hf_config
+    from torchshield.model.sources.hf import (
+        carried_files,
+        hf_model_from_tensors,
+        hf_preprocessing,
+        hf_weight_files,
+        load_hf_weights,
+        read_hf_config,
+    )
 
     config = read_hf_config(p)
     files = hf_weight_files(p)

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
-from torchshield.privacy.audit.membership import AuditReport, ShadowTrainer, audit_membership, logit_confidence
+from torchshield.privacy.audit.membership import (
+    AuditReport,
+    ShadowTrainer,
+    audit_membership,
+    logit_confidence,
+)
 from torchshield.privacy.audit.roc import AttackResult, empirical_epsilon, roc, summarise
 
 __all__ = [
