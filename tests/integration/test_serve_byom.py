@@ -18,10 +18,10 @@ import torch
 pytestmark = pytest.mark.integration
 transformers = pytest.importorskip("transformers")
 
-import byom_models as bm
-from serve_harness import make_signer, running
+import byom_models as bm  # noqa: E402
+from serve_harness import make_signer, running  # noqa: E402
 
-from torchshield.model.loading import protect_model
+from torchshield.model.loading import protect_model  # noqa: E402
 
 RESNET_ARCH = {"kind": "factory", "target": "byom_models:resnet_mini", "kwargs": {"num_classes": 4}}
 IMAGE_SPEC = {"kind": "image", "shape": [3, 16, 16], "dtype": "float32", "min": 0.0, "max": 1.0}
