@@ -27,6 +27,33 @@ RESNET_ARCH = {"kind": "factory", "target": "byom_models:resnet_mini", "kwargs":
 IMAGE_SPEC = {"kind": "image", "shape": [3, 16, 16], "dtype": "float32", "min": 0.0, "max": 1.0}
 
 
+def _dp_fixed() -> torch.nn.Module:
+    """A ResNetMini as DP training leaves it: every BatchNorm replaced by GroupNorm (Opacus' rule)."""
+    from torchshield.model.sources.fixes import batchnorm_to_groupnorm
+
+    model = bm.trained_resnet(seed=3, num_classes=4)
+    fixes = []
+    for name, mod in list(model.named_modules()):
+        if isinstance(mod, torch.nn.BatchNorm2d):
+            parent, _, attr = name.rpartition(".")
+            gn = batchnorm_to_groupnorm(mod)
+            torch.nn.init.normal_(gn.weight, 1.0, 0.1, generator=torch.Generator().manual_seed(len(fixes)))
+            setattr(model.get_submodule(parent) if parent else model, attr, gn)
+            fixes.append(f"{name}: BatchNorm2d -> GroupNorm")
+    model.fixes = fixes
+    return model.eval()
+
+
+def _dp_resnet(path, priv):
+    import torchshield
+
+    model = _dp_fixed()
+    torchshield.save(model, path, sign_with=priv, architecture=RESNET_ARCH,
+                     preprocessing={"input": IMAGE_SPEC, "output": {"kind": "logits", "num_classes": 4}},
+                     privacy={"model_fixes": model.fixes}, metadata={"name": "resnetdp"})
+    return path
+
+
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
     from torchshield.crypto.keys import generate_master_key
@@ -50,6 +77,7 @@ def served(tmp_path_factory):
         out = root / f"{name}.tsb"
         protect_model(root / src, out, key=master, sign_with=priv, **kw)
         bundles.append(str(out))
+    bundles.append(str(_dp_resnet(root / "resnetdp.tsb", priv)))
     cfg = ServeConfig(db_url=f"sqlite:///{root / 'serve.db'}", bundles=tuple(bundles), trusted_signers=(str(pub),),
                       output="probabilities", rate_per_s=1000, burst=1000)
     svc = Service.start(cfg, master=master)
@@ -227,3 +255,14 @@ def test_each_request_is_audited_and_the_chain_verifies(served):
     gen = [r for r in recs if r["route"] == "/v1/models/{name}/generate" and r["status"] == 200]
     assert gen and all("tokens" in r["detail"] for r in gen)
     assert svc.audit.verify().ok
+
+
+def test_dp_trained_resnet_is_served_with_its_recorded_groupnorm_fix(served):
+    x = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(4))
+    r = post(served, "/v1/models/resnetdp/predict", {"inputs": x.tolist()})
+    assert r.status_code == 200, r.text
+    with torch.no_grad():
+        ref = _probs(_dp_fixed()(x))
+    assert torch.allclose(torch.tensor(r.json()["outputs"]), ref, atol=2e-3)
+    module = served[3].registry.get("resnetdp").module
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in module.modules())
