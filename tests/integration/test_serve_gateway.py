@@ -92,8 +92,9 @@ def world(tmp_path_factory):
     tok = _char_lm(root / "lm")
     protect_model(root / "lm", root / "lm.tsb", key=master, sign_with=priv,
                   metadata={"serve": {"max_new_tokens": 200}})
-    for action in ("mask", "block"):
-        (root / f"{action}.yaml").write_text(f"version: 1\ndefault: placeholder\ngateway:\n  on_leak: {action}\n")
+    (root / "mask.yaml").write_text("version: 1\ndefault: placeholder\ngateway:\n  on_leak: mask\n")
+    (root / "block.yaml").write_text("version: 1\ndefault: placeholder\nentities:\n  CN_RESIDENT_ID: refuse\n"
+                                     "gateway:\n  on_leak: block\n  max_chars: 200\n")
     return SimpleNamespace(root=root, master=master, pub=pub, tok=tok)
 
 
@@ -196,6 +197,17 @@ def test_block_policy_refuses_a_leaking_answer_with_451(world):
             rec = svc.audit.records(limit=1000)[-1]
             assert rec["status"] == 451 and rec["detail"]["gateway"]["blocked"] is True
             assert rec["detail"]["gateway"]["leaks"] == {"CN_MOBILE": 1}
+            model = svc.registry.get("lm").module
+            before = len(model.seen)
+            r = gen(s, "owner", "my id is 11010519491231002X")  # refused type: 422, the model never runs
+            assert r.status_code == 422 and "CN_RESIDENT_ID" in r.text and "11010519491231002X" not in r.text
+            assert svc.audit.records(limit=1000)[-1]["detail"]["gateway"]["refused"] == {"CN_RESIDENT_ID": 1}
+            r = gen(s, "owner", "x" * 201)  # over the policy's max_chars: 413
+            assert r.status_code == 413, r.text
+            r = client.post("/v1/models/lm/predict", json={"text": ["x" * 201]},
+                            headers={"Authorization": f"Bearer {toks['predictor']}"})
+            assert r.status_code == 413, r.text
+            assert len(model.seen) == before
             assert svc.audit.verify().ok
     finally:
         svc.close()
