@@ -239,7 +239,6 @@ class ModelIO:
 
     def generate(self, module: Any, text: str, *, max_new_tokens: int) -> dict[str, Any]:
         """Greedy decoding of ``text``'s continuation; bounded in tokens, time and length."""
-        import torch
 
         if self.tokenizer is None:
             raise _invalid("text: this model has no bundled tokenizer")
@@ -251,23 +250,48 @@ class ModelIO:
         if room < 1:
             raise _invalid(f"text: leaves no room to generate within {self.max_length} tokens")
         budget = min(max_new_tokens, room)
+        limit = "max_new_tokens" if budget == max_new_tokens else "length"
+        if self.hf and callable(getattr(module, "generate", None)):
+            new, stopped = self._hf_generate(module, ids, budget, limit)
+        else:
+            new, stopped = self._greedy(module, ids, budget, limit)
+        return {"text": self.tokenizer.decode(new, skip_special_tokens=True), "tokens": len(new),
+                "stopped": stopped}
+
+    def _hf_generate(self, module: Any, ids: Any, budget: int, limit: str) -> tuple[list[int], str]:
+        """transformers' own ``generate`` (its KV cache), greedy, with ``max_time``."""
+        import torch
+
+        t = time.monotonic()
+        with torch.inference_mode():
+            seq = module.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=budget,
+                                  min_new_tokens=0, do_sample=False, num_beams=1, max_time=self.max_generate_s,
+                                  eos_token_id=self.eos_id, pad_token_id=self.pad_id if self.eos_id is None
+                                  else self.eos_id)
+        new = seq[0, ids.shape[1]:].tolist()
+        if self.eos_id is not None and self.eos_id in new:
+            return new[:new.index(self.eos_id)], "eos"
+        if len(new) < budget and time.monotonic() - t >= self.max_generate_s:
+            return new, "time"
+        return new, limit
+
+    def _greedy(self, module: Any, ids: Any, budget: int, limit: str) -> tuple[list[int], str]:
+        """Greedy decoding by hand, for modules without ``generate`` (factory models)."""
+        import torch
+
         deadline = time.monotonic() + self.max_generate_s
         new: list[int] = []
-        stopped = "max_new_tokens" if budget == max_new_tokens else "length"
         with torch.inference_mode():
             for _ in range(budget):
                 y = module(input_ids=ids, attention_mask=torch.ones_like(ids)) if self.hf else module(ids)
                 nxt = int(getattr(y, "logits", y)[0, -1].argmax())
                 if self.eos_id is not None and nxt == self.eos_id:
-                    stopped = "eos"
-                    break
+                    return new, "eos"
                 new.append(nxt)
                 ids = torch.cat([ids, torch.tensor([[nxt]], dtype=ids.dtype)], dim=1)
-                if time.monotonic() > deadline:
-                    stopped = "time"
-                    break
-        return {"text": self.tokenizer.decode(new, skip_special_tokens=True), "tokens": len(new),
-                "stopped": stopped}
+                if time.monotonic() > deadline and len(new) < budget:
+                    return new, "time"
+        return new, limit
 
 
 def _pad(rows: list[list[int]], pad_id: int, torch: Any) -> TokenBatch:
