@@ -104,7 +104,7 @@ class RequestPath:
         enough for the model's measured budget, else on a worker thread. ``texts``: the privacy
         gateway's de-identification of a text batch (``Service.text_hook``)."""
         if len(ctx.body) <= m.loop_bytes:
-            x = m.validate(json_body(request, ctx))  # InvalidInput, an InputError: 422 via the error tree
+            x = m.validate(json_body(request, ctx), texts=texts)  # InvalidInput, an InputError: 422 via the error tree
             result = m.predict(x, wait=False)
             if result is None:  # a worker thread is running a large batch of this model
                 result = await run_in_threadpool(m.predict, x)
