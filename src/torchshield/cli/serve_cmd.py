@@ -57,6 +57,10 @@ def serve(
                                          help="Run a predict on the event loop when its model answers a body "
                                               "that size within this time (measured at start); 0: always "
                                               "on a worker thread."),
+    privacy_policy: Path | None = typer.Option(None, "--privacy-policy",
+                                               help="Privacy-gateway policy (data mask format + gateway section): "
+                                                    "de-identify text predict/generate inputs, scan answers for "
+                                                    "leaks; one policy for every text model."),
 ) -> None:
     """Serve BUNDLES over HTTP with API keys, RBAC, rate limits and a hash-chained audit log."""
     import uvicorn
@@ -69,7 +73,7 @@ def serve(
         raise InputError("--rate-limit-store must be memory or db")
     if (tls_cert is None) != (tls_key is None):
         raise InputError("--tls-cert and --tls-key go together")
-    for p in [*bundles, *trust, *(x for x in (tls_cert, tls_key) if x)]:
+    for p in [*bundles, *trust, *(x for x in (tls_cert, tls_key, privacy_policy) if x)]:
         if not p.is_file():
             raise InputError(f"{p}: no such file")
     from torchshield.serve.models import TrustPolicy
@@ -89,7 +93,12 @@ def serve(
     config = ServeConfig(db_url=db, bundles=tuple(str(b) for b in bundles),
                          key_file=str(key_file) if key_file else None, body_limit=body_limit, rate_per_s=rate,
                          burst=burst, rate_store=rate_store, output=output, loop_budget_ms=loop_budget_ms,
-                         trusted_signers=tuple(str(t) for t in trust), allow_unsigned=allow_unsigned)
+                         trusted_signers=tuple(str(t) for t in trust), allow_unsigned=allow_unsigned,
+                         privacy_policy=str(privacy_policy) if privacy_policy else None)
+    if privacy_policy:  # a malformed policy: exit 2 naming the field, before anything starts
+        from torchshield.gateway.policy import load_gateway_policy
+
+        load_gateway_policy(str(privacy_policy))
     tls = {"ssl_certfile": str(tls_cert), "ssl_keyfile": str(tls_key)} if tls_cert else {}
     master = resolve_master_key(key_file=key_file)  # fail fast, with clear errors, before any worker starts
     scheme = "https" if tls_cert else "http"

@@ -54,6 +54,15 @@ class ServeMetrics:
         self.predictions = Counter("torchshield_predictions", "Inputs answered, by model", ["model"], registry=reg)
         self.alerts = Counter("torchshield_extraction_alerts", "Extraction-monitor alerts, by kind", ["kind"],
                               registry=reg)
+        # The privacy gateway's counters (--privacy-policy): labelled by entity type and action only
+        # (both from fixed sets: the recognisers' types, the policy's operators), never by value.
+        self.gateway_counters = {
+            name: Counter(f"torchshield_gateway_{name}", help_, ["type", "action"], registry=reg)
+            for name, help_ in (("entities", "PII found in requests, by type and operator"),
+                                ("leaks", "PII in answers the caller did not send, by type and action"),
+                                ("reidentified", "Placeholders mapped back for callers allowed to see PII"),
+                                ("lookalikes", "Placeholder lookalikes typed by callers"),
+                                ("refusals", "Requests the gateway refused, by reason"))}
         self.latency = Histogram("torchshield_request_seconds", "Request latency", buckets=_BUCKETS, registry=reg)
 
     def observe_request(self, route: str, status: int, seconds: float) -> None:
@@ -64,6 +73,14 @@ class ServeMetrics:
 
     def predicted(self, model: str, n: int) -> None:
         self.predictions.labels(model).inc(n)
+
+    def gateway(self, name: str, labels: Any, amount: int = 1) -> None:
+        """The gateway's counter hook (``torchshield_gateway_<name>_total`` -> our counter)."""
+        short = name.removeprefix("torchshield_gateway_").removesuffix("_total")
+        counter = self.gateway_counters.get(short)
+        if counter is not None:
+            counter.labels(str(labels.get("type", "-"))[:40],
+                           str(labels.get("action") or labels.get("reason") or "-")[:40]).inc(amount)
 
     def alert(self, kind: str) -> None:
         self.alerts.labels(kind).inc()

@@ -35,6 +35,7 @@ from typing import Any
 
 from torchshield.errors import FormatError, InputError, SignatureError
 from torchshield.serve.access.keys import valid_model_name
+from torchshield.serve.inputs import InvalidInput
 
 __all__ = ["InputSpec", "InvalidInput", "ModelRegistry", "OutputPolicy", "ServedModel", "TrustPolicy",
            "load_bundle_model"]
@@ -88,10 +89,6 @@ class OutputPolicy:
         return {"mode": self.mode, "top_k": self.top_k, "decimals": self.decimals}
 
 
-class InvalidInput(InputError):
-    """A request's inputs do not match the model's input spec (HTTP 422)."""
-
-
 @dataclass
 class ServedModel:
     """One model ready to answer: the module, its input spec and output policy."""
@@ -108,17 +105,36 @@ class ServedModel:
     signer: str | None = None  # fingerprint of the signer whose signature was verified at load
     trusted: bool = False  # the signature was verified against a trusted key
     loop_bytes: int = 0  # request bodies up to this size may run on the event loop (calibrate_inline)
+    io: Any = None  # ModelIO (serve/inputs.py) for bundles with an architecture: text, token ids, images, generate
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
+    @property
+    def kind(self) -> str:
+        return self.io.kind if self.io is not None else "tensor"
+
+    @property
+    def causal(self) -> bool:
+        return self.io is not None and self.io.causal
+
     def describe(self) -> dict[str, Any]:
+        if self.io is not None:
+            return {"name": self.name, "input": self.io.describe(), "num_classes": self.num_classes,
+                    "classes": self.classes, "output": self.output.to_dict(), "max_batch": self.max_batch,
+                    "generate": self.io.generate_limits() if self.causal else None, "encrypted": self.encrypted,
+                    "signature": {"signer": self.signer, "trusted": self.trusted}}
         return {"name": self.name, "input": self.spec.to_dict(), "num_classes": self.num_classes,
                 "classes": self.classes, "output": self.output.to_dict(), "max_batch": self.max_batch,
                 "encrypted": self.encrypted, "signature": {"signer": self.signer, "trusted": self.trusted}}
 
-    def validate(self, payload: Any) -> Any:
-        """``payload`` (parsed JSON) -> a float32 tensor, or :class:`InvalidInput` naming the problem."""
+    def validate(self, payload: Any, *, texts: Any = None) -> Any:
+        """``payload`` (parsed JSON) -> a float32 tensor (or the model's batch type), or
+        :class:`InvalidInput` naming the problem. ``texts``: a hook applied to a text batch
+        before tokenisation (the privacy gateway's de-identification)."""
         import numpy as np
         import torch
+
+        if self.io is not None:
+            return self.io.validate(payload, max_batch=self.max_batch, texts=texts)
 
         if not isinstance(payload, dict) or set(payload) != {"inputs"}:
             raise InvalidInput('body must be a JSON object with exactly one field, "inputs"')
@@ -159,12 +175,14 @@ class ServedModel:
             return None
         try:
             with torch.inference_mode():
-                logits = self.module(x)
+                logits = self.io.forward(self.module, x) if self.io is not None else self.module(x)
         finally:
             self._lock.release()
         probs = torch.softmax(logits.float(), dim=-1)
         labels = probs.argmax(dim=-1).tolist()
         pol = self.output
+        if self.causal:  # a causal LM's predict: the most likely next token after each input
+            return {"outputs": labels, "predictions": labels, "labels": labels}
         if pol.mode == "label":  # class names when the bundle has them; "predictions" stays indices
             outputs: Any = [self.classes[i] for i in labels] if self.classes else labels
         elif pol.mode == "probabilities":
@@ -177,6 +195,13 @@ class ServedModel:
                                                                                  strict=True)]
         return {"outputs": outputs, "predictions": labels, "labels": labels}
 
+
+    def generate(self, text: str, *, max_new_tokens: int) -> dict[str, Any]:
+        """Greedy continuation of ``text`` within the bundle's limits (causal LMs only)."""
+        if not self.causal:
+            raise InvalidInput(f"model {self.name!r} is not a causal language model; use /predict")
+        with self._lock:
+            return self.io.generate(self.module, text, max_new_tokens=max_new_tokens)
 
     def calibrate_inline(self, budget_s: float = INLINE_BUDGET_S, repeats: int = 5) -> int:
         """Measure how large a request this model answers within ``budget_s`` (JSON parse,
@@ -192,7 +217,7 @@ class ServedModel:
         import time
 
         self.loop_bytes = 0
-        if budget_s <= 0:
+        if budget_s <= 0 or self.io is not None:  # text, images, generation: always a worker thread
             return 0
         lo = self.spec.min if self.spec.min is not None else 0
         value = int(lo) if float(lo).is_integer() else lo
@@ -276,6 +301,8 @@ def load_bundle_model(path: str | os.PathLike[str], *, master: Any = None,
     if not valid_model_name(name):
         raise FormatError(f"{p}: model name {name!r} is not servable",
                           hint="names use letters, digits, '.', '_' and '-'; set metadata name=")
+    if isinstance(manifest.get("architecture"), dict) or (manifest.get("privacy") or {}).get("model_fixes"):
+        return _load_described(p, info, name, meta, master=master, output=output, verify_with=verify_with)
     if "input" not in meta or "model" not in meta:
         raise FormatError(f"{p}: metadata lacks 'model' and 'input', so the service cannot rebuild it",
                           hint="bundles from `torchshield train` carry them; see docs/serving.md")
@@ -297,6 +324,36 @@ def load_bundle_model(path: str | os.PathLike[str], *, master: Any = None,
     return ServedModel(name=name, module=module, spec=spec, num_classes=num_classes, output=pol,
                        max_batch=max_batch, classes=classes, source=str(p), encrypted=encrypted,
                        signer=info.signer if verify_with is not None else None, trusted=verify_with is not None)
+
+
+def _load_described(p: Path, info: Any, name: str, meta: dict[str, Any], *, master: Any,
+                    output: OutputPolicy | None, verify_with: Any) -> ServedModel:
+    """A bundle that records its architecture (manifest v2: Hugging Face, factory, zoo, or a
+    ``train`` bundle): rebuilt by :func:`torchshield.model.loading.open_model`, recorded fixes
+    (DP's BatchNorm -> GroupNorm) and tied tensors applied; inputs per its preprocessing."""
+    from torchshield.model.loading import open_model
+    from torchshield.serve.inputs import model_io  # noqa: I001 - the heavy part, loaded on use
+
+    encrypted = bool(info.encrypted)
+    try:
+        loaded = open_model(p, key=master if encrypted else None, verify_with=verify_with)
+    except FormatError as exc:
+        raise FormatError(f"{p}: cannot be served: {exc}", hint=getattr(exc, "hint", None)) from None
+    io = model_io(loaded.preprocessing, loaded.files, meta.get("serve") or {}, str(p))
+    out = loaded.preprocessing.get("output") or {}
+    labels = out.get("labels") or meta.get("classes")
+    classes = [str(c) for c in labels] if isinstance(labels, list) else None
+    num_classes = int(out.get("num_classes") or out.get("vocab_size") or meta.get("num_classes")
+                      or (len(classes) if classes else 0))
+    if num_classes < 1:
+        raise FormatError(f"{p}: the bundle records no class count or vocabulary for its output",
+                          hint="protect it with --input-shape so that protect records the class count")
+    pol, max_batch = _serve_options(meta, str(p), output)
+    spec = InputSpec(tuple(io.shape or (1,)), "int64" if io.kind == "tokens" else "float32", io.min, io.max)
+    return ServedModel(name=name, module=loaded.module, spec=spec, num_classes=num_classes, output=pol,
+                       max_batch=max_batch, classes=classes, source=str(p), encrypted=encrypted,
+                       signer=info.signer if verify_with is not None else None, trusted=verify_with is not None,
+                       io=io)
 
 
 class ModelRegistry:

@@ -32,11 +32,11 @@ GLOBAL = "*"
 
 # role -> the (object, action) pairs it holds within its scope
 ROLE_PERMISSIONS: dict[str, tuple[tuple[str, str], ...]] = {
-    "admin": (("model", "read"), ("model", "predict"), ("keys", "manage"), ("audit", "read"),
-              ("metrics", "read")),
+    "admin": (("model", "read"), ("model", "predict"), ("pii", "reidentify"), ("keys", "manage"),
+              ("audit", "read"), ("metrics", "read")),
     "auditor": (("audit", "read"),),
     "monitor": (("metrics", "read"),),
-    "owner": (("model", "read"), ("model", "predict"), ("keys", "manage")),
+    "owner": (("model", "read"), ("model", "predict"), ("pii", "reidentify"), ("keys", "manage")),
     "predictor": (("model", "read"), ("model", "predict")),
 }
 
@@ -50,7 +50,9 @@ CREATES: dict[str, frozenset[str]] = {
 }
 
 # The actions a request can ask for, as "object.action"; the key actions all follow CREATES.
-ACTIONS = ("model.read", "model.predict", "keys.create", "keys.list", "keys.revoke", "audit.read", "metrics.read")
+# pii.reidentify: with --privacy-policy, a text answer comes back with the caller's own PII in place
+# of the gateway's placeholders (otherwise the placeholder text); per model, within the scope.
+ACTIONS = ("model.read", "model.predict", "pii.reidentify", "keys.create", "keys.list", "keys.revoke", "audit.read", "metrics.read")
 # Objects that are not one model's: reached only with the global scope.
 SERVICE_WIDE = frozenset({"audit", "metrics"})
 
@@ -117,11 +119,11 @@ def may_manage(role: str, scope: Scope, target_role: str, target_scope: Scope) -
 
 def markdown_table() -> str:
     """The table as Markdown, for docs/serving.md (a test checks the page holds it verbatim)."""
-    head = ["role", *ACTIONS[:2], "audit.read", "metrics.read", "creates keys of role"]
+    head = ["role", *ACTIONS[:3], "audit.read", "metrics.read", "creates keys of role"]
     rows = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
     for role in role_names():
         perms = ROLE_PERMISSIONS[role]
-        cells = ["in scope" if ("model", a.split(".")[1]) in perms else "-" for a in ACTIONS[:2]]
+        cells = ["in scope" if tuple(a.split(".")) in perms else "-" for a in ACTIONS[:3]]
         cells += ["scope `*` only" if (o, "read") in perms else "-" for o in ("audit", "metrics")]
         cells.append(", ".join(sorted(CREATES[role])) + " (within its scope)" if CREATES[role] else "-")
         rows.append("| " + " | ".join([f"`{role}`", *cells]) + " |")

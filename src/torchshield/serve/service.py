@@ -9,11 +9,12 @@ translates its answers to status codes; tests and other front ends can use it di
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import queue
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -54,6 +55,9 @@ class ServeConfig:
     loop_budget_ms: float = 0.5
     output: str | None = None  # force one output mode for every model
     monitor: dict[str, Any] = field(default_factory=dict)
+    # A privacy-gateway policy file (the data mask format plus its gateway section), applied to
+    # every text model's predict and generate (one policy for the whole service).
+    privacy_policy: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         from dataclasses import asdict
@@ -100,7 +104,44 @@ class Service:
         self._monitor_thread = threading.Thread(target=self._monitor_loop, name="torchshield-monitor", daemon=True)
         self._monitor_thread.start()
         self.limiter = DbRateLimiter(db) if config.rate_store == "db" else MemoryRateLimiter()
+        self.gateway = self._gateway(config, master)
         self.started = time.time()
+
+    def _gateway(self, config: ServeConfig, master: Any) -> Any:
+        if not config.privacy_policy:
+            return None
+        from torchshield.gateway import Gateway
+
+        return Gateway(config.privacy_policy, master_key=master, counter=self.metrics.gateway)
+
+    def may_see_pii(self, key: ApiKey, model: str) -> bool:
+        """Whether answers to ``key`` carry its PII back (the ``pii.reidentify`` row of serve.policy)."""
+        return may(key.role, Scope.of(key.models), "pii.reidentify", model)
+
+    @contextlib.contextmanager
+    def gateway_request(self, ctx: Any, key: ApiKey, model: str) -> Iterator[Any]:
+        """One gateway request for a text request of ``key`` on ``model``: its audit dict (types
+        and counts, never values) goes into the request's audit record, refused or not."""
+        import uuid
+
+        req = self.gateway.request(request_id=uuid.uuid4().hex, caller=key.key_id,
+                                   reidentify=self.may_see_pii(key, model))
+        try:
+            with req:
+                yield req
+        finally:
+            ctx.detail = {**ctx.detail, "gateway": req.audit.to_dict()}
+
+    def text_hook(self, ctx: Any, key: ApiKey | None, model: str) -> Any:
+        """For predict on a text model: de-identify the batch before it is tokenised."""
+        if self.gateway is None or key is None:
+            return None
+
+        def deidentify(texts: list[str]) -> list[str]:
+            with self.gateway_request(ctx, key, model) as req:
+                return req.deidentify_batch(texts)
+
+        return deidentify
 
     @classmethod
     def start(cls, config: ServeConfig, *, master: Any = None, registry: Any = None) -> Service:

@@ -105,3 +105,19 @@ def test_serve_refuses_mismatched_tls_and_missing_bundles(tmp_path, key_file):
     assert run(["serve", str(tmp_path / "none.tsb"), "--key-file", str(key_file)]) == 2
     assert run(["serve", str(key_file), "--tls-cert", str(key_file)]) == 2
     assert run(["serve", str(key_file), "--key-file", str(key_file), "--loop-budget-ms", "-1"]) == 2
+
+
+def test_serve_refuses_a_missing_or_malformed_privacy_policy(tmp_path, key_file, capsys):
+    from serve_harness import make_bundle, make_signer
+
+    bundle = make_bundle(tmp_path / "digits.tsb")
+    pub = make_signer(tmp_path)[1]
+    base = ["serve", str(bundle), "--key-file", str(key_file), "--trust", str(pub), "--db",
+            f"sqlite:///{tmp_path / 's.db'}"]
+    assert run([*base, "--privacy-policy", str(tmp_path / "none.yaml")]) == 2
+    assert "none.yaml" in capsys.readouterr().err
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("version: 1\ngateway:\n  on_leak: shout\n")
+    assert run([*base, "--privacy-policy", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert "on_leak" in err and "Traceback" not in err

@@ -62,7 +62,7 @@ def key_for(svc, role, scope):
 
 
 REQUESTS = st.one_of(
-    st.tuples(st.sampled_from(["model.read", "model.predict"]), st.sampled_from(MODELS)),
+    st.tuples(st.sampled_from(["model.read", "model.predict", "pii.reidentify"]), st.sampled_from(MODELS)),
     st.tuples(st.sampled_from(["audit.read", "metrics.read"]), st.just(GLOBAL)),
 )
 
@@ -77,6 +77,19 @@ def test_service_checks_equal_the_table(svc, principal, request):
     assert d.allowed == ((domain, obj, act) in reach(role, scope)), (principal, request, d)
     if not d.allowed:
         assert d.status == 403
+    if action == "pii.reidentify":  # what the privacy gateway asks: the same table, the same answer
+        key = svc.keys.authenticate(key_for(svc, role, scope).token)
+        assert svc.may_see_pii(key, domain) == ((domain, obj, act) in reach(role, scope))
+
+
+def test_who_sees_pii_owner_and_admin_in_scope_never_a_predictor(svc):
+    from torchshield.serve.policy import Scope, may
+
+    assert may("owner", Scope.of(["iris"]), "pii.reidentify", "iris")
+    assert not may("owner", Scope.of(["iris"]), "pii.reidentify", "digits")
+    assert may("admin", Scope.of([GLOBAL]), "pii.reidentify", "digits")
+    for role in ("predictor", "auditor", "monitor"):
+        assert not may(role, Scope.of([GLOBAL]), "pii.reidentify", "digits")
 
 
 @settings(max_examples=200, derandomize=True, deadline=None, suppress_health_check=list(HealthCheck))

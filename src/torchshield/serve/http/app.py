@@ -51,7 +51,11 @@ _CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_f
 def status_for(exc: ShieldError) -> int:
     """The HTTP status of an error of the tree (see :mod:`torchshield.errors`), the same classes
     the CLI maps to exit codes: policy refusals 403, bad input 422; a failed check or anything
-    else torchshield raised on purpose inside a request is the service's fault, 500."""
+    else torchshield raised on purpose inside a request is the service's fault, 500. An error that
+    names its own ``http_status`` (the privacy gateway's: 400, 413, 422, 451) gets that one."""
+    own = getattr(type(exc), "http_status", None)
+    if isinstance(own, int) and 400 <= own < 500:
+        return own
     if isinstance(exc, (AccessDenied, PolicyError)):
         return 403
     if isinstance(exc, (InputError, WrongKeyError)):

@@ -98,18 +98,20 @@ class RequestPath:
         return Decision(200, "allowed", key)
 
     # ---- the model ---------------------------------------------------------------------
-    async def run_model(self, request: Request, ctx: AuditContext, m: Any) -> tuple[Any, dict[str, Any]]:
+    async def run_model(self, request: Request, ctx: AuditContext, m: Any, texts: Any = None
+                        ) -> tuple[Any, dict[str, Any]]:
         """Parse and validate the inputs and run the model: on the loop when the body is small
-        enough for the model's measured budget, else on a worker thread."""
+        enough for the model's measured budget, else on a worker thread. ``texts``: the privacy
+        gateway's de-identification of a text batch (``Service.text_hook``)."""
         if len(ctx.body) <= m.loop_bytes:
-            x = m.validate(json_body(request, ctx))  # InvalidInput, an InputError: 422 via the error tree
+            x = m.validate(json_body(request, ctx), texts=texts)  # InvalidInput, an InputError: 422 via the error tree
             result = m.predict(x, wait=False)
             if result is None:  # a worker thread is running a large batch of this model
                 result = await run_in_threadpool(m.predict, x)
             return x, result
 
         def work() -> tuple[Any, dict[str, Any]]:
-            x = m.validate(json_body(request, ctx))
+            x = m.validate(json_body(request, ctx), texts=texts)
             return x, m.predict(x)
 
         return await run_in_threadpool(work)
@@ -121,8 +123,8 @@ class RequestPath:
                              m is not None)
         if m is None:
             raise ApiError(404, "no such model")
-        x, result = await self.run_model(request, ctx, m)
-        ctx.detail = {"inputs": len(x)}
+        x, result = await self.run_model(request, ctx, m, self.service.text_hook(ctx, d.key, name))
+        ctx.detail = {**ctx.detail, "inputs": len(x)}
         return d, x, result
 
     # ---- the audit record ----------------------------------------------------------------
@@ -187,9 +189,9 @@ class ThreadPath(RequestPath):
             d = conclude(ctx, self._decide(request, ctx, "model", "predict", name, m is not None))
             if m is None:
                 raise ApiError(404, "no such model")
-            x = m.validate(json_body(request, ctx))
+            x = m.validate(json_body(request, ctx), texts=self.service.text_hook(ctx, d.key, name))
             result = m.predict(x)
-            ctx.detail = {"inputs": len(x)}
+            ctx.detail = {**ctx.detail, "inputs": len(x)}
             self.commit_now(ctx, 200)
             return d, x, result
 

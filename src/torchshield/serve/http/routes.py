@@ -13,7 +13,7 @@ from starlette.concurrency import run_in_threadpool
 from torchshield.errors import AccessDenied
 from torchshield.serve.http.context import AuditContext
 from torchshield.serve.http.paths import ApiError, RequestPath, json_body
-from torchshield.serve.http.schemas import MAX_SEQ, CreateKeyBody, first_problem, valid_since
+from torchshield.serve.http.schemas import MAX_SEQ, CreateKeyBody, GenerateBody, first_problem, valid_since
 from torchshield.serve.rbac import GLOBAL
 from torchshield.serve.service import Service
 
@@ -89,6 +89,33 @@ async def predict(name: str, request: Request, service: Svc, path: Path, ctx: Ct
         service.observe_later(d.key, x.numpy(), result["labels"])
     service.metrics.predicted(name, len(x))
     return JSONResponse({"model": name, "outputs": result["outputs"], "predictions": result["predictions"]})
+
+
+@router.post("/v1/models/{name}/generate", tags=["models"])
+async def generate(name: str, request: Request, service: Svc, path: Path, ctx: Ctx) -> JSONResponse:
+    """Causal LMs: `{"text": "...", "max_new_tokens": 32}` -> `{"text": continuation, "tokens", "stopped"}`
+    (greedy; bounded by the model's max_new_tokens, wall time and positions)."""
+    m = service.registry.get(name)
+    d = await path.check(request, ctx, "generate", "/v1/models/{name}/generate", "model", "predict", name,
+                         m is not None)
+    if m is None:
+        raise ApiError(404, "no such model")
+    if not m.causal:
+        raise ApiError(404, f"model {name} does not generate (not a causal language model); use /predict")
+    body = _parse(request, ctx, GenerateBody)
+
+    def work() -> dict[str, Any]:
+        if service.gateway is None:
+            return m.generate(body.text, max_new_tokens=body.max_new_tokens)
+        with service.gateway_request(ctx, d.key, name) as req:
+            out = m.generate(req.deidentify(body.text), max_new_tokens=body.max_new_tokens)
+            out["text"] = req.finish(out["text"])
+            return out
+
+    out = await run_in_threadpool(work)
+    ctx.detail = {**ctx.detail, "tokens": out["tokens"], "stopped": out["stopped"]}
+    service.metrics.predicted(name, 1)
+    return JSONResponse({"model": name, **out})
 
 
 # ---- keys: whoever the policy table lets manage keys (serve/policy.py) ------------------------

@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from torchshield.serve.access.keys import MAX_BURST, MAX_RATE, parse_duration, valid_model_name
 from torchshield.serve.policy import GLOBAL, role_names
 
-__all__ = ["CreateKeyBody", "MAX_SEQ", "first_problem", "valid_since"]
+__all__ = ["CreateKeyBody", "GenerateBody", "MAX_SEQ", "first_problem", "valid_since"]
 
 MAX_SEQ = (1 << 63) - 1  # a BIGINT: the largest sequence number the audit log can hold
 
@@ -61,6 +61,15 @@ class CreateKeyBody(BaseModel):
     @property
     def expires_in(self) -> float | None:
         return parse_duration(self.expires) if self.expires else None
+
+
+class GenerateBody(BaseModel):
+    """``POST /v1/models/{name}/generate``: one prompt; the model's own caps apply on top."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    text: Annotated[str, Field(min_length=1, max_length=16384)]
+    max_new_tokens: Annotated[int, Field(ge=1, le=1024)] = 32
 
 
 def valid_since(value: str | None) -> str | None:
