@@ -248,9 +248,9 @@ def prepare(workdir: Path, hidden: tuple[int, ...] = (64,)) -> str:
     import torchshield
     from torchshield.crypto.keys import write_key_file
     from torchshield.crypto.signing import generate_signing_key
+    from torchshield.nn.zoo import build_model
     from torchshield.serve.access.keys import KeyStore
     from torchshield.serve.db import open_database
-    from torchshield.nn.zoo import build_model
 
     master = write_key_file(workdir / "shield.key")
     torch.manual_seed(0)

@@ -41,8 +41,7 @@ def test_failed_audit_write_withholds_the_answer(tmp_path):
 
 
 def test_a_status_changed_after_an_early_commit_is_amended(tmp_path):
-    from torchshield.serve.http import create_app
-    from torchshield.serve.http import audit_context
+    from torchshield.serve.http import audit_context, create_app
 
     svc, token = _service(tmp_path)
     app = create_app(svc)

@@ -7,7 +7,6 @@ import json
 
 import httpx
 import pytest
-
 from serve_harness import make_service, running
 
 ROLES = ["admin", "owner", "predictor", "auditor", "monitor"]

@@ -9,7 +9,6 @@ import json
 
 import httpx
 import pytest
-
 from serve_harness import make_service, running
 
 X = [[1.0] * 8]

@@ -5,7 +5,6 @@ path), while its requests keep being answered."""
 from __future__ import annotations
 
 import httpx
-
 from serve_harness import make_service, running
 
 

@@ -4,7 +4,6 @@ from what a real service reports over HTTP (issue 17, finding 7)."""
 from __future__ import annotations
 
 import pytest
-
 from serve_harness import make_bundle, make_service, running
 
 

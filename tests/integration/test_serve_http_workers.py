@@ -15,7 +15,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-
 from serve_harness import free_port, make_bundle
 
 CLI = [str(Path(sys.executable).parent / "torchshield")]

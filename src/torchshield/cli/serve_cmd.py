@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import logging
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-
-import logging
 
 import typer
 
@@ -66,7 +65,7 @@ def serve(
     import uvicorn
 
     from torchshield.crypto.keys import resolve_master_key
-    from torchshield.serve.http.worker import CONFIG_ENV
+    from torchshield.serve.http.worker import CONFIG_ENV, WORKER_KEY_ENV, worker_key_env
     from torchshield.serve.service import ServeConfig, Service
 
     if rate_store not in ("memory", "db"):

@@ -289,8 +289,8 @@ def load_bundle_model(path: str | os.PathLike[str], *, master: Any = None,
     checking its signature against ``trust`` (default: no trusted signer, nothing unsigned: every
     bundle is refused)."""
     import torchshield
-    from torchshield.train.bundle_meta import flat_model_metadata
     from torchshield.nn.zoo import build_model
+    from torchshield.train.bundle_meta import flat_model_metadata
 
     p = Path(path)
     info = torchshield.inspect(p)

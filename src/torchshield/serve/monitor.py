@@ -138,9 +138,8 @@ class ExtractionMonitor:
         ratio = sum(st.dups) / len(st.dups)
         if ratio > cfg.dup_ratio:
             out += self._raise(key_id, st, "near_duplicates", {"ratio": round(ratio, 3)})
-        from scipy.stats import shapiro
-
         import numpy as np
+        from scipy.stats import shapiro
 
         d = np.asarray(st.distances)
         if float(d.std()) > 0:

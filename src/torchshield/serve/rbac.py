@@ -79,9 +79,8 @@ class Authorizer:
 
     def seed_defaults(self) -> None:
         """Insert the default role permissions once; existing (possibly edited) rules are kept."""
-        from casbin_sqlalchemy_adapter.adapter import CasbinRule
-
         import sqlalchemy as sa
+        from casbin_sqlalchemy_adapter.adapter import CasbinRule
 
         with self._db.writing() as conn:
             have = conn.execute(sa.select(sa.func.count()).select_from(CasbinRule.__table__)

@@ -148,7 +148,6 @@ class Service:
         """Open the database (failing loudly if it is down or read-only) and load every bundle."""
         from torchshield.crypto.keys import resolve_master_key
         from torchshield.serve.db import open_database
-        from torchshield.serve.models import ModelRegistry, OutputPolicy
 
         master = master or resolve_master_key(key_file=config.key_file)
         if registry is None:

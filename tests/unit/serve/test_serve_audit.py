@@ -52,7 +52,7 @@ def test_inserted_record_is_detected(db, log, master_key):
     rows = list(log.iter_rows())
     _exec(db, sa.update(t).where(t.c.seq > 5).values(seq=t.c.seq + 1000))  # make room without the key
     forger = AuditLog(db, generate_master_key())
-    body = '{"action":"predict","seq":6,"ts":"%s"}' % rows[5].ts
+    body = f'{{"action":"predict","seq":6,"ts":"{rows[5].ts}"}}'
     _exec(db, sa.insert(t).values(seq=6, ts=rows[5].ts, body=body, prev_mac=rows[4].mac,
                                   mac=forger._mac(rows[4].mac, body)))
     report = log.verify()

@@ -3,12 +3,12 @@ metadata spec before the model runs, outputs hardened per policy."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
 from torchshield.errors import FormatError, KeyMaterialError
-from pathlib import Path
-
 from torchshield.serve.models import InvalidInput, OutputPolicy, TrustPolicy, load_bundle_model
 
 

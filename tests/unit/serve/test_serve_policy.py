@@ -42,8 +42,9 @@ def table_may_create(role, scope, new_role, new_scope) -> bool:
 
 @pytest.fixture(scope="module")
 def svc(tmp_path_factory):
-    from torchshield.crypto.keys import generate_master_key
     from serve_harness import make_service
+
+    from torchshield.crypto.keys import generate_master_key
 
     service = make_service(tmp_path_factory.mktemp("policy"), generate_master_key(), models=tuple(MODELS),
                            rate_per_s=1e6, burst=10**6)

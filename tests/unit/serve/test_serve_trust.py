@@ -8,8 +8,8 @@ import logging
 import shutil
 
 import pytest
-
 from serve_harness import make_bundle, make_service, make_signer
+
 from torchshield.errors import SignatureError
 from torchshield.serve.models import TrustPolicy, load_bundle_model
 
