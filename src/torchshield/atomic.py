@@ -13,7 +13,7 @@ from typing import BinaryIO
 
 from torchshield.errors import InputError
 
-__all__ = ["atomic_output", "atomic_write_bytes", "commit", "fsync_dir"]
+__all__ = ["atomic_output", "atomic_write_bytes", "check_target", "commit", "fsync_dir"]
 
 
 @contextlib.contextmanager
@@ -23,14 +23,7 @@ def atomic_output(path: str | os.PathLike[str], *, mode: int = 0o644,
 
     With ``overwrite=False`` an existing ``path`` is refused (checked again at the final link,
     so two writers cannot both win)."""
-    target = Path(path)
-    if target.is_dir():
-        raise InputError(f"output {target} is a directory", hint="give a file path")
-    if not overwrite and target.exists():
-        raise InputError(f"{target} already exists", hint="choose another path or remove it first")
-    parent = target.parent if str(target.parent) else Path(".")
-    if not parent.is_dir():
-        raise InputError(f"output folder {parent} does not exist", hint="create it first")
+    target, parent = check_target(path, overwrite=overwrite)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=parent)
     try:
         os.fchmod(fd, mode)
@@ -43,6 +36,21 @@ def atomic_output(path: str | os.PathLike[str], *, mode: int = 0o644,
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def check_target(path: str | os.PathLike[str], *, overwrite: bool,
+                 hint: str = "choose another path or remove it first") -> tuple[Path, Path]:
+    """The output path and its folder, refused (InputError) before any byte is written when the path
+    is a directory, exists without ``overwrite``, or lies in a folder that does not exist."""
+    target = Path(path)
+    if target.is_dir():
+        raise InputError(f"output {target} is a directory", hint="give a file path")
+    if not overwrite and target.exists():
+        raise InputError(f"{target} already exists", hint=hint)
+    parent = target.parent if str(target.parent) else Path(".")
+    if not parent.is_dir():
+        raise InputError(f"output folder {parent} does not exist", hint="create it first")
+    return target, parent
 
 
 def commit(tmp: str | os.PathLike[str], target: Path, *, overwrite: bool,

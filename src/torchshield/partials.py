@@ -37,7 +37,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
-from torchshield.atomic import commit
+from torchshield.atomic import check_target, commit
 from torchshield.errors import InputError
 
 __all__ = ["PARTIAL_PREFIX", "PARTIAL_SUFFIX", "is_partial_name", "partial_output", "sweep_partials"]
@@ -96,14 +96,7 @@ def partial_output(path: str | os.PathLike[str], *, overwrite: bool = False) -> 
     ``flock``-ed by this process until it is renamed or removed, so that ``sweep_partials`` can tell
     a live writer's file from a killed one's. With ``overwrite=False`` an existing ``path`` is
     refused, checked again at the final link so that two writers cannot both win."""
-    target = Path(path)
-    if target.is_dir():
-        raise InputError(f"output {target} is a directory", hint="give a file path")
-    if not overwrite and target.exists():
-        raise InputError(f"{target} already exists", hint="choose another path or pass --force")
-    parent = target.parent if str(target.parent) else Path(".")
-    if not parent.is_dir():
-        raise InputError(f"output folder {parent} does not exist", hint="create it first")
+    target, parent = check_target(path, overwrite=overwrite, hint="choose another path or pass --force")
     fd, tmp = _create_locked(parent, target.name)
     try:
         # A second descriptor for the writing: the lock belongs to the open file description

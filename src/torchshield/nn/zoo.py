@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import math
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -18,7 +19,7 @@ from torch import nn
 
 from torchshield.errors import InputError
 
-__all__ = ["build_model", "cnn", "mlp"]
+__all__ = ["build_model", "call_factory", "cnn", "mlp", "parse_target"]
 
 _ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "gelu": nn.GELU, "elu": nn.ELU}
 
@@ -84,7 +85,7 @@ def build_model(spec: dict[str, Any], *, in_features: int | None = None, in_shap
             raise InputError("model cnn needs in_shape")
         return cnn(in_shape, num_classes, **_known(cnn, spec, kind))
     if ":" in kind:
-        return _from_factory(kind, spec, in_features=in_features, in_shape=in_shape, num_classes=num_classes)
+        return call_factory(kind, spec, in_features=in_features, in_shape=in_shape, num_classes=num_classes)
     raise InputError(f"model.type: unknown model type {kind!r}",
                      hint="use mlp, cnn, or 'package.module:factory'")
 
@@ -97,17 +98,30 @@ def _known(fn: Any, spec: dict[str, Any], kind: str) -> dict[str, Any]:
     return spec
 
 
-def _from_factory(target: str, spec: dict[str, Any], **shape: Any) -> nn.Module:
-    module_name, _, attr = target.partition(":")
+_TARGET = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*:[A-Za-z_][\w]*$")
+
+
+def parse_target(target: str) -> tuple[str, str]:
+    if not _TARGET.match(target or ""):
+        raise InputError(f"factory {target!r} is not 'package.module:function'",
+                         hint="e.g. --factory mypkg.models:resnet_small")
+    module, _, attr = target.partition(":")
+    return module, attr
+
+
+def call_factory(target: str, kwargs: dict[str, Any], **shape: Any) -> nn.Module:
+    """Import ``target`` and call it with ``kwargs`` plus the shape arguments it accepts (the one
+    factory caller: training configs here, bundles through ``model.sources.factory``)."""
+    module_name, attr = parse_target(target)
     try:
         factory = getattr(importlib.import_module(module_name), attr)
     except (ImportError, AttributeError) as exc:
-        raise InputError(f"model.type: cannot import {target!r} ({exc})",
+        raise InputError(f"model.type: cannot import factory {target!r} ({exc})",
                          hint="give an importable 'package.module:function' on PYTHONPATH") from None
     params = inspect.signature(factory).parameters
     takes_kwargs = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
-    kwargs = {k: v for k, v in shape.items() if v is not None and (takes_kwargs or k in params)}
-    model = factory(**kwargs, **spec)
+    extra = {k: v for k, v in shape.items() if v is not None and (takes_kwargs or k in params) and k not in kwargs}
+    model = factory(**extra, **kwargs)
     if not isinstance(model, nn.Module):
         raise InputError(f"model.type: {target} returned {type(model).__name__}, not a torch.nn.Module")
     return model

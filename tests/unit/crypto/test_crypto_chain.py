@@ -18,9 +18,9 @@ def _rows(chain, n=5):
 
 
 def test_macs_match_an_independent_reference(master_key):
-    chain = KeyedChain(master_key, "test/chain")
+    chain = KeyedChain(master_key, "serve/audit-chain")
     key = HKDF(algorithm=hashes.SHA256(), length=32, salt=None,
-               info=b"torchshield/derive/v1/test/chain").derive(master_key.secret)
+               info=b"torchshield/derive/v1/serve/audit-chain").derive(master_key.secret)
     rows, head = _rows(chain)
     prev = GENESIS
     for r in rows:
@@ -37,9 +37,9 @@ def test_purposes_have_separate_keys(master_key):
 def test_forger_without_the_key_is_caught(master_key):
     from torchshield.crypto.keys import generate_master_key
 
-    chain = KeyedChain(master_key, "test/chain")
+    chain = KeyedChain(master_key, "serve/audit-chain")
     rows, head = _rows(chain)
-    forged, fhead = _rows(KeyedChain(generate_master_key(), "test/chain"))
+    forged, fhead = _rows(KeyedChain(generate_master_key(), "serve/audit-chain"))
     rep = chain.verify(forged, fhead)
     assert not rep.ok and rep.first_bad == 1
 
@@ -53,7 +53,7 @@ def test_forger_without_the_key_is_caught(master_key):
     (lambda rows, head: ([type(rows[0])(0, rows[0].body, GENESIS, rows[0].mac), *rows], head), 0, "outside"),
 ])
 def test_each_tampering_is_named(master_key, mutate, first_bad, words):
-    chain = KeyedChain(master_key, "test/chain")
+    chain = KeyedChain(master_key, "serve/audit-chain")
     rows, head = _rows(chain)
     rep = chain.verify(*mutate(rows, head))
     assert not rep.ok and rep.first_bad == first_bad and words in rep.reason, rep
