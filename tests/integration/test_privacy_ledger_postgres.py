@@ -59,8 +59,10 @@ REGISTER = textwrap.dedent("""
 """)
 
 
-def test_processes_registering_the_same_new_data_sets_at_once_all_succeed(pg_db):
+def test_processes_registering_the_same_new_data_sets_at_once_all_succeed(pg_db, key_file, monkeypatch):
     from torchshield.privacy.ledger import Ledger
+
+    monkeypatch.setenv("TORCHSHIELD_KEY_FILE", str(key_file))  # the ledger's chain is keyed (children inherit it)
 
     Ledger(pg_db).close()  # tables created once, before the race
     procs = [subprocess.Popen([sys.executable, "-c", REGISTER, pg_db], stdout=subprocess.PIPE,

@@ -45,6 +45,9 @@ def query(data: Path = typer.Argument(..., help="CSV or Parquet file."),
           budget_epsilon: float = typer.Option(None, "--budget-epsilon", help="Lifetime budget (first query)."),
           budget_delta: float = typer.Option(0.0, "--budget-delta", help="Lifetime delta budget (first query)."),
           actor: str = typer.Option(None, "--actor", help="Who asks (default: the login name)."),
+          key_file: Path = typer.Option(None, "--key-file", "-k",
+                                        help="Master key: the ledger's history is chained under it "
+                                             "(default $TORCHSHIELD_KEY_FILE / $TORCHSHIELD_KEY)."),
           as_json: bool = JSON_OPTION) -> None:
     """Answer a DP count/sum/mean/histogram/quantile; refused with exit 3 when the budget would be overspent."""
     from torchshield.errors import InputError
@@ -55,7 +58,11 @@ def query(data: Path = typer.Argument(..., help="CSV or Parquet file."),
     if kind != "count" and not column:
         raise InputError(f"a {kind} query needs a COLUMN")
     budget = (budget_epsilon, budget_delta) if budget_epsilon is not None else None
-    ds = Dataset(data, ledger=ledger, bounds=_bounds(bounds), budget=budget, actor=actor, name=data.name)
+    from torchshield.crypto.keys import resolve_master_key
+    from torchshield.privacy.ledger import Ledger
+
+    book = Ledger(ledger, key=resolve_master_key(key_file=key_file))  # the key, resolved once here
+    ds = Dataset(data, ledger=book, bounds=_bounds(bounds), budget=budget, actor=actor, name=data.name)
     if kind == "count":
         answer: Any = ds.count(epsilon=epsilon, delta=delta, mechanism=mechanism)
     elif kind in ("sum", "mean"):

@@ -18,6 +18,8 @@ app.add_typer(ledger_app, name="ledger")
 
 LEDGER_OPTION = typer.Option(None, "--ledger", help="Ledger database URL (default: $TORCHSHIELD_LEDGER or "
                                                    "~/.torchshield/privacy-ledger.db).")
+LEDGER_KEY_OPTION = typer.Option(None, "--key-file", "-k", help="Master key the ledger's history is chained "
+                                                                "under (default $TORCHSHIELD_KEY_FILE / $TORCHSHIELD_KEY).")
 
 
 @app.command("audit")
@@ -102,11 +104,12 @@ def _torch_mask(trained: Any) -> Any:
 
 @ledger_app.command("show")
 def ledger_show(dataset: str = typer.Argument(None, help="Data file (CSV/Parquet) or data set id; all if omitted."),
-                ledger: str = LEDGER_OPTION, as_json: bool = JSON_OPTION) -> None:
+                ledger: str = LEDGER_OPTION, key_file: Path = LEDGER_KEY_OPTION,
+                as_json: bool = JSON_OPTION) -> None:
     """Budgets, spend, and every charge: who, when, what, how much."""
     from torchshield.privacy.ledger import Ledger
 
-    book = Ledger(ledger)
+    book = Ledger(ledger, key=resolve_master_key(key_file=key_file))
     ids = [(_dataset_id(dataset, book), "")] if dataset else book.dataset_ids()
     doc = []
     for dataset_id, name in ids:
@@ -136,11 +139,12 @@ def ledger_show(dataset: str = typer.Argument(None, help="Data file (CSV/Parquet
 
 
 @ledger_app.command("verify")
-def ledger_verify(ledger: str = LEDGER_OPTION, as_json: bool = JSON_OPTION) -> None:
+def ledger_verify(ledger: str = LEDGER_OPTION, key_file: Path = LEDGER_KEY_OPTION,
+                  as_json: bool = JSON_OPTION) -> None:
     """Check every data set's hash chain; exit 1 if history was edited or removed."""
     from torchshield.privacy.ledger import Ledger
 
-    book = Ledger(ledger)
+    book = Ledger(ledger, key=resolve_master_key(key_file=key_file))
     problems = {d: book.verify(d) for d, _ in book.dataset_ids()}
     bad = {d: p for d, p in problems.items() if p}
     emit({"ok": not bad, "datasets": len(problems), "problems": bad},

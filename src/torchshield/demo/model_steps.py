@@ -215,6 +215,7 @@ def protect(state: DemoState) -> str:
     """Re-save the shipping model encrypted under a fresh master key and signed, with the
     metadata the server needs (name, input spec, output hardening) beside training's."""
     import torchshield
+    from torchshield.crypto.keys import read_key_file
     from torchshield.model.bundle import inspect, verify
 
     source = next(
@@ -241,19 +242,20 @@ def protect(state: DemoState) -> str:
             "serve": {"output": "top_k", "top_k": 1, "decimals": 2, "max_batch": 64},
         }
     )
-    tensors = torchshield.load(source, key=key_path if inspect(source).encrypted else None)
+    key = read_key_file(key_path)  # read once, used for the load, the save and the verify below
+    tensors = torchshield.load(source, key=key if inspect(source).encrypted else None)
     out = state.path("model", "models/readmission.tsb")
     torchshield.save(
         tensors,
         out,
-        key=key_path,
+        key=key,
         sign_with=signer,
         metadata=meta,
         privacy=manifest.get("privacy"),
         watermark=manifest.get("watermark"),
         provenance={**(manifest.get("provenance") or {}), "protected_from": source.name},
     )
-    res = verify(out, pubkey=pub, key=key_path)
+    res = verify(out, pubkey=pub, key=key)
     if not res.ok:
         raise RuntimeError(f"the protected bundle does not verify: {res.problems[0]}")
     return f"{out.name}: encrypted (key id {inspect(out).key_id[:12]}…), signed by {res.signer}, verified"

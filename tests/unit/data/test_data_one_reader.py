@@ -34,7 +34,7 @@ def test_gb18030_read_by_scan_mask_and_query(tmp_path, capsys):
     pol = tmp_path / "pol.yaml"
     pol.write_text("columns:\n  phone: {operator: mask, keep_first: 3, keep_last: 4}\n", encoding="utf-8")
     out = tmp_path / "clean.csv"
-    assert run(["data", "mask", str(gb), "-o", str(out), "-p", str(pol), "--key-file", str(key)]) == 0
+    assert run(["data", "mask", str(gb), "-o", str(out), "--policy", str(pol), "--key-file", str(key)]) == 0
     capsys.readouterr()
     masked = pd.read_csv(out, dtype=str)
     assert len(masked) == 10 and masked["phone"].str.contains(r"\*").all()
@@ -42,7 +42,7 @@ def test_gb18030_read_by_scan_mask_and_query(tmp_path, capsys):
     answers = {}
     for p, budget in ((gb, ["--budget-epsilon", "5"]), (utf, [])):
         assert run(["data", "query", str(p), "count", "--epsilon", "0.5", *budget,
-                    "--ledger", ledger, "--json"]) == 0, capsys.readouterr()
+                    "--ledger", ledger, "--key-file", str(key), "--json"]) == 0, capsys.readouterr()
         answers[p.name] = json.loads(capsys.readouterr().out)
     # the same rows in two encodings are one data set (one fingerprint, one budget): the ledger
     # answers the repeated query from its record instead of charging it twice
@@ -66,7 +66,9 @@ def test_malformed_row_names_the_line(tmp_path, capsys):
     bad.write_bytes((TEXT + "王五,1,2,3,4,5\n").encode("gb18030"))
     with pytest.raises(FormatError, match=r"bad\.csv.*line 12"):
         read_table(bad, typed=True)
+    key = tmp_path / "k.key"
+    write_key_file(key)
     assert run(["data", "query", str(bad), "count", "--epsilon", "0.5", "--budget-epsilon", "5",
-                "--ledger", f"sqlite:///{tmp_path / 'l.db'}"]) == 2
+                "--ledger", f"sqlite:///{tmp_path / 'l.db'}", "--key-file", str(key)]) == 2
     err = capsys.readouterr().err
     assert "bad.csv" in err and "Traceback" not in err

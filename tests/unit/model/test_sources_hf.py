@@ -19,11 +19,12 @@ pytest.importorskip("transformers")
 
 import byom_models as bm
 
+from torchshield.crypto.keys import MasterKey
 from torchshield.errors import FormatError, InputError, MissingDependencyError, UnsafeFileError
 from torchshield.model.bundle import inspect, load
 from torchshield.model.loading import export_hf, load_model, open_model, protect_model
 
-KEY = bytes(range(32))
+KEY = MasterKey(bytes(range(32)))
 IDS = torch.tensor([[2, 5, 6, 7, 3], [2, 9, 10, 3, 0]])
 
 
