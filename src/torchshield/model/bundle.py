@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import base64
 import datetime as _dt
+import io
 import json
 import mmap
 import os
@@ -140,7 +141,7 @@ def shared_tensors(tensors: Mapping[str, torch.Tensor]) -> dict[str, str]:
 def _tensor_bytes(t: torch.Tensor) -> memoryview:
     if t.numel() == 0:
         return memoryview(b"")
-    return memoryview(t.reshape(-1).view(torch.uint8).numpy()).cast("B")
+    return memoryview(t.reshape(-1).view(torch.uint8).numpy()).cast("B")  # type: ignore[arg-type]  # numpy's stubs do not declare the buffer protocol
 
 
 def _json_slot(name: str, value: Any) -> Any:
@@ -379,7 +380,9 @@ def load_contents(path: str | os.PathLike[str], *, key: MasterKey | None = None,
             raise FormatError(f"{p}: tied tensor {alias!r} points at {target!r}, which the bundle does not hold")
         weights[alias] = weights[target]
     values = layout.manifest.get("training_state")
-    training = TrainingState(state, dict(values)) if values is not None or state else None
+    if values is None and state:
+        raise FormatError(f"{p}: the bundle holds training-state tensors but no training_state values")
+    training = TrainingState(state, dict(values)) if values is not None else None
     return BundleContents(dict(layout.manifest), weights, files, training)
 
 
@@ -394,7 +397,7 @@ def _map_plain(layout: _Layout, fh: BinaryIO, n: int, *, verify: bool) -> torch.
     arr = np.frombuffer(mm, dtype=np.uint8, count=n, offset=layout.data_offset)
     buf = torch.from_numpy(arr)
     if verify:
-        digest = blake3.blake3(memoryview(arr), max_threads=blake3.blake3.AUTO).digest()
+        digest = blake3.blake3(memoryview(arr), max_threads=blake3.blake3.AUTO).digest()  # type: ignore[arg-type]  # numpy's stubs do not declare the buffer protocol
         if not secrets.compare_digest(digest, layout.data_digest):
             raise IntegrityError(f"{layout.path}: the tensor data was changed{_damaged_tensor(layout, buf)}",
                                  hint="the file is damaged or was tampered with; restore it from a backup")
@@ -414,7 +417,7 @@ def _decrypt(layout: _Layout, fh: BinaryIO, key: Any, *, hash_data: bool) -> tor
     buf = torch.empty(n, dtype=torch.uint8)
     hasher = blake3.blake3() if hash_data else None
     fh.seek(layout.data_offset)
-    out = memoryview(buf.numpy()).cast("B") if n else memoryview(bytearray(0))
+    out = memoryview(buf.numpy()).cast("B") if n else memoryview(bytearray(0))  # type: ignore[arg-type]  # numpy's stubs do not declare the buffer protocol
     decrypt_into(fh, cipher, out, cipher_len=layout.stored_length, chunk_size=int(enc["chunk_size"]),
                  hasher=hasher)
     if hasher is not None and not secrets.compare_digest(hasher.digest(), layout.data_digest):
@@ -472,7 +475,7 @@ def verify(path: str | os.PathLike[str], *, pubkey: Any = None, key: Any = None,
                         problems)
 
 
-def _hash_stored(layout: _Layout, fh: BinaryIO) -> None:
+def _hash_stored(layout: _Layout, fh: io.BufferedReader) -> None:
     hasher = blake3.blake3()
     fh.seek(layout.data_offset)
     remaining = layout.stored_length

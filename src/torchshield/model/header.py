@@ -13,6 +13,7 @@ unchanged."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import secrets
@@ -73,7 +74,7 @@ class _Layout:
         return bool(self.flags & FLAG_ENCRYPTED)
 
 
-def _open_checked(path: str | os.PathLike[str]) -> tuple[Path, BinaryIO, int]:
+def _open_checked(path: str | os.PathLike[str]) -> tuple[Path, io.BufferedReader, int]:
     p = Path(path)
     if p.is_dir():
         raise InputError(f"{p} is a directory, not a bundle", hint="pass a .tsb file")

@@ -111,7 +111,7 @@ def _retie(module: nn.Module, aliases: Mapping[str, str]) -> None:
     """Make each alias the very same Parameter as its canonical name (a real tie, not a copy)."""
     for alias, target in aliases.items():
         try:
-            obj = module.get_parameter(target)
+            obj: torch.Tensor = module.get_parameter(target)
         except AttributeError:
             try:
                 obj = module.get_buffer(target)

@@ -187,7 +187,7 @@ def _tabular(name: str, x: np.ndarray, y: np.ndarray, tr: np.ndarray, te: np.nda
         lo = np.array([bounds.get(f, (-np.inf, np.inf))[0] for f in feature_names], dtype=np.float64)
         hi = np.array([bounds.get(f, (-np.inf, np.inf))[1] for f in feature_names], dtype=np.float64)
         x = np.clip(x, lo, hi)
-    declared = bool(bounds) and all(f in bounds for f in feature_names)
+    declared = bounds is not None and bool(bounds) and all(f in bounds for f in feature_names)
     fit_on = x[tr] if len(tr) else x
     if normalize == "standard":
         shift, scale = fit_on.mean(0), fit_on.std(0)

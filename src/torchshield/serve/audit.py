@@ -24,6 +24,7 @@ processes interleave safely. :class:`AuditWriter` batches concurrent requests in
 from __future__ import annotations
 
 import asyncio
+import functools
 import hmac
 import json
 import queue
@@ -248,6 +249,11 @@ class AuditLog:
                             rep.first_bad, rep.reason)
 
 
+def _relay(loop: asyncio.AbstractEventLoop, waiter: Any, fut: Future) -> None:
+    """A thread-side future's done callback: settle ``waiter`` on its loop's thread."""
+    loop.call_soon_threadsafe(_settle, waiter, fut)
+
+
 def _settle(waiter: Any, fut: Future) -> None:
     """Copy a finished thread-side future into an asyncio one (on the loop's thread)."""
     if waiter.done():
@@ -332,7 +338,7 @@ class AuditWriter:
         loop = asyncio.get_running_loop()
         for record, waiter in batch:
             fut: Future = Future()
-            fut.add_done_callback(lambda f, w=waiter: loop.call_soon_threadsafe(_settle, w, f))
+            fut.add_done_callback(functools.partial(_relay, loop, waiter))
             self._enqueue(record, fut)
 
     def _commit_here(self, record: dict[str, Any], fut: Future) -> bool:

@@ -218,6 +218,8 @@ class Database:
         """The lock file, opened once per process (a forked child opens its own: flock locks
         belong to the open file, which a fork would share)."""
         pid = os.getpid()
+        if self.lock_path is None:  # the callers only lock when there is a lock file
+            raise RuntimeError("the database has no lock file")
         if self._lock_file is None or self._lock_pid != pid:
             fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o600)
             self._lock_file, self._lock_pid = os.fdopen(fd, "r+b"), pid  # noqa: SIM115 - lives with self

@@ -39,8 +39,10 @@ def settle_all(futures: list[Any], results: list[Any] | None = None, exc: BaseEx
         if not fut.done():
             if exc is not None:
                 fut.set_exception(exc)
-            else:
+            elif results is not None:
                 fut.set_result(results[i])
+            else:
+                raise ValueError("settle_all needs results or an exception")
 
 
 class NextBatch:

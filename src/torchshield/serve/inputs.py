@@ -183,6 +183,8 @@ class ModelIO:
         import torch
         from PIL import Image
 
+        if self.shape is None or len(self.shape) != 3:  # model_io gives image models a [C, H, W] shape
+            raise _invalid("images: this model does not take images")
         c, h, w = self.shape
         out = []
         for i, item in enumerate(value):
@@ -198,7 +200,7 @@ class ModelIO:
             try:
                 with warnings.catch_warnings():
                     warnings.simplefilter("error", Image.DecompressionBombWarning)
-                    img = Image.open(_io.BytesIO(data), formats=["PNG", "JPEG"])  # reads the header only
+                    img: Image.Image = Image.open(_io.BytesIO(data), formats=["PNG", "JPEG"])  # reads the header only
                     width, height = img.size
                     if width * height > self.max_image_pixels:
                         raise _invalid(f"{where}: {width}x{height} pixels; at most {self.max_image_pixels} "
@@ -347,7 +349,7 @@ def model_io(pre: dict[str, Any], files: dict[str, bytes], serve: dict[str, Any]
     inp = dict(pre.get("input") or {})
     out = dict(pre.get("output") or {})
     kind = str(inp.get("kind") or "tensor")
-    limits = {}
+    limits: dict[str, Any] = {}  # int or float, each checked by its cast below
     for k, cast in (("max_text_chars", int), ("max_image_bytes", int), ("max_image_pixels", int),
                     ("max_new_tokens", int), ("max_generate_s", float)):
         if serve.get(k) is not None:

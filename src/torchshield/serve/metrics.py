@@ -96,8 +96,10 @@ class ServeMetrics:
             registry = CollectorRegistry()
             MultiProcessCollector(registry, path=self.multiprocess_dir)
             text = generate_latest(registry)
-        else:
+        elif self._registry is not None:  # set in __init__ whenever there is no multiprocess_dir
             text = generate_latest(self._registry)
+        else:
+            raise RuntimeError("ServeMetrics has neither a registry nor a multiprocess directory")
         if audit_head is not None:
             text += _gauge("torchshield_audit_head_seq", "Sequence number of the last audit record", audit_head)
         return text, CONTENT_TYPE_LATEST

@@ -23,7 +23,8 @@ def flat_model_metadata(meta: dict[str, Any]) -> dict[str, Any]:
     if not isinstance(model, dict):
         return out
     if isinstance(model.get("spec"), dict):
-        data = meta.get("data") if isinstance(meta.get("data"), dict) else {}
+        data_meta = meta.get("data")
+        data = data_meta if isinstance(data_meta, dict) else {}
         out["model"] = dict(model["spec"])
         out.setdefault("num_classes", model.get("num_classes") or data.get("num_classes"))
         if "classes" not in out and isinstance(data.get("classes"), list):

@@ -7,7 +7,7 @@ span, then recogniser order) -> map spans back to the original text."""
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from torchshield.data.pii.finding import Finding
@@ -67,7 +67,7 @@ def find_pii(text: str, *, lang: str | None = None, types: set[str] | frozenset[
     shift = len(prefix)
     recognizers = reg.select(_languages(ntext, lang), wanted)
     matches: list[tuple[float, int, int, int, str]] = []
-    pending: dict[tuple[int, int, int], tuple[RawMatch, float]] = {}
+    pending: dict[tuple[int, int, int], tuple[RawMatch, float, Callable[[str, int, int, float], float]]] = {}
     for order, rec in enumerate(recognizers):
         for m in rec.analyze(scan):
             if m.end <= shift or (wanted is not None and m.type not in wanted):
@@ -77,15 +77,15 @@ def find_pii(text: str, *, lang: str | None = None, types: set[str] | frozenset[
                 # A pending match competes at the score it gets if confirmed; the second
                 # opinion is asked below, only if it survives overlap resolution.
                 score = max(score, _VERIFY_CEILING)
-                pending[(m.start - shift, m.end - shift, order)] = (m, m.score)
+                pending[(m.start - shift, m.end - shift, order)] = (m, m.score, m.verify)
             elif score < min_score:
                 continue
             matches.append((score, m.start - shift, m.end - shift, order, m.type))
     kept = _resolve(matches)
     while pending and any((s, e, o) in pending for _, s, e, o, _ in kept):
         matches = [x for x in matches if (x[1], x[2], x[3]) not in pending]
-        for (s, e, o), (m, rule_score) in pending.items():
-            final = m.verify(ntext, m.start, m.end, rule_score) if any(
+        for (s, e, o), (m, rule_score, verify) in pending.items():
+            final = verify(ntext, m.start, m.end, rule_score) if any(
                 (k[1], k[2], k[3]) == (s, e, o) for k in kept) else rule_score
             if final >= min_score:
                 matches.append((final, s, e, o, m.type))

@@ -228,7 +228,7 @@ class PatternRecognizer(Recognizer):
             out.append(m.span(group))
             pos = max(m.end(), s + 1)
 
-    def analyze(self, doc: ScanText) -> list[RawMatch]:  # type: ignore[override]
+    def analyze(self, doc: ScanText) -> list[RawMatch]:
         if self._skip(doc):
             return []
         text = doc.text

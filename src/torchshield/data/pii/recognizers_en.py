@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
+from typing import Any
 
 from torchshield.data.pii import en_ner
 from torchshield.data.pii.lexicon import load_words
@@ -77,15 +78,18 @@ def _national(s: str) -> float | None:
 _PN: list = []
 
 
-def _phonenumbers():  # type: ignore[no-untyped-def]
+def _phonenumbers() -> Any:
     """libphonenumber's metadata (the ``phonenumbers`` package of the ``pii`` extra), or None:
     without it, international numbers fall back to a digit count and national ones are skipped."""
     if not _PN:
+        module: Any
         try:
             import phonenumbers
+
+            module = phonenumbers
         except ImportError:  # pragma: no cover - the extra is part of `all`
-            phonenumbers = None
-        _PN.append(phonenumbers)
+            module = None
+        _PN.append(module)
     return _PN[0]
 
 

@@ -8,7 +8,7 @@ returns the process-wide one that ``find_pii`` uses when no registry is passed."
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 from torchshield.data.pii.recognizer import FunctionRecognizer, PatternRecognizer, Recognizer
 from torchshield.errors import InputError
@@ -54,7 +54,7 @@ class RecognizerRegistry:
         del self._by_name[name]
         self._selected.clear()
 
-    def __iter__(self):  # type: ignore[no-untyped-def]
+    def __iter__(self) -> Iterator[Recognizer]:
         return iter(self._by_name.values())
 
     def __len__(self) -> int:

@@ -269,7 +269,7 @@ def kanonymize(df: pd.DataFrame, quasi: Sequence[str], *, k: int, l: int | None 
             labels[j][idx] = label
             pen = (width / ranges[j] if ranges[j] else 0.0) if q.kind in ("numeric", "date") else cat_pen
             ncp_total[j] += pen * len(idx)
-        if sens is not None:
+        if sens is not None and global_dist is not None:  # set together above
             counts = np.bincount(sens[idx], minlength=n_sens)
             distinct = int(np.count_nonzero(counts))
             l_min = distinct if l_min is None else min(l_min, distinct)

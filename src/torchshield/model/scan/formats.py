@@ -691,6 +691,7 @@ class _Scanner:
         d = zlib.decompressobj(-15)
         out = bytearray()
         fed = 0
+        chunk: bytes | memoryview
         try:
             while True:
                 if d.unconsumed_tail:
@@ -812,6 +813,7 @@ class _Scanner:
         return "tsb"
 
     def scan_tar(self, b: _Blob) -> str:
+        data: bytes | mmap.mmap
         if isinstance(b.data, mmap.mmap) and b.lo == 0 and b.hi == len(b.data):
             fileobj: Any = b.data
             data, base = b.data, 0

@@ -90,7 +90,7 @@ class _Opaque:
 OPAQUE = _Opaque()
 
 
-class Node(list):  # type: ignore[type-arg]
+class Node(list):
     """A container built by the stream, holding what was put into it, for ``expanded_size``.
 
     The node is itself a list of chunks: the Python list popped at a MARK as it is, a single
@@ -168,7 +168,7 @@ _NONE, _FIXED, _LINE, _LINES, _LEN = range(5)
 _ARGS: dict[int, tuple[int, int, bool]] = {}
 for _ch in b"(.012NRabd}el]ost)uQ\x81\x85\x86\x87\x88\x89\x92\x93\x94\x8f\x90\x91\x97\x98":
     _ARGS[_ch] = (_NONE, 0, False)
-for _ch, _n in (
+for _op, _n in (
     (b"J", 4),
     (b"K", 1),
     (b"M", 2),
@@ -183,12 +183,12 @@ for _ch, _n in (
     (b"\x80", 1),
     (b"\x95", 8),
 ):
-    _ARGS[_ch[0]] = (_FIXED, _n, False)
+    _ARGS[_op[0]] = (_FIXED, _n, False)
 for _ch in b"ILFSVPgp":
     _ARGS[_ch] = (_LINE, 0, False)
 for _ch in b"ci":
     _ARGS[_ch] = (_LINES, 0, False)
-for _ch, _n, _signed in (
+for _op, _n, _signed in (
     (b"T", 4, True),
     (b"U", 1, False),
     (b"X", 4, False),
@@ -201,7 +201,7 @@ for _ch, _n, _signed in (
     (b"\x8a", 1, False),
     (b"\x8b", 4, True),
 ):
-    _ARGS[_ch[0]] = (_LEN, _n, _signed)
+    _ARGS[_op[0]] = (_LEN, _n, _signed)
 
 _OP_NAMES = {
     ord(k): v

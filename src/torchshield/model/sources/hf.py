@@ -17,7 +17,7 @@ import json
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard, cast
 
 import torch
 from torch import nn
@@ -129,11 +129,15 @@ def _quiet_progress() -> Iterator[None]:
             hf_logging.enable_progress_bar()
 
 
+def _is_model_class(cls: Any, transformers: Any) -> TypeGuard[type[Any]]:
+    return isinstance(cls, type) and issubclass(cls, transformers.PreTrainedModel)
+
+
 def _model_class(config: dict[str, Any]) -> tuple[Any, Any]:
     transformers = transformers_module()
     name = config["architectures"][0]
     cls = getattr(transformers, name, None)
-    if not (isinstance(cls, type) and issubclass(cls, transformers.PreTrainedModel)):
+    if not _is_model_class(cls, transformers):
         raise InputError(f"architecture {name!r} is not a model class of transformers {transformers.__version__}",
                          hint="upgrade transformers, or use --factory for a custom model")
     try:
@@ -177,7 +181,7 @@ def export_hf_dir(model: nn.Module, files: dict[str, bytes], out: Path) -> list[
     ``from_pretrained`` reads; returns the file names written."""
     out.mkdir(parents=True, exist_ok=True)
     with _quiet_progress():
-        model.save_pretrained(str(out))
+        cast(Any, model).save_pretrained(str(out))  # a transformers model, as the docstring requires
     for name, data in files.items():
         if name in CARRIED_FILES:
             (out / name).write_bytes(data)

@@ -11,10 +11,11 @@ Four kinds of architecture reference, recorded as JSON in the bundle's ``archite
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -88,7 +89,7 @@ def _fill(module: nn.Module, tensors: dict[str, torch.Tensor], source: str) -> N
                          hint="check --arch/--factory and its options (e.g. num_classes)") from None
 
 
-def read_source(path: str | Path, *, architecture: Mapping[str, Any] | None = None,
+def read_source(path: str | os.PathLike[str], *, architecture: Mapping[str, Any] | None = None,
                 input_spec: Mapping[str, Any] | None = None, keep_training_state: bool = False,
                 key: Any = None, scan: Scanner | None = None, allow_code: bool = True) -> ModelSource:
     """Read a Hugging Face directory or a checkpoint file (plus an optional architecture
@@ -190,7 +191,8 @@ def _read_hf(p: Path, scan: Scanner | None) -> ModelSource:
     carried = carried_files(p)
     import transformers
 
-    arch = {"kind": "hf", "class": config["architectures"][0], "config": module.config.to_dict(),
+    # module.config: hf_model_from_tensors (just above) builds a transformers PreTrainedModel
+    arch = {"kind": "hf", "class": config["architectures"][0], "config": cast(Any, module).config.to_dict(),
             "transformers": transformers.__version__}
     return ModelSource(dict(module.state_dict()), arch, hf_preprocessing(config, carried), carried,
                        read=["config.json", *(f.name for f in files), *carried], module=module)

@@ -32,10 +32,13 @@ import secrets
 import time
 from dataclasses import dataclass, field
 from hashlib import sha256
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from torchshield.errors import InputError
 from torchshield.serve.rbac import GLOBAL, ROLES, grant_rows
+
+if TYPE_CHECKING:
+    from torchshield.serve.db_async import NextBatch
 
 __all__ = ["ApiKey", "KeyStore", "MAX_BURST", "MAX_RATE", "NewKey", "parse_duration", "valid_model_name"]
 
@@ -138,7 +141,7 @@ class KeyStore:
         self._hash_key = master.derive("serve/api-key-hash")
         self._auth_sql = db.sql(_AUTH_SELECT + "k.key_id = ?")
         # PostgreSQL, on the event loop: the key reads of concurrent requests in one query
-        self._reads = None
+        self._reads: NextBatch | None = None
         if db.async_hot is not None:
             from torchshield.serve.db_async import NextBatch
 
@@ -196,7 +199,7 @@ class KeyStore:
         change stamp has not moved (see the module docstring), else from one indexed query
         through the driver's cursor (:meth:`Database.fetch_one`), not SQLAlchemy Core."""
         key_id = _key_id(token)
-        if key_id is None:
+        if token is None or key_id is None:  # _key_id gives None for a None token
             return None, -1
         stamp = self._db.change_stamp()  # read before the row: a change after it moves it again
         now = time.monotonic()
@@ -212,8 +215,10 @@ class KeyStore:
         (:class:`~torchshield.serve.db_async.NextBatch`: each read is still sent after its request
         asked, so a revocation committed before is seen)."""
         key_id = _key_id(token)
-        if key_id is None:
+        if token is None or key_id is None:  # _key_id gives None for a None token
             return None, -1
+        if self._reads is None:
+            raise RuntimeError("authenticate_async needs the PostgreSQL event-loop database (async_hot)")
         row = await self._reads.submit(key_id)
         return self._accept(token, self._remember(key_id, row, None, 0.0))
 
@@ -227,12 +232,12 @@ class KeyStore:
         if row is None:
             self._rows.pop(key_id, None)
             return None
-        hit = (stamp, now, row[10], _cached_key(tuple(row[:10])), int(row[11]))
+        key_hash, key, revision = row[10], _cached_key(tuple(row[:10])), int(row[11])
         if stamp is not None:
             if len(self._rows) >= _KEY_CACHE_MAX:
                 self._rows.clear()
-            self._rows[key_id] = hit
-        return hit
+            self._rows[key_id] = (stamp, now, key_hash, key, revision)
+        return (stamp, now, key_hash, key, revision)
 
     def _accept(self, token: str, hit: tuple | None) -> tuple[ApiKey | None, int]:
         """The key if ``token``'s secret matches the stored keyed hash and the key is active now."""

@@ -29,6 +29,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import Message
 
 from torchshield.errors import AccessDenied, CheckFailed, InputError, PolicyError, ShieldError, WrongKeyError
 from torchshield.serve.db import redact_url
@@ -121,7 +122,7 @@ class GuardMiddleware:
             return
         state = {"dropped": False, "started": False}
 
-        async def guarded_send(msg: dict) -> None:
+        async def guarded_send(msg: Message) -> None:
             if msg["type"] == "http.response.start":
                 state["started"] = True
                 self.metrics.observe_request(ctx.route or "unmatched", msg["status"], ctx.elapsed())
@@ -220,10 +221,10 @@ def create_app(service: Service, *, path: RequestPath | None = None) -> FastAPI:
                               "Send `Authorization: Bearer <key>`; keys come from `torchshield access`.")
     app.state.service, app.state.path = service, path
     app.add_middleware(GuardMiddleware, service=service, path=path)
-    app.add_exception_handler(ApiError, _api_error)
-    app.add_exception_handler(ShieldError, _shield_error)
-    app.add_exception_handler(StarletteHTTPException, _http_error)
-    app.add_exception_handler(RequestValidationError, _validation)
+    app.add_exception_handler(ApiError, _api_error)  # type: ignore[arg-type]  # Starlette types handlers as taking Exception, not a subclass
+    app.add_exception_handler(ShieldError, _shield_error)  # type: ignore[arg-type]  # Starlette types handlers as taking Exception, not a subclass
+    app.add_exception_handler(StarletteHTTPException, _http_error)  # type: ignore[arg-type]  # Starlette types handlers as taking Exception, not a subclass
+    app.add_exception_handler(RequestValidationError, _validation)  # type: ignore[arg-type]  # Starlette types handlers as taking Exception, not a subclass
     for db_error in database_errors():
         app.add_exception_handler(db_error, _database_down)
     app.include_router(router)

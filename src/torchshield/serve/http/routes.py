@@ -11,11 +11,12 @@ from pydantic import BaseModel, ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from torchshield.errors import AccessDenied
+from torchshield.serve.access.keys import ApiKey
 from torchshield.serve.http.context import AuditContext
 from torchshield.serve.http.paths import ApiError, RequestPath, json_body
 from torchshield.serve.http.schemas import MAX_SEQ, CreateKeyBody, GenerateBody, first_problem, valid_since
 from torchshield.serve.rbac import GLOBAL
-from torchshield.serve.service import Service
+from torchshield.serve.service import Decision, Service
 
 __all__ = ["router"]
 
@@ -37,6 +38,13 @@ async def _ctx(request: Request) -> AuditContext:
 Svc = Annotated[Service, Depends(_service)]
 Path = Annotated[RequestPath, Depends(_path)]
 Ctx = Annotated[AuditContext, Depends(_ctx)]
+
+
+def _caller(d: Decision) -> ApiKey:
+    """The key of an allowed decision (``authenticated`` and an allowed ``check`` always carry one)."""
+    if d.key is None:
+        raise ApiError(401, "missing, unknown, expired or revoked API key")
+    return d.key
 
 
 def _parse(request: Request, ctx: AuditContext, schema: type[BaseModel]) -> Any:
@@ -67,7 +75,7 @@ async def metrics(request: Request, service: Svc, path: Path, ctx: Ctx) -> Respo
 async def list_models(request: Request, service: Svc, path: Path, ctx: Ctx) -> dict:
     """Models the caller may use (others are not listed)."""
     d = await path.authenticated(request, ctx, "models.list", "/v1/models")
-    names = [n for n in service.registry.names() if service.authz.allowed(d.key.key_id, n, "model", "read")]
+    names = [n for n in service.registry.names() if service.authz.allowed(_caller(d).key_id, n, "model", "read")]
     return {"models": [service.registry.get(n).describe() for n in names]}
 
 
@@ -107,7 +115,7 @@ async def generate(name: str, request: Request, service: Svc, path: Path, ctx: C
     def work() -> dict[str, Any]:
         if service.gateway is None:
             return m.generate(body.text, max_new_tokens=body.max_new_tokens)
-        with service.gateway_request(ctx, d.key, name) as req:
+        with service.gateway_request(ctx, _caller(d), name) as req:
             out = m.generate(req.deidentify(body.text), max_new_tokens=body.max_new_tokens)
             out["text"] = req.finish(out["text"])
             return out
@@ -125,9 +133,9 @@ async def create_key(request: Request, service: Svc, path: Path, ctx: Ctx) -> JS
     The token is in this response only."""
     d = await path.authenticated(request, ctx, "keys.create", "/v1/keys", need_manage=True)
     body = _parse(request, ctx, CreateKeyBody)
-    service.authorize_new_key(d.key, body.role, body.models)
+    service.authorize_new_key(_caller(d), body.role, body.models)
     new = await run_in_threadpool(lambda: service.keys.create(
-        role=body.role, models=body.models, name=body.name, expires_in=body.expires_in, created_by=d.key.key_id,
+        role=body.role, models=body.models, name=body.name, expires_in=body.expires_in, created_by=_caller(d).key_id,
         rate_per_s=body.rate_per_s, burst=body.burst))
     ctx.detail = {"created": new.key.key_id, "role": body.role}
     return JSONResponse({"key": new.key.to_dict(), "token": new.token}, 201)
@@ -137,7 +145,7 @@ async def create_key(request: Request, service: Svc, path: Path, ctx: Ctx) -> JS
 async def list_keys(request: Request, service: Svc, path: Path, ctx: Ctx) -> dict:
     """Keys the caller may manage (never their tokens)."""
     d = await path.authenticated(request, ctx, "keys.list", "/v1/keys", need_manage=True)
-    keys = service.manageable(d.key, await run_in_threadpool(service.keys.list))
+    keys = service.manageable(_caller(d), await run_in_threadpool(service.keys.list))
     return {"keys": [k.to_dict() for k in keys]}
 
 
@@ -147,9 +155,9 @@ async def revoke_key(key_id: str, request: Request, service: Svc, path: Path, ct
     d = await path.authenticated(request, ctx, "keys.revoke", "/v1/keys/{key_id}", need_manage=True)
     target = await run_in_threadpool(service.keys.get, key_id)
     # An unknown id answers 404 only to a manager of every key, so that others learn nothing.
-    if target is None and not service.may_manage(d.key, "admin", [GLOBAL]):
+    if target is None and not service.may_manage(_caller(d), "admin", [GLOBAL]):
         raise AccessDenied("you may not revoke this key")
-    if target is not None and not service.may_manage(d.key, target.role, target.models):
+    if target is not None and not service.may_manage(_caller(d), target.role, target.models):
         raise AccessDenied("you may not revoke this key")
     if target is None:
         raise ApiError(404, "no such key")
