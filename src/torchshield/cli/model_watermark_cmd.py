@@ -17,6 +17,8 @@ __all__ = ["register_into"]
 
 KEY_FILE = typer.Option(None, "--key-file", "-k", help="Master key file (or $TORCHSHIELD_KEY_FILE).")
 FORCE = typer.Option(False, "--force", help="Overwrite OUT if it exists.")
+SIGN = typer.Option(None, "--sign", help="Ed25519 signing key file: sign the bundle written (servers trust "
+                                         "signed bundles only).")
 
 watermark_app = typer.Typer(help="Ownership watermarks: embed a mark, verify a suspect model.", no_args_is_help=True)
 
@@ -39,7 +41,8 @@ def _check_out(out: Path, force: bool) -> None:
 
 
 def _save_like(source: Any, tensors_or_model: Any, out: Path, key: Any, *, metadata: dict[str, Any] | None = None,
-               watermark: dict[str, Any] | None = None, command: str, trained_without_dp: bool = False) -> str | None:
+               watermark: dict[str, Any] | None = None, command: str, trained_without_dp: bool = False,
+               sign: Path | None = None) -> str | None:
     """Write ``out`` with ``source``'s manifest slots, encrypted iff the source was.
 
     A DP claim survives only what is post-processing of the DP model (obfuscation permutes units
@@ -56,7 +59,13 @@ def _save_like(source: Any, tensors_or_model: Any, out: Path, key: Any, *, metad
         provenance["dp_claim_dropped"] = {"by": command, "epsilon": privacy.get("epsilon"),
                                           "delta": privacy.get("delta")}
         privacy = None
-    torchshield.save(tensors_or_model, out, key=key if source.encrypted else None,
+    if sign is None and source.signed:
+        from torchshield.cli.output import err_console
+
+        err_console.print(f"warning: {out} is not signed, although its source was (signer {source.signer}); "
+                          "pass --sign KEY to sign it: a server started with --trust refuses unsigned bundles",
+                          highlight=False, markup=False)
+    torchshield.save(tensors_or_model, out, key=key if source.encrypted else None, sign_with=sign,
                      metadata=metadata if metadata is not None else m.get("metadata"),
                      privacy=privacy, provenance=provenance,
                      watermark=watermark if watermark is not None else m.get("watermark"))
@@ -74,7 +83,11 @@ def embed_cmd(model: Path = typer.Argument(..., help="Bundle written by 'torchsh
               bits: int | None = typer.Option(None, "--bits", help="whitebox: bits to embed (default 128)."),
               triggers: int | None = typer.Option(None, "--triggers", help="trigger: set size (default 100)."),
               strength: float | None = typer.Option(None, "--strength", help="Weight of the regulariser."),
-              force: bool = FORCE, as_json: bool = JSON_OPTION) -> None:
+              lr: float = typer.Option(1e-3, "--lr", help="Adam learning rate of the fine-tuning."),
+              max_drop: float = typer.Option(0.02, "--max-accuracy-drop",
+                                             help="Refuse to write the bundle if held-out accuracy falls by more "
+                                                  "than this (absolute; 0.02 = 2 points)."),
+              sign: Path | None = SIGN, force: bool = FORCE, as_json: bool = JSON_OPTION) -> None:
     """Embed an ownership mark by fine-tuning MODEL on its data; the record goes in the manifest."""
     from torchshield.model.bundle import inspect
     from torchshield.model.watermark import embed, write_record
@@ -98,10 +111,18 @@ def embed_cmd(model: Path = typer.Argument(..., help="Bundle written by 'torchsh
                        high=dataset.input_bounds[1])
     before = evaluate(net, dataset.test.loader(1024))
     with progress(f"embedding a {method} mark", epochs):
-        record = embed(net, dataset.train.loader(64, shuffle=True, seed=0), key, section, epochs=epochs)
+        record = embed(net, dataset.train.loader(64, shuffle=True, seed=0), key, section, epochs=epochs, lr=lr)
     after = evaluate(net, dataset.test.loader(1024))
+    fell = before.get("accuracy", 0.0) - after.get("accuracy", 0.0)
+    if fell > max_drop:
+        from torchshield.errors import CheckFailed
+
+        raise CheckFailed(f"embedding the mark cut held-out accuracy from {before.get('accuracy', 0):.4f} to "
+                          f"{after.get('accuracy', 0):.4f} ({fell:.4f} > --max-accuracy-drop {max_drop}); "
+                          f"{out} was not written",
+                          hint="lower --lr or --strength, or raise --max-accuracy-drop if the loss is acceptable")
     dropped = _save_like(inspect(model), net, out, key, watermark=record.to_dict(), command="model watermark embed",
-                         trained_without_dp=True)
+                         trained_without_dp=True, sign=sign)
     if record_out is not None:
         write_record(record_out, record)
     report = {"out": str(out), "record": str(record_out) if record_out else None, "method": method,
@@ -197,7 +218,7 @@ def obfuscate_cmd(model: Path = typer.Argument(..., help="Bundle written by 'tor
                   key_file: Path | None = KEY_FILE,
                   keep_names: bool = typer.Option(False, "--keep-names",
                                                   help="Permute units only; keep parameter names (loads as is)."),
-                  force: bool = FORCE, as_json: bool = JSON_OPTION) -> None:
+                  sign: Path | None = SIGN, force: bool = FORCE, as_json: bool = JSON_OPTION) -> None:
     """Permute and rescale hidden units (same outputs) and scramble parameter names; the plan is sealed."""
     import torchshield
     from torchshield.model.obfuscate import obfuscate_model
@@ -215,7 +236,7 @@ def obfuscate_cmd(model: Path = typer.Argument(..., help="Bundle written by 'tor
         meta["obfuscation"] = {"version": 1, "names_kept": True, "changed": changed}
     else:
         meta["obfuscation"] = {**result.entry, "changed": changed}
-    _save_like(source, result.tensors, out, key, metadata=meta, command="model obfuscate")
+    _save_like(source, result.tensors, out, key, metadata=meta, command="model obfuscate", sign=sign)
     emit({"out": str(out), "names_scrambled": not keep_names, "changed": changed},
          lambda c: c.print(f"wrote {out}: {changed['units_moved']} hidden units moved, "
                            f"{changed['tensors_changed']} tensors changed, "
@@ -225,7 +246,8 @@ def obfuscate_cmd(model: Path = typer.Argument(..., help="Bundle written by 'tor
 
 def deobfuscate_cmd(model: Path = typer.Argument(..., help="Bundle written by 'model obfuscate'."),
                     out: Path = typer.Option(..., "--out", "-o", help="Restored bundle to write."),
-                    key_file: Path | None = KEY_FILE, force: bool = FORCE, as_json: bool = JSON_OPTION) -> None:
+                    key_file: Path | None = KEY_FILE, sign: Path | None = SIGN, force: bool = FORCE,
+                    as_json: bool = JSON_OPTION) -> None:
     """Restore the original weights and names, bit for bit, with the key used to obfuscate."""
     import torchshield
     from torchshield.model.obfuscate import deobfuscate
@@ -239,6 +261,6 @@ def deobfuscate_cmd(model: Path = typer.Argument(..., help="Bundle written by 'm
         raise InputError(f"{model} was not obfuscated with scrambled names",
                          hint="only bundles from 'model obfuscate' (without --keep-names) can be restored")
     restored = deobfuscate(torchshield.load(model, key=key if source.encrypted else None), entry, key)
-    _save_like(source, restored, out, key, metadata=meta, command="model deobfuscate")
+    _save_like(source, restored, out, key, metadata=meta, command="model deobfuscate", sign=sign)
     emit({"out": str(out), "tensors": len(restored)},
          lambda c: c.print(f"wrote {out}: {len(restored)} tensors restored"), as_json=as_json)

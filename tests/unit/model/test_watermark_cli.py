@@ -97,3 +97,28 @@ def test_obfuscate_and_deobfuscate_round_trip(trained, tmp_path, capsys):
     assert run(["model", "watermark", "verify", str(back), "--key-file", str(key_path)]) == 0
     assert run(["model", "deobfuscate", str(marked), "--out", str(tmp_path / "x.tsb"),
                 "--key-file", str(key_path)]) == 2
+
+
+def test_embed_refuses_to_write_a_model_it_damaged_and_signs_what_it_writes(trained, tmp_path, signer, capsys):
+    """--max-accuracy-drop guards the output (exit 1, nothing written); --sign signs it; a signed source
+    written unsigned is said out loud (a server with --trust would refuse it)."""
+    folder, key_path, plain, marked = trained
+    ruined = tmp_path / "ruined.tsb"
+    code = run(["model", "watermark", "embed", str(plain), "--out", str(ruined), "--key-file", str(key_path),
+                "--epochs", "2", "--bits", "64", "--strength", "4", "--lr", "0.3", "--max-accuracy-drop", "0.02"])
+    err = capsys.readouterr().err
+    assert code == 1 and not ruined.exists() and "max-accuracy-drop" in err
+    signing_key, pub = signer
+    signed = tmp_path / "signed.tsb"
+    assert run(["model", "watermark", "embed", str(plain), "--out", str(signed), "--key-file", str(key_path),
+                "--epochs", "6", "--bits", "64", "--strength", "4", "--sign", str(signing_key)]) == 0
+    assert torchshield.inspect(signed).signed
+    assert run(["model", "verify", str(signed), "--pubkey", str(pub)]) == 0
+    capsys.readouterr()
+    assert run(["model", "obfuscate", str(signed), "--out", str(tmp_path / "o.tsb"), "--key-file",
+                str(key_path), "--keep-names"]) == 0
+    assert "is not signed, although its source was" in capsys.readouterr().err
+    assert not torchshield.inspect(tmp_path / "o.tsb").signed
+    assert run(["model", "obfuscate", str(signed), "--out", str(tmp_path / "o2.tsb"), "--key-file",
+                str(key_path), "--sign", str(signing_key)]) == 0
+    assert run(["model", "verify", str(tmp_path / "o2.tsb"), "--pubkey", str(pub)]) == 0
