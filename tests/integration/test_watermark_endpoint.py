@@ -60,6 +60,9 @@ def test_verify_endpoint_present_absent_and_refused(served, capsys):
     assert run([*base, "--model", "stolen", "--api-key", token]) == 0
     doc = json.loads(capsys.readouterr().out)
     assert doc["present"] and doc["p_value"] < 1e-6 and doc["total"] == 50
+    # smaller requests (a server with a small body limit, image triggers): the same verdict
+    assert run([*base, "--model", "stolen", "--api-key", token, "--batch-size", "7"]) == 0
+    assert json.loads(capsys.readouterr().out) == doc
     assert run([*base, "--model", "independent", "--api-key", token]) == 1
     assert json.loads(capsys.readouterr().out)["p_value"] > 1e-3
     assert run([*base, "--model", "stolen", "--api-key", "tsk_not_a_key"]) == 2

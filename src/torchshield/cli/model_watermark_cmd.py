@@ -164,6 +164,9 @@ def verify_cmd(suspect: Path | None = typer.Argument(None, help="Suspect bundle 
                model_name: str = typer.Option("default", "--model", help="Model name at --endpoint."),
                input_shape: str | None = typer.Option(None, "--input-shape", help="Reshape triggers, e.g. 1,8,8."),
                timeout: float = typer.Option(30.0, "--timeout", help="Seconds per endpoint request."),
+               batch_size: int = typer.Option(50, "--batch-size", min=1, max=1024,
+                                              help="Triggers per endpoint request: keep a request under the "
+                                                   "server's body limit (images: use a few)."),
                as_json: bool = JSON_OPTION) -> None:
     """Is the owner's mark in SUSPECT (or behind --endpoint)? Exit 0 present, 1 absent, 2 bad input."""
     from torchshield.model.watermark import verify_trigger
@@ -179,7 +182,7 @@ def verify_cmd(suspect: Path | None = typer.Argument(None, help="Suspect bundle 
             raise InputError("--endpoint needs --api-key (or $TORCHSHIELD_API_KEY)")
         shape = [int(d) for d in input_shape.split(",")] if input_shape else None
         predict = endpoint_predictor(endpoint, model_name, api_key, timeout=timeout, input_shape=shape)
-        verdict = verify_trigger(predict, record, key)
+        verdict = verify_trigger(predict, record, key, batch_size=batch_size)
     else:
         verdict = _verify_bundle(suspect, record, key, _key(bundle_key_file) if bundle_key_file else key)
     _report(verdict, as_json)
