@@ -56,10 +56,11 @@ def serve(
                                          help="Run a predict on the event loop when its model answers a body "
                                               "that size within this time (measured at start); 0: always "
                                               "on a worker thread."),
-    privacy_policy: Path | None = typer.Option(None, "--privacy-policy",
-                                               help="Privacy-gateway policy (data mask format + gateway section): "
-                                                    "de-identify text predict/generate inputs, scan answers for "
-                                                    "leaks; one policy for every text model."),
+    privacy_policy: list[str] = typer.Option([], "--privacy-policy",
+                                             help="Privacy-gateway policy (data mask format + gateway section): "
+                                                  "de-identify text predict/generate inputs, scan answers for "
+                                                  "leaks. FILE applies to every text model, MODEL=FILE to one "
+                                                  "model (repeatable; a model's own policy wins)."),
 ) -> None:
     """Serve BUNDLES over HTTP with API keys, RBAC, rate limits and a hash-chained audit log."""
     import uvicorn
@@ -72,7 +73,8 @@ def serve(
         raise InputError("--rate-limit-store must be memory or db")
     if (tls_cert is None) != (tls_key is None):
         raise InputError("--tls-cert and --tls-key go together")
-    for p in [*bundles, *trust, *(x for x in (tls_cert, tls_key, privacy_policy) if x)]:
+    policies = _privacy_policies(privacy_policy)
+    for p in [*bundles, *trust, *(x for x in (tls_cert, tls_key) if x), *map(Path, policies.values())]:
         if not p.is_file():
             raise InputError(f"{p}: no such file")
     from torchshield.serve.models import TrustPolicy
@@ -93,11 +95,12 @@ def serve(
                          key_file=str(key_file) if key_file else None, body_limit=body_limit, rate_per_s=rate,
                          burst=burst, rate_store=rate_store, output=output, loop_budget_ms=loop_budget_ms,
                          trusted_signers=tuple(str(t) for t in trust), allow_unsigned=allow_unsigned,
-                         privacy_policy=str(privacy_policy) if privacy_policy else None)
-    if privacy_policy:  # a malformed policy: exit 2 naming the field, before anything starts
+                         privacy_policies=policies)
+    if policies:  # a malformed policy: exit 2 naming the field, before anything starts
         from torchshield.gateway.policy import load_gateway_policy
 
-        load_gateway_policy(str(privacy_policy))
+        for file in policies.values():
+            load_gateway_policy(file)
     tls = {"ssl_certfile": str(tls_cert), "ssl_keyfile": str(tls_key)} if tls_cert else {}
     master = resolve_master_key(key_file=key_file)  # fail fast, with clear errors, before any worker starts
     scheme = "https" if tls_cert else "http"
@@ -137,6 +140,24 @@ def serve(
     finally:
         os.environ.pop(WORKER_KEY_ENV, None)
 
+
+
+def _privacy_policies(entries: list[str]) -> dict[str, str]:
+    """``--privacy-policy`` entries as {model name or "*": policy file}: ``FILE`` for every text model,
+    ``MODEL=FILE`` for one (an entry naming an existing file is always a file)."""
+    import re
+
+    out: dict[str, str] = {}
+    for entry in entries:
+        name, sep, file = entry.partition("=")
+        if not sep or Path(entry).is_file() or not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
+            name, file = "*", entry
+        if name in out:
+            which = "every model" if name == "*" else f"model {name!r}"
+            raise InputError(f"--privacy-policy: two policies for {which}",
+                             hint="give one FILE for all text models and at most one MODEL=FILE per model")
+        out[name] = file
+    return out
 
 @contextmanager
 def _multiprocess_metrics() -> Iterator[None]:

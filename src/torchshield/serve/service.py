@@ -55,9 +55,9 @@ class ServeConfig:
     loop_budget_ms: float = 0.5
     output: str | None = None  # force one output mode for every model
     monitor: dict[str, Any] = field(default_factory=dict)
-    # A privacy-gateway policy file (the data mask format plus its gateway section), applied to
-    # every text model's predict and generate (one policy for the whole service).
-    privacy_policy: str | None = None
+    # Privacy-gateway policy files (the data mask format plus its gateway section) for text models'
+    # predict and generate: {model name: file}, "*" for every text model without its own.
+    privacy_policies: dict[str, str] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         from dataclasses import asdict
@@ -104,15 +104,20 @@ class Service:
         self._monitor_thread = threading.Thread(target=self._monitor_loop, name="torchshield-monitor", daemon=True)
         self._monitor_thread.start()
         self.limiter = DbRateLimiter(db) if config.rate_store == "db" else MemoryRateLimiter()
-        self.gateway = self._gateway(config, master)
+        self.gateways = self._gateways(config, master)
         self.started = time.time()
 
-    def _gateway(self, config: ServeConfig, master: Any) -> Any:
-        if not config.privacy_policy:
-            return None
+    def _gateways(self, config: ServeConfig, master: Any) -> dict[str, Any]:
+        if not config.privacy_policies:
+            return {}
         from torchshield.gateway import Gateway
 
-        return Gateway(config.privacy_policy, master_key=master, counter=self.metrics.gateway)
+        return {name: Gateway(file, master_key=master, counter=self.metrics.gateway)
+                for name, file in config.privacy_policies.items()}
+
+    def gateway_for(self, model: str) -> Any:
+        """The privacy gateway of ``model``: its own policy, else the one for every model, else None."""
+        return self.gateways.get(model, self.gateways.get("*"))
 
     def may_see_pii(self, key: ApiKey, model: str) -> bool:
         """Whether answers to ``key`` carry its PII back (the ``pii.reidentify`` row of serve.policy)."""
@@ -124,7 +129,7 @@ class Service:
         and counts, never values) goes into the request's audit record, refused or not."""
         import uuid
 
-        req = self.gateway.request(request_id=uuid.uuid4().hex, caller=key.key_id,
+        req = self.gateway_for(model).request(request_id=uuid.uuid4().hex, caller=key.key_id,
                                    reidentify=self.may_see_pii(key, model))
         try:
             with req:
@@ -134,7 +139,7 @@ class Service:
 
     def text_hook(self, ctx: Any, key: ApiKey | None, model: str) -> Any:
         """For predict on a text model: de-identify the batch before it is tokenised."""
-        if self.gateway is None or key is None:
+        if self.gateway_for(model) is None or key is None:
             return None
 
         def deidentify(texts: list[str]) -> list[str]:

@@ -121,3 +121,11 @@ def test_serve_refuses_a_missing_or_malformed_privacy_policy(tmp_path, key_file,
     assert run([*base, "--privacy-policy", str(bad)]) == 2
     err = capsys.readouterr().err
     assert "on_leak" in err and "Traceback" not in err
+    assert run([*base, "--privacy-policy", f"digits={bad}"]) == 2  # a model's own policy is checked too
+    assert "on_leak" in capsys.readouterr().err
+    good = tmp_path / "good.yaml"
+    good.write_text("version: 1\ndefault: placeholder\n")
+    assert run([*base, "--privacy-policy", str(good), "--privacy-policy", str(good)]) == 2
+    assert "two policies for every model" in capsys.readouterr().err
+    assert run([*base, "--privacy-policy", f"digits={tmp_path / 'none.yaml'}"]) == 2
+    assert "none.yaml" in capsys.readouterr().err

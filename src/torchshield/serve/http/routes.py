@@ -113,7 +113,7 @@ async def generate(name: str, request: Request, service: Svc, path: Path, ctx: C
     body = _parse(request, ctx, GenerateBody)
 
     def work() -> dict[str, Any]:
-        if service.gateway is None:
+        if service.gateway_for(name) is None:
             return m.generate(body.text, max_new_tokens=body.max_new_tokens)
         with service.gateway_request(ctx, _caller(d), name) as req:
             out = m.generate(req.deidentify(body.text), max_new_tokens=body.max_new_tokens)
