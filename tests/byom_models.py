@@ -6,6 +6,7 @@ because torchvision does not install against this CPU torch."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -81,20 +82,22 @@ def tiny_vit(directory: Path, *, seed: int = 0) -> Path:
 
 
 class BasicBlock(nn.Module):
-    """torchvision's ResNet BasicBlock: two 3x3 convs with BatchNorm, identity shortcut, ``out += identity``."""
+    """torchvision's ResNet BasicBlock: two 3x3 convs with BatchNorm, identity shortcut, ``out += identity``.
+    ``norm`` makes each norm layer (GroupNorm for DP tests); the one block every test uses."""
 
     expansion = 1
 
-    def __init__(self, inplanes: int, planes: int, stride: int = 1) -> None:
+    def __init__(self, inplanes: int, planes: int, stride: int = 1, *,
+                 norm: Callable[[int], nn.Module] = nn.BatchNorm2d) -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(inplanes, planes, 3, stride, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(planes)
+        self.bn1 = norm(planes)
         self.relu = nn.ReLU(inplace=True)
         self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(planes)
+        self.bn2 = norm(planes)
         self.downsample = None
         if stride != 1 or inplanes != planes:
-            self.downsample = nn.Sequential(nn.Conv2d(inplanes, planes, 1, stride, bias=False), nn.BatchNorm2d(planes))
+            self.downsample = nn.Sequential(nn.Conv2d(inplanes, planes, 1, stride, bias=False), norm(planes))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         identity = x

@@ -10,35 +10,14 @@ import copy
 
 import pytest
 import torch
+from byom_models import BasicBlock
 from torch import nn
 
 from torchshield.crypto.keys import generate_master_key
 from torchshield.errors import InputError
 from torchshield.model.obfuscate import deobfuscate, obfuscate, obfuscate_model, torch_equal
 
-
-class Block(nn.Module):
-    """torchvision's BasicBlock, written out: conv-bn-relu-conv-bn, += identity (or downsample)."""
-
-    def __init__(self, cin: int, cout: int, stride: int = 1) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(cout)
-        self.relu = nn.ReLU(inplace=True)
-        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(cout)
-        self.downsample = None
-        if stride != 1 or cin != cout:
-            self.downsample = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        identity = x
-        out = self.relu(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
-        if self.downsample is not None:
-            identity = self.downsample(x)
-        out += identity
-        return self.relu(out)
+Block = BasicBlock  # torchvision's BasicBlock, written out once in tests/byom_models.py
 
 
 class ResNet(nn.Module):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from byom_models import BasicBlock as _BasicBlock
 from per_example_reference import assert_matches
 from torch import nn
 
@@ -56,29 +57,9 @@ def _vit():
     return transformers.ViTForImageClassification(cfg)
 
 
-class BasicBlock(nn.Module):
-    """torchvision's ResNet BasicBlock, BatchNorm -> GroupNorm for DP, the residual added in place."""
-
-    def __init__(self, c_in: int, c_out: int, stride: int) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False)
-        self.bn1 = nn.GroupNorm(2, c_out)
-        self.relu = nn.ReLU(inplace=True)
-        self.conv2 = nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False)
-        self.bn2 = nn.GroupNorm(2, c_out)
-        self.downsample = None
-        if stride != 1 or c_in != c_out:
-            self.downsample = nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride, bias=False),
-                                            nn.GroupNorm(2, c_out))
-
-    def forward(self, x):
-        identity = x
-        out = self.relu(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
-        if self.downsample is not None:
-            identity = self.downsample(x)
-        out += identity
-        return self.relu(out)
+def BasicBlock(c_in: int, c_out: int, stride: int) -> nn.Module:  # noqa: N802 - stands for the class
+    """torchvision's BasicBlock (tests/byom_models.py), BatchNorm -> GroupNorm for DP, residual in place."""
+    return _BasicBlock(c_in, c_out, stride, norm=lambda c: nn.GroupNorm(2, c))
 
 
 class ResNet18(nn.Module):
