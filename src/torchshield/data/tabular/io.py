@@ -93,11 +93,7 @@ def iter_chunks(path: str | Path, *, fmt: str | None = None, encoding: str | Non
     if fmt == "parquet":
         yield from _parquet_chunks(p, chunk_rows, nrows)
         return
-    enc = encoding or detect_encoding(p)
-    try:
-        codecs.lookup(enc)
-    except LookupError:
-        raise InputError(f"unknown encoding {enc!r}", hint="e.g. utf-8, gb18030") from None
+    enc = _encoding(p, encoding)
     try:
         if fmt in ("csv", "tsv"):
             yield from _csv_chunks(p, fmt, enc, chunk_rows, nrows)
@@ -108,6 +104,16 @@ def iter_chunks(path: str | Path, *, fmt: str | None = None, encoding: str | Non
     except UnicodeDecodeError as exc:
         raise FormatError(f"{p}: line {_approx_line(p, exc)}: bytes not valid in {enc}",
                           hint="the file mixes encodings or is not text; fix it or pass --encoding") from None
+
+
+def _encoding(p: Path, encoding: str | None) -> str:
+    """The given encoding, or the detected one; refused (exit 2) when Python does not know it."""
+    enc = encoding or detect_encoding(p)
+    try:
+        codecs.lookup(enc)
+    except LookupError:
+        raise InputError(f"unknown encoding {enc!r}", hint="e.g. utf-8, gb18030") from None
+    return enc
 
 
 def read_table(path: str | Path, *, fmt: str | None = None, encoding: str | None = None,
@@ -137,11 +143,7 @@ def read_table(path: str | Path, *, fmt: str | None = None, encoding: str | None
             return pd.read_parquet(p)
         except Exception as exc:  # noqa: BLE001 - pyarrow raises many types for broken files
             raise FormatError(f"{p}: cannot read as Parquet ({type(exc).__name__})") from None
-    enc = encoding or detect_encoding(p)
-    try:
-        codecs.lookup(enc)
-    except LookupError:
-        raise InputError(f"unknown encoding {enc!r}", hint="e.g. utf-8, gb18030") from None
+    enc = _encoding(p, encoding)
     try:
         if fmt in ("csv", "tsv"):
             return pd.read_csv(p, sep="\t" if fmt == "tsv" else ",", encoding=enc)
