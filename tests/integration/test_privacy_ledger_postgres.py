@@ -11,13 +11,16 @@ import textwrap
 
 import pytest
 
+from torchshield.crypto.keys import read_key_file
+
 pytestmark = pytest.mark.integration  # the pg_db fixture (tests/integration/conftest.py) skips without a server
 
 CHILD = textwrap.dedent("""
     import json, sys
     from torchshield.errors import PrivacyBudgetExceeded
+    from torchshield.crypto.keys import resolve_master_key
     from torchshield.privacy.ledger import Ledger
-    ledger = Ledger(sys.argv[1])
+    ledger = Ledger(sys.argv[1], key=resolve_master_key())  # this child is an edge: key from the environment
     ok = refused = 0
     for i in range(15):
         try:
@@ -35,7 +38,7 @@ def test_two_processes_cannot_double_spend_on_postgres(pg_db, key_file, monkeypa
 
     monkeypatch.setenv("TORCHSHIELD_KEY_FILE", str(key_file))  # the ledger's chain is keyed (children inherit it)
 
-    ledger = Ledger(pg_db)
+    ledger = Ledger(pg_db, key=read_key_file(key_file))
     assert ledger.engine.dialect.name == "postgresql"
     ledger.register("d" * 64, epsilon=2.0)
     procs = [subprocess.Popen([sys.executable, "-c", CHILD, pg_db, who], stdout=subprocess.PIPE, text=True)
@@ -49,8 +52,9 @@ def test_two_processes_cannot_double_spend_on_postgres(pg_db, key_file, monkeypa
 
 REGISTER = textwrap.dedent("""
     import json, sys
+    from torchshield.crypto.keys import resolve_master_key
     from torchshield.privacy.ledger import Ledger
-    ledger = Ledger(sys.argv[1])
+    ledger = Ledger(sys.argv[1], key=resolve_master_key())  # this child is an edge: key from the environment
     ok = 0
     for i in range(20):
         ledger.register(f"{i:064d}", epsilon=1.0)  # every process registers the same new data sets
@@ -64,12 +68,12 @@ def test_processes_registering_the_same_new_data_sets_at_once_all_succeed(pg_db,
 
     monkeypatch.setenv("TORCHSHIELD_KEY_FILE", str(key_file))  # the ledger's chain is keyed (children inherit it)
 
-    Ledger(pg_db).close()  # tables created once, before the race
+    Ledger(pg_db, key=read_key_file(key_file)).close()  # tables created once, before the race
     procs = [subprocess.Popen([sys.executable, "-c", REGISTER, pg_db], stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True) for _ in range(4)]
     outs = [p.communicate(timeout=120) for p in procs]
     assert all(p.returncode == 0 for p in procs), [err[-300:] for _, err in outs]
     assert [json.loads(out)["ok"] for out, _ in outs] == [20] * 4
-    ledger = Ledger(pg_db)
+    ledger = Ledger(pg_db, key=read_key_file(key_file))
     assert len(ledger.dataset_ids()) == 20
     ledger.close()

@@ -19,13 +19,18 @@ def train(config: Path = typer.Argument(..., help="YAML training config (model, 
     from torchshield.train.run import train_from_config
 
     cfg = load_config(config)
+    key = None
+    if cfg.watermark and cfg.output.key_file is None:  # the mark's key, resolved once here at the edge
+        from torchshield.crypto.keys import resolve_master_key
+
+        key = resolve_master_key(required=True)
 
     def on_epoch(event) -> None:  # noqa: ANN001
         if not as_json and not STATE.quiet:
             eps = f"  epsilon {event.extra['epsilon']:.3f}" if "epsilon" in event.extra else ""
             err_console.print(f"epoch {event.epoch}/{event.epochs}  loss {event.loss:.4f}{eps}", highlight=False)
 
-    result = train_from_config(cfg, progress=None if as_json else progress, on_epoch=on_epoch)
+    result = train_from_config(cfg, progress=None if as_json else progress, on_epoch=on_epoch, key=key)
 
     def human(console) -> None:  # noqa: ANN001
         for msg in result.messages:

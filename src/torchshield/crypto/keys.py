@@ -4,7 +4,7 @@ A master key never encrypts user data directly: it wraps per-object data keys (s
 ``envelope``) and derives purpose-bound subkeys with HKDF (``MasterKey.derive``). Its
 ``key_id`` is an HKDF output, so publishing it reveals nothing about the key.
 
-Sources, in the order ``resolve_master_key`` tries them: an explicit key or key file, the
+Sources, in the order ``resolve_master_key`` (called once, at the edge) tries them: a key file, the
 ``TORCHSHIELD_KEY`` variable (the key itself, base64url or hex), the ``TORCHSHIELD_KEY_FILE``
 variable (a path). A key file is either a raw key (``torchshield-key-v1 <base64url>``) or a
 passphrase key file that stores only scrypt parameters; its passphrase comes from
@@ -207,17 +207,11 @@ def _read_passphrase_file(p: Path, text: str, passphrase: str | Callable[[], str
     return key
 
 
-def resolve_master_key(key: MasterKey | bytes | str | os.PathLike[str] | None = None, *,
-                       key_file: str | os.PathLike[str] | None = None,
+def resolve_master_key(key_file: str | os.PathLike[str] | None = None, *,
                        required: bool = True) -> MasterKey | None:
-    """Find the master key: explicit ``key`` (MasterKey, 32 bytes, or a key-file path), then
-    ``key_file``, then $TORCHSHIELD_KEY, then $TORCHSHIELD_KEY_FILE."""
-    if isinstance(key, MasterKey):
-        return key
-    if isinstance(key, (bytes, bytearray)):
-        return MasterKey(bytes(key))
-    if key is not None:
-        return read_key_file(key)
+    """Find the master key at the edge (the CLI, the service's start): ``key_file``, then
+    $TORCHSHIELD_KEY, then $TORCHSHIELD_KEY_FILE. It is the only function that reads the
+    environment for a key; everything below the edge takes a :class:`MasterKey` and never looks."""
     if key_file is not None:
         return read_key_file(key_file)
     env_key = os.environ.get("TORCHSHIELD_KEY")

@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from torchshield.crypto.chain import GENESIS, ChainHead, ChainRow, KeyedChain
+from torchshield.crypto.keys import MasterKey
 from torchshield.errors import FormatError, InputError, KeyMaterialError, PrivacyBudgetExceeded
 
 __all__ = ["DEFAULT_LEDGER_URL", "Budget", "Charge", "Ledger", "LedgerEntry", "default_ledger_url"]
@@ -178,20 +179,20 @@ def _legacy_entry_hash(prev: str, row: Any) -> str:
     return hashlib.sha256((prev + _canonical({k: get(k) for k in _CHAINED})).encode()).hexdigest()
 
 
-def _ledger_key(key: Any) -> Any:
-    from torchshield.crypto.keys import resolve_master_key
-
-    master = resolve_master_key(key, required=False)
-    if master is None:
+def _ledger_key(key: Any) -> MasterKey:
+    """The master key the chain is keyed under: a :class:`MasterKey` resolved by the caller (the CLI
+    resolves ``--key-file`` or the environment once); the ledger itself never looks anywhere."""
+    if not isinstance(key, MasterKey):
         raise KeyMaterialError("the privacy ledger chains its history under a key derived from the master key",
-                               hint="pass key= (or --key-file), or set TORCHSHIELD_KEY_FILE or TORCHSHIELD_KEY")
-    return master
+                               hint="pass key=MasterKey (the CLI: --key-file, or TORCHSHIELD_KEY_FILE / "
+                                    "TORCHSHIELD_KEY)")
+    return key
 
 
 class Ledger:
     """Open (and create) the ledger at ``url``; see the module docstring for its guarantees."""
 
-    def __init__(self, url: str | None = None, *, key: Any = None) -> None:
+    def __init__(self, url: str | None = None, *, key: MasterKey | None = None) -> None:
         import sqlalchemy as sa
 
         self.url = url or default_ledger_url()
@@ -227,12 +228,13 @@ class Ledger:
                 self._sa.select(self._sa.func.count()).select_from(self.entries)).scalar_one():
             shown = self.url.split("@")[-1]
             raise FormatError(f"ledger {shown} has an unkeyed (plain SHA-256) hash chain from an older torchshield",
-                              hint="re-chain it once under the master key: python -c \"from torchshield.privacy."
-                                   "ledger import Ledger; Ledger.migrate_unkeyed('URL')\" (checks the old chain "
+                              hint="re-chain it once under the master key: python -c \"from torchshield.crypto.keys "
+                                   "import read_key_file; from torchshield.privacy.ledger import Ledger; Ledger."
+                                   "migrate_unkeyed('URL', key=read_key_file('KEY_FILE'))\" (checks the old chain "
                                    "first)")
 
     @classmethod
-    def migrate_unkeyed(cls, url: str, *, key: Any = None) -> int:
+    def migrate_unkeyed(cls, url: str, *, key: MasterKey | None = None) -> int:
         """Re-chain a ledger written with the old unkeyed SHA-256 chain under the keyed chain,
         after checking that the old chain is intact (FormatError naming the first bad entry if
         not: history that may have been rewritten is not blessed with a MAC). Returns the number

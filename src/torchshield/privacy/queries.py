@@ -27,6 +27,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from torchshield.crypto.keys import MasterKey
 from torchshield.errors import InputError
 from torchshield.privacy.ledger import Ledger
 
@@ -68,7 +69,7 @@ class Dataset:
     Identity is a fingerprint of the table's content (column names, types and values), so the
     same rows loaded from a renamed or re-saved file share one budget."""
 
-    def __init__(self, data: Any, *, ledger: Ledger | str | None = None,
+    def __init__(self, data: Any, *, ledger: Ledger | str | None = None, key: MasterKey | None = None,
                  bounds: dict[str, Sequence[float]] | None = None, budget: tuple[float, float] | None = None,
                  actor: str | None = None, name: str = "", rng: random.Random | None = None) -> None:
         import pandas as pd
@@ -87,7 +88,7 @@ class Dataset:
                 raise InputError(f"bounds: column {col!r} not in the data")
             if not lo < hi:
                 raise InputError(f"bounds for {col!r}: lower {lo} must be < upper {hi}")
-        self.ledger = ledger if isinstance(ledger, Ledger) else Ledger(ledger)
+        self.ledger = ledger if isinstance(ledger, Ledger) else Ledger(ledger, key=key)
         self.actor = actor or _whoami()
         self.rng = rng or secrets.SystemRandom()
         self.dataset_id = fingerprint(data)

@@ -27,7 +27,8 @@ from typing import Any
 import torch
 
 from torchshield._version import __version__
-from torchshield.errors import InputError
+from torchshield.crypto.keys import MasterKey
+from torchshield.errors import InputError, KeyMaterialError
 from torchshield.nn.datasets import load_dataset
 from torchshield.nn.loop import EpochEnd, ProgressFactory, Regularizer, evaluate, fit
 from torchshield.nn.split import split_path, write_split
@@ -61,7 +62,11 @@ def _optional(module: str, attr: str, what: str) -> Callable[..., Any]:
 
 
 def train_from_config(cfg: TrainConfig, *, progress: ProgressFactory | None = None,
-                      on_epoch: Callable[[EpochEnd], Any] | None = None) -> RunResult:
+                      on_epoch: Callable[[EpochEnd], Any] | None = None,
+                      key: MasterKey | None = None) -> RunResult:
+    """Train as ``cfg`` says. ``key``: the master key resolved at the edge (the CLI), for a
+    watermark when the config names no ``output.key_file``; this function never reads the
+    environment for a key."""
     torch.manual_seed(cfg.seed)
     for target in (cfg.output.bundle, split_path(cfg.output.bundle)):
         if target.exists() and not cfg.output.overwrite:
@@ -94,9 +99,11 @@ def train_from_config(cfg: TrainConfig, *, progress: ProgressFactory | None = No
     if cfg.watermark:
         make_regularizer = _optional("torchshield.model.watermark.training", "make_regularizer",
                                      "watermark embedding")
-        from torchshield.crypto.keys import resolve_master_key
-
-        mark_key = bundle_key or resolve_master_key(required=True)
+        mark_key = bundle_key or key
+        if mark_key is None:
+            raise KeyMaterialError("watermark: embedding a mark needs the master key",
+                                   hint="set output.key_file in the config, or pass --key-file "
+                                        "(or set TORCHSHIELD_KEY_FILE / TORCHSHIELD_KEY)")
         regularizers, watermark_record = make_regularizer(cfg.watermark, model, mark_key)
         regularizers = list(regularizers)
     optimizer = build_optimizer(model.parameters(), cfg.optimizer)

@@ -1,5 +1,6 @@
 import os
 import stat
+from pathlib import Path
 
 import pytest
 
@@ -79,6 +80,19 @@ def test_env_resolution_order(tmp_path, monkeypatch, master_key):
     assert resolve_master_key(required=False) is None
     with pytest.raises(KeyMaterialError, match="no key given"):
         resolve_master_key()
+
+
+def test_keys_are_resolved_only_at_the_edge():
+    """One resolver, for the CLI and the service start; it takes a key file, nothing else (issue 23:
+    it used to accept a MasterKey, raw bytes, a path or None in one argument)."""
+    import inspect
+
+    params = inspect.signature(resolve_master_key).parameters
+    assert list(params) == ["key_file", "required"]
+    src = Path(__file__).resolve().parents[3] / "src" / "torchshield"
+    callers = sorted(str(p.relative_to(src)) for p in src.rglob("*.py")
+                     if "resolve_master_key(" in p.read_text() and p.name != "keys.py")
+    assert all(c.startswith("cli/") or c == "serve/service.py" for c in callers), callers
 
 
 def test_passphrase_key_file_stores_no_secret(tmp_path, monkeypatch):

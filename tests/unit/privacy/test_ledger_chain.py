@@ -31,10 +31,14 @@ def _sql(tmp_path, stmt, *args):
         conn.execute(stmt, args)
 
 
-def test_intact_and_needs_the_key(ledger, tmp_path, master_key):
+def test_intact_and_needs_the_key(ledger, tmp_path, master_key, key_file, monkeypatch):
     assert ledger.verify(DS) == []
-    with pytest.raises(KeyMaterialError, match="master key"):
-        Ledger(f"sqlite:///{tmp_path / 'ledger.db'}")
+    # The library never looks for a key itself (issue 23): the environment is read at the edge
+    # (the CLI) only, so a key there does not open the ledger, nor do the raw bytes or a path.
+    monkeypatch.setenv("TORCHSHIELD_KEY_FILE", str(key_file))
+    for wrong in (None, master_key.secret, str(key_file), key_file):
+        with pytest.raises(KeyMaterialError, match="master key"):
+            Ledger(f"sqlite:///{tmp_path / 'ledger.db'}", key=wrong)
     from torchshield.crypto.keys import generate_master_key
 
     other = Ledger(f"sqlite:///{tmp_path / 'ledger.db'}", key=generate_master_key())

@@ -14,16 +14,22 @@ import pandas as pd
 import pytest
 
 from torchshield.cli.app import run
+from torchshield.crypto.keys import MasterKey, write_key_file
 from torchshield.errors import InputError, PrivacyBudgetExceeded
 from torchshield.privacy.ledger import Ledger
 from torchshield.privacy.queries import Dataset, gaussian_sigma
 
+# The ledger's chain is keyed. The library takes this MasterKey itself and never looks at the
+# environment; the CLI (the edge) resolves it from TORCHSHIELD_KEY_FILE, set below.
+KEY = MasterKey(bytes(range(32)))
+
 
 @pytest.fixture(autouse=True)
-def ledger_key(key_file, monkeypatch):
-    """The ledger's chain is keyed: its master key comes from the environment, as for the CLI."""
-    monkeypatch.setenv("TORCHSHIELD_KEY_FILE", str(key_file))
-    return key_file
+def ledger_key(tmp_path, monkeypatch):
+    path = tmp_path / "ledger.key"
+    write_key_file(path, KEY)
+    monkeypatch.setenv("TORCHSHIELD_KEY_FILE", str(path))
+    return KEY
 
 
 @pytest.fixture()
@@ -37,7 +43,7 @@ def table(tmp_path):
 
 
 def _ds(df, tmp_path, **kw):
-    return Dataset(df, ledger=f"sqlite:///{tmp_path / 'ledger.db'}", bounds={"age": (0, 120)},
+    return Dataset(df, ledger=f"sqlite:///{tmp_path / 'ledger.db'}", key=KEY, bounds={"age": (0, 120)},
                    rng=random.Random(1), actor="alice", **kw)
 
 
@@ -92,7 +98,7 @@ def test_crash_between_charge_and_answer_still_counts(table, tmp_path):
     ds = _ds(df, tmp_path, budget=(1.0, 0.0))
     ds.ledger.charge(ds.dataset_id, plan={"query": "count"}, mechanism="laplace", noise_scale=1, epsilon=0.8)
     # the process died here: no commit; a new process sees the reservation as spent
-    again = Ledger(f"sqlite:///{tmp_path / 'ledger.db'}")
+    again = Ledger(f"sqlite:///{tmp_path / 'ledger.db'}", key=KEY)
     assert again.budget(ds.dataset_id).spent_epsilon == pytest.approx(0.8)
     assert again.entries_for(ds.dataset_id)[0].status == "reserved"
 
@@ -127,10 +133,10 @@ def test_read_only_ledger_is_a_clear_error(table, tmp_path):
     df, _ = table
     path = tmp_path / "ro.db"
     _ds(df, tmp_path, budget=(1.0, 0.0)).ledger.close()
-    Ledger(f"sqlite:///{path}").close()
+    Ledger(f"sqlite:///{path}", key=KEY).close()
     # opened read-only (as a read-only mount or file would be): refused up front, with the reason
     with pytest.raises(InputError, match="cannot write .*readonly"):
-        Ledger(f"sqlite:///file:{path}?mode=ro&uri=true")
+        Ledger(f"sqlite:///file:{path}?mode=ro&uri=true", key=KEY)
 
 
 def test_gaussian_sigma_is_tight():
@@ -144,9 +150,11 @@ CHILD = textwrap.dedent("""
     import json, random, sys
     import pandas as pd
     from torchshield.errors import PrivacyBudgetExceeded
+    from torchshield.crypto.keys import resolve_master_key
     from torchshield.privacy.queries import Dataset
     df = pd.read_parquet(sys.argv[1])
-    ds = Dataset(df, ledger=sys.argv[2], actor=sys.argv[3], rng=random.Random())
+    key = resolve_master_key()  # this child is an edge: the key from the environment, resolved once
+    ds = Dataset(df, ledger=sys.argv[2], key=key, actor=sys.argv[3], rng=random.Random())
     ok = refused = 0
     for i in range(12):
         try:
@@ -161,13 +169,13 @@ CHILD = textwrap.dedent("""
 def test_two_processes_cannot_double_spend(table, tmp_path):
     df, path = table
     url = f"sqlite:///{tmp_path / 'ledger.db'}"
-    Dataset(df, ledger=url, budget=(1.0, 0.0))
+    Dataset(df, ledger=url, key=KEY, budget=(1.0, 0.0))
     procs = [subprocess.Popen([sys.executable, "-c", CHILD, str(path), url, who], stdout=subprocess.PIPE, text=True)
              for who in ("p1", "p2")]
     results = [json.loads(p.communicate(timeout=120)[0]) for p in procs]
     assert sum(r["ok"] for r in results) == 20  # 20 x 0.05 = 1.0 exactly, never more
     assert sum(r["refused"] for r in results) == 4
-    ledger = Ledger(url)
+    ledger = Ledger(url, key=KEY)
     (dataset_id, _), = ledger.dataset_ids()
     assert ledger.budget(dataset_id).spent_epsilon == pytest.approx(1.0)
     assert ledger.verify(dataset_id) == []
@@ -193,7 +201,7 @@ def test_cli_query_and_ledger_show(table, tmp_path, capsys):
 
 
 def test_a_budget_or_cost_above_the_ledger_limit_is_a_clear_input_error(tmp_path, capsys):
-    ledger = Ledger(f"sqlite:///{tmp_path / 'big.db'}")
+    ledger = Ledger(f"sqlite:///{tmp_path / 'big.db'}", key=KEY)
     with pytest.raises(InputError, match="above the ledger's limit"):
         ledger.register("d" * 64, epsilon=1e7)  # 1e19 units: overflowed the 64-bit column (exit 70)
     ledger.register("d" * 64, epsilon=1e6)  # the limit itself fits
@@ -214,7 +222,7 @@ def test_registration_race_lost_on_insert_retries_and_agrees(tmp_path, monkeypat
     """PostgreSQL has no table lock: two processes may both read "no such data set" and both insert.
     The loser's IntegrityError is retried, finds the winner's row and accepts the same budget."""
     url = f"sqlite:///{tmp_path / 'race.db'}"
-    winner, loser = Ledger(url), Ledger(url)
+    winner, loser = Ledger(url, key=KEY), Ledger(url, key=KEY)
     real = Ledger._dataset_row
     calls = []
 
