@@ -80,16 +80,21 @@ def count_rows(path: str | Path, fmt: str) -> int | None:
     return max(0, n - (1 if fmt in ("csv", "tsv") else 0))
 
 
+def _readable(p: Path, fmt: str | None) -> str:
+    """The format of ``p``, after refusing a missing, non-regular or empty file (both readers)."""
+    if not p.is_file():
+        raise InputError(f"{p} does not exist or is not a file")
+    if p.stat().st_size == 0:
+        raise InputError(f"{p} is empty", hint="give a file with a header row and data")
+    return detect_format(p, fmt)
+
+
 def iter_chunks(path: str | Path, *, fmt: str | None = None, encoding: str | None = None,
                 chunk_rows: int = 50_000, nrows: int | None = None) -> Iterator[pd.DataFrame]:
     """Yield the table at ``path`` in DataFrames of at most ``chunk_rows`` rows (all values str
     for text formats, so IDs with leading zeros stay intact)."""
     p = Path(path)
-    if not p.is_file():
-        raise InputError(f"{p} does not exist or is not a file")
-    if p.stat().st_size == 0:
-        raise InputError(f"{p} is empty", hint="give a file with a header row and data")
-    fmt = detect_format(p, fmt)
+    fmt = _readable(p, fmt)
     if fmt == "parquet":
         yield from _parquet_chunks(p, chunk_rows, nrows)
         return
@@ -133,11 +138,7 @@ def read_table(path: str | Path, *, fmt: str | None = None, encoding: str | None
     if not typed:
         chunks = list(iter_chunks(p, fmt=fmt, encoding=encoding))
         return pd.concat(chunks, ignore_index=True) if len(chunks) != 1 else chunks[0]
-    if not p.is_file():
-        raise InputError(f"{p} does not exist or is not a file")
-    if p.stat().st_size == 0:
-        raise InputError(f"{p} is empty", hint="give a file with a header row and data")
-    fmt = detect_format(p, fmt)
+    fmt = _readable(p, fmt)
     if fmt == "parquet":
         try:
             return pd.read_parquet(p)
