@@ -62,6 +62,11 @@ def _optional(module: str, attr: str, what: str) -> Callable[..., Any]:
 
 def train_from_config(cfg: TrainConfig, *, progress: ProgressFactory | None = None,
                       on_epoch: Callable[[EpochEnd], Any] | None = None) -> RunResult:
+    if cfg.task != "tabular":  # text fine-tuning of a Hugging Face model (train.finetune)
+        from torchshield.train.finetune import finetune
+
+        tuned: RunResult = finetune(cfg, progress=progress, on_epoch=on_epoch)
+        return tuned
     torch.manual_seed(cfg.seed)
     for target in (cfg.output.bundle, split_path(cfg.output.bundle)):
         if target.exists() and not cfg.output.overwrite:
