@@ -28,6 +28,7 @@ import datetime as _dt
 import hashlib
 import platform
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,6 +41,7 @@ from torchshield.errors import InputError, MissingDependencyError
 from torchshield.nn.loop import EpochEnd, ProgressFactory, fit
 from torchshield.nn.split import split_path, write_split
 from torchshield.train.config import TrainConfig, build_optimizer
+from torchshield.train.result import RunResult, bundle_key, public_size
 from torchshield.train.text import IGNORE, TextData, Tokenizer, load_text_data, tokenizer_from_files
 
 __all__ = ["MODEL_KEYS", "ADAPTER_KEYS", "BaseModel", "causal_lm_loss", "classification_loss", "finetune",
@@ -200,7 +202,7 @@ def _adapter(model: nn.Module, spec: dict[str, Any], task: str) -> tuple[nn.Modu
     head = sorted({n.split(".modules_to_save.")[0].replace("base_model.model.", "")
                    for n, p in wrapped.named_parameters() if p.requires_grad and ".modules_to_save." in n})
     record = {"type": "lora", "r": r, "alpha": alpha, "dropout": dropout,
-              "target_modules": sorted(wrapped.peft_config["default"].target_modules),
+              "target_modules": sorted(getattr(wrapped.peft_config["default"], "target_modules", None) or []),
               "also_trained": head, "trainable_parameters": trainable, "base_parameters": total,
               "saved_as": "merged into the base weights (W + B A * alpha / r); the bundle is an ordinary "
                           "model of the base architecture",
@@ -218,10 +220,8 @@ def _merge(model: nn.Module) -> nn.Module:
 # -- the run ---------------------------------------------------------------------------------------
 
 def finetune(cfg: TrainConfig, *, progress: ProgressFactory | None = None,
-             on_epoch: Any = None) -> Any:
-    """Run a ``task:`` config (module docstring); returns a :class:`torchshield.train.run.RunResult`."""
-    from torchshield.train.run import RunResult, _bundle_key, _public_size
-
+             on_epoch: Callable[[EpochEnd], Any] | None = None) -> RunResult:
+    """Run a ``task:`` config (module docstring)."""
     torch.manual_seed(cfg.seed)
     for target in (cfg.output.bundle, split_path(cfg.output.bundle)):
         if target.exists() and not cfg.output.overwrite:
@@ -249,12 +249,13 @@ def finetune(cfg: TrainConfig, *, progress: ProgressFactory | None = None,
         model, adapter = _adapter(model, dict(cfg.adapter), cfg.task)
     model.train()
     loss_fn = classification_loss if cfg.task == "sequence-classification" else causal_lm_loss
-    engine, releases = None, []
+    engine = None
+    releases: list[dict[str, Any]] = []
     if cfg.privacy is not None:
         from torchshield.train.dp import PrivacyConfig, make_private
 
         settings = dict(cfg.privacy)
-        size, releases = _public_size(settings, data, cfg.batch_size)
+        size, releases = public_size(settings, data, cfg.batch_size)
         settings["epsilon"] = settings["epsilon"] - sum(r["epsilon"] for r in releases)
         engine = make_private(model, config=PrivacyConfig(**settings), dataset_size=size,
                               batch_size=cfg.batch_size, epochs=cfg.epochs)
@@ -285,7 +286,7 @@ def finetune(cfg: TrainConfig, *, progress: ProgressFactory | None = None,
                                                                         "mechanism")}
     if adapter is not None:
         model = _merge(model)
-    bundle = _save(cfg, model, base, tok, data, metrics, result.to_dict(), privacy, adapter, dropped, _bundle_key(cfg))
+    bundle = _save(cfg, model, base, tok, data, metrics, result.to_dict(), privacy, adapter, dropped, bundle_key(cfg))
     split = write_split(bundle, data, private=private)
     if split is not None:
         messages.append(f"examples trained on: {split} (keep it private: it says who is in the training set)")
@@ -298,7 +299,7 @@ def _save(cfg: TrainConfig, model: nn.Module, base: BaseModel, tok: Tokenizer, d
     from torchshield.model.bundle import save
     from torchshield.model.sources.hf import hf_preprocessing
 
-    hf_config = model.config  # type: ignore[union-attr]
+    hf_config: Any = getattr(model, "config")  # noqa: B009 - a transformers model (finetune checked the head)
     if data.task == "sequence-classification":  # declared (public) class names become the model's labels
         hf_config.id2label = {i: str(c.item() if hasattr(c, "item") else c) for i, c in enumerate(data.classes)}
         hf_config.label2id = {v: k for k, v in hf_config.id2label.items()}
