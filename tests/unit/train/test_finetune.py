@@ -173,7 +173,7 @@ def test_dp_sequence_classification_from_csv(work, capsys):
 def test_dp_causal_lm_on_text_file_with_tied_head(work, capsys):
     d = work["dir"]
     cfg = _config(work, "lm", task="causal-lm", model={"path": "gpt2"}, data={"path": "corpus.txt", "block_size": 16},
-                  optimizer={"name": "adam", "lr": 0.003}, epochs=2, batch_size=16,
+                  optimizer={"name": "adam", "lr": 0.003}, epochs=3, batch_size=16,
                   privacy={"epsilon": 50, "delta": 1e-5, "dataset_size": 60, **INSECURE})
     assert run(["train", cfg, "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
@@ -190,7 +190,7 @@ def test_dp_causal_lm_on_text_file_with_tied_head(work, capsys):
     with torch.no_grad():
         before = float(base.eval()(input_ids=blocks[trained], labels=blocks[trained]).loss)
         after = float(model(input_ids=blocks[trained], labels=blocks[trained]).loss)
-    assert after < before - 0.5, (before, after)
+    assert after < 0.9 * before, (before, after)
     assert out["metrics"]["train"]["perplexity"] == pytest.approx(np.exp(out["metrics"]["train"]["loss"]), rel=1e-6)
 
 
@@ -351,10 +351,33 @@ def test_bad_input_exits_2_naming_the_field(work, capsys, case, fragment):
 
 
 def test_non_private_fine_tune_may_drop_a_dp_claim_explicitly(work, capsys):
+    import pandas as pd
+
+    pd.read_csv(work["dir"] / "reviews.csv").to_parquet(work["dir"] / "reviews.parquet")
+    data = {"path": "reviews.parquet", "text": "review", "label": "sentiment", "max_length": 8}
     cfg = _cls_config(work, "dropped", model={"path": _dp_claim_bundle(work), "drop_privacy_claim": True}, epochs=1,
-                      optimizer={"name": "adam", "lr": 0.01}, privacy=None)
+                      optimizer={"name": "adam", "lr": 0.01}, privacy=None, data=data)
     assert run(["train", cfg]) == 0
     assert "DP claim (epsilon 3.0) was dropped" in capsys.readouterr().out
     manifest = torchshield.inspect(work["dir"] / "dropped.tsb").manifest
     assert "privacy" not in manifest or not manifest["privacy"]
     assert manifest["provenance"]["dp_claim_dropped"] == {"by": "train", "epsilon": 3.0, "delta": 1e-5}
+
+
+def test_line_examples_from_an_encrypted_bundle(work, key_file):
+    """``unit: line``: one example per non-empty line; the input bundle is encrypted (model.key_file)."""
+    from torchshield.crypto.keys import read_key_file
+
+    d = work["dir"]
+    protect_model(d / "gpt2", d / "gpt2-enc.tsb", key=read_key_file(key_file))
+    cfg = _config(work, "lines", task="causal-lm", model={"path": "gpt2-enc.tsb", "key_file": str(key_file)},
+                  data={"path": "corpus.txt", "block_size": 12, "unit": "line"}, epochs=1, batch_size=16,
+                  optimizer={"name": "adam", "lr": 0.003})
+    assert run(["train", cfg]) == 0
+    manifest = torchshield.inspect(d / "lines.tsb").manifest
+    assert manifest["metadata"]["data"]["unit"].startswith("one non-empty line of corpus.txt")
+    assert "privacy" not in manifest or not manifest["privacy"]
+    split = read_split(split_path(d / "lines.tsb"))
+    assert split.source["unit"] == "line" and len(split.trained) == 120  # the corpus' 120 lines
+    assert "key_file" not in json.dumps(manifest["metadata"]["config"])  # key paths stay out of the manifest
+    assert torchshield.load_model(d / "lines.tsb").lm_head.weight.shape == (32, 32)
