@@ -186,8 +186,9 @@ def _adapter(model: nn.Module, spec: dict[str, Any], task: str) -> tuple[nn.Modu
     config = peft.LoraConfig(task_type=task_type, r=r, lora_alpha=alpha, lora_dropout=dropout,
                              target_modules=targets, modules_to_save=keep)
     try:
-        with warnings.catch_warnings():  # "fan_in_fan_out is set to False ... setting it to True" (GPT-2)
+        with warnings.catch_warnings():  # "fan_in_fan_out ... setting it to True" (GPT-2), deprecations
             warnings.simplefilter("ignore", UserWarning)
+            warnings.simplefilter("ignore", FutureWarning)
             wrapped = peft.get_peft_model(model, config)
     except ValueError as exc:
         raise InputError(f"adapter: {str(exc).splitlines()[0][:200]}",
