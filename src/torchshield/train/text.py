@@ -244,6 +244,11 @@ def _classification(opts: dict[str, Any], tok: Tokenizer, limit: int | None, pri
     if df[text].isna().any():
         raise InputError(f"data.text: column {text!r} of {path} has missing values", hint="drop or fill those rows")
     texts = [str(t) for t in df[text].tolist()]
+    if classes is not None:
+        unknown = next((v for v in df[label].tolist() if v not in classes), None)
+        if unknown is not None:
+            raise InputError(f"data.classes: column {label!r} of {path} holds {unknown!r}, which is not a declared "
+                             "class", hint="add it to data.classes, or drop those rows")
     y, known = _label_codes(df[label], classes)
     ids, mask = tok.encode(texts, max_length)
     x = np.stack([ids, mask], axis=1)

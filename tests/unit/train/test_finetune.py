@@ -308,6 +308,7 @@ def _dp_claim_bundle(work):
     ("dp_claim", "carries a DP claim (epsilon 3.0)"),
     ("classes_undeclared", "data.classes: under privacy: declare the label values"),
     ("classes_count", "data.classes: 3 classes, but bert.tsb has 2 outputs"),
+    ("classes_value", "data.classes: column 'sentiment' of"),
     ("wrong_head", "task sequence-classification needs a *ForSequenceClassification model"),
     ("adapter_key", "adapter: unknown key 'rank'"),
     ("adapter_tabular", "adapter: needs a fine-tuning task"),
@@ -334,6 +335,8 @@ def test_bad_input_exits_2_naming_the_field(work, capsys, case, fragment):
         changes["data"] = {k: v for k, v in data.items() if k != "classes"}
     elif case == "classes_count":
         changes["data"] = {**data, "classes": ["neg", "pos", "meh"]}
+    elif case == "classes_value":
+        changes["data"] = {**data, "classes": ["neg", "positive"]}
     elif case == "wrong_head":
         changes["model"] = {"path": "gpt2"}
     elif case == "adapter_key":
