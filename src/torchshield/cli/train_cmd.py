@@ -56,4 +56,5 @@ def train(config: Path = typer.Argument(..., help="YAML training config (model, 
 
 
 def register(root: typer.Typer) -> None:
-    root.command("train", help="Train a model from a YAML config and write a signed .tsb bundle.")(train)
+    root.command("train", help="Train a model from a YAML config and write a signed .tsb bundle; with task: "
+                              "fine-tune a Hugging Face model on text (LoRA with adapter:).")(train)

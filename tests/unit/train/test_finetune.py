@@ -216,8 +216,9 @@ def test_causal_lm_loss_masks_padding():
 
 def test_lora_trains_adapters_only_and_merges_them(work, capsys):
     d = work["dir"]
+    # the base carries a DP claim of its own (same weights as bert.tsb): a DP fine-tune keeps it beside the new one
     cfg = _cls_config(work, "lora", adapter={"type": "lora", "r": 4, "alpha": 8, "target_modules": ["query", "value"]},
-                      optimizer={"name": "sgd", "lr": 0.5, "momentum": 0.9})
+                      optimizer={"name": "sgd", "lr": 0.5, "momentum": 0.9}, model={"path": _dp_claim_bundle(work)})
     assert run(["train", cfg, "--json"]) == 0
     capsys.readouterr()
     manifest = torchshield.inspect(d / "lora.tsb").manifest
@@ -229,6 +230,7 @@ def test_lora_trains_adapters_only_and_merges_them(work, capsys):
     privacy = manifest["privacy"]
     _check_claim(privacy, target=100, delta=1e-5, unit="one row of reviews.csv")
     assert privacy["trainable"].startswith("adapters only")
+    assert privacy["base_model"]["epsilon"] == 3.0 and privacy["base_model"]["delta"] == 1e-5
     before = dict(open_model(d / "bert.tsb").module.state_dict())
     loaded = open_model(d / "lora.tsb")  # an ordinary BertForSequenceClassification: no peft needed to load
     after = dict(loaded.module.state_dict())
