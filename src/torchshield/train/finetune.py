@@ -182,9 +182,12 @@ def _adapter(model: nn.Module, spec: dict[str, Any], task: str) -> tuple[nn.Modu
     if targets is not None and not (isinstance(targets, list) and targets and all(isinstance(t, str) for t in targets)):
         raise InputError("adapter.target_modules must be a list of module names, e.g. [query, value]")
     keep = spec.get("modules_to_save")
+    if keep is not None and not (isinstance(keep, list) and all(isinstance(k, str) for k in keep)):
+        raise InputError("adapter.modules_to_save must be a list of module names ([] freezes the head too)")
+    freeze_head = task == "sequence-classification" and keep == []  # peft adds the head for SEQ_CLS itself
     task_type = "SEQ_CLS" if task == "sequence-classification" else "CAUSAL_LM"
     config = peft.LoraConfig(task_type=task_type, r=r, lora_alpha=alpha, lora_dropout=dropout,
-                             target_modules=targets, modules_to_save=keep)
+                             target_modules=targets, modules_to_save=None if keep is None else list(keep))
     try:
         with warnings.catch_warnings():  # "fan_in_fan_out ... setting it to True" (GPT-2), deprecations
             warnings.simplefilter("ignore", UserWarning)
@@ -194,7 +197,7 @@ def _adapter(model: nn.Module, spec: dict[str, Any], task: str) -> tuple[nn.Modu
         raise InputError(f"adapter: {str(exc).splitlines()[0][:200]}",
                          hint="name existing Linear layers in adapter.target_modules (e.g. [query, value] for "
                               "BERT, [c_attn] for GPT-2)") from None
-    if task == "sequence-classification" and keep == []:  # peft adds the head to modules_to_save itself
+    if freeze_head:
         for name, p in wrapped.named_parameters():
             if "lora_" not in name:
                 p.requires_grad_(False)
@@ -209,6 +212,14 @@ def _adapter(model: nn.Module, spec: dict[str, Any], task: str) -> tuple[nn.Modu
                           "model of the base architecture",
               "peft": peft.__version__}
     return wrapped, record
+
+
+def _trainable(adapter: dict[str, Any] | None) -> str:
+    """What the privacy slot says DP-SGD trained."""
+    if adapter is None:
+        return "all parameters"
+    also = "".join(f" + {name}" for name in adapter["also_trained"])
+    return f"adapters only (LoRA{also}); the frozen base weights took no gradient"
 
 
 def _merge(model: nn.Module) -> nn.Module:
@@ -279,9 +290,7 @@ def finetune(cfg: TrainConfig, *, progress: ProgressFactory | None = None,
         privacy["target_epsilon"] = float(cfg.privacy["epsilon"])  # type: ignore[index]
         privacy["releases"] = releases
         privacy["neighbouring"] = f"add/remove {data.unit}"
-        privacy["trainable"] = ("adapters only (LoRA" + (f" + {', '.join(adapter['also_trained'])}" if adapter and
-                                adapter["also_trained"] else "") + "); the frozen base weights took no data"
-                                if adapter else "all parameters")
+        privacy["trainable"] = _trainable(adapter)
         if base.privacy:
             privacy["base_model"] = {k: base.privacy.get(k) for k in ("epsilon", "delta", "neighbouring",
                                                                         "mechanism")}

@@ -386,3 +386,34 @@ def test_line_examples_from_an_encrypted_bundle(work, key_file):
     assert split.source["unit"] == "line" and len(split.trained) == 120  # the corpus' 120 lines
     assert "key_file" not in json.dumps(manifest["metadata"]["config"])  # key paths stay out of the manifest
     assert torchshield.load_model(d / "lines.tsb").lm_head.weight.shape == (32, 32)
+
+
+def _changed(before: dict, after: dict) -> set[str]:
+    assert set(after) == set(before)
+    return {k for k in before if not torch.equal(before[k], after[k])}
+
+
+def test_lora_on_gpt2_conv1d_and_a_frozen_head(work):
+    """GPT-2's attention is a transformers Conv1D (peft: fan_in_fan_out); ``modules_to_save: []`` freezes
+    the classifier too: in both, only the adapted weights differ from the input, by rank <= r."""
+    d = work["dir"]
+    cfg = _config(work, "lora-lm", task="causal-lm", model={"path": "gpt2"}, data={"path": "corpus.txt", "block_size": 16},
+                  adapter={"r": 2, "target_modules": ["c_attn"]}, epochs=1, batch_size=16,
+                  optimizer={"name": "adam", "lr": 0.01})
+    assert run(["train", cfg]) == 0
+    before = dict(transformers.GPT2LMHeadModel.from_pretrained(d / "gpt2").state_dict())
+    tuned = torchshield.load_model(d / "lora-lm.tsb")
+    assert tuned.lm_head.weight is tuned.transformer.wte.weight
+    changed = _changed(before, dict(tuned.state_dict()))
+    assert changed == {f"transformer.h.{i}.attn.c_attn.weight" for i in (0, 1)}
+    for k in changed:
+        s = torch.linalg.svdvals((tuned.state_dict()[k] - before[k]).double())
+        assert s[0] > 1e-4 and float(s[2:].max()) < 1e-6 * float(s[0])
+    cfg = _cls_config(work, "lora-frozen-head", adapter={"r": 2, "modules_to_save": []}, epochs=1, privacy=None,
+                      optimizer={"name": "adam", "lr": 0.01})
+    assert run(["train", cfg]) == 0
+    adapter = torchshield.inspect(d / "lora-frozen-head.tsb").manifest["metadata"]["adapter"]
+    assert adapter["also_trained"] == [] and adapter["trainable_parameters"] == 2 * 2 * (2 * 32 + 32 * 2)
+    changed = _changed(dict(open_model(d / "bert.tsb").module.state_dict()),
+                       dict(torchshield.load_model(d / "lora-frozen-head.tsb").state_dict()))
+    assert changed == {f"bert.encoder.layer.{i}.attention.self.{m}.weight" for i in (0, 1) for m in ("query", "value")}
