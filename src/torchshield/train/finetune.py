@@ -256,6 +256,9 @@ def finetune(cfg: TrainConfig, *, progress: ProgressFactory | None = None,
     tok: Tokenizer = tokenizer_from_files(base.files, model=base.name, config=config)
     data: TextData = load_text_data(cfg.task, cfg.data, tok, config, model=base.name, private=private)
     _check_head(cfg.task, base, data.num_classes if cfg.task == "sequence-classification" else None)
+    hf_config: Any = getattr(base.module, "config")  # noqa: B009 - a transformers model
+    if getattr(hf_config, "pad_token_id", None) is None:  # decoder classifiers find each text's end by it
+        hf_config.pad_token_id = tok.pad_id
     model, adapter = base.module, None
     if cfg.adapter is not None:
         model, adapter = _adapter(model, dict(cfg.adapter), cfg.task)

@@ -417,3 +417,28 @@ def test_lora_on_gpt2_conv1d_and_a_frozen_head(work):
     changed = _changed(dict(open_model(d / "bert.tsb").module.state_dict()),
                        dict(torchshield.load_model(d / "lora-frozen-head.tsb").state_dict()))
     assert changed == {f"bert.encoder.layer.{i}.attention.self.{m}.weight" for i in (0, 1) for m in ("query", "value")}
+
+
+def test_decoder_classifier_learns_the_pad_id_and_padding_changes_nothing(work):
+    """GPT-2 as a classifier reads the logits at each text's last real token, found by the pad id; a
+    config without one gets the tokenizer's, and a padded batch predicts what each text alone does."""
+    d = work["dir"]
+    if not (d / "gpt2-cls").exists():
+        gcfg = transformers.AutoConfig.for_model("gpt2", vocab_size=32, n_embd=32, n_layer=2, n_head=2,
+                                                 n_positions=32, num_labels=2, resid_pdrop=0.0, embd_pdrop=0.0,
+                                                 attn_pdrop=0.0, bos_token_id=1, eos_token_id=1,
+                                                 architectures=["GPT2ForSequenceClassification"])
+        assert gcfg.pad_token_id is None
+        transformers.GPT2ForSequenceClassification(gcfg).save_pretrained(d / "gpt2-cls")
+        work["bert_tok"].save(str(d / "gpt2-cls" / "tokenizer.json"))
+    cfg = _cls_config(work, "gpt2-cls", model={"path": "gpt2-cls"}, epochs=1)
+    assert run(["train", cfg]) == 0
+    model = torchshield.load_model(d / "gpt2-cls.tsb")
+    assert model.config.pad_token_id == 0  # [PAD]
+    texts = ["good", "bad awful sad poor", "nice fine"]
+    ids, mask = _encode(work["bert_tok"], texts, 8)
+    with torch.no_grad():
+        batch = model(input_ids=ids, attention_mask=mask).logits
+        for i, text in enumerate(texts):
+            alone = torch.tensor([work["bert_tok"].encode(text).ids])
+            torch.testing.assert_close(batch[i], model(input_ids=alone).logits[0], rtol=1e-4, atol=1e-5)
