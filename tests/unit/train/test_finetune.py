@@ -442,3 +442,12 @@ def test_decoder_classifier_learns_the_pad_id_and_padding_changes_nothing(work):
         for i, text in enumerate(texts):
             alone = torch.tensor([work["bert_tok"].encode(text).ids])
             torch.testing.assert_close(batch[i], model(input_ids=alone).logits[0], rtol=1e-4, atol=1e-5)
+
+
+def test_commands_that_rebuild_table_models_refuse_a_text_fine_tune(work, capsys):
+    d = work["dir"]
+    save({"w": torch.zeros(2)}, d / "text.tsb", metadata={"task": "causal-lm", "config": {}})
+    (d / "members.csv").write_text("a,label\n1,0\n", encoding="utf-8")
+    assert run(["privacy", "audit", str(d / "text.tsb"), "--members", str(d / "members.csv"),
+                "--non-members", str(d / "members.csv")]) == 2
+    assert "a causal-lm fine-tune of a Hugging Face model" in capsys.readouterr().err
