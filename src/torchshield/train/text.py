@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -216,8 +216,6 @@ def load_text_data(task: str, spec: Any, tok: Tokenizer, config: dict[str, Any],
     else:
         opts = _options(spec, _LM_KEYS, task)
         data = _language_model(opts, tok, limit)
-    from dataclasses import replace
-
     return replace(data, source={**data.source, "path": str(opts["path"]),
                                  "sha256": file_sha256(Path(opts["path"]))})
 
@@ -256,7 +254,7 @@ def _classification(opts: dict[str, Any], tok: Tokenizer, limit: int | None, pri
     tr, te = _keyed_split([t.encode("utf-8") + b"\x00" + repr(v).encode() for t, v in zip(texts, df[label].tolist())],
                           float(opts.get("test_fraction", 0.2)), seed)
     train, test = _splits(x, y, tr, te)
-    return TextData(str(path), "sequence-classification", train, test, len(known), max_length,
+    return TextData(Path(path).name, "sequence-classification", train, test, len(known), max_length,
                     f"one row of {Path(path).name}", text, label, known, tok.files, split_rows=(tr, te),
                     source={"rows": len(texts), "unit": "row"}, fingerprint=_fingerprint(x, y))
 
@@ -296,5 +294,5 @@ def _language_model(opts: dict[str, Any], tok: Tokenizer, limit: int | None) -> 
     x = np.stack([ids, mask], axis=1)
     tr, te = _keyed_split([r.tobytes() for r in x], float(opts.get("test_fraction", 0.1)), int(opts.get("seed", 0)))
     train, test = _splits(x, y, tr, te)
-    return TextData(str(path), "causal-lm", train, test, 0, block, what, tokenizer_files=tok.files,
+    return TextData(path.name, "causal-lm", train, test, 0, block, what, tokenizer_files=tok.files,
                     split_rows=(tr, te), source={"rows": len(x), "unit": unit}, fingerprint=_fingerprint(x, y))

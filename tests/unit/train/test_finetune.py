@@ -451,3 +451,26 @@ def test_commands_that_rebuild_table_models_refuse_a_text_fine_tune(work, capsys
     assert run(["privacy", "audit", str(d / "text.tsb"), "--members", str(d / "members.csv"),
                 "--non-members", str(d / "members.csv")]) == 2
     assert "a causal-lm fine-tune of a Hugging Face model" in capsys.readouterr().err
+
+
+def test_neighbouring_tables_give_the_same_manifest(work):
+    """The adversary reads the manifest of a DP fine-tune: trained on reviews.csv with or without one
+    row, everything in it but the creation time is the same (the weights are the DP release)."""
+    from torchshield.train.config import TrainConfig
+    from torchshield.train.run import train_from_config
+
+    manifests = []
+    for name, rows in (("with", work["rows"]), ("without", work["rows"][1:])):
+        d = work["dir"] / name
+        d.mkdir(exist_ok=True)
+        with open(d / "reviews.csv", "w", newline="") as fh:
+            csv.writer(fh).writerows([("review", "sentiment"), *rows])
+        doc = yaml.safe_load(open(_cls_config(work, "neighbour", epochs=1)))
+        doc["model"]["path"] = str(work["dir"] / "bert.tsb")
+        train_from_config(TrainConfig.from_dict(doc, base=d))
+        manifest = torchshield.inspect(d / "neighbour.tsb").manifest
+        manifest["provenance"].pop("created")
+        # what may differ: the time, the bundle's random id, and the weights (the DP release) with their digests
+        manifests.append({k: v for k, v in manifest.items() if k not in ("created", "object_id", "tensors")})
+    assert manifests[0] == manifests[1]
+    assert "neighbour" in json.dumps(manifests[0]) and manifests[0]["privacy"]["steps"] == 4  # round(128 / 32)
