@@ -12,6 +12,10 @@
     augment: {gaussian_noise: 0.25}             # torchshield.robust.training
     watermark: {...}                            # torchshield.model.watermark.training
 
+    task: sequence-classification               # or causal-lm: fine-tune a Hugging Face model on text
+    model: {path: bert.tsb}                     #   (train.finetune; data: {path, text, label, ...})
+    adapter: {type: lora, r: 8}                 #   LoRA adapters only (peft)
+
 Relative paths (data, output) are relative to the config file's folder. Unknown keys are
 errors naming the key: a typo like ``privacyy:`` must never silently train without privacy.
 """
