@@ -12,7 +12,9 @@ __all__ = ["register", "train"]
 
 
 def train(config: Path = typer.Argument(..., help="YAML training config (model, data, optimizer, epochs, "
-                                                  "output, optional privacy/adversarial/watermark)."),
+                                                  "output, optional privacy/adversarial/watermark; task: "
+                                                  "sequence-classification or causal-lm fine-tunes a Hugging "
+                                                  "Face model on text, adapter: lora trains adapters only)."),
           as_json: bool = JSON_OPTION) -> None:
     """Train a model from CONFIG; with a privacy: section, with DP-SGD to that (epsilon, delta)."""
     from torchshield.train.config import load_config
@@ -38,7 +40,11 @@ def train(config: Path = typer.Argument(..., help="YAML training config (model, 
         m = result.metrics
         console.print(f"wrote {result.bundle}", highlight=False)
         test = f"{m['test']['accuracy']:.4f}" if m["test"] else "n/a (no test split)"
-        console.print(f"accuracy: train {m['train']['accuracy']:.4f}  test {test}")
+        what = "next-token accuracy" if "perplexity" in (m["train"] or {}) else "accuracy"
+        console.print(f"{what}: train {m['train']['accuracy']:.4f}  test {test}")
+        if "perplexity" in (m["train"] or {}):
+            test_ppl = f"{m['test']['perplexity']:.2f}" if m["test"] else "n/a"
+            console.print(f"perplexity: train {m['train']['perplexity']:.2f}  test {test_ppl}")
         if result.privacy:
             p = result.privacy
             console.print(f"privacy: epsilon {p['epsilon']:.4f} (target {p['target_epsilon']}) delta {p['delta']:g} "
@@ -55,4 +61,5 @@ def train(config: Path = typer.Argument(..., help="YAML training config (model, 
 
 
 def register(root: typer.Typer) -> None:
-    root.command("train", help="Train a model from a YAML config and write a signed .tsb bundle.")(train)
+    root.command("train", help="Train a model from a YAML config and write a signed .tsb bundle; with task: "
+                              "fine-tune a Hugging Face model on text (LoRA with adapter:).")(train)

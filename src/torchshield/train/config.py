@@ -12,6 +12,10 @@
     augment: {gaussian_noise: 0.25}             # torchshield.robust.training
     watermark: {...}                            # torchshield.model.watermark.training
 
+    task: sequence-classification               # or causal-lm: fine-tune a Hugging Face model on text
+    model: {path: bert.tsb}                     #   (train.finetune; data: {path, text, label, ...})
+    adapter: {type: lora, r: 8}                 #   LoRA adapters only (peft)
+
 Relative paths (data, output) are relative to the config file's folder. Unknown keys are
 errors naming the key: a typo like ``privacyy:`` must never silently train without privacy.
 """
@@ -24,10 +28,11 @@ from typing import Any
 
 from torchshield.errors import FormatError, InputError
 
-__all__ = ["OPTIMIZERS", "TOP_LEVEL_KEYS", "OutputConfig", "TrainConfig", "build_optimizer", "load_config"]
+__all__ = ["OPTIMIZERS", "TASKS", "TOP_LEVEL_KEYS", "OutputConfig", "TrainConfig", "build_optimizer", "load_config"]
 
-TOP_LEVEL_KEYS = ("adversarial", "augment", "batch_size", "data", "description", "device", "epochs", "model",
-                  "name", "optimizer", "output", "privacy", "seed", "watermark")
+TOP_LEVEL_KEYS = ("adapter", "adversarial", "augment", "batch_size", "data", "description", "device", "epochs",
+                  "model", "name", "optimizer", "output", "privacy", "seed", "task", "watermark")
+TASKS = ("tabular", "sequence-classification", "causal-lm")  # the last two: train.finetune
 OPTIMIZERS = ("adam", "adamw", "sgd")
 _OUTPUT_KEYS = ("bundle", "key_file", "overwrite", "signing_key")
 _PRIVACY_KEYS = ("accountant", "dataset_size", "delta", "epsilon", "grad_sample_mode", "insecure_seed_for_tests", "max_grad_norm",
@@ -56,6 +61,8 @@ class TrainConfig:
     augment: dict[str, Any] | None = None
     watermark: dict[str, Any] | None = None
     device: str = "cpu"
+    task: str = "tabular"
+    adapter: dict[str, Any] | None = None
     name: str = ""
     source: Path | None = None
     raw: dict[str, Any] = field(default_factory=dict)
@@ -73,8 +80,11 @@ class TrainConfig:
                 raise InputError(f"{source or 'config'}: missing required key {required!r}")
         base = base or Path.cwd()
         data = _resolve_data(doc["data"], base)
-        for section in ("model", "optimizer", "privacy", "adversarial", "augment", "watermark"):
+        task = _task(doc, base)
+        for section in ("model", "optimizer", "privacy", "adversarial", "augment", "watermark", "adapter"):
             value = doc.get(section)
+            if section == "model" and task != "tabular" and isinstance(value, str):
+                continue  # model: bert.tsb
             if value is not None and not isinstance(value, dict):
                 raise InputError(f"{section}: expected a mapping, got {type(value).__name__}")
         if doc.get("adversarial") and doc.get("augment"):
@@ -89,7 +99,7 @@ class TrainConfig:
             privacy = {k: (_float(v, f"privacy.{k}") if k in _PRIVACY_FLOATS and v is not None else v)
                        for k, v in privacy.items()}
         return cls(
-            model=dict(doc["model"]),
+            model=_model(doc["model"], base) if task != "tabular" else dict(doc["model"]),
             data=data,
             optimizer=_optimizer(doc.get("optimizer") or {}),
             epochs=_positive_int(doc.get("epochs", 10), "epochs"),
@@ -101,10 +111,48 @@ class TrainConfig:
             augment=doc.get("augment"),
             watermark=doc.get("watermark"),
             device=str(doc.get("device", "cpu")),
+            task=task,
+            adapter=doc.get("adapter"),
             name=str(doc.get("name", source.stem if source else "")),
             source=source,
             raw={**doc, **({"privacy": dict(privacy)} if privacy is not None else {})},
         )
+
+
+def _task(doc: dict[str, Any], base: Path) -> str:
+    task = doc.get("task", "tabular")
+    if task not in TASKS:
+        raise InputError(f"task must be one of {', '.join(TASKS)}, got {task!r}",
+                         hint="sequence-classification: a text column; causal-lm: a text file")
+    if task == "tabular":
+        if doc.get("adapter") is not None:
+            raise InputError("adapter: needs a fine-tuning task (task: sequence-classification or causal-lm)",
+                             hint="remove adapter:, or set task:")
+        return task
+    for section in ("adversarial", "augment", "watermark"):
+        if doc.get(section):
+            raise InputError(f"{section}: is not supported with task: {task}", hint=f"remove {section}:")
+    return str(task)
+
+
+_MODEL_KEYS = ("path", "key_file", "pubkey", "drop_privacy_claim")
+
+
+def _model(model: Any, base: Path) -> dict[str, Any]:
+    """``model:`` of a fine-tuning task: the input model (a .tsb or a Hugging Face directory)."""
+    if isinstance(model, str):
+        model = {"path": model}
+    if not isinstance(model, dict) or not model.get("path"):
+        raise InputError("model.path: name the model to fine-tune",
+                         hint="a .tsb from 'torchshield model protect DIR', or a Hugging Face model directory")
+    bad = sorted(set(model) - set(_MODEL_KEYS))
+    if bad:
+        raise InputError(f"model: unknown key {bad[0]!r} for a fine-tuning task", hint=f"allowed: {', '.join(_MODEL_KEYS)}")
+    out = dict(model)
+    for key in ("path", "key_file", "pubkey"):
+        if out.get(key):
+            out[key] = str(base / str(out[key]))
+    return out
 
 
 def load_config(path: str | Path) -> TrainConfig:

@@ -24,6 +24,9 @@ __all__ = ["load_trained", "read_rows", "shadow_trainer"]
 
 def _section(manifest: dict[str, Any], path: Any) -> dict[str, Any]:
     meta = manifest.get("metadata") or {}
+    if meta.get("task") in ("sequence-classification", "causal-lm"):
+        raise InputError(f"{path}: a {meta['task']} fine-tune of a Hugging Face model; this command takes models "
+                         "trained on tables or images only", hint="load it with torchshield.load_model(PATH)")
     if "model" not in meta or "data" not in meta or "config" not in meta:
         raise FormatError(f"{path}: the bundle does not say how it was trained",
                           hint="audit bundles written by 'torchshield train'")

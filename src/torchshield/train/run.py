@@ -20,7 +20,6 @@ import datetime as _dt
 import importlib
 import platform
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -34,21 +33,9 @@ from torchshield.nn.loop import EpochEnd, ProgressFactory, Regularizer, evaluate
 from torchshield.nn.split import split_path, write_split
 from torchshield.nn.zoo import build_model
 from torchshield.train.config import TrainConfig, build_optimizer
+from torchshield.train.result import RunResult, bundle_key, public_size
 
 __all__ = ["RunResult", "train_from_config"]
-
-
-@dataclass
-class RunResult:
-    bundle: Path
-    metrics: dict[str, Any]
-    training: dict[str, Any]
-    privacy: dict[str, Any] | None
-    messages: list[str] = field(default_factory=list)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"bundle": str(self.bundle), "metrics": self.metrics, "training": self.training,
-                "privacy": self.privacy, "messages": self.messages}
 
 
 def _optional(module: str, attr: str, what: str) -> Callable[..., Any]:
@@ -67,6 +54,11 @@ def train_from_config(cfg: TrainConfig, *, progress: ProgressFactory | None = No
     """Train as ``cfg`` says. ``key``: the master key resolved at the edge (the CLI), for a
     watermark when the config names no ``output.key_file``; this function never reads the
     environment for a key."""
+    if cfg.task != "tabular":  # text fine-tuning of a Hugging Face model (train.finetune)
+        from torchshield.train.finetune import finetune
+
+        tuned: RunResult = finetune(cfg, progress=progress, on_epoch=on_epoch)
+        return tuned
     torch.manual_seed(cfg.seed)
     for target in (cfg.output.bundle, split_path(cfg.output.bundle)):
         if target.exists() and not cfg.output.overwrite:
@@ -86,7 +78,7 @@ def train_from_config(cfg: TrainConfig, *, progress: ProgressFactory | None = No
         from torchshield.train.dp import PrivacyConfig, make_private
 
         settings = dict(cfg.privacy)
-        size, releases = _public_size(settings, data, cfg.batch_size)
+        size, releases = public_size(settings, data, cfg.batch_size)
         spent_on_releases = sum(r["epsilon"] for r in releases)
         settings["epsilon"] = settings["epsilon"] - spent_on_releases
         engine = make_private(model, config=PrivacyConfig(**settings), dataset_size=size,
@@ -95,15 +87,15 @@ def train_from_config(cfg: TrainConfig, *, progress: ProgressFactory | None = No
         messages += engine.messages
     regularizers: list[Regularizer] = []
     watermark_record = None
-    bundle_key = _bundle_key(cfg)  # read once: the watermark and the encrypted bundle share it
+    file_key = bundle_key(cfg)  # read once: the watermark and the encrypted bundle share it
     if cfg.watermark:
         make_regularizer = _optional("torchshield.model.watermark.training", "make_regularizer",
                                      "watermark embedding")
-        mark_key = bundle_key or key
+        mark_key = file_key or key
         if mark_key is None:
             raise KeyMaterialError("watermark: embedding a mark needs the master key",
-                                   hint="set output.key_file in the config, or pass --key-file "
-                                        "(or set TORCHSHIELD_KEY_FILE / TORCHSHIELD_KEY)")
+                                   hint="set output.key_file in the config, or set TORCHSHIELD_KEY_FILE / "
+                                        "TORCHSHIELD_KEY for the CLI")
         regularizers, watermark_record = make_regularizer(cfg.watermark, model, mark_key)
         regularizers = list(regularizers)
     optimizer = build_optimizer(model.parameters(), cfg.optimizer)
@@ -123,39 +115,11 @@ def train_from_config(cfg: TrainConfig, *, progress: ProgressFactory | None = No
         privacy["epsilon"] += sum(r["epsilon"] for r in releases)
         privacy["target_epsilon"] = float(cfg.privacy["epsilon"])
         privacy["releases"] = releases
-    bundle = _save(cfg, model, data, metrics, result.to_dict(), privacy, watermark_record, bundle_key)
+    bundle = _save(cfg, model, data, metrics, result.to_dict(), privacy, watermark_record, file_key)
     split = write_split(bundle, data, private=private)
     if split is not None:
         messages.append(f"rows trained on: {split} (keep it private: it says who is in the training set)")
     return RunResult(bundle, metrics, result.to_dict(), privacy, messages)
-
-
-def _public_size(settings: dict[str, Any], data: Any, batch_size: int) -> tuple[int, list[dict[str, Any]]]:
-    """The training-set size DP-SGD may use (sample rate, step count): public, or DP-released."""
-    declared = settings.pop("dataset_size", None)
-    if data.public:
-        return len(data.train), []
-    if declared is not None:
-        if isinstance(declared, bool) or not isinstance(declared, int) or declared < batch_size:
-            raise InputError(f"privacy.dataset_size must be a whole number >= batch_size ({batch_size}), "
-                             f"got {declared!r}", hint="a public estimate of the training-set size")
-        return declared, []
-    from torchshield.train.noise import discrete_laplace, noise_source
-
-    eps = round(0.01 * float(settings["epsilon"]), 12)  # 1% of the budget: scale 100/epsilon rows
-    source = noise_source(settings.get("seed") if settings.get("insecure_seed_for_tests") else None)
-    released = max(batch_size, discrete_laplace(len(data.train), eps, source))
-    return released, [{"what": "training-set size (for the sample rate)", "value": released, "epsilon": eps,
-                       "delta": 0.0, "mechanism": "discrete Laplace (two-sided geometric), sensitivity 1"}]
-
-
-def _bundle_key(cfg: TrainConfig) -> Any:
-    """The key of ``output.key_file``, read once (a passphrase is asked for once), or None."""
-    if cfg.output.key_file is None:
-        return None
-    from torchshield.crypto.keys import read_key_file
-
-    return read_key_file(cfg.output.key_file)
 
 
 def _save(cfg: TrainConfig, model: torch.nn.Module, data: Any, metrics: dict[str, Any],
