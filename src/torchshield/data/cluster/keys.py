@@ -19,7 +19,7 @@ from typing import Any
 from torchshield.data.anonymize import OPERATORS, Policy
 from torchshield.errors import KeyMaterialError
 
-__all__ = ["OPERATOR_SUBKEYS", "SubkeySet", "policy_subkeys"]
+__all__ = ["OPERATOR_SUBKEYS", "SubkeySet", "keyed_operators", "policy_subkeys"]
 
 # The (label, length) each keyed operator asks its KeyedContext for (data/anonymize/operators.py).
 # A test fails when a keyed operator is added without its entry here.

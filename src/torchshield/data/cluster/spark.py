@@ -26,7 +26,7 @@ import functools
 import os
 import shutil
 import sys
-import uuid
+import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, TypeVar
 
@@ -86,7 +86,9 @@ class SparkEngine:
 
     def _start(self) -> Any:
         try:
-            from pyspark.sql import SparkSession
+            with warnings.catch_warnings():  # pyspark warns about pandas 3 on import; RDD tasks do not use its pandas layer
+                warnings.simplefilter("ignore", FutureWarning)
+                from pyspark.sql import SparkSession
         except ImportError:
             raise MissingDependencyError("pyspark", "cluster") from None
         if not os.environ.get("JAVA_HOME") and shutil.which("java") is None:
@@ -104,18 +106,18 @@ class SparkEngine:
             os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
         try:
             builder = SparkSession.builder.master(self.master).appName("torchshield-data")
-            for k, v in self._conf.items():
-                builder = builder.config(k, v)
+            for name, value in self._conf.items():
+                builder = builder.config(name, value)
             session = builder.getOrCreate()
         except Exception as exc:  # noqa: BLE001 - py4j/pyspark raise several types when the JVM cannot start
             raise InputError(f"could not start Spark ({type(exc).__name__})",
                              hint="check the Java runtime (java -version: 17 or later) and the master URL") from None
         finally:
-            for k, v in saved.items():
-                if v is None:
-                    os.environ.pop(k, None)
+            for var, old in saved.items():
+                if old is None:
+                    os.environ.pop(var, None)
                 else:
-                    os.environ[k] = v
+                    os.environ[var] = old
         session.sparkContext.setLogLevel("ERROR")
         self._owned = True
         return session
