@@ -44,7 +44,7 @@ def scan(path: Path = typer.Argument(..., help="CSV/TSV/Parquet/JSONL/text file.
          min_score: float = typer.Option(0.5, "--min-score", help="Detector threshold in [0, 1]."),
          encoding: str | None = _ENCODING, fmt: str | None = _FORMAT,
          engine: str = _ENGINE,
-         workers: int = typer.Option(2, "--workers", "-j", help="Spark local workers with --engine spark."),
+         workers: int = typer.Option(2, "--workers", "-j", help="Spark local workers (with --engine spark)."),
          spark_master: str | None = _SPARK_MASTER, as_json: bool = JSON_OPTION) -> None:
     """Show, per column, which PII types it holds and how often (no values are printed)."""
     from torchshield.data.cluster import make_engine
@@ -108,8 +108,9 @@ def mask(path: Path = typer.Argument(..., help="Input table or text file."),
          key_file: Path | None = _KEY_FILE, encoding: str | None = _ENCODING, fmt: str | None = _FORMAT,
          out_format: str | None = typer.Option(None, "--out-format", help="Output format (default: from suffix)."),
          chunk_rows: int = typer.Option(50_000, "--chunk-rows", help="Rows per chunk (bounds memory)."),
-         workers: int = typer.Option(1, "--workers", "-j",
-                                     help="Processes masking chunks in parallel (Spark local workers with --engine spark)."),
+         workers: int | None = typer.Option(None, "--workers", "-j",
+                                            help="Processes masking chunks in parallel (default 1); "
+                                                 "Spark local workers with --engine spark (default 2)."),
          engine: str = _ENGINE, spark_master: str | None = _SPARK_MASTER,
          as_json: bool = JSON_OPTION) -> None:
     """De-identify a table under a policy, streaming; writes OUT, OUT.policy.yaml and OUT.report.json."""
@@ -117,6 +118,8 @@ def mask(path: Path = typer.Argument(..., help="Input table or text file."),
     from torchshield.data.cluster import make_engine
     from torchshield.data.tabular import mask_file
 
+    if workers is None:
+        workers = 2 if engine == "spark" else 1
     if chunk_rows < 1 or workers < 1:
         raise InputError("--chunk-rows and --workers must be at least 1")
     from torchshield.data.tabular import count_rows, detect_format

@@ -137,10 +137,10 @@ class SparkEngine:
             for chunk in chunks:
                 batch.append(chunk)
                 if len(batch) == wave:
-                    yield from _unwrap(sc.parallelize(batch, len(batch)).map(func).collect())
+                    yield from _unwrap(_run_wave(sc, func, batch))
                     batch = []
             if batch:
-                yield from _unwrap(sc.parallelize(batch, len(batch)).map(func).collect())
+                yield from _unwrap(_run_wave(sc, func, batch))
         finally:
             bc.destroy()
 
@@ -156,6 +156,16 @@ class SparkEngine:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _run_wave(sc: Any, func: Callable[[Any], Any], batch: list[Any]) -> list[Any]:
+    """One Spark job, one partition per chunk. Task errors come back as values (``_guarded``);
+    what still raises here is the engine's own failure (a lost executor, a worker killed for memory)."""
+    try:
+        return list(sc.parallelize(batch, len(batch)).map(func).collect())
+    except Exception as exc:  # noqa: BLE001 - py4j wraps every JVM-side failure; its text may quote a row
+        raise ShieldError(f"the Spark job failed ({type(exc).__name__})",
+                          hint="see the Spark executor logs; no output was written") from None
 
 
 def _guarded(task: Callable[[Any, Any], Any], bc: Any, chunk: Any) -> tuple[str, Any]:
