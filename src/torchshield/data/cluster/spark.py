@@ -39,19 +39,22 @@ S = TypeVar("S")
 R = TypeVar("R")
 
 
-def local_conf(workers: int) -> dict[str, str]:
-    """Spark settings for a session this module starts: quiet, local-only, encrypted temp files."""
-    return {
+def local_conf(workers: int, *, local: bool = True) -> dict[str, str]:
+    """Spark settings for a session this module starts: quiet, encrypted temp files, and for a
+    local master a driver bound to 127.0.0.1 (a cluster's executors must reach the driver, so
+    there the cluster's own address settings apply)."""
+    conf = {
         "spark.ui.enabled": "false",
         "spark.ui.showConsoleProgress": "false",
-        "spark.driver.host": "127.0.0.1",
-        "spark.driver.bindAddress": "127.0.0.1",
         "spark.io.encryption.enabled": "true",
         "spark.sql.shuffle.partitions": str(max(1, workers)),
-        "spark.default.parallelism": str(max(1, workers)),
         "spark.python.worker.reuse": "true",
         "spark.log.level": "ERROR",
     }
+    if local:
+        conf.update({"spark.driver.host": "127.0.0.1", "spark.driver.bindAddress": "127.0.0.1",
+                     "spark.default.parallelism": str(max(1, workers))})
+    return conf
 
 
 class SparkEngine:
@@ -72,7 +75,7 @@ class SparkEngine:
         self.master = master or f"local[{workers}]"
         self._session = session
         self._owned = False
-        self._conf = {**local_conf(workers), **(conf or {})}
+        self._conf = {**local_conf(workers, local=self.master.startswith("local")), **(conf or {})}
 
     def describe(self) -> dict[str, Any]:
         sc = self._session.sparkContext if self._session is not None else None
@@ -97,12 +100,13 @@ class SparkEngine:
         existing = SparkSession.getActiveSession()
         if existing is not None:
             return existing  # someone else's session: use it, never stop it
-        # The executors' Python must be this interpreter (with torchshield and pandas), and Spark's
-        # launcher must not go looking for a routable address: both are read from the environment
-        # when the JVM starts, so they are set for that moment only and restored afterwards.
+        # In local mode the executors' Python must be this interpreter (with torchshield and
+        # pandas), and Spark's launcher must not go looking for a routable address: both are read
+        # from the environment when the JVM starts, so they are set for that moment only and
+        # restored afterwards. A cluster's executors keep the Python their cluster configures.
         saved = {k: os.environ.get(k) for k in ("PYSPARK_PYTHON", "SPARK_LOCAL_IP")}
-        os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
         if self.master.startswith("local"):
+            os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
             os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
         try:
             builder = SparkSession.builder.master(self.master).appName("torchshield-data")
