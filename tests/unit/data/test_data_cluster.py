@@ -153,3 +153,15 @@ def test_cli_engine_flags_are_checked(table, tmp_path, capsys, monkeypatch):
     assert run(["data", "mask", str(table), "--out", str(out), "--engine", "spark", "--json"]) == 2
     err = capsys.readouterr().err
     assert "Java" in err and "openjdk-17-jre-headless" in err and not out.exists()
+
+
+def test_local_sessions_bind_loopback_and_cluster_sessions_keep_their_addresses():
+    from torchshield.data.cluster import SparkEngine, make_engine
+
+    local = SparkEngine(workers=3)
+    assert local.master == "local[3]" and local._conf["spark.driver.bindAddress"] == "127.0.0.1"
+    assert local._conf["spark.io.encryption.enabled"] == "true" and local._conf["spark.ui.enabled"] == "false"
+    remote = make_engine("spark", workers=2, master="spark://10.0.0.5:7077")
+    assert remote.describe()["master"] == "spark://10.0.0.5:7077"
+    assert "spark.driver.bindAddress" not in remote._conf and remote._conf["spark.io.encryption.enabled"] == "true"
+    assert make_engine("local", workers=4) is None
