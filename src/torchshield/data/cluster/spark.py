@@ -112,7 +112,9 @@ class SparkEngine:
             builder = SparkSession.builder.master(self.master).appName("torchshield-data")
             for name, value in self._conf.items():
                 builder = builder.config(name, value)
-            session = builder.getOrCreate()
+            with warnings.catch_warnings():  # the same pandas-3 warning, from pyspark's own lazy imports
+                warnings.simplefilter("ignore", FutureWarning)
+                session = builder.getOrCreate()
         except Exception as exc:  # noqa: BLE001 - py4j/pyspark raise several types when the JVM cannot start
             raise InputError(f"could not start Spark ({type(exc).__name__})",
                              hint="check the Java runtime (java -version: 17 or later) and the master URL") from None
