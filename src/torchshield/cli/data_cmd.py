@@ -25,6 +25,10 @@ data_app = typer.Typer(help="Find PII, de-identify tables and text, release unde
 _KEY_FILE = typer.Option(None, "--key-file", "-k", help="Master key file (else $TORCHSHIELD_KEY / _KEY_FILE).")
 _ENCODING = typer.Option(None, "--encoding", help="Input text encoding (default: detect UTF-8/UTF-8-BOM/GB18030).")
 _FORMAT = typer.Option(None, "--format", help="Input format: csv, tsv, parquet, jsonl, txt (default: from suffix).")
+_ENGINE = typer.Option("local", "--engine",
+                       help="local (this process, the default) or spark (Apache Spark; pip install 'torchshield[cluster]').")
+_SPARK_MASTER = typer.Option(None, "--spark-master",
+                             help="Spark master URL with --engine spark (default: local[WORKERS]).")
 
 
 def _key(key_file: Path | None, *, required: bool) -> Any:
@@ -38,19 +42,30 @@ def scan(path: Path = typer.Argument(..., help="CSV/TSV/Parquet/JSONL/text file.
          sample: int = typer.Option(2000, "--sample", help="Rows to scan from the start of the file."),
          full: bool = typer.Option(False, "--full", help="Scan every row (slower on big files)."),
          min_score: float = typer.Option(0.5, "--min-score", help="Detector threshold in [0, 1]."),
-         encoding: str | None = _ENCODING, fmt: str | None = _FORMAT, as_json: bool = JSON_OPTION) -> None:
+         encoding: str | None = _ENCODING, fmt: str | None = _FORMAT,
+         engine: str = _ENGINE,
+         workers: int = typer.Option(2, "--workers", "-j", help="Spark local workers (with --engine spark)."),
+         spark_master: str | None = _SPARK_MASTER, as_json: bool = JSON_OPTION) -> None:
     """Show, per column, which PII types it holds and how often (no values are printed)."""
+    from torchshield.data.cluster import make_engine
     from torchshield.data.tabular import scan_file
 
-    if sample < 1:
-        raise InputError("--sample must be at least 1")
-    result = scan_file(path, sample_rows=None if full else sample, encoding=encoding, fmt=fmt, min_score=min_score)
+    if sample < 1 or workers < 1:
+        raise InputError("--sample and --workers must be at least 1")
+    eng = make_engine(engine, workers=workers, master=spark_master)
+    try:
+        result = scan_file(path, sample_rows=None if full else sample, encoding=encoding, fmt=fmt,
+                           min_score=min_score, engine=eng)
+    finally:
+        if eng is not None:
+            eng.close()
 
     def human(c: Any) -> None:
         from rich.table import Table
 
         c.print(f"{result['file']}: {result['rows_scanned']} of {result['rows_total']} rows scanned"
-                f"{' (sample)' if result['sampled'] else ''}, encoding {result['encoding'] or 'binary'}")
+                f"{' (sample)' if result['sampled'] else ''}, encoding {result['encoding'] or 'binary'}"
+                + (f", on {result['engine']['name']} {result['engine']['master']}" if "engine" in result else ""))
         t = Table("column", "kind", "class", "PII types (cells with it / findings)")
         for col, info in result["columns"].items():
             types = ", ".join(f"{k} {v['cells']}/{v['findings']} ({v['fraction']:.0%})"
@@ -93,26 +108,39 @@ def mask(path: Path = typer.Argument(..., help="Input table or text file."),
          key_file: Path | None = _KEY_FILE, encoding: str | None = _ENCODING, fmt: str | None = _FORMAT,
          out_format: str | None = typer.Option(None, "--out-format", help="Output format (default: from suffix)."),
          chunk_rows: int = typer.Option(50_000, "--chunk-rows", help="Rows per chunk (bounds memory)."),
-         workers: int = typer.Option(1, "--workers", "-j", help="Processes masking chunks in parallel."),
+         workers: int | None = typer.Option(None, "--workers", "-j",
+                                            help="Processes masking chunks in parallel (default 1); "
+                                                 "Spark local workers with --engine spark (default 2)."),
+         engine: str = _ENGINE, spark_master: str | None = _SPARK_MASTER,
          as_json: bool = JSON_OPTION) -> None:
     """De-identify a table under a policy, streaming; writes OUT, OUT.policy.yaml and OUT.report.json."""
     from torchshield.data.anonymize import load_policy
+    from torchshield.data.cluster import make_engine
     from torchshield.data.tabular import mask_file
 
+    if workers is None:
+        workers = 2 if engine == "spark" else 1
     if chunk_rows < 1 or workers < 1:
         raise InputError("--chunk-rows and --workers must be at least 1")
     from torchshield.data.tabular import count_rows, detect_format
 
+    eng = make_engine(engine, workers=workers, master=spark_master)  # not started: bad input below costs no JVM
     pol = load_policy(policy)
     key = _key(key_file, required=False)
     total = count_rows(path, detect_format(path, fmt)) if path.is_file() else None
-    with progress("masking", total) as advance:
-        report = mask_file(path, out, policy=pol, key=key, encoding=encoding, in_format=fmt, out_format=out_format,
-                           chunk_rows=chunk_rows, on_progress=advance, workers=workers)
+    try:
+        with progress("masking", total) as advance:
+            report = mask_file(path, out, policy=pol, key=key, encoding=encoding, in_format=fmt,
+                               out_format=out_format, chunk_rows=chunk_rows, on_progress=advance,
+                               workers=1 if eng is not None else workers, engine=eng)
+    finally:
+        if eng is not None:
+            eng.close()
 
     def human(c: Any) -> None:
         c.print(f"wrote {report['output']}: {report['rows']} rows in {report['seconds']} s "
-                f"({report['rows_per_second']} rows/s)")
+                f"({report['rows_per_second']} rows/s)"
+                + (f" on {report['engine']['name']} {report['engine']['master']}" if "engine" in report else ""))
         for col, counts in report["changes_per_column"].items():
             c.print(f"  {col}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
         if report["dropped_columns"]:
