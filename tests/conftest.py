@@ -24,6 +24,13 @@ from hypothesis import settings
 settings.register_profile("deterministic", derandomize=True, database=None, deadline=None)
 settings.load_profile("deterministic")
 
+# `make test` runs two xdist workers on two cores: torch gets one thread per worker, here and in every
+# process a test starts (CLI runs, servers). With torch's default (a thread per core) four or more
+# compute threads spin-wait for two cores, and on a loaded machine that starved a test's server
+# past its client's timeout (a red CI run). Set before anything imports torch.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("MKL_NUM_THREADS", "1")
+
 # Tests must never pick up a developer's key from the environment.
 for _var in ("TORCHSHIELD_KEY", "TORCHSHIELD_KEY_FILE", "TORCHSHIELD_PASSPHRASE"):
     os.environ.pop(_var, None)
@@ -82,6 +89,14 @@ def _seeded_secrets():
     yield
     for name, fn in saved.items():
         setattr(secrets, name, fn)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _one_torch_thread():
+    """The same as OMP_NUM_THREADS above, in case torch was imported before this file."""
+    import torch
+
+    torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="module", autouse=True)

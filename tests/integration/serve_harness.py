@@ -66,7 +66,7 @@ def running(app: Any) -> Any:
                                            lifespan="off"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
-    deadline = time.time() + 20
+    deadline = time.time() + 120
     while not server.started:
         if time.time() > deadline or not thread.is_alive():
             raise RuntimeError("uvicorn did not start")

@@ -135,7 +135,7 @@ def test_postgres_event_loop_path_recovers_from_lost_connections(pg_db, master_k
         with admin.connect() as conn:
             pids = [r[0] for r in conn.exec_driver_sql(f"SELECT pid {others}")]
             conn.exec_driver_sql("SELECT pg_terminate_backend(pid) FROM unnest(%(p)s::int[]) AS pid", {"p": pids})
-            deadline = time.time() + 10
+            deadline = time.time() + 60
             while conn.exec_driver_sql("SELECT count(*) FROM pg_stat_activity WHERE pid = ANY(%(p)s::int[])",
                                        {"p": pids}).scalar() and time.time() < deadline:
                 time.sleep(0.02)
@@ -286,11 +286,11 @@ def test_postgres_going_down_mid_run_answers_503_quickly_then_recovers(tmp_path,
                     t0 = time.perf_counter()
                     r = client.post("/v1/models/digits/predict", headers=hdr, json={"inputs": X})
                     assert r.status_code == 503 and r.json()["error"]["code"] == "unavailable"
-                    assert time.perf_counter() - t0 < 6
+                    assert time.perf_counter() - t0 < 15  # about 2 s (two 1 s pool waits), not the pool's 30 s; slack for a loaded CI
                     assert name not in r.text and "55432" not in r.text and token not in r.text
             finally:
                 allow(True)
-            deadline = time.time() + 20
+            deadline = time.time() + 120
             while (status := client.post("/v1/models/digits/predict", headers=hdr,
                                          json={"inputs": X}).status_code) != 200 and time.time() < deadline:
                 time.sleep(0.2)

@@ -26,6 +26,7 @@ class AssessInputs:
     api_key: str | None = field(default=None, repr=False)
     quick: bool = False
     max_examples: int = 2000  # rows per split used by the model checks (time bound on 2 cores)
+    endpoint_timeout_s: float = 10.0  # per request to --endpoint (report --endpoint-timeout)
     seed: int = 0
 
 

@@ -28,6 +28,9 @@ def report(
         envvar="TORCHSHIELD_API_KEY",
         help="API key for --endpoint (or $TORCHSHIELD_API_KEY).",
     ),
+    endpoint_timeout: float = typer.Option(
+        10.0, "--endpoint-timeout", min=0.1, max=600.0, help="Seconds to wait for each answer from --endpoint."
+    ),
     out: Path = typer.Option(Path("report"), "--out", help="Folder for index.html and report.json."),
     quick: bool = typer.Option(False, "--quick", help="Fewer attacks and examples (a fast first look)."),
     only: list[str] = typer.Option([], "--only", help="Run only these sections (ids, comma-separated or repeated): "
@@ -53,6 +56,7 @@ def report(
         pubkey=pubkey,
         endpoint=endpoint,
         api_key=api_key,
+        endpoint_timeout_s=endpoint_timeout,
         quick=quick,
     )
 

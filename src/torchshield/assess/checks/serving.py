@@ -36,7 +36,7 @@ def check_serving(ctx: AssessContext) -> Section:
         else f"{parts.scheme}://{parts.hostname}"
     )
     _tls(s, parts.scheme, parts.hostname or "")
-    with httpx.Client(base_url=base, timeout=10.0) as client:
+    with httpx.Client(base_url=base, timeout=ctx.inputs.endpoint_timeout_s) as client:
         try:
             health = client.get("/healthz")
         except httpx.HTTPError as exc:
@@ -72,7 +72,16 @@ def check_serving(ctx: AssessContext) -> Section:
             )
             return s
         headers = {"Authorization": f"Bearer {token}"}
-        _authenticated(s, client, headers)
+        try:
+            _authenticated(s, client, headers)
+        except httpx.HTTPError as exc:  # a finding, not a crash: the service stopped answering midway
+            s.add(
+                "reachable",
+                FAIL,
+                f"the service stopped answering during the checks ({type(exc).__name__}, "
+                f"timeout {ctx.inputs.endpoint_timeout_s:g} s)",
+                "check the service's health and load; raise --endpoint-timeout for a slow service",
+            )
     return s
 
 
