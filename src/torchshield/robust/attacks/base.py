@@ -47,6 +47,9 @@ class Attack(ABC):
     name: ClassVar[str]
     norm: ClassVar[str] = "linf"
     requires_eps: ClassVar[bool] = True
+    # How the attack reaches the model: "gradient" (white box), "score" (outputs only) or
+    # "ensemble" (several); masking checks compare gradient and score attacks.
+    access: ClassVar[str] = "gradient"
 
     def __init__(self, model: nn.Module, *, eps: float | None, bounds: tuple[float, float] = (0.0, 1.0),
                  num_classes: int | None = None, seed: int | None = None) -> None:
@@ -71,6 +74,10 @@ class Attack(ABC):
             check_eps(self.eps, norm="l2", bounds=self.bounds, dim=x[0].numel())
         self._max_label = int(y.max())
         x = x.detach()
+        if self.eps == 0:
+            # No budget, no change: the clean input itself, bit for bit (a projection would be
+            # exact too, but an attack must not even spend queries on an empty ball).
+            return x.clone()
         generator = torch.Generator().manual_seed(self.seed if self.seed is not None else secrets.randbits(62))
         was_training = self.model.training
         self.model.eval()
@@ -82,6 +89,7 @@ class Attack(ABC):
         lo, hi = self.bounds
         if self.eps is None:
             return x_adv.clamp_(lo, hi)
+        # enforce() ends with the box: every returned value lies in [lo, hi] exactly.
         return self.ball.enforce(x_adv, x, self.eps, lo, hi)
 
     @abstractmethod
