@@ -21,6 +21,7 @@ unprotected digits models the ensemble's Square stage adds 0 to 1 point.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -47,13 +48,18 @@ def masking_warnings(rows: Sequence[MaskingInput], examples: int, *, gap: float 
     """Human-readable warnings (empty when the attacks agree)."""
     if examples <= 0:
         return []
-    threshold = max(gap, min_examples / examples)
+    # Compared in whole examples (accuracies are k / examples), so float rounding cannot decide.
+    need = max(min_examples, math.ceil(gap * examples - 1e-9))
+
+    def count(fraction: float) -> int:
+        return round(fraction * examples)
+
     out: list[str] = []
     for row in rows:
         if row.access != "ensemble" or not row.stages:
             continue
         by_score = int(row.stages.get("square", 0))
-        if by_score / examples >= threshold:
+        if by_score >= need:
             out.append(
                 f"{row.attack} at eps {row.eps:g}: the score-based Square stage fooled {by_score} examples "
                 f"({by_score / examples:.1%}) on which every gradient attack had failed - a sign of gradient "
@@ -67,7 +73,7 @@ def masking_warnings(rows: Sequence[MaskingInput], examples: int, *, gap: float 
             continue
         g = max(grads, key=lambda r: r.robust_accuracy)
         s = min(scores, key=lambda r: r.robust_accuracy)
-        if g.robust_accuracy - s.robust_accuracy >= threshold:
+        if count(g.robust_accuracy) - count(s.robust_accuracy) >= need:
             out.append(
                 f"at eps {eps:g} ({norm}) {g.attack} reports {g.robust_accuracy:.1%} robust but the score-based "
                 f"{s.attack} only {s.robust_accuracy:.1%} ({(g.robust_accuracy - s.robust_accuracy) * 100:.1f} "

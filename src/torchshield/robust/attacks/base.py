@@ -32,6 +32,7 @@ from torchshield.robust.validation import (
     check_inputs,
     check_labels,
     check_logits,
+    dtype_bounds,
 )
 
 __all__ = ["Attack"]
@@ -86,10 +87,11 @@ class Attack(ABC):
                 x_adv = self._perturb(x, y, generator).detach()
         finally:
             self.model.train(was_training)
-        lo, hi = self.bounds
+        lo, hi = dtype_bounds(self.bounds, x_adv.dtype)
         if self.eps is None:
             return x_adv.clamp_(lo, hi)
-        # enforce() ends with the box: every returned value lies in [lo, hi] exactly.
+        # enforce() ends with the box, whose edges x's dtype holds exactly: every returned value
+        # lies in the declared [lo, hi], compared in any precision.
         return self.ball.enforce(x_adv, x, self.eps, lo, hi)
 
     @abstractmethod
