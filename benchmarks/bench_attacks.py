@@ -129,12 +129,12 @@ def autoattack_comparison(rounds: int, n: int) -> None:
         for norm, eps in (("Linf", 0.1), ("L2", 0.5)):
             ours_cls = StandardEnsemble if norm == "Linf" else StandardEnsembleL2
             variants = {
-                "ours (10 steps)": lambda c=ours_cls, e=eps: c(model, eps=e, steps=10, seed=0),
-                "ours (default)": lambda c=ours_cls, e=eps: c(model, eps=e, seed=0),
+                "ours (10 steps)": lambda c=ours_cls, e=eps, m=model: c(m, eps=e, steps=10, seed=0),
+                "ours (default)": lambda c=ours_cls, e=eps, m=model: c(m, eps=e, seed=0),
             }
             if torchattacks:
-                variants["torchattacks AA"] = lambda nm=norm, e=eps: torchattacks.AutoAttack(
-                    model, norm=nm, eps=e, version="standard", n_classes=10, seed=0)
+                variants["torchattacks AA"] = lambda nm=norm, e=eps, m=model: torchattacks.AutoAttack(
+                    m, norm=nm, eps=e, version="standard", n_classes=10, seed=0)
             results: dict[str, tuple[float, list[float]]] = {}
             for r in range(rounds):
                 names = list(variants)
