@@ -81,7 +81,7 @@ LOSSES: dict[str, LossFn] = {"ce": ce_loss, "dlr": dlr_loss, "cw": cw_loss}
 
 
 class APGD(Attack):
-    """APGD, Linf: adaptive step size with momentum; ``loss`` ce (APGD-CE), dlr or cw."""
+    """APGD-CE, Linf: adaptive step size with momentum (loss ce; dlr or cw on request)."""
 
     name = "apgd-ce"
     norm = "linf"
@@ -169,15 +169,17 @@ class APGD(Attack):
 
 
 class APGDL2(APGD):
-    """APGD in the L2 ball; ``loss`` ce (APGD-CE), dlr or cw."""
+    """APGD-CE in the L2 ball (loss ce; dlr or cw on request)."""
 
     name = "apgd-ce-l2"
     norm = "l2"
 
 
 class APGDTargeted(APGD):
-    """APGD-T, Linf: targeted DLR loss towards each of the ``targets`` most likely wrong classes
-    in turn (AutoAttack's second stage); an example is fooled if any target run fools it."""
+    """APGD-T, Linf: targeted DLR loss, towards the most likely wrong classes in turn.
+
+    AutoAttack's second stage: ``targets`` runs, the k-th aimed at the (k+1)-th most likely class
+    at the clean input; an example is fooled if any run fools it."""
 
     name = "apgd-t"
     norm = "linf"
