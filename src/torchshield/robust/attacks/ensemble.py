@@ -59,8 +59,8 @@ class StandardEnsemble(Attack):
 
     def stages(self, seed: int) -> list[tuple[str, Attack]]:
         """The four stages, each seeded from ``seed`` (so the ensemble is reproducible)."""
-        common = {"eps": self.eps, "bounds": self.bounds, "num_classes": self.num_classes}
-        apgd = {"steps": self.steps, "restarts": self.restarts, **common}
+        common: dict[str, Any] = {"eps": self.eps, "bounds": self.bounds, "num_classes": self.num_classes}
+        apgd: dict[str, Any] = {"steps": self.steps, "restarts": self.restarts, **common}
         return [
             ("apgd-ce", self._apgd(self.model, loss="ce", seed=seed, **apgd)),
             ("apgd-t", self._apgdt(self.model, targets=self.targets, seed=seed + 1, **apgd)),
