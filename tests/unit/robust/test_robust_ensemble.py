@@ -116,3 +116,28 @@ def test_masking_rule_table(rows, n, expect):
     # different budgets or norms are never compared
     shifted = [MaskingInput(a, acc_, "linf", 0.1 * (i + 1), r) for i, (a, acc_, r) in enumerate(rows)]
     assert masking_warnings(shifted, n) == []
+
+
+def test_report_robustness_section_reads_the_ensemble_and_flags_masking(data):
+    """The report's robustness check on the masked model: its verdict is the ensemble's figure, and a
+    gradient-masking finding says why PGD's is not to be believed; no such finding without masking."""
+    from types import SimpleNamespace
+
+    from torchshield.assess.checks.robustness import check_robustness
+
+    x, y = data[0][:60], data[1][:60]
+
+    def section(model):
+        subject = SimpleNamespace(module=model, bounds=(0.0, 1.0), num_classes=10)
+        ctx = SimpleNamespace(subject=subject, test_split=(x, y), inputs=SimpleNamespace(quick=True, seed=0))
+        return check_robustness(ctx)
+
+    masked = section(Quantised(trained("mlp"), levels=4).eval())
+    found = {f.check: f for f in masked.findings}
+    assert "gradient-masking" in found and found["gradient-masking"].verdict == "warn"
+    assert masked.metrics["masking_warnings"] and masked.metrics["reported_attack"] == "standard"
+    curves = masked.metrics["robust_accuracy"]
+    assert curves["standard"][-1] <= curves["pgd"][-1] - 0.1  # at 20% of the range the gap is plain
+    assert "under standard" in found["robust-accuracy"].reason
+    plain = section(trained("mlp"))
+    assert "gradient-masking" not in {f.check for f in plain.findings}
