@@ -141,3 +141,19 @@ def test_report_robustness_section_reads_the_ensemble_and_flags_masking(data):
     assert "under standard" in found["robust-accuracy"].reason
     plain = section(trained("mlp"))
     assert "gradient-masking" not in {f.check for f in plain.findings}
+
+
+@pytest.mark.parametrize("classes", [2, 3])
+def test_few_classes_fall_back_to_margin_losses(data, classes):
+    """DLR needs 3 logits and targeted DLR 4: with fewer, APGD-T and APGD-DLR use the equivalent
+    margin, and the ensemble still runs and fools (no index error, no silent skip)."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, classes)).eval()
+    x, y = data[0][:40], data[1][:40] % classes
+    for name, eps in (("standard", 0.1), ("standard-l2", 1.0)):
+        ens = build_attack(name, model, eps=eps, seed=0, steps=5, targets=3, queries=20)
+        adv = ens(x, y)
+        assert sum(ens.last_counts.values()) == 40
+        assert accuracy(model, adv, y) < accuracy(model, x, y)
+    for loss in ("dlr", "cw"):
+        assert accuracy(model, APGD(model, eps=0.1, steps=5, loss=loss, seed=0)(x, y), y) < accuracy(model, x, y)
