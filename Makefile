@@ -16,6 +16,8 @@ $(STAMP): pyproject.toml Makefile
 	# torch first, with an exact pin: any other spec would pull a CUDA build here.
 	$(BIN)/python -m pip install --quiet "$(TORCH_SPEC)"
 	$(BIN)/python -m pip install --quiet -e ".[all,test]" "$(TORCH_SPEC)"
+	# the [bench] extra without its stale metadata pins (requests~=2.25.1, torchvision; see pyproject.toml)
+	$(BIN)/python -m pip install --quiet --no-deps "torchattacks==3.5.1"
 	touch $(STAMP)
 
 test: install

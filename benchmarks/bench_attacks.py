@@ -8,10 +8,18 @@ thread; variants interleaved with rotating order, medians over rounds, paired ra
 Also: robust accuracy of our PGD vs torchattacks' on 500 test images (strength goal: ours <=
 theirs + 0.5 points), and adversarial training time and the robust accuracy it buys (MLP).
 
-    .venv/bin/python benchmarks/bench_attacks.py [--quick]
+The standard ensemble vs torchattacks' AutoAttack (version "standard": APGD-CE, APGD-T, FAB-T,
+Square-5000) on the same model and the same 500 digits test images (8x8, the zoo's MLP 64-64-10
+and a small CNN), Linf eps 0.1 and L2 eps 0.5: robust accuracy (goal: ours <= theirs + 0.5
+points) and wall time, median over --rounds runs. Ours runs twice: at torchattacks' budget
+(10 APGD steps, as its AutoAttack defaults) and at the paper's (100 steps, 9 targets, 5000
+queries, our default).
 
-torchattacks is optional (benchmark only): `.venv/bin/pip install --no-deps torchattacks==3.5.1`
-(plain install pulls torchvision and a CUDA torch). Missing, its columns are skipped.
+    .venv/bin/python benchmarks/bench_attacks.py [--quick] [--autoattack-only] [--rounds 3]
+
+torchattacks is optional (benchmark and reference tests only): `.venv/bin/pip install --no-deps
+torchattacks==3.5.1` (its declared dependencies pin requests~=2.25 and pull torchvision; it imports
+neither). Missing, its columns are skipped.
 """
 
 from __future__ import annotations
@@ -88,13 +96,79 @@ def accuracy(model, x, y) -> float:
         return float((model(x).argmax(1) == y).double().mean())
 
 
+def digits8() -> tuple[torch.Tensor, ...]:
+    """Digits 8x8 in [0, 1] as (N, 1, 8, 8), the fixed 1297/500 split of the unit tests."""
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    x = torch.tensor(d.data, dtype=torch.float32).view(-1, 1, 8, 8) / 16.0
+    y = torch.tensor(d.target)
+    perm = torch.randperm(len(y), generator=torch.Generator().manual_seed(0))
+    x, y = x[perm], y[perm]
+    return x[:1297], y[:1297], x[1297:], y[1297:]
+
+
+def autoattack_comparison(rounds: int, n: int) -> None:
+    """Ours ("standard" ensemble) vs torchattacks.AutoAttack(version="standard"), same model and data."""
+    from torchshield.robust.attacks import StandardEnsemble, StandardEnsembleL2
+
+    xtr, ytr, xt, yt = digits8()
+    xt, yt = xt[:n], yt[:n]
+    models = {"mlp 64-64-10": lambda: nn.Sequential(nn.Flatten(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 10)),
+              "cnn 8c3-lin": lambda: nn.Sequential(nn.Conv2d(1, 8, 3), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 36, 10))}
+    print(f"\nStandard ensemble vs torchattacks AutoAttack (standard), digits 8x8, {n} test images, "
+          f"time = median of {rounds}")
+    for label, build in models.items():
+        torch.manual_seed(0)
+        model = build()
+        loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(xtr, ytr), batch_size=64, shuffle=True,
+                                             generator=torch.Generator().manual_seed(0))
+        fit(model, loader, epochs=10, optimizer=torch.optim.Adam(model.parameters(), lr=1e-2), progress=False)
+        model.eval()
+        print(f"  {label}: clean {accuracy(model, xt, yt):.2%}")
+        for norm, eps in (("Linf", 0.1), ("L2", 0.5)):
+            ours_cls = StandardEnsemble if norm == "Linf" else StandardEnsembleL2
+            variants = {
+                "ours (10 steps)": lambda c=ours_cls, e=eps, m=model: c(m, eps=e, steps=10, seed=0),
+                "ours (default)": lambda c=ours_cls, e=eps, m=model: c(m, eps=e, seed=0),
+            }
+            if torchattacks:
+                variants["torchattacks AA"] = lambda nm=norm, e=eps, m=model: torchattacks.AutoAttack(
+                    m, norm=nm, eps=e, version="standard", n_classes=10, seed=0)
+            results: dict[str, tuple[float, list[float]]] = {}
+            for r in range(rounds):
+                names = list(variants)
+                for name in names[r % len(names):] + names[:r % len(names)]:
+                    torch.manual_seed(0)
+                    t = time.perf_counter()
+                    adv = variants[name]()(xt, yt)
+                    secs = time.perf_counter() - t
+                    acc = accuracy(model, adv, yt)
+                    prev = results.get(name, (acc, []))
+                    results[name] = (prev[0], [*prev[1], secs])
+                    assert abs(prev[0] - acc) < 1e-9, "seeded runs must repeat"
+            line = f"    {norm} eps {eps}:"
+            for name, (acc, times) in results.items():
+                line += f"  {name} {acc:.2%} robust, {statistics.median(times):.1f} s;"
+            if torchattacks:
+                gap = (results["ours (default)"][0] - results["torchattacks AA"][0]) * 100
+                line += f"  ours(default) - theirs = {gap:+.1f} points"
+            print(line, flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="fewer rounds (smoke run)")
     ap.add_argument("--speed-only", action="store_true", help="only the PGD/FGSM timings")
+    ap.add_argument("--autoattack-only", action="store_true", help="only the ensemble vs AutoAttack comparison")
+    ap.add_argument("--rounds", type=int, default=3, help="timing rounds of the AutoAttack comparison")
+    ap.add_argument("--examples", type=int, default=500, help="test images of the AutoAttack comparison")
     args = ap.parse_args()
     torch.set_num_threads(1)
     torch.manual_seed(0)
+    if args.autoattack_only:
+        autoattack_comparison(1 if args.quick else args.rounds, args.examples)
+        return
     xtr, ytr, xt, yt = data()
     model = cnn()
     loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(xtr, ytr), batch_size=64, shuffle=True,
@@ -160,6 +234,8 @@ def main() -> None:
         adv = PGD(m, eps=0.1, steps=20, seed=0)(x8[1297:], y8[1297:])
         print(f"  {label:18} {secs:6.2f} s ({secs / base_time:4.1f}x)  clean {accuracy(m, x8[1297:], y8[1297:]):.2%}"
               f"  robust {accuracy(m, adv, y8[1297:]):.2%}")
+
+    autoattack_comparison(1 if args.quick else args.rounds, args.examples)
 
 
 if __name__ == "__main__":

@@ -160,11 +160,12 @@ class _NoModel:
     """Stands in for a module when only the preprocessing decides (token models)."""
 
 
-def _attack_params(name: str, steps: int | None, restarts: int | None, queries: int | None) -> dict[str, Any]:
+def _attack_params(name: str, steps: int | None, restarts: int | None, queries: int | None,
+                   targets: int | None = None) -> dict[str, Any]:
     from torchshield.robust.attacks import get_attack
 
     accepted = _inspect.signature(get_attack(name).__init__).parameters
-    given = {"steps": steps, "restarts": restarts, "queries": queries}
+    given = {"steps": steps, "restarts": restarts, "queries": queries, "targets": targets}
     return {k: v for k, v in given.items() if v is not None and k in accepted}
 
 
@@ -212,12 +213,16 @@ def attacks_cmd(as_json: bool = JSON_OPTION) -> None:
 @app.command("eval")
 def eval_cmd(model: Path = typer.Argument(..., help="A .tsb bundle written by `torchshield train`."),
              data: str | None = DATA,
-             attack: list[str] = typer.Option(["pgd"], "--attack", "-a", help="Attack name(s), comma-separated "
-                                              "or repeated (see `torchshield robust attacks`)."),
+             attack: list[str] = typer.Option(["standard"], "--attack", "-a", help="Attack name(s), comma-separated "
+                                              "or repeated (see `torchshield robust attacks`); default: the "
+                                              "standard ensemble (APGD-CE, APGD-T, APGD-CW, Square), whose "
+                                              "figure is the robust accuracy to report."),
              eps: str = typer.Option("0.1", "--eps", "-e", help="Budget(s), comma-separated, in input units."),
              steps: int | None = typer.Option(None, "--steps", help="Iterations of iterative attacks."),
              restarts: int | None = typer.Option(None, "--restarts", help="Random restarts (pgd, apgd)."),
-             queries: int | None = typer.Option(None, "--queries", help="Query budget (square)."),
+             queries: int | None = typer.Option(None, "--queries", help="Query budget (square, standard)."),
+             targets: int | None = typer.Option(None, "--targets", help="Target classes of APGD-T "
+                                                "(apgd-t, standard; default 9)."),
              batch_size: int = typer.Option(256, "--batch-size"),
              seed: int = typer.Option(0, "--seed"),
              limit: int | None = LIMIT, bounds: str | None = BOUNDS,
@@ -229,7 +234,11 @@ def eval_cmd(model: Path = typer.Argument(..., help="A .tsb bundle written by `t
              allow_factory: list[str] = ALLOW_FACTORY, as_json: bool = JSON_OPTION) -> None:
     """Clean and robust accuracy per attack and epsilon, on inputs in the model's natural shape.
 
-    Token-id models (text) are reported as not applicable (exit 0): no Lp-ball attack applies."""
+    The default `standard` ensemble counts an example robust only if APGD-CE, APGD-T, APGD-CW and
+    Square all fail on it. A warning is printed (and listed under "warnings" in --json) when
+    attacks disagree the way gradient masking makes them: a score-based attack finding many
+    adversarial examples that gradient attacks missed. Token-id models (text) are reported as not
+    applicable (exit 0): no Lp-ball attack applies."""
     from torchshield.robust.evaluate import evaluate_robustness
     from torchshield.robust.subject import NotApplicable
 
@@ -244,7 +253,7 @@ def eval_cmd(model: Path = typer.Argument(..., help="A .tsb bundle written by `t
         emit(doc, lambda c: c.print(line, highlight=False), as_json=as_json)
         return
     net, x, y, lo_hi, num_classes = sub.model, sub.x, sub.y, sub.bounds, sub.num_classes
-    specs = [(n, _attack_params(n, steps, restarts, queries)) for n in names]
+    specs = [(n, _attack_params(n, steps, restarts, queries, targets)) for n in names]
     with progress("attacking", len(y) * len(specs) * len(eps_list)) as advance:
         report = evaluate_robustness(net, x, y, attacks=specs, eps=eps_list, bounds=lo_hi, batch_size=batch_size,
                                      seed=seed, num_classes=num_classes, keep_adversarial=save_adv is not None,
@@ -264,6 +273,16 @@ def eval_cmd(model: Path = typer.Argument(..., help="A .tsb bundle written by `t
             table.add_row(r.attack, f"{r.eps:g}", f"{r.robust_accuracy:.2%}", f"{r.attack_success_rate:.2%}",
                           f"{r.mean_perturbation:.4f}", f"{r.seconds:.1f}")
         c.print(table)
+        for r in report.rows:
+            if r.stages:
+                order = ("apgd-ce", "apgd-t", "apgd-cw", "square")
+                parts = ", ".join(f"{k} {r.stages.get(k, 0)}" for k in order)
+                c.print(f"  {r.attack} at eps {r.eps:g}: examples fooled first by {parts}; "
+                        f"{r.stages.get('robust', 0)} robust against all", highlight=False)
+        from rich.markup import escape
+
+        for w in report.warnings:
+            c.print(f"[bold yellow]warning:[/] {escape(w)}")
         if save_adv:
             c.print(f"adversarial examples written to {save_adv}", highlight=False)
 

@@ -15,7 +15,7 @@ from torch import Tensor
 
 from torchshield.errors import InputError
 
-__all__ = ["check_bounds", "check_eps", "check_inputs", "check_labels", "check_logits"]
+__all__ = ["check_bounds", "check_eps", "check_inputs", "check_labels", "check_logits", "dtype_bounds"]
 
 
 def check_bounds(bounds: tuple[float, float]) -> tuple[float, float]:
@@ -109,3 +109,17 @@ def check_logits(logits: Tensor, n: int, *, num_classes: int | None, max_label: 
         raise InputError(f"label {max_label} is out of range: the model returns {width} logits per example",
                          hint="check that the model and the labels belong together")
     return width
+
+
+def dtype_bounds(bounds: tuple[float, float], dtype: torch.dtype) -> tuple[float, float]:
+    """``(lo, hi)`` rounded *inwards* to values ``dtype`` holds exactly.
+
+    Clamping a float32 tensor to a Python float rounds the bound to float32 first, and
+    float32(0.1) > 0.1: the result would lie outside the declared range and fail
+    :func:`check_inputs` when fed back. Every valid input already lies inside these edges."""
+    lo_t, hi_t = torch.tensor(bounds[0], dtype=dtype), torch.tensor(bounds[1], dtype=dtype)
+    if float(lo_t) < bounds[0]:
+        lo_t = torch.nextafter(lo_t, torch.tensor(float("inf"), dtype=dtype))
+    if float(hi_t) > bounds[1]:
+        hi_t = torch.nextafter(hi_t, torch.tensor(float("-inf"), dtype=dtype))
+    return float(lo_t), float(hi_t)

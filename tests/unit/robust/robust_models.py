@@ -70,3 +70,22 @@ def trained(kind: str = "cnn") -> nn.Module:
 def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
     with torch.no_grad():
         return float((model(x).argmax(1) == y).float().mean())
+
+
+class Quantised(nn.Module):
+    """A defence that only hides gradients: inputs rounded to ``levels`` steps with a straight
+    ``round()``, whose gradient is zero almost everywhere (gradient attacks stall; score-based
+    attacks do not care)."""
+
+    def __init__(self, model: nn.Module, levels: int = 4) -> None:
+        super().__init__()
+        self.model = model
+        self.levels = levels
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(torch.round(x * self.levels) / self.levels)
+
+
+def quantised_mlp(levels: int = 4) -> nn.Module:
+    """Factory for bundles (``robust_models:quantised_mlp``): the digits MLP behind quantisation."""
+    return Quantised(make_mlp(), levels=levels)

@@ -79,13 +79,22 @@ def test_normalisation_is_inside_the_attacked_model(bundles, capsys):
     assert json.loads(out)["clean_accuracy"] == pytest.approx(expected)
 
 
-def test_token_models_are_not_applicable_never_a_crash(bundles, capsys):
+def test_token_models_are_not_applicable_never_a_crash(bundles, capsys, tmp_path):
     code, out, err = _run(capsys, "robust", "eval", bundles / "gpt2.tsb", "--json")
     assert code == 0, err
     doc = json.loads(out)
     assert doc["status"] == "not_applicable" and "token ids" in doc["reason"]
     code, _, err = _run(capsys, "robust", "certify", bundles / "gpt2.tsb", "--n", "10")
     assert code == 2 and "token ids" in err and "Traceback" not in err
+    code, out, err = _run(capsys, "robust", "eval", bundles / "gpt2.tsb", "--attack", "standard")
+    assert code == 0 and "not applicable" in out and "token ids" in " ".join(out.split())
+    det = tmp_path / "det.json"
+    det.write_text("{}")
+    for argv in (["calibrate-detector", bundles / "gpt2.tsb", "--out", tmp_path / "new.json"],
+                 ["detect", bundles / "gpt2.tsb", "--detector", det]):
+        code, _, err = _run(capsys, "robust", *argv)
+        assert code == 2 and "token ids" in err and "Traceback" not in err, argv
+    assert not (tmp_path / "new.json").exists()
 
 
 def test_logits_model_unwraps_outputs():

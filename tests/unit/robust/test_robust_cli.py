@@ -102,3 +102,34 @@ def test_certify_and_detector_commands(bundle, capsys, tmp_path):
     code, doc, _ = _json(capsys, ["robust", "detect", str(bundle), "--detector", str(det), "--attack", "pgd",
                                   "--eps", "0.1", "--json"])
     assert code == 0 and doc["clean_flagged_rate"] <= 0.2 < doc["adversarial_flagged_rate"]
+
+
+def test_default_is_the_ensemble_and_masking_is_warned_in_text_and_json(capsys, tmp_path):
+    """A user's model that rounds its inputs (gradient masking) through `robust eval`: the default
+    ensemble reports Square's much lower figure, and both outputs carry the warning."""
+    import torch
+    from robust_models import Quantised, digits, trained
+    from safetensors.torch import save_file
+
+    from torchshield.model.loading import protect_model
+
+    torch.save(Quantised(trained("mlp"), levels=4).state_dict(), tmp_path / "q.pt")
+    protect_model(tmp_path / "q.pt", tmp_path / "q.tsb",
+                  architecture={"kind": "factory", "target": "robust_models:quantised_mlp", "kwargs": {"levels": 4}},
+                  input_spec={"kind": "image", "shape": [1, 8, 8], "dtype": "float32", "min": 0.0, "max": 1.0})
+    _, _, xt, yt = digits()
+    save_file({"inputs": xt[:60].contiguous(), "labels": yt[:60].contiguous()}, tmp_path / "d.safetensors")
+    args = ["robust", "eval", str(tmp_path / "q.tsb"), "--data", str(tmp_path / "d.safetensors"), "--eps", "0.1",
+            "--steps", "10", "--targets", "3", "--queries", "300", "--allow-factory", "robust_models:quantised_mlp"]
+    code, doc, err = _json(capsys, [*args, "--attack", "standard,pgd", "--json"])
+    assert code == 0, err
+    rows = {r["attack"]: r for r in doc["results"]}
+    assert rows["pgd"]["robust_accuracy"] >= doc["clean_accuracy"] - 0.05  # fooled by the masking
+    assert rows["standard"]["robust_accuracy"] <= rows["pgd"]["robust_accuracy"] - 0.1
+    assert rows["standard"]["stages"]["square"] >= 6 and rows["standard"]["access"] == "ensemble"
+    assert doc["warnings"] and all("gradient masking" in w for w in doc["warnings"])
+    capsys.readouterr()
+    assert run(args) == 0  # the default attack is the ensemble
+    out = capsys.readouterr().out
+    assert "standard" in out and "warning:" in out and "gradient masking" in " ".join(out.split())
+    assert "fooled first by apgd-ce" in " ".join(out.split())

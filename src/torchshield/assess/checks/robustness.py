@@ -2,7 +2,11 @@
 
 Budgets are fractions of the model's input range (``metadata.data.input_bounds``), so one
 grid means the same thing for pixels in [0, 1] and standardised table columns. The verdict
-reads the strongest attack at the reference budget: how much of the clean accuracy survives."""
+reads the strongest attack at the reference budget: how much of the clean accuracy survives.
+The ``standard`` ensemble (APGD-CE, APGD-T, APGD-CW and Square, robust only if all fail) is
+among the attacks, so a model that merely hides its gradients cannot pass on FGSM/PGD figures;
+when a score-based attack finds what gradient attacks missed, a ``gradient-masking`` finding
+says so."""
 
 from __future__ import annotations
 
@@ -12,7 +16,8 @@ from torchshield.assess.checks.capability import require
 from torchshield.assess.context import AssessContext
 from torchshield.assess.findings import FAIL, PASS, WARN, Section
 
-__all__ = ["EPS_FRACTIONS", "REFERENCE_FRACTION", "check_robustness", "robust_accuracy_curves"]
+__all__ = ["EPS_FRACTIONS", "REFERENCE_FRACTION", "check_robustness", "robust_accuracy_curves",
+           "robust_accuracy_report"]
 
 EPS_FRACTIONS = (0.0, 0.02, 0.05, 0.1, 0.2)
 REFERENCE_FRACTION = 0.05
@@ -21,8 +26,9 @@ RETAIN_PASS, RETAIN_WARN = 0.8, 0.5
 
 def _attacks(quick: bool) -> dict[str, dict[str, Any]]:
     if quick:
-        return {"fgsm": {}, "pgd": {"steps": 10}}
-    return {"fgsm": {}, "pgd": {"steps": 20}, "apgd-ce": {"steps": 50}}
+        return {"fgsm": {}, "pgd": {"steps": 10}, "standard": {"steps": 10, "targets": 3, "queries": 200}}
+    # The ensemble already holds APGD-CE and Square (and flags masking between its stages).
+    return {"fgsm": {}, "pgd": {"steps": 20}, "standard": {"steps": 50, "targets": 3, "queries": 500}}
 
 
 def robust_accuracy_curves(
@@ -37,6 +43,22 @@ def robust_accuracy_curves(
     seed: int = 0,
 ) -> dict[str, list[float]]:
     """Accuracy of ``model`` on ``(x, y)`` under each attack at each budget (fraction of the range)."""
+    return robust_accuracy_report(model, x, y, bounds=bounds, num_classes=num_classes, attacks=attacks,
+                                  fractions=fractions, seed=seed)[0]
+
+
+def robust_accuracy_report(
+    model: Any,
+    x: Any,
+    y: Any,
+    *,
+    bounds: tuple[float, float],
+    num_classes: int,
+    attacks: dict[str, dict[str, Any]],
+    fractions: tuple[float, ...] = EPS_FRACTIONS,
+    seed: int = 0,
+) -> tuple[dict[str, list[float]], list[str]]:
+    """The curves of :func:`robust_accuracy_curves` and the evaluation's gradient-masking warnings."""
     evaluate = require("torchshield.robust.evaluate", "robust-accuracy evaluation")
     lo, hi = bounds
     budgets = [f * (hi - lo) for f in fractions if f > 0]
@@ -54,7 +76,7 @@ def robust_accuracy_curves(
     for name in attacks:
         rows = {r.eps: r.robust_accuracy for r in report.rows if r.attack == name}
         curves[name] = [report.clean_accuracy if f == 0 else rows[f * (hi - lo)] for f in fractions]
-    return curves
+    return curves, list(report.warnings)
 
 
 def check_robustness(ctx: AssessContext) -> Section:
@@ -64,7 +86,7 @@ def check_robustness(ctx: AssessContext) -> Section:
     lo, hi = subject.bounds or (float(x.min()), float(x.max()))
     bounds = (min(lo, float(x.min())), max(hi, float(x.max())))  # every test row must lie inside the box
     attacks = _attacks(ctx.inputs.quick)
-    curves = robust_accuracy_curves(
+    curves, warnings = robust_accuracy_report(
         subject.module,
         x,
         y,
@@ -83,6 +105,8 @@ def check_robustness(ctx: AssessContext) -> Section:
             "clean_accuracy": round(curves[next(iter(curves))][0], 4),
             "robust_accuracy": {k: [round(a, 4) for a in v] for k, v in curves.items()},
             "norm": "linf",
+            "reported_attack": "standard",
+            "masking_warnings": warnings,
         }
     )
     from torchshield.assess.charts import line_chart
@@ -117,6 +141,15 @@ def check_robustness(ctx: AssessContext) -> Section:
             what,
             "harden it (adversarial training, e.g. adversarial: {method: pgd}) "
             "and put input validation in front of it",
+        )
+    if warnings:
+        s.add(
+            "gradient-masking",
+            WARN,
+            f"attacks disagree as gradient masking makes them: {warnings[0]}"
+            + (f" (and {len(warnings) - 1} more)" if len(warnings) > 1 else ""),
+            "read the standard ensemble's figure, not FGSM/PGD's; remove non-differentiable or saturating "
+            "pre-processing, or evaluate it with an adaptive attack (BPDA / expectation over transformations)",
         )
     if clean < 0.6:
         s.add(

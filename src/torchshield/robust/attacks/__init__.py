@@ -1,10 +1,12 @@
-"""Adversarial attacks in plain PyTorch: FGSM, PGD (Linf/L2), APGD-CE, Carlini-Wagner L2 and the
-score-based Square attack, behind one contract (:class:`Attack`) and an explicit registry."""
+"""Adversarial attacks in plain PyTorch: FGSM, PGD (Linf/L2), APGD (CE, DLR, CW losses) and APGD-T,
+Carlini-Wagner L2, the score-based Square attack, and the standard ensemble of them (the robust
+accuracy torchshield reports), behind one contract (:class:`Attack`) and an explicit registry."""
 
-from torchshield.robust.attacks.apgd import APGD, APGDL2
+from torchshield.robust.attacks.apgd import APGD, APGDL2, APGDTargeted, APGDTargetedL2
 from torchshield.robust.attacks.balls import L2Ball, LinfBall, NormBall
 from torchshield.robust.attacks.base import Attack
 from torchshield.robust.attacks.cw import CarliniWagnerL2
+from torchshield.robust.attacks.ensemble import StandardEnsemble, StandardEnsembleL2
 from torchshield.robust.attacks.gradient import FGSM, PGD, PGDL2
 from torchshield.robust.attacks.registry import (
     ATTACKS,
@@ -14,11 +16,13 @@ from torchshield.robust.attacks.registry import (
     register_attack,
     register_builtin_attacks,
 )
-from torchshield.robust.attacks.square import SquareAttack
+from torchshield.robust.attacks.square import SquareAttack, SquareAttackL2
 
 __all__ = [
     "APGD",
     "APGDL2",
+    "APGDTargeted",
+    "APGDTargetedL2",
     "ATTACKS",
     "FGSM",
     "PGD",
@@ -29,6 +33,9 @@ __all__ = [
     "LinfBall",
     "NormBall",
     "SquareAttack",
+    "SquareAttackL2",
+    "StandardEnsemble",
+    "StandardEnsembleL2",
     "available_attacks",
     "build_attack",
     "get_attack",

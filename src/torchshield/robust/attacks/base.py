@@ -32,6 +32,7 @@ from torchshield.robust.validation import (
     check_inputs,
     check_labels,
     check_logits,
+    dtype_bounds,
 )
 
 __all__ = ["Attack"]
@@ -47,6 +48,9 @@ class Attack(ABC):
     name: ClassVar[str]
     norm: ClassVar[str] = "linf"
     requires_eps: ClassVar[bool] = True
+    # How the attack reaches the model: "gradient" (white box), "score" (outputs only) or
+    # "ensemble" (several); masking checks compare gradient and score attacks.
+    access: ClassVar[str] = "gradient"
 
     def __init__(self, model: nn.Module, *, eps: float | None, bounds: tuple[float, float] = (0.0, 1.0),
                  num_classes: int | None = None, seed: int | None = None) -> None:
@@ -71,6 +75,10 @@ class Attack(ABC):
             check_eps(self.eps, norm="l2", bounds=self.bounds, dim=x[0].numel())
         self._max_label = int(y.max())
         x = x.detach()
+        if self.eps == 0:
+            # No budget, no change: the clean input itself, bit for bit (a projection would be
+            # exact too, but an attack must not even spend queries on an empty ball).
+            return x.clone()
         generator = torch.Generator().manual_seed(self.seed if self.seed is not None else secrets.randbits(62))
         was_training = self.model.training
         self.model.eval()
@@ -79,9 +87,11 @@ class Attack(ABC):
                 x_adv = self._perturb(x, y, generator).detach()
         finally:
             self.model.train(was_training)
-        lo, hi = self.bounds
+        lo, hi = dtype_bounds(self.bounds, x_adv.dtype)
         if self.eps is None:
             return x_adv.clamp_(lo, hi)
+        # enforce() ends with the box, whose edges x's dtype holds exactly: every returned value
+        # lies in the declared [lo, hi], compared in any precision.
         return self.ball.enforce(x_adv, x, self.eps, lo, hi)
 
     @abstractmethod

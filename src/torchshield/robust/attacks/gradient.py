@@ -56,14 +56,31 @@ class PGD(Attack):
         return best
 
     def _run(self, x: Tensor, y: Tensor, generator: torch.Generator) -> Tensor:
+        """The textbook loop, plus per-example memory: an example whose last iterate is not
+        adversarial but an earlier one was gets that earlier point (fixed-step PGD oscillates
+        across the decision boundary; returning only the last iterate under-reports it)."""
         lo, hi = self.bounds
         project = self.ball.projector(x, self.eps, lo, hi)
         x_adv = project(self.ball.sample(x, self.eps, generator)) if self.random_start else x.clone()
+        found: Tensor | None = None  # last adversarial point seen per example (x where none yet)
+        seen = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
         for _ in range(self.steps):
-            _, grad, _ = self._ce_grad(x_adv, y)
+            _, grad, logits = self._ce_grad(x_adv, y)
             with torch.no_grad():
+                wrong = logits.argmax(dim=1) != y
+                if bool(wrong.any()):
+                    found = x_adv.clone() if found is None else torch.where(_rows(wrong, x), x_adv, found)
+                    seen |= wrong
                 x_adv = project(x_adv.add_(self.ball.direction(grad), alpha=self.alpha))
-        return x_adv
+        if found is None or self.steps == 1:
+            return x_adv
+        with torch.no_grad():
+            lost = seen & (self._logits(x_adv).argmax(dim=1) == y)
+        return torch.where(_rows(lost, x), found, x_adv)
+
+
+def _rows(mask: Tensor, like: Tensor) -> Tensor:
+    return mask.view(-1, *([1] * (like.ndim - 1)))
 
 
 class PGDL2(PGD):

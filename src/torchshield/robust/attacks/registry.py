@@ -12,11 +12,12 @@ from typing import Any
 from torch import nn
 
 from torchshield.errors import InputError
-from torchshield.robust.attacks.apgd import APGD, APGDL2
+from torchshield.robust.attacks.apgd import APGD, APGDL2, APGDTargeted, APGDTargetedL2
 from torchshield.robust.attacks.base import Attack
 from torchshield.robust.attacks.cw import CarliniWagnerL2
+from torchshield.robust.attacks.ensemble import StandardEnsemble, StandardEnsembleL2
 from torchshield.robust.attacks.gradient import FGSM, PGD, PGDL2
-from torchshield.robust.attacks.square import SquareAttack
+from torchshield.robust.attacks.square import SquareAttack, SquareAttackL2
 
 __all__ = ["ATTACKS", "available_attacks", "build_attack", "get_attack", "register_attack",
            "register_builtin_attacks"]
@@ -43,7 +44,8 @@ def register_attack(cls: type[Attack], *, registry: dict[str, type[Attack]] | No
 def register_builtin_attacks(registry: dict[str, type[Attack]] | None = None) -> dict[str, type[Attack]]:
     """Register the attacks torchshield ships with; idempotent."""
     target = ATTACKS if registry is None else registry
-    for cls in (FGSM, PGD, PGDL2, APGD, APGDL2, CarliniWagnerL2, SquareAttack):
+    for cls in (FGSM, PGD, PGDL2, APGD, APGDL2, APGDTargeted, APGDTargetedL2, CarliniWagnerL2, SquareAttack,
+                SquareAttackL2, StandardEnsemble, StandardEnsembleL2):
         register_attack(cls, registry=target)
     return target
 

@@ -5,6 +5,12 @@ pre-processing, saturated softmax, distillation). Square uses only the model's o
 so a defence that merely hides gradients does not survive it. Random search: each query sets one
 random square window (all channels) of the perturbation to +-eps and keeps it if the margin loss
 drops. Tabular inputs ``(N, D)`` are searched as one row of ``D`` features.
+
+:class:`SquareAttackL2` is a simplified L2 variant, not the paper's exact L2 update (which moves
+mass between two nested windows): each query adds a random +-window of the scheduled size to
+the perturbation, rescales it onto the L2 sphere of radius eps and clips to the box, and keeps
+the candidate if the margin drops. It is score-based like the Linf attack, which is what the
+ensemble needs it for (a second opinion that does not read gradients).
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ from torch import Tensor, nn
 from torchshield.errors import InputError
 from torchshield.robust.attacks.base import Attack
 
-__all__ = ["SquareAttack"]
+__all__ = ["SquareAttack", "SquareAttackL2"]
 
 
 def _fraction(p_init: float, it: int, queries: int) -> float:
@@ -35,6 +41,7 @@ class SquareAttack(Attack):
 
     name = "square"
     norm = "linf"
+    access = "score"
 
     def __init__(self, model: nn.Module, *, eps: float, queries: int = 1000, p_init: float = 0.8,
                  **common) -> None:
@@ -75,6 +82,57 @@ class SquareAttack(Attack):
             new_sign = torch.randint(0, 2, (m, c, 1, 1), generator=generator).to(img) * 2 - 1
             base = img[todo]
             candidate = torch.where(window, (base + eps * new_sign).clamp(lo, hi), adv[todo])
+            new_margin = self._margin(self._logits(candidate.view((m,) + x.shape[1:])), y[todo])
+            better = new_margin < margin[todo]
+            adv[todo[better]] = candidate[better]
+            margin[todo[better]] = new_margin[better]
+        return adv.view_as(x)
+
+
+class SquareAttackL2(SquareAttack):
+    """Square-style random search in the L2 ball (simplified L2 update), score-based."""
+
+    name = "square-l2"
+    norm = "l2"
+
+    def _search(self, x: Tensor, y: Tensor, generator: torch.Generator) -> Tensor:
+        lo, hi = self.bounds
+        img = x if x.ndim == 4 else x.reshape(x.shape[0], 1, 1, -1)
+        n, c, h, w = img.shape
+        eps = float(self.eps or 0.0)
+        dim = c * h * w
+
+        def onto_sphere(delta: Tensor) -> Tensor:
+            norms = delta.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, 1, 1, 1)
+            return delta * (eps / norms)
+
+        # Initialisation: vertical stripes of +-eps/sqrt(d), an L2 perturbation of norm eps.
+        signs = torch.randint(0, 2, (n, c, 1, w), generator=generator).to(img) * 2 - 1
+        delta = onto_sphere(signs.expand(n, c, h, w) / dim ** 0.5)
+        adv = (img + delta).clamp(lo, hi)
+        margin = self._margin(self._logits(adv.view_as(x)), y)
+        rows, cols = torch.arange(h, device=x.device), torch.arange(w, device=x.device)
+        for it in range(self.queries - 1):
+            todo = (margin > 0).nonzero().squeeze(1)
+            if todo.numel() == 0:
+                break
+            p = _fraction(self.p_init, it, self.queries)
+            if h == 1:
+                sh, sw = 1, max(1, min(int(round(p * w)), w - 1 if w > 1 else 1))
+            else:
+                side = max(1, min(int(round(math.sqrt(p * h * w))), min(h, w) - 1))
+                sh = sw = side
+            m = todo.numel()
+            top = torch.randint(0, h - sh + 1, (m,), generator=generator).to(x.device)
+            left = torch.randint(0, w - sw + 1, (m,), generator=generator).to(x.device)
+            window = (((rows >= top[:, None]) & (rows < top[:, None] + sh))[:, None, :, None]
+                      & ((cols >= left[:, None]) & (cols < left[:, None] + sw))[:, None, None, :])
+            new_sign = torch.randint(0, 2, (m, c, 1, 1), generator=generator).to(img) * 2 - 1
+            # A window of total L2 mass ~ eps * sqrt(p): the paper's share of the budget per query.
+            bump = window.to(img) * new_sign * (eps * math.sqrt(p) / math.sqrt(sh * sw * c))
+            base = img[todo]
+            cand_delta = onto_sphere((adv[todo] - base) + bump)
+            candidate = (base + cand_delta).clamp(lo, hi)
             new_margin = self._margin(self._logits(candidate.view((m,) + x.shape[1:])), y[todo])
             better = new_margin < margin[todo]
             adv[todo[better]] = candidate[better]
