@@ -240,10 +240,13 @@ def obfuscate_cmd(model: Path = typer.Argument(..., help="Bundle written by 'tor
     else:
         meta["obfuscation"] = {**result.entry, "changed": changed}
     _save_like(source, result.tensors, out, key, metadata=meta, command="model obfuscate", sign=sign)
-    emit({"out": str(out), "names_scrambled": not keep_names, "changed": changed},
-         lambda c: c.print(f"wrote {out}: {changed['units_moved']} hidden units moved, "
+    by_kind = ", ".join(f"{n} {kind}" for kind, n in result.units_by_kind.items())
+    emit({"out": str(out), "names_scrambled": not keep_names, "changed": changed,
+          "units_by_kind": result.units_by_kind, "note": result.note or None},
+         lambda c: c.print(f"wrote {out}: {changed['units_moved']} hidden units moved ({by_kind}), "
                            f"{changed['tensors_changed']} tensors changed, "
-                           f"{changed['names_scrambled']} names scrambled"),
+                           f"{changed['names_scrambled']} names scrambled"
+                           + (f"; {result.note}" if result.note else ""), highlight=False),
          as_json=as_json)
 
 
