@@ -96,12 +96,11 @@ def _open(path: Path, key: Any) -> tuple[Any, dict[str, Any], dict[str, bytes]]:
     return module, loaded.manifest, dict(loaded.files)
 
 
-def _embed_data(spec: str | None, manifest: dict[str, Any], model: Path, inputs: Any) -> Any:
-    """The data set to fine-tune on, its inputs cast and shaped as the model's input spec says."""
+def _embed_data(spec: str | None, manifest: dict[str, Any], model: Path, *, tokens: bool) -> Any:
+    """The data set to fine-tune on (token ids are read without normalisation)."""
     import json as _json
-    from dataclasses import replace
 
-    from torchshield.nn.datasets import Split, load_dataset
+    from torchshield.nn.datasets import load_dataset
 
     spec = spec or ((manifest.get("metadata") or {}).get("config") or {}).get("data")
     if not spec:
@@ -112,11 +111,16 @@ def _embed_data(spec: str | None, manifest: dict[str, Any], model: Path, inputs:
             parsed = _json.loads(spec)
         except ValueError:
             raise InputError("--data: not valid JSON", hint='e.g. {"path": "tokens.csv", "label": "label"}') from None
-    if inputs is not None and inputs.tokens and isinstance(parsed, str) and ":" not in parsed:
+    if tokens and isinstance(parsed, str) and ":" not in parsed:
         parsed = {"path": parsed, "label": "label", "normalize": "none"}  # token ids: never rescaled
-    dataset = load_dataset(parsed)
-    if inputs is None:
-        return dataset
+    return load_dataset(parsed)
+
+
+def _shaped(dataset: Any, inputs: Any) -> Any:
+    """``dataset`` with its inputs cast and shaped as the model's input spec says (refused if they do not fit)."""
+    from dataclasses import replace
+
+    from torchshield.nn.datasets import Split
 
     def cast(split: Any, what: str) -> Any:
         x = split.x
@@ -176,9 +180,12 @@ def embed_cmd(model: Path = typer.Argument(..., help="Bundle: from 'torchshield 
     if method == "trigger" or tokens:  # a trigger mark needs the spec; token data needs it to be read right
         inputs = TriggerInputs.from_spec(spec, where=str(model))
     net, manifest, files = _open(model, key)
-    dataset = _embed_data(data, manifest, model, inputs)
+    dataset = _embed_data(data, manifest, model, tokens=tokens)
     if inputs is not None and inputs.tokens:  # a token length from the data, not a guess
-        inputs = TriggerInputs.from_spec(spec, where=str(model), sequence_length=int(dataset.train.x.shape[1]))
+        width = int(dataset.train.x[0].numel())
+        inputs = TriggerInputs.from_spec(spec, where=str(model), sequence_length=width)
+    if inputs is not None:
+        dataset = _shaped(dataset, inputs)
     section: dict[str, Any] = {"method": method}
     for name, value in (("bits", bits), ("triggers", triggers), ("strength", strength)):
         if value is not None:

@@ -54,8 +54,8 @@ if TYPE_CHECKING:
 
     from torchshield.crypto.keys import MasterKey
 
-__all__ = ["DESIGN", "KeyedPatternRegularizer", "KeyedPatterns", "new_keyed_mark", "verification_set",
-           "verify_keyed"]
+__all__ = ["DESIGN", "KeyedPatternRegularizer", "KeyedPatterns", "default_patterns", "new_keyed_mark",
+           "verification_set", "verify_keyed"]
 
 DESIGN = "keyed-pattern"
 DEFAULT_PATTERNS = 16
@@ -65,6 +65,15 @@ DEFAULT_STRENGTH = 0.3
 DEFAULT_PER_STEP = 32
 DEFAULT_EVERY = 2
 DEFAULT_PATTERN_TOKENS = 4
+DEFAULT_TOKEN_STRENGTH = 1.0  # a tiny BERT needed about 10 epochs at 1.0 (0.3 did not take in 15)
+
+
+def default_patterns(classes: int) -> int:
+    """Enough patterns for the p-value floor ``C^-K`` to reach 1e-12 (16 for 10 classes, 26 for 3,
+    40 for 2): with too few, even a perfect suspect could not pass the 1e-6 threshold."""
+    import math
+
+    return max(DEFAULT_PATTERNS, math.ceil(12 / math.log10(max(2, classes))))
 
 
 def _uniform_labels(secret: bytes, count: int, classes: int) -> list[int]:

@@ -134,18 +134,18 @@ def _trigger_mark(section: Mapping[str, Any], model: nn.Module, key: MasterKey, 
     if not classes:
         raise InputError("cannot tell the model's number of classes for trigger labels",
                          hint="set num_classes in the watermark section")
+    tokens = bool(inputs is not None and inputs.tokens)
     low = _number(section, "low", float, None if inputs is None else inputs.low)
     high = _number(section, "high", float, None if inputs is None else inputs.high)
     return keyed.new_keyed_mark(
         key, base, num_classes=classes, threshold=threshold,
         low=float(base.min()) if low is None else low, high=float(base.max()) if high is None else high,
         triggers=_number(section, "triggers", int, keyed.DEFAULT_TRIGGERS),
-        patterns=_number(section, "patterns", int, keyed.DEFAULT_PATTERNS),
+        patterns=_number(section, "patterns", int, keyed.default_patterns(classes)),
         amplitude=_number(section, "amplitude", float, keyed.DEFAULT_AMPLITUDE),
-        strength=_number(section, "strength", float, keyed.DEFAULT_STRENGTH),
+        strength=_number(section, "strength", float, keyed.DEFAULT_TOKEN_STRENGTH if tokens else keyed.DEFAULT_STRENGTH),
         per_step=_number(section, "per_step", int, keyed.DEFAULT_PER_STEP),
-        tokens=bool(inputs is not None and inputs.tokens),
-        pattern_tokens=_number(section, "pattern_tokens", int, keyed.DEFAULT_PATTERN_TOKENS))
+        tokens=tokens, pattern_tokens=_number(section, "pattern_tokens", int, keyed.DEFAULT_PATTERN_TOKENS))
 
 
 def _base_inputs(loader: Iterable[tuple[torch.Tensor, torch.Tensor]], count: int) -> torch.Tensor:
