@@ -172,3 +172,34 @@ def test_token_model_mark_lives_in_the_embedding_and_survives_residual_stream_ob
     torch.manual_seed(12)
     unrelated = transformers.BertForSequenceClassification(cfg)
     assert not verify_whitebox(_state(unrelated), record, key).present
+
+
+def test_cnn_stem_mark_uses_the_gram_carrier_and_survives_channel_permutation_and_rescaling():
+    """A CNN stem reads 3 x 3 x 3 = 27 inputs: too few entries for unit-mean to hold 27+ bits, so
+    the default is the unit-gram carrier (378 entries), with the same invariances."""
+    from byom_models import ResNetMini
+
+    from torchshield.model.obfuscate import obfuscate_model
+
+    torch.manual_seed(13)
+    model = ResNetMini(num_classes=10).eval()
+    key = generate_master_key()
+    regs, record = make_regularizer({"method": "whitebox"}, model, key)
+    assert record.params["carrier"] == "unit-gram" and list(record.layers) == ["conv1.weight"]
+    assert record.params["bits"] == 128
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    for _ in range(400):
+        loss = regs[0](model)
+        if loss.requires_grad:
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    assert verify_whitebox(_state(model), record, key).present
+    thief = obfuscate_model(model, generate_master_key())  # stem channels move with the residual stream
+    assert verify_whitebox(thief.tensors, record, key).present
+    scaled = _state(model)
+    s = torch.exp(torch.randn(8, generator=torch.Generator().manual_seed(14)))
+    scaled["conv1.weight"] = scaled["conv1.weight"] * s[:, None, None, None]  # the BatchNorm after it absorbs s
+    assert verify_whitebox(scaled, record, key).present
+    torch.manual_seed(15)
+    assert not verify_whitebox(_state(ResNetMini(num_classes=10)), record, key).present

@@ -178,7 +178,7 @@ def make_optimizer(name: str, params: Iterable[Any], lr: float) -> torch.optim.O
 def embed(model: nn.Module, loader: Iterable[tuple[torch.Tensor, torch.Tensor]], key: MasterKey,
           section: Mapping[str, Any], *, epochs: int = 10, lr: float = 1e-3, optimizer: str = "adam",
           inputs: TriggerInputs | None = None, progress: ProgressFactory | None = None,
-          max_rounds: int = 3) -> WatermarkRecord:
+          max_rounds: int = 3, margin: float = 1e-3) -> WatermarkRecord:
     """Write a mark into an already trained ``model`` by fine-tuning it on its own data.
 
     ``optimizer``/``lr``: the fine-tuning optimiser (``make_optimizer``); ``inputs``: the model's
@@ -186,8 +186,10 @@ def embed(model: nn.Module, loader: Iterable[tuple[torch.Tensor, torch.Tensor]],
     MLP; a Hugging Face model is passed through ``inputs.logits_module`` first).
 
     Each mark has its own random secret, so how many epochs it needs varies. The mark is
-    verified after training and, if it is not yet significant, trained ``epochs`` more, up to
-    ``max_rounds`` times: an embed that returns always leaves a mark its record verifies."""
+    verified after training and, until its p-value is ``margin`` times below the record's
+    threshold (a mark that only just passes is lost to the first fine-tune: measured on a
+    ResNet, issue 18), trained ``epochs`` more, up to ``max_rounds`` times: an embed that returns
+    always leaves a mark its record verifies."""
 
     from torchshield.errors import CheckFailed
     from torchshield.nn.loop import fit
@@ -202,10 +204,13 @@ def embed(model: nn.Module, loader: Iterable[tuple[torch.Tensor, torch.Tensor]],
         fit(model, loader, epochs=epochs, optimizer=opt, regularizers=regularizers, progress=progress)
         model.eval()
         verdict = _self_check(model, record, key)
-        if verdict.present:
+        if verdict.p_value < record.threshold * margin:
             return record
         model.train()
     assert verdict is not None
+    if verdict.present:
+        model.eval()
+        return record
     raise CheckFailed(f"the watermark did not take after {max_rounds} x {epochs} epochs "
                       f"({verdict.matches}/{verdict.total} agree, p = {verdict.p_value:.2g})",
                       hint="raise strength or epochs, or use fewer bits / triggers")

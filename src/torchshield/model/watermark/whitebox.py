@@ -68,11 +68,16 @@ __all__ = ["CARRIERS", "WhiteboxRegularizer", "default_layers", "extract_bits", 
 DEFAULT_BITS = 128
 DEFAULT_STRENGTH = 1.0
 DEFAULT_EVERY = 4
-CARRIERS = ("unit-mean", "mean", "embedding-unit-mean")
+CARRIERS = ("unit-mean", "mean", "embedding-unit-mean", "unit-gram")
 """``unit-mean``: invariant to unit permutation and positive rescaling (default); ``mean``: Uchida's;
 ``embedding-unit-mean``: ``unit-mean`` of a token embedding table read by columns (the default for a
-model with token inputs: its first Linear reads the residual stream, which obfuscation permutes)."""
+model with token inputs: its first Linear reads the residual stream, which obfuscation permutes);
+``unit-gram``: the upper triangle of the mean of ``u u^T`` over the unit-length rows ``u`` (same
+invariances, ``w(w+1)/2`` entries for ``w`` inputs: the default for a first layer with 16 to 63
+inputs, e.g. a CNN stem of 3 x 3 x 3 = 27, where ``unit-mean``'s 27 entries cannot hold 27 bits)."""
 _EMBEDDING = "embedding-unit-mean"
+_GRAM = "unit-gram"
+_GRAM_BELOW = 64  # first layers narrower than this (and >= 16 inputs) get the unit-gram carrier
 _LEGACY_CARRIER = "mean"  # records written before issue 18 have no "carrier" parameter
 
 
@@ -105,8 +110,13 @@ def _carrier(weights: Sequence[torch.Tensor], kind: str = "unit-mean") -> torch.
     for w in weights:
         # an embedding table [vocab, hidden]: the units are the hidden columns, the inputs the token ids
         rows = w.float().t() if kind == _EMBEDDING else w.reshape(w.shape[0], -1).float()
-        if kind in ("unit-mean", _EMBEDDING):
+        if kind in ("unit-mean", _EMBEDDING, _GRAM):
             rows = rows / rows.norm(dim=1, keepdim=True).clamp_min(1e-30)
+        if kind == _GRAM:
+            gram = rows.t() @ rows / rows.shape[0]
+            i, j = torch.triu_indices(gram.shape[0], gram.shape[1])
+            parts.append(gram[i, j])
+            continue
         parts.append(rows.mean(0))
     return torch.cat(parts)
 
@@ -146,7 +156,7 @@ def default_layers(model: nn.Module, *, carrier: str = "unit-mean") -> list[str]
         if not tables:
             raise InputError("the model has no nn.Embedding for the embedding-unit-mean carrier")
         return [tables[0][0]]
-    if carrier == "unit-mean":
+    if carrier in ("unit-mean", _GRAM):
         layers = _weight_layers(model)
         if not layers:
             raise InputError("the model has no Linear or Conv layer to carry a white-box watermark")
@@ -161,7 +171,7 @@ def default_layers(model: nn.Module, *, carrier: str = "unit-mean") -> list[str]
 
 def _fits(tensor: torch.Tensor, shape: Sequence[int], kind: str) -> bool:
     """Same input shape; ``unit-mean`` also reads a layer whose units were pruned away or added."""
-    if kind == "unit-mean":
+    if kind in ("unit-mean", _GRAM):
         return tensor.dim() == len(shape) and list(tensor.shape[1:]) == list(shape[1:])
     if kind == _EMBEDDING:  # same vocabulary; the hidden width may differ (units pruned or added)
         return tensor.dim() == 2 and int(tensor.shape[0]) == int(shape[0])
@@ -220,6 +230,9 @@ class WhiteboxRegularizer:
 def _input_width(shape: Sequence[int], kind: str = "unit-mean") -> int:
     if kind == _EMBEDDING:
         return int(shape[0])  # one carrier entry per token id
+    if kind == _GRAM:
+        w = _input_width(shape)
+        return w * (w + 1) // 2
     width = 1
     for d in shape[1:]:
         width *= int(d)
@@ -271,7 +284,9 @@ def _auto_carrier(model: nn.Module, layers: Sequence[str] | None, bits: int | No
     if not first:
         return "unit-mean"  # default_layers raises the error naming the problem
     width = _input_width(list(first[0][1].shape))
-    return "unit-mean" if width >= max(16, bits or 16) else _LEGACY_CARRIER
+    if width < max(16, bits or 16) and width * (width + 1) // 2 < max(32, 2 * (bits or 16)):
+        return _LEGACY_CARRIER
+    return "unit-mean" if width >= max(_GRAM_BELOW, bits or 16) else _GRAM
 
 
 def extract_bits(tensors: Mapping[str, torch.Tensor], record: WatermarkRecord, secret: bytes) -> torch.Tensor:
