@@ -386,7 +386,8 @@ def _check_function(model: nn.Module, permuted: Mapping[str, torch.Tensor]) -> N
 
 
 def _logits(out: Any) -> torch.Tensor:
-    return getattr(out, "logits", None) if getattr(out, "logits", None) is not None else out[0]
+    logits = getattr(out, "logits", None)
+    return logits if logits is not None else out[0]
 
 
 def _obfuscated_state(model: nn.Module, key: MasterKey, nonce: str,
