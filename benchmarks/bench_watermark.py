@@ -187,7 +187,7 @@ def digits_main(args) -> None:
 # ``embed`` (what ``model watermark embed`` does: a fine-tune with the mark's regulariser), and the
 # keyed-pattern trigger set added at training time (the regulariser from the first epoch).
 # Trigger inputs come from the model's input spec (3 x 8 x 8 floats in [0, 1]; 16 token ids in
-# [0, 40)). One seed per architecture; false positives on ``--null-models`` independent models,
+# [0, 200)). One seed per architecture; false positives on ``--null-models`` independent models,
 # each trained one epoch from its own seed.
 
 
@@ -262,12 +262,12 @@ def _resnet_task() -> Task:
                 obfuscate_target=lambda m: m, wb_strength=4.0)  # 1.0: 89/128 bits after 3 x 6 epochs, refused
 
 
-VOCAB, LENGTH = 40, 16
+VOCAB, LENGTH = 200, 16  # 200 ids: room for a 128-bit embedding carrier (a vocabulary of 40 holds 40 bits)
 
 
 def _tokens(n: int, seed: int):
     """Synthetic 3-class token task: three copies of the class token (5, 6 or 7) at random positions
-    among noise tokens 8..39, [CLS] = 2 first. Learnt to 100 % in a few seconds."""
+    among noise tokens 8..199, [CLS] = 2 first. Learnt to 100 % in a few seconds."""
     import numpy as np
 
     g = np.random.default_rng(seed)
@@ -308,7 +308,7 @@ def _bert_task() -> Task:
 
     tr, he, te = _tokens(1200, 0), _tokens(400, 1), _tokens(400, 2)
     return Task("BERT-style classifier (HF BertForSequenceClassification from config: 2 layers, hidden 32, "
-                "2 heads, vocab 40), synthetic 3-class token task", tr, he, te, build,
+                "2 heads, vocab 200), synthetic 3-class token task", tr, he, te, build,
                 TriggerInputs((LENGTH,), 0.0, float(VOCAB - 1), tokens=True),
                 epochs=5, lr=2e-3, embed_epochs=10, embed_lr=1e-3, scale_attack=scale,
                 obfuscate_target=lambda m: m.inner, mark_epochs=15)  # 5 epochs: the patterns did not take
