@@ -310,8 +310,8 @@ def _bert_task() -> Task:
     return Task("BERT-style classifier (HF BertForSequenceClassification from config: 2 layers, hidden 32, "
                 "2 heads, vocab 200), synthetic 3-class token task", tr, he, te, build,
                 TriggerInputs((LENGTH,), 0.0, float(VOCAB - 1), tokens=True),
-                epochs=5, lr=2e-3, embed_epochs=10, embed_lr=1e-3, scale_attack=scale,
-                obfuscate_target=lambda m: m.inner, mark_epochs=15)  # 5 epochs: the patterns did not take
+                epochs=10, lr=2e-3, embed_epochs=10, embed_lr=1e-3, scale_attack=scale,
+                obfuscate_target=lambda m: m.inner, mark_epochs=20)  # 10 epochs: the patterns did not take
 
 
 def _task_attacks(task: Task, model, *, quick: bool):
