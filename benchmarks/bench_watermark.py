@@ -310,7 +310,7 @@ def _bert_task() -> Task:
     return Task("BERT-style classifier (HF BertForSequenceClassification from config: 2 layers, hidden 32, "
                 "2 heads, vocab 200), synthetic 3-class token task", tr, he, te, build,
                 TriggerInputs((LENGTH,), 0.0, float(VOCAB - 1), tokens=True),
-                epochs=10, lr=2e-3, embed_epochs=10, embed_lr=1e-3, scale_attack=scale,
+                epochs=15, lr=2e-3, embed_epochs=10, embed_lr=1e-3, scale_attack=scale,
                 obfuscate_target=lambda m: m.inner, mark_epochs=20)  # vocab 40, 15 epochs: p 4.9e-7, barely
 
 
