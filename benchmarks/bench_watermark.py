@@ -195,13 +195,14 @@ class Task:
     """One architecture: data (train / thief's held-out / test), a builder, training settings."""
 
     def __init__(self, name, train, held, test, build, inputs, *, epochs, lr, embed_epochs, embed_lr,
-                 scale_attack, obfuscate_target, wb_strength=1.0, mark_epochs=None):
+                 scale_attack, obfuscate_target, wb_strength=1.0, mark_epochs=None, restart_every=None):
         self.name, self.train, self.held, self.test = name, train, held, test
         self.build, self.inputs, self.epochs, self.lr = build, inputs, epochs, lr
         self.embed_epochs, self.embed_lr = embed_epochs, embed_lr
         self.scale_attack, self.obfuscate_target = scale_attack, obfuscate_target
         self.wb_strength = wb_strength
         self.mark_epochs = mark_epochs or epochs  # training from scratch with the trigger regulariser
+        self.restart_every = restart_every  # owner's training: a fresh Adam every this many epochs
 
     def loader(self, part, seed=0, batch=64):
         return torch.utils.data.DataLoader(torch.utils.data.TensorDataset(*part), batch_size=batch, shuffle=True,
@@ -212,7 +213,11 @@ class Task:
         with torch.no_grad():
             return float((model(self.test[0]).argmax(1) == self.test[1]).float().mean())
 
-    def fit(self, model, part, epochs, lr, regs=(), optimizer="adam", seed=0):
+    def fit(self, model, part, epochs, lr, regs=(), optimizer="adam", seed=0, owner=False):
+        if owner and self.restart_every and epochs > self.restart_every:
+            for start in range(0, epochs, self.restart_every):
+                self.fit(model, part, min(self.restart_every, epochs - start), lr, regs, optimizer, seed + start)
+            return model.eval()
         model.train()
         opt = (torch.optim.Adam(model.parameters(), lr=lr) if optimizer == "adam"
                else torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9))
@@ -310,8 +315,9 @@ def _bert_task() -> Task:
     return Task("BERT-style classifier (HF BertForSequenceClassification from config: 2 layers, hidden 32, "
                 "2 heads, vocab 200), synthetic 3-class token task", tr, he, te, build,
                 TriggerInputs((LENGTH,), 0.0, float(VOCAB - 1), tokens=True),
-                epochs=15, lr=2e-3, embed_epochs=10, embed_lr=1e-3, scale_attack=scale,
-                obfuscate_target=lambda m: m.inner, mark_epochs=20)  # vocab 40, 15 epochs: p 4.9e-7, barely
+                epochs=9, lr=2e-3, embed_epochs=10, embed_lr=1e-3, scale_attack=scale,
+                obfuscate_target=lambda m: m.inner, mark_epochs=21,
+                restart_every=3)  # one Adam for 10-15 epochs stayed on the task's plateau (0.66); restarts: 1.0  # vocab 40, 15 epochs: p 4.9e-7, barely
 
 
 def _task_attacks(task: Task, model, *, quick: bool):
@@ -353,7 +359,7 @@ def run_task(task: Task, args) -> None:
 
     key = generate_master_key()
     start = time.time()
-    anchor = task.fit(task.build(0), task.train, task.epochs, task.lr)
+    anchor = task.fit(task.build(0), task.train, task.epochs, task.lr, owner=True)
     base = task.acc(anchor)
     print(f"\n#### {task.name}\nanchor (unmarked, seed 0, {task.epochs} epochs): test accuracy {base:.4f}")
     marks = {}
@@ -369,7 +375,8 @@ def run_task(task: Task, args) -> None:
         marks[name] = (model.eval(), record)
     model = task.build(0)
     regs, record = make_regularizer({"method": "trigger"}, model, key, data=task.train[0], inputs=task.inputs)
-    marks["keyed trigger set (train time)"] = (task.fit(model, task.train, task.mark_epochs, task.lr, regs), record)
+    marks["keyed trigger set (train time)"] = (task.fit(model, task.train, task.mark_epochs, task.lr, regs,
+                                                         owner=True), record)
     nulls = [task.fit(task.build(1000 + i), task.train, 1, task.lr, seed=i) for i in range(args.null_models)]
     for name, (model, record) in marks.items():
         print(f"\n== {name}: accuracy {task.acc(model):.4f} (cost {100 * (base - task.acc(model)):+.2f} pp vs "
