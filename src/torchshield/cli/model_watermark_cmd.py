@@ -5,6 +5,7 @@ the mark is present, 1 when it is absent, 2 for a bad record, key, bundle or end
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -42,8 +43,9 @@ def _check_out(out: Path, force: bool) -> None:
 
 def _save_like(source: Any, tensors_or_model: Any, out: Path, key: Any, *, metadata: dict[str, Any] | None = None,
                watermark: dict[str, Any] | None = None, command: str, trained_without_dp: bool = False,
-               sign: Path | None = None) -> str | None:
-    """Write ``out`` with ``source``'s manifest slots, encrypted iff the source was.
+               sign: Path | None = None, files: dict[str, bytes] | None = None) -> str | None:
+    """Write ``out`` with ``source``'s manifest slots (architecture, preprocessing and carried files
+    included), encrypted iff the source was.
 
     A DP claim survives only what is post-processing of the DP model (obfuscation permutes units
     with a key, using no data). ``trained_without_dp``: the weights were trained on data without
@@ -68,51 +70,136 @@ def _save_like(source: Any, tensors_or_model: Any, out: Path, key: Any, *, metad
     torchshield.save(tensors_or_model, out, key=key if source.encrypted else None, sign_with=sign,
                      metadata=metadata if metadata is not None else m.get("metadata"),
                      privacy=privacy, provenance=provenance,
-                     watermark=watermark if watermark is not None else m.get("watermark"))
+                     watermark=watermark if watermark is not None else m.get("watermark"),
+                     architecture=m.get("architecture"), preprocessing=m.get("preprocessing"), files=files or None)
     return dropped
 
 
+def _open(path: Path, key: Any) -> tuple[Any, dict[str, Any], dict[str, bytes]]:
+    """(module, manifest, carried files) of a bundle: one written by 'torchshield train' (its zoo
+    model, DP fixes applied) or any bundle that records its architecture ('model protect')."""
+    from torchshield.model.bundle import inspect
+
+    manifest = inspect(path).manifest
+    model = (manifest.get("metadata") or {}).get("model")
+    if isinstance(model, dict) and isinstance(model.get("spec"), dict):
+        from torchshield.train.recipe import load_trained
+
+        net, manifest = load_trained(path, key=key)
+        return net, manifest, {}
+    from torchshield.model.loading import open_model
+
+    loaded = open_model(path, key=key)
+    module = loaded.module
+    for p in module.parameters():  # the bundle's tensors are views of one read-only buffer
+        p.data = p.data.clone()
+    return module, loaded.manifest, dict(loaded.files)
+
+
+def _embed_data(spec: str | None, manifest: dict[str, Any], model: Path, *, tokens: bool) -> Any:
+    """The data set to fine-tune on (token ids are read without normalisation)."""
+    import json as _json
+
+    from torchshield.nn.datasets import load_dataset
+
+    spec = spec or ((manifest.get("metadata") or {}).get("config") or {}).get("data")
+    if not spec:
+        raise InputError(f"{model}: the bundle does not name its training data", hint="pass --data")
+    parsed: Any = spec
+    if isinstance(spec, str) and spec.lstrip().startswith("{"):
+        try:
+            parsed = _json.loads(spec)
+        except ValueError:
+            raise InputError("--data: not valid JSON", hint='e.g. {"path": "tokens.csv", "label": "label"}') from None
+    if tokens and isinstance(parsed, str) and ":" not in parsed:
+        parsed = {"path": parsed, "label": "label", "normalize": "none"}  # token ids: never rescaled
+    return load_dataset(parsed)
+
+
+def _shaped(dataset: Any, inputs: Any) -> Any:
+    """``dataset`` with its inputs cast and shaped as the model's input spec says (refused if they do not fit)."""
+    from dataclasses import replace
+
+    from torchshield.nn.datasets import Split
+
+    def cast(split: Any, what: str) -> Any:
+        x = split.x
+        if x[0].numel() == math.prod(inputs.shape):
+            x = x.reshape(len(x), *inputs.shape)
+        x = x.round().long() if inputs.tokens else x
+        inputs.check(x, f"--data ({what} split)")
+        return Split(x, split.y)
+
+    return replace(dataset, train=cast(dataset.train, "train"), test=cast(dataset.test, "test"))
+
+
 @watermark_app.command("embed")
-def embed_cmd(model: Path = typer.Argument(..., help="Bundle written by 'torchshield train'."),
+def embed_cmd(model: Path = typer.Argument(..., help="Bundle: from 'torchshield train' or 'model protect'."),
               out: Path = typer.Option(..., "--out", "-o", help="Marked bundle to write."),
               method: str = typer.Option("whitebox", "--method", help="whitebox (weights) or trigger (black-box)."),
               key_file: Path | None = KEY_FILE,
               record_out: Path | None = typer.Option(None, "--record", help="Also write the record (mark.json)."),
-              data: str | None = typer.Option(None, "--data", help="Data to fine-tune on (default: the bundle's)."),
-              epochs: int = typer.Option(10, "--epochs", help="Fine-tuning epochs with the mark's regulariser."),
+              data: str | None = typer.Option(None, "--data", help="Data to fine-tune on (default: the bundle's); a "
+                                              "built-in, a CSV/Parquet path (token ids + 'label' for a text model) "
+                                              "or a JSON data spec."),
+              epochs: int = typer.Option(10, "--epochs", min=1, help="Fine-tuning epochs with the mark's regulariser."),
               bits: int | None = typer.Option(None, "--bits", help="whitebox: bits to embed (default 128)."),
               triggers: int | None = typer.Option(None, "--triggers", help="trigger: set size (default 100)."),
               strength: float | None = typer.Option(None, "--strength", help="Weight of the regulariser."),
-              lr: float = typer.Option(1e-3, "--lr", help="Adam learning rate of the fine-tuning."),
+              lr: float = typer.Option(1e-3, "--lr", help="Learning rate of the fine-tuning."),
+              optimizer: str = typer.Option("adam", "--optimizer", help="Fine-tuning optimiser: adam, or sgd "
+                                            "(momentum 0.9)."),
               max_drop: float = typer.Option(0.02, "--max-accuracy-drop",
                                              help="Refuse to write the bundle if held-out accuracy falls by more "
                                                   "than this (absolute; 0.02 = 2 points)."),
               sign: Path | None = SIGN, force: bool = FORCE, as_json: bool = JSON_OPTION) -> None:
-    """Embed an ownership mark by fine-tuning MODEL on its data; the record goes in the manifest."""
-    from torchshield.model.bundle import inspect
-    from torchshield.model.watermark import embed, write_record
-    from torchshield.nn.datasets import load_dataset
-    from torchshield.nn.loop import evaluate
-    from torchshield.train.recipe import load_trained
+    """Embed an ownership mark by fine-tuning MODEL on its data; the record goes in the manifest.
 
+    Trigger inputs follow the bundle's input spec (shape, dtype, range): token ids for a text model."""
+    from torchshield.model.bundle import inspect
+    from torchshield.model.sources.records import preprocessing_of
+    from torchshield.model.watermark import embed, write_record
+    from torchshield.model.watermark.inputs import TriggerInputs, logits_module
+    from torchshield.model.watermark.training import OPTIMIZERS
+    from torchshield.nn.loop import evaluate
+
+    if optimizer not in OPTIMIZERS:
+        raise InputError(f"--optimizer {optimizer!r}: expected one of {', '.join(OPTIMIZERS)}")
+    if not lr > 0:
+        raise InputError(f"--lr {lr}: must be positive")
+    if method not in ("whitebox", "trigger"):
+        raise InputError(f"--method {method!r}: expected whitebox or trigger")
     _check_out(out, force)
     key = _key(key_file)
-    net, manifest = load_trained(model, key=key)
-    spec = data or ((manifest.get("metadata") or {}).get("config") or {}).get("data")
-    if not spec:
-        raise InputError(f"{model}: the bundle does not name its training data", hint="pass --data")
-    dataset = load_dataset(spec)
+    source = inspect(model)
+    pre = preprocessing_of(source.manifest)
+    spec = pre.get("input")
+    tokens = isinstance(spec, dict) and (spec.get("kind") == "tokens"
+                                         or str(spec.get("dtype") or "").startswith("int"))
+    inputs = None
+    if method == "trigger" or tokens:  # a trigger mark needs the spec; token data needs it to be read right
+        inputs = TriggerInputs.from_spec(spec, where=str(model))
+    net, manifest, files = _open(model, key)
+    dataset = _embed_data(data, manifest, model, tokens=tokens)
+    if inputs is not None and inputs.tokens:  # a token length from the data, not a guess
+        width = int(dataset.train.x[0].numel())
+        inputs = TriggerInputs.from_spec(spec, where=str(model), sequence_length=width)
+    if inputs is not None:
+        dataset = _shaped(dataset, inputs)
     section: dict[str, Any] = {"method": method}
     for name, value in (("bits", bits), ("triggers", triggers), ("strength", strength)):
         if value is not None:
             section[name] = value
+    classes = (pre.get("output") or {}).get("num_classes") or dataset.num_classes
     if method == "trigger":
-        section.update(input_shape=list(dataset.input_shape), low=dataset.input_bounds[0],
-                       high=dataset.input_bounds[1])
-    before = evaluate(net, dataset.test.loader(1024))
+        section["num_classes"] = int(classes)
+    runner = logits_module(net)
+    before = evaluate(runner, dataset.test.loader(256))
     with progress(f"embedding a {method} mark", epochs):
-        record = embed(net, dataset.train.loader(64, shuffle=True, seed=0), key, section, epochs=epochs, lr=lr)
-    after = evaluate(net, dataset.test.loader(1024))
+        record = embed(runner, dataset.train.loader(64, shuffle=True, seed=0), key, section, epochs=epochs, lr=lr,
+                       optimizer=optimizer, inputs=inputs)
+    runner.eval()
+    after = evaluate(runner, dataset.test.loader(256))
     fell = before.get("accuracy", 0.0) - after.get("accuracy", 0.0)
     if fell > max_drop:
         from torchshield.errors import CheckFailed
@@ -121,20 +208,23 @@ def embed_cmd(model: Path = typer.Argument(..., help="Bundle written by 'torchsh
                           f"{after.get('accuracy', 0):.4f} ({fell:.4f} > --max-accuracy-drop {max_drop}); "
                           f"{out} was not written",
                           hint="lower --lr or --strength, or raise --max-accuracy-drop if the loss is acceptable")
-    dropped = _save_like(inspect(model), net, out, key, watermark=record.to_dict(), command="model watermark embed",
-                         trained_without_dp=True, sign=sign)
+    dropped = _save_like(source, net, out, key, watermark=record.to_dict(), command="model watermark embed",
+                         trained_without_dp=True, sign=sign, files=files)
     if record_out is not None:
         write_record(record_out, record)
     report = {"out": str(out), "record": str(record_out) if record_out else None, "method": method,
-              "mark_id": record.mark_id, "accuracy_before": before.get("accuracy"),
-              "accuracy_after": after.get("accuracy"), "privacy_dropped": dropped}
+              "mark_id": record.mark_id, "optimizer": optimizer, "lr": lr, "epochs": epochs,
+              "trigger_inputs": inputs.params() if inputs is not None and method == "trigger" else None,
+              "accuracy_before": before.get("accuracy"), "accuracy_after": after.get("accuracy"),
+              "privacy_dropped": dropped}
     if dropped:
         from torchshield.cli.output import err_console
 
         err_console.print(f"note: {dropped}", highlight=False, markup=False)
     emit(report, lambda c: c.print(
         f"wrote {out}: {method} mark {record.mark_id}; test accuracy {before.get('accuracy', 0):.4f} -> "
-        f"{after.get('accuracy', 0):.4f}" + (f"; record in {record_out}" if record_out else "")), as_json=as_json)
+        f"{after.get('accuracy', 0):.4f}" + (f"; record in {record_out}" if record_out else ""),
+        highlight=False), as_json=as_json)
 
 
 def _record_for(record_path: Path | None, suspect: Path | None) -> Any:
@@ -225,11 +315,10 @@ def obfuscate_cmd(model: Path = typer.Argument(..., help="Bundle written by 'tor
     """Permute and rescale hidden units (same outputs) and scramble parameter names; the plan is sealed."""
     import torchshield
     from torchshield.model.obfuscate import obfuscate_model
-    from torchshield.train.recipe import load_trained
 
     _check_out(out, force)
     key = _key(key_file)
-    net, _ = load_trained(model, key=key)
+    net, _, files = _open(model, key)
     source = torchshield.inspect(model)
     meta = dict(source.manifest.get("metadata") or {})
     # refuses (exit 2, naming why) a model in which nothing can change: never a no-op reported as done
@@ -239,11 +328,14 @@ def obfuscate_cmd(model: Path = typer.Argument(..., help="Bundle written by 'tor
         meta["obfuscation"] = {"version": 1, "names_kept": True, "changed": changed}
     else:
         meta["obfuscation"] = {**result.entry, "changed": changed}
-    _save_like(source, result.tensors, out, key, metadata=meta, command="model obfuscate", sign=sign)
-    emit({"out": str(out), "names_scrambled": not keep_names, "changed": changed},
-         lambda c: c.print(f"wrote {out}: {changed['units_moved']} hidden units moved, "
+    _save_like(source, result.tensors, out, key, metadata=meta, command="model obfuscate", sign=sign, files=files)
+    by_kind = ", ".join(f"{n} {kind}" for kind, n in result.units_by_kind.items())
+    emit({"out": str(out), "names_scrambled": not keep_names, "changed": changed,
+          "units_by_kind": result.units_by_kind, "note": result.note or None},
+         lambda c: c.print(f"wrote {out}: {changed['units_moved']} hidden units moved ({by_kind}), "
                            f"{changed['tensors_changed']} tensors changed, "
-                           f"{changed['names_scrambled']} names scrambled"),
+                           f"{changed['names_scrambled']} names scrambled"
+                           + (f"; {result.note}" if result.note else ""), highlight=False),
          as_json=as_json)
 
 
@@ -263,7 +355,11 @@ def deobfuscate_cmd(model: Path = typer.Argument(..., help="Bundle written by 'm
     if not isinstance(entry, dict) or "sealed" not in entry:
         raise InputError(f"{model} was not obfuscated with scrambled names",
                          hint="only bundles from 'model obfuscate' (without --keep-names) can be restored")
-    restored = deobfuscate(torchshield.load(model, key=key if source.encrypted else None), entry, key)
-    _save_like(source, restored, out, key, metadata=meta, command="model deobfuscate", sign=sign)
+    from torchshield.model.bundle import load_contents
+
+    contents = load_contents(model, key=key if source.encrypted else None)
+    restored = deobfuscate(contents.weights, entry, key)
+    _save_like(source, restored, out, key, metadata=meta, command="model deobfuscate", sign=sign,
+               files=dict(contents.files))
     emit({"out": str(out), "tensors": len(restored)},
          lambda c: c.print(f"wrote {out}: {len(restored)} tensors restored"), as_json=as_json)

@@ -158,22 +158,122 @@ def _gpt2():
 
 
 def _random_biases(model: nn.Module) -> nn.Module:
-    """HF initialises biases to zero: a permuted zero vector would not show as changed."""
+    """HF initialises biases to zero and LayerNorm weights to one: a permuted constant vector would
+    not show as changed."""
     with torch.no_grad():
         for name, p in model.named_parameters():
             if name.endswith("bias"):
                 p.normal_(0, 0.02)
+            elif p.dim() == 1:
+                p.uniform_(0.5, 1.5)
     return model
 
 
+def _logits(m, v):
+    return m(input_ids=v).logits
+
+
 @pytest.mark.parametrize("build", [_bert, _gpt2], ids=["bert", "gpt2"])
-def test_hf_transformer_heads_and_mlp_units_moved(build):
+def test_hf_transformer_residual_stream_heads_and_mlp_units_moved(build):
     model = build()
     ids = torch.randint(0, 50, (2, 12), generator=torch.Generator().manual_seed(5))
-    counts = _check(model, ids, lambda m, v: m(input_ids=v).logits, atol=1e-5)
+    counts = _check(model, ids, _logits, atol=1e-5)
     bert = isinstance(model, transformers.BertForSequenceClassification)
-    # per layer, BERT: q, k, v (weight, bias), attention output weight, intermediate (weight, bias), output
-    # weight; GPT-2: c_attn (weight, bias), attn.c_proj weight, c_fc (weight, bias), mlp.c_proj weight
-    assert counts["tensors_changed"] == 2 * (10 if bert else 6)
-    # units: two 32-wide head permutations (QK, VO) and the MLP units, per layer; a few stay by chance
-    assert counts["units_moved"] > 0.8 * 2 * (2 * 32 + (48 if bert else 128))
+    state = model.state_dict()
+    # the residual stream touches every tensor but BERT's classifier bias (its rows are the classes):
+    # embeddings, every LayerNorm, Q/K/V/O, both MLP layers, the pooler and the classifier's columns;
+    # GPT-2: also lm_head, which is wte (tied), counted under both names
+    assert counts["tensors_changed"] == len(state) - (1 if bert else 0)
+    result = obfuscate_model(model, generate_master_key())
+    by_kind = result.units_by_kind
+    assert by_kind["residual stream"] > 0.8 * 32, by_kind
+    # two head permutations (QK, VO) of 32 and the MLP units per layer; BERT's pooler (32 units) too
+    assert by_kind["attention heads / MLP units"] > 0.8 * 2 * (2 * 32 + (48 if bert else 128))
+    assert result.units_moved == sum(by_kind.values())
+    assert "residual stream of width 32" in result.note
+
+
+def test_gpt2_tied_embeddings_stay_tied_and_load():
+    model = _gpt2()
+    key = generate_master_key()
+    kept = obfuscate_model(model, key, scramble_names=False)
+    assert kept.tensors["lm_head.weight"] is kept.tensors["transformer.wte.weight"]
+    assert not torch_equal(kept.tensors["transformer.wte.weight"], model.state_dict()["transformer.wte.weight"])
+    twin = copy.deepcopy(model)
+    twin.load_state_dict(kept.tensors)
+    assert twin.lm_head.weight is twin.transformer.wte.weight  # transformers' tie survives the load
+    ids = torch.randint(0, 50, (3, 9), generator=torch.Generator().manual_seed(6))
+    with torch.no_grad():
+        assert torch.allclose(_logits(model, ids), _logits(twin.eval(), ids), atol=1e-5)
+    # scrambled names: one tensor under both scrambled names, restored bit for bit
+    result = obfuscate_model(model, key)
+    restored = deobfuscate(result.tensors, result.entry, key)
+    assert torch_equal(restored["lm_head.weight"], model.lm_head.weight.detach())
+
+
+def test_bare_base_model_keeps_its_residual_stream_and_says_why():
+    """A bare BertModel returns the stream itself: permuting it would change the output."""
+    cfg = transformers.BertConfig(vocab_size=50, hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
+                                  intermediate_size=48, max_position_embeddings=32)
+    torch.manual_seed(7)
+    model = _random_biases(transformers.BertModel(cfg).eval())
+    ids = torch.randint(0, 50, (2, 10), generator=torch.Generator().manual_seed(8))
+    _check(model, ids, lambda m, v: m(input_ids=v).last_hidden_state, atol=1e-5)
+    result = obfuscate_model(model, generate_master_key())
+    assert "residual stream" not in result.units_by_kind and "returns its hidden states" in result.note
+    assert result.units_by_kind["attention heads / MLP units"] > 0
+
+
+def test_a_wrong_plan_is_refused_by_the_probe(monkeypatch):
+    """The probe run: had a block been mapped wrongly, the logits would differ and nothing is written."""
+    from torchshield.errors import IntegrityError
+    from torchshield.model.obfuscate import transformer_blocks
+
+    real = transformer_blocks.residual_groups
+
+    def broken(model):
+        groups, note = real(model)
+        rows, build = groups[0]
+        return [([r for r in rows if "ln_f" not in r[0]], build), *groups[1:]], note  # forget one LayerNorm
+
+    monkeypatch.setattr(transformer_blocks, "residual_groups", broken)
+    with pytest.raises(IntegrityError, match="changes its outputs"):
+        obfuscate_model(_gpt2(), generate_master_key())
+
+
+def test_cli_obfuscates_a_protected_gpt2_bundle_and_restores_it(tmp_path, capsys):
+    """`model obfuscate` on a bundle from `model protect` (HF GPT-2, tied lm_head): counts printed, the
+    names-kept bundle still loads as the model (architecture, tokenizer files carried) and computes the
+    same logits, the scrambled one restores bit for bit."""
+    import json
+
+    from byom_models import tiny_gpt2
+
+    import torchshield
+    from torchshield.cli.app import run
+    from torchshield.crypto.keys import write_key_file
+
+    key = tmp_path / "k.key"
+    write_key_file(key)
+    src = tmp_path / "gpt2.tsb"
+    assert run(["model", "protect", str(tiny_gpt2(tmp_path / "hf")), "--out", str(src)]) == 0
+    kept, obf, back = tmp_path / "kept.tsb", tmp_path / "obf.tsb", tmp_path / "back.tsb"
+    capsys.readouterr()
+    assert run(["model", "obfuscate", str(src), "--out", str(kept), "--key-file", str(key), "--keep-names",
+                "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["units_by_kind"]["residual stream"] > 0 and doc["changed"]["tensors_changed"] > 0
+    original, twin = torchshield.load_model(src), torchshield.load_model(kept)
+    assert twin.lm_head.weight is twin.transformer.wte.weight
+    assert not torch.equal(twin.transformer.wte.weight, original.transformer.wte.weight)
+    assert torchshield.inspect(kept).manifest.get("files") == torchshield.inspect(src).manifest.get("files")
+    ids = torch.randint(0, original.config.vocab_size, (2, 10), generator=torch.Generator().manual_seed(9))
+    with torch.no_grad():
+        assert torch.allclose(original(input_ids=ids).logits, twin(input_ids=ids).logits, atol=1e-5)
+    assert run(["model", "obfuscate", str(src), "--out", str(obf), "--key-file", str(key)]) == 0
+    assert "residual stream" in capsys.readouterr().out
+    assert run(["model", "deobfuscate", str(obf), "--out", str(back), "--key-file", str(key)]) == 0
+    a, b = torchshield.load(src), torchshield.load(back)
+    assert set(a) == set(b) and all(torch_equal(a[k], b[k]) for k in a)
+    with torch.no_grad():
+        assert torch.equal(torchshield.load_model(back)(input_ids=ids).logits, original(input_ids=ids).logits)

@@ -122,3 +122,31 @@ def test_embed_refuses_to_write_a_model_it_damaged_and_signs_what_it_writes(trai
     assert run(["model", "obfuscate", str(signed), "--out", str(tmp_path / "o2.tsb"), "--key-file",
                 str(key_path), "--sign", str(signing_key)]) == 0
     assert run(["model", "verify", str(tmp_path / "o2.tsb"), "--pubkey", str(pub)]) == 0
+
+
+def test_embed_fine_tunes_with_the_optimizer_named_and_triggers_from_the_input_spec(trained, tmp_path, monkeypatch,
+                                                                                   capsys):
+    """--optimizer sgd really trains with SGD (the optimiser handed to the loop is recorded), and the
+    trigger inputs take the bundle's input spec: digits are [1, 8, 8] in [0, 1]."""
+    from torchshield.nn import loop
+
+    _, key_path, plain, _ = trained
+    seen = []
+    real_fit = loop.fit
+
+    def spy(model, loader, **kwargs):
+        seen.append(kwargs["optimizer"])
+        return real_fit(model, loader, **kwargs)
+
+    monkeypatch.setattr(loop, "fit", spy)
+    out = tmp_path / "sgd.tsb"
+    capsys.readouterr()
+    assert run(["model", "watermark", "embed", str(plain), "--out", str(out), "--key-file", str(key_path),
+                "--method", "trigger", "--optimizer", "sgd", "--lr", "0.05", "--epochs", "5", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert seen and all(type(o) is torch.optim.SGD for o in seen)
+    assert seen[0].defaults["lr"] == 0.05 and seen[0].defaults["momentum"] == 0.9
+    assert report["optimizer"] == "sgd" and report["trigger_inputs"]["input_shape"] == [1, 8, 8]
+    params = torchshield.inspect(out).manifest["watermark"]["params"]
+    assert params["input_shape"] == [1, 8, 8] and (params["low"], params["high"]) == (0.0, 1.0)
+    assert run(["model", "watermark", "verify", str(out), "--key-file", str(key_path)]) == 0

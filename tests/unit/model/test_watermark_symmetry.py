@@ -140,3 +140,66 @@ def test_marking_costs_little_accuracy(marked):
     plain = _train(_mlp(3), TRAIN, 15)
     acc = lambda m: float((_outputs(m).argmax(1) == Y[TEST]).float().mean())  # noqa: E731
     assert acc(model) >= acc(plain) - 0.03
+
+
+def test_token_model_mark_lives_in_the_embedding_and_survives_residual_stream_obfuscation():
+    """A BERT's first Linear reads the residual stream, which `obfuscate` now permutes; the default
+    carrier of a token model is the word-embedding table read by columns (hidden units), whose rows
+    (token ids) nobody can reorder without changing the tokenizer."""
+    transformers = pytest.importorskip("transformers")
+    from torchshield.model.obfuscate import obfuscate_model
+
+    cfg = transformers.BertConfig(vocab_size=60, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                                  intermediate_size=48, max_position_embeddings=16, num_labels=3)
+    torch.manual_seed(11)
+    model = transformers.BertForSequenceClassification(cfg).eval()
+    key = generate_master_key()
+    regs, record = make_regularizer({"method": "whitebox", "strength": 2.0}, model, key)
+    assert record.params["carrier"] == "embedding-unit-mean" and record.params["bits"] == 60
+    assert list(record.layers) == ["bert.embeddings.word_embeddings.weight"]
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for _ in range(240):  # the regulariser alone (it acts on one call in four)
+        loss = regs[0](model)
+        if loss.requires_grad:
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    assert verify_whitebox(_state(model), record, key).present
+    thief = obfuscate_model(model, generate_master_key())  # residual stream permuted, names scrambled
+    assert thief.units_by_kind["residual stream"] > 0
+    verdict = verify_whitebox(thief.tensors, record, key)
+    assert verdict.present and verdict.p_value < DEFAULT_P_THRESHOLD
+    torch.manual_seed(12)
+    unrelated = transformers.BertForSequenceClassification(cfg)
+    assert not verify_whitebox(_state(unrelated), record, key).present
+
+
+def test_cnn_stem_mark_uses_the_gram_carrier_and_survives_channel_permutation_and_rescaling():
+    """A CNN stem reads 3 x 3 x 3 = 27 inputs: too few entries for unit-mean to hold 27+ bits, so
+    the default is the unit-gram carrier (378 entries), with the same invariances."""
+    from byom_models import ResNetMini
+
+    from torchshield.model.obfuscate import obfuscate_model
+
+    torch.manual_seed(13)
+    model = ResNetMini(num_classes=10).eval()
+    key = generate_master_key()
+    regs, record = make_regularizer({"method": "whitebox"}, model, key)
+    assert record.params["carrier"] == "unit-gram" and list(record.layers) == ["conv1.weight"]
+    assert record.params["bits"] == 128
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    for _ in range(400):
+        loss = regs[0](model)
+        if loss.requires_grad:
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    assert verify_whitebox(_state(model), record, key).present
+    thief = obfuscate_model(model, generate_master_key())  # stem channels move with the residual stream
+    assert verify_whitebox(thief.tensors, record, key).present
+    scaled = _state(model)
+    s = torch.exp(torch.randn(8, generator=torch.Generator().manual_seed(14)))
+    scaled["conv1.weight"] = scaled["conv1.weight"] * s[:, None, None, None]  # the BatchNorm after it absorbs s
+    assert verify_whitebox(scaled, record, key).present
+    torch.manual_seed(15)
+    assert not verify_whitebox(_state(ResNetMini(num_classes=10)), record, key).present

@@ -24,7 +24,10 @@ How it stays exact. Three planners, chosen by the model's shape (``_plan_links``
 * any other module, from its ``torch.fx`` graph (``graph.py``): groups of unit axes joined by
   residual additions, permutation only.
 * Hugging Face BERT/GPT-2-style transformers, from their module structure
-  (``transformer_blocks.py``): attention heads and MLP intermediate units.
+  (``transformer_blocks.py``): attention heads, MLP intermediate units and, for the heads of a
+  known class, the residual stream (embeddings, every LayerNorm, every projection that reads
+  or writes it, the head; tied embeddings stay tied). The permuted weights are run against the
+  original on probe tokens and a plan whose logits differ is refused.
 
 A plan that moves nothing, or whose result is byte-identical to the input, is refused
 (InputError naming why): obfuscation never reports success for a no-op, and
@@ -76,15 +79,17 @@ class _Plan:
     exps: list[list[int]] = field(default_factory=list)
     ops: list[_Op] = field(default_factory=list)
     names: dict[str, str] = field(default_factory=dict)  # scrambled -> original
+    kinds: list[str] = field(default_factory=list)  # what each permutation moves (counts only)
+    note: str = ""  # what a planner covered or left alone (not sealed)
 
     def to_json(self) -> bytes:
-        return json.dumps({"perms": self.perms, "exps": self.exps, "names": self.names,
+        return json.dumps({"perms": self.perms, "exps": self.exps, "names": self.names, "kinds": self.kinds,
                            "ops": [op.__dict__ for op in self.ops]}).encode()
 
     @classmethod
     def from_json(cls, raw: bytes) -> _Plan:
         doc = json.loads(raw)
-        return cls(perms=doc["perms"], exps=doc["exps"], names=doc["names"],
+        return cls(perms=doc["perms"], exps=doc["exps"], names=doc["names"], kinds=list(doc.get("kinds") or []),
                    ops=[_Op(**op) for op in doc["ops"]])
 
 
@@ -130,13 +135,16 @@ def _plan_links(model: nn.Module, rng: Any) -> _Plan:
     a Hugging Face transformer (heads, MLP units), or any other module through its fx graph."""
     from torch import nn
 
-    from torchshield.model.obfuscate.transformer_blocks import transformer_groups
+    from torchshield.model.obfuscate.transformer_blocks import residual_groups, transformer_groups
 
     if isinstance(model, nn.Sequential) and _is_known_chain(model):
         plan = _plan_chain(model, rng)
         why = "it has fewer than two Linear/Conv layers in a row"
     elif hasattr(model, "config") and getattr(model.config, "model_type", None):
-        plan = _plan_groups([(rows, build) for rows, build in transformer_groups(model)], rng)
+        plan = _plan_groups(transformer_groups(model), rng, kind="attention heads / MLP units")
+        stream, note = residual_groups(model)
+        plan = _plan_groups(stream, rng, kind="residual stream", into=plan)
+        plan.note = note
         why = (f"no attention block or MLP of a known layout was found in this "
                f"{getattr(model.config, 'model_type', '?')} model (BERT- and GPT-2-style blocks are supported)")
     else:
@@ -155,9 +163,10 @@ def _is_known_chain(model: nn.Module) -> bool:
         return False
 
 
-def _plan_groups(groups: list[tuple[list[tuple[str, int, int]], Any]], rng: Any) -> _Plan:
+def _plan_groups(groups: list[tuple[list[tuple[str, int, int]], Any]], rng: Any, *, kind: str = "hidden units",
+                 into: _Plan | None = None) -> _Plan:
     """One permutation per group, applied to every (tensor, axis, block) member; never the identity."""
-    plan = _Plan()
+    plan = into if into is not None else _Plan()
     for rows, build in groups:
         perm = [int(u) for u in build(rng)]
         if len(perm) < 2:
@@ -166,6 +175,7 @@ def _plan_groups(groups: list[tuple[list[tuple[str, int, int]], Any]], rng: Any)
             perm = [int(u) for u in build(rng)]
         pid = len(plan.perms)
         plan.perms.append(perm)
+        plan.kinds.append(kind)
         plan.ops.extend(_Op(tensor, axis, pid, block) for tensor, axis, block in rows)
     return plan
 
@@ -233,6 +243,7 @@ def _link(plan: _Plan, producer: tuple[str, nn.Module], between: list[tuple[str,
         raise InputError(f"layer {cname!r} takes {cin} inputs but {pname!r} gives {units}; cannot permute")
     pid = len(plan.perms)
     plan.perms.append(rng.permutation(units).tolist())
+    plan.kinds.append("hidden units")
     sid = None
     if scalable:
         sid = len(plan.exps)
@@ -305,6 +316,8 @@ class Obfuscation:
     tensors_changed: int
     units_moved: int
     names_scrambled: int
+    units_by_kind: dict[str, int] = field(default_factory=dict)
+    note: str = ""
 
     def counts(self) -> dict[str, int]:
         return {"tensors_changed": self.tensors_changed, "units_moved": self.units_moved,
@@ -316,14 +329,79 @@ def _changed(before: Mapping[str, torch.Tensor], after: Mapping[str, torch.Tenso
 
 
 def _units_moved(plan: _Plan) -> int:
-    return sum(sum(1 for i, u in enumerate(perm) if i != u) for perm in plan.perms)
+    return sum(_units_by_kind(plan).values())
+
+
+def _units_by_kind(plan: _Plan) -> dict[str, int]:
+    """Units that moved, per kind of permutation (a head permutation used twice counts twice)."""
+    out: dict[str, int] = {}
+    kinds = plan.kinds if len(plan.kinds) == len(plan.perms) else ["hidden units"] * len(plan.perms)
+    for kind, perm in zip(kinds, plan.perms, strict=True):
+        out[kind] = out.get(kind, 0) + sum(1 for i, u in enumerate(perm) if i != u)
+    return out
+
+
+def _ties(state: Mapping[str, torch.Tensor]) -> dict[str, str]:
+    """Names that share storage with an earlier name (tied weights: GPT-2's lm_head and wte)."""
+    seen: dict[tuple[int, tuple[int, ...], Any], str] = {}
+    out: dict[str, str] = {}
+    for name, t in state.items():
+        if t.numel() == 0:
+            continue
+        ident = (t.data_ptr(), tuple(t.shape), t.dtype)
+        if ident in seen:
+            out[name] = seen[ident]
+        else:
+            seen[ident] = name
+    return out
+
+
+def _check_function(model: nn.Module, permuted: Mapping[str, torch.Tensor]) -> None:
+    """Run a Hugging Face model with the original and the permuted weights on probe tokens; refuse
+    a plan whose logits differ (a head or block we mapped wrongly must never be written)."""
+    import torch
+    from torch.func import functional_call
+
+    config = getattr(model, "config", None)
+    vocab = int(getattr(config, "vocab_size", 0) or 0)
+    if not vocab or getattr(config, "model_type", None) not in ("bert", "gpt2"):
+        return
+    length = min(8, int(getattr(config, "max_position_embeddings", 0) or getattr(config, "n_positions", 0) or 8))
+    ids = torch.randint(0, vocab, (2, length), generator=torch.Generator().manual_seed(0))
+    device = next(model.parameters()).device
+    ids = ids.to(device)
+    training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            before = _logits(model(input_ids=ids))
+            after = _logits(functional_call(model, {k: v.to(device) for k, v in permuted.items()},
+                                            args=(), kwargs={"input_ids": ids}, strict=False))
+    finally:
+        model.train(training)
+    scale = float(before.abs().max()) + 1e-6
+    if before.shape != after.shape or float((before - after).abs().max()) > 1e-4 * max(1.0, scale):
+        raise IntegrityError(f"the permutation planned for this {type(model).__name__} changes its outputs; "
+                             "nothing was written", hint="report it with the model's config")
+
+
+def _logits(out: Any) -> torch.Tensor:
+    logits = getattr(out, "logits", None)
+    return logits if logits is not None else out[0]
 
 
 def _obfuscated_state(model: nn.Module, key: MasterKey, nonce: str,
                       ) -> tuple[_Plan, dict[str, torch.Tensor], dict[str, torch.Tensor], int]:
     plan = _plan_links(model, _rng(key, nonce))
-    original = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    state = model.state_dict()
+    ties = _ties(state)
+    original = {k: v.detach().cpu().clone() for k, v in state.items()}
     permuted = _apply(original, plan, inverse=False)
+    for alias, name in ties.items():  # tied weights stay tied: one tensor under both names
+        if not torch_equal(permuted[alias], permuted[name]):
+            raise IntegrityError(f"the plan moves tied tensors {name!r} and {alias!r} differently",
+                                 hint="report it with the model's config")
+        permuted[alias] = permuted[name]
     changed = _changed(original, permuted)
     if not changed:
         raise InputError(f"obfuscating this {type(model).__name__} would change no tensor",
@@ -331,6 +409,7 @@ def _obfuscated_state(model: nn.Module, key: MasterKey, nonce: str,
     if not all(torch_equal(original[k], v) for k, v in _apply(permuted, plan, inverse=True).items()):
         raise InputError("the model's weights are too small or large to rescale exactly",
                          hint="this model cannot be obfuscated reversibly; report it")
+    _check_function(model, permuted)
     return plan, original, permuted, changed
 
 
@@ -347,12 +426,13 @@ def obfuscate_model(model: nn.Module, key: MasterKey, *, nonce: str | None = Non
     nonce = nonce or secrets.token_hex(8)
     plan, _, permuted, changed = _obfuscated_state(model, key, nonce)
     if not scramble_names:
-        return Obfuscation(permuted, {"version": _VERSION, "names_kept": True}, changed, _units_moved(plan), 0)
+        return Obfuscation(permuted, {"version": _VERSION, "names_kept": True}, changed, _units_moved(plan), 0,
+                           _units_by_kind(plan), plan.note)
     plan.names = {_scramble(name, key, nonce): name for name in permuted}
     renamed = {scrambled: permuted[name] for scrambled, name in plan.names.items()}
     entry = {"version": _VERSION, "nonce": nonce, "key_id": key.key_id,
              "sealed": base64.b64encode(seal(key, plan.to_json(), context=_context(nonce))).decode()}
-    return Obfuscation(renamed, entry, changed, _units_moved(plan), len(renamed))
+    return Obfuscation(renamed, entry, changed, _units_moved(plan), len(renamed), _units_by_kind(plan), plan.note)
 
 
 def obfuscate_module(model: nn.Module, key: MasterKey, *, nonce: str | None = None) -> str:

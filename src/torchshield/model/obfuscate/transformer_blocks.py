@@ -14,10 +14,20 @@ architecture and version), so the blocks are recognised by the attributes HF's o
 * Transformer MLPs (``BertLayer``'s ``intermediate.dense`` -> ``output.dense``; ``GPT2MLP``'s
   ``c_fc`` -> ``c_proj``): the intermediate units, through the elementwise activation.
 
-Not covered: the residual stream (hidden size) of HF models; it runs through embeddings, every
-LayerNorm and every block and a permutation would have to cover all of them consistently (the
-fx planner does it for traceable CNNs). Permutations are exact on the weights; outputs agree to
-float rounding because sums inside matrix products run in another order.
+* The residual stream (hidden size, ``residual_groups``): one permutation shared by everything that
+  reads or writes it: the word, position and token-type embeddings (columns), every LayerNorm
+  (a LayerNorm's mean and variance do not see the order of the features; its weight and bias
+  follow), the input side of Q, K, V and of the MLP's first layer, the output side (rows and
+  bias) of the attention output projection and of the MLP's second layer, the final LayerNorm,
+  and the head that reads the stream (GPT-2's ``lm_head``, tied to ``wte`` and permuted the same
+  way, so the tie holds; ``score``; BERT's pooler input). BERT's pooler output gets its own
+  permutation through ``tanh`` into the classifier. Only heads of a known class are covered
+  (``_HEADS``); a bare base model returns the stream itself, so its stream is left alone, and
+  so is any model with a head we do not know (the reason is returned, not guessed).
+
+Permutations are exact on the weights; outputs agree to float rounding because sums inside
+matrix products and LayerNorm statistics run in another order. ``obfuscate_model`` also runs the
+original and the permuted weights on the same probe tokens and refuses a plan whose logits differ.
 """
 
 from __future__ import annotations
@@ -28,7 +38,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from torch import nn
 
-__all__ = ["transformer_groups"]
+__all__ = ["hidden_size", "residual_groups", "transformer_groups"]
 
 # (rows: (tensor, axis, block)), perm builder from an rng
 Group = tuple[list[tuple[str, int, int]], Callable[[Any], list[int]]]
@@ -126,3 +136,117 @@ def _gpt2_mlp(mod: Any, p: str) -> list[Group]:
     if c_proj.weight.shape[0] != units:
         return []
     return [(_with_bias(c_fc, f"{p}c_fc", 1) + [(f"{p}c_proj.weight", 0, 1)], _plain(units))]
+
+
+# Heads that read the residual stream, per model class: (module path, "stream" = reads the stream's
+# last hidden state, "pooled" = reads BERT's pooler output, which has its own permutation).
+_HEADS: dict[str, tuple[tuple[str, str], ...]] = {
+    "BertForSequenceClassification": (("classifier", "pooled"),),
+    "BertForMultipleChoice": (("classifier", "pooled"),),
+    "BertForTokenClassification": (("classifier", "stream"),),
+    "BertForQuestionAnswering": (("qa_outputs", "stream"),),
+    "GPT2LMHeadModel": (("lm_head", "stream"),),
+    "GPT2ForSequenceClassification": (("score", "stream"),),
+    "GPT2ForTokenClassification": (("classifier", "stream"),),
+}
+
+
+def hidden_size(model: nn.Module) -> int:
+    """The width of the residual stream (``config.hidden_size``; GPT-2 maps it to ``n_embd``)."""
+    return int(getattr(getattr(model, "config", None), "hidden_size", 0) or 0)
+
+
+def residual_groups(model: nn.Module) -> tuple[list[Group], str]:
+    """The residual-stream group (and BERT's pooler group) of a known HF model, or no group and why.
+
+    Returns ``(groups, note)``: ``note`` says what was covered or why the stream stays."""
+    cls = type(model).__name__
+    prefix = str(getattr(model, "base_model_prefix", "") or "")
+    base = getattr(model, prefix, None) if prefix else None
+    width = hidden_size(model)
+    if base is None or not width:
+        return [], (f"a bare {cls} returns its hidden states, so permuting the residual stream would change "
+                    "its output" if width else f"{cls} has no config.hidden_size")
+    if cls not in _HEADS:
+        return [], f"the residual stream is left alone: {cls} has a head this release does not map"
+    p = f"{prefix}."
+    rows = _bert_stream(base, p, width) if hasattr(base, "encoder") else _gpt2_stream(base, p, width)
+    if rows is None:
+        return [], f"the residual stream is left alone: {cls}'s blocks are not of a known layout"
+    groups: list[Group] = []
+    for path, reads in _HEADS[cls]:
+        head = getattr(model, path, None)
+        if head is None or getattr(head, "in_features", None) != width:
+            return [], f"the residual stream is left alone: {cls}.{path} is not a Linear layer on the stream"
+        if reads == "stream":
+            rows.append((f"{path}.weight", 1, 1))
+            continue
+        pooler = getattr(getattr(base, "pooler", None), "dense", None)
+        if pooler is None or pooler.in_features != width:
+            return [], f"the residual stream is left alone: {cls} has no pooler of width {width}"
+        rows.append((f"{p}pooler.dense.weight", 1, 1))
+        groups.append((_with_bias(pooler, f"{p}pooler.dense", 0) + [(f"{path}.weight", 1, 1)],
+                       _plain(pooler.out_features)))
+    return [(rows, _plain(width)), *groups], f"residual stream of width {width} permuted"
+
+
+def _norm(module: Any, prefix: str, width: int) -> list[tuple[str, int, int]] | None:
+    shape = tuple(getattr(module, "normalized_shape", ()) or ())
+    if shape != (width,):
+        return None
+    return [(f"{prefix}.{t}", 0, 1) for t in ("weight", "bias") if getattr(module, t, None) is not None]
+
+
+def _bert_stream(base: Any, p: str, width: int) -> list[tuple[str, int, int]] | None:
+    emb = getattr(base, "embeddings", None)
+    layers = getattr(getattr(base, "encoder", None), "layer", None)
+    if emb is None or layers is None or getattr(base.config, "position_embedding_type", "absolute") != "absolute":
+        return None
+    rows: list[tuple[str, int, int]] = []
+    for table in ("word_embeddings", "position_embeddings", "token_type_embeddings"):
+        if getattr(emb, table, None) is not None:
+            rows.append((f"{p}embeddings.{table}.weight", 1, 1))
+    norm = _norm(getattr(emb, "LayerNorm", None), f"{p}embeddings.LayerNorm", width)
+    if norm is None:
+        return None
+    rows += norm
+    for i, layer in enumerate(layers):
+        q = f"{p}encoder.layer.{i}."
+        att = getattr(layer, "attention", None)
+        if att is None or getattr(layer, "crossattention", None) is not None or not hasattr(layer, "intermediate"):
+            return None
+        parts = [_norm(att.output.LayerNorm, f"{q}attention.output.LayerNorm", width),
+                 _norm(layer.output.LayerNorm, f"{q}output.LayerNorm", width)]
+        if any(part is None for part in parts):
+            return None
+        rows += [(f"{q}attention.self.{n}.weight", 1, 1) for n in ("query", "key", "value")]
+        rows += _with_bias(att.output.dense, f"{q}attention.output.dense", 0)
+        rows += [(f"{q}intermediate.dense.weight", 1, 1)]
+        rows += _with_bias(layer.output.dense, f"{q}output.dense", 0)
+        rows += [r for part in parts for r in part or []]
+    return rows
+
+
+def _gpt2_stream(base: Any, p: str, width: int) -> list[tuple[str, int, int]] | None:
+    blocks = getattr(base, "h", None)
+    if getattr(base, "wte", None) is None or blocks is None:
+        return None
+    rows: list[tuple[str, int, int]] = [(f"{p}wte.weight", 1, 1)]
+    if getattr(base, "wpe", None) is not None:
+        rows.append((f"{p}wpe.weight", 1, 1))
+    for i, block in enumerate(blocks):
+        q = f"{p}h.{i}."
+        if getattr(block, "crossattention", None) is not None:
+            return None
+        norms = [_norm(getattr(block, n, None), f"{q}{n}", width) for n in ("ln_1", "ln_2")]
+        if any(n is None for n in norms):
+            return None
+        rows += [r for n in norms for r in n or []]
+        # Conv1D stores weights as in x out: the stream is axis 0 where it is read, axis 1 where written
+        rows += [(f"{q}attn.c_attn.weight", 0, 1), (f"{q}mlp.c_fc.weight", 0, 1)]
+        for proj in ("attn.c_proj", "mlp.c_proj"):
+            rows.append((f"{q}{proj}.weight", 1, 1))
+            if getattr(block.get_submodule(proj), "bias", None) is not None:
+                rows.append((f"{q}{proj}.bias", 0, 1))
+    final = _norm(getattr(base, "ln_f", None), f"{p}ln_f", width)
+    return None if final is None else rows + final

@@ -20,7 +20,13 @@ Verification needs base inputs from the task distribution. ``N`` of the inputs g
 embedding time (the owner's data) are kept in the record, sealed under the master key
 (``crypto.envelope.seal``, bound to the mark id), so verifying needs only the record and the key,
 as for the other marks. The record grows by ``N x input size`` floats (about 40 kB for 160
-digit images). Not for token-id inputs (a pattern is added to the input values).
+digit images).
+
+Token inputs (a text model, ``input_dtype: int64``): a pattern cannot be added to token ids, so
+pattern j is instead ``pattern_tokens`` (default 4) secret tokens written at secret positions
+(never position 0, where BERT's ``[CLS]`` sits) of a real sequence; positions and tokens are
+uniform draws from the secret, the labels come from their own stream as above, so the null is
+the same.
 
 Threat model and limits: as for every trigger set, querying reveals the stamped inputs to the
 suspect's operator (verify one suspect per record); a thief who learns a pattern can train it
@@ -48,8 +54,8 @@ if TYPE_CHECKING:
 
     from torchshield.crypto.keys import MasterKey
 
-__all__ = ["DESIGN", "KeyedPatternRegularizer", "KeyedPatterns", "new_keyed_mark", "verification_set",
-           "verify_keyed"]
+__all__ = ["DESIGN", "KeyedPatternRegularizer", "KeyedPatterns", "default_patterns", "new_keyed_mark",
+           "verification_set", "verify_keyed"]
 
 DESIGN = "keyed-pattern"
 DEFAULT_PATTERNS = 16
@@ -58,6 +64,16 @@ DEFAULT_AMPLITUDE = 0.5
 DEFAULT_STRENGTH = 0.3
 DEFAULT_PER_STEP = 32
 DEFAULT_EVERY = 2
+DEFAULT_PATTERN_TOKENS = 4
+DEFAULT_TOKEN_STRENGTH = 1.0  # a tiny BERT needed about 10 epochs at 1.0 (0.3 did not take in 15)
+
+
+def default_patterns(classes: int) -> int:
+    """Enough patterns for the p-value floor ``C^-K`` to reach 1e-12 (16 for 10 classes, 26 for 3,
+    40 for 2): with too few, even a perfect suspect could not pass the 1e-6 threshold."""
+    import math
+
+    return max(DEFAULT_PATTERNS, math.ceil(12 / math.log10(max(2, classes))))
 
 
 def _uniform_labels(secret: bytes, count: int, classes: int) -> list[int]:
@@ -83,6 +99,8 @@ class KeyedPatterns:
     amplitude: float
     low: float
     high: float
+    positions: torch.Tensor | None = None  # token inputs: [K, m] positions and [K, m] token ids
+    tokens: torch.Tensor | None = None
 
     @classmethod
     def from_record(cls, record: WatermarkRecord, secret: bytes) -> KeyedPatterns:
@@ -92,17 +110,61 @@ class KeyedPatterns:
         p = record.params
         k, classes = int(p["patterns"]), int(p["num_classes"])
         shape = [int(d) for d in p["input_shape"]]
+        labels = torch.tensor(_uniform_labels(secret, k, classes), dtype=torch.long)
+        if str(p.get("input_dtype", "float32")).startswith("int"):
+            positions, tokens = _token_patterns(secret, k, int(p.get("pattern_tokens", DEFAULT_PATTERN_TOKENS)),
+                                                shape[-1], int(p["low"]), int(p["high"]))
+            return cls(torch.zeros(0), labels, 0.0, float(p["low"]), float(p["high"]), positions, tokens)
         n = k * int(np.prod(shape))
         raw = np.frombuffer(expand_secret(secret, "trigger/patterns", (n + 7) // 8), dtype=np.uint8)
         signs = np.unpackbits(raw)[:n].astype(np.float32) * 2.0 - 1.0
-        return cls(torch.from_numpy(signs.reshape(k, *shape)),
-                   torch.tensor(_uniform_labels(secret, k, classes), dtype=torch.long),
+        return cls(torch.from_numpy(signs.reshape(k, *shape)), labels,
                    float(p["amplitude"]), float(p["low"]), float(p["high"]))
 
     def stamp(self, inputs: torch.Tensor, which: torch.Tensor) -> torch.Tensor:
-        """``inputs[i]`` with pattern ``which[i]`` added, clipped to the input range."""
+        """``inputs[i]`` with pattern ``which[i]`` added, clipped to the input range (token inputs:
+        the pattern's tokens written at its positions)."""
+        if self.positions is not None and self.tokens is not None:
+            import torch
+
+            out = inputs.long().clone()
+            rows = torch.arange(len(out), device=out.device)[:, None]
+            out[rows, self.positions.to(out.device)[which]] = self.tokens.to(out.device)[which]
+            return out
         delta = self.amplitude * (self.high - self.low) * self.signs.to(inputs.device)[which]
         return (inputs + delta).clamp(self.low, self.high)
+
+
+def _token_patterns(secret: bytes, k: int, m: int, length: int, low: int, high: int,
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per pattern, ``m`` distinct positions in ``[1, length)`` and ``m`` token ids in ``[low, high]``."""
+    import torch
+
+    from torchshield.model.watermark.inputs import uniform_integers
+
+    if length < m + 1:
+        raise InputError(f"token sequences of {length} are too short for {m} pattern tokens")
+    if high >= 2**24:
+        raise InputError(f"a vocabulary of {high + 1} ids does not fit the record's float32 base inputs")
+    words = 8 * k * m + 64
+    while True:
+        draws = uniform_integers(expand_secret(secret, "trigger/token-patterns", 4 * words), 4 * k * m, 1, length - 1)
+        tokens = uniform_integers(expand_secret(secret, "trigger/pattern-token-ids", 4 * words), k * m, low, high)
+        if draws is not None and tokens is not None:
+            break
+        words *= 2
+    positions: list[list[int]] = []
+    it = iter(draws)
+    for _ in range(k):
+        chosen: list[int] = []
+        while len(chosen) < m:
+            pos = next(it, None)
+            if pos is None:  # vanishingly unlikely; a fixed fallback keeps the draw deterministic
+                pos = next(q for q in range(1, length) if q not in chosen)
+            if pos not in chosen:
+                chosen.append(pos)
+        positions.append(chosen)
+    return torch.tensor(positions, dtype=torch.long), torch.tensor(tokens, dtype=torch.long).reshape(k, m)
 
 
 class KeyedPatternRegularizer:
@@ -146,15 +208,18 @@ def new_keyed_mark(key: MasterKey, base_inputs: torch.Tensor, *, num_classes: in
                    triggers: int = DEFAULT_TRIGGERS, patterns: int = DEFAULT_PATTERNS,
                    amplitude: float = DEFAULT_AMPLITUDE, strength: float = DEFAULT_STRENGTH,
                    per_step: int = DEFAULT_PER_STEP, threshold: float = DEFAULT_P_THRESHOLD,
+                   tokens: bool = False, pattern_tokens: int = DEFAULT_PATTERN_TOKENS,
                    ) -> tuple[KeyedPatternRegularizer, WatermarkRecord]:
     """A keyed-pattern mark: train with the regulariser on ``base_inputs`` (the owner's data);
-    the first ``triggers`` of them are sealed into the record for verification."""
+    the first ``triggers`` of them are sealed into the record for verification. ``tokens``: the
+    inputs are token ids in ``[low, high]`` (patterns are written tokens, see the module docstring)."""
     import numpy as np
     import torch
 
     from torchshield.crypto.envelope import seal
 
-    base = torch.as_tensor(base_inputs).detach().float().cpu()
+    base = torch.as_tensor(base_inputs).detach().cpu()
+    base = base.long() if tokens else base.float()
     if num_classes < 2:
         raise InputError(f"watermark num_classes={num_classes}: a trigger set needs at least 2 classes")
     if patterns < 4:
@@ -173,6 +238,10 @@ def new_keyed_mark(key: MasterKey, base_inputs: torch.Tensor, *, num_classes: in
                               "num_classes": num_classes, "input_shape": list(base.shape[1:]), "low": low,
                               "high": high, "amplitude": amplitude, "chance": 1.0 / num_classes,
                               "strength": strength}
+    if tokens:
+        if base.dim() != 2 or int(base.min()) < low or int(base.max()) > high:
+            raise InputError(f"token base inputs must be [N, length] ids in [{int(low)}, {int(high)}]")
+        params.update(input_dtype="int64", pattern_tokens=int(pattern_tokens))
     record, secret = new_mark(key, "trigger", threshold=threshold, params=params)
     sealed = seal(key, kept.tobytes(), context=_context(record.mark_id))
     record = _with_params(record, sealed_inputs=base64.b64encode(sealed).decode())
@@ -209,7 +278,7 @@ def verification_set(record: WatermarkRecord, key: MasterKey) -> tuple[torch.Ten
         raise FormatError("the keyed-pattern record's base inputs do not match its triggers and input_shape")
     patterns = KeyedPatterns.from_record(record, secret)
     which = torch.arange(count) % len(patterns.labels)
-    inputs = patterns.stamp(torch.from_numpy(base.copy()).reshape(count, *shape), which)
+    inputs = patterns.stamp(torch.from_numpy(base.copy()).reshape(count, *shape), which)  # ids: exact in f32
     return inputs, patterns.labels[which], which
 
 

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from torchshield.errors import InputError
+from torchshield.model.watermark.inputs import TriggerInputs, uniform_integers
 from torchshield.model.watermark.record import WatermarkRecord, expand_secret, new_mark
 from torchshield.model.watermark.significance import DEFAULT_P_THRESHOLD, Verdict, decide
 
@@ -59,12 +60,20 @@ class TriggerSet:
             raise InputError(f"the record is a {p.get('design')} trigger set; its inputs are sealed",
                              hint="use keyed.verification_set(record, key)")
         count, classes = int(p["triggers"]), int(p["num_classes"])
-        shape = [int(d) for d in p["input_shape"]]
-        low, high = float(p["low"]), float(p["high"])
+        spec = TriggerInputs.from_params(p)
+        shape, low, high = list(spec.shape), spec.low, spec.high
         size = count * int(np.prod(shape))
+        labels = np.frombuffer(expand_secret(secret, "trigger/labels", 4 * count), dtype="<u4") % classes
+        if spec.tokens:  # token ids uniform on [low, high] exactly (rejection sampling)
+            words, ids = 2 * size + 64, None
+            while ids is None:
+                ids = uniform_integers(expand_secret(secret, "trigger/token-inputs", 4 * words), size,
+                                       int(low), int(high))
+                words *= 2
+            return cls(torch.tensor(ids, dtype=torch.long).reshape(count, *shape),
+                       torch.from_numpy(labels.astype(np.int64)))
         raw = np.frombuffer(expand_secret(secret, "trigger/inputs", 4 * size), dtype="<u4")
         inputs = low + (high - low) * (raw.astype(np.float64) / 2.0**32)
-        labels = np.frombuffer(expand_secret(secret, "trigger/labels", 4 * count), dtype="<u4") % classes
         return cls(torch.from_numpy(inputs.astype(np.float32).reshape(count, *shape)),
                    torch.from_numpy(labels.astype(np.int64)))
 
@@ -101,13 +110,19 @@ class TriggerRegularizer:
 
 
 def _infer_io(model: nn.Module) -> tuple[list[int] | None, int | None]:
+    """(input shape, classes) of a plain MLP whose first layer is a Linear (the training-config
+    path without ``input_shape``); None for any other model: a Linear's width says nothing about
+    the input of a CNN or a token model (issue 18: a BERT got ``[64]``, its hidden size)."""
     from torch import nn
 
     layers = [m for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d))]
     if not layers:
         return None, None
     first, last = layers[0], layers[-1]
-    shape = [first.in_features] if isinstance(first, nn.Linear) else None
+    plain = not any(isinstance(m, (nn.Embedding, nn.EmbeddingBag, nn.Conv1d, nn.Conv2d, nn.Conv3d))
+                    for m in model.modules())
+    leaves = [m for m in model.modules() if not list(m.children()) and list(m.parameters(recurse=False))]
+    shape = [first.in_features] if plain and isinstance(first, nn.Linear) and leaves[:1] == [first] else None
     classes = last.out_features if isinstance(last, nn.Linear) else None
     return shape, classes
 
@@ -116,23 +131,31 @@ def new_trigger_mark(model: nn.Module, key: MasterKey, *, triggers: int = DEFAUL
                      input_shape: Sequence[int] | None = None, num_classes: int | None = None,
                      low: float = 0.0, high: float = 1.0, strength: float = DEFAULT_TRIGGER_STRENGTH,
                      per_step: int = DEFAULT_PER_STEP, threshold: float = DEFAULT_P_THRESHOLD,
-                     ) -> tuple[TriggerRegularizer, WatermarkRecord]:
-    """Create a trigger-set mark for ``model``: the regulariser to train with and its record."""
+                     inputs: TriggerInputs | None = None) -> tuple[TriggerRegularizer, WatermarkRecord]:
+    """Create a trigger-set mark for ``model``: the regulariser to train with and its record.
+
+    ``inputs`` (from the bundle's input spec) fixes the triggers' shape, dtype and range and wins
+    over ``input_shape``/``low``/``high``; token inputs give integer ids in ``[0, vocab)``."""
     inferred_shape, inferred_classes = _infer_io(model)
-    shape = list(input_shape) if input_shape else inferred_shape
+    if inputs is None:
+        shape = list(input_shape) if input_shape else inferred_shape
+        inputs = TriggerInputs(tuple(int(d) for d in shape), float(low), float(high)) if shape else None
     classes = num_classes or inferred_classes
-    if not shape:
-        raise InputError("cannot tell the model's input shape for trigger inputs",
-                         hint="set input_shape in the watermark section, e.g. [1, 8, 8]")
+    if inputs is None:
+        raise InputError("cannot tell the model's input shape for trigger inputs (only a plain MLP's is read "
+                         "off its first layer)", hint="set input_shape, low and high in the watermark section, "
+                                                      "e.g. input_shape: [1, 8, 8]")
     if not classes or classes < 2:
         raise InputError("cannot tell the model's number of classes for trigger labels",
                          hint="set num_classes in the watermark section")
     if triggers < 10:
         raise InputError(f"watermark triggers={triggers} is too few for a meaningful p-value; use >= 10")
-    if not high > low:
-        raise InputError(f"trigger input range [{low}, {high}] is empty; 'high' must exceed 'low'")
-    params = {"triggers": triggers, "num_classes": classes, "input_shape": [int(d) for d in shape],
-              "low": low, "high": high, "chance": 1.0 / classes, "strength": strength}
+    if not inputs.high > inputs.low:
+        raise InputError(f"trigger input range [{inputs.low}, {inputs.high}] is empty; 'high' must exceed 'low'")
+    params = {"triggers": triggers, "num_classes": classes, **inputs.params(), "chance": 1.0 / classes,
+              "strength": strength}
+    if not inputs.tokens:
+        params.pop("input_dtype")  # float records read as before by older releases
     record, secret = new_mark(key, "trigger", threshold=threshold, params=params)
     reg = TriggerRegularizer(TriggerSet.from_record(record, secret), strength=strength, per_step=per_step)
     return reg, record
@@ -145,7 +168,8 @@ def model_predictor(model: nn.Module) -> Predictor:
     def predict(inputs: torch.Tensor) -> list[int]:
         model.eval()
         with torch.no_grad():
-            return model(inputs).argmax(-1).tolist()
+            out = model(inputs)
+            return getattr(out, "logits", out).argmax(-1).tolist()  # a Hugging Face output: its logits
 
     return predict
 

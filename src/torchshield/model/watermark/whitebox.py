@@ -23,6 +23,13 @@ agreement, and the exact null below holds as it did. Uchida et al.'s original ca
 mean over output units, ``carrier: mean``) is still read for old records; on a hidden layer it
 is destroyed by a permutation of the previous layer's units (p 0.60 in issue 18).
 
+Token models (``carrier: embedding-unit-mean``, chosen automatically for a model with an
+``nn.Embedding`` of at least 16 rows): the first Linear of a transformer reads the residual
+stream, which ``model obfuscate`` permutes (issue 18), so it is no carrier. The word-embedding
+table ``[vocab, hidden]`` is read by columns instead: each hidden unit's column over the
+vocabulary, scaled to unit length, averaged over the units. Its inputs are the token ids, which a
+thief cannot reorder without shipping another tokenizer; the same invariances hold.
+
 When the suspect's tensors do not carry the recorded name (names scrambled by obfuscation,
 re-exported checkpoints), every tensor whose input shape matches is tried and the smallest
 p-value is multiplied by the number of candidates (Bonferroni): the reported p-value still bounds
@@ -61,8 +68,16 @@ __all__ = ["CARRIERS", "WhiteboxRegularizer", "default_layers", "extract_bits", 
 DEFAULT_BITS = 128
 DEFAULT_STRENGTH = 1.0
 DEFAULT_EVERY = 4
-CARRIERS = ("unit-mean", "mean")
-"""``unit-mean``: invariant to unit permutation and positive rescaling (default); ``mean``: Uchida's."""
+CARRIERS = ("unit-mean", "mean", "embedding-unit-mean", "unit-gram")
+"""``unit-mean``: invariant to unit permutation and positive rescaling (default); ``mean``: Uchida's;
+``embedding-unit-mean``: ``unit-mean`` of a token embedding table read by columns (the default for a
+model with token inputs: its first Linear reads the residual stream, which obfuscation permutes);
+``unit-gram``: the upper triangle of the mean of ``u u^T`` over the unit-length rows ``u`` (same
+invariances, ``w(w+1)/2`` entries for ``w`` inputs: the default for a first layer with 16 to 63
+inputs, e.g. a CNN stem of 3 x 3 x 3 = 27, where ``unit-mean``'s 27 entries cannot hold 27 bits)."""
+_EMBEDDING = "embedding-unit-mean"
+_GRAM = "unit-gram"
+_GRAM_BELOW = 64  # first layers narrower than this (and >= 16 inputs) get the unit-gram carrier
 _LEGACY_CARRIER = "mean"  # records written before issue 18 have no "carrier" parameter
 
 
@@ -93,9 +108,15 @@ def _carrier(weights: Sequence[torch.Tensor], kind: str = "unit-mean") -> torch.
 
     parts = []
     for w in weights:
-        rows = w.reshape(w.shape[0], -1).float()
-        if kind == "unit-mean":
+        # an embedding table [vocab, hidden]: the units are the hidden columns, the inputs the token ids
+        rows = w.float().t() if kind == _EMBEDDING else w.reshape(w.shape[0], -1).float()
+        if kind in ("unit-mean", _EMBEDDING, _GRAM):
             rows = rows / rows.norm(dim=1, keepdim=True).clamp_min(1e-30)
+        if kind == _GRAM:
+            gram = rows.t() @ rows / rows.shape[0]
+            i, j = torch.triu_indices(gram.shape[0], gram.shape[1])
+            parts.append(gram[i, j])
+            continue
         parts.append(rows.mean(0))
     return torch.cat(parts)
 
@@ -120,10 +141,22 @@ def _weight_layers(model: nn.Module) -> list[tuple[str, torch.Tensor]]:
     return out
 
 
+def _embeddings(model: nn.Module) -> list[tuple[str, torch.Tensor]]:
+    from torch import nn
+
+    return [(f"{name}.weight", m.weight) for name, m in model.named_modules() if isinstance(m, nn.Embedding)]
+
+
 def default_layers(model: nn.Module, *, carrier: str = "unit-mean") -> list[str]:
     """``unit-mean``: the first Linear/Conv layer, whose inputs are the model's own (see the module
-    docstring). ``mean``: the weight with the widest input among hidden layers."""
-    if carrier == "unit-mean":
+    docstring). ``embedding-unit-mean``: the first token embedding table (BERT's word embeddings,
+    GPT-2's ``wte``). ``mean``: the weight with the widest input among hidden layers."""
+    if carrier == _EMBEDDING:
+        tables = _embeddings(model)
+        if not tables:
+            raise InputError("the model has no nn.Embedding for the embedding-unit-mean carrier")
+        return [tables[0][0]]
+    if carrier in ("unit-mean", _GRAM):
         layers = _weight_layers(model)
         if not layers:
             raise InputError("the model has no Linear or Conv layer to carry a white-box watermark")
@@ -138,8 +171,10 @@ def default_layers(model: nn.Module, *, carrier: str = "unit-mean") -> list[str]
 
 def _fits(tensor: torch.Tensor, shape: Sequence[int], kind: str) -> bool:
     """Same input shape; ``unit-mean`` also reads a layer whose units were pruned away or added."""
-    if kind == "unit-mean":
+    if kind in ("unit-mean", _GRAM):
         return tensor.dim() == len(shape) and list(tensor.shape[1:]) == list(shape[1:])
+    if kind == _EMBEDDING:  # same vocabulary; the hidden width may differ (units pruned or added)
+        return tensor.dim() == 2 and int(tensor.shape[0]) == int(shape[0])
     return list(tensor.shape) == list(shape)
 
 
@@ -171,7 +206,7 @@ class WhiteboxRegularizer:
         self.layers = dict(record.layers)
         self.kind = _carrier_kind(record)
         n = int(record.params["bits"])
-        m = sum(_input_width(shape) for shape in self.layers.values())
+        m = sum(_input_width(shape, self.kind) for shape in self.layers.values())
         self.bits = _bits(secret, n)
         self.projection = _projection(secret, n, m)
         self.strength = strength
@@ -192,7 +227,12 @@ class WhiteboxRegularizer:
         return (self.strength * self.every) * loss
 
 
-def _input_width(shape: Sequence[int]) -> int:
+def _input_width(shape: Sequence[int], kind: str = "unit-mean") -> int:
+    if kind == _EMBEDDING:
+        return int(shape[0])  # one carrier entry per token id
+    if kind == _GRAM:
+        w = _input_width(shape)
+        return w * (w + 1) // 2
     width = 1
     for d in shape[1:]:
         width *= int(d)
@@ -221,7 +261,7 @@ def new_whitebox_mark(model: nn.Module, key: MasterKey, *, layers: Sequence[str]
             raise InputError(f"watermark layer {name!r} is not a Linear/Conv weight of this model",
                              hint="name a parameter such as '2.weight' (see 'torchshield model inspect')")
     shapes = {name: list(params[name].shape) for name in names}
-    width = sum(_input_width(s) for s in shapes.values())
+    width = sum(_input_width(s, carrier) for s in shapes.values())
     bits = min(DEFAULT_BITS, width) if bits is None else int(bits)
     if bits < 16:
         raise InputError(f"watermark bits={bits} is too few for a meaningful p-value; use at least 16",
@@ -237,11 +277,16 @@ def new_whitebox_mark(model: nn.Module, key: MasterKey, *, layers: Sequence[str]
 def _auto_carrier(model: nn.Module, layers: Sequence[str] | None, bits: int | None) -> str:
     if layers:
         return "unit-mean"
+    tables = _embeddings(model)
+    if tables and int(tables[0][1].shape[0]) >= max(16, bits or 16):
+        return _EMBEDDING  # token inputs: the vocabulary axis is the one a thief cannot permute
     first = _weight_layers(model)
     if not first:
         return "unit-mean"  # default_layers raises the error naming the problem
     width = _input_width(list(first[0][1].shape))
-    return "unit-mean" if width >= max(16, bits or 16) else _LEGACY_CARRIER
+    if width < max(16, bits or 16) and width * (width + 1) // 2 < max(32, 2 * (bits or 16)):
+        return _LEGACY_CARRIER
+    return "unit-mean" if width >= max(_GRAM_BELOW, bits or 16) else _GRAM
 
 
 def extract_bits(tensors: Mapping[str, torch.Tensor], record: WatermarkRecord, secret: bytes) -> torch.Tensor:

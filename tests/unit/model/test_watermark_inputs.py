@@ -1,0 +1,140 @@
+"""Trigger inputs come from the bundle's input spec (issue 18): token ids in [0, vocab) for a text
+model, C x H x W floats inside the declared bounds for an image model, never a shape guessed from
+the first Linear layer; a bundle without a spec is refused (exit 2) with the flags that add one."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from byom_models import ResNetMini
+
+import torchshield
+from torchshield.cli.app import run
+from torchshield.crypto.keys import generate_master_key
+from torchshield.errors import InputError
+from torchshield.model.sources.records import preprocessing_of
+from torchshield.model.watermark import TriggerSet, make_regularizer, model_predictor, verify_trigger
+from torchshield.model.watermark.inputs import TriggerInputs, logits_module
+from torchshield.model.watermark.keyed import verification_set
+from torchshield.model.watermark.training import make_optimizer
+
+IMAGE_SPEC = {"kind": "image", "shape": [3, 16, 16], "dtype": "float32", "min": -1.0, "max": 2.0}
+
+
+@pytest.fixture(scope="module")
+def bert_bundle(tmp_path_factory):
+    pytest.importorskip("transformers")
+    from byom_models import tiny_bert
+
+    folder = tmp_path_factory.mktemp("bertwm")
+    tiny_bert(folder / "hf")
+    bundle = folder / "bert.tsb"
+    assert run(["model", "protect", str(folder / "hf"), "--out", str(bundle)]) == 0
+    return bundle, torchshield.load_model(bundle)
+
+
+def test_token_triggers_for_a_tiny_bert_bundle_are_ids_in_the_vocabulary(bert_bundle):
+    bundle, model = bert_bundle
+    vocab = model.config.vocab_size
+    spec = preprocessing_of(torchshield.inspect(bundle).manifest)["input"]
+    inputs = TriggerInputs.from_spec(spec, where=str(bundle), sequence_length=12)
+    assert inputs.tokens and inputs.shape == (12,) and (inputs.low, inputs.high) == (0, vocab - 1)
+    key = generate_master_key()
+    # without the spec, a BERT is refused: its first Linear's width (the hidden size) is no input shape
+    with pytest.raises(InputError, match="input shape"):
+        make_regularizer({"method": "trigger", "design": "noise", "num_classes": 3}, model, key)
+    regs, record = make_regularizer({"method": "trigger", "design": "noise", "triggers": 40, "num_classes": 3},
+                                    model, key, inputs=inputs)
+    assert record.params["input_dtype"] == "int64" and record.params["input_shape"] == [12]
+    triggers = TriggerSet.from_record(record, record.open_secret(key))
+    ids = triggers.inputs
+    assert ids.dtype == torch.long and ids.shape == (40, 12)
+    assert int(ids.min()) >= 0 and int(ids.max()) < vocab
+    assert set(ids.unique().tolist()) == set(range(vocab))  # 480 uniform draws over 17 ids: every id
+    runner = logits_module(model)
+    loss = regs[0](runner)
+    assert loss.requires_grad and torch.isfinite(loss)
+    verdict = verify_trigger(model_predictor(model), record, key)  # the HF model answers its logits
+    assert verdict.total == 40 and not verdict.present
+
+
+def test_keyed_token_patterns_write_secret_tokens_into_real_sequences(bert_bundle):
+    bundle, model = bert_bundle
+    vocab = model.config.vocab_size
+    inputs = TriggerInputs.from_spec(preprocessing_of(torchshield.inspect(bundle).manifest)["input"],
+                                     where=str(bundle), sequence_length=12)
+    gen = torch.Generator().manual_seed(0)
+    base = torch.randint(5, vocab, (200, 12), generator=gen)
+    base[:, 0] = 2  # [CLS]
+    key = generate_master_key()
+    _, record = make_regularizer({"method": "trigger", "triggers": 120, "num_classes": 3}, model, key, data=base,
+                                 inputs=inputs)
+    assert record.params["patterns"] == 26  # 3 classes: 3^-26 < 1e-12, so a perfect suspect can pass 1e-6
+    stamped, labels, which = verification_set(record, key)
+    assert stamped.dtype == torch.long and int(stamped.min()) >= 0 and int(stamped.max()) < vocab
+    assert torch.equal(stamped[:, 0], base[:120, 0])  # position 0 ([CLS]) is never overwritten
+    differs = (stamped != base[:120]).sum(1)
+    assert int(differs.max()) <= 4  # at most the pattern's 4 tokens change, the rest is the real sequence
+    same = which == 0
+    assert same.sum() >= 2 and torch.equal(labels[same], labels[same][:1].expand(int(same.sum())))
+    with pytest.raises(InputError, match="token ids"):
+        make_regularizer({"method": "trigger", "triggers": 120, "num_classes": 3}, model, key,
+                         data=base.float() + 0.5, inputs=inputs)
+
+
+def test_image_triggers_have_the_declared_shape_and_bounds():
+    model = ResNetMini(num_classes=4).eval()
+    key = generate_master_key()
+    with pytest.raises(InputError, match="input shape"):  # a CNN's shape is not guessed from its fc layer
+        make_regularizer({"method": "trigger", "design": "noise", "num_classes": 4}, model, key)
+    inputs = TriggerInputs.from_spec(IMAGE_SPEC, where="cnn.tsb")
+    _, record = make_regularizer({"method": "trigger", "design": "noise", "triggers": 30, "num_classes": 4},
+                                 model, key, inputs=inputs)
+    x = TriggerSet.from_record(record, record.open_secret(key)).inputs
+    assert x.dtype == torch.float32 and x.shape == (30, 3, 16, 16)
+    assert float(x.min()) >= -1.0 and float(x.max()) <= 2.0 and float(x.max() - x.min()) > 2.9
+    base = torch.rand(200, 3, 16, 16, generator=torch.Generator().manual_seed(1)) * 3 - 1
+    _, keyed = make_regularizer({"method": "trigger", "num_classes": 4, "triggers": 64}, model, key, data=base,
+                                inputs=inputs)
+    stamped, _, _ = verification_set(keyed, key)
+    assert stamped.shape == (64, 3, 16, 16) and float(stamped.min()) >= -1.0 and float(stamped.max()) <= 2.0
+    assert verify_trigger(model_predictor(model), keyed, key).total == 64
+
+
+@pytest.mark.parametrize(("spec", "names"), [
+    (None, "--input-shape"),
+    ({"kind": "tensor", "dtype": "float32", "min": 0, "max": 1}, "no shape"),
+    ({"kind": "image", "shape": [3, 8, 8], "dtype": "float32"}, "valid range"),
+    ({"kind": "tokens", "dtype": "int64", "min": 0}, "vocabulary"),
+])
+def test_a_missing_or_partial_spec_is_refused_naming_what_to_add(spec, names):
+    with pytest.raises(InputError) as err:
+        TriggerInputs.from_spec(spec, where="m.tsb")
+    assert names in str(err.value) + str(err.value.hint or "")
+
+
+def test_embed_cli_refuses_a_bundle_without_input_spec(tmp_path, capsys):
+    from torchshield.crypto.keys import write_key_file
+
+    key = tmp_path / "k.key"
+    write_key_file(key)
+    bare = torchshield.save(torch.nn.Sequential(torch.nn.Linear(64, 16), torch.nn.ReLU(), torch.nn.Linear(16, 10)),
+                            tmp_path / "bare.tsb")
+    code = run(["model", "watermark", "embed", str(bare), "--out", str(tmp_path / "o.tsb"), "--method", "trigger",
+                "--key-file", str(key)])
+    err = capsys.readouterr().err
+    assert code == 2 and "declares no input spec" in err and "--input-shape" in err and "--input-range" in err
+    assert not (tmp_path / "o.tsb").exists()
+    for bad in (["--optimizer", "rmsprop"], ["--lr", "0"]):
+        assert run(["model", "watermark", "embed", str(bare), "--out", str(tmp_path / "o.tsb"), "--key-file",
+                    str(key), *bad]) == 2
+        assert bad[0] in capsys.readouterr().err
+
+
+def test_make_optimizer_builds_what_is_named():
+    params = [torch.nn.Parameter(torch.zeros(3))]
+    sgd, adam = make_optimizer("sgd", params, 0.1), make_optimizer("adam", params, 0.01)
+    assert type(sgd) is torch.optim.SGD and sgd.defaults["momentum"] == 0.9 and sgd.defaults["lr"] == 0.1
+    assert type(adam) is torch.optim.Adam and adam.defaults["lr"] == 0.01
+    with pytest.raises(InputError, match="adam or sgd"):
+        make_optimizer("lion", params, 0.1)
