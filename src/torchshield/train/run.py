@@ -96,7 +96,9 @@ def train_from_config(cfg: TrainConfig, *, progress: ProgressFactory | None = No
             raise KeyMaterialError("watermark: embedding a mark needs the master key",
                                    hint="set output.key_file in the config, or set TORCHSHIELD_KEY_FILE / "
                                         "TORCHSHIELD_KEY for the CLI")
-        regularizers, watermark_record = make_regularizer(cfg.watermark, model, mark_key)
+        trigger_inputs = _optional("torchshield.model.watermark.inputs", "TriggerInputs", "watermark embedding")
+        spec = trigger_inputs(tuple(data.input_shape), *data.input_bounds)  # triggers in the data's shape and range
+        regularizers, watermark_record = make_regularizer(cfg.watermark, model, mark_key, inputs=spec)
         regularizers = list(regularizers)
     optimizer = build_optimizer(model.parameters(), cfg.optimizer)
     loader = data.train.loader(cfg.batch_size, shuffle=True, seed=cfg.seed)
