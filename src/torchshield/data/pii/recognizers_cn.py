@@ -54,8 +54,17 @@ _UC = f"[{_USCC_CH}]"
 _USCC = (f"(?=[1-9ANY])(?:[1-9ANY]{_UC}[0-9]{{6}}{_UC}{{10}}"
          f"|[1-9ANY]{_UC}[ -][0-9]{{6}}[ -]{_UC}{{9}}[ -]?{_UC}"
          f"|[1-9ANY]{_UC}[0-9]{{2}}[ -][0-9]{{4}}[ -]{_UC}{{4}}[ -]{_UC}{{4}}[ -]{_UC}{{2}})" + NUM_AFTER)
+# The fast forms (``fast=``) match exactly what the readable ones match, opening with one
+# character class: the first character is consumed, then lookbehinds say which branch it began.
+_USCC_FAST = (f"[1-9ANY]{_UC}(?:[0-9]{{6}}{_UC}{{10}}|[ -][0-9]{{6}}[ -]{_UC}{{9}}[ -]?{_UC}"
+              f"|[0-9]{{2}}[ -][0-9]{{4}}[ -]{_UC}{{4}}[ -]{_UC}{{4}}[ -]{_UC}{{2}})" + NUM_AFTER)
+_MOBILE_FAST = (r"[+018](?:(?<=\+)86[ -]?1|(?<=0)086[ -]?1|(?<=8)6[ -]?1|(?<=1))[3-9][0-9][ -]?[0-9]{4}[ -]?[0-9]{4}"
+                + NUM_AFTER)
 _PASSPORT = r"(?:E[A-HJ-NP-Z][0-9]{7}|[EGK][0-9]{8}|(?:PE|SE|DE|MA)[0-9]{7})" + NUM_AFTER
+_PASSPORT_FAST = (r"[EGKPSDM](?:(?<=E)[A-HJ-NP-Z][0-9]{7}|(?<=[EGK])[0-9]{8}|(?<=[PSD])E[0-9]{7}|(?<=M)A[0-9]{7})"
+                  + NUM_AFTER)
 _PERMIT = r"(?:C[A-HJ-NP-Z][0-9]{7}|C[0-9]{8}|[HM][0-9]{8}(?:[0-9]{2})?)" + NUM_AFTER
+_PERMIT_FAST = r"[CHM](?:(?<=C)[A-HJ-NP-Z][0-9]{7}|(?<=C)[0-9]{8}|(?<=[HM])[0-9]{8}(?:[0-9]{2})?)" + NUM_AFTER
 _PROV_ABBR = "京津冀晋蒙辽吉黑沪苏浙皖闽赣鲁豫鄂湘粤桂琼渝川贵云藏陕甘青宁新"
 _PLATE = (f"[{_PROV_ABBR}][A-HJ-Z][ ·.-]?"
           r"(?:[DF][A-HJ-NP-Z0-9][0-9]{4}|[0-9]{5}[DF]|[A-HJ-NP-Z0-9]{4}[A-HJ-NP-Z0-9挂学警港澳])"
@@ -96,26 +105,27 @@ def cn_recognizers() -> list[Recognizer]:
         PatternRecognizer("cn_resident_id_18", "CN_RESIDENT_ID", _ID18, validator=_id18, score=0.95,
                           context=CTX_ID, context_boost=0.05, flags=re.ASCII,
                           left_boundary=True, min_digit_run=6, negative_context=NEG_NUMBER,
-                          gate=r"[0-9]{6}[ -]?(?:18|19|20)[0-9]{2}"),
+                          gate=r"[0-9][0-9]{5}[ -]?(?:18|19|20)[0-9]{2}"),
         PatternRecognizer("cn_resident_id_15", "CN_RESIDENT_ID", _ID15, validator=cn_id15_valid,
                           score=0.5, context=CTX_ID, context_boost=0.35, require_context=True,
                           flags=re.ASCII, left_boundary=True, min_digit_run=15),
         PatternRecognizer("cn_uscc", "CN_USCC", _USCC, validator=_uscc, score=0.95, context=CTX_USCC,
                           context_boost=0.1, invalid_score=0.3, flags=re.ASCII,
                           left_boundary=True, min_digit_run=4, negative_context=NEG_NUMBER,
-                          gate=r"[0-9]{2}[ -]?[0-9]{4}"),
+                          gate=r"[0-9][0-9][ -]?[0-9]{4}", fast=_USCC_FAST),
         PatternRecognizer("cn_mobile", "CN_MOBILE", _MOBILE, validator=_mobile, score=0.85,
                           context=CTX_PHONE, context_boost=0.15, flags=re.ASCII, left_boundary=True, min_digit_run=4,
-                          gate=r"1[3-9][0-9][ -]?[0-9]{4}",
+                          gate=r"1[3-9][0-9][ -]?[0-9]{4}", fast=_MOBILE_FAST,
                           clean=lambda s: s.replace(" ", "").replace("-", "")),
         PatternRecognizer("cn_landline", "CN_LANDLINE", _LANDLINE, validator=_landline, score=0.6,
                           context=CTX_LANDLINE, context_boost=0.3, flags=re.ASCII, min_digit_run=7, left_boundary=True,
                           clean=lambda s: s),
         PatternRecognizer("cn_passport", "CN_PASSPORT", _PASSPORT, score=0.5, context=CTX_PASSPORT,
-                          context_boost=0.4, flags=re.ASCII, left_boundary=True, min_digit_run=7),
+                          context_boost=0.4, flags=re.ASCII, left_boundary=True, min_digit_run=7,
+                          fast=_PASSPORT_FAST),
         PatternRecognizer("cn_hk_macau_permit", "CN_HK_MACAU_PERMIT", _PERMIT, score=0.35,
                           context=CTX_PERMIT, context_boost=0.5, require_context=True, flags=re.ASCII,
-                          left_boundary=True, min_digit_run=7),
+                          left_boundary=True, min_digit_run=7, fast=_PERMIT_FAST),
         PatternRecognizer("cn_license_plate", "CN_LICENSE_PLATE", _PLATE, score=0.7, context=CTX_PLATE,
                           context_boost=0.25),
         ChineseNameRecognizer(),
@@ -403,6 +413,12 @@ class ChineseAddressRecognizer(Recognizer):
     languages = frozenset({"zh"})
 
     def __init__(self) -> None:
+        # One flat alternation whose branches all open with a literal (what the nested form
+        # ``(?:provinces)suffix|(?:cues)[：: ]?`` matches, in the same order), so the engine skips
+        # ahead to the next possible first character.
+        provs = [f"{p}{_PROV_SUFFIX}" for p in sorted(_PROVINCES, key=len, reverse=True)]
+        cues = [f"{c}[：: ]?(?=[{_CJK}])" for c in _ADDR_CUES[3:-1].split("|")]
+        self._anchor_fast = re.compile("|".join(provs + cues))
         prov = "|".join(sorted(_PROVINCES, key=len, reverse=True))
         self._anchor = re.compile(f"(?:{prov}){_PROV_SUFFIX}|{_ADDR_CUES}[：: ]?(?=[{_CJK}])")
         self._body = re.compile(f"{_ADDR_BODY}{{0,40}}")
@@ -411,8 +427,9 @@ class ChineseAddressRecognizer(Recognizer):
     def analyze(self, doc: ScanText) -> Iterable[RawMatch]:
         text = doc.text
         pos = 0
+        anchor = self._anchor if doc.reference else self._anchor_fast
         while True:
-            m = self._anchor.search(text, pos)
+            m = anchor.search(text, pos)
             if m is None:
                 return
             cue = m.group(0)[:2] not in _PROVINCES_2

@@ -29,10 +29,20 @@ _SSN = r"(?=[0-9])(?!000|666|9[0-9]{2})[0-9]{3}([- .])(?!00)[0-9]{2}\1(?!0000)[0
 _SSN_PLAIN = r"(?=[0-9])(?!000|666|9[0-9]{2})[0-9]{3}(?!00)[0-9]{2}(?!0000)[0-9]{4}(?![0-9])"
 _NANP = (r"(?=[+(0-9])(?:(?:\+1|001)[ .-]?)?(?:\([2-9][0-9]{2}\) ?|[2-9][0-9]{2}[ .-]?)[2-9][0-9]{2}[ .-]?"
          r"[0-9]{4}(?: ?(?:x|ext\.? ?|#)[0-9]{1,6})?(?![0-9])")
+# Fast forms (``fast=``): the same matches, opening with one character class (see recognizer.py);
+# ``(?<!0(?=00))`` after the first digit says "not 000", as (?!000) said before it.
+_AREA_FAST = r"[0-8](?<!0(?=00))(?<!6(?=66))[0-9]{2}"
+_SSN_FAST = _AREA_FAST + r"([- .])(?!00)[0-9]{2}\1(?!0000)[0-9]{4}(?![0-9-]|\.[0-9])"
+_SSN_PLAIN_FAST = _AREA_FAST + r"(?!00)[0-9]{2}(?!0000)[0-9]{4}(?![0-9])"
+_NANP_AREA = r"(?:\([2-9][0-9]{2}\) ?|[2-9][0-9]{2}[ .-]?)"
+_NANP_FAST = (r"[+(0-9](?:(?:(?<=\+)1|(?<=0)01)[ .-]?" + _NANP_AREA
+              + r"|(?<=\()[2-9][0-9]{2}\) ?|(?<=[2-9])[0-9]{2}[ .-]?)[2-9][0-9]{2}[ .-]?"
+              r"[0-9]{4}(?: ?(?:x|ext\.? ?|#)[0-9]{1,6})?(?![0-9])")
 _INTL = r"\+(?!1[^0-9]|86)[2-9][0-9]{0,2}(?:[ .-]?\(?[0-9]{1,4}\)?){2,5}(?![0-9])"
 # National (trunk-prefix 0) formats outside North America: 020 7946 0958, 030 1234567,
 # 01 23 45 67 89, (02) 9876 5432. Checked against libphonenumber's metadata per region.
 _NATIONAL = r"(?=[(0])(?:\(0[0-9]{1,4}\)|0[1-9][0-9]{0,3})(?:[ .-]?[0-9]{2,5}){1,4}(?![0-9])"
+_NATIONAL_FAST = r"[(0](?:(?<=\()0[0-9]{1,4}\)|(?<=0)[1-9][0-9]{0,3})(?:[ .-]?[0-9]{2,5}){1,4}(?![0-9])"
 _NATIONAL_REGIONS = ("GB", "DE", "FR", "IT", "ES", "NL", "BE", "CH", "AT", "IE", "SE", "NO", "DK", "FI", "PL",
                      "PT", "AU", "NZ", "IN", "JP", "KR", "BR", "ZA", "SG", "MX", "TR", "IL")
 
@@ -99,13 +109,14 @@ def en_recognizers() -> list[Recognizer]:
     return [
         PatternRecognizer("us_ssn", "US_SSN", _SSN, score=0.85, context=CTX_SSN, context_boost=0.15,
                           flags=re.ASCII, min_digit_run=4, left_boundary=DIGITS + "-.",
-                          gate=r"[0-9]{3}[- .][0-9]{2}[- .][0-9]{4}"),
+                          gate=r"[0-9][0-9]{2}[- .][0-9]{2}[- .][0-9]{4}", fast=_SSN_FAST),
         PatternRecognizer("us_ssn_plain", "US_SSN", _SSN_PLAIN, score=0.3, context=CTX_SSN,
                           context_boost=0.55, require_context=True, flags=re.ASCII, min_digit_run=9,
-                          left_boundary=DIGITS),
+                          left_boundary=DIGITS, fast=_SSN_PLAIN_FAST),
         PatternRecognizer("phone_nanp", "PHONE_NUMBER", _NANP, validator=_nanp, score=0.75,
                           context=CTX_PHONE, context_boost=0.2, flags=re.ASCII, clean=keep, min_digit_run=4,
-                          left_boundary=DIGITS + "+", gate=r"[0-9]{3}(?:\) ?|[ .-])?[0-9]{3}[ .-]?[0-9]{4}"),
+                          left_boundary=DIGITS + "+", gate=r"[0-9][0-9]{2}(?:\) ?|[ .-])?[0-9]{3}[ .-]?[0-9]{4}",
+                          fast=_NANP_FAST),
         PatternRecognizer("phone_intl", "PHONE_NUMBER", _INTL, validator=_intl, score=0.6,
                           context=CTX_PHONE, context_boost=0.2, invalid_score=None, flags=re.ASCII, clean=keep,
                           needs=("+",), left_boundary=True),
@@ -113,7 +124,7 @@ def en_recognizers() -> list[Recognizer]:
                           context=CTX_PHONE, context_boost=0.3, require_context=True, no_context_score=0.35,
                           invalid_score=None, flags=re.ASCII, clean=keep, min_digit_run=2,
                           left_boundary=ALNUM + "+-/.", negative_context=NEG_NUMBER, languages=("en",),
-                          gate=r"[\s:(]\(?0[1-9]|^\(?0[1-9]"),
+                          gate=r"0(?<![0-9A-Za-z+/.-]0)[1-9]|\(0", fast=_NATIONAL_FAST),
         EnglishNameRecognizer(),
         EnglishAddressRecognizer(),
     ]
@@ -131,6 +142,13 @@ _PARTICLE = "|".join(re.escape(p) for p in _PARTICLES)
 # every title and prefix there (13.3 -> about 4 us a record on the benchmark corpus).
 _NAME_SEQ = re.compile(
     rf"(?=[{_UP}])(?:(?:{'|'.join(re.escape(t) for t in _TITLES)}) )?{_WORD}(?: [A-Z]\.)?(?: (?:(?:{_PARTICLE}) )?{_WORD}){{0,3}}"
+    rf"(?: (?:{'|'.join(re.escape(s) for s in _SUFFIXES)})(?![A-Za-z]))?")
+# The same sequences, opening with one character class: the first capital is consumed, and
+# lookbehinds say which title or prefix (Mr., Dr., Mc, O') it began.
+_TITLE_REST = "|".join(f"(?<={re.escape(t[0])}){re.escape(t[1:])}" for t in _TITLES)
+_WORD_REST = rf"(?:(?:(?<=M)c|(?<=M)ac|(?<=O)'|(?<=D)'|(?<=O)’)[{_UP}])?[{_LO}]+(?:[{_UP}][{_LO}]+)?(?:-[{_UP}][{_LO}]+)?"
+_NAME_SEQ_FAST = re.compile(
+    rf"[{_UP}](?:(?:{_TITLE_REST}) {_WORD}|{_WORD_REST})(?: [A-Z]\.)?(?: (?:(?:{_PARTICLE}) )?{_WORD}){{0,3}}"
     rf"(?: (?:{'|'.join(re.escape(s) for s in _SUFFIXES)})(?![A-Za-z]))?")
 # Words right before a name that say a person follows (matched on the lower-cased text).
 _STRONG_CUES = ("patient", "user", "customer", "client", "employee", "dear", "hi", "hello", "thanks,", "thanks",
@@ -198,7 +216,7 @@ class EnglishNameRecognizer(Recognizer):
     def analyze(self, doc: ScanText) -> Iterable[RawMatch]:
         text, lower = doc.text, doc.lower
         first, last = self._first, self._last
-        for m in _NAME_SEQ.finditer(text):
+        for m in (_NAME_SEQ if doc.reference else _NAME_SEQ_FAST).finditer(text):
             seq = m.group(0)
             if " " not in seq and seq not in first and seq not in last:
                 continue  # one unknown word (Patient, Phone, Order): never a name on its own
@@ -310,20 +328,26 @@ class EnglishAddressRecognizer(Recognizer):
         alt = "|".join(sorted(map(re.escape, suffixes), key=len, reverse=True))
         word = r"(?:[A-Z][a-z]+|[0-9]+(?:st|nd|rd|th)|[NSEW]\.?)"
         tail = rf"(?:,? (?:[A-Z][a-z]+ ){{0,2}}[A-Z][a-z]+,? (?:{_STATES}) [0-9]{{5}}(?:-[0-9]{{4}})?)"
-        self._street = re.compile(
-            rf"[0-9]{{1,6}} (?:{word} ){{1,4}}?(?:{alt})\.?(?![A-Za-z])"
-            rf"(?:,? (?:Apt\.|Suite|Unit|Ste\.?|#)(?![A-Za-z]) ?[0-9A-Za-z-]+)?(?P<tail>{tail})?")
+        rest = (rf" (?:{word} ){{1,4}}?(?:{alt})\.?(?![A-Za-z])"
+                rf"(?:,? (?:Apt\.|Suite|Unit|Ste\.?|#)(?![A-Za-z]) ?[0-9A-Za-z-]+)?(?P<tail>{tail})?")
+        self._street = re.compile(rf"[0-9]{{1,6}}{rest}")
+        self._street_fast = re.compile(rf"[0-9][0-9]{{0,5}}{rest}")
         self._military = re.compile(
             r"(?:(?:USNS|USNV|USS|USCGC) [A-Z][a-z]+|(?:PSC|Unit) [0-9]{4},? Box [0-9]{4}),? "
             r"(?:APO|FPO|DPO) (?:AA|AE|AP) [0-9]{5}")
+        self._military_fast = re.compile(
+            r"[UP](?:(?<=U)(?:SNS|SNV|SS|SCGC) [A-Z][a-z]+|(?<=P)SC [0-9]{4},? Box [0-9]{4}"
+            r"|(?<=U)nit [0-9]{4},? Box [0-9]{4}),? (?:APO|FPO|DPO) (?:AA|AE|AP) [0-9]{5}")
 
     def analyze(self, doc: ScanText) -> Iterable[RawMatch]:
         text = doc.text
-        if doc.digit_run == 0:
-            return
-        for m in self._street.finditer(text):
+        ref = doc.reference
+        if not ref and doc.digit_run == 0:
+            return  # both patterns hold digits
+        for m in (self._street if ref else self._street_fast).finditer(text):
             if m.start() > 0 and text[m.start() - 1].isalnum():
                 continue
             yield RawMatch("ADDRESS", m.start(), m.end(), 0.9 if m.group("tail") else 0.7)
-        for m in self._military.finditer(text):
-            yield RawMatch("ADDRESS", m.start(), m.end(), 0.85)
+        if ref or "PO " in text:  # APO / FPO / DPO
+            for m in (self._military if ref else self._military_fast).finditer(text):
+                yield RawMatch("ADDRESS", m.start(), m.end(), 0.85)
