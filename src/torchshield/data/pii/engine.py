@@ -10,7 +10,7 @@ import re
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from torchshield.data.pii.finding import Finding
+from torchshield.data.pii.finding import Finding, make_finding
 from torchshield.data.pii.normalize import normalize
 from torchshield.data.pii.recognizer import RawMatch, ScanText
 from torchshield.data.pii.registry import RecognizerRegistry, get_registry
@@ -110,9 +110,17 @@ def _resolve(matches: list[tuple[float, int, int, int, str]]) -> list[tuple[floa
     return kept
 
 
+_ROUNDED: dict[float, float] = {}
+
+
 def _finding(doc: Any, etype: str, s: int, e: int, score: float, name: str) -> Finding:
-    os_, oe = doc.span(s, e)
-    return Finding(etype, os_, oe, doc.original[os_:oe], round(score, 4), name)
+    os_, oe = doc.span(s, e) if doc.index_map is not None else (s, e)
+    r = _ROUNDED.get(score)
+    if r is None:
+        r = round(score, 4)
+        if len(_ROUNDED) < 4096:  # scores come from a small set of sums
+            _ROUNDED[score] = r
+    return make_finding(etype, os_, oe, doc.original[os_:oe], r, name)
 
 
 def find_pii_batch(texts: Iterable[str | None], **options: Any) -> list[list[Finding]]:

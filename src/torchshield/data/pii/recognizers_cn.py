@@ -58,6 +58,9 @@ _USCC = (f"(?=[1-9ANY])(?:[1-9ANY]{_UC}[0-9]{{6}}{_UC}{{10}}"
 # character class: the first character is consumed, then lookbehinds say which branch it began.
 _USCC_FAST = (f"[1-9ANY]{_UC}(?:[0-9]{{6}}{_UC}{{10}}|[ -][0-9]{{6}}[ -]{_UC}{{9}}[ -]?{_UC}"
               f"|[0-9]{{2}}[ -][0-9]{{4}}[ -]{_UC}{{4}}[ -]{_UC}{{4}}[ -]{_UC}{{2}})" + NUM_AFTER)
+# Every USCC holds this (the pattern without its boundary checks): most 16-19 digit order and
+# tracking numbers fail it at once.
+_USCC_GATE = f"[1-9ANY]{_UC}(?:[0-9]{{6}}{_UC}{{10}}|[ -][0-9]{{6}}[ -]|[0-9]{{2}}[ -][0-9]{{4}}[ -])"
 _MOBILE_FAST = (r"[+018](?:(?<=\+)86[ -]?1|(?<=0)086[ -]?1|(?<=8)6[ -]?1|(?<=1))[3-9][0-9][ -]?[0-9]{4}[ -]?[0-9]{4}"
                 + NUM_AFTER)
 _PASSPORT = r"(?:E[A-HJ-NP-Z][0-9]{7}|[EGK][0-9]{8}|(?:PE|SE|DE|MA)[0-9]{7})" + NUM_AFTER
@@ -112,7 +115,7 @@ def cn_recognizers() -> list[Recognizer]:
         PatternRecognizer("cn_uscc", "CN_USCC", _USCC, validator=_uscc, score=0.95, context=CTX_USCC,
                           context_boost=0.1, invalid_score=0.3, flags=re.ASCII,
                           left_boundary=True, min_digit_run=4, negative_context=NEG_NUMBER,
-                          gate=r"[0-9][0-9][ -]?[0-9]{4}", fast=_USCC_FAST),
+                          gate=_USCC_GATE, fast=_USCC_FAST),
         PatternRecognizer("cn_mobile", "CN_MOBILE", _MOBILE, validator=_mobile, score=0.85,
                           context=CTX_PHONE, context_boost=0.15, flags=re.ASCII, left_boundary=True, min_digit_run=4,
                           gate=r"1[3-9][0-9][ -]?[0-9]{4}", fast=_MOBILE_FAST,

@@ -143,13 +143,6 @@ _PARTICLE = "|".join(re.escape(p) for p in _PARTICLES)
 _NAME_SEQ = re.compile(
     rf"(?=[{_UP}])(?:(?:{'|'.join(re.escape(t) for t in _TITLES)}) )?{_WORD}(?: [A-Z]\.)?(?: (?:(?:{_PARTICLE}) )?{_WORD}){{0,3}}"
     rf"(?: (?:{'|'.join(re.escape(s) for s in _SUFFIXES)})(?![A-Za-z]))?")
-# The same sequences, opening with one character class: the first capital is consumed, and
-# lookbehinds say which title or prefix (Mr., Dr., Mc, O') it began.
-_TITLE_REST = "|".join(f"(?<={re.escape(t[0])}){re.escape(t[1:])}" for t in _TITLES)
-_WORD_REST = rf"(?:(?:(?<=M)c|(?<=M)ac|(?<=O)'|(?<=D)'|(?<=O)’)[{_UP}])?[{_LO}]+(?:[{_UP}][{_LO}]+)?(?:-[{_UP}][{_LO}]+)?"
-_NAME_SEQ_FAST = re.compile(
-    rf"[{_UP}](?:(?:{_TITLE_REST}) {_WORD}|{_WORD_REST})(?: [A-Z]\.)?(?: (?:(?:{_PARTICLE}) )?{_WORD}){{0,3}}"
-    rf"(?: (?:{'|'.join(re.escape(s) for s in _SUFFIXES)})(?![A-Za-z]))?")
 # Words right before a name that say a person follows (matched on the lower-cased text).
 _STRONG_CUES = ("patient", "user", "customer", "client", "employee", "dear", "hi", "hello", "thanks,", "thanks",
                 "thank you,", "cc:", "cc", "attn:", "attn", "signed by", "reviewed by", "approved by", "by",
@@ -212,33 +205,41 @@ class EnglishNameRecognizer(Recognizer):
         self._first = load_words("en_first_names")
         self._last = load_words("en_last_names")
         self._street = load_words("en_street_suffixes")
+        self._plans: dict[str, _Plan | None] = {}
 
     def analyze(self, doc: ScanText) -> Iterable[RawMatch]:
         text, lower = doc.text, doc.lower
-        first, last = self._first, self._last
-        for m in (_NAME_SEQ if doc.reference else _NAME_SEQ_FAST).finditer(text):
+        plans = self._plans
+        for m in _NAME_SEQ.finditer(text):
             seq = m.group(0)
-            if " " not in seq and seq not in first and seq not in last:
-                continue  # one unknown word (Patient, Phone, Order): never a name on its own
-            if _HOUSE_NUMBER.search(text, max(0, m.start() - 8), m.start()) is not None:
+            plan = plans.get(seq, _UNPLANNED)
+            if plan is _UNPLANNED:
+                plan = self._plan(seq)
+                if len(plans) >= _PLAN_CACHE:
+                    plans.clear()
+                plans[seq] = plan
+            if plan is None:
+                continue
+            start = m.start()
+            if _HOUSE_NUMBER.search(text, max(0, start - 8), start) is not None:
                 continue  # 988 Keith Coves: a street
-            hit = self._judge(text, lower, m.start(), seq)
+            hit = _decide(plan, text, lower, start + plan[0], m.end())
             if hit is not None:
                 yield hit
 
-    def _judge(self, text: str, lower: str, start: int, seq: str) -> RawMatch | None:
+    def _plan(self, seq: str) -> _Plan | None:
+        """What the words of a capitalised sequence say, whatever surrounds it (memoised per
+        sequence: Phone, Address, Order and most names recur in a table): None when it is no
+        name, else where the name starts in it and which of its parts are known."""
+        first, last = self._first, self._last
+        if " " not in seq and seq not in first and seq not in last:
+            return None  # one unknown word (Patient, Phone, Order): never a name on its own
         tokens = seq.split(" ")
-        offsets = []
-        pos = start
-        for t in tokens:
-            offsets.append(pos)
-            pos += len(t) + 1
-        end = start + len(seq)
         title = tokens[0] in _TITLES
         i = 1 if title else 0
-        known = self._first.__contains__
+        known = first.__contains__
         while i < len(tokens) and tokens[i] in _NOT_NAME_WORDS and not (
-                known(tokens[i]) and i + 1 < len(tokens) and tokens[i + 1] in self._last):
+                known(tokens[i]) and i + 1 < len(tokens) and tokens[i + 1] in last):
             i += 1  # leading "Patient", "Dear" (but April Brown is a name)
         rest = tokens[i:]
         if not rest:
@@ -247,35 +248,45 @@ class EnglishNameRecognizer(Recognizer):
         # out, unless it is a known name next to another known name part (Anne Washington).
         for j, t in enumerate(rest):
             if t in _NOT_NAME_WORDS and not (
-                    (t in self._last or known(t)) and any(known(u) or u in self._last
-                                                          for k, u in enumerate(rest) if k != j)):
+                    (t in last or known(t)) and any(known(u) or u in last
+                                                    for k, u in enumerate(rest) if k != j)):
                 return None
         core = [t for t in rest if t not in _SUFFIXES and t not in _BARE_SUFFIXES
                 and not (len(t) == 2 and t.endswith(".")) and t not in _PARTICLE_WORDS]
-        if not core or (core[-1] in self._street and core[-1] not in self._last):
+        if not core or (core[-1] in self._street and core[-1] not in last):
             return None
-        s = offsets[0] if title and i == 1 else offsets[i]
-        before = lower[max(0, s - 20):s]
-        cue = _has_cue(before)
-        sentence_start = _sentence_start(text, s)
-        first_known = core[0] in self._first
-        last_known = core[-1] in self._last
-        if len(core) == 1 and not title:
-            # A single word is a name only after a cue (Hi Dan, my name is Dan) and when it is a
-            # known given name or surname.
-            if cue and not sentence_start and (first_known or core[0] in self._last):
-                return RawMatch("PERSON", s, end, 0.75)
-            return None
-        if title:
-            return RawMatch("PERSON", s, end, 0.85 if (first_known or last_known or cue) else 0.8)
-        score = 0.1 + (0.45 if first_known else 0.0) + (0.3 if last_known else 0.0) + (0.2 if cue else 0.0)
-        if not first_known and not last_known:
-            # Nothing known: a person, a place or an organisation. A cue (with, by, for, Dear)
-            # makes it a name unless the model says place; without one only the model's PERSON does.
-            return RawMatch("PERSON", s, end, _PENDING + (0.1 if cue else 0.0), _verify_person)
-        if score < 0.7:
-            return RawMatch("PERSON", s, end, score, _verify_person)
-        return RawMatch("PERSON", s, end, min(score, 0.95))
+        offset = 0 if title and i == 1 else sum(len(t) + 1 for t in tokens[:i])
+        return (offset, title, len(core) == 1 and not title, core[0] in first, core[-1] in last,
+                core[0] in last)
+
+
+_UNPLANNED: Any = object()
+_PLAN_CACHE = 1 << 16
+# (offset of the name in the sequence, title, a single word, first part a known given name, last
+# part a known surname, first part a known surname)
+_Plan = tuple[int, bool, bool, bool, bool, bool]
+
+
+def _decide(plan: _Plan, text: str, lower: str, s: int, end: int) -> RawMatch | None:
+    """The score of a planned sequence at ``s``: the parts that depend on the text around it."""
+    _, title, single, first_known, last_known, first_is_surname = plan
+    cue = _has_cue(lower[max(0, s - 20):s])
+    if single:
+        # A single word is a name only after a cue (Hi Dan, my name is Dan) and when it is a
+        # known given name or surname.
+        if cue and not _sentence_start(text, s) and (first_known or first_is_surname):
+            return RawMatch("PERSON", s, end, 0.75)
+        return None
+    if title:
+        return RawMatch("PERSON", s, end, 0.85 if (first_known or last_known or cue) else 0.8)
+    score = 0.1 + (0.45 if first_known else 0.0) + (0.3 if last_known else 0.0) + (0.2 if cue else 0.0)
+    if not first_known and not last_known:
+        # Nothing known: a person, a place or an organisation. A cue (with, by, for, Dear)
+        # makes it a name unless the model says place; without one only the model's PERSON does.
+        return RawMatch("PERSON", s, end, _PENDING + (0.1 if cue else 0.0), _verify_person)
+    if score < 0.7:
+        return RawMatch("PERSON", s, end, score, _verify_person)
+    return RawMatch("PERSON", s, end, min(score, 0.95))
 
 
 _BARE_SUFFIXES = frozenset({"Jr", "Sr"})
