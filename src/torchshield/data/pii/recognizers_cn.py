@@ -208,13 +208,17 @@ class ChineseNameRecognizer(Recognizer):
         for score, _, start, end in sorted(scored, key=lambda c: (-c[0], -c[1], c[2])):
             if all(end <= a or start >= b for a, b in taken):
                 taken.append((start, end))
-                yield RawMatch("PERSON", start, end, score)
+                # just under the threshold: jieba's tagger decides (see zh_names.nr_spans)
+                yield RawMatch("PERSON", start, end, score,
+                               _verify_zh if score < doc.min_score else None)
 
     def _scored_stat(self, doc: ScanText, stats: zh_names.ZhNameStats) -> list[tuple[float, int, int, int]]:
         text = doc.text
         n = len(text)
         out = []
         compound, single, bad = self._compound, self._single, _NOT_GIVEN_STAT
+        # Candidates up to _BAND under the threshold are kept for the tagger's second opinion.
+        floor = doc.min_score - _BAND if doc.min_score >= _BAND + 0.25 else doc.min_score
         for m in self._surname_start.finditer(text):
             s = m.start()
             for g in (s + 2, s + 1):
@@ -228,10 +232,10 @@ class ChineseNameRecognizer(Recognizer):
                 for e in ((g + 2, g + 1) if two else (g + 1,)):
                     cue = self._score(text, s, e)
                     score = cue + _stat_base(text, s, g, e, stats)
-                    if score + _EDGE_MAX < doc.min_score:
-                        continue  # cannot reach the threshold: skip the word checks at the edges
+                    if score + _EDGE_MAX < floor:
+                        continue  # cannot reach the band: skip the word checks at the edges
                     score += _stat_edges(text, s, e, stats, cued=cue >= 0.5)
-                    if score >= doc.min_score:
+                    if score >= floor:
                         out.append((min(score, 0.95), e - s, s, e))
         return out
 
@@ -307,6 +311,24 @@ _FUNCTION_AFTER = frozenset("和与及同跟的在说是今于来去到已也都
 
 
 _EDGE_MAX = 0.2  # the most _stat_edges adds (a word on each side)
+_BAND = 0.2  # how far under the threshold a candidate may score and still be verified
+_TAGGER_RARE = 50  # a dictionary name this frequent is a word the dictionary mis-tags
+_TAGGED = 0.6  # the score of a candidate jieba's tagger labels a person name
+
+
+def _verify_zh(text: str, start: int, end: int, score: float) -> float:
+    """jieba's verdict on a candidate just under the threshold: a name span over most of it
+    confirms it; anything else leaves the rule score (under the threshold)."""
+    spans = zh_names.nr_spans(text, start, end)
+    stats = zh_names.load()
+    if spans is None or stats is None:
+        return score
+    for a, b in spans:
+        # A name the tagger's HMM found, or a rare dictionary name (王建国 12); not a frequent
+        # dictionary entry it tags nr by mistake (孔径 126, 毛发 258, 胡萝卜 452, 齐鲁 95).
+        if min(b, end) - max(a, start) >= 0.5 * (end - start) and stats.words.get(text[a:b], 0) < _TAGGER_RARE:
+            return max(score, _TAGGED)
+    return score
 
 
 def _stat_base(text: str, s: int, g: int, e: int, stats: zh_names.ZhNameStats) -> float:

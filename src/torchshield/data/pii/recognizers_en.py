@@ -41,8 +41,10 @@ _NANP_FAST = (r"[+(0-9](?:(?:(?<=\+)1|(?<=0)01)[ .-]?" + _NANP_AREA
 _INTL = r"\+(?!1[^0-9]|86)[2-9][0-9]{0,2}(?:[ .-]?\(?[0-9]{1,4}\)?){2,5}(?![0-9])"
 # National (trunk-prefix 0) formats outside North America: 020 7946 0958, 030 1234567,
 # 01 23 45 67 89, (02) 9876 5432. Checked against libphonenumber's metadata per region.
-_NATIONAL = r"(?=[(0])(?:\(0[0-9]{1,4}\)|0[1-9][0-9]{0,3})(?:[ .-]?[0-9]{2,5}){1,4}(?![0-9])"
-_NATIONAL_FAST = r"[(0](?:(?<=\()0[0-9]{1,4}\)|(?<=0)[1-9][0-9]{0,3})(?:[ .-]?[0-9]{2,5}){1,4}(?![0-9])"
+# A bare trunk 0 starts after a space, a colon, a parenthesis or the text's start (Tel: 020 ...).
+_NATIONAL = r"(?=[(0])(?:\(0[0-9]{1,4}\)|(?<![^\s:(])0[1-9][0-9]{0,3})(?:[ .-]?[0-9]{2,5}){1,4}(?![0-9])"
+_NATIONAL_FAST = (r"[(0](?:(?<=\()0[0-9]{1,4}\)|(?<![^\s:(]0)(?<=0)[1-9][0-9]{0,3})(?:[ .-]?[0-9]{2,5}){1,4}"
+                  r"(?![0-9])")
 _NATIONAL_REGIONS = ("GB", "DE", "FR", "IT", "ES", "NL", "BE", "CH", "AT", "IE", "SE", "NO", "DK", "FI", "PL",
                      "PT", "AU", "NZ", "IN", "JP", "KR", "BR", "ZA", "SG", "MX", "TR", "IL")
 
