@@ -7,7 +7,7 @@ import re
 from collections.abc import Iterable
 from typing import Any
 
-from torchshield.data.pii import en_ner
+from torchshield.data.pii import en_ner, en_shape
 from torchshield.data.pii.lexicon import load_words
 from torchshield.data.pii.recognizer import (
     ALNUM,
@@ -258,20 +258,25 @@ class EnglishNameRecognizer(Recognizer):
         if not core or (core[-1] in self._street and core[-1] not in last):
             return None
         offset = 0 if title and i == 1 else sum(len(t) + 1 for t in tokens[:i])
+        # How name-like the parts no list knows are, from their letters (en_shape): the least
+        # name-like one speaks for the sequence.
+        shape = min((en_shape.word_score(t) for t in core if t not in first and t not in last), default=9.0)
         return (offset, title, len(core) == 1 and not title, core[0] in first, core[-1] in last,
-                core[0] in last)
+                core[0] in last, shape)
 
 
 _UNPLANNED: Any = object()
 _PLAN_CACHE = 1 << 16
 # (offset of the name in the sequence, title, a single word, first part a known given name, last
-# part a known surname, first part a known surname)
-_Plan = tuple[int, bool, bool, bool, bool, bool]
+# part a known surname, first part a known surname, letter shape of the unknown parts)
+_Plan = tuple[int, bool, bool, bool, bool, bool, float]
+_SHAPE_NAME = -0.3  # letter-shape score from which unknown parts look like a name
+_SHAPED = 0.55  # rule score of such a sequence (spaCy's place or product label still rules it out)
 
 
 def _decide(plan: _Plan, text: str, lower: str, s: int, end: int) -> RawMatch | None:
     """The score of a planned sequence at ``s``: the parts that depend on the text around it."""
-    _, title, single, first_known, last_known, first_is_surname = plan
+    _, title, single, first_known, last_known, first_is_surname, shape = plan
     cue = _has_cue(lower[max(0, s - 20):s])
     if single:
         # A single word is a name only after a cue (Hi Dan, my name is Dan) and when it is a
@@ -285,8 +290,12 @@ def _decide(plan: _Plan, text: str, lower: str, s: int, end: int) -> RawMatch | 
     if not first_known and not last_known:
         # Nothing known: a person, a place or an organisation. A cue (with, by, for, Dear)
         # makes it a name unless the model says place; without one only the model's PERSON does.
+        if shape >= _SHAPE_NAME:
+            return RawMatch("PERSON", s, end, _SHAPED + (0.1 if cue else 0.0), _verify_shaped)
         return RawMatch("PERSON", s, end, _PENDING + (0.1 if cue else 0.0), _verify_person)
     if score < 0.7:
+        if shape >= _SHAPE_NAME:
+            return RawMatch("PERSON", s, end, max(score, _SHAPED), _verify_shaped)
         return RawMatch("PERSON", s, end, score, _verify_person)
     return RawMatch("PERSON", s, end, min(score, 0.95))
 
@@ -319,6 +328,26 @@ def _verify_person(text: str, start: int, end: int, score: float) -> float:
             if label == "PERSON":
                 return max(score, _CONFIRMED)
             if label in _PLACE_LABELS:
+                return min(score, 0.3)
+    return score
+
+
+_NOT_PERSON_LABELS = frozenset({"FAC", "PRODUCT", "EVENT", "WORK_OF_ART", "LAW", "LANGUAGE"})
+
+
+def _verify_shaped(text: str, start: int, end: int, score: float) -> float:
+    """The model's verdict on a sequence whose letters look like a name: PERSON confirms, a
+    building, product, event or work rules it out. A place or nationality label does not:
+    ``en_core_web_sm`` calls many names it has not seen GPE or NORP (Genoveva Sandoval, Isaura
+    Puente), and place names rarely have a name's letter shape or pass the word lists."""
+    ents = en_ner.entity_spans(text, start, end)
+    if ents is None:
+        return score
+    for a, b, label in ents:
+        if min(b, end) - max(a, start) >= 0.5 * (end - start):
+            if label == "PERSON":
+                return max(score, _CONFIRMED)
+            if label in _NOT_PERSON_LABELS:
                 return min(score, 0.3)
     return score
 
