@@ -176,13 +176,17 @@ class PatternRecognizer(Recognizer):
         # full pattern (with its boundary restarts) runs at all; most texts hold no phone, card
         # or IP address, so most recognisers stop here.
         self.gate = re.compile(gate) if gate else None
+        # A gate that needs a character outside ASCII (a plate's province character) is answered
+        # by str.isascii(), a flag Python keeps on every string, without a search.
+        self._gate_non_ascii = gate is not None and _needs_non_ascii(gate)
 
     def _skip(self, doc: ScanText) -> bool:
         if self.min_digit_run and doc.digit_run < self.min_digit_run:
             return True
         if self._needs_re is not None and self._needs_re.search(doc.lower) is None:
             return True
-        if self.gate is not None and self.gate.search(doc.text) is None:
+        if self.gate is not None and (self._gate_non_ascii and doc.text.isascii()
+                                      or self.gate.search(doc.text) is None):
             return True
         # Context-only patterns: without a context word anywhere, every match would score
         # no_context_score, under the threshold.
@@ -292,6 +296,12 @@ class PatternRecognizer(Recognizer):
                 score = score + self.context_boost
             out.append(RawMatch(entity, start, end, min(1.0, max(0.0, score))))
         return out
+
+
+def _needs_non_ascii(pattern: str) -> bool:
+    """Whether a gate that is one character class holds only non-ASCII characters."""
+    return pattern.startswith("[") and pattern.endswith("]") and "\\" not in pattern and "-" not in pattern[1:-1] \
+        and all(ord(c) > 127 for c in pattern[1:-1])
 
 
 def _words_re(words: Sequence[str]) -> re.Pattern[str] | None:
