@@ -250,8 +250,8 @@ class PatternRecognizer(Recognizer):
 
     def analyze(self, doc: ScanText) -> list[RawMatch]:
         if doc.reference:
-            spans = self._spans(doc.text, pattern=self.pattern)
-            return self._score_spans(doc, spans) if spans else []
+            every = self._spans(doc.text, pattern=self.pattern)
+            return self._score_spans(doc, every) if every else []
         if self._skip(doc):
             return []
         text = doc.text
