@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from functools import cache
+from functools import cache, lru_cache
 from importlib import resources
 
 __all__ = ["build_table", "word_score"]
@@ -39,7 +39,7 @@ def _table() -> dict[str, float]:
     return dict(json.loads(raw)["table"])
 
 
-@cache
+@lru_cache(maxsize=1 << 16)  # bounded: words come from arbitrary text in a long-running gateway
 def word_score(word: str) -> float:
     """Mean log-likelihood ratio (name vs other word) of the word's trigrams; > 0 looks like a name."""
     table = _table()
