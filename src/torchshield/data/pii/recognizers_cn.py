@@ -199,6 +199,8 @@ class ChineseNameRecognizer(Recognizer):
         cues = "|".join(sorted(map(re.escape, _CUE_BEFORE + _LIST_CUES), key=len, reverse=True))
         self._cue = re.compile(f"(?:{cues})[ ：:]*")
         self._title = re.compile("|".join(sorted(map(re.escape, _TITLE_AFTER), key=len, reverse=True)))
+        strong = "|".join(sorted(map(re.escape, _STRONG_CUES), key=len, reverse=True))
+        self._strong_cue = re.compile(f"(?:{strong})[ ：:]*")
 
     def analyze(self, doc: ScanText) -> Iterable[RawMatch]:
         stats = zh_names.load()
@@ -237,8 +239,34 @@ class ChineseNameRecognizer(Recognizer):
                     score += _stat_edges(text, s, e, stats, cued=cue >= 0.5)
                     if score >= floor:
                         out.append((min(score, 0.95), e - s, s, e))
+        if _UNLISTED_MIN >= floor:
+            out.extend(self._unlisted(text, stats))
         return out
 
+    def _unlisted(self, text: str, stats: zh_names.ZhNameStats) -> list[tuple[float, int, int, int]]:
+        """Names whose surname is not on the list (訾, 郏, 禚 ...), only right after a strong cue
+        (姓名, 见证人：) and standing alone up to the next punctuation: two or three characters that
+        are no dictionary word and whose given-name part the character model finds name-like."""
+        out = []
+        n = len(text)
+        for m in self._strong_cue.finditer(text):
+            p = m.end()
+            if p >= n or text[p] in self._single or text[p:p + 2] in self._compound:
+                continue  # a listed surname: the main pass judges it
+            for length in (3, 2):
+                e = p + length
+                if e > n or not all("\u4e00" <= c <= "\u9fff" and c not in _NOT_GIVEN for c in text[p:e]):
+                    continue
+                if e < n and text[e] not in _BOUNDARY:
+                    continue
+                cand = text[p:e]
+                if stats.words.get(cand, 0) >= _MIN_WORD or any(stats.words.get(text[p:p + k], 0) >= _MIN_WORD
+                                                                for k in (2,) if k < length):
+                    continue  # an ordinary word (未填写, 无), not a name
+                if stats.given_lr(cand[1:]) >= _UNLISTED_LR:
+                    out.append((_UNLISTED_MIN, length, p, e))
+                    break
+        return out
     def _scored_cues(self, doc: ScanText) -> list[tuple[float, int, int, int]]:
         text = doc.text
         starts: set[int] = set()
@@ -311,6 +339,8 @@ _FUNCTION_AFTER = frozenset("和与及同跟的在说是今于来去到已也都
 
 
 _EDGE_MAX = 0.2  # the most _stat_edges adds (a word on each side)
+_UNLISTED_MIN = 0.6  # score of a name with an unlisted surname right after a strong cue
+_UNLISTED_LR = 2.0  # how name-like its given-name characters must be (stats.given_lr)
 _BAND = 0.2  # how far under the threshold a candidate may score and still be verified
 _TAGGER_RARE = 50  # a dictionary name this frequent is a word the dictionary mis-tags
 _TAGGED = 0.6  # the score of a candidate jieba's tagger labels a person name
