@@ -29,8 +29,8 @@ def test_chinese_names_faker_frames():
 
 
 def test_chinese_names_held_out():
-    s = _person_scores("zh_CN", "held_out")
-    assert s["recall"] >= 0.85 and s["precision"] >= 0.95, s
+    s = _person_scores("zh_CN", "held_out")  # measured 0.931 / 0.994 with jieba's tagger
+    assert s["recall"] >= 0.91 and s["precision"] >= 0.95, s
 
 
 def test_english_names_faker_frames():
@@ -41,8 +41,8 @@ def test_english_names_faker_frames():
 def test_english_names_held_out_with_the_model():
     if not en_ner.available():
         pytest.skip("spaCy English pipeline (pii-ner extra) not installed")
-    s = _person_scores("en_US", "held_out", n=300)
-    assert s["recall"] >= 0.78 and s["precision"] >= 0.95, s
+    s = _person_scores("en_US", "held_out", n=300)  # measured 0.945 / 1.000 (letter shape + spaCy)
+    assert s["recall"] >= 0.92 and s["precision"] >= 0.95, s
 
 
 def test_held_out_names_are_outside_the_generator_list():
@@ -69,7 +69,11 @@ def test_the_issue_misses_are_found(text, name):
 
 NOT_NAMES = ["高度怀疑肺炎，建议复查。", "上海市黄浦区南京东路100号。", "胡萝卜富含维生素。", "向前走两百米右转。",
              "今天下午三点开会。", "New York General Hospital admitted three patients.", "Dear Sir or Madam,",
-             "Order Confirmation: Blue Cotton Shirt, Size Large.", "std::cout is not a name"]
+             "Order Confirmation: Blue Cotton Shirt, Size Large.", "std::cout is not a name",
+             # words jieba's dictionary tags as names, capitalised pairs with no listed name part
+             "孔径大小合适。", "毛发稀疏。", "Diagnosis: Type Diabetes, well controlled.", "Re: Project Apollo kickoff.",
+             "Shipped via Federal Express to Denver.", "Lunch at Olive Garden with the team.",
+             "The Quarterly Review is due.", "Visit Swan Lake Resort this summer."]
 
 
 @pytest.mark.parametrize("text", NOT_NAMES)
@@ -122,3 +126,38 @@ def test_verify_runs_only_for_survivors():
     reg = RecognizerRegistry([_Fixed((4, 11), 0.7), p])
     assert [(f.type, f.text) for f in find_pii(text, registry=reg)] == [("ADDRESS", "def ghi")]
     assert p.calls == 1
+
+
+def test_letter_shape_model_is_trained_without_the_held_out_names():
+    pytest.importorskip("faker")
+    from torchshield.data.pii import en_shape
+
+    names, other, held = en_shape.training_words()
+    assert len(names) > 10_000 and len(other) > 1_000 and len(held) > 5_000
+    assert not names & held  # the held-out corpus's names were never seen in training
+    assert set(en_shape.HELD_OUT_LOCALES) >= {"en_IN", "fr_FR", "it_IT", "es_ES", "de_DE", "nl_NL"}
+    from torchshield.data.name_corpus import _EN_HELD_LOCALES
+
+    assert set(_EN_HELD_LOCALES) <= set(en_shape.HELD_OUT_LOCALES)
+
+
+def test_shipped_letter_shape_table_is_what_the_builder_makes():
+    pytest.importorskip("faker")
+    from torchshield.data.pii import en_shape
+
+    assert en_shape.build_table() == en_shape._table()
+
+
+def test_letter_shape_separates_names_from_words():
+    from torchshield.data.pii.en_shape import word_score
+
+    assert word_score("Gabbana") > 0.5 and word_score("Ossola") > 0.5
+    assert word_score("Project") < -1 and word_score("Express") < -1
+
+
+def test_unknown_names_in_plain_frames_are_found():
+    for text, name in [("Authorised signatory Cesare Ossola.", "Cesare Ossola"),
+                       ("Beneficiary: Tonino Gabbana", "Tonino Gabbana"),
+                       ("康锦程与邵晓萌为夫妻关系。", "康锦程"),
+                       ("住院号2024-0315，姓名訾卫东，床号12。", "訾卫东")]:  # 訾 is on no surname list  # 康锦程 scores under 0.5 by rule, jieba confirms
+        assert [f.text for f in find_pii(text) if f.type == "PERSON"][:1] == [name], text

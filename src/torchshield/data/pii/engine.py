@@ -10,7 +10,7 @@ import re
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from torchshield.data.pii.finding import Finding
+from torchshield.data.pii.finding import Finding, make_finding
 from torchshield.data.pii.normalize import normalize
 from torchshield.data.pii.recognizer import RawMatch, ScanText
 from torchshield.data.pii.registry import RecognizerRegistry, get_registry
@@ -24,7 +24,7 @@ __all__ = ["DEFAULT_MIN_SCORE", "find_pii", "find_pii_batch", "find_pii_datafram
 DEFAULT_MIN_SCORE = 0.5
 _VERIFY_CEILING = 0.8  # the score a pending match (RawMatch.verify) competes at before it is verified
 _CJK = re.compile("[\u4e00-\u9fff]")
-_LATIN = re.compile("[A-Za-z]{2}")
+_LATIN = re.compile("[A-Za-z][A-Za-z]")
 _LANGS = {"zh": frozenset({"zh"}), "en": frozenset({"en"})}
 
 
@@ -43,12 +43,15 @@ def _languages(text: str, lang: str | None) -> frozenset[str]:
 
 def find_pii(text: str, *, lang: str | None = None, types: set[str] | frozenset[str] | None = None,
              min_score: float = DEFAULT_MIN_SCORE, registry: RecognizerRegistry | None = None,
-             context: str = "") -> list[Finding]:
+             context: str = "", reference: bool = False) -> list[Finding]:
     """Find PII in ``text``; spans are indices into ``text`` (end exclusive).
 
     ``lang`` "zh"/"en" picks the name and address recognisers (numbers, emails, cards run for
     every language); None detects from the script. ``types`` limits the entity types.
-    ``context`` is extra text that counts as context but is not searched (a column header)."""
+    ``context`` is extra text that counts as context but is not searched (a column header).
+    ``reference=True`` runs the slow specification path (each recogniser's readable pattern over
+    the whole text, no gates, prefilters or windows); it returns what the default path returns,
+    several times slower, and exists to test that."""
     if not isinstance(text, str):
         raise InputError(f"find_pii needs a str, got {type(text).__name__}")
     if not text or (len(text) < 9 and text.isdigit()):
@@ -63,7 +66,7 @@ def find_pii(text: str, *, lang: str | None = None, types: set[str] | frozenset[
     doc = normalize(text)
     prefix = f"{context}: " if context else ""
     ntext = prefix + doc.text
-    scan = ScanText(ntext, min_score=min_score)
+    scan = ScanText(ntext, min_score=min_score, reference=reference)
     shift = len(prefix)
     recognizers = reg.select(_languages(ntext, lang), wanted)
     matches: list[tuple[float, int, int, int, str]] = []
@@ -107,9 +110,17 @@ def _resolve(matches: list[tuple[float, int, int, int, str]]) -> list[tuple[floa
     return kept
 
 
+_ROUNDED: dict[float, float] = {}
+
+
 def _finding(doc: Any, etype: str, s: int, e: int, score: float, name: str) -> Finding:
-    os_, oe = doc.span(s, e)
-    return Finding(etype, os_, oe, doc.original[os_:oe], round(score, 4), name)
+    os_, oe = doc.span(s, e) if doc.index_map is not None else (s, e)
+    r = _ROUNDED.get(score)
+    if r is None:
+        r = round(score, 4)
+        if len(_ROUNDED) < 4096:  # scores come from a small set of sums
+            _ROUNDED[score] = r
+    return make_finding(etype, os_, oe, doc.original[os_:oe], r, name)
 
 
 def find_pii_batch(texts: Iterable[str | None], **options: Any) -> list[list[Finding]]:

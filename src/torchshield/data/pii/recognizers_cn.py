@@ -54,8 +54,20 @@ _UC = f"[{_USCC_CH}]"
 _USCC = (f"(?=[1-9ANY])(?:[1-9ANY]{_UC}[0-9]{{6}}{_UC}{{10}}"
          f"|[1-9ANY]{_UC}[ -][0-9]{{6}}[ -]{_UC}{{9}}[ -]?{_UC}"
          f"|[1-9ANY]{_UC}[0-9]{{2}}[ -][0-9]{{4}}[ -]{_UC}{{4}}[ -]{_UC}{{4}}[ -]{_UC}{{2}})" + NUM_AFTER)
+# The fast forms (``fast=``) match exactly what the readable ones match, opening with one
+# character class: the first character is consumed, then lookbehinds say which branch it began.
+_USCC_FAST = (f"[1-9ANY]{_UC}(?:[0-9]{{6}}{_UC}{{10}}|[ -][0-9]{{6}}[ -]{_UC}{{9}}[ -]?{_UC}"
+              f"|[0-9]{{2}}[ -][0-9]{{4}}[ -]{_UC}{{4}}[ -]{_UC}{{4}}[ -]{_UC}{{2}})" + NUM_AFTER)
+# Every USCC holds this (the pattern without its boundary checks): most 16-19 digit order and
+# tracking numbers fail it at once.
+_USCC_GATE = f"[1-9ANY]{_UC}(?:[0-9]{{6}}{_UC}{{10}}|[ -][0-9]{{6}}[ -]|[0-9]{{2}}[ -][0-9]{{4}}[ -])"
+_MOBILE_FAST = (r"[+018](?:(?<=\+)86[ -]?1|(?<=0)086[ -]?1|(?<=8)6[ -]?1|(?<=1))[3-9][0-9][ -]?[0-9]{4}[ -]?[0-9]{4}"
+                + NUM_AFTER)
 _PASSPORT = r"(?:E[A-HJ-NP-Z][0-9]{7}|[EGK][0-9]{8}|(?:PE|SE|DE|MA)[0-9]{7})" + NUM_AFTER
+_PASSPORT_FAST = (r"[EGKPSDM](?:(?<=E)[A-HJ-NP-Z][0-9]{7}|(?<=[EGK])[0-9]{8}|(?<=[PSD])E[0-9]{7}|(?<=M)A[0-9]{7})"
+                  + NUM_AFTER)
 _PERMIT = r"(?:C[A-HJ-NP-Z][0-9]{7}|C[0-9]{8}|[HM][0-9]{8}(?:[0-9]{2})?)" + NUM_AFTER
+_PERMIT_FAST = r"[CHM](?:(?<=C)[A-HJ-NP-Z][0-9]{7}|(?<=C)[0-9]{8}|(?<=[HM])[0-9]{8}(?:[0-9]{2})?)" + NUM_AFTER
 _PROV_ABBR = "京津冀晋蒙辽吉黑沪苏浙皖闽赣鲁豫鄂湘粤桂琼渝川贵云藏陕甘青宁新"
 _PLATE = (f"[{_PROV_ABBR}][A-HJ-Z][ ·.-]?"
           r"(?:[DF][A-HJ-NP-Z0-9][0-9]{4}|[0-9]{5}[DF]|[A-HJ-NP-Z0-9]{4}[A-HJ-NP-Z0-9挂学警港澳])"
@@ -96,28 +108,29 @@ def cn_recognizers() -> list[Recognizer]:
         PatternRecognizer("cn_resident_id_18", "CN_RESIDENT_ID", _ID18, validator=_id18, score=0.95,
                           context=CTX_ID, context_boost=0.05, flags=re.ASCII,
                           left_boundary=True, min_digit_run=6, negative_context=NEG_NUMBER,
-                          gate=r"[0-9]{6}[ -]?(?:18|19|20)[0-9]{2}"),
+                          gate=r"[0-9][0-9]{5}[ -]?(?:18|19|20)[0-9]{2}"),
         PatternRecognizer("cn_resident_id_15", "CN_RESIDENT_ID", _ID15, validator=cn_id15_valid,
                           score=0.5, context=CTX_ID, context_boost=0.35, require_context=True,
                           flags=re.ASCII, left_boundary=True, min_digit_run=15),
         PatternRecognizer("cn_uscc", "CN_USCC", _USCC, validator=_uscc, score=0.95, context=CTX_USCC,
                           context_boost=0.1, invalid_score=0.3, flags=re.ASCII,
                           left_boundary=True, min_digit_run=4, negative_context=NEG_NUMBER,
-                          gate=r"[0-9]{2}[ -]?[0-9]{4}"),
+                          gate=_USCC_GATE, fast=_USCC_FAST),
         PatternRecognizer("cn_mobile", "CN_MOBILE", _MOBILE, validator=_mobile, score=0.85,
                           context=CTX_PHONE, context_boost=0.15, flags=re.ASCII, left_boundary=True, min_digit_run=4,
-                          gate=r"1[3-9][0-9][ -]?[0-9]{4}",
+                          gate=r"1[3-9][0-9][ -]?[0-9]{4}", fast=_MOBILE_FAST,
                           clean=lambda s: s.replace(" ", "").replace("-", "")),
         PatternRecognizer("cn_landline", "CN_LANDLINE", _LANDLINE, validator=_landline, score=0.6,
                           context=CTX_LANDLINE, context_boost=0.3, flags=re.ASCII, min_digit_run=7, left_boundary=True,
-                          clean=lambda s: s),
+                          clean=lambda s: s, gate=r"0[0-9]{2,3}\)?[ -]?[2-9][0-9]{6}"),
         PatternRecognizer("cn_passport", "CN_PASSPORT", _PASSPORT, score=0.5, context=CTX_PASSPORT,
-                          context_boost=0.4, flags=re.ASCII, left_boundary=True, min_digit_run=7),
+                          context_boost=0.4, flags=re.ASCII, left_boundary=True, min_digit_run=7,
+                          fast=_PASSPORT_FAST, gate=r"[A-Z][0-9]{7}"),
         PatternRecognizer("cn_hk_macau_permit", "CN_HK_MACAU_PERMIT", _PERMIT, score=0.35,
                           context=CTX_PERMIT, context_boost=0.5, require_context=True, flags=re.ASCII,
-                          left_boundary=True, min_digit_run=7),
+                          left_boundary=True, min_digit_run=7, fast=_PERMIT_FAST),
         PatternRecognizer("cn_license_plate", "CN_LICENSE_PLATE", _PLATE, score=0.7, context=CTX_PLATE,
-                          context_boost=0.25),
+                          context_boost=0.25, gate=f"[{_PROV_ABBR}]"),
         ChineseNameRecognizer(),
         ChineseAddressRecognizer(),
     ]
@@ -186,6 +199,8 @@ class ChineseNameRecognizer(Recognizer):
         cues = "|".join(sorted(map(re.escape, _CUE_BEFORE + _LIST_CUES), key=len, reverse=True))
         self._cue = re.compile(f"(?:{cues})[ ：:]*")
         self._title = re.compile("|".join(sorted(map(re.escape, _TITLE_AFTER), key=len, reverse=True)))
+        strong = "|".join(sorted(map(re.escape, _STRONG_CUES), key=len, reverse=True))
+        self._strong_cue = re.compile(f"(?:{strong})[ ：:]*")
 
     def analyze(self, doc: ScanText) -> Iterable[RawMatch]:
         stats = zh_names.load()
@@ -195,13 +210,17 @@ class ChineseNameRecognizer(Recognizer):
         for score, _, start, end in sorted(scored, key=lambda c: (-c[0], -c[1], c[2])):
             if all(end <= a or start >= b for a, b in taken):
                 taken.append((start, end))
-                yield RawMatch("PERSON", start, end, score)
+                # just under the threshold: jieba's tagger decides (see zh_names.nr_spans)
+                yield RawMatch("PERSON", start, end, score,
+                               _verify_zh if score < doc.min_score else None)
 
     def _scored_stat(self, doc: ScanText, stats: zh_names.ZhNameStats) -> list[tuple[float, int, int, int]]:
         text = doc.text
         n = len(text)
         out = []
         compound, single, bad = self._compound, self._single, _NOT_GIVEN_STAT
+        # Candidates up to _BAND under the threshold are kept for the tagger's second opinion.
+        floor = doc.min_score - _BAND if doc.min_score >= _BAND + 0.25 else doc.min_score
         for m in self._surname_start.finditer(text):
             s = m.start()
             for g in (s + 2, s + 1):
@@ -215,13 +234,39 @@ class ChineseNameRecognizer(Recognizer):
                 for e in ((g + 2, g + 1) if two else (g + 1,)):
                     cue = self._score(text, s, e)
                     score = cue + _stat_base(text, s, g, e, stats)
-                    if score + _EDGE_MAX < doc.min_score:
-                        continue  # cannot reach the threshold: skip the word checks at the edges
+                    if score + _EDGE_MAX < floor:
+                        continue  # cannot reach the band: skip the word checks at the edges
                     score += _stat_edges(text, s, e, stats, cued=cue >= 0.5)
-                    if score >= doc.min_score:
+                    if score >= floor:
                         out.append((min(score, 0.95), e - s, s, e))
+        if _UNLISTED_MIN >= floor:
+            out.extend(self._unlisted(text, stats))
         return out
 
+    def _unlisted(self, text: str, stats: zh_names.ZhNameStats) -> list[tuple[float, int, int, int]]:
+        """Names whose surname is not on the list (訾, 郏, 禚 ...), only right after a strong cue
+        (姓名, 见证人：) and standing alone up to the next punctuation: two or three characters that
+        are no dictionary word and whose given-name part the character model finds name-like."""
+        out = []
+        n = len(text)
+        for m in self._strong_cue.finditer(text):
+            p = m.end()
+            if p >= n or text[p] in self._single or text[p:p + 2] in self._compound:
+                continue  # a listed surname: the main pass judges it
+            for length in (3, 2):
+                e = p + length
+                if e > n or not all("\u4e00" <= c <= "\u9fff" and c not in _NOT_GIVEN for c in text[p:e]):
+                    continue
+                if e < n and text[e] not in _BOUNDARY:
+                    continue
+                cand = text[p:e]
+                if stats.words.get(cand, 0) >= _MIN_WORD or any(stats.words.get(text[p:p + k], 0) >= _MIN_WORD
+                                                                for k in (2,) if k < length):
+                    continue  # an ordinary word (未填写, 无), not a name
+                if stats.given_lr(cand[1:]) >= _UNLISTED_LR:
+                    out.append((_UNLISTED_MIN, length, p, e))
+                    break
+        return out
     def _scored_cues(self, doc: ScanText) -> list[tuple[float, int, int, int]]:
         text = doc.text
         starts: set[int] = set()
@@ -294,6 +339,26 @@ _FUNCTION_AFTER = frozenset("和与及同跟的在说是今于来去到已也都
 
 
 _EDGE_MAX = 0.2  # the most _stat_edges adds (a word on each side)
+_UNLISTED_MIN = 0.6  # score of a name with an unlisted surname right after a strong cue
+_UNLISTED_LR = 2.0  # how name-like its given-name characters must be (stats.given_lr)
+_BAND = 0.2  # how far under the threshold a candidate may score and still be verified
+_TAGGER_RARE = 50  # a dictionary name this frequent is a word the dictionary mis-tags
+_TAGGED = 0.6  # the score of a candidate jieba's tagger labels a person name
+
+
+def _verify_zh(text: str, start: int, end: int, score: float) -> float:
+    """jieba's verdict on a candidate just under the threshold: a name span over most of it
+    confirms it; anything else leaves the rule score (under the threshold)."""
+    spans = zh_names.nr_spans(text, start, end)
+    stats = zh_names.load()
+    if spans is None or stats is None:
+        return score
+    for a, b in spans:
+        # A name the tagger's HMM found, or a rare dictionary name (王建国 12); not a frequent
+        # dictionary entry it tags nr by mistake (孔径 126, 毛发 258, 胡萝卜 452, 齐鲁 95).
+        if min(b, end) - max(a, start) >= 0.5 * (end - start) and stats.words.get(text[a:b], 0) < _TAGGER_RARE:
+            return max(score, _TAGGED)
+    return score
 
 
 def _stat_base(text: str, s: int, g: int, e: int, stats: zh_names.ZhNameStats) -> float:
@@ -403,6 +468,12 @@ class ChineseAddressRecognizer(Recognizer):
     languages = frozenset({"zh"})
 
     def __init__(self) -> None:
+        # One flat alternation whose branches all open with a literal (what the nested form
+        # ``(?:provinces)suffix|(?:cues)[：: ]?`` matches, in the same order), so the engine skips
+        # ahead to the next possible first character.
+        provs = [f"{p}{_PROV_SUFFIX}" for p in sorted(_PROVINCES, key=len, reverse=True)]
+        cues = [f"{c}[：: ]?(?=[{_CJK}])" for c in _ADDR_CUES[3:-1].split("|")]
+        self._anchor_fast = re.compile("|".join(provs + cues))
         prov = "|".join(sorted(_PROVINCES, key=len, reverse=True))
         self._anchor = re.compile(f"(?:{prov}){_PROV_SUFFIX}|{_ADDR_CUES}[：: ]?(?=[{_CJK}])")
         self._body = re.compile(f"{_ADDR_BODY}{{0,40}}")
@@ -411,8 +482,9 @@ class ChineseAddressRecognizer(Recognizer):
     def analyze(self, doc: ScanText) -> Iterable[RawMatch]:
         text = doc.text
         pos = 0
+        anchor = self._anchor if doc.reference else self._anchor_fast
         while True:
-            m = self._anchor.search(text, pos)
+            m = anchor.search(text, pos)
             if m is None:
                 return
             cue = m.group(0)[:2] not in _PROVINCES_2

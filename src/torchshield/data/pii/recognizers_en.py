@@ -7,7 +7,7 @@ import re
 from collections.abc import Iterable
 from typing import Any
 
-from torchshield.data.pii import en_ner
+from torchshield.data.pii import en_ner, en_shape
 from torchshield.data.pii.lexicon import load_words
 from torchshield.data.pii.recognizer import (
     ALNUM,
@@ -29,10 +29,22 @@ _SSN = r"(?=[0-9])(?!000|666|9[0-9]{2})[0-9]{3}([- .])(?!00)[0-9]{2}\1(?!0000)[0
 _SSN_PLAIN = r"(?=[0-9])(?!000|666|9[0-9]{2})[0-9]{3}(?!00)[0-9]{2}(?!0000)[0-9]{4}(?![0-9])"
 _NANP = (r"(?=[+(0-9])(?:(?:\+1|001)[ .-]?)?(?:\([2-9][0-9]{2}\) ?|[2-9][0-9]{2}[ .-]?)[2-9][0-9]{2}[ .-]?"
          r"[0-9]{4}(?: ?(?:x|ext\.? ?|#)[0-9]{1,6})?(?![0-9])")
+# Fast forms (``fast=``): the same matches, opening with one character class (see recognizer.py);
+# ``(?<!0(?=00))`` after the first digit says "not 000", as (?!000) said before it.
+_AREA_FAST = r"[0-8](?<!0(?=00))(?<!6(?=66))[0-9]{2}"
+_SSN_FAST = _AREA_FAST + r"([- .])(?!00)[0-9]{2}\1(?!0000)[0-9]{4}(?![0-9-]|\.[0-9])"
+_SSN_PLAIN_FAST = _AREA_FAST + r"(?!00)[0-9]{2}(?!0000)[0-9]{4}(?![0-9])"
+_NANP_AREA = r"(?:\([2-9][0-9]{2}\) ?|[2-9][0-9]{2}[ .-]?)"
+_NANP_FAST = (r"[+(0-9](?:(?:(?<=\+)1|(?<=0)01)[ .-]?" + _NANP_AREA
+              + r"|(?<=\()[2-9][0-9]{2}\) ?|(?<=[2-9])[0-9]{2}[ .-]?)[2-9][0-9]{2}[ .-]?"
+              r"[0-9]{4}(?: ?(?:x|ext\.? ?|#)[0-9]{1,6})?(?![0-9])")
 _INTL = r"\+(?!1[^0-9]|86)[2-9][0-9]{0,2}(?:[ .-]?\(?[0-9]{1,4}\)?){2,5}(?![0-9])"
 # National (trunk-prefix 0) formats outside North America: 020 7946 0958, 030 1234567,
 # 01 23 45 67 89, (02) 9876 5432. Checked against libphonenumber's metadata per region.
-_NATIONAL = r"(?=[(0])(?:\(0[0-9]{1,4}\)|0[1-9][0-9]{0,3})(?:[ .-]?[0-9]{2,5}){1,4}(?![0-9])"
+# A bare trunk 0 starts after a space, a colon, a parenthesis or the text's start (Tel: 020 ...).
+_NATIONAL = r"(?=[(0])(?:\(0[0-9]{1,4}\)|(?<![^\s:(])0[1-9][0-9]{0,3})(?:[ .-]?[0-9]{2,5}){1,4}(?![0-9])"
+_NATIONAL_FAST = (r"[(0](?:(?<=\()0[0-9]{1,4}\)|(?<![^\s:(]0)(?<=0)[1-9][0-9]{0,3})(?:[ .-]?[0-9]{2,5}){1,4}"
+                  r"(?![0-9])")
 _NATIONAL_REGIONS = ("GB", "DE", "FR", "IT", "ES", "NL", "BE", "CH", "AT", "IE", "SE", "NO", "DK", "FI", "PL",
                      "PT", "AU", "NZ", "IN", "JP", "KR", "BR", "ZA", "SG", "MX", "TR", "IL")
 
@@ -99,13 +111,14 @@ def en_recognizers() -> list[Recognizer]:
     return [
         PatternRecognizer("us_ssn", "US_SSN", _SSN, score=0.85, context=CTX_SSN, context_boost=0.15,
                           flags=re.ASCII, min_digit_run=4, left_boundary=DIGITS + "-.",
-                          gate=r"[0-9]{3}[- .][0-9]{2}[- .][0-9]{4}"),
+                          gate=r"[0-9][0-9]{2}[- .][0-9]{2}[- .][0-9]{4}", fast=_SSN_FAST),
         PatternRecognizer("us_ssn_plain", "US_SSN", _SSN_PLAIN, score=0.3, context=CTX_SSN,
                           context_boost=0.55, require_context=True, flags=re.ASCII, min_digit_run=9,
-                          left_boundary=DIGITS),
+                          left_boundary=DIGITS, fast=_SSN_PLAIN_FAST),
         PatternRecognizer("phone_nanp", "PHONE_NUMBER", _NANP, validator=_nanp, score=0.75,
                           context=CTX_PHONE, context_boost=0.2, flags=re.ASCII, clean=keep, min_digit_run=4,
-                          left_boundary=DIGITS + "+", gate=r"[0-9]{3}(?:\) ?|[ .-])?[0-9]{3}[ .-]?[0-9]{4}"),
+                          left_boundary=DIGITS + "+", gate=r"[0-9][0-9]{2}(?:\) ?|[ .-])?[0-9]{3}[ .-]?[0-9]{4}",
+                          fast=_NANP_FAST),
         PatternRecognizer("phone_intl", "PHONE_NUMBER", _INTL, validator=_intl, score=0.6,
                           context=CTX_PHONE, context_boost=0.2, invalid_score=None, flags=re.ASCII, clean=keep,
                           needs=("+",), left_boundary=True),
@@ -113,7 +126,7 @@ def en_recognizers() -> list[Recognizer]:
                           context=CTX_PHONE, context_boost=0.3, require_context=True, no_context_score=0.35,
                           invalid_score=None, flags=re.ASCII, clean=keep, min_digit_run=2,
                           left_boundary=ALNUM + "+-/.", negative_context=NEG_NUMBER, languages=("en",),
-                          gate=r"[\s:(]\(?0[1-9]|^\(?0[1-9]"),
+                          gate=r"0(?<![0-9A-Za-z+/.-]0)[1-9]|\(0", fast=_NATIONAL_FAST),
         EnglishNameRecognizer(),
         EnglishAddressRecognizer(),
     ]
@@ -194,33 +207,41 @@ class EnglishNameRecognizer(Recognizer):
         self._first = load_words("en_first_names")
         self._last = load_words("en_last_names")
         self._street = load_words("en_street_suffixes")
+        self._plans: dict[str, _Plan | None] = {}
 
     def analyze(self, doc: ScanText) -> Iterable[RawMatch]:
         text, lower = doc.text, doc.lower
-        first, last = self._first, self._last
+        plans = self._plans
         for m in _NAME_SEQ.finditer(text):
             seq = m.group(0)
-            if " " not in seq and seq not in first and seq not in last:
-                continue  # one unknown word (Patient, Phone, Order): never a name on its own
-            if _HOUSE_NUMBER.search(text, max(0, m.start() - 8), m.start()) is not None:
+            plan = plans.get(seq, _UNPLANNED)
+            if plan is _UNPLANNED:
+                plan = self._plan(seq)
+                if len(plans) >= _PLAN_CACHE:
+                    plans.clear()
+                plans[seq] = plan
+            if plan is None:
+                continue
+            start = m.start()
+            if _HOUSE_NUMBER.search(text, max(0, start - 8), start) is not None:
                 continue  # 988 Keith Coves: a street
-            hit = self._judge(text, lower, m.start(), seq)
+            hit = _decide(plan, text, lower, start + plan[0], m.end())
             if hit is not None:
                 yield hit
 
-    def _judge(self, text: str, lower: str, start: int, seq: str) -> RawMatch | None:
+    def _plan(self, seq: str) -> _Plan | None:
+        """What the words of a capitalised sequence say, whatever surrounds it (memoised per
+        sequence: Phone, Address, Order and most names recur in a table): None when it is no
+        name, else where the name starts in it and which of its parts are known."""
+        first, last = self._first, self._last
+        if " " not in seq and seq not in first and seq not in last:
+            return None  # one unknown word (Patient, Phone, Order): never a name on its own
         tokens = seq.split(" ")
-        offsets = []
-        pos = start
-        for t in tokens:
-            offsets.append(pos)
-            pos += len(t) + 1
-        end = start + len(seq)
         title = tokens[0] in _TITLES
         i = 1 if title else 0
-        known = self._first.__contains__
+        known = first.__contains__
         while i < len(tokens) and tokens[i] in _NOT_NAME_WORDS and not (
-                known(tokens[i]) and i + 1 < len(tokens) and tokens[i + 1] in self._last):
+                known(tokens[i]) and i + 1 < len(tokens) and tokens[i + 1] in last):
             i += 1  # leading "Patient", "Dear" (but April Brown is a name)
         rest = tokens[i:]
         if not rest:
@@ -229,35 +250,54 @@ class EnglishNameRecognizer(Recognizer):
         # out, unless it is a known name next to another known name part (Anne Washington).
         for j, t in enumerate(rest):
             if t in _NOT_NAME_WORDS and not (
-                    (t in self._last or known(t)) and any(known(u) or u in self._last
-                                                          for k, u in enumerate(rest) if k != j)):
+                    (t in last or known(t)) and any(known(u) or u in last
+                                                    for k, u in enumerate(rest) if k != j)):
                 return None
         core = [t for t in rest if t not in _SUFFIXES and t not in _BARE_SUFFIXES
                 and not (len(t) == 2 and t.endswith(".")) and t not in _PARTICLE_WORDS]
-        if not core or (core[-1] in self._street and core[-1] not in self._last):
+        if not core or (core[-1] in self._street and core[-1] not in last):
             return None
-        s = offsets[0] if title and i == 1 else offsets[i]
-        before = lower[max(0, s - 20):s]
-        cue = _has_cue(before)
-        sentence_start = _sentence_start(text, s)
-        first_known = core[0] in self._first
-        last_known = core[-1] in self._last
-        if len(core) == 1 and not title:
-            # A single word is a name only after a cue (Hi Dan, my name is Dan) and when it is a
-            # known given name or surname.
-            if cue and not sentence_start and (first_known or core[0] in self._last):
-                return RawMatch("PERSON", s, end, 0.75)
-            return None
-        if title:
-            return RawMatch("PERSON", s, end, 0.85 if (first_known or last_known or cue) else 0.8)
-        score = 0.1 + (0.45 if first_known else 0.0) + (0.3 if last_known else 0.0) + (0.2 if cue else 0.0)
-        if not first_known and not last_known:
-            # Nothing known: a person, a place or an organisation. A cue (with, by, for, Dear)
-            # makes it a name unless the model says place; without one only the model's PERSON does.
-            return RawMatch("PERSON", s, end, _PENDING + (0.1 if cue else 0.0), _verify_person)
-        if score < 0.7:
-            return RawMatch("PERSON", s, end, score, _verify_person)
-        return RawMatch("PERSON", s, end, min(score, 0.95))
+        offset = 0 if title and i == 1 else sum(len(t) + 1 for t in tokens[:i])
+        # How name-like the parts no list knows are, from their letters (en_shape): the least
+        # name-like one speaks for the sequence.
+        shape = min((en_shape.word_score(t) for t in core if t not in first and t not in last), default=9.0)
+        return (offset, title, len(core) == 1 and not title, core[0] in first, core[-1] in last,
+                core[0] in last, shape)
+
+
+_UNPLANNED: Any = object()
+_PLAN_CACHE = 1 << 16
+# (offset of the name in the sequence, title, a single word, first part a known given name, last
+# part a known surname, first part a known surname, letter shape of the unknown parts)
+_Plan = tuple[int, bool, bool, bool, bool, bool, float]
+_SHAPE_NAME = -0.3  # letter-shape score from which unknown parts look like a name
+_SHAPED = 0.55  # rule score of such a sequence (spaCy's place or product label still rules it out)
+
+
+def _decide(plan: _Plan, text: str, lower: str, s: int, end: int) -> RawMatch | None:
+    """The score of a planned sequence at ``s``: the parts that depend on the text around it."""
+    _, title, single, first_known, last_known, first_is_surname, shape = plan
+    cue = _has_cue(lower[max(0, s - 20):s])
+    if single:
+        # A single word is a name only after a cue (Hi Dan, my name is Dan) and when it is a
+        # known given name or surname.
+        if cue and not _sentence_start(text, s) and (first_known or first_is_surname):
+            return RawMatch("PERSON", s, end, 0.75)
+        return None
+    if title:
+        return RawMatch("PERSON", s, end, 0.85 if (first_known or last_known or cue) else 0.8)
+    score = 0.1 + (0.45 if first_known else 0.0) + (0.3 if last_known else 0.0) + (0.2 if cue else 0.0)
+    if not first_known and not last_known:
+        # Nothing known: a person, a place or an organisation. A cue (with, by, for, Dear)
+        # makes it a name unless the model says place; without one only the model's PERSON does.
+        if shape >= _SHAPE_NAME:
+            return RawMatch("PERSON", s, end, _SHAPED + (0.1 if cue else 0.0), _verify_shaped)
+        return RawMatch("PERSON", s, end, _PENDING + (0.1 if cue else 0.0), _verify_person)
+    if score < 0.7:
+        if shape >= _SHAPE_NAME:
+            return RawMatch("PERSON", s, end, max(score, _SHAPED), _verify_shaped)
+        return RawMatch("PERSON", s, end, score, _verify_person)
+    return RawMatch("PERSON", s, end, min(score, 0.95))
 
 
 _BARE_SUFFIXES = frozenset({"Jr", "Sr"})
@@ -292,6 +332,26 @@ def _verify_person(text: str, start: int, end: int, score: float) -> float:
     return score
 
 
+_NOT_PERSON_LABELS = frozenset({"FAC", "PRODUCT", "EVENT", "WORK_OF_ART", "LAW", "LANGUAGE"})
+
+
+def _verify_shaped(text: str, start: int, end: int, score: float) -> float:
+    """The model's verdict on a sequence whose letters look like a name: PERSON confirms, a
+    building, product, event or work rules it out. A place or nationality label does not:
+    ``en_core_web_sm`` calls many names it has not seen GPE or NORP (Genoveva Sandoval, Isaura
+    Puente), and place names rarely have a name's letter shape or pass the word lists."""
+    ents = en_ner.entity_spans(text, start, end)
+    if ents is None:
+        return score
+    for a, b, label in ents:
+        if min(b, end) - max(a, start) >= 0.5 * (end - start):
+            if label == "PERSON":
+                return max(score, _CONFIRMED)
+            if label in _NOT_PERSON_LABELS:
+                return min(score, 0.3)
+    return score
+
+
 _STATES = ("AL|AK|AZ|AR|CA|CO|CT|DE|FL|GA|HI|ID|IL|IN|IA|KS|KY|LA|ME|MD|MA|MI|MN|MS|MO|MT|NE|NV|NH|NJ|NM|"
            "NY|NC|ND|OH|OK|OR|PA|RI|SC|SD|TN|TX|UT|VT|VA|WA|WV|WI|WY|DC|AS|GU|MP|PR|VI|AA|AE|AP")
 
@@ -310,20 +370,26 @@ class EnglishAddressRecognizer(Recognizer):
         alt = "|".join(sorted(map(re.escape, suffixes), key=len, reverse=True))
         word = r"(?:[A-Z][a-z]+|[0-9]+(?:st|nd|rd|th)|[NSEW]\.?)"
         tail = rf"(?:,? (?:[A-Z][a-z]+ ){{0,2}}[A-Z][a-z]+,? (?:{_STATES}) [0-9]{{5}}(?:-[0-9]{{4}})?)"
-        self._street = re.compile(
-            rf"[0-9]{{1,6}} (?:{word} ){{1,4}}?(?:{alt})\.?(?![A-Za-z])"
-            rf"(?:,? (?:Apt\.|Suite|Unit|Ste\.?|#)(?![A-Za-z]) ?[0-9A-Za-z-]+)?(?P<tail>{tail})?")
+        rest = (rf" (?:{word} ){{1,4}}?(?:{alt})\.?(?![A-Za-z])"
+                rf"(?:,? (?:Apt\.|Suite|Unit|Ste\.?|#)(?![A-Za-z]) ?[0-9A-Za-z-]+)?(?P<tail>{tail})?")
+        self._street = re.compile(rf"[0-9]{{1,6}}{rest}")
+        self._street_fast = re.compile(rf"[0-9][0-9]{{0,5}}{rest}")
         self._military = re.compile(
             r"(?:(?:USNS|USNV|USS|USCGC) [A-Z][a-z]+|(?:PSC|Unit) [0-9]{4},? Box [0-9]{4}),? "
             r"(?:APO|FPO|DPO) (?:AA|AE|AP) [0-9]{5}")
+        self._military_fast = re.compile(
+            r"[UP](?:(?<=U)(?:SNS|SNV|SS|SCGC) [A-Z][a-z]+|(?<=P)SC [0-9]{4},? Box [0-9]{4}"
+            r"|(?<=U)nit [0-9]{4},? Box [0-9]{4}),? (?:APO|FPO|DPO) (?:AA|AE|AP) [0-9]{5}")
 
     def analyze(self, doc: ScanText) -> Iterable[RawMatch]:
         text = doc.text
-        if doc.digit_run == 0:
-            return
-        for m in self._street.finditer(text):
+        ref = doc.reference
+        if not ref and doc.digit_run == 0:
+            return  # both patterns hold digits
+        for m in (self._street if ref else self._street_fast).finditer(text):
             if m.start() > 0 and text[m.start() - 1].isalnum():
                 continue
             yield RawMatch("ADDRESS", m.start(), m.end(), 0.9 if m.group("tail") else 0.7)
-        for m in self._military.finditer(text):
-            yield RawMatch("ADDRESS", m.start(), m.end(), 0.85)
+        if ref or "PO " in text:  # APO / FPO / DPO
+            for m in (self._military if ref else self._military_fast).finditer(text):
+                yield RawMatch("ADDRESS", m.start(), m.end(), 0.85)

@@ -19,13 +19,15 @@ The surname list used to pick given names is the recogniser's own (lexicon/zh_su
 from __future__ import annotations
 
 import math
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
 
 from torchshield.data.pii.lexicon import load_words
 
-__all__ = ["ZhNameStats", "load"]
+__all__ = ["ZhNameStats", "load", "nr_spans"]
 
 COMMON_WORD = 200  # a two-character word this frequent is a word first (萝卜 343), a name second (浩然 38)
 
@@ -94,3 +96,72 @@ def load() -> ZhNameStats | None:
                for c in set(name_chars) | set(other_chars)}
     # 胡萝卜 is tagged nr in jieba's dictionary; 萝卜 as a given name is that error, not a name.
     return ZhNameStats(words, frozenset(name_words), char_lr, frozenset(pairs - plain2))
+
+
+# ---- jieba's HMM part-of-speech tagger as a second opinion ------------------------------------
+# Candidates whose rule score falls just under the threshold (a name-like given name in a plain
+# context: 代理人江奕辰携委托书, 康锦程与邵晓萌为夫妻关系) are passed to jieba's tagger through
+# RawMatch.verify; the engine asks only for candidates that survive overlap resolution, on the
+# clause around each, so its cost (~0.5-1 ms a clause) is paid on few records.
+_LOCK = threading.Lock()
+_TAGGER: list = []
+_NR_CACHE: OrderedDict[str, tuple[tuple[int, int], ...]] = OrderedDict()
+_NR_CACHE_SIZE = 4096
+_CLAUSE_END = "。！？；!?;\n"
+_WINDOW = 80
+
+
+def _tagger() -> object | None:
+    if not _TAGGER:
+        with _LOCK:
+            if not _TAGGER:
+                try:
+                    import logging
+
+                    import jieba
+                    import jieba.posseg
+
+                    jieba.setLogLevel(logging.WARNING)
+                    _TAGGER.append(jieba.posseg.POSTokenizer(jieba.Tokenizer()))
+                except ImportError:  # pragma: no cover - the extra is part of `all`
+                    _TAGGER.append(None)
+    return _TAGGER[0]
+
+
+def nr_spans(text: str, start: int, end: int) -> list[tuple[int, int]] | None:
+    """Spans jieba's tagger labels a person name (nr, nrfg, nrt) in the clause holding
+    ``text[start:end]``, in ``text`` coordinates; None when jieba is not installed."""
+    tagger = _tagger()
+    if tagger is None:
+        return None
+    a = max(0, start - _WINDOW)
+    for j in range(start - 1, a - 1, -1):
+        if text[j] in _CLAUSE_END:
+            a = j + 1
+            break
+    b = min(len(text), end + _WINDOW)
+    for j in range(end, b):
+        if text[j] in _CLAUSE_END:
+            b = j + 1
+            break
+    clause = text[a:b]
+    with _LOCK:
+        hit = _NR_CACHE.get(clause)
+        if hit is not None:
+            _NR_CACHE.move_to_end(clause)
+    if hit is None:
+        spans = []
+        pos = 0
+        with _LOCK:  # jieba's tokenizer is not thread-safe
+            pairs = list(tagger.cut(clause))  # type: ignore[attr-defined]
+        for pair in pairs:
+            w, flag = pair.word, pair.flag
+            if flag.startswith("nr"):
+                spans.append((pos, pos + len(w)))
+            pos += len(w)
+        hit = tuple(spans)
+        with _LOCK:
+            _NR_CACHE[clause] = hit
+            if len(_NR_CACHE) > _NR_CACHE_SIZE:
+                _NR_CACHE.popitem(last=False)
+    return [(a + s, a + e) for s, e in hit]
