@@ -474,3 +474,24 @@ def test_neighbouring_tables_give_the_same_manifest(work):
         manifests.append({k: v for k, v in manifest.items() if k not in ("created", "object_id", "tensors")})
     assert manifests[0] == manifests[1]
     assert "neighbour" in json.dumps(manifests[0]) and manifests[0]["privacy"]["steps"] == 4  # round(128 / 32)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (run on the GPU machine)")
+@pytest.mark.parametrize("adapter", [None, {"type": "lora", "r": 4, "alpha": 8, "target_modules": ["query", "value"]}],
+                         ids=["full", "lora"])
+def test_dp_fine_tune_on_cuda_keeps_the_cpu_claim_and_learns(work, capsys, adapter):
+    """The same config with ``device: cuda``: the privacy claim is the CPU run's (same calibration and
+    accounting), the bundle loads on the CPU and has learned the task."""
+    d = work["dir"]
+    extra = {"adapter": adapter} if adapter else {}
+    name = f"cuda-{'lora' if adapter else 'full'}"
+    assert run(["train", _cls_config(work, f"{name}-cpu", **extra), "--json"]) == 0
+    assert run(["train", _cls_config(work, name, device="cuda", **extra), "--json"]) == 0
+    capsys.readouterr()
+    cpu, gpu = (torchshield.inspect(d / f"{n}.tsb").manifest["privacy"] for n in (f"{name}-cpu", name))
+    for field in ("epsilon", "delta", "noise_multiplier", "sample_rate", "steps"):
+        assert gpu[field] == cpu[field], field
+    tuned = open_model(d / f"{name}.tsb").module
+    assert next(tuned.parameters()).device.type == "cpu"
+    trained = _trained_rows(work, d / f"{name}.tsb")
+    assert _cls_loss(tuned, work, trained) < 0.5 * _cls_loss(open_model(d / "bert.tsb").module, work, trained)
