@@ -72,6 +72,23 @@ def _save_like(source: Any, tensors_or_model: Any, out: Path, key: Any, *, metad
     return dropped
 
 
+def _bundle_data(manifest: dict[str, Any]) -> Any:
+    """The data spec of the bundle's training config. ``train`` records the config as written, its
+    paths relative to the config file; the data description keeps the resolved path, used when it
+    ends with the relative one (so the command works from any folder)."""
+    meta = manifest.get("metadata") or {}
+    spec = (meta.get("config") or {}).get("data")
+    rel = spec if isinstance(spec, str) and not spec.startswith("sklearn:") else (
+        spec.get("path") if isinstance(spec, dict) else None)
+    recorded = (meta.get("data") or {}).get("name")
+    if not isinstance(rel, str) or Path(rel).is_absolute() or not isinstance(recorded, str):
+        return spec
+    full = Path(recorded)
+    if not full.is_absolute() or full.parts[-len(Path(rel).parts):] != Path(rel).parts:
+        return spec
+    return {**spec, "path": recorded} if isinstance(spec, dict) else {"path": recorded}
+
+
 @watermark_app.command("embed")
 def embed_cmd(model: Path = typer.Argument(..., help="Bundle written by 'torchshield train'."),
               out: Path = typer.Option(..., "--out", "-o", help="Marked bundle to write."),
@@ -98,7 +115,7 @@ def embed_cmd(model: Path = typer.Argument(..., help="Bundle written by 'torchsh
     _check_out(out, force)
     key = _key(key_file)
     net, manifest = load_trained(model, key=key)
-    spec = data or ((manifest.get("metadata") or {}).get("config") or {}).get("data")
+    spec = data or _bundle_data(manifest)
     if not spec:
         raise InputError(f"{model}: the bundle does not name its training data", hint="pass --data")
     dataset = load_dataset(spec)
@@ -125,9 +142,15 @@ def embed_cmd(model: Path = typer.Argument(..., help="Bundle written by 'torchsh
                          trained_without_dp=True, sign=sign)
     if record_out is not None:
         write_record(record_out, record)
+    split = None
+    if data is None:  # the bundle's own data spec: the same rows trained, recorded for 'privacy audit'
+        from torchshield.nn.split import write_split
+
+        split = write_split(out, dataset, private=False)
     report = {"out": str(out), "record": str(record_out) if record_out else None, "method": method,
               "mark_id": record.mark_id, "accuracy_before": before.get("accuracy"),
-              "accuracy_after": after.get("accuracy"), "privacy_dropped": dropped}
+              "accuracy_after": after.get("accuracy"), "privacy_dropped": dropped,
+              "split": str(split) if split else None}
     if dropped:
         from torchshield.cli.output import err_console
 
