@@ -2,7 +2,9 @@
 from a config, a WordPiece tokenizer built here from a word list: no download) behind
 `torchshield serve`'s app (API keys, Casbin RBAC, rate limits, extraction monitor, the committed
 hash-chained audit log in SQLite, server-side tokenisation of ``{"text": [...]}``) against a bare
-FastAPI endpoint with the same model and tokenizer (``AutoTokenizer`` + the model, no checks);
+FastAPI endpoint with the same model and tokenizer (``AutoTokenizer`` + the model, no checks),
+written both ways users write it (model on the event loop: ``bare``; on a worker thread, as the
+secure app runs it: ``bare-sync``); the ratio is taken against the faster of the two;
 and a GPT-2-style LM (4 layers, hidden 256, tied embeddings): ``POST /v1/models/gpt2/generate``
 per request against the bare ``model.generate`` call with the same settings, in the same run.
 
@@ -125,7 +127,7 @@ def run_server(kind: str, workdir: Path, port: int, threads: int) -> None:
 
     torch.set_num_threads(threads)
 
-    if kind == "bare":
+    if kind in ("bare", "bare-sync"):
         from fastapi import FastAPI
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
@@ -133,13 +135,23 @@ def run_server(kind: str, workdir: Path, port: int, threads: int) -> None:
         model = AutoModelForSequenceClassification.from_pretrained(workdir / "bert").eval()
         app = FastAPI()
 
-        @app.post("/v1/models/bert/predict")
-        async def predict(request: Request) -> dict:  # the floor: parse, tokenise, run, answer
-            enc = tok(json.loads(await request.body())["text"], padding=True, truncation=True, max_length=128,
-                      return_tensors="pt")
+        def answer(body: bytes) -> dict:  # the floor: parse, tokenise, run, answer
+            enc = tok(json.loads(body)["text"], padding=True, truncation=True, max_length=128, return_tensors="pt")
             with torch.inference_mode():
                 p = torch.softmax(model(**enc).logits, -1)
             return {"outputs": p.tolist(), "predictions": p.argmax(-1).tolist()}
+
+        if kind == "bare":  # the model runs on the event loop
+            @app.post("/v1/models/bert/predict")
+            async def predict(request: Request) -> dict:
+                return answer(await request.body())
+        else:  # the model runs on a worker thread, as the secure app does
+            from starlette.concurrency import run_in_threadpool
+
+            @app.post("/v1/models/bert/predict")
+            async def predict_sync(request: Request) -> dict:
+                body = await request.body()
+                return await run_in_threadpool(answer, body)
     else:
         from torchshield.crypto.keys import read_key_file
         from torchshield.serve.http import create_app
@@ -189,13 +201,13 @@ def load(url: str, token: str, n: int, c: int) -> dict:
 # ---------------------------------------------------------------- the two measurements
 def throughput(urls: dict[str, str], token: str, n: int, c: int, rounds: int) -> dict:
     kinds = list(urls)
-    tok = {"secure": token, "bare": ""}
+    tok = {k: token if k == "secure" else "" for k in kinds}
     for kind in kinds:
         res = load(urls[kind], tok[kind], max(50, n // 4), c)  # warm-up
         assert set(res["statuses"]) == {"200"}, (kind, res["statuses"])
     runs: dict[str, list[dict]] = {k: [] for k in kinds}
     for r in range(rounds):
-        for kind in kinds[r % 2:] + kinds[:r % 2]:
+        for kind in kinds[r % len(kinds):] + kinds[:r % len(kinds)]:
             runs[kind].append(load(urls[kind], tok[kind], n, c))
     med = statistics.median
     return {k: {"rps": med(x["rps"] for x in v), "p50_ms": med(x["p50_ms"] for x in v),
@@ -301,7 +313,7 @@ def main() -> None:
         token = prepare(workdir)
         urls, procs = {}, []
         try:
-            for kind in ("bare", "secure"):
+            for kind in ("bare", "bare-sync", "secure"):
                 port = free_port()
                 urls[kind] = f"http://127.0.0.1:{port}/v1/models/bert/predict"
                 procs.append(start([sys.executable, str(HERE), "--server", kind, "--dir", str(workdir), "--port",
@@ -317,9 +329,11 @@ def main() -> None:
     for k, v in tput.items():
         print(f"{k:>7}: {v['rps']:7.1f} req/s ({a.c} clients, p50 {v['p50_ms']:6.1f} ms) rounds {v['rounds']} "
               f"{v['statuses']}")
-    ratio = tput["secure"]["rps"] / tput["bare"]["rps"]
-    print(f"BERT-small text predict, secure / bare FastAPI: {ratio:.3f}x (goal >= 0.85x: "
-          f"{'met' if ratio >= 0.85 else 'MISSED'})")
+    floor = max(tput["bare"]["rps"], tput["bare-sync"]["rps"])  # the faster bare endpoint
+    ratio = tput["secure"]["rps"] / floor
+    print(f"BERT-small text predict, secure / faster bare FastAPI: {ratio:.3f}x (goal >= 0.85x: "
+          f"{'met' if ratio >= 0.85 else 'MISSED'}); vs each: "
+          + ", ".join(f"{k} {tput['secure']['rps'] / tput[k]['rps']:.3f}x" for k in ("bare", "bare-sync")))
     print(f"GPT-2-style generate ({NEW_TOKENS} new tokens max, generated {gen['new_tokens']}): served "
           f"{gen['served_ms']:.2f} ms vs bare generate {gen['bare_ms']:.2f} ms per request (median of "
           f"{gen['requests']}): overhead {100 * gen['overhead']:+.2f}% (goal <= 5%: "
