@@ -4,7 +4,8 @@ from a config, a WordPiece tokenizer built here from a word list: no download) b
 hash-chained audit log in SQLite, server-side tokenisation of ``{"text": [...]}``) against a bare
 FastAPI endpoint with the same model and tokenizer (``AutoTokenizer`` + the model, no checks),
 written both ways users write it (model on the event loop: ``bare``; on a worker thread, as the
-secure app runs it: ``bare-sync``); the ratio is taken against the faster of the two;
+secure app runs it: ``bare-sync``); the ratio is taken against the faster of the two; ``off``
+is the secure app with every check, the monitor and the audit off (where the cost goes);
 and a GPT-2-style LM (4 layers, hidden 256, tied embeddings): ``POST /v1/models/gpt2/generate``
 per request against the bare ``model.generate`` call with the same settings, in the same run.
 
@@ -160,7 +161,13 @@ def run_server(kind: str, workdir: Path, port: int, threads: int) -> None:
         cfg = ServeConfig(db_url=f"sqlite:///{workdir / 'secure.db'}",
                           bundles=(str(workdir / "bert.tsb"), str(workdir / "gpt2.tsb")),
                           trusted_signers=(str(workdir / "signer.pub"),), rate_per_s=1e6, burst=10**6)
-        app = create_app(Service.start(cfg, master=read_key_file(workdir / "shield.key")))
+        service = Service.start(cfg, master=read_key_file(workdir / "shield.key"))
+        path = None
+        if kind == "off":  # the same app with auth, RBAC, rate limits, monitor and audit off (attribution)
+            from serve_reference import OpenPath
+
+            path = OpenPath(service, monitored=False)
+        app = create_app(service, path=path)
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning")
 
 
@@ -313,7 +320,7 @@ def main() -> None:
         token = prepare(workdir)
         urls, procs = {}, []
         try:
-            for kind in ("bare", "bare-sync", "secure"):
+            for kind in ("bare", "bare-sync", "off", "secure"):
                 port = free_port()
                 urls[kind] = f"http://127.0.0.1:{port}/v1/models/bert/predict"
                 procs.append(start([sys.executable, str(HERE), "--server", kind, "--dir", str(workdir), "--port",
