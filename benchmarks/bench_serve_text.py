@@ -17,7 +17,7 @@ bare call (made in this process, on the model loaded from the same bundle with
 ``torchshield.load_model``), medians of the per-request times; both produce the same tokens
 (checked).
 
-    .venv/bin/python benchmarks/bench_serve_text.py            # ~2 minutes on 2 cores
+    .venv/bin/python benchmarks/bench_serve_text.py            # ~3 minutes on 2 cores
     .venv/bin/python benchmarks/bench_serve_text.py --quick
 
 Torch runs on one thread in every process (``--threads``): on a 2-core VM shared with other jobs,
@@ -299,11 +299,11 @@ def main() -> None:
     ap.add_argument("--port", type=int)
     ap.add_argument("--load")
     ap.add_argument("--token", default="")
-    ap.add_argument("--n", type=int, default=400)
+    ap.add_argument("--n", type=int, default=150)
     ap.add_argument("--c", type=int, default=8)
-    ap.add_argument("--rounds", type=int, default=4)
-    ap.add_argument("--gen-rounds", type=int, default=6)
-    ap.add_argument("--gen-block", type=int, default=10)
+    ap.add_argument("--rounds", type=int, default=6)
+    ap.add_argument("--gen-rounds", type=int, default=24)
+    ap.add_argument("--gen-block", type=int, default=2)
     ap.add_argument("--threads", type=int, default=1,
                     help="torch threads per process (servers and the bare generate), the same for all")
     ap.add_argument("--quick", action="store_true")
