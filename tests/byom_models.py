@@ -40,12 +40,12 @@ def _word_tokenizer():
     return PreTrainedTokenizerFast(tokenizer_object=core, eos_token="<eos>", unk_token="<unk>", pad_token="<eos>")
 
 
-def tiny_bert(directory: Path, *, seed: int = 0) -> Path:
+def tiny_bert(directory: Path, *, seed: int = 0, hidden_size: int = 32) -> Path:
     from transformers import AutoModelForSequenceClassification, BertConfig
 
     torch.manual_seed(seed)
-    cfg = BertConfig(vocab_size=len(WORDS) + 5, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                     intermediate_size=64, max_position_embeddings=32, num_labels=3,
+    cfg = BertConfig(vocab_size=len(WORDS) + 5, hidden_size=hidden_size, num_hidden_layers=2, num_attention_heads=2,
+                     intermediate_size=2 * hidden_size, max_position_embeddings=32, num_labels=3,
                      id2label={0: "neg", 1: "neu", 2: "pos"}, label2id={"neg": 0, "neu": 1, "pos": 2})
     model = AutoModelForSequenceClassification.from_config(cfg).eval()
     directory.mkdir(parents=True, exist_ok=True)
@@ -143,3 +143,61 @@ def trained_resnet(seed: int = 0, num_classes: int = 10) -> ResNetMini:
     with torch.no_grad():
         model(torch.rand(16, 3, 16, 16, generator=torch.Generator().manual_seed(seed)))
     return model.eval()
+
+
+# --- factories for `torchshield train` (model: {type: "byom_models:...", pretrained: DIR}) -------------
+# `train` reads numeric tables (CSV/Parquet): a row is the flattened input. These wrappers are what a
+# user writes to fine-tune their own model with it today: start from the saved weights, take the
+# row, give logits. Token ids arrive as float columns (normalize: none) and are rounded to int64.
+
+class TokenRows(nn.Module):
+    """A Hugging Face token model on rows of token ids: sequence-classifier logits, or for a causal LM
+    the next-token logits at the last position (next-token fine-tuning as classification)."""
+
+    def __init__(self, model: nn.Module, *, causal: bool, pad_id: int = 0) -> None:
+        super().__init__()
+        self.model, self.causal, self.pad_id = model, causal, pad_id
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        ids = x.round().long()
+        if self.causal:
+            return self.model(input_ids=ids).logits[:, -1]
+        return self.model(input_ids=ids, attention_mask=(ids != self.pad_id).long()).logits
+
+
+class ImageRows(nn.Module):
+    """An image model on flattened rows: ``N x (C*H*W)`` -> ``N x C x H x W`` -> logits."""
+
+    def __init__(self, model: nn.Module, shape: tuple[int, ...], *, hf: bool) -> None:
+        super().__init__()
+        self.model, self.shape, self.hf = model, tuple(shape), hf
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.reshape(-1, *self.shape)
+        return self.model(pixel_values=x).logits if self.hf else self.model(x)
+
+
+def bert_rows(pretrained: str, num_classes: int = 3) -> TokenRows:
+    from transformers import AutoModelForSequenceClassification
+
+    model = AutoModelForSequenceClassification.from_pretrained(pretrained)
+    assert model.config.num_labels == num_classes, (model.config.num_labels, num_classes)
+    return TokenRows(model, causal=False)
+
+
+def gpt2_rows(pretrained: str) -> TokenRows:
+    from transformers import AutoModelForCausalLM
+
+    return TokenRows(AutoModelForCausalLM.from_pretrained(pretrained), causal=True)
+
+
+def vit_rows(pretrained: str) -> ImageRows:
+    from transformers import AutoModelForImageClassification
+
+    return ImageRows(AutoModelForImageClassification.from_pretrained(pretrained), (3, 16, 16), hf=True)
+
+
+def resnet_rows(pretrained: str, num_classes: int = 4) -> ImageRows:
+    model = ResNetMini(num_classes=num_classes)
+    model.load_state_dict(torch.load(pretrained, weights_only=True))
+    return ImageRows(model, (3, 16, 16), hf=False)

@@ -68,6 +68,9 @@ class AssessContext:
         if path is None:
             raise NotAssessable(f"no {what} table was given", f"pass --{what.replace(' ', '-')} FILE.parquet")
         x, y = load_split(path, self.subject)
+        return self._bounded(x, y)
+
+    def _bounded(self, x: Any, y: Any) -> tuple[Any, Any]:
         n = self.inputs.max_examples
         if len(y) > n:  # a fixed, seeded subsample keeps run time bounded and results repeatable
             import torch
@@ -83,3 +86,33 @@ class AssessContext:
     @cached_property
     def train_split(self) -> tuple[Any, Any]:
         return self._split(self.inputs.train_data, "train data")
+
+    @cached_property
+    def membership(self) -> tuple[tuple[Any, Any], tuple[Any, Any], str | None]:
+        """Members and non-members for the membership audit, and where they came from.
+
+        ``train`` splits its table itself and records which rows trained in ``<bundle>.split.json``.
+        When ``--train-data`` is that very file (same bytes), its trained rows are the members and,
+        unless ``--data`` names another file, its held-out rows the non-members: taking the whole
+        training file as members would label its held-out rows wrongly."""
+        from torchshield.nn.split import read_split, split_path
+
+        train, recorded = self.inputs.train_data, split_path(self.inputs.model)
+        if train is None or not recorded.is_file():
+            return self.train_split, self.test_split, None
+        doc = read_split(recorded)
+        if not doc.describes(train):
+            return self.train_split, self.test_split, None
+        x, y = load_split(train, self.subject)
+        if len(y) != len(doc.trained):
+            raise NotAssessable(f"{recorded.name} describes {len(doc.trained)} rows, {train.name} gives {len(y)}",
+                                "pass the training file unchanged, or a separate --data table")
+        import torch
+
+        mask = torch.from_numpy(doc.trained)
+        note = f"members: the {int(mask.sum())} rows of {train.name} that trained the model ({recorded.name})"
+        data = self.inputs.data
+        if data is None or Path(data).resolve() == Path(train).resolve() or doc.describes(Path(data)):
+            note += f"; non-members: its {int((~mask).sum())} held-out rows"
+            return self._bounded(x[mask], y[mask]), self._bounded(x[~mask], y[~mask]), note
+        return self._bounded(x[mask], y[mask]), self.test_split, note

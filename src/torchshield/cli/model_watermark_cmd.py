@@ -102,7 +102,7 @@ def _embed_data(spec: str | None, manifest: dict[str, Any], model: Path, *, toke
 
     from torchshield.nn.datasets import load_dataset
 
-    spec = spec or ((manifest.get("metadata") or {}).get("config") or {}).get("data")
+    spec = spec or _bundle_data(manifest)
     if not spec:
         raise InputError(f"{model}: the bundle does not name its training data", hint="pass --data")
     parsed: Any = spec
@@ -131,6 +131,23 @@ def _shaped(dataset: Any, inputs: Any) -> Any:
         return Split(x, split.y)
 
     return replace(dataset, train=cast(dataset.train, "train"), test=cast(dataset.test, "test"))
+
+
+def _bundle_data(manifest: dict[str, Any]) -> Any:
+    """The data spec of the bundle's training config. ``train`` records the config as written, its
+    paths relative to the config file; the data description keeps the resolved path, used when it
+    ends with the relative one (so the command works from any folder)."""
+    meta = manifest.get("metadata") or {}
+    spec = (meta.get("config") or {}).get("data")
+    rel = spec if isinstance(spec, str) and not spec.startswith("sklearn:") else (
+        spec.get("path") if isinstance(spec, dict) else None)
+    recorded = (meta.get("data") or {}).get("name")
+    if not isinstance(rel, str) or Path(rel).is_absolute() or not isinstance(recorded, str):
+        return spec
+    full = Path(recorded)
+    if not full.is_absolute() or full.parts[-len(Path(rel).parts):] != Path(rel).parts:
+        return spec
+    return {**spec, "path": recorded} if isinstance(spec, dict) else {"path": recorded}
 
 
 @watermark_app.command("embed")
@@ -212,11 +229,16 @@ def embed_cmd(model: Path = typer.Argument(..., help="Bundle: from 'torchshield 
                          trained_without_dp=True, sign=sign, files=files)
     if record_out is not None:
         write_record(record_out, record)
+    split = None
+    if data is None:  # the bundle's own data spec: the same rows trained, recorded for 'privacy audit'
+        from torchshield.nn.split import write_split
+
+        split = write_split(out, dataset, private=False)
     report = {"out": str(out), "record": str(record_out) if record_out else None, "method": method,
               "mark_id": record.mark_id, "optimizer": optimizer, "lr": lr, "epochs": epochs,
               "trigger_inputs": inputs.params() if inputs is not None and method == "trigger" else None,
               "accuracy_before": before.get("accuracy"), "accuracy_after": after.get("accuracy"),
-              "privacy_dropped": dropped}
+              "privacy_dropped": dropped, "split": str(split) if split else None}
     if dropped:
         from torchshield.cli.output import err_console
 

@@ -85,7 +85,7 @@ def _measured(s: Section, ctx: AssessContext, record: Any) -> None:
     require("torchshield.privacy.audit", "the membership-inference audit")
     from torchshield.privacy import audit_membership
 
-    members, nonmembers = ctx.train_split, ctx.test_split
+    members, nonmembers, rows = ctx.membership
     claimed = (
         float(record["epsilon"]) if isinstance(record, dict) and record.get("epsilon") is not None else None
     )
@@ -108,6 +108,7 @@ def _measured(s: Section, ctx: AssessContext, record: Any) -> None:
             "epsilon_lower_bound": round(best.epsilon_lower_bound, 4),
             "members": report.members,
             "nonmembers": report.non_members,
+            **({"rows": rows} if rows else {}),
             "attacks": {a.attack: round(a.auc, 4) for a in report.attacks},
         }
     )
