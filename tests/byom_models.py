@@ -30,11 +30,12 @@ def _bert_tokenizer():
                                    sep_token="[SEP]", mask_token="[MASK]")
 
 
-def _word_tokenizer():
+def _word_tokenizer(extra_words: int = 0):
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
-    vocab = {w: i for i, w in enumerate(["<eos>", "<unk>", *WORDS])}
+    filler = [f"w{i}" for i in range(extra_words)]
+    vocab = {w: i for i, w in enumerate(["<eos>", "<unk>", *WORDS, *filler])}
     core = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     core.pre_tokenizer = pre_tokenizers.Whitespace()
     return PreTrainedTokenizerFast(tokenizer_object=core, eos_token="<eos>", unk_token="<unk>", pad_token="<eos>")
@@ -54,16 +55,18 @@ def tiny_bert(directory: Path, *, seed: int = 0, hidden_size: int = 32) -> Path:
     return directory
 
 
-def tiny_gpt2(directory: Path, *, seed: int = 0) -> Path:
+def tiny_gpt2(directory: Path, *, seed: int = 0, extra_words: int = 0) -> Path:
+    """``extra_words``: filler tokens that widen the vocabulary (a white-box mark on GPT-2 lives in
+    the token embedding, one carrier entry per token id: 32 bits need at least 32 ids)."""
     from transformers import AutoModelForCausalLM, GPT2Config
 
     torch.manual_seed(seed)
-    cfg = GPT2Config(vocab_size=len(WORDS) + 2, n_embd=32, n_layer=2, n_head=2, n_positions=32,
+    cfg = GPT2Config(vocab_size=len(WORDS) + 2 + extra_words, n_embd=32, n_layer=2, n_head=2, n_positions=32,
                      bos_token_id=0, eos_token_id=0, tie_word_embeddings=True)
     model = AutoModelForCausalLM.from_config(cfg).eval()
     directory.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(directory, max_shard_size=SHARD)
-    _word_tokenizer().save_pretrained(directory)
+    _word_tokenizer(extra_words).save_pretrained(directory)
     return directory
 
 

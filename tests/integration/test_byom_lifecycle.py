@@ -51,12 +51,6 @@ DATA = {"bert": "bert.csv", "gpt2": "gpt2.csv", "vit": "images.csv", "resnet": "
 SOURCE = {"bert": "bert", "gpt2": "gpt2", "vit": "vit", "resnet": "resnet.pt"}
 FACTORY = {"bert": "byom_models:bert_rows", "gpt2": "byom_models:gpt2_rows", "vit": "byom_models:vit_rows",
            "resnet": "byom_models:resnet_rows"}
-GPT2_WHITEBOX = pytest.mark.xfail(strict=True, reason=(
-    "model/watermark (not ours): whitebox default layer for GPT-2 is 'model.lm_head.weight', the only nn.Linear "
-    "(GPT-2's blocks use transformers' Conv1D), but lm_head.weight is tied to wte.weight and named_parameters() "
-    "lists it only as 'model.transformer.wte.weight': embed exits 2 'watermark layer ... is not a Linear/Conv "
-    "weight of this model'; `model watermark embed` has no --layers option to name another"))
-
 
 def cli(capsys, *argv) -> tuple[int, str, str]:
     code = run([str(a) for a in argv])
@@ -88,7 +82,7 @@ def user(tmp_path_factory):
     # input per hidden unit); at hidden 32 (as many inputs as bits) about half the embeds stop at
     # 27-29 of 32 bits and are refused, at 64 none did in 12 tries
     bm.tiny_bert(root / "bert", hidden_size=64)
-    bm.tiny_gpt2(root / "gpt2")
+    bm.tiny_gpt2(root / "gpt2", extra_words=40)  # 54 token ids: room for the mark's 32 bits in the embedding
     bm.tiny_vit(root / "vit")
     torch.save(bm.trained_resnet(num_classes=4).state_dict(), root / "resnet.pt")
     _tables(root)
@@ -167,7 +161,7 @@ def test_finetune_with_train_starts_from_the_users_weights(user, finetuned, caps
     assert len(bits) == rows and 0 < bits.sum() < rows
 
 
-WATERMARK = [pytest.param(n, marks=GPT2_WHITEBOX) if n == "gpt2" else n for n in SOURCE]
+WATERMARK = list(SOURCE)
 
 
 @pytest.mark.parametrize("name", WATERMARK)

@@ -131,13 +131,17 @@ def _carrier_kind(record: WatermarkRecord) -> str:
 
 def _weight_layers(model: nn.Module) -> list[tuple[str, torch.Tensor]]:
     """(parameter name, weight) of every Linear/Conv layer, in module order (the order a plain
-    feed-forward model applies them)."""
+    feed-forward model applies them). A weight tied to an earlier parameter (GPT-2's ``lm_head``
+    shares ``wte``) is skipped: it is stored, and marked, under that parameter's name."""
     from torch import nn
 
+    named = dict(model.named_parameters())  # lists a tied tensor once, under its first name
     out = []
     for name, module in model.named_modules():
         if isinstance(module, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)):
-            out.append((f"{name}.weight" if name else "weight", module.weight))
+            pname = f"{name}.weight" if name else "weight"
+            if named.get(pname) is module.weight:
+                out.append((pname, module.weight))
     return out
 
 
@@ -278,9 +282,11 @@ def _auto_carrier(model: nn.Module, layers: Sequence[str] | None, bits: int | No
     if layers:
         return "unit-mean"
     tables = _embeddings(model)
-    if tables and int(tables[0][1].shape[0]) >= max(16, bits or 16):
-        return _EMBEDDING  # token inputs: the vocabulary axis is the one a thief cannot permute
     first = _weight_layers(model)
+    if tables and (int(tables[0][1].shape[0]) >= max(16, bits or 16) or not first):
+        # token inputs: the vocabulary axis is the one a thief cannot permute (and the only carrier
+        # left when the model's Linear layers are all tied to its embedding, as GPT-2's lm_head is)
+        return _EMBEDDING
     if not first:
         return "unit-mean"  # default_layers raises the error naming the problem
     width = _input_width(list(first[0][1].shape))
