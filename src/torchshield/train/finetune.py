@@ -39,9 +39,9 @@ from torch import Tensor, nn
 from torchshield._version import __version__
 from torchshield.errors import InputError, MissingDependencyError
 from torchshield.nn.loop import EpochEnd, ProgressFactory, fit
-from torchshield.nn.split import split_path, write_split
+from torchshield.nn.split import write_split
 from torchshield.train.config import TrainConfig, build_optimizer
-from torchshield.train.result import RunResult, bundle_key, public_size
+from torchshield.train.result import RunResult, bundle_key, public_size, refuse_existing_outputs
 from torchshield.train.text import IGNORE, TextData, Tokenizer, load_text_data, tokenizer_from_files
 
 __all__ = ["MODEL_KEYS", "ADAPTER_KEYS", "BaseModel", "causal_lm_loss", "classification_loss", "finetune",
@@ -235,10 +235,7 @@ def finetune(cfg: TrainConfig, *, progress: ProgressFactory | None = None,
              on_epoch: Callable[[EpochEnd], Any] | None = None) -> RunResult:
     """Run a ``task:`` config (module docstring)."""
     torch.manual_seed(cfg.seed)
-    for target in (cfg.output.bundle, split_path(cfg.output.bundle)):
-        if target.exists() and not cfg.output.overwrite:
-            raise InputError(f"output.bundle: {target} already exists",
-                             hint="choose another path or set output.overwrite: true")
+    refuse_existing_outputs(cfg)
     private = cfg.privacy is not None
     base = load_base_model(cfg.model)
     messages: list[str] = []

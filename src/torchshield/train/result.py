@@ -46,6 +46,16 @@ def public_size(settings: dict[str, Any], data: Any, batch_size: int) -> tuple[i
                        "delta": 0.0, "mechanism": "discrete Laplace (two-sided geometric), sensitivity 1"}]
 
 
+def refuse_existing_outputs(cfg: TrainConfig) -> None:
+    """Refuse, before any work, to overwrite the bundle or its split file unless the config says so."""
+    from torchshield.nn.split import split_path
+
+    for target in (cfg.output.bundle, split_path(cfg.output.bundle)):
+        if target.exists() and not cfg.output.overwrite:
+            raise InputError(f"output.bundle: {target} already exists",
+                             hint="choose another path or set output.overwrite: true")
+
+
 def bundle_key(cfg: TrainConfig) -> Any:
     """The key of ``output.key_file``, read once (a passphrase is asked for once), or None."""
     if cfg.output.key_file is None:

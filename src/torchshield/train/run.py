@@ -30,10 +30,10 @@ from torchshield.crypto.keys import MasterKey
 from torchshield.errors import InputError, KeyMaterialError
 from torchshield.nn.datasets import load_dataset
 from torchshield.nn.loop import EpochEnd, ProgressFactory, Regularizer, evaluate, fit
-from torchshield.nn.split import split_path, write_split
+from torchshield.nn.split import write_split
 from torchshield.nn.zoo import build_model
 from torchshield.train.config import TrainConfig, build_optimizer
-from torchshield.train.result import RunResult, bundle_key, public_size
+from torchshield.train.result import RunResult, bundle_key, public_size, refuse_existing_outputs
 
 __all__ = ["RunResult", "train_from_config"]
 
@@ -60,10 +60,7 @@ def train_from_config(cfg: TrainConfig, *, progress: ProgressFactory | None = No
         tuned: RunResult = finetune(cfg, progress=progress, on_epoch=on_epoch)
         return tuned
     torch.manual_seed(cfg.seed)
-    for target in (cfg.output.bundle, split_path(cfg.output.bundle)):
-        if target.exists() and not cfg.output.overwrite:
-            raise InputError(f"output.bundle: {target} already exists",
-                             hint="choose another path or set output.overwrite: true")
+    refuse_existing_outputs(cfg)
     private = cfg.privacy is not None
     data = load_dataset(cfg.data, private=private)
     model = build_model(cfg.model, in_shape=data.input_shape, num_classes=data.num_classes)

@@ -320,16 +320,7 @@ def _verify_person(text: str, start: int, end: int, score: float) -> float:
     (``_CONFIRMED``); a place, product or event rules it out. ``en_core_web_sm`` labels many names
     it has not seen (Gino Henck, Custodio Águila) ORG or nothing, so those verdicts leave the
     rule score as it is. Without the model, the rule score stands."""
-    ents = en_ner.entity_spans(text, start, end)
-    if ents is None:
-        return score
-    for a, b, label in ents:
-        if min(b, end) - max(a, start) >= 0.5 * (end - start):
-            if label == "PERSON":
-                return max(score, _CONFIRMED)
-            if label in _PLACE_LABELS:
-                return min(score, 0.3)
-    return score
+    return _model_verdict(text, start, end, score, _PLACE_LABELS)
 
 
 _NOT_PERSON_LABELS = frozenset({"FAC", "PRODUCT", "EVENT", "WORK_OF_ART", "LAW", "LANGUAGE"})
@@ -340,6 +331,12 @@ def _verify_shaped(text: str, start: int, end: int, score: float) -> float:
     building, product, event or work rules it out. A place or nationality label does not:
     ``en_core_web_sm`` calls many names it has not seen GPE or NORP (Genoveva Sandoval, Isaura
     Puente), and place names rarely have a name's letter shape or pass the word lists."""
+    return _model_verdict(text, start, end, score, _NOT_PERSON_LABELS)
+
+
+def _model_verdict(text: str, start: int, end: int, score: float, ruled_out: frozenset[str]) -> float:
+    """spaCy's entity over most of ``text[start:end]``: PERSON raises the score to ``_CONFIRMED``,
+    a label in ``ruled_out`` lowers it to 0.3; no model (or no such entity) leaves it as it is."""
     ents = en_ner.entity_spans(text, start, end)
     if ents is None:
         return score
@@ -347,7 +344,7 @@ def _verify_shaped(text: str, start: int, end: int, score: float) -> float:
         if min(b, end) - max(a, start) >= 0.5 * (end - start):
             if label == "PERSON":
                 return max(score, _CONFIRMED)
-            if label in _NOT_PERSON_LABELS:
+            if label in ruled_out:
                 return min(score, 0.3)
     return score
 

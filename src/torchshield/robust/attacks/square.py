@@ -36,6 +36,24 @@ def _fraction(p_init: float, it: int, queries: int) -> float:
     return p_init / 512
 
 
+def _windows(m: int, c: int, h: int, w: int, p: float, rows: Tensor, cols: Tensor, generator: torch.Generator,
+             like: Tensor) -> tuple[Tensor, Tensor, int, int]:
+    """One random square window per example still attacked, covering about the share ``p`` of the
+    image (a run of columns for a one-row input), and a random sign per channel: the proposal of
+    both Square attacks (Andriushchenko et al.). Returns (mask [m,1,h,w], signs [m,c,1,1], sh, sw)."""
+    if h == 1:
+        sh, sw = 1, max(1, min(int(round(p * w)), w - 1 if w > 1 else 1))
+    else:
+        side = max(1, min(int(round(math.sqrt(p * h * w))), min(h, w) - 1))
+        sh = sw = side
+    top = torch.randint(0, h - sh + 1, (m,), generator=generator).to(rows.device)
+    left = torch.randint(0, w - sw + 1, (m,), generator=generator).to(rows.device)
+    window = (((rows >= top[:, None]) & (rows < top[:, None] + sh))[:, None, :, None]
+              & ((cols >= left[:, None]) & (cols < left[:, None] + sw))[:, None, None, :])
+    new_sign = torch.randint(0, 2, (m, c, 1, 1), generator=generator).to(like) * 2 - 1
+    return window, new_sign, sh, sw
+
+
 class SquareAttack(Attack):
     """Square attack, Linf: score-based random search, no gradients needed."""
 
@@ -69,17 +87,8 @@ class SquareAttack(Attack):
             if todo.numel() == 0:
                 break
             p = _fraction(self.p_init, it, self.queries)
-            if h == 1:
-                sh, sw = 1, max(1, min(int(round(p * w)), w - 1 if w > 1 else 1))
-            else:
-                side = max(1, min(int(round(math.sqrt(p * h * w))), min(h, w) - 1))
-                sh = sw = side
             m = todo.numel()
-            top = torch.randint(0, h - sh + 1, (m,), generator=generator).to(x.device)
-            left = torch.randint(0, w - sw + 1, (m,), generator=generator).to(x.device)
-            window = (((rows >= top[:, None]) & (rows < top[:, None] + sh))[:, None, :, None]
-                      & ((cols >= left[:, None]) & (cols < left[:, None] + sw))[:, None, None, :])
-            new_sign = torch.randint(0, 2, (m, c, 1, 1), generator=generator).to(img) * 2 - 1
+            window, new_sign, sh, sw = _windows(m, c, h, w, p, rows, cols, generator, img)
             base = img[todo]
             candidate = torch.where(window, (base + eps * new_sign).clamp(lo, hi), adv[todo])
             new_margin = self._margin(self._logits(candidate.view((m,) + x.shape[1:])), y[todo])
@@ -117,17 +126,8 @@ class SquareAttackL2(SquareAttack):
             if todo.numel() == 0:
                 break
             p = _fraction(self.p_init, it, self.queries)
-            if h == 1:
-                sh, sw = 1, max(1, min(int(round(p * w)), w - 1 if w > 1 else 1))
-            else:
-                side = max(1, min(int(round(math.sqrt(p * h * w))), min(h, w) - 1))
-                sh = sw = side
             m = todo.numel()
-            top = torch.randint(0, h - sh + 1, (m,), generator=generator).to(x.device)
-            left = torch.randint(0, w - sw + 1, (m,), generator=generator).to(x.device)
-            window = (((rows >= top[:, None]) & (rows < top[:, None] + sh))[:, None, :, None]
-                      & ((cols >= left[:, None]) & (cols < left[:, None] + sw))[:, None, None, :])
-            new_sign = torch.randint(0, 2, (m, c, 1, 1), generator=generator).to(img) * 2 - 1
+            window, new_sign, sh, sw = _windows(m, c, h, w, p, rows, cols, generator, img)
             # A window of total L2 mass ~ eps * sqrt(p): the paper's share of the budget per query.
             bump = window.to(img) * new_sign * (eps * math.sqrt(p) / math.sqrt(sh * sw * c))
             base = img[todo]
