@@ -164,10 +164,15 @@ class _Conn:
 
 
 async def _load(url: str, token: str, n: int, c: int) -> dict:
+    probe = _Conn(url)
+    return await drive(url, [probe.request(b, token) for b in _bodies()], n, c)
+
+
+async def drive(url: str, raws: list[bytes], n: int, c: int) -> dict:
+    """``n`` pre-encoded requests (cycling through ``raws``) from ``c`` keep-alive clients:
+    throughput, p50/p99 latency and the status counts (bench_serve_text.py reuses it)."""
     lat: list[float] = []
     statuses: dict[int, int] = {}
-    probe = _Conn(url)
-    raws = [probe.request(b, token) for b in _bodies()]
     counter = iter(range(n))
 
     async def client() -> None:
@@ -175,7 +180,7 @@ async def _load(url: str, token: str, n: int, c: int) -> dict:
         try:
             for i in counter:
                 t = time.perf_counter()
-                status = await conn.send(raws[i % 256])
+                status = await conn.send(raws[i % len(raws)])
                 lat.append(time.perf_counter() - t)
                 statuses[status] = statuses.get(status, 0) + 1
         finally:

@@ -42,7 +42,7 @@ from starlette.requests import Request  # module level: FastAPI resolves the str
 
 HERE = Path(__file__).resolve()
 sys.path.insert(0, str(HERE.parent))
-from bench_serve import _Conn, free_port, start, stop  # noqa: E402
+from bench_serve import _Conn, drive, free_port, start, stop  # noqa: E402
 
 SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 NEW_TOKENS = 32
@@ -173,28 +173,8 @@ def run_server(kind: str, workdir: Path, port: int, threads: int) -> None:
 
 # ---------------------------------------------------------------- load generator (child process)
 async def _load(url: str, token: str, n: int, c: int) -> dict:
-    lat: list[float] = []
-    statuses: dict[int, int] = {}
     probe = _Conn(url)
-    raws = [probe.request(json.dumps({"text": [t]}).encode(), token) for t in texts()]
-    counter = iter(range(n))
-
-    async def client() -> None:
-        conn = _Conn(url)
-        try:
-            for i in counter:
-                t = time.perf_counter()
-                status = await conn.send(raws[i % len(raws)])
-                lat.append(time.perf_counter() - t)
-                statuses[status] = statuses.get(status, 0) + 1
-        finally:
-            conn.close()
-
-    t0 = time.perf_counter()
-    await asyncio.gather(*(client() for _ in range(c)))
-    wall = time.perf_counter() - t0
-    lat.sort()
-    return {"n": n, "rps": n / wall, "p50_ms": 1e3 * lat[len(lat) // 2], "statuses": statuses}
+    return await drive(url, [probe.request(json.dumps({"text": [t]}).encode(), token) for t in texts()], n, c)
 
 
 def load(url: str, token: str, n: int, c: int) -> dict:

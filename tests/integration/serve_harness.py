@@ -76,3 +76,18 @@ def running(app: Any) -> Any:
     finally:
         server.should_exit = True
         thread.join(timeout=10)
+
+
+def stop_group(proc: Any) -> None:
+    """Stop a server started with ``start_new_session=True`` and every process it forked
+    (uvicorn's workers): SIGTERM to the group, SIGKILL if it is not gone within 20 s."""
+    import os
+    import signal
+    import subprocess
+
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()

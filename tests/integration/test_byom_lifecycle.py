@@ -26,7 +26,6 @@ import contextlib
 import io
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -41,7 +40,7 @@ transformers = pytest.importorskip("transformers")
 
 import byom_models as bm  # noqa: E402 - after importorskip
 import httpx  # noqa: E402
-from serve_harness import free_port  # noqa: E402
+from serve_harness import free_port, stop_group  # noqa: E402
 
 import torchshield  # noqa: E402
 from torchshield.cli.app import run  # noqa: E402
@@ -268,12 +267,7 @@ def server(user, tmp_path_factory):
         with httpx.Client(base_url=url, timeout=60) as client:
             yield client, tokens, db
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        stop_group(proc)
 
 
 def _env() -> dict[str, str]:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from serve_harness import free_port, make_bundle
+from serve_harness import free_port, make_bundle, stop_group
 
 CLI = [str(Path(sys.executable).parent / "torchshield")]
 X = [[3.0] * 8]
@@ -80,15 +80,6 @@ def _load(url: str, token: str, clients: int, per_client: int, stop: threading.E
     return statuses
 
 
-def _stop(proc: subprocess.Popen) -> None:
-    os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-
-
 def test_two_workers_under_load_and_revocation(setup):
     bundle, db, key_file, admin = setup
     proc, url = _start(bundle, db, key_file, workers=2)
@@ -102,7 +93,7 @@ def test_two_workers_under_load_and_revocation(setup):
         assert revoked.returncode == 0
         assert set(_load(url, new["token"], clients=4, per_client=5)) == {401}  # in every worker at once
     finally:
-        _stop(proc)
+        stop_group(proc)
     verify = _cli("audit", "verify", "--db", db, "--key-file", str(key_file), "--json")
     assert verify.returncode == 0, verify.stdout
     records = json.loads(_cli("audit", "export", "--db", db, "--key-file", str(key_file), "--json").stdout)["records"]
@@ -165,7 +156,7 @@ def test_metrics_are_totals_of_every_worker(setup, tmp_path):
                 assert r.status_code == 200
                 scrapes.append(r.text)
     finally:
-        _stop(proc)
+        stop_group(proc)
     for text in scrapes:  # whichever worker answered, the totals of both
         assert _sample(text, 'torchshield_predictions_total{model="digits"}') == sent
         assert _sample(text, 'torchshield_requests_total{route="/v1/models/{name}/predict",status="200"}') == sent
@@ -243,4 +234,4 @@ def test_tls(setup, tmp_path):
         with pytest.raises(httpx.HTTPError):  # plain HTTP on the TLS port gets no answer
             httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).raise_for_status()
     finally:
-        _stop(proc)
+        stop_group(proc)
