@@ -56,6 +56,10 @@ def serve(
                                          help="Run a predict on the event loop when its model answers a body "
                                               "that size within this time (measured at start); 0: always "
                                               "on a worker thread."),
+    batching: bool = typer.Option(True, "--batching/--no-batching",
+                                  help="Let concurrent requests for one model share a forward pass (each keeps "
+                                       "its own checks and audit record); --no-batching: one forward per "
+                                       "request."),
     privacy_policy: list[str] = typer.Option([], "--privacy-policy",
                                              help="Privacy-gateway policy (data mask format + gateway section): "
                                                   "de-identify text predict/generate inputs, scan answers for "
@@ -94,7 +98,7 @@ def serve(
     config = ServeConfig(db_url=db, bundles=tuple(str(b) for b in bundles),
                          key_file=str(key_file) if key_file else None, body_limit=body_limit, rate_per_s=rate,
                          burst=burst, rate_store=rate_store, output=output, loop_budget_ms=loop_budget_ms,
-                         trusted_signers=tuple(str(t) for t in trust), allow_unsigned=allow_unsigned,
+                         batching=batching, trusted_signers=tuple(str(t) for t in trust), allow_unsigned=allow_unsigned,
                          privacy_policies=policies)
     if policies:  # a malformed policy: exit 2 naming the field, before anything starts
         from torchshield.gateway.policy import load_gateway_policy

@@ -28,13 +28,13 @@ from __future__ import annotations
 
 import logging
 import os
-import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from torchshield.errors import FormatError, InputError, SignatureError
 from torchshield.serve.access.keys import valid_model_name
+from torchshield.serve.batching import ForwardQueue
 from torchshield.serve.inputs import InvalidInput
 
 __all__ = ["InputSpec", "InvalidInput", "ModelRegistry", "OutputPolicy", "ServedModel", "TrustPolicy",
@@ -106,7 +106,12 @@ class ServedModel:
     trusted: bool = False  # the signature was verified against a trusted key
     loop_bytes: int = 0  # request bodies up to this size may run on the event loop (calibrate_inline)
     io: Any = None  # ModelIO (serve/inputs.py) for bundles with an architecture: text, token ids, images, generate
-    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    # one forward at a time; concurrent requests batched into it (serve/batching.py)
+    forwards: ForwardQueue = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.forwards = ForwardQueue(self._logits, max_rows=self.max_batch,
+                                     pad_id=self.io.pad_id if self.io is not None else 0)
 
     @property
     def kind(self) -> str:
@@ -162,22 +167,28 @@ class ServedModel:
             raise InvalidInput(f"input values must be <= {self.spec.max}")
         return torch.from_numpy(arr.astype(np.float32, copy=False))
 
+    def _logits(self, x: Any) -> Any:
+        import torch
+
+        with torch.inference_mode():
+            return self.io.forward(self.module, x) if self.io is not None else self.module(x)
+
     def predict(self, x: Any, *, wait: bool = True) -> dict[str, Any] | None:
         """Run the model and harden its output per :class:`OutputPolicy`.
 
         ``predictions`` are always integer class indices (a stable contract: black-box watermark
         verification reads them); ``outputs`` follow the policy and use class names if known.
-        With ``wait=False`` returns None instead of waiting for another thread's run of the model
-        (the event loop must not block on a large batch)."""
+        The forward may be shared with concurrent requests (:class:`ForwardQueue`). With
+        ``wait=False`` returns None instead of waiting for another thread's forward (the event
+        loop must not block on it)."""
         import torch
 
-        if not self._lock.acquire(blocking=wait):
-            return None
-        try:
-            with torch.inference_mode():
-                logits = self.io.forward(self.module, x) if self.io is not None else self.module(x)
-        finally:
-            self._lock.release()
+        if wait:
+            logits = self.forwards.run(x)
+        else:
+            logits = self.forwards.try_run(x)
+            if logits is None:
+                return None
         probs = torch.softmax(logits.float(), dim=-1)
         labels = probs.argmax(dim=-1).tolist()
         pol = self.output
@@ -195,12 +206,11 @@ class ServedModel:
                                                                                  strict=True)]
         return {"outputs": outputs, "predictions": labels, "labels": labels}
 
-
     def generate(self, text: str, *, max_new_tokens: int) -> dict[str, Any]:
         """Greedy continuation of ``text`` within the bundle's limits (causal LMs only)."""
         if not self.causal:
             raise InvalidInput(f"model {self.name!r} is not a causal language model; use /predict")
-        with self._lock:
+        with self.forwards.exclusive():
             return self.io.generate(self.module, text, max_new_tokens=max_new_tokens)
 
     def calibrate_inline(self, budget_s: float = INLINE_BUDGET_S, repeats: int = 5) -> int:

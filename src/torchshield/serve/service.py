@@ -53,6 +53,9 @@ class ServeConfig:
     # The longest one request may hold the event loop for its model (ServedModel.calibrate_inline);
     # 0 sends every predict to a worker thread.
     loop_budget_ms: float = 0.5
+    # Concurrent requests for one model share a forward pass (serve/batching.py); False: each
+    # request's forward runs alone.
+    batching: bool = True
     output: str | None = None  # force one output mode for every model
     monitor: dict[str, Any] = field(default_factory=dict)
     # Privacy-gateway policy files (the data mask format plus its gateway section) for text models'
@@ -171,7 +174,10 @@ class Service:
             log.warning("--allow-unsigned: bundles are served whoever signed them (trusted signers: %s)",
                         trust.describe())
         override = OutputPolicy(mode=config.output) if config.output else None
-        return ModelRegistry.from_bundles(list(config.bundles), master=master, output=override, trust=trust)
+        registry = ModelRegistry.from_bundles(list(config.bundles), master=master, output=override, trust=trust)
+        for name in registry.names():
+            registry.get(name).forwards.batching = config.batching
+        return registry
 
     def reload_models(self) -> list[str]:
         """Load every bundle again (they may have been replaced on disk) under the same trust

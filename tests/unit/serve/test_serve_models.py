@@ -118,6 +118,6 @@ def test_inline_calibration_sizes_bodies_by_measured_time(bundle, master_key):
 def test_predict_without_waiting_yields_to_a_running_batch(bundle, master_key):
     m = _load(bundle, master=master_key)
     x = torch.zeros(2, 8)
-    with m._lock:  # another thread is running the model
+    with m.forwards.exclusive():  # another thread is running the model
         assert m.predict(x, wait=False) is None
     assert m.predict(x, wait=False)["labels"] == m.predict(x)["labels"]
