@@ -6,6 +6,8 @@ FastAPI endpoint with the same model and tokenizer (``AutoTokenizer`` + the mode
 written both ways users write it (model on the event loop: ``bare``; on a worker thread, as the
 secure app runs it: ``bare-sync``); the ratio is taken against the faster of the two; ``off``
 is the secure app with every check, the monitor and the audit off (where the cost goes);
+``secure-nobatch`` is the secure app with dynamic batching off (``serve --no-batching``: one
+forward per request, as the bare endpoints run it);
 and a GPT-2-style LM (4 layers, hidden 256, tied embeddings): ``POST /v1/models/gpt2/generate``
 per request against the bare ``model.generate`` call with the same settings, in the same run.
 
@@ -160,7 +162,8 @@ def run_server(kind: str, workdir: Path, port: int, threads: int) -> None:
 
         cfg = ServeConfig(db_url=f"sqlite:///{workdir / 'secure.db'}",
                           bundles=(str(workdir / "bert.tsb"), str(workdir / "gpt2.tsb")),
-                          trusted_signers=(str(workdir / "signer.pub"),), rate_per_s=1e6, burst=10**6)
+                          trusted_signers=(str(workdir / "signer.pub"),), rate_per_s=1e6, burst=10**6,
+                          batching=kind != "secure-nobatch")
         service = Service.start(cfg, master=read_key_file(workdir / "shield.key"))
         path = None
         if kind == "off":  # the same app with auth, RBAC, rate limits, monitor and audit off (attribution)
@@ -188,7 +191,7 @@ def load(url: str, token: str, n: int, c: int) -> dict:
 # ---------------------------------------------------------------- the two measurements
 def throughput(urls: dict[str, str], token: str, n: int, c: int, rounds: int) -> dict:
     kinds = list(urls)
-    tok = {k: token if k == "secure" else "" for k in kinds}
+    tok = {k: token if k.startswith("secure") else "" for k in kinds}
     for kind in kinds:
         res = load(urls[kind], tok[kind], max(50, n // 4), c)  # warm-up
         assert set(res["statuses"]) == {"200"}, (kind, res["statuses"])
@@ -300,7 +303,7 @@ def main() -> None:
         token = prepare(workdir)
         urls, procs = {}, []
         try:
-            for kind in ("bare", "bare-sync", "off", "secure"):
+            for kind in ("bare", "bare-sync", "off", "secure", "secure-nobatch"):
                 port = free_port()
                 urls[kind] = f"http://127.0.0.1:{port}/v1/models/bert/predict"
                 procs.append(start([sys.executable, str(HERE), "--server", kind, "--dir", str(workdir), "--port",
@@ -314,13 +317,14 @@ def main() -> None:
             for p in procs:
                 stop(p)
     for k, v in tput.items():
-        print(f"{k:>7}: {v['rps']:7.1f} req/s ({a.c} clients, p50 {v['p50_ms']:6.1f} ms) rounds {v['rounds']} "
+        print(f"{k:>14}: {v['rps']:7.1f} req/s ({a.c} clients, p50 {v['p50_ms']:6.1f} ms) rounds {v['rounds']} "
               f"{v['statuses']}")
     floor = max(tput["bare"]["rps"], tput["bare-sync"]["rps"])  # the faster bare endpoint
     ratio = tput["secure"]["rps"] / floor
     print(f"BERT-small text predict, secure / faster bare FastAPI: {ratio:.3f}x (goal >= 0.85x: "
           f"{'met' if ratio >= 0.85 else 'MISSED'}); vs each: "
           + ", ".join(f"{k} {tput['secure']['rps'] / tput[k]['rps']:.3f}x" for k in ("bare", "bare-sync")))
+    print(f"without batching (serve --no-batching): {tput['secure-nobatch']['rps'] / floor:.3f}x of the faster bare")
     print(f"GPT-2-style generate ({NEW_TOKENS} new tokens max, generated {gen['new_tokens']}): served "
           f"{gen['served_ms']:.2f} ms vs bare generate {gen['bare_ms']:.2f} ms per request (median of "
           f"{gen['requests']}): overhead {100 * gen['overhead']:+.2f}% (goal <= 5%: "
