@@ -120,6 +120,35 @@ def test_bert_text_is_tokenised_with_the_bundled_tokenizer(served):
     assert r.json()["predictions"] == ref.argmax(-1).tolist()
 
 
+def test_concurrent_text_requests_each_get_their_own_answer_and_record(served):
+    """Dynamic batching under real concurrency: 24 requests of different lengths from 8 threads
+    answer exactly what each answers alone, and each has its own audit record."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    client, toks, _, svc = served
+    words = ["the", "cat", "is", "good", "a", "bad", "dog", "secure", "data", "model"]
+    texts = [" ".join(words[(i + j) % len(words)] for j in range(1 + i % 9)) for i in range(24)]
+    alone = [post(served, "/v1/models/bert/predict", {"text": [t]}).json() for t in texts]
+    before = svc.audit.count()
+    queue = svc.registry.get("bert").forwards
+    forwards0, requests0 = queue.forwards, queue.requests
+
+    def one(t: str) -> dict:
+        with httpx.Client(base_url=str(client.base_url), timeout=60) as c:
+            r = c.post("/v1/models/bert/predict", json={"text": [t]},
+                       headers={"Authorization": f"Bearer {toks['predictor']}"})
+            assert r.status_code == 200, r.text
+            return r.json()
+
+    with ThreadPoolExecutor(8) as pool:
+        together = list(pool.map(one, texts))
+    for a, b in zip(alone, together, strict=True):
+        assert b["predictions"] == a["predictions"]
+        torch.testing.assert_close(torch.tensor(b["outputs"]), torch.tensor(a["outputs"]), atol=2e-3, rtol=0)
+    assert svc.audit.count() == before + len(texts)
+    assert queue.requests - requests0 == len(texts) and 1 <= queue.forwards - forwards0 <= len(texts)
+
+
 def test_bert_token_ids_and_their_bad_forms(served):
     _, _, root, _ = served
     ok = post(served, "/v1/models/bert/predict", {"input_ids": [[2, 5, 6, 3], [2, 0, 3]]})
