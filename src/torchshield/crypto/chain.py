@@ -71,7 +71,7 @@ class KeyedChain:
         self._key = master.derive(purpose)
 
     def mac(self, prev: str, body: str) -> str:
-        return hmac.new(self._key, bytes.fromhex(prev) + body.encode(), sha256).hexdigest()
+        return hmac.digest(self._key, bytes.fromhex(prev) + body.encode(), sha256).hex()
 
     def extend(self, head: ChainHead, bodies: Callable[[int], str], count: int) -> tuple[list[ChainRow], ChainHead]:
         """``count`` rows after ``head``: ``bodies(n)`` gives record ``n``'s body (with ``n`` bound

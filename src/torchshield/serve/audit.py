@@ -43,6 +43,8 @@ from torchshield.serve.db_async import settle_all
 
 __all__ = ["AuditLog", "AuditWriter", "VerifyReport", "canonical_json"]
 
+COMMIT_TIMEOUT_S = 60.0  # longest a request waits for its record's commit before it fails (503)
+
 
 _CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 
@@ -91,7 +93,7 @@ class AuditLog:
 
     def digest(self, data: bytes) -> str:
         """A keyed digest of request content: links records to inputs without storing them."""
-        return hmac.new(self._digest_key, data, sha256).hexdigest()[:32]
+        return hmac.digest(self._digest_key, data, sha256).hex()[:32]
 
     def _mac(self, prev: str, body: str) -> str:
         return self._keyed.mac(prev, body)
@@ -292,7 +294,7 @@ class AuditWriter:
         if log.appends_async:
             from torchshield.serve.db_async import NextBatch
 
-            self._next_commit = NextBatch(log.append_many_async, max_batch=max_batch)
+            self._next_commit = NextBatch(log.append_many_async, max_batch=max_batch, timeout=COMMIT_TIMEOUT_S)
         self._queue_lock = threading.Lock()
         self._committing = threading.Lock()
         self._wake: queue.SimpleQueue[bool] = queue.SimpleQueue()
@@ -305,7 +307,8 @@ class AuditWriter:
             self._enqueue(record, fut)
         return fut.result(timeout=timeout)
 
-    async def write_async(self, record: dict[str, Any], *, on_loop: bool = False, timeout: float = 60.0) -> int:
+    async def write_async(self, record: dict[str, Any], *, on_loop: bool = False,
+                          timeout: float = COMMIT_TIMEOUT_S) -> int:
         """:meth:`write` for an event loop.
 
         With ``on_loop`` (SQLite, where a commit takes ~0.1 ms) the records that reach this call
@@ -325,7 +328,7 @@ class AuditWriter:
                 loop.call_soon(self._commit_turn)
             return await waiter
         if self._next_commit is not None:
-            return await asyncio.wait_for(self._next_commit.submit(record), timeout)
+            return await self._next_commit.submit(record)  # the batch has the timeout: one timer, not one each
         fut: Future = Future()
         self._enqueue(record, fut)
         return await asyncio.wait_for(asyncio.wrap_future(fut), timeout)

@@ -56,16 +56,20 @@ class NextBatch:
     requests; a lone request pays one more turn of the loop.
 
     ``run(items)`` returns one result per item, in order; if it raises, every waiter of that
-    batch gets the exception (:func:`settle_all`)."""
+    batch gets the exception (:func:`settle_all`). ``timeout``: the longest one batch may take
+    (then its waiters get :class:`TimeoutError`): one timer per batch instead of an
+    ``asyncio.wait_for`` per waiter, which cost ~10 us of CPU per request here."""
 
-    def __init__(self, run: Callable[[list[Any]], Awaitable[list[Any]]], *, max_batch: int = 512) -> None:
+    def __init__(self, run: Callable[[list[Any]], Awaitable[list[Any]]], *, max_batch: int = 512,
+                 timeout: float | None = None) -> None:
         self._run = run
         self._max = max_batch
+        self._timeout = timeout
         self._pending: list[tuple[Any, asyncio.Future]] = []
         self._task: asyncio.Task | None = None
 
     def submit(self, item: Any) -> asyncio.Future:
-        """A future for ``item``'s result (await it, e.g. under ``asyncio.wait_for``)."""
+        """A future for ``item``'s result."""
         loop = asyncio.get_running_loop()
         fut = loop.create_future()
         if self._task is not None and (self._task.done() or self._task.get_loop() is not loop):
@@ -83,7 +87,8 @@ class NextBatch:
                 batch = self._pending[: self._max]
                 del self._pending[: self._max]
                 try:
-                    results = await self._run([item for item, _ in batch])
+                    work = self._run([item for item, _ in batch])
+                    results = await (work if self._timeout is None else asyncio.wait_for(work, self._timeout))
                 except Exception as exc:  # noqa: BLE001 - every waiter of the batch learns it failed
                     settle_all([fut for _, fut in batch], exc=exc)
                 else:
