@@ -36,5 +36,5 @@ class OpenPath(LoopPath):
         ctx.action, ctx.route = action, route
         return self._decision
 
-    async def commit(self, ctx: AuditContext, status: int) -> bool:
-        return True  # audit off
+    async def commit(self, ctx: AuditContext, status: int) -> None:
+        return None  # audit off

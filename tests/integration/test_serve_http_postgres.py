@@ -190,9 +190,9 @@ def test_postgres_records_from_concurrent_requests_share_commits_on_the_loop(pg_
     commits: list[int] = []
     append = log.append_many_async
 
-    async def counting(records):
+    async def counting(records, **kw):
         commits.append(len(records))
-        return await append(records)
+        return await append(records, **kw)
 
     log.append_many_async = counting
     writer = AuditWriter(log)
@@ -299,3 +299,92 @@ def test_postgres_going_down_mid_run_answers_503_quickly_then_recovers(tmp_path,
     finally:
         svc.close()
         admin.dispose()
+
+
+def test_postgres_guarded_append_writes_nothing_once_the_keys_changed(pg_db, master_key):
+    """An append guarded by a key revision lands only while that revision stands, on the
+    one-statement path and on the locked one; after a key change it writes nothing and says
+    KeysChanged with the database's revision, and a batch decided under two revisions is refused."""
+    import asyncio
+
+    from torchshield.serve.access.keys import KeyStore
+    from torchshield.serve.audit import AuditLog, AuditWriter, KeysChanged
+    from torchshield.serve.db import open_database
+
+    db = open_database(pg_db)
+    log, keys = AuditLog(db, master_key), KeyStore(db, master_key)
+    writer = AuditWriter(log)
+    token = keys.create(role="predictor").token
+
+    async def scenario() -> None:
+        try:
+            _, rev = await keys.authenticate_async(token)
+            await log.append_many_async([{"action": "a", "i": 0}], key_revision=rev)  # locked (first)
+            await log.append_many_async([{"action": "a", "i": 1}], key_revision=rev)  # one statement
+            assert log.commits == {"locked": 1, "one_statement": 1}
+            keys.create(role="auditor")  # any key change moves the revision
+            before = log.count()
+            with pytest.raises(KeysChanged) as stale:
+                await log.append_many_async([{"action": "a", "i": 2}], key_revision=rev)
+            assert stale.value.revision == rev + 1 and log.count() == before
+            assert log.commits["keys_changed"] == 1 and log.commits["locked"] == 1  # the statement, then the lock
+            await log.append_many_async([{"action": "a", "i": 3}], key_revision=rev + 1)
+            assert log.commits["one_statement"] == 2  # the head stayed trusted: back to one statement
+            with pytest.raises(KeysChanged):
+                await asyncio.gather(writer.write_async({"action": "w", "i": 0}, key_revision=rev + 1),
+                                     writer.write_async({"action": "w", "i": 1}, key_revision=rev))
+            await writer.write_async({"action": "w", "i": 2})  # unguarded: always lands
+        finally:
+            await db.async_hot.close()
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        writer.close()
+    assert [(r["action"], r["i"]) for r in log.records()] == [("a", 0), ("a", 1), ("a", 3), ("w", 2)]
+    assert log.verify().ok
+    db.dispose()
+
+
+def test_postgres_cached_key_decisions_are_confirmed_by_the_commit(tmp_path, master_key, pg_db):
+    """On the event-loop PostgreSQL path a key seen recently is not read again (one round trip
+    per request); a revocation in another worker, or any key change, is caught by the guarded
+    commit: the revoked key's next request is answered 401 and recorded as such, nothing else;
+    a key change that does not touch the caller costs one fresh read and the request goes through."""
+    from torchshield.serve.http import create_app
+
+    a = make_service(tmp_path, master_key, db_url=pg_db, models=("digits",))
+    (tmp_path / "b").mkdir()
+    b = make_service(tmp_path / "b", master_key, db_url=pg_db, models=("digits",))
+    reads: list[int] = []
+    read_rows = a.keys._read_rows
+
+    async def counted(key_ids):
+        reads.append(len(key_ids))
+        return await read_rows(key_ids)
+
+    a.keys._reads._run = counted
+    a.keys.cache_ttl = 3600.0  # the age bound is not what this test is about (a slow machine must not flake it)
+    new = b.keys.create(role="predictor", models=["digits"])
+    user = {"Authorization": f"Bearer {new.token}"}
+    try:
+        with running(create_app(a)) as url, httpx.Client(base_url=url, timeout=30) as c:
+            assert c.post("/v1/models/digits/predict", headers=user, json={"inputs": X}).status_code == 200
+            assert len(reads) == 1
+            for _ in range(5):
+                assert c.post("/v1/models/digits/predict", headers=user, json={"inputs": X}).status_code == 200
+            assert len(reads) == 1  # answered from the cached row, confirmed by each commit
+            b.keys.create(role="auditor")  # a change elsewhere: the next commit refuses, one fresh read
+            assert c.post("/v1/models/digits/predict", headers=user, json={"inputs": X}).status_code == 200
+            assert len(reads) == 2 and a.audit.commits["keys_changed"] == 1
+            assert b.keys.revoke(new.key.key_id)  # revoked in the other worker
+            r = c.post("/v1/models/digits/predict", headers=user, json={"inputs": X})
+            assert r.status_code == 401 and "predictions" not in r.text
+            assert r.headers.get("www-authenticate")
+            assert c.post("/v1/models/digits/predict", headers=user, json={"inputs": X}).status_code == 401
+        mine = [r for r in a.audit.records() if r.get("key_id") == new.key.key_id or r["status"] == 401]
+        assert [r["status"] for r in mine] == [200] * 7 + [401, 401]
+        assert a.audit.verify().ok
+    finally:
+        a.close()
+        b.close()

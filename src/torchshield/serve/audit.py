@@ -41,7 +41,7 @@ from torchshield.crypto.chain import ChainHead, ChainRow, KeyedChain
 from torchshield.serve.db import WriteBusy
 from torchshield.serve.db_async import settle_all
 
-__all__ = ["AuditLog", "AuditWriter", "VerifyReport", "canonical_json"]
+__all__ = ["AuditLog", "AuditWriter", "KeysChanged", "VerifyReport", "canonical_json"]
 
 COMMIT_TIMEOUT_S = 60.0  # longest a request waits for its record's commit before it fails (503)
 
@@ -60,6 +60,15 @@ def canonical_json(obj: Any) -> str:
 
 def _now_iso() -> str:
     return datetime.now(UTC).isoformat(timespec="microseconds")
+
+
+class KeysChanged(Exception):
+    """A guarded append found the keys and policies changed since its records were decided
+    (``revision``: the database's now): nothing was written; decide again from fresh rows."""
+
+    def __init__(self, revision: int) -> None:
+        super().__init__(f"keys changed (revision {revision})")
+        self.revision = revision
 
 
 @dataclass(frozen=True)
@@ -142,13 +151,17 @@ class AuditLog:
     # secure server's CPU under load (py-spy); one C-encoded JSON string costs a fraction of it.
     _APPEND_IF_HEAD = (
         "WITH h AS (UPDATE serve_audit_head SET seq = %s, mac = %s WHERE id = 1 AND seq = %s AND mac = %s "
+        "AND (%s::bigint IS NULL OR %s::bigint = (SELECT revision FROM serve_revision WHERE id = 1)) "
         "RETURNING 1) INSERT INTO serve_audit_log (seq, ts, body, prev_mac, mac) "
         "SELECT r.seq, r.ts, r.body, r.prev_mac, r.mac FROM json_to_recordset(%s::json) "
         "AS r(seq bigint, ts text, body text, prev_mac text, mac text) "
         "WHERE EXISTS (SELECT 1 FROM h) RETURNING seq")
     _ROW_KEYS = ("seq", "ts", "body", "prev_mac", "mac")
+    _HEAD_AND_REVISION = ("SELECT h.seq, h.mac, r.revision FROM serve_audit_head h JOIN serve_revision r ON r.id = 1 "
+                          "WHERE h.id = 1 FOR UPDATE OF h")
 
-    async def append_many_async(self, records: list[dict[str, Any]]) -> list[int]:
+    async def append_many_async(self, records: list[dict[str, Any]], *, key_revision: int | None = None
+                                ) -> list[int]:
         """:meth:`append_many` on the event loop (PostgreSQL; see :mod:`torchshield.serve.db_async`).
 
         While this process is the chain's only writer, the append is one statement that moves
@@ -157,23 +170,33 @@ class AuditLog:
         BEGIN, ``SELECT ... FOR UPDATE``, INSERT, UPDATE and COMMIT (~1.0-1.2 ms). If another
         writer moved the head meanwhile (another worker, a thread of ours), the statement
         changes nothing and the locked path runs; it stays in use until a locked commit finds
-        the head where this process left it, so that several busy workers do not pay for both."""
+        the head where this process left it, so that several busy workers do not pay for both.
+
+        ``key_revision``: the records were decided on key rows read under this revision of the
+        keys and policies (cached rows, see ``KeyStore.authenticate_cached``); they are appended
+        only if it is still the database's, in the same statement (or transaction), else nothing
+        is written and :class:`KeysChanged` tells the callers to decide again."""
         db = self._db
         hint = self._head_hint
         if hint is not None and self._hint_trusted:
             rows, seqs, seq, mac = self._chain(hint[0], hint[1], records)
             payload = _ROWS_JSON.encode([dict(zip(self._ROW_KEYS, row, strict=True)) for row in rows])
-            done = await db.async_hot.execute_returning(self._APPEND_IF_HEAD, (seq, mac, *hint, payload))
+            done = await db.async_hot.execute_returning(self._APPEND_IF_HEAD,
+                                                        (seq, mac, *hint, key_revision, key_revision, payload))
             if len(done) == len(rows):
                 self._head_hint = (seq, mac)
                 self.commits["one_statement"] += 1
                 return seqs
             self._hint_trusted = False
         async with db.async_hot.writing() as cur:
-            await cur.execute(db.sql(self._HEAD + " FOR UPDATE"))
-            seq, mac = await cur.fetchone()
+            await cur.execute(self._HEAD_AND_REVISION)
+            seq, mac, revision = await cur.fetchone()
             seq = int(seq)
             trusted = (seq, mac) == self._head_hint  # nobody else wrote since this process did
+            if key_revision is not None and int(revision) != key_revision:
+                self._hint_trusted = trusted  # the chain is as this process left it: nothing to distrust
+                self.commits["keys_changed"] += 1
+                raise KeysChanged(int(revision))  # rolls the transaction back: nothing written
             rows, seqs, seq, mac = self._chain(seq, mac, records)
             await cur.executemany(db.sql(self._INSERT), rows)
             await cur.execute(db.sql(self._MOVE_HEAD), (seq, mac))
@@ -294,7 +317,7 @@ class AuditWriter:
         if log.appends_async:
             from torchshield.serve.db_async import NextBatch
 
-            self._next_commit = NextBatch(log.append_many_async, max_batch=max_batch, timeout=COMMIT_TIMEOUT_S)
+            self._next_commit = NextBatch(self._append_async, max_batch=max_batch, timeout=COMMIT_TIMEOUT_S)
         self._queue_lock = threading.Lock()
         self._committing = threading.Lock()
         self._wake: queue.SimpleQueue[bool] = queue.SimpleQueue()
@@ -308,7 +331,7 @@ class AuditWriter:
         return fut.result(timeout=timeout)
 
     async def write_async(self, record: dict[str, Any], *, on_loop: bool = False,
-                          timeout: float = COMMIT_TIMEOUT_S) -> int:
+                          timeout: float = COMMIT_TIMEOUT_S, key_revision: int | None = None) -> int:
         """:meth:`write` for an event loop.
 
         With ``on_loop`` (SQLite, where a commit takes ~0.1 ms) the records that reach this call
@@ -317,7 +340,9 @@ class AuditWriter:
         serves every request answered in the same turn, with no second thread competing for the
         interpreter. On PostgreSQL the record joins the loop's next asynchronous commit: one is
         in flight at a time, and everything that arrives meanwhile goes into the next (group
-        commit without a thread; the round trips are the loop's own waits). Otherwise the
+        commit without a thread; the round trips are the loop's own waits); ``key_revision``:
+        the request was decided on a cached key row read under that revision, and its record is
+        committed only if the revision still stands (else :class:`KeysChanged`). Otherwise the
         record joins the writer thread's next batch and the coroutine waits without blocking
         the loop."""
         if on_loop:
@@ -328,10 +353,20 @@ class AuditWriter:
                 loop.call_soon(self._commit_turn)
             return await waiter
         if self._next_commit is not None:
-            return await self._next_commit.submit(record)  # the batch has the timeout: one timer, not one each
+            # the batch has the timeout: one timer, not one each
+            return await self._next_commit.submit((record, key_revision))
         fut: Future = Future()
         self._enqueue(record, fut)
         return await asyncio.wait_for(asyncio.wrap_future(fut), timeout)
+
+    async def _append_async(self, items: list[tuple[dict[str, Any], int | None]]) -> list[int]:
+        """One PostgreSQL append for a batch of ``(record, key revision or None)``: guarded by the
+        revision its cached decisions relied on (:meth:`AuditLog.append_many_async`)."""
+        revisions = {rev for _, rev in items if rev is not None}
+        if len(revisions) > 1:  # decided under two revisions: at least one is stale, decide them all again
+            raise KeysChanged(max(revisions))
+        return await self._log.append_many_async([rec for rec, _ in items],
+                                                 key_revision=revisions.pop() if revisions else None)
 
     def _commit_turn(self) -> None:
         """Commit this loop turn's records on the loop, unless another writer (a thread of

@@ -33,7 +33,9 @@ class _Item:
     __slots__ = ("done", "error", "result", "x")
 
     def __init__(self, x: Any) -> None:
-        self.x, self.done, self.result, self.error = x, False, None, None
+        self.x, self.done = x, False
+        self.result: Any = None
+        self.error: BaseException | None = None
 
 
 def merge_inputs(xs: list[Any], *, pad_id: int = 0) -> Any:

@@ -385,6 +385,9 @@ class ModelRegistry:
     def names(self) -> list[str]:
         return sorted(self._models)
 
+    def models(self) -> list[ServedModel]:
+        return [self._models[n] for n in sorted(self._models)]
+
     @classmethod
     def from_bundles(cls, paths: list[str], *, master: Any = None, output: OutputPolicy | None = None,
                      trust: TrustPolicy | None = None) -> ModelRegistry:

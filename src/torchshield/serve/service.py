@@ -15,7 +15,7 @@ import queue
 import threading
 import time
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from torchshield.errors import AccessDenied
@@ -83,6 +83,9 @@ class Decision:
     reason: str
     key: ApiKey | None = None
     retry_after: int = 0
+    # decided on a cached key row read under this key revision (PostgreSQL): the request's audit
+    # commit must be guarded by it (KeyStore.authenticate_cached); None: decided on a fresh read
+    provisional: int | None = None
 
     @property
     def allowed(self) -> bool:
@@ -175,8 +178,8 @@ class Service:
                         trust.describe())
         override = OutputPolicy(mode=config.output) if config.output else None
         registry = ModelRegistry.from_bundles(list(config.bundles), master=master, output=override, trust=trust)
-        for name in registry.names():
-            registry.get(name).forwards.batching = config.batching
+        for m in registry.models():
+            m.forwards.batching = config.batching
         return registry
 
     def reload_models(self) -> list[str]:
@@ -212,15 +215,26 @@ class Service:
         return self._decide(self.authenticate(token), domain, obj, act, model_exists)
 
     async def check_async(self, token: str | None, domain: str, obj: str, act: str, *,
-                          model_exists: bool = True) -> Decision:
+                          model_exists: bool = True, cached: bool = False, count: bool = True) -> Decision:
         """:meth:`check` on the event loop, for PostgreSQL (the key read is a coroutine; a policy
-        reload, rare, runs on a worker thread)."""
-        key, revision = await self.keys.authenticate_async(token)
+        reload, rare, runs on a worker thread). ``cached``: the decision may rest on this
+        worker's copy of the key's row (``Decision.provisional``: see
+        :meth:`KeyStore.authenticate_cached`). ``count=False``: a decision taken again for the
+        same request does not charge its rate limit twice."""
+        provisional = None
+        if cached:
+            key, revision, from_cache = await self.keys.authenticate_cached(token)
+            provisional = revision if from_cache else None
+        else:
+            key, revision = await self.keys.authenticate_async(token)
+            self.keys.saw_revision(revision)
         if key is not None and revision != self.authz.revision:
             await asyncio.to_thread(self.authz.sync, revision)
-        return self._decide(key, domain, obj, act, model_exists)
+        d = self._decide(key, domain, obj, act, model_exists, count=count)
+        return d if provisional is None else replace(d, provisional=provisional)
 
-    def _decide(self, key: ApiKey | None, domain: str, obj: str, act: str, model_exists: bool) -> Decision:
+    def _decide(self, key: ApiKey | None, domain: str, obj: str, act: str, model_exists: bool, *,
+                count: bool = True) -> Decision:
         if key is None:
             return Decision(401, "missing, unknown, expired or revoked API key")
         if not self.authz.allowed(key.key_id, domain, obj, act):
@@ -230,6 +244,8 @@ class Service:
                                                                           " on this model"), key)
         if not model_exists:
             return Decision(404, "no such model", key)
+        if not count:
+            return Decision(200, "allowed", key)
         rate = self.rate_limit(key)
         if not rate.allowed:
             return Decision(429, "rate limit exceeded", key, rate.retry_after)

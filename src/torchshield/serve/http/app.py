@@ -35,7 +35,7 @@ from torchshield.errors import AccessDenied, CheckFailed, InputError, PolicyErro
 from torchshield.serve.db import redact_url
 from torchshield.serve.db_errors import database_errors
 from torchshield.serve.http.context import AuditContext
-from torchshield.serve.http.paths import AUDIT_DOWN, ApiError, RequestPath, choose_path
+from torchshield.serve.http.paths import ApiError, RequestPath, choose_path
 from torchshield.serve.http.routes import router
 from torchshield.serve.http.schemas import first_problem
 from torchshield.serve.service import Service
@@ -125,10 +125,12 @@ class GuardMiddleware:
         async def guarded_send(msg: Message) -> None:
             if msg["type"] == "http.response.start":
                 state["started"] = True
-                self.metrics.observe_request(ctx.route or "unmatched", msg["status"], ctx.elapsed())
-                if not await self.path.commit(ctx, msg["status"]):
+                instead = await self.path.commit(ctx, msg["status"])
+                self.metrics.observe_request(ctx.route or "unmatched", instead.status if instead else msg["status"],
+                                             ctx.elapsed())
+                if instead is not None:  # the record failed (503), or a fresh key check refused (401/403)
                     state["dropped"] = True
-                    await _error(503, AUDIT_DOWN)(scope, _nothing, send)
+                    await _error(instead.status, instead.message, instead.headers)(scope, _nothing, send)
                     return
             elif state["dropped"]:
                 return

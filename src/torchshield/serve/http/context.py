@@ -4,6 +4,7 @@ request path fill it in, and the middleware turns it into the record it commits.
 from __future__ import annotations
 
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,6 +26,10 @@ class AuditContext:
     detail: dict[str, Any] = field(default_factory=dict)
     skip_audit: bool = False  # /healthz: no record
     committed: int | None = None  # the status an early commit recorded (see RequestPath.commit_now)
+    # PostgreSQL: the request was decided on a cached key row read under this key revision; its
+    # commit is guarded by it, and ``recheck`` decides again from a fresh row if it moved
+    key_revision: int | None = None
+    recheck: Callable[[], Awaitable[Any]] | None = None
 
     def elapsed(self) -> float:
         return time.perf_counter() - self.started

@@ -27,6 +27,7 @@ from starlette.requests import Request
 
 from torchshield.errors import AccessDenied
 from torchshield.serve.access.keys import valid_model_name
+from torchshield.serve.audit import KeysChanged
 from torchshield.serve.http.context import AuditContext
 from torchshield.serve.rbac import GLOBAL
 from torchshield.serve.service import Decision, Service
@@ -128,18 +129,19 @@ class RequestPath:
         return d, x, result
 
     # ---- the audit record ----------------------------------------------------------------
-    async def commit(self, ctx: AuditContext, status: int) -> bool:
-        """Commit the request's record as the response starts; False if that failed."""
+    async def commit(self, ctx: AuditContext, status: int) -> ApiError | None:
+        """Commit the request's record as the response starts. None: answer as planned; else the
+        answer to send instead (503 if the record could not be written: fail closed)."""
         if ctx.skip_audit or ctx.committed == status:
-            return True
+            return None
         if ctx.committed is not None:  # committed early with another status: the log tells the truth
             ctx.amend()
         writer, digest = self.service.audit_writer, self.service.audit.digest
         try:
             await writer.write_async(ctx.record(status, digest), on_loop=self.commit_on_loop)
         except Exception:  # noqa: BLE001 - fail closed, without leaking database details
-            return False
-        return True
+            return ApiError(503, AUDIT_DOWN)
+        return None
 
     def commit_now(self, ctx: AuditContext, status: int) -> None:
         """Commit from a worker thread, with the status the route is about to answer (blocking):
@@ -165,13 +167,48 @@ class LoopPath(RequestPath):
 
 class AsyncDbPath(RequestPath):
     """PostgreSQL with its asyncio pool, rate limits in memory: the key read and the audit append
-    are coroutines on the loop, coalesced across concurrent requests."""
+    are coroutines on the loop, coalesced across concurrent requests.
+
+    A key seen recently is not read again: the check decides on this worker's copy of its row
+    (provisionally, ``Decision.provisional``) and the request's audit append, one statement,
+    is guarded by the key revision that row was read under. If any key or policy changed since
+    (a revocation in any worker), nothing is written; the request is decided again from a fresh
+    row, and answered and recorded by that decision (a revoked key gets its 401, not the model's
+    answer). So a request costs one round trip, not two, and revocation still holds for every
+    request that arrives after it commits."""
 
     async def check(self, request: Request, ctx: AuditContext, action: str, route: str, obj: str, act: str,
                     model: str | None = None, exists: bool = True) -> Decision:
         note(ctx, action, route, model)
-        return conclude(ctx, await self.service.check_async(bearer(request), model or GLOBAL, obj, act,
-                                                            model_exists=exists))
+        token, domain = bearer(request), model or GLOBAL
+        d = await self.service.check_async(token, domain, obj, act, model_exists=exists, cached=True)
+        if d.provisional is not None:
+            ctx.key_revision = d.provisional
+            ctx.recheck = lambda: self.service.check_async(token, domain, obj, act, model_exists=exists, count=False)
+        return conclude(ctx, d)
+
+    async def commit(self, ctx: AuditContext, status: int) -> ApiError | None:
+        if ctx.key_revision is None or ctx.skip_audit or ctx.committed == status:
+            return await super().commit(ctx, status)
+        writer, digest = self.service.audit_writer, self.service.audit.digest
+        try:
+            await writer.write_async(ctx.record(status, digest), key_revision=ctx.key_revision)
+            return None
+        except KeysChanged as exc:  # decided on a row that may be stale: decide again, then commit that
+            self.service.keys.saw_revision(exc.revision)
+        except Exception:  # noqa: BLE001 - fail closed, without leaking database details
+            return ApiError(503, AUDIT_DOWN)
+        recheck, ctx.key_revision, ctx.recheck = ctx.recheck, None, None
+        try:
+            d = await recheck() if recheck is not None else Decision(401, "key could not be checked again")
+        except Exception:  # noqa: BLE001 - the key read failed: fail closed
+            return ApiError(503, AUDIT_DOWN)
+        ctx.key_id = d.key.key_id if d.key else None
+        if d.allowed:
+            return await super().commit(ctx, status)
+        ctx.reason = d.reason
+        headers = {"Retry-After": str(d.retry_after)} if d.status == 429 else None
+        return await super().commit(ctx, d.status) or ApiError(d.status, d.reason, headers=headers)
 
 
 class ThreadPath(RequestPath):
