@@ -269,10 +269,10 @@ def prepare(workdir: Path, hidden: tuple[int, ...] = (64,)) -> str:
     return token
 
 
-def compare(workdir: Path, token: str, n: int, c: int, rounds: int) -> dict:
+def compare(workdir: Path, token: str, n: int, c: int, rounds: int,
+            kinds: tuple[str, ...] = ("bare", "off", "ref", "secure")) -> dict:
     """All the servers up at once, measured in interleaved rounds so that drifting load on the
     machine hits every variant alike: throughput with ``c`` clients, latency with one client."""
-    kinds = ("bare", "off", "ref", "secure")
     urls, procs = {}, []
     try:
         for kind in kinds:
@@ -375,6 +375,9 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--hidden", default="64", help="hidden layer widths of the MLP, e.g. 2048,2048")
     ap.add_argument("--db", help="database URL for the secure server, e.g. a PostgreSQL one (default: SQLite)")
+    ap.add_argument("--servers", default="bare,off,ref,secure",
+                    help="which servers run (ref,secure: only the issue's comparison, without two more "
+                         "processes competing for this machine's caches)")
     a = ap.parse_args()
     if a.server:
         return run_server(a.server, Path(a.dir), a.port)
@@ -392,7 +395,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as d:
         workdir = Path(d)
         token = prepare(workdir, tuple(int(h) for h in a.hidden.split(",")))
-        res = compare(workdir, token, a.n, a.c, a.rounds)
+        kinds = tuple(a.servers.split(","))
+        if not {"ref", "secure"} <= set(kinds) or not set(kinds) <= {"bare", "off", "ref", "secure"}:
+            ap.error("--servers: a subset of bare,off,ref,secure that holds ref and secure")
+        res = compare(workdir, token, a.n, a.c, a.rounds, kinds)
         for k, v in res.items():
             print(f"{k:>7}: {v['rps']:8.1f} req/s ({a.c} clients, p99 {v['loaded_p99_ms']:7.1f} ms)  one client: "
                   f"p50 {v['p50_ms']:6.2f} ms  p99 {v['p99_ms']:6.2f} ms  {v['statuses']}")
@@ -403,6 +409,8 @@ def main() -> None:
         for kind, label, goal in (("ref", "auth, RBAC, audit off (the issue's reference)", True),
                                   ("off", "all security off, monitor too", False),
                                   ("bare", "bare FastAPI (floor)", False)):
+            if kind not in res:
+                continue
             r = res[kind]
             print(f"secure / {label}: throughput {s['rps'] / r['rps']:.2f}x" + (" (goal >= 0.85x)" if goal else "")
                   + f"; added p99 {s['p99_ms'] - r['p99_ms']:+.2f} ms" + (" (goal <= 2 ms)" if goal else ""))
