@@ -352,3 +352,48 @@ def test_serve_audit_chain_verifies_with_the_cli(user, server):
     assert proc.returncode == 0, proc.stderr
     doc = json.loads(proc.stdout)
     assert doc["ok"] and doc["records"] >= 2, doc
+
+
+def test_vit_trigger_mark_is_the_same_in_the_bundle_and_behind_the_server(user, tmp_path, capsys):
+    """A ViT with image normalisation (its processor's mean/std): `embed` trains the trigger set on
+    the model as the service runs it (pixels in, normalised inside), so the mark verifies in the
+    bundle and through a real server alike; without the normalisation the served model would see
+    other inputs than the ones the mark was trained on."""
+    from serve_harness import running
+
+    from torchshield.crypto.keys import read_key_file
+    from torchshield.model.sources.records import preprocessing_of
+    from torchshield.serve.http import create_app
+    from torchshield.serve.service import ServeConfig, Service
+
+    key, signer, pub = user / "shield.key", user / "signer.key", user / "signer.pub"
+    bundle = tmp_path / "vit-src.tsb"
+    assert run(["model", "protect", str(user / "vit"), "--out", str(bundle), "--encrypt", "--key-file", str(key),
+                "--sign", str(signer)]) == 0
+    assert preprocessing_of(torchshield.inspect(bundle).manifest)["normalization"]["std"]  # the case at hand
+    (tmp_path / "wm").mkdir()
+    marked, record = tmp_path / "wm" / "vit.tsb", tmp_path / "trig.json"
+    code, out, err = cli(capsys, "model", "watermark", "embed", bundle, "--out", marked, "--key-file", key,
+                         "--record", record, "--method", "trigger",
+                         "--data", json.dumps({"path": str(user / DATA["vit"]), "label": "label", "normalize": "none"}),
+                         "--triggers", "40", "--epochs", "30", "--lr", "0.003", "--max-accuracy-drop", "1", "--sign", signer, "--json")
+    assert code == 0, err
+    code, out, err = cli(capsys, "model", "watermark", "verify", marked, "--record", record, "--key-file", key,
+                         "--json")
+    assert code == 0, err
+    local = json.loads(out)
+    assert local["present"]
+    svc = Service.start(ServeConfig(db_url=f"sqlite:///{tmp_path / 'wm.db'}", bundles=(str(marked),),
+                                    trusted_signers=(str(pub),), rate_per_s=1000, burst=1000),
+                        master=read_key_file(key))
+    token = svc.keys.create(role="predictor").token
+    try:
+        with running(create_app(svc)) as url:
+            code, out, err = cli(capsys, "model", "watermark", "verify", "--endpoint", url, "--model", "vit",
+                                 "--api-key", token, "--record", record, "--key-file", key, "--batch-size", "10",
+                                 "--json")
+    finally:
+        svc.close()
+    assert code == 0, err
+    remote = json.loads(out)
+    assert remote["present"] and remote["matches"] == local["matches"]

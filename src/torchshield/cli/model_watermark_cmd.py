@@ -210,7 +210,7 @@ def embed_cmd(model: Path = typer.Argument(..., help="Bundle: from 'torchshield 
     classes = (pre.get("output") or {}).get("num_classes") or dataset.num_classes
     if method == "trigger":
         section["num_classes"] = int(classes)
-    runner = logits_module(net)
+    runner = logits_module(net, normalization=pre.get("normalization"))  # the model as served: pixels in
     before = evaluate(runner, dataset.test.loader(256))
     with progress(f"embedding a {method} mark", epochs):
         record = embed(runner, dataset.train.loader(64, shuffle=True, seed=0), key, section, epochs=epochs, lr=lr,
@@ -309,10 +309,12 @@ def _verify_bundle(suspect: Path, record: Any, key: Any, bundle_key: Any) -> Any
     if record.method == "whitebox":
         info = torchshield.inspect(suspect)
         return verify_whitebox(torchshield.load(suspect, key=bundle_key if info.encrypted else None), record, key)
-    from torchshield.train.recipe import load_trained
+    from torchshield.model.sources.records import preprocessing_of
+    from torchshield.model.watermark.inputs import logits_module
 
-    net, _ = load_trained(suspect, key=bundle_key)
-    return verify_trigger(model_predictor(net), record, key)
+    net, manifest, _ = _open(suspect, bundle_key)  # a trained or a described bundle, run as it is served
+    runner = logits_module(net, normalization=preprocessing_of(manifest).get("normalization"))
+    return verify_trigger(model_predictor(runner), record, key)
 
 
 def _report(verdict: Any, as_json: bool) -> None:

@@ -223,12 +223,9 @@ class ModelIO:
         if isinstance(x, TokenBatch):
             y = module(input_ids=x.ids, attention_mask=x.mask) if self.hf else module(x.ids)
         else:
-            if self.mean is not None and self.std is not None:
-                import torch
+            from torchshield.model.sources.records import normalize_pixels  # torch: not at import
 
-                mean = torch.tensor(self.mean, dtype=x.dtype).view(1, -1, 1, 1)
-                std = torch.tensor(self.std, dtype=x.dtype).view(1, -1, 1, 1)
-                x = (x - mean) / std
+            x = normalize_pixels(x, {"mean": self.mean, "std": self.std})
             y = module(pixel_values=x) if self.hf and self.kind == "image" else module(x)
         logits = getattr(y, "logits", y)
         if self.causal:  # the next token after the last real token of each row

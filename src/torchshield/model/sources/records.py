@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["architecture_of", "preprocessing_of"]
+__all__ = ["architecture_of", "normalize_pixels", "preprocessing_of"]
 
 
 def architecture_of(manifest: Mapping[str, Any]) -> dict[str, Any] | None:
@@ -55,3 +55,20 @@ def preprocessing_of(manifest: Mapping[str, Any]) -> dict[str, Any]:
     if n:
         out["output"] = {"kind": "logits", "num_classes": int(n), "labels": data.get("classes") or meta.get("classes")}
     return out
+
+
+def normalize_pixels(x: Any, normalization: Mapping[str, Any] | None) -> Any:
+    """``(x - mean) / std`` per channel of N x C x H x W pixels, as the bundle's
+    ``preprocessing.normalization`` says (a ViT's image processor: ``image_mean``/``image_std``);
+    ``x`` unchanged without one. The one place every caller that runs a model as it is served
+    (the service, watermark embedding and verification) applies it, so that a trigger or an input
+    means the same pixels to all of them."""
+    norm = normalization or {}
+    mean, std = norm.get("mean"), norm.get("std")
+    if mean is None or std is None:
+        return x
+    import torch
+
+    m = torch.tensor(mean, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+    s = torch.tensor(std, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+    return (x - m) / s

@@ -119,26 +119,37 @@ def uniform_integers(stream: bytes, count: int, low: int, high: int) -> list[int
     return kept[:count] if len(kept) >= count else None
 
 
-def logits_module(model: nn.Module) -> nn.Module:
-    """``model`` itself, or for a Hugging Face model (its forward takes ``input_ids`` or
-    ``pixel_values`` and returns an output object) a thin module returning the logits. The
-    wrapper holds the model as ``inner``: save ``wrapper.inner`` to keep the original names."""
+def logits_module(model: nn.Module, *, normalization: Mapping[str, Any] | None = None) -> nn.Module:
+    """``model`` as the service runs it, returning logits: itself, or a thin module that first
+    applies the bundle's image ``normalization`` (``preprocessing.normalization``: triggers and
+    data are pixels in the input spec's range, as a client sends them) and, for a Hugging Face
+    model (its forward takes ``input_ids`` or ``pixel_values`` and returns an output object),
+    passes the input by name and returns the logits. The wrapper holds the model as ``inner``:
+    save ``wrapper.inner`` to keep the original names."""
     from torch import nn
 
+    from torchshield.model.sources.records import normalize_pixels
+
     config = getattr(model, "config", None)
-    if config is None or not hasattr(model, "main_input_name"):
+    hf = config is not None and hasattr(model, "main_input_name")
+    norm = dict(normalization or {})
+    if not hf and (norm.get("mean") is None or norm.get("std") is None):
         return model
 
-    class HFLogits(nn.Module):
+    class AsServed(nn.Module):
         def __init__(self, inner: nn.Module) -> None:
             super().__init__()
             self.inner = inner
-            self.input_name = str(getattr(inner, "main_input_name", "input_ids"))
+            self.input_name = str(getattr(inner, "main_input_name", "input_ids")) if hf else ""
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             if self.input_name == "input_ids":
                 x = x.long()
+            elif x.is_floating_point() and x.dim() == 4:
+                x = normalize_pixels(x, norm)
+            if not self.input_name:
+                return self.inner(x)
             out = self.inner(**{self.input_name: x})
             return out.logits if hasattr(out, "logits") else out[0]
 
-    return HFLogits(model)
+    return AsServed(model)
