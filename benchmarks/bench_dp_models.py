@@ -256,17 +256,26 @@ def step_times(kind: str, sizes: Sizes, rounds: int, warmup: int = 1,
     return out
 
 
-def noise_ms(kind: str, sizes: Sizes) -> tuple[int, float]:
-    """Time of one Gaussian draw over all trainable parameters, as ``PrivateTraining.step`` makes it."""
+def noise_ms(kind: str, sizes: Sizes) -> tuple[int, float, float]:
+    """One Gaussian draw over all parameters: with the CSPRNG added in place on the device, as
+    ``PrivateTraining.step`` makes it (``add_normal_``), and with torch's seeded generator (what a
+    DP-SGD without a CSPRNG pays), median ms of 3 each."""
+    from torchshield.train.noise import noise_source
+
     n = sum(p.numel() for p in _model(kind, sizes, False).parameters())
-    gen = torch.Generator().manual_seed(0)
-    times = []
+    gen, source = torch.Generator().manual_seed(0), noise_source()
+    target = torch.zeros(n, device=sizes.device)
+    secure, seeded = [], []
     for _ in range(3):
+        t = time.perf_counter()
+        source.add_normal_(target, 1.0)
+        _sync(sizes.device)
+        secure.append((time.perf_counter() - t) * 1000)
         t = time.perf_counter()
         torch.normal(0.0, 1.0, (n,), generator=gen).to(sizes.device)
         _sync(sizes.device)
-        times.append((time.perf_counter() - t) * 1000)
-    return n, statistics.median(times)
+        seeded.append((time.perf_counter() - t) * 1000)
+    return n, statistics.median(secure), statistics.median(seeded)
 
 
 def _cuda_peak(step: Callable[[], None]) -> float:
@@ -350,9 +359,11 @@ def main() -> None:
                 peak = f"  peak {r['peak_mb']:.0f} MB" if "peak_mb" in r else ""
                 print(f"  {kind:6s} {n_threads or 'gpu'}t {v:16s} {r['median_ms']:9.1f} ms  "
                       f"{r['paired_ratio']:5.2f}x{peak}")
-            n, noise = noise_ms(kind, sizes)
+            n, noise, seeded = noise_ms(kind, sizes)
             report[f"{kind}/{n_threads or 'cuda'}/noise_ms"] = noise
-            print(f"  {kind:6s}: one Gaussian draw over its {n / 1e6:.1f}M parameters: {noise:.1f} ms")
+            report[f"{kind}/{n_threads or 'cuda'}/noise_seeded_ms"] = seeded
+            print(f"  {kind:6s}: one Gaussian draw over its {n / 1e6:.1f}M parameters: {noise:.1f} ms with the "
+                  f"CSPRNG (as the DP step draws it), {seeded:.1f} ms with torch's seeded generator")
             if "torchshield" in res and "median_ms" in res.get("opacus-ghost", {}):
                 speedup = res["opacus-ghost"]["median_ms"] / res["torchshield"]["median_ms"]
                 print(f"  {kind:6s}: torchshield is {speedup:.2f}x "

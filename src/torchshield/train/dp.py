@@ -142,7 +142,7 @@ class PrivateTraining:
             if total is None:
                 total = torch.zeros_like(p)
             if dist is None or dist.get_rank() == 0:  # noise added once, by rank 0, before the sum
-                total = total + self._noise.normal(p.shape, std, dtype=p.dtype, device=p.device)
+                self._noise.add_normal_(total, std)  # total is this step's own sum (or zeros)
             if dist is not None:
                 dist.all_reduce(total)
             grad = total.div_(self.expected_batch_size)

@@ -85,6 +85,21 @@ def test_box_muller_matches_an_independent_numpy_reference():
     assert np.allclose(got, np.concatenate(ref)[:n], rtol=1e-13, atol=1e-13)
 
 
+def test_add_normal_in_place_draws_what_normal_draws():
+    """The DP step adds noise chunk by chunk in place: the same values as one normal() call over
+    the same stream (float32 rounding of the sum aside), across chunk edges; secure_mode too is
+    N(0, std^2)."""
+    n = noise_mod._CHUNK + 5
+    base = torch.linspace(-1, 1, n)
+    got = SeededNoise(3).add_normal_(base.clone(), 0.5)
+    want = base + SeededNoise(3).normal((n,), 0.5)
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-6)
+    shaped = SeededNoise(3).add_normal_(torch.zeros(3, 4).t(), 1.0)  # non-contiguous: via normal()
+    torch.testing.assert_close(shaped, SeededNoise(3).normal((4, 3), 1.0))
+    secure = SeededNoise(4, secure_mode=True).add_normal_(torch.zeros(20000, dtype=torch.float64), 2.0)
+    assert stats.kstest(secure.numpy() / 2.0, "norm").pvalue > 1e-4  # fixed seed: one fixed sample
+
+
 def test_discrete_laplace_has_the_geometric_law():
     source = SeededNoise(5)
     eps = 0.7
