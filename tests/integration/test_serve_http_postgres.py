@@ -334,6 +334,11 @@ def test_postgres_guarded_append_writes_nothing_once_the_keys_changed(pg_db, mas
                 await asyncio.gather(writer.write_async({"action": "w", "i": 0}, key_revision=rev + 1),
                                      writer.write_async({"action": "w", "i": 1}, key_revision=rev))
             await writer.write_async({"action": "w", "i": 2})  # unguarded: always lands
+            keys.create(role="auditor")  # rev + 2: a stale guarded record and a fresh one in one batch
+            stale, fresh = await asyncio.gather(writer.write_async({"action": "w", "i": 3}, key_revision=rev + 1),
+                                                writer.write_async({"action": "w", "i": 4}),
+                                                return_exceptions=True)
+            assert isinstance(stale, KeysChanged) and isinstance(fresh, int)  # the fresh one is not failed with it
         finally:
             await db.async_hot.close()
 
@@ -341,7 +346,7 @@ def test_postgres_guarded_append_writes_nothing_once_the_keys_changed(pg_db, mas
         asyncio.run(scenario())
     finally:
         writer.close()
-    assert [(r["action"], r["i"]) for r in log.records()] == [("a", 0), ("a", 1), ("a", 3), ("w", 2)]
+    assert [(r["action"], r["i"]) for r in log.records()] == [("a", 0), ("a", 1), ("a", 3), ("w", 2), ("w", 4)]
     assert log.verify().ok
     db.dispose()
 

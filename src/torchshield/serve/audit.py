@@ -354,19 +354,34 @@ class AuditWriter:
             return await waiter
         if self._next_commit is not None:
             # the batch has the timeout: one timer, not one each
-            return await self._next_commit.submit((record, key_revision))
+            seq = await self._next_commit.submit((record, key_revision))
+            if isinstance(seq, KeysChanged):
+                raise seq
+            return seq
         fut: Future = Future()
         self._enqueue(record, fut)
         return await asyncio.wait_for(asyncio.wrap_future(fut), timeout)
 
-    async def _append_async(self, items: list[tuple[dict[str, Any], int | None]]) -> list[int]:
-        """One PostgreSQL append for a batch of ``(record, key revision or None)``: guarded by the
-        revision its cached decisions relied on (:meth:`AuditLog.append_many_async`)."""
+    async def _append_async(self, items: list[tuple[dict[str, Any], int | None]]) -> list[Any]:
+        """One PostgreSQL append for a batch of ``(record, key revision or None)``, guarded by the
+        revision its cached decisions relied on (:meth:`AuditLog.append_many_async`). If the keys
+        changed, the records decided on fresh rows (revision None) are appended on their own and
+        each guarded one gets a :class:`KeysChanged` as its result (:meth:`write_async` raises it):
+        a stale batch-mate never costs a fresh request its answer."""
         revisions = {rev for _, rev in items if rev is not None}
-        if len(revisions) > 1:  # decided under two revisions: at least one is stale, decide them all again
-            raise KeysChanged(max(revisions))
-        return await self._log.append_many_async([rec for rec, _ in items],
-                                                 key_revision=revisions.pop() if revisions else None)
+        try:
+            if len(revisions) > 1:  # decided under two revisions: at least one is stale, decide them all again
+                raise KeysChanged(max(revisions))
+            return await self._log.append_many_async([rec for rec, _ in items],
+                                                     key_revision=revisions.pop() if revisions else None)
+        except KeysChanged as exc:
+            out: list[Any] = [exc] * len(items)
+            fresh = [i for i, (_, rev) in enumerate(items) if rev is None]
+            if fresh:
+                seqs = await self._log.append_many_async([items[i][0] for i in fresh])
+                for i, seq in zip(fresh, seqs, strict=True):
+                    out[i] = seq
+            return out
 
     def _commit_turn(self) -> None:
         """Commit this loop turn's records on the loop, unless another writer (a thread of
