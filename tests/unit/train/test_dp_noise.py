@@ -100,6 +100,18 @@ def test_add_normal_in_place_draws_what_normal_draws():
     assert stats.kstest(secure.numpy() / 2.0, "norm").pvalue > 1e-4  # fixed seed: one fixed sample
 
 
+def test_float32_draws_are_the_float64_transform_rounded():
+    """The DP step's float32 path (radius in float64, angle in float32) gives the float64
+    transform's values to float32 precision, from the same uniforms; tails included."""
+    n = noise_mod._CHUNK + 7
+    f32 = SeededNoise(11).normal((n,), 3.0, dtype=torch.float32)
+    f64 = SeededNoise(11).normal((n,), 3.0, dtype=torch.float64)
+    assert f32.dtype == torch.float32
+    # the angle rounded to float32 moves a value by at most ~r * 2pi * 2^-24 * std (a few float32 ulps)
+    torch.testing.assert_close(f32.double(), f64, rtol=0, atol=2e-5)
+    assert float(f64.abs().max()) > 4 * 3.0  # a sample this large exists, and it agrees too
+
+
 def test_discrete_laplace_has_the_geometric_law():
     source = SeededNoise(5)
     eps = 0.7
