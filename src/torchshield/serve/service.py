@@ -215,19 +215,14 @@ class Service:
         return self._decide(self.authenticate(token), domain, obj, act, model_exists)
 
     async def check_async(self, token: str | None, domain: str, obj: str, act: str, *,
-                          model_exists: bool = True, cached: bool = False, count: bool = True) -> Decision:
+                          model_exists: bool = True, fresh: bool = False, count: bool = True) -> Decision:
         """:meth:`check` on the event loop, for PostgreSQL (the key read is a coroutine; a policy
-        reload, rare, runs on a worker thread). ``cached``: the decision may rest on this
-        worker's copy of the key's row (``Decision.provisional``: see
-        :meth:`KeyStore.authenticate_cached`). ``count=False``: a decision taken again for the
-        same request does not charge its rate limit twice."""
-        provisional = None
-        if cached:
-            key, revision, from_cache = await self.keys.authenticate_cached(token)
-            provisional = revision if from_cache else None
-        else:
-            key, revision = await self.keys.authenticate_async(token)
-            self.keys.saw_revision(revision)
+        reload, rare, runs on a worker thread). The decision may rest on this worker's copy of
+        the key's row (``Decision.provisional``: see :meth:`KeyStore.authenticate_cached`);
+        ``fresh``: read the row first. ``count=False``: a decision taken again for the same
+        request does not charge its rate limit twice."""
+        key, revision, from_cache = await self.keys.authenticate_cached(token, fresh=fresh)
+        provisional = revision if from_cache else None
         if key is not None and revision != self.authz.revision:
             await asyncio.to_thread(self.authz.sync, revision)
         d = self._decide(key, domain, obj, act, model_exists, count=count)

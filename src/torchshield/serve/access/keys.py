@@ -226,7 +226,7 @@ class KeyStore:
         row = await self._reads.submit(key_id)
         return self._accept(token, self._remember(key_id, row, None, 0.0))
 
-    async def authenticate_cached(self, token: str | None) -> tuple[ApiKey | None, int, bool]:
+    async def authenticate_cached(self, token: str | None, *, fresh: bool = False) -> tuple[ApiKey | None, int, bool]:
         """:meth:`authenticate_async` that may answer from this worker's copy of the key's row:
         ``(key, revision, provisional)``. A provisional answer comes from a row read under
         ``revision``, the newest revision this worker has seen, at most ``cache_ttl`` ago; the
@@ -235,11 +235,12 @@ class KeyStore:
         ``KeysChanged`` if any key or policy changed since, so that the request is decided again
         from a fresh row before anything is answered: revocation stays effective for every
         request that arrives after it commits, and a lone request pays one round trip, not two.
-        The secret and the expiry are checked on every request, cached row or not."""
+        The secret and the expiry are checked on every request, cached row or not. ``fresh``:
+        read the row (and keep it) whatever the cache holds."""
         key_id = _key_id(token)
         if token is None or key_id is None:  # _key_id gives None for a None token
             return None, -1, False
-        hit = self._pg_rows.get(key_id)
+        hit = None if fresh else self._pg_rows.get(key_id)
         if hit is not None and hit[4] == self.revision_seen and time.monotonic() - hit[1] <= self.cache_ttl:
             key, revision = self._accept(token, hit)
             return key, revision, True

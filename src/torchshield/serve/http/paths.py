@@ -136,9 +136,13 @@ class RequestPath:
             return None
         if ctx.committed is not None:  # committed early with another status: the log tells the truth
             ctx.amend()
-        writer, digest = self.service.audit_writer, self.service.audit.digest
+        return await self._write(ctx, status)
+
+    async def _write(self, ctx: AuditContext, status: int) -> ApiError | None:
+        """Write the record of ``ctx`` answered with ``status``; a 503 to send instead if that failed."""
         try:
-            await writer.write_async(ctx.record(status, digest), on_loop=self.commit_on_loop)
+            await self.service.audit_writer.write_async(ctx.record(status, self.service.audit.digest),
+                                                        on_loop=self.commit_on_loop)
         except Exception:  # noqa: BLE001 - fail closed, without leaking database details
             return ApiError(503, AUDIT_DOWN)
         return None
@@ -181,18 +185,19 @@ class AsyncDbPath(RequestPath):
                     model: str | None = None, exists: bool = True) -> Decision:
         note(ctx, action, route, model)
         token, domain = bearer(request), model or GLOBAL
-        d = await self.service.check_async(token, domain, obj, act, model_exists=exists, cached=True)
+        d = await self.service.check_async(token, domain, obj, act, model_exists=exists)
         if d.provisional is not None:
             ctx.key_revision = d.provisional
-            ctx.recheck = lambda: self.service.check_async(token, domain, obj, act, model_exists=exists, count=False)
+            ctx.recheck = lambda: self.service.check_async(token, domain, obj, act, model_exists=exists, fresh=True,
+                                                           count=False)
         return conclude(ctx, d)
 
-    async def commit(self, ctx: AuditContext, status: int) -> ApiError | None:
-        if ctx.key_revision is None or ctx.skip_audit or ctx.committed == status:
-            return await super().commit(ctx, status)
-        writer, digest = self.service.audit_writer, self.service.audit.digest
+    async def _write(self, ctx: AuditContext, status: int) -> ApiError | None:
+        if ctx.key_revision is None:
+            return await super()._write(ctx, status)
         try:
-            await writer.write_async(ctx.record(status, digest), key_revision=ctx.key_revision)
+            await self.service.audit_writer.write_async(ctx.record(status, self.service.audit.digest),
+                                                        key_revision=ctx.key_revision)
             return None
         except KeysChanged as exc:  # decided on a row that may be stale: decide again, then commit that
             self.service.keys.saw_revision(exc.revision)
@@ -205,10 +210,10 @@ class AsyncDbPath(RequestPath):
             return ApiError(503, AUDIT_DOWN)
         ctx.key_id = d.key.key_id if d.key else None
         if d.allowed:
-            return await super().commit(ctx, status)
+            return await super()._write(ctx, status)
         ctx.reason = d.reason
         headers = {"Retry-After": str(d.retry_after)} if d.status == 429 else None
-        return await super().commit(ctx, d.status) or ApiError(d.status, d.reason, headers=headers)
+        return await super()._write(ctx, d.status) or ApiError(d.status, d.reason, headers=headers)
 
 
 class ThreadPath(RequestPath):
