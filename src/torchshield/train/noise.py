@@ -54,19 +54,39 @@ class NoiseSource(Protocol):
 
 
 class _GaussianFromUniform:
-    """Box-Muller over a uniform stream; ``secure_mode`` sums 4 draws (see the module docstring)."""
+    """Box-Muller over a stream of random bytes; ``secure_mode`` sums 4 draws (see the module docstring).
+
+    Subclasses provide :meth:`_fill`, which writes random bytes into a buffer in place. Every draw
+    goes through it into preallocated arrays: asking the cipher for fresh ``bytes`` objects cost
+    4x the keystream itself here (68 vs 17 ms for 92 MB, one thread), all of it allocation."""
 
     secure_mode: bool = False
 
-    def uniform(self, n: int) -> np.ndarray:  # pragma: no cover - provided by subclasses
+    def _fill(self, buf: memoryview) -> None:  # pragma: no cover - provided by subclasses
         raise NotImplementedError
 
+    def _words(self, n: int, dtype: type[np.unsignedinteger]) -> np.ndarray:
+        """``n`` random unsigned integers of ``dtype`` (uint64 or uint32)."""
+        words = np.empty(n, dtype=dtype)
+        if n:
+            self._fill(memoryview(words).cast("B"))
+        return words
+
+    def uniform(self, n: int) -> np.ndarray:
+        """``n`` float64 uniforms in (0, 1]: the top 53 bits of each 64-bit word, plus one, times 2^-53."""
+        words = self._words(n, np.uint64)
+        words >>= np.uint64(11)
+        u = words.astype(np.float64)
+        u += 1.0
+        u *= 2.0**-53
+        return u  # (0, 1]: log() is finite
+
     def _standard_normal(self, n: int) -> np.ndarray:
-        """``n`` float64 standard normals, ``_CHUNK`` at a time (:meth:`_box_muller`)."""
+        """``n`` float64 standard normals, ``_CHUNK`` at a time (:meth:`_box_muller64`)."""
         out = np.empty(n)
         for start in range(0, n, _CHUNK):
             m = min(_CHUNK, n - start)
-            out[start:start + m] = self._box_muller(m, torch.float64).numpy()
+            out[start:start + m] = self._box_muller64(m).numpy()
         return out
 
     def normal_array(self, n: int, std: float) -> np.ndarray:
@@ -79,41 +99,68 @@ class _GaussianFromUniform:
 
     def add_normal_(self, out: Tensor, std: float) -> Tensor:
         """``out += N(0, std^2)`` elementwise, in place, drawn ``_CHUNK`` values at a time: no
-        full-size float64 temporaries (a DP step over 11.2M parameters made six of 90 MB each,
-        paying their page faults and memory traffic on every step).
+        full-size temporaries (a DP step over 11.2M parameters made six of 90 MB each, paying
+        their page faults and memory traffic on every step).
 
-        For a float32 ``out`` outside ``secure_mode`` (the DP-SGD step) the radius
-        ``sqrt(-2 ln u)`` is computed in float64 from the 53-bit uniform, so the tails reach
-        8.6 sigma as in float64, and the angle and the product in float32, the precision the
-        noise is added at: 1.7x faster (11.2M samples: 90 vs 155 ms, one thread), values within
-        float32 rounding of the float64 transform (tested). ``secure_mode`` and float64 targets
-        keep the whole transform in float64."""
+        A float32 ``out`` outside ``secure_mode`` (the DP-SGD step) takes :meth:`_add_box_muller32`;
+        ``secure_mode`` and float64 targets keep the whole transform in float64."""
         if not out.is_contiguous():
             return out.add_(self.normal(out.shape, std, dtype=out.dtype, device=out.device))
         flat = out.view(-1)
-        fast = out.dtype == torch.float32 and not self.secure_mode
+        fast = out.dtype == torch.float32 and not self.secure_mode and out.device.type == "cpu"
         for start in range(0, flat.numel(), _CHUNK):
             part = flat[start:start + _CHUNK]
             if fast:
-                z = self._box_muller(part.numel(), torch.float32).mul_(std)
+                self._add_box_muller32(part, std)
             else:
                 z = torch.from_numpy(self.normal_array(part.numel(), std))
-            part.add_(z if part.device.type == "cpu" else z.to(part.device))
+                part.add_(z if part.device.type == "cpu" else z.to(part.device))
         return out
 
-    def _box_muller(self, n: int, dtype: torch.dtype) -> Tensor:
-        """``n`` <= ``_CHUNK`` standard normals: Box-Muller with torch's vectorised log/sqrt/cos/sin
-        (SLEEF, 1 ulp; 1.8-2.8x faster than numpy's scalar float64 loops here), the radius in
-        float64 from the 53-bit uniforms, the angle and the product in ``dtype``. The pairs use
-        ``n`` uniforms rounded up to even, whatever ``dtype``."""
+    def _box_muller64(self, n: int) -> Tensor:
+        """``n`` <= ``_CHUNK`` float64 standard normals: Box-Muller with torch's vectorised
+        log/sqrt/cos/sin (SLEEF, 1 ulp; 1.8-2.8x faster than numpy's scalar float64 loops here)
+        on 53-bit uniforms. The pairs use ``n`` uniforms rounded up to even."""
         pairs = (n + 1) // 2
         u = torch.from_numpy(self.uniform(2 * pairs))
-        r = torch.log(u[:pairs]).mul_(-2.0).sqrt_().to(dtype)
-        theta = u[pairs:].to(dtype).mul_(_TWO_PI)
-        z = torch.empty(2 * pairs, dtype=dtype)
+        r = torch.log(u[:pairs]).mul_(-2.0).sqrt_()
+        theta = u[pairs:].mul_(_TWO_PI)
+        z = torch.empty(2 * pairs, dtype=torch.float64)
         torch.cos(theta, out=z[:pairs]).mul_(r)
         torch.sin(theta, out=z[pairs:]).mul_(r)
         return z[:n]
+
+    def _add_box_muller32(self, part: Tensor, std: float) -> None:
+        """``part += N(0, std^2)`` for a float32 CPU chunk (``numel <= _CHUNK``), the DP step's path.
+
+        The radius ``std * sqrt(-2 ln u)`` takes ``ln`` in float64 of a 52-bit uniform, so the
+        tails reach 8.5 sigma as in float64, and the rest in float32; the angle is a 23-bit
+        uniform, as many bits as a float32 angle holds. Both uniforms are built by writing the
+        random bits into the mantissa of a float in [1, 2) (no integer-to-float conversion), and
+        the products are added with ``addcmul_`` (no buffer for the noise itself). 12 random bytes
+        per pair instead of 16. Values agree with the float64 transform of the same uniforms to
+        float32 rounding (tested against a numpy reference). 11.2M samples, one thread: see
+        ``benchmarks/bench_dp_noise.py``."""
+        n = part.numel()
+        pairs = (n + 1) // 2
+        radius_bits = self._words(pairs, np.uint64)
+        radius_bits >>= np.uint64(12)
+        radius_bits |= np.uint64(0x3FF0000000000000)
+        u = radius_bits.view(np.float64)  # [1, 2)
+        np.subtract(2.0, u, out=u)  # (0, 1], exact
+        ln_u = torch.from_numpy(u)
+        torch.log(ln_u, out=ln_u)
+        r = ln_u.to(torch.float32).mul_(-2.0 * std * std).sqrt_()
+        angle_bits = self._words(pairs, np.uint32)
+        angle_bits >>= np.uint32(9)
+        angle_bits |= np.uint32(0x3F800000)
+        theta = torch.from_numpy(angle_bits.view(np.float32))  # [1, 2)
+        theta.sub_(1.5).mul_(_TWO_PI)  # [-pi, pi): the subtraction is exact (Sterbenz)
+        trig = torch.empty(pairs, dtype=torch.float32)
+        half = n - pairs  # the second half is one shorter when n is odd
+        part[:pairs].addcmul_(torch.cos(theta, out=trig), r)
+        if half:
+            part[pairs:].addcmul_(torch.sin(theta, out=trig)[:half], r[:half])
 
     def normal(self, shape: Any, std: float, *, dtype: torch.dtype = torch.float32, device: Any = None) -> Tensor:
         """A fresh tensor of N(0, std^2) draws: :meth:`add_normal_` on zeros (drawn on the CPU)."""
@@ -122,7 +169,7 @@ class _GaussianFromUniform:
 
 
 class SecureNoise(_GaussianFromUniform):
-    """Uniform bits from the ChaCha20 keystream, keyed from ``os.urandom`` (a CSPRNG)."""
+    """Random bits from the ChaCha20 keystream, keyed from ``os.urandom`` (a CSPRNG)."""
 
     def __init__(self, *, secure_mode: bool = False) -> None:
         self.secure_mode = secure_mode
@@ -134,24 +181,17 @@ class SecureNoise(_GaussianFromUniform):
         self._stream = Cipher(algorithms.ChaCha20(os.urandom(32), os.urandom(16)), mode=None).encryptor()
         self._left = _REKEY_BYTES
 
-    def _bytes(self, n: int) -> bytes:
-        chunks = []
+    def _fill(self, buf: memoryview) -> None:
         zeros = memoryview(_ZEROS)
-        while n > 0:
+        done = 0
+        while done < len(buf):
             if self._left == 0:
                 self._rekey()
-            take = min(n, self._left, len(_ZEROS))
-            chunks.append(self._stream.update(zeros[:take]))  # keystream XOR zeros = keystream
+            take = min(len(buf) - done, self._left, len(_ZEROS))
+            # the keystream XOR zeros is the keystream, written straight into the caller's array
+            self._stream.update_into(zeros[:take], buf[done:done + take])
             self._left -= take
-            n -= take
-        return b"".join(chunks) if len(chunks) != 1 else chunks[0]
-
-    def uniform(self, n: int) -> np.ndarray:
-        bits = np.frombuffer(self._bytes(8 * n), dtype=np.uint64) >> np.uint64(11)
-        u = bits.astype(np.float64)
-        u += 1.0
-        u *= 2.0**-53
-        return u  # (0, 1]: log() is finite
+            done += take
 
     def describe(self) -> dict[str, Any]:
         return {"generator": "ChaCha20 keystream (cryptography), key from os.urandom", "secure_mode": self.secure_mode}
@@ -164,8 +204,8 @@ class SeededNoise(_GaussianFromUniform):
         self.secure_mode = secure_mode
         self._rng = np.random.default_rng(seed)
 
-    def uniform(self, n: int) -> np.ndarray:
-        return 1.0 - self._rng.random(n)  # (0, 1]
+    def _fill(self, buf: memoryview) -> None:
+        buf[:] = self._rng.bytes(len(buf))
 
     def describe(self) -> dict[str, Any]:
         return {"generator": "INSECURE seeded PCG64 (insecure_seed_for_tests)", "secure_mode": self.secure_mode}
