@@ -37,6 +37,9 @@ _REKEY_BYTES = 64 << 20  # far below ChaCha20's 256 GiB per (key, nonce); re-key
 _CHUNK = 1 << 20  # samples per Box-Muller pass: bounds the temporary buffers at ~24 MiB
 _ZEROS = bytes(8 * _CHUNK)  # the plaintext whose encryption is the keystream; allocated once
 _TWO_PI = 2.0 * math.pi
+# IEEE-754 bit patterns: a float in [1, 2) is the exponent of 1.0 with any mantissa
+_MANTISSA64, _ONE64 = (1 << 52) - 1, 0x3FF0000000000000
+_MANTISSA32, _ONE32 = (1 << 23) - 1, 0x3F800000
 
 
 class NoiseSource(Protocol):
@@ -102,12 +105,13 @@ class _GaussianFromUniform:
         full-size temporaries (a DP step over 11.2M parameters made six of 90 MB each, paying
         their page faults and memory traffic on every step).
 
-        A float32 ``out`` outside ``secure_mode`` (the DP-SGD step) takes :meth:`_add_box_muller32`;
-        ``secure_mode`` and float64 targets keep the whole transform in float64."""
+        A float32 ``out`` outside ``secure_mode`` (the DP-SGD step) takes :meth:`_add_box_muller32`
+        (on a GPU too: only the random bits are copied there); ``secure_mode`` and float64 targets
+        keep the whole transform in float64, on the CPU."""
         if not out.is_contiguous():
             return out.add_(self.normal(out.shape, std, dtype=out.dtype, device=out.device))
         flat = out.view(-1)
-        fast = out.dtype == torch.float32 and not self.secure_mode and out.device.type == "cpu"
+        fast = out.dtype == torch.float32 and not self.secure_mode
         for start in range(0, flat.numel(), _CHUNK):
             part = flat[start:start + _CHUNK]
             if fast:
@@ -131,36 +135,47 @@ class _GaussianFromUniform:
         return z[:n]
 
     def _add_box_muller32(self, part: Tensor, std: float) -> None:
-        """``part += N(0, std^2)`` for a float32 CPU chunk (``numel <= _CHUNK``), the DP step's path.
+        """``part += N(0, std^2)`` for a float32 chunk (``numel <= _CHUNK``), the DP step's path.
 
         The radius ``std * sqrt(-2 ln u)`` takes ``ln`` in float64 of a 52-bit uniform, so the
         tails reach 8.5 sigma as in float64, and the rest in float32; the angle is a 23-bit
-        uniform, as many bits as a float32 angle holds. Both uniforms are built by writing the
-        random bits into the mantissa of a float in [1, 2) (no integer-to-float conversion), and
-        the products are added with ``addcmul_`` (no buffer for the noise itself). 12 random bytes
-        per pair instead of 16. Values agree with the float64 transform of the same uniforms to
-        float32 rounding (tested against a numpy reference). 11.2M samples, one thread: see
-        ``benchmarks/bench_dp_noise.py``."""
+        uniform, as many bits as a float32 angle holds. Both uniforms are built by writing random
+        bits into the mantissa of a float in [1, 2) (no integer-to-float conversion), and the
+        products are added with ``addcmul_`` (no buffer for the noise itself): 12 random bytes per
+        pair instead of 16. Values agree with the float64 transform of the same uniforms to
+        float32 rounding (tested against a numpy reference).
+
+        Only the random bits come from the CPU (the stream lives there); every step after them
+        runs where ``part`` lives, so a GPU step copies 6 bytes per parameter and does the maths
+        itself instead of waiting for the CPU's transcendental functions."""
         n = part.numel()
         pairs = (n + 1) // 2
-        radius_bits = self._words(pairs, np.uint64)
-        radius_bits >>= np.uint64(12)
-        radius_bits |= np.uint64(0x3FF0000000000000)
-        u = radius_bits.view(np.float64)  # [1, 2)
-        np.subtract(2.0, u, out=u)  # (0, 1], exact
-        ln_u = torch.from_numpy(u)
-        torch.log(ln_u, out=ln_u)
-        r = ln_u.to(torch.float32).mul_(-2.0 * std * std).sqrt_()
-        angle_bits = self._words(pairs, np.uint32)
-        angle_bits >>= np.uint32(9)
-        angle_bits |= np.uint32(0x3F800000)
-        theta = torch.from_numpy(angle_bits.view(np.float32))  # [1, 2)
+        device = part.device
+        bits64, bits32, r, trig = self._scratch(pairs)
+        self._fill(memoryview(bits64.numpy()).cast("B"))
+        self._fill(memoryview(bits32.numpy()).cast("B"))
+        if device.type != "cpu":
+            bits64, bits32 = bits64.to(device), bits32.to(device)
+            r, trig = torch.empty(pairs, device=device), torch.empty(pairs, device=device)
+        u = bits64.bitwise_and_(_MANTISSA64).bitwise_or_(_ONE64).view(torch.float64)  # [1, 2)
+        u.neg_().add_(2.0)  # (0, 1], exact
+        r.copy_(torch.log(u, out=u)).mul_(-2.0 * std * std).sqrt_()
+        theta = bits32.bitwise_and_(_MANTISSA32).bitwise_or_(_ONE32).view(torch.float32)  # [1, 2)
         theta.sub_(1.5).mul_(_TWO_PI)  # [-pi, pi): the subtraction is exact (Sterbenz)
-        trig = torch.empty(pairs, dtype=torch.float32)
         half = n - pairs  # the second half is one shorter when n is odd
         part[:pairs].addcmul_(torch.cos(theta, out=trig), r)
         if half:
             part[pairs:].addcmul_(torch.sin(theta, out=trig)[:half], r[:half])
+
+    def _scratch(self, pairs: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """CPU buffers for one chunk (int64 and int32 words, two float32 rows), allocated once:
+        torch's CPU tensors are not cached, and fresh ones cost their page faults on every chunk
+        (11.2M draws, one thread: 75-95 ms with fresh buffers, 55 ms reused)."""
+        if getattr(self, "_buffers", None) is None:
+            size = (_CHUNK + 1) // 2
+            self._buffers = (torch.empty(size, dtype=torch.int64), torch.empty(size, dtype=torch.int32),
+                             torch.empty(size), torch.empty(size))
+        return tuple(b[:pairs] for b in self._buffers)  # type: ignore[return-value]
 
     def normal(self, shape: Any, std: float, *, dtype: torch.dtype = torch.float32, device: Any = None) -> Tensor:
         """A fresh tensor of N(0, std^2) draws: :meth:`add_normal_` on zeros (drawn on the CPU)."""

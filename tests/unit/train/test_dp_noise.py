@@ -121,8 +121,9 @@ def test_float32_draws_match_a_numpy_reference_of_the_same_bits():
         pairs = (size + 1) // 2
         radius_words = np.frombuffer(rng.bytes(8 * pairs), dtype=np.uint64)
         angle_words = np.frombuffer(rng.bytes(4 * pairs), dtype=np.uint32)
-        u = 1.0 - (radius_words >> np.uint64(12)).astype(np.float64) * 2.0**-52  # (0, 1]
-        theta = 2.0 * np.pi * ((angle_words >> np.uint32(9)).astype(np.float64) * 2.0**-23 - 0.5)
+        # the low 52 / 23 bits of each word, as the mantissa of a float in [1, 2)
+        u = 1.0 - (radius_words & np.uint64(2**52 - 1)).astype(np.float64) * 2.0**-52  # (0, 1]
+        theta = 2.0 * np.pi * ((angle_words & np.uint32(2**23 - 1)).astype(np.float64) * 2.0**-23 - 0.5)
         r = std * np.sqrt(-2.0 * np.log(u))
         ref.append(np.concatenate([r * np.cos(theta), r * np.sin(theta)])[:size])
     want = np.concatenate(ref)
