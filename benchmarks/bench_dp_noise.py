@@ -1,12 +1,13 @@
 """Cost of CSPRNG noise (issue 22): DP-SGD noise from the ChaCha20 keystream vs a seeded generator.
 
 1. Raw Gaussian throughput, one thread: torch's seeded Philox/MT ``torch.normal`` (what the noise
-   used before), our ``SecureNoise`` (ChaCha20 keystream + Box-Muller in float64) and its
-   ``secure_mode`` (4 draws per sample, Holohan & Braghin), per million samples.
+   used before), our ``SecureNoise`` (ChaCha20 keystream + Box-Muller, float32 output as the DP
+   step draws it) and its ``secure_mode`` (4 float64 draws per sample, Holohan & Braghin), per
+   million samples.
 2. A whole DP-SGD step (torchshield ghost engine, batch 256, one thread) on the digits MLP
    64-256-256-10 (~85k parameters) and the CNN of bench_dp.py (~190k parameters), with noise from
    each source; interleaved rounds, median of paired ratios against the seeded generator.
-3. On CUDA when present: the same step on the GPU (noise drawn on the CPU stream, then copied).
+3. On CUDA when present: the same step on the GPU (the CSPRNG's bytes copied, the transform on the GPU).
 
 Run: ``.venv/bin/python benchmarks/bench_dp_noise.py`` (about a minute on 2 idle cores).
 """
@@ -34,6 +35,10 @@ class _TorchSeeded:
 
     def normal(self, shape, std, *, dtype=torch.float32, device=None):
         return torch.normal(0.0, std, tuple(shape), generator=self.gen, dtype=dtype, device=self.device)
+
+    def add_normal_(self, out, std):  # what the DP step calls
+        return out.add_(torch.normal(0.0, std, tuple(out.shape), generator=self.gen, dtype=out.dtype,
+                                     device=self.device))
 
     def uniform(self, n):  # pragma: no cover - sampling coins are not part of this benchmark
         raise NotImplementedError
