@@ -1,0 +1,132 @@
+"""Exploration (issue 18, not a product feature): can a trigger set be *embedded* so that it survives
+a thief's high-rate fine-tuning on a ResNet-style CNN? A negative result, kept so it can be re-run.
+
+The keyed-pattern trigger set (``model/watermark/keyed.py``) is trained in at training time on the
+ResNet task of ``bench_watermark.py`` (digits as 3 x 8 x 8 images, the hand-written BasicBlock
+ResNet), with its regulariser's loss replaced by one of these robust-embedding ideas from the
+literature, then attacked with the four fine-tunes of the survival table (10 epochs on the thief's
+400 held-out inputs):
+
+- ``plain``: the shipped regulariser (cross-entropy of the stamped inputs on the pattern labels);
+- ``awp``: adversarial weight perturbation (Gan et al., ICCV 2023, "Towards robust model watermark
+  via reducing parametric vulnerability"): the trigger loss is taken at weights moved, per tensor,
+  by ``rho * ||w||`` along the trigger loss's gradient (the direction that removes the mark fastest);
+- ``lookahead``: the trigger loss after ``steps`` simulated thief steps (SGD at ``lr`` on clean base
+  inputs labelled by the model itself), first order: training for the mark *after* fine-tuning;
+- ``pull``: an entanglement term in the spirit of Jia et al.'s EWE: stamped inputs' penultimate
+  features pulled towards the centroid of clean inputs the model puts in the pattern's class.
+
+Each variant runs with ``--keys`` fresh master keys (the patterns and labels differ per key). A
+fine-tune is a fair removal when the thief keeps its accuracy within 2 points of the marked model.
+Run: ``.venv/bin/python benchmarks/explore_trigger_robustness.py`` (about 2 minutes, one thread).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+
+import torch
+import torch.nn.functional as F
+from bench_watermark import _resnet_task
+from torch.func import functional_call
+
+from torchshield.crypto.keys import generate_master_key
+from torchshield.model.watermark import keyed, make_regularizer, model_predictor, verify_trigger
+
+VARIANTS = {
+    "plain": {},
+    "awp rho 0.02": {"kind": "awp", "rho": 0.02},
+    "awp rho 0.1": {"kind": "awp", "rho": 0.1},
+    "lookahead 1 x sgd 0.1": {"kind": "lookahead", "steps": 1, "lr": 0.1},
+    "lookahead 3 x sgd 0.1": {"kind": "lookahead", "steps": 3, "lr": 0.1},
+    "pull 1.0": {"kind": "pull", "rho": 1.0},
+    "pull 5.0": {"kind": "pull", "rho": 5.0},
+}
+ATTACKS = (("adam", 1e-3), ("adam", 1e-2), ("sgd", 0.01), ("sgd", 0.1))
+
+
+class RobustEmbedding(keyed.KeyedPatternRegularizer):
+    """The shipped regulariser with its loss taken as one of the variants above."""
+
+    def __init__(self, plain: keyed.KeyedPatternRegularizer, kind: str | None = None, rho: float = 0.0,
+                 steps: int = 1, lr: float = 0.1) -> None:
+        self.__dict__.update(plain.__dict__)
+        self.kind, self.rho, self.steps, self.lr = kind, rho, steps, lr
+
+    def __call__(self, model: torch.nn.Module) -> torch.Tensor:
+        self._calls += 1
+        if (self._calls - 1) % self.every:
+            return torch.zeros(())
+        idx = torch.randint(0, len(self.base), (self.per_step,), generator=self._gen)
+        which = torch.randint(0, len(self.patterns.labels), (self.per_step,), generator=self._gen)
+        x, y = self.patterns.stamp(self.base[idx], which), self.patterns.labels[which]
+        params = {n: p for n, p in model.named_parameters() if p.requires_grad}
+        extra = torch.zeros(())
+        if self.kind == "awp":
+            grads = torch.autograd.grad(F.cross_entropy(model(x), y), list(params.values()), allow_unused=True)
+            moved = {n: p if g is None or p.dim() < 2 else p + (self.rho * p.detach().norm() / (g.norm() + 1e-12)) * g
+                     for (n, p), g in zip(params.items(), grads)}
+            out = functional_call(model, moved, (x,))
+        elif self.kind == "lookahead":
+            clean = self.base[torch.randint(0, len(self.base), (64,), generator=self._gen)]
+            with torch.no_grad():
+                labels = model(clean).argmax(1)
+            moved = dict(params)
+            for _ in range(self.steps):
+                loss = F.cross_entropy(functional_call(model, moved, (clean,)), labels)
+                grads = torch.autograd.grad(loss, list(moved.values()), allow_unused=True)
+                moved = {n: v if g is None else v - self.lr * g.detach() for (n, v), g in zip(moved.items(), grads)}
+            out = functional_call(model, moved, (x,))
+        elif self.kind == "pull":
+            head = [m for m in model.modules() if isinstance(m, torch.nn.Linear)][-1]
+            seen: dict[str, torch.Tensor] = {}
+            hook = head.register_forward_hook(lambda m, i, o: seen.__setitem__("f", i[0]))
+            try:
+                with torch.no_grad():
+                    labels = model(self.base[torch.randint(0, len(self.base), (128,), generator=self._gen)]).argmax(1)
+                    clean = seen["f"]
+                out = model(x)
+                feats = seen["f"]
+            finally:
+                hook.remove()
+            centroids = torch.stack([clean[labels == c].mean(0) if (labels == c).any() else clean.mean(0)
+                                     for c in range(out.shape[1])])
+            extra = self.rho * (feats - centroids[y]).pow(2).sum(1).mean() / (clean.pow(2).sum(1).mean() + 1e-8)
+        else:
+            out = model(x)
+        return (self.strength * self.every) * (F.cross_entropy(out, y) + extra)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--keys", type=int, default=3)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    task = _resnet_task()
+    nulls = [task.fit(task.build(1000 + i), task.train, 1, task.lr, seed=i) for i in range(20)]
+    print(f"{'variant':24s} {'marked acc':>10s} " + " ".join(f"{o} {lr:g}".rjust(22) for o, lr in ATTACKS)
+          + "   min null p (20 models)")
+    for name, options in VARIANTS.items():
+        for _ in range(args.keys):
+            key = generate_master_key()
+            model = task.build(0)
+            (plain,), record = make_regularizer({"method": "trigger"}, model, key, data=task.train[0],
+                                                inputs=task.inputs)
+            model = task.fit(model, task.train, task.mark_epochs, task.lr, [RobustEmbedding(plain, **options)],
+                             owner=True)
+            marked = task.acc(model)
+            cells = []
+            for opt, lr in ATTACKS:
+                thief = task.fit(copy.deepcopy(model), task.held, 10, lr, optimizer=opt, seed=7)
+                v = verify_trigger(model_predictor(thief), record, key)
+                fair = "fair" if task.acc(thief) >= marked - 0.02 else "    "
+                cells.append(f"{task.acc(thief):.3f} {fair} p {v.p_value:7.1e}")
+            null_p = min(verify_trigger(model_predictor(m), record, key).p_value for m in nulls)
+            print(f"{name:24s} {marked:10.4f} " + " ".join(c.rjust(22) for c in cells) + f"   {null_p:.2g}",
+                  flush=True)
+    print(f"(a mark is present at p < {record.threshold:g}; one row per key)")
+
+
+if __name__ == "__main__":
+    main()
