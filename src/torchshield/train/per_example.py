@@ -208,9 +208,11 @@ class _Workspace:
     32, sequence 128, one thread): 400 MB of per-example gradients a step; ``bmm`` into a fresh
     tensor 40 ms against 27.5 ms into a reused one for a 1024x256 layer. Buffers are handed out in
     the same order every step and are all free again when the next step's uses are built
-    (:meth:`recycle`), so nothing outlives the step that read it. Not on CUDA, whose caching
-    allocator already reuses the memory (and would otherwise lend it to the next forward). At most
-    ``_POOL_CAP`` elements are kept."""
+    (:meth:`recycle`), so nothing outlives the step that read it. A buffer is kept per gradient
+    shape ``[m, n]`` with room for the largest batch seen so far, and a step hands out its first
+    ``B`` rows: Poisson sampling changes ``B`` every step, and a buffer per exact shape would fill
+    the pool with sizes seen once. Not on CUDA, whose caching allocator already reuses the memory
+    (and would otherwise lend it to the next forward). At most ``_POOL_CAP`` elements are kept."""
 
     def __init__(self, strategy: str) -> None:
         self.strategy = strategy
@@ -219,21 +221,24 @@ class _Workspace:
         self._kept = 0
 
     def take(self, shape: tuple[int, ...], like: Tensor) -> Tensor | None:
-        """A buffer of ``shape`` (``like``'s dtype and device) for an ``out=``, or None for a fresh tensor."""
+        """The first ``shape[0]`` rows of a kept buffer (``like``'s dtype) for an ``out=``, or None
+        for a fresh tensor (not on the CPU, or past the cap)."""
         if like.device.type != "cpu":
             return None
-        key = (shape, like.dtype)
+        rows, key = shape[0], (shape[1:], like.dtype)
         free = self._free.get(key)
-        if free:
-            buf = free.pop()
-        else:
+        buf = free.pop() if free else None
+        if buf is None or len(buf) < rows:  # none yet, or too few rows: replace it by a larger one
+            old = 0 if buf is None else buf.numel()
             size = math.prod(shape)
-            if self._kept + size > _POOL_CAP:
+            if self._kept - old + size > _POOL_CAP:
+                if buf is not None:
+                    free.append(buf)  # type: ignore[union-attr]
                 return None
-            self._kept += size
+            self._kept += size - old
             buf = torch.empty(shape, dtype=like.dtype)
         self._taken.append((key, buf))
-        return buf
+        return buf[:rows]
 
     def recycle(self) -> None:
         """Every buffer handed out so far is free again: the uses that held them are gone."""

@@ -285,23 +285,27 @@ def test_a_parameter_used_outside_its_layer_is_refused_at_the_first_step():
 
 def test_materialised_buffers_are_reused_across_steps_and_never_leak_a_step_into_the_next():
     """The CPU workspace hands the same per-example gradient buffers to every step: each step's
-    norms and clipped sums still equal the one-example-at-a-time reference for its own batch, and
-    a step with fewer examples (a Poisson batch) gets buffers of its own shape."""
+    norms and clipped sums still equal the one-example-at-a-time reference for its own batch. A
+    smaller batch (Poisson sampling) uses the first rows of the same buffers; a larger one replaces
+    them by larger ones, which later steps reuse."""
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(5, 7), nn.Tanh(), nn.Linear(7, 3)).double()
     clipper = PerExampleClipper(model, strategy="materialise")
     storages = []
     try:
-        for step, batch in enumerate((5, 5, 3, 5)):
+        for step, batch in enumerate((5, 5, 3, 7, 4)):
             x = torch.randn(batch, 6, 5, generator=torch.Generator().manual_seed(10 + step), dtype=torch.float64)
             ref_norms, ref_sums = reference(model, _mse, (x,), 1.0)
             sums = clipper.clipped_sum(_mse(model, (x,)), 1.0)
             for p, expected in ref_sums.items():
                 torch.testing.assert_close(sums[p], expected, rtol=1e-9, atol=1e-12)
             torch.testing.assert_close(clipper.per_example_norms(_mse(model, (x,))), ref_norms)
-            storages.append({b.data_ptr() for bufs in clipper.workspace._free.values() for b in bufs}
-                            | {b.data_ptr() for _, b in clipper.workspace._taken})
+            ws = clipper.workspace
+            storages.append({b.data_ptr() for bufs in ws._free.values() for b in bufs}
+                            | {b.data_ptr() for _, b in ws._taken})
     finally:
         clipper.close()
-    assert len(storages[0]) == 2 and storages[1] == storages[0]  # the two weights' buffers, reused
-    assert storages[3] == storages[2] and storages[2] > storages[0]  # batch 3 added its own pair
+    assert len(storages[0]) == 2  # one buffer per weight shape
+    assert storages[0] == storages[1] == storages[2]  # batch 3 used the rows of the batch-5 buffers
+    assert len(storages[3]) == 2 and storages[4] == storages[3]  # batch 7 grew them; batch 4 reused those
+    assert clipper.workspace._kept == 7 * (7 * 5 + 3 * 7)  # only the larger pair is counted
