@@ -240,3 +240,12 @@ def test_the_report_fails_a_record_whose_noise_was_seeded():
     s = Section("privacy", "Privacy")
     _claimed(s, record)
     assert s.findings[0].verdict == FAIL and "insecure_seed_for_tests" in s.findings[0].reason
+
+
+def test_the_float32_path_keeps_every_step_on_the_gradients_device():
+    """On a GPU only the random bits come from the CPU; every later op runs on the gradient's
+    device. The meta device stands in for one here (no values, but any op that mixes the CPU
+    scratch buffers with device tensors fails), odd sizes and chunk edges included."""
+    out = torch.zeros(noise_mod._CHUNK + 3, device="meta")
+    assert SecureNoise().add_normal_(out, 1.0) is out
+    assert SeededNoise(1).add_normal_(torch.zeros(7, device="meta"), 2.0).device.type == "meta"
