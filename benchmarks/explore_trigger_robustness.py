@@ -1,6 +1,6 @@
-"""Exploration (issue 18, not a product feature): can a trigger set be *embedded* so that it survives
-a thief's high-rate fine-tuning on a ResNet-style CNN? A negative result, kept so it can be re-run.
+"""Exploration (issue 18): can a trigger set be *embedded* so that it survives a thief's fine-tuning?
 
+``--arch resnet`` (default): a negative result, kept so it can be re-run.
 The keyed-pattern trigger set (``model/watermark/keyed.py``) is trained in at training time on the
 ResNet task of ``bench_watermark.py`` (digits as 3 x 8 x 8 images, the hand-written BasicBlock
 ResNet), with its regulariser's loss replaced by one of these robust-embedding ideas from the
@@ -16,9 +16,14 @@ literature, then attacked with the four fine-tunes of the survival table (10 epo
 - ``pull``: an entanglement term in the spirit of Jia et al.'s EWE: stamped inputs' penultimate
   features pulled towards the centroid of clean inputs the model puts in the pattern's class.
 
+``--arch bert``: the token trigger set on the BERT-style task of ``bench_watermark.py`` (16-token
+sequences) with 4 secret tokens per pattern (the old default) against 8 (the new default, half the
+length: ``keyed.default_pattern_tokens``).
+
 Each variant runs with ``--keys`` fresh master keys (the patterns and labels differ per key). A
 fine-tune is a fair removal when the thief keeps its accuracy within 2 points of the marked model.
-Run: ``.venv/bin/python benchmarks/explore_trigger_robustness.py`` (about 2 minutes, one thread).
+Run: ``.venv/bin/python benchmarks/explore_trigger_robustness.py [--arch bert] [--keys 5]`` (about
+2 minutes, one thread).
 """
 
 from __future__ import annotations
@@ -28,12 +33,13 @@ import copy
 
 import torch
 import torch.nn.functional as F
-from bench_watermark import _resnet_task
+from bench_watermark import _bert_task, _resnet_task
 from torch.func import functional_call
 
 from torchshield.crypto.keys import generate_master_key
 from torchshield.model.watermark import keyed, make_regularizer, model_predictor, verify_trigger
 
+BERT_VARIANTS = {"4 pattern tokens": ({"pattern_tokens": 4}, {}), "8 pattern tokens": ({"pattern_tokens": 8}, {})}
 VARIANTS = {
     "plain": {},
     "awp rho 0.02": {"kind": "awp", "rho": 0.02},
@@ -101,17 +107,20 @@ class RobustEmbedding(keyed.KeyedPatternRegularizer):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--keys", type=int, default=3)
+    parser.add_argument("--arch", choices=("resnet", "bert"), default="resnet")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    task = _resnet_task()
+    task = _resnet_task() if args.arch == "resnet" else _bert_task()
+    variants = ({name: ({}, options) for name, options in VARIANTS.items()} if args.arch == "resnet"
+                else BERT_VARIANTS)
     nulls = [task.fit(task.build(1000 + i), task.train, 1, task.lr, seed=i) for i in range(20)]
     print(f"{'variant':24s} {'marked acc':>10s} " + " ".join(f"{o} {lr:g}".rjust(22) for o, lr in ATTACKS)
           + "   min null p (20 models)")
-    for name, options in VARIANTS.items():
+    for name, (section, options) in variants.items():
         for _ in range(args.keys):
             key = generate_master_key()
             model = task.build(0)
-            (plain,), record = make_regularizer({"method": "trigger"}, model, key, data=task.train[0],
+            (plain,), record = make_regularizer({"method": "trigger", **section}, model, key, data=task.train[0],
                                                 inputs=task.inputs)
             model = task.fit(model, task.train, task.mark_epochs, task.lr, [RobustEmbedding(plain, **options)],
                              owner=True)

@@ -73,8 +73,9 @@ def test_keyed_token_patterns_write_secret_tokens_into_real_sequences(bert_bundl
     stamped, labels, which = verification_set(record, key)
     assert stamped.dtype == torch.long and int(stamped.min()) >= 0 and int(stamped.max()) < vocab
     assert torch.equal(stamped[:, 0], base[:120, 0])  # position 0 ([CLS]) is never overwritten
+    assert record.params["pattern_tokens"] == 6  # the default: half of the 12 positions
     differs = (stamped != base[:120]).sum(1)
-    assert int(differs.max()) <= 4  # at most the pattern's 4 tokens change, the rest is the real sequence
+    assert int(differs.max()) <= 6  # at most the pattern's 6 tokens change, the rest is the real sequence
     same = which == 0
     assert same.sum() >= 2 and torch.equal(labels[same], labels[same][:1].expand(int(same.sum())))
     with pytest.raises(InputError, match="token ids"):
@@ -138,3 +139,9 @@ def test_make_optimizer_builds_what_is_named():
     assert type(adam) is torch.optim.Adam and adam.defaults["lr"] == 0.01
     with pytest.raises(InputError, match="adam or sgd"):
         make_optimizer("lion", params, 0.1)
+
+
+def test_token_patterns_default_to_half_the_sequence():
+    from torchshield.model.watermark.keyed import default_pattern_tokens
+
+    assert [default_pattern_tokens(n) for n in (2, 4, 8, 12, 16, 128)] == [1, 3, 4, 6, 8, 64]

@@ -23,7 +23,8 @@ as for the other marks. The record grows by ``N x input size`` floats (about 40 
 digit images).
 
 Token inputs (a text model, ``input_dtype: int64``): a pattern cannot be added to token ids, so
-pattern j is instead ``pattern_tokens`` (default 4) secret tokens written at secret positions
+pattern j is instead ``pattern_tokens`` (default half the sequence length, at least 4;
+:func:`default_pattern_tokens`) secret tokens written at secret positions
 (never position 0, where BERT's ``[CLS]`` sits) of a real sequence; positions and tokens are
 uniform draws from the secret, the labels come from their own stream as above, so the null is
 the same.
@@ -54,8 +55,8 @@ if TYPE_CHECKING:
 
     from torchshield.crypto.keys import MasterKey
 
-__all__ = ["DESIGN", "KeyedPatternRegularizer", "KeyedPatterns", "default_patterns", "new_keyed_mark",
-           "verification_set", "verify_keyed"]
+__all__ = ["DESIGN", "KeyedPatternRegularizer", "KeyedPatterns", "default_pattern_tokens", "default_patterns",
+           "new_keyed_mark", "verification_set", "verify_keyed"]
 
 DESIGN = "keyed-pattern"
 DEFAULT_PATTERNS = 16
@@ -64,8 +65,20 @@ DEFAULT_AMPLITUDE = 0.5
 DEFAULT_STRENGTH = 0.3
 DEFAULT_PER_STEP = 32
 DEFAULT_EVERY = 2
-DEFAULT_PATTERN_TOKENS = 4
+_RECORDS_PATTERN_TOKENS = 4  # what a token record without the field was made with
 DEFAULT_TOKEN_STRENGTH = 1.0  # a tiny BERT needed about 10 epochs at 1.0 (0.3 did not take in 15)
+
+
+def default_pattern_tokens(length: int) -> int:
+    """Secret tokens per pattern for sequences of ``length``: half of it, at least 4.
+
+    Measured on the BERT-style task of ``bench_watermark.py`` (16-token sequences, five keys each:
+    ``benchmarks/explore_trigger_robustness.py --arch bert --keys 5``): with 8 tokens the trigger
+    set survived a 10-epoch Adam 1e-3 fine-tune in 5 of 5 runs (p <= 8.5e-9), with 4 tokens in
+    none (p 9e-5 to 0.21), and the marked model was more accurate (0.96-0.98 against 0.90-0.94).
+    Both are still removed by Adam 1e-2. Half the length keeps that proportion on longer
+    sequences, which we have not measured."""
+    return min(max(4, length // 2), max(1, length - 1))
 
 
 def default_patterns(classes: int) -> int:
@@ -112,7 +125,7 @@ class KeyedPatterns:
         shape = [int(d) for d in p["input_shape"]]
         labels = torch.tensor(_uniform_labels(secret, k, classes), dtype=torch.long)
         if str(p.get("input_dtype", "float32")).startswith("int"):
-            positions, tokens = _token_patterns(secret, k, int(p.get("pattern_tokens", DEFAULT_PATTERN_TOKENS)),
+            positions, tokens = _token_patterns(secret, k, int(p.get("pattern_tokens", _RECORDS_PATTERN_TOKENS)),
                                                 shape[-1], int(p["low"]), int(p["high"]))
             return cls(torch.zeros(0), labels, 0.0, float(p["low"]), float(p["high"]), positions, tokens)
         n = k * int(np.prod(shape))
@@ -208,7 +221,7 @@ def new_keyed_mark(key: MasterKey, base_inputs: torch.Tensor, *, num_classes: in
                    triggers: int = DEFAULT_TRIGGERS, patterns: int = DEFAULT_PATTERNS,
                    amplitude: float = DEFAULT_AMPLITUDE, strength: float = DEFAULT_STRENGTH,
                    per_step: int = DEFAULT_PER_STEP, threshold: float = DEFAULT_P_THRESHOLD,
-                   tokens: bool = False, pattern_tokens: int = DEFAULT_PATTERN_TOKENS,
+                   tokens: bool = False, pattern_tokens: int | None = None,
                    ) -> tuple[KeyedPatternRegularizer, WatermarkRecord]:
     """A keyed-pattern mark: train with the regulariser on ``base_inputs`` (the owner's data);
     the first ``triggers`` of them are sealed into the record for verification. ``tokens``: the
@@ -241,6 +254,8 @@ def new_keyed_mark(key: MasterKey, base_inputs: torch.Tensor, *, num_classes: in
     if tokens:
         if base.dim() != 2 or int(base.min()) < low or int(base.max()) > high:
             raise InputError(f"token base inputs must be [N, length] ids in [{int(low)}, {int(high)}]")
+        if pattern_tokens is None:
+            pattern_tokens = default_pattern_tokens(int(base.shape[1]))
         params.update(input_dtype="int64", pattern_tokens=int(pattern_tokens))
     record, secret = new_mark(key, "trigger", threshold=threshold, params=params)
     sealed = seal(key, kept.tobytes(), context=_context(record.mark_id))

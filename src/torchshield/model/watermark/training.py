@@ -18,7 +18,7 @@ Example section::
       # trigger only: triggers: 100, per_step: 8, input_shape: [64], num_classes: 10, low: 0, high: 1
       # design: keyed-pattern   # in-distribution inputs + secret patterns (survives fine-tuning; needs
       #                         # the owner's data: the default in ``embed``), or noise (Adi et al.)
-      # patterns: 16, amplitude: 0.5   # keyed-pattern only (pattern_tokens: 4 for token inputs)
+      # patterns: 16, amplitude: 0.5   # keyed-pattern only (pattern_tokens: half the length for token inputs)
 
 ``embed`` and the CLI pass ``inputs`` (a :class:`~torchshield.model.watermark.inputs.TriggerInputs`
 read from the bundle's input spec) instead of ``input_shape``/``low``/``high``: trigger inputs
@@ -145,7 +145,7 @@ def _trigger_mark(section: Mapping[str, Any], model: nn.Module, key: MasterKey, 
         amplitude=_number(section, "amplitude", float, keyed.DEFAULT_AMPLITUDE),
         strength=_number(section, "strength", float, keyed.DEFAULT_TOKEN_STRENGTH if tokens else keyed.DEFAULT_STRENGTH),
         per_step=_number(section, "per_step", int, keyed.DEFAULT_PER_STEP),
-        tokens=tokens, pattern_tokens=_number(section, "pattern_tokens", int, keyed.DEFAULT_PATTERN_TOKENS))
+        tokens=tokens, pattern_tokens=_number(section, "pattern_tokens", int, None))
 
 
 def _base_inputs(loader: Iterable[tuple[torch.Tensor, torch.Tensor]], count: int) -> torch.Tensor:
