@@ -226,14 +226,14 @@ class _Workspace:
         if like.device.type != "cpu":
             return None
         rows, key = shape[0], (shape[1:], like.dtype)
-        free = self._free.get(key)
+        free = self._free.setdefault(key, [])
         buf = free.pop() if free else None
         if buf is None or len(buf) < rows:  # none yet, or too few rows: replace it by a larger one
             old = 0 if buf is None else buf.numel()
             size = math.prod(shape)
             if self._kept - old + size > _POOL_CAP:
                 if buf is not None:
-                    free.append(buf)  # type: ignore[union-attr]
+                    free.append(buf)
                 return None
             self._kept += size - old
             buf = torch.empty(shape, dtype=like.dtype)
