@@ -1,7 +1,7 @@
-"""Cost of CSPRNG noise (issue 22): DP-SGD noise from the ChaCha20 keystream vs a seeded generator.
+"""Cost of CSPRNG noise (issue 22): DP-SGD noise from the AES-256-CTR keystream vs a seeded generator.
 
 1. Raw Gaussian throughput, one thread: torch's seeded Philox/MT ``torch.normal`` (what the noise
-   used before), our ``SecureNoise`` (ChaCha20 keystream + Box-Muller, float32 output as the DP
+   used before), our ``SecureNoise`` (AES-256-CTR keystream + Box-Muller, float32 output as the DP
    step draws it) and its ``secure_mode`` (4 float64 draws per sample, Holohan & Braghin), per
    million samples.
 2. A whole DP-SGD step (torchshield ghost engine, batch 256, one thread) on the digits MLP

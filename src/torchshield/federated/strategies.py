@@ -8,7 +8,7 @@ Behaviour is added by *wrapping* a Flower strategy (Flower's own DP design), nev
   We override ``aggregate_fit`` because Flower's (1.41) falls short of what the guarantee needs:
 
   1. its noise comes from ``np.random.normal`` (the global Mersenne Twister, predictable from
-     outputs); ours comes from a CSPRNG (``torchshield.train.noise``: the ChaCha20 keystream);
+     outputs); ours comes from a CSPRNG (``torchshield.train.noise``: the AES-256-CTR keystream);
   2. it averages with FedAvg's ``num_examples`` weights, so one client's weight, and the
      sensitivity, depend on its claimed data size; we force uniform weights (sensitivity ``C/m``);
   3. it discards a round in which any client failed; we aggregate the ``m`` survivors with

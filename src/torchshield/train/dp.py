@@ -6,7 +6,7 @@ that one example: (epsilon, delta)-DP for the add/remove-one-example relation. T
 if (1) each example's gradient is clipped to ``max_grad_norm`` before summing, (2) Gaussian
 noise of std ``noise_multiplier * max_grad_norm`` is added to each sum, (3) batches are Poisson
 samples (each example in independently with rate q), and (4) the accountant sees every step.
-Noise and sampling coins come from a CSPRNG (``torchshield.train.noise``: the ChaCha20 keystream
+Noise and sampling coins come from a CSPRNG (``torchshield.train.noise``: the AES-256-CTR keystream
 keyed from ``os.urandom``); ``secure_mode`` also defends the Gaussian sampler against
 floating-point attacks. A fixed ``seed`` (an attacker who knew it could subtract the noise) is
 refused unless ``insecure_seed_for_tests: true``, which the privacy record then carries.

@@ -61,7 +61,7 @@ def test_secagg_dp_fedprox_survives_a_dropout_and_records_epsilon(tmp_path) -> N
     assert p["rounds"] == 2 and p["noise_multiplier"] == 0.05 and p["clipping_norm"] == 2.0
     assert p["epsilon"] > 0 and p == json.loads(metrics_text)["privacy"]
     assert p["neighbouring"] == "replace-one client" and "without replacement" in p["sampling"]
-    assert "ChaCha20" in p["noise"]["generator"]
+    assert "AES-256-CTR" in p["noise"]["generator"]
     prov = torchshield.inspect(result.outputs["model"]).manifest["provenance"]
     assert prov["secure_aggregation"] == {"protocol": "SecAgg+", "num_shares": 3, "reconstruction_threshold": 2}
     assert "shard_sizes" not in prov and "fingerprint" not in json.dumps(prov)

@@ -1,4 +1,4 @@
-"""DP noise: from a CSPRNG (the ChaCha20 keystream, checked against cryptography's cipher), a defended
+"""DP noise: from a CSPRNG (the AES-256-CTR keystream, checked against cryptography's cipher), a defended
 sampler in secure_mode, a seed only with an explicit, recorded opt-in, no silent eval() layers."""
 
 from __future__ import annotations
@@ -44,13 +44,13 @@ def fixed_urandom(monkeypatch):
     return fake
 
 
-def test_uniform_stream_is_the_chacha20_keystream_of_an_os_urandom_key(fixed_urandom):
-    from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
+def test_uniform_stream_is_the_aes_ctr_keystream_of_an_os_urandom_key(fixed_urandom):
+    from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
     source = SecureNoise()
     key, nonce = fixed_urandom.drawn
     u = source.uniform(1000)
-    stream = Cipher(algorithms.ChaCha20(key, nonce), mode=None).encryptor().update(bytes(8000))
+    stream = Cipher(algorithms.AES(key), modes.CTR(nonce)).encryptor().update(bytes(8000))
     words = np.frombuffer(stream, dtype=np.uint64) >> np.uint64(11)
     assert np.array_equal(u, (words.astype(np.float64) + 1.0) * 2.0**-53)
     assert u.min() > 0 and u.max() <= 1
@@ -108,10 +108,10 @@ def test_add_normal_in_place_draws_what_normal_draws():
 
 
 def test_float32_draws_match_a_numpy_reference_of_the_same_bits():
-    """The DP step's float32 path: the radius from a 52-bit uniform (ln in float64), the angle
-    from a 23-bit one, each built from its own words of the stream. A float64 numpy reference of
-    the same bits agrees to float32 rounding, tails included, odd counts and chunk edges too;
-    and the draws are N(0, std^2)."""
+    """The DP step's float32 path: the radius from 63 random bits (an odd integer rounded to
+    float32, times 2^-63), the angle from a 23-bit uniform, each built from its own words of the
+    stream. A float64 numpy reference of the same bits agrees to float32 rounding, tails included,
+    odd counts and chunk edges too; and the draws are N(0, std^2)."""
     n, std = noise_mod._CHUNK + 7, 3.0
     got = SeededNoise(11).normal((n,), std, dtype=torch.float32)
     assert got.dtype == torch.float32
@@ -121,17 +121,39 @@ def test_float32_draws_match_a_numpy_reference_of_the_same_bits():
         pairs = (size + 1) // 2
         radius_words = np.frombuffer(rng.bytes(8 * pairs), dtype=np.uint64)
         angle_words = np.frombuffer(rng.bytes(4 * pairs), dtype=np.uint32)
-        # the low 52 / 23 bits of each word, as the mantissa of a float in [1, 2)
-        u = 1.0 - (radius_words & np.uint64(2**52 - 1)).astype(np.float64) * 2.0**-52  # (0, 1]
+        k = (radius_words & np.uint64(2**63 - 1)) | np.uint64(1)
+        u = k.astype(np.float32).astype(np.float64) * 2.0**-63  # numpy rounds to nearest as torch does
+        # the low 23 bits of each angle word, as the mantissa of a float in [1, 2)
         theta = 2.0 * np.pi * ((angle_words & np.uint32(2**23 - 1)).astype(np.float64) * 2.0**-23 - 0.5)
         r = std * np.sqrt(-2.0 * np.log(u))
         ref.append(np.concatenate([r * np.cos(theta), r * np.sin(theta)])[:size])
     want = np.concatenate(ref)
-    # float32 angle (|err| <= ~3e-7 rad) times a radius up to ~8.5 std, plus float32 rounding
+    # float32 ln (1 ulp of |ln u| <= 44) and angle (|err| <= ~3e-7 rad) times a radius up to
+    # ~9.3 std, plus float32 rounding
     np.testing.assert_allclose(got.double().numpy(), want, rtol=0, atol=2e-5)
     assert np.abs(want).max() > 4 * std  # a sample this large exists, and it agrees too
     # one fixed sample (the seed is fixed): a correct sampler fails this with probability 1e-4
     assert stats.kstest(got.double().numpy() / std, "norm").pvalue > 1e-4
+
+
+def test_float32_radius_reaches_the_far_tail_and_never_overflows():
+    """The extreme words: the smallest (k = 1, u = 2^-63) gives the largest radius, sqrt(126 ln 2)
+    = 9.35 sigma, finite; the largest rounds to u = 1 and a radius of 0, not NaN."""
+    class _Words(SeededNoise):
+        def __init__(self, word: int) -> None:
+            super().__init__(0)
+            self.word = word
+
+        def _fill(self, buf):
+            if len(buf) % 8 == 0 and len(buf) >= 16:  # the radius words
+                buf[:] = np.full(len(buf) // 8, self.word, dtype=np.uint64).tobytes()
+            else:  # the angle words: theta = 0 (mantissa 1/2 of [1, 2)), so cos = 1
+                buf[:] = np.full(len(buf) // 4, 0x3FC00000, dtype=np.uint32).tobytes()
+
+    far = _Words(0).normal((4,), 1.0)  # k = 0 | 1 = 1
+    assert torch.isfinite(far).all()
+    assert far[0].item() == pytest.approx(math.sqrt(126 * math.log(2)), rel=1e-6)
+    assert _Words(2**64 - 1).normal((4,), 1.0)[0].item() == 0.0
 
 
 def test_discrete_laplace_has_the_geometric_law():
@@ -161,7 +183,7 @@ def _engine(**kw):
 
 def test_default_noise_is_the_csprng_and_the_record_says_so():
     record = _engine().record()
-    assert "ChaCha20" in record["noise"]["generator"] and record["noise"]["secure_mode"] is False
+    assert "AES-256-CTR" in record["noise"]["generator"] and record["noise"]["secure_mode"] is False
     assert "insecure_seed_for_tests" not in record
     assert _engine(secure_mode=True).record()["noise"]["secure_mode"] is True
     seeded = _engine(seed=3, insecure_seed_for_tests=True).record()
