@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 import torchshield
+from torchshield.crypto.signing import generate_signing_key
 from torchshield.federated.certs import make_test_certs
 from torchshield.federated.deploy import (
     LocalDeployment,
@@ -38,7 +39,9 @@ def _flower_pids() -> set[int]:
     return pids
 
 
-def test_tls_node_auth_deployment_on_loopback(tmp_path) -> None:
+def test_tls_node_auth_deployment_on_loopback(tmp_path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)  # the signing key is named relative to here, the ServerApp runs elsewhere
+    key, pub = generate_signing_key(tmp_path / "signer")
     certs = make_test_certs(tmp_path / "pki", nodes=4)  # key 3 is never registered
     before = _flower_pids()
     dep = LocalDeployment(tmp_path / "work", nodes=3, certs=certs, start_timeout=240)
@@ -55,7 +58,7 @@ def test_tls_node_auth_deployment_on_loopback(tmp_path) -> None:
                 env=dep.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         try:
             metrics = dep.run({"clients": 3, "rounds": 1, "local": {"epochs": 2},
-                               "output": {"dir": str(tmp_path / "out")}}, timeout=480)
+                               "output": {"dir": str(tmp_path / "out"), "sign_with": key.name}}, timeout=480)
             stranger.wait(timeout=120)
         finally:
             terminate([stranger], grace=2)
@@ -68,6 +71,7 @@ def test_tls_node_auth_deployment_on_loopback(tmp_path) -> None:
         assert "--insecure" not in " ".join(dep._procs[0].args)
         assert "enable-supernode-auth" in " ".join(dep._procs[0].args)
         assert log
+    torchshield.load(tmp_path / "out" / "global_model.tsb", verify_with=pub)  # signed with our key
     info = torchshield.inspect(tmp_path / "out" / "global_model.tsb")
     assert info.manifest["provenance"]["clients"] == 3
     time.sleep(0.5)

@@ -24,7 +24,7 @@ def _load(config: Path, out: Path | None, sign_with: Path | None, rounds: int | 
     raw = yaml.safe_load(config.read_text(encoding="utf-8")) or {}
     if out is not None or sign_with is not None:
         raw["output"] = {**(raw.get("output") or {}), **({"dir": str(out)} if out else {}),
-                         **({"sign_with": str(sign_with)} if sign_with else {})}
+                         **({"sign_with": str(sign_with.resolve())} if sign_with else {})}
     if rounds is not None:
         raw["rounds"] = rounds
     if clients is not None:
@@ -58,11 +58,16 @@ def _render(doc: dict[str, Any]) -> Any:
     return human
 
 
+# --sign as on every other command that writes a bundle; --sign-with (the config key's name) kept
+SIGN = typer.Option(None, "--sign", "--sign-with", help="Ed25519 signing key file: sign the model bundle written "
+                    "(overrides output.sign_with).")
+
+
 @fl_app.command("simulate")
 def simulate_cmd(
     config: Path = typer.Argument(..., help="The federation's fl.yaml."),
     out: Path | None = typer.Option(None, "--out", help="Output directory (overrides output.dir)."),
-    sign_with: Path | None = typer.Option(None, "--sign-with", help="Ed25519 signing key for the model bundle."),
+    sign_with: Path | None = SIGN,
     rounds: int | None = typer.Option(None, "--rounds", help="Override rounds."),
     clients: int | None = typer.Option(None, "--clients", help="Override clients."),
     verbose: bool = typer.Option(False, "--verbose", help="Show Flower's and Ray's logs."),
@@ -111,6 +116,7 @@ def deploy_cmd(
     work_dir: Path = typer.Option(Path("fl-deploy"), "--work-dir", help="Logs, Flower state and the app."),
     out: Path | None = typer.Option(None, "--out", help="Output directory (overrides output.dir)."),
     timeout: float = typer.Option(900.0, "--timeout", help="Seconds before the run is abandoned."),
+    sign_with: Path | None = SIGN,
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Run the federation on Flower's deployment engine on this host: a SuperLink and one
@@ -119,7 +125,7 @@ def deploy_cmd(
     from torchshield.federated.certs import DeploymentCerts
     from torchshield.federated.deploy import LocalDeployment
 
-    raw, cfg = _load(config, out, None, None, None)
+    raw, cfg = _load(config, out, sign_with, None, None)
     if certs is None and not insecure:
         raise InputError("deploy needs --certs DIR (TLS and node authentication)",
                          hint="make test ones with `torchshield fl certs DIR`, or pass --insecure for a drill")

@@ -108,6 +108,7 @@ def protect(src: Path = typer.Argument(..., help="Model: a Hugging Face director
 
     Every file read is scanned first; tied tensors are stored once."""
     from torchshield.crypto.keys import resolve_master_key
+    from torchshield.crypto.signing import load_signing_key
     from torchshield.model.header import inspect
     from torchshield.model.loading import protect_model
 
@@ -116,12 +117,13 @@ def protect(src: Path = typer.Argument(..., help="Model: a Hugging Face director
     if not src.exists():
         raise InputError(f"{src} does not exist")
     key = resolve_master_key(key_file=key_file, required=encrypt)
+    signer = load_signing_key(sign) if sign is not None else None  # a bad key is refused before the model is read
     if key_file is not None and not encrypt:
         raise KeyMaterialError("--key-file given without --encrypt",
                                hint="add --encrypt to encrypt the bundle, or drop --key-file")
     architecture = _architecture(arch, factory, arch_option)
     with progress(f"protecting {src.name}") as _:
-        report = protect_model(src, out, key=key if encrypt else None, sign_with=sign, architecture=architecture,
+        report = protect_model(src, out, key=key if encrypt else None, sign_with=signer, architecture=architecture,
                                input_spec=_input_spec(input_shape, input_range, None),
                                keep_training_state=keep_training_state, metadata=_parse_metadata(metadata),
                                # the key resolved once above (a passphrase is asked for once)

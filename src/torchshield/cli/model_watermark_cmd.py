@@ -36,14 +36,19 @@ def _key(key_file: Path | None) -> Any:
     return resolve_master_key(key_file=key_file, required=True)
 
 
-def _check_out(out: Path, force: bool) -> None:
+def _check_out(out: Path, force: bool, sign: Path | None) -> Any:
+    """Refuse, before any work, an existing ``out`` (without --force) or a signing key that does not
+    load; returns the loaded key (or None), so a bad key never costs a fine-tune."""
     if out.exists() and not force:
         raise InputError(f"{out} already exists", hint="pass --force to overwrite it")
+    from torchshield.crypto.signing import load_signing_key
+
+    return None if sign is None else load_signing_key(sign)
 
 
 def _save_like(source: Any, tensors_or_model: Any, out: Path, key: Any, *, metadata: dict[str, Any] | None = None,
                watermark: dict[str, Any] | None = None, command: str, trained_without_dp: bool = False,
-               sign: Path | None = None, files: dict[str, bytes] | None = None) -> str | None:
+               sign: Any = None, files: dict[str, bytes] | None = None) -> str | None:
     """Write ``out`` with ``source``'s manifest slots (architecture, preprocessing and carried files
     included), encrypted iff the source was.
 
@@ -186,7 +191,7 @@ def embed_cmd(model: Path = typer.Argument(..., help="Bundle: from 'torchshield 
         raise InputError(f"--lr {lr}: must be positive")
     if method not in ("whitebox", "trigger"):
         raise InputError(f"--method {method!r}: expected whitebox or trigger")
-    _check_out(out, force)
+    sign = _check_out(out, force, sign)
     key = _key(key_file)
     source = inspect(model)
     pre = preprocessing_of(source.manifest)
@@ -340,7 +345,7 @@ def obfuscate_cmd(model: Path = typer.Argument(..., help="Bundle written by 'tor
     import torchshield
     from torchshield.model.obfuscate import obfuscate_model
 
-    _check_out(out, force)
+    sign = _check_out(out, force, sign)
     key = _key(key_file)
     net, _, files = _open(model, key)
     source = torchshield.inspect(model)
@@ -371,7 +376,7 @@ def deobfuscate_cmd(model: Path = typer.Argument(..., help="Bundle written by 'm
     import torchshield
     from torchshield.model.obfuscate import deobfuscate
 
-    _check_out(out, force)
+    sign = _check_out(out, force, sign)
     key = _key(key_file)
     source = torchshield.inspect(model)
     meta = dict(source.manifest.get("metadata") or {})

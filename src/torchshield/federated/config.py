@@ -177,6 +177,14 @@ def parse_config(raw: Any, *, source: str = "fl.yaml") -> FederationConfig:
     if out_dir.exists() and not out_dir.is_dir():
         raise InputError(f"{source}: output.dir {out_dir} exists and is not a folder",
                          hint="name a folder (it is created if missing)")
+    if out.get("sign_with") is not None:  # refused now, not after the last round
+        from torchshield.crypto.signing import load_signing_key
+        from torchshield.errors import KeyMaterialError
+
+        try:
+            load_signing_key(str(out["sign_with"]))
+        except KeyMaterialError as e:
+            raise KeyMaterialError(f"{source}: output.sign_with: {e.message}", hint=e.hint) from None
     backend = f.section(raw, "backend")
     cfg = FederationConfig(
         clients=clients, rounds=rounds, fraction_fit=fraction_fit, seed=f.int_(raw, "seed", 0, low=0),

@@ -173,8 +173,11 @@ class LocalDeployment:
 
     def run(self, raw_config: dict[str, Any], *, timeout: float = 600.0) -> dict[str, Any]:
         """Submit one run of the torchshield apps and return its metrics document."""
-        out_dir = Path(raw_config.get("output", {}).get("dir", self.work_dir / "output")).resolve()
-        raw = {**raw_config, "output": {**raw_config.get("output", {}), "dir": str(out_dir)}}
+        output = dict(raw_config.get("output") or {})
+        output["dir"] = str(out_dir := Path(output.get("dir", self.work_dir / "output")).resolve())
+        if output.get("sign_with"):  # the ServerApp runs in another directory: paths from here
+            output["sign_with"] = str(Path(output["sign_with"]).resolve())
+        raw = {**raw_config, "output": output}
         app = write_app_dir(self.work_dir / "app", raw)
         t0 = time.monotonic()
         proc = self._flwr(["run", str(app), "deploy", "--stream"], timeout=timeout)

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from torchshield.errors import InputError
+from torchshield.errors import InputError, KeyMaterialError
 from torchshield.train.config import TrainConfig
 
 __all__ = ["RunResult", "bundle_key", "public_size"]
@@ -47,13 +47,20 @@ def public_size(settings: dict[str, Any], data: Any, batch_size: int) -> tuple[i
 
 
 def refuse_existing_outputs(cfg: TrainConfig) -> None:
-    """Refuse, before any work, to overwrite the bundle or its split file unless the config says so."""
+    """Refuse, before any work, to overwrite the bundle or its split file unless the config says so,
+    and a signing key that does not load (found only after training, it cost the whole run)."""
+    from torchshield.crypto.signing import load_signing_key
     from torchshield.nn.split import split_path
 
     for target in (cfg.output.bundle, split_path(cfg.output.bundle)):
         if target.exists() and not cfg.output.overwrite:
             raise InputError(f"output.bundle: {target} already exists",
                              hint="choose another path or set output.overwrite: true")
+    if cfg.output.signing_key is not None:
+        try:
+            load_signing_key(cfg.output.signing_key)
+        except KeyMaterialError as e:
+            raise KeyMaterialError(f"output.signing_key: {e.message}", hint=e.hint) from None
 
 
 def bundle_key(cfg: TrainConfig) -> Any:

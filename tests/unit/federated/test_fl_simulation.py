@@ -16,12 +16,13 @@ from torchshield.crypto.signing import generate_signing_key
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
 
-def test_cli_simulate_fedavg_writes_signed_bundle_and_metrics(tmp_path, capsys) -> None:
+def test_cli_simulate_fedavg_writes_signed_bundle_and_metrics(tmp_path, capsys, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
     key, pub = generate_signing_key(tmp_path / "signer")
     cfg = {"clients": 3, "rounds": 2, "dataset": "digits", "local": {"epochs": 2},
            "output": {"dir": str(tmp_path / "out")}, "backend": {"num_cpus": 1}}
     (tmp_path / "fl.yaml").write_text(yaml.safe_dump(cfg))
-    assert run(["fl", "simulate", str(tmp_path / "fl.yaml"), "--sign-with", str(key), "--json"]) == 0
+    assert run(["fl", "simulate", str(tmp_path / "fl.yaml"), "--sign", key.name, "--json"]) == 0
     doc = json.loads(capsys.readouterr().out)
     assert [r["round"] for r in doc["rounds"]] == [1, 2]
     assert doc["final_accuracy"] > 0.8  # reference: 0.79 -> 0.86 after rounds 1-2 with 10 clients
