@@ -107,13 +107,13 @@ def protect(src: Path = typer.Argument(..., help="Model: a Hugging Face director
     """Turn a model into one bundle (weights, architecture, preprocessing): optionally encrypted and signed.
 
     Every file read is scanned first; tied tensors are stored once."""
+    from torchshield.atomic import check_target
     from torchshield.crypto.keys import resolve_master_key
     from torchshield.crypto.signing import load_signing_key
     from torchshield.model.header import inspect
     from torchshield.model.loading import protect_model
 
-    if out.exists() and not force:
-        raise InputError(f"{out} already exists", hint="pass --force to overwrite it")
+    check_target(out, overwrite=force, hint="pass --force to overwrite it")
     if not src.exists():
         raise InputError(f"{src} does not exist")
     key = resolve_master_key(key_file=key_file, required=encrypt)

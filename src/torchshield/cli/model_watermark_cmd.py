@@ -37,11 +37,13 @@ def _key(key_file: Path | None) -> Any:
 
 
 def _check_out(out: Path, force: bool, sign: Path | None) -> Any:
-    """Refuse, before any work, an existing ``out`` (without --force) or a signing key that does not
-    load; returns the loaded key (or None), so a bad key never costs a fine-tune."""
-    if out.exists() and not force:
-        raise InputError(f"{out} already exists", hint="pass --force to overwrite it")
+    """Refuse, before any work, an ``out`` that cannot be written (exists without --force, is a
+    folder, lies in a missing folder) or a signing key that does not load; returns the loaded key
+    (or None). Found at the save, either cost the whole fine-tune."""
+    from torchshield.atomic import check_target
     from torchshield.crypto.signing import load_signing_key
+
+    check_target(out, overwrite=force, hint="pass --force to overwrite it")
 
     return None if sign is None else load_signing_key(sign)
 

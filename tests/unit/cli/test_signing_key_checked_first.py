@@ -1,6 +1,7 @@
-"""Every command that writes a bundle refuses a signing key that does not load *before* it does the
-work (exit 2, the key's file named), instead of training, fine-tuning or federating to the end and
-failing at the save. Each command's work function is replaced by one that fails the test if called."""
+"""Every command that writes a bundle refuses a signing key that does not load, or an output it cannot
+write, *before* it does the work (exit 2, the file named), instead of training, fine-tuning or
+federating to the end and failing at the save. Each command's work function is replaced by one that
+fails the test if called."""
 
 from __future__ import annotations
 
@@ -72,3 +73,15 @@ def test_a_bad_signing_key_is_refused_before_any_work(command, bad, folder, monk
     assert code == 2, err
     assert BAD_KEYS[bad] in err and "signing key" in err and "Traceback" not in err
     assert not (folder / "out.tsb").exists()
+
+
+@pytest.mark.parametrize("command", ["model watermark embed", "model obfuscate", "model deobfuscate",
+                                     "model protect"])
+def test_an_output_in_a_missing_folder_is_refused_before_any_work(command, folder, monkeypatch, capsys):
+    module, name = COMMANDS[command]
+    monkeypatch.setattr(importlib.import_module(module), name, _never)
+    argv = [a if a != "out.tsb" else "no-such-folder/out.tsb" for a in _argv(command, "bad.key", folder)]
+    argv = argv[:argv.index("--sign")] + argv[argv.index("--sign") + 2:]  # the folder alone is at fault
+    code = run(argv)
+    err = capsys.readouterr().err
+    assert code == 2 and "output folder no-such-folder does not exist" in err, err
