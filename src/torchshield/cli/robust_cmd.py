@@ -169,6 +169,18 @@ def _attack_params(name: str, steps: int | None, restarts: int | None, queries: 
     return {k: v for k, v in given.items() if v is not None and k in accepted}
 
 
+def _check_save_adv(path: Path) -> None:
+    """--save-adv names a file of a known kind in a folder that exists (InputError otherwise)."""
+    from torchshield.atomic import check_target
+
+    if path.suffix.lower() not in {".safetensors", ".parquet", ".pq"}:
+        raise InputError(f"--save-adv: {path} must end in .parquet or .safetensors")
+    try:
+        check_target(path, overwrite=True)
+    except InputError as e:
+        raise InputError(f"--save-adv: {e.message}", hint=e.hint) from None
+
+
 def _save_adversarial(path: Path, report: Any, y: Any, names: list[str]) -> None:
     """Adversarial examples as safetensors (one tensor per attack/eps + labels) or Parquet rows."""
     from torchshield.atomic import atomic_output
@@ -182,9 +194,7 @@ def _save_adversarial(path: Path, report: Any, y: Any, names: list[str]) -> None
         with atomic_output(path) as fh:
             fh.write(st_save(tensors, metadata={"kind": "torchshield-adversarial-examples"}))
         return
-    if suffix not in {".parquet", ".pq"}:
-        raise InputError(f"--save-adv: {path} must end in .parquet or .safetensors")
-    import pandas as pd
+    import pandas as pd  # .parquet / .pq (_check_save_adv refused anything else)
 
     frames = []
     for (attack, eps), adv in report.adversarial.items():
@@ -244,6 +254,8 @@ def eval_cmd(model: Path = typer.Argument(..., help="A .tsb bundle written by `t
 
     names = [n.strip() for item in attack for n in item.split(",") if n.strip()]
     eps_list = _floats(eps, "--eps")
+    if save_adv is not None:  # refused now, not after the attacks have run
+        _check_save_adv(save_adv)
     try:
         sub = _load(model, data, key_file=key_file, pubkey=pubkey, limit=limit, bounds=bounds,
                     allow_factory=allow_factory)

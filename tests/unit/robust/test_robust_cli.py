@@ -74,6 +74,22 @@ def test_gate_exits_1_and_bad_input_exits_2(bundle, capsys):
         assert message in err and "Traceback" not in err
 
 
+def test_save_adv_that_cannot_be_written_is_refused_before_the_attacks(bundle, capsys, tmp_path, monkeypatch):
+    import torchshield.robust.evaluate as evaluate
+
+    def never(*_a, **_k):
+        raise AssertionError("attacked although --save-adv could not be written")
+
+    monkeypatch.setattr(evaluate, "evaluate_robustness", never)
+    (tmp_path / "folder.parquet").mkdir()
+    for target, message in [(tmp_path / "missing" / "adv.parquet", "--save-adv: output folder"),
+                            (tmp_path / "adv.txt", "must end in .parquet or .safetensors"),
+                            (tmp_path / "folder.parquet", "is a directory")]:
+        code, _, err = _json(capsys, ["robust", "eval", str(bundle), "--attack", "fgsm", "--limit", "8",
+                                      "--save-adv", str(target)])
+        assert code == 2 and message in err, err
+
+
 def test_labels_outside_training_classes_exit_2(bundle, capsys, tmp_path):
     import pandas as pd
 
