@@ -194,6 +194,13 @@ def embed_cmd(model: Path = typer.Argument(..., help="Bundle: from 'torchshield 
     if method not in ("whitebox", "trigger"):
         raise InputError(f"--method {method!r}: expected whitebox or trigger")
     sign = _check_out(out, force, sign)
+    if record_out is not None:  # written after the bundle: a failure then would leave a bundle without it
+        from torchshield.atomic import check_target
+
+        try:
+            check_target(record_out, overwrite=True)
+        except InputError as e:
+            raise InputError(f"--record: {e.message}", hint=e.hint) from None
     key = _key(key_file)
     source = inspect(model)
     pre = preprocessing_of(source.manifest)

@@ -169,16 +169,17 @@ def _attack_params(name: str, steps: int | None, restarts: int | None, queries: 
     return {k: v for k, v in given.items() if v is not None and k in accepted}
 
 
-def _check_save_adv(path: Path) -> None:
-    """--save-adv names a file of a known kind in a folder that exists (InputError otherwise)."""
+def _check_output(path: Path, option: str, suffixes: tuple[str, ...]) -> None:
+    """Before any work: ``path`` is a file of a known kind in a folder that exists (InputError naming
+    ``option`` otherwise); found at the write, it cost the whole attack or calibration."""
     from torchshield.atomic import check_target
 
-    if path.suffix.lower() not in {".safetensors", ".parquet", ".pq"}:
-        raise InputError(f"--save-adv: {path} must end in .parquet or .safetensors")
+    if path.suffix.lower() not in suffixes:
+        raise InputError(f"{option}: {path} must end in {' or '.join(suffixes)}")
     try:
         check_target(path, overwrite=True)
     except InputError as e:
-        raise InputError(f"--save-adv: {e.message}", hint=e.hint) from None
+        raise InputError(f"{option}: {e.message}", hint=e.hint) from None
 
 
 def _save_adversarial(path: Path, report: Any, y: Any, names: list[str]) -> None:
@@ -194,7 +195,7 @@ def _save_adversarial(path: Path, report: Any, y: Any, names: list[str]) -> None
         with atomic_output(path) as fh:
             fh.write(st_save(tensors, metadata={"kind": "torchshield-adversarial-examples"}))
         return
-    import pandas as pd  # .parquet / .pq (_check_save_adv refused anything else)
+    import pandas as pd  # .parquet / .pq (_check_output refused anything else)
 
     frames = []
     for (attack, eps), adv in report.adversarial.items():
@@ -254,8 +255,8 @@ def eval_cmd(model: Path = typer.Argument(..., help="A .tsb bundle written by `t
 
     names = [n.strip() for item in attack for n in item.split(",") if n.strip()]
     eps_list = _floats(eps, "--eps")
-    if save_adv is not None:  # refused now, not after the attacks have run
-        _check_save_adv(save_adv)
+    if save_adv is not None:
+        _check_output(save_adv, "--save-adv", (".parquet", ".pq", ".safetensors"))
     try:
         sub = _load(model, data, key_file=key_file, pubkey=pubkey, limit=limit, bounds=bounds,
                     allow_factory=allow_factory)
@@ -365,6 +366,7 @@ def calibrate_cmd(model: Path = typer.Argument(..., help="A .tsb bundle."), data
     from torchshield.atomic import atomic_write_bytes
     from torchshield.robust.defenses import FeatureSqueezingDetector, parse_squeezer
 
+    _check_output(out, "--out", (".json",))
     sub = _load(model, data, key_file=key_file, pubkey=None, limit=limit, bounds=bounds)
     net, x, lo_hi = sub.model, sub.x, sub.bounds
     detector = FeatureSqueezingDetector(net, [parse_squeezer(s) for s in squeezer], lo_hi)

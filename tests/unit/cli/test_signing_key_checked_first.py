@@ -85,3 +85,15 @@ def test_an_output_in_a_missing_folder_is_refused_before_any_work(command, folde
     code = run(argv)
     err = capsys.readouterr().err
     assert code == 2 and "output folder no-such-folder does not exist" in err, err
+
+
+def test_embed_refuses_a_record_it_could_not_write_before_writing_the_bundle(folder, monkeypatch, capsys):
+    """--record is written after the bundle: a folder missing there left a marked bundle without its
+    record (and a rerun refused, the bundle existing)."""
+    monkeypatch.setattr(importlib.import_module("torchshield.model.watermark"), "embed", _never)
+    argv = [*_argv("model watermark embed", "bad.key", folder), "--record", "no-such-folder/mark.json"]
+    argv = argv[:argv.index("--sign")] + argv[argv.index("--sign") + 2:]
+    code = run(argv)
+    err = capsys.readouterr().err
+    assert code == 2 and "--record: output folder no-such-folder does not exist" in err, err
+    assert not (folder / "out.tsb").exists()

@@ -83,11 +83,17 @@ def test_save_adv_that_cannot_be_written_is_refused_before_the_attacks(bundle, c
     monkeypatch.setattr(evaluate, "evaluate_robustness", never)
     (tmp_path / "folder.parquet").mkdir()
     for target, message in [(tmp_path / "missing" / "adv.parquet", "--save-adv: output folder"),
-                            (tmp_path / "adv.txt", "must end in .parquet or .safetensors"),
+                            (tmp_path / "adv.txt", "must end in .parquet or .pq or .safetensors"),
                             (tmp_path / "folder.parquet", "is a directory")]:
         code, _, err = _json(capsys, ["robust", "eval", str(bundle), "--attack", "fgsm", "--limit", "8",
                                       "--save-adv", str(target)])
         assert code == 2 and message in err, err
+    import torchshield.robust.defenses as defenses
+
+    monkeypatch.setattr(defenses.FeatureSqueezingDetector, "calibrate", never)
+    code, _, err = _json(capsys, ["robust", "calibrate-detector", str(bundle), "--limit", "8",
+                                  "--out", str(tmp_path / "missing" / "d.json")])
+    assert code == 2 and "--out: output folder" in err, err
 
 
 def test_labels_outside_training_classes_exit_2(bundle, capsys, tmp_path):
