@@ -56,6 +56,27 @@ def test_mask_unmask_kanon_round_trip(tmp_path, capsys):
     assert table.groupby(["age", "gender", "zip"]).size().min() >= 3
 
 
+def test_mask_that_changes_nothing_says_so_instead_of_de_identified(tmp_path, capsys):
+    """A table with no PII, or a policy that keeps every column, writes the input unchanged: the
+    report counts 0 values changed and does not call the output de-identified."""
+    plain = tmp_path / "plain.csv"
+    plain.write_text("item,count\nflu,3\ncold,4\n", encoding="utf-8")
+    keep = tmp_path / "keep.yaml"
+    keep.write_text("columns:\n  name: {operator: keep}\n  id_number: {operator: keep}\n  phone: {operator: keep}\n"
+                    "  notes: {operator: keep}\n", encoding="utf-8")
+    for src, extra in [(plain, []), (csv(tmp_path), ["--policy", str(keep)])]:
+        out = tmp_path / f"out-{src.stem}.csv"
+        assert run(["data", "mask", str(src), "--out", str(out), *extra, "--json"]) == 0
+        report = json.loads(capsys.readouterr().out)
+        assert report["values_changed"] == 0 and report["changes_per_column"] == {}
+        assert report["note"].startswith("nothing changed") and "de-identified" not in report["note"]
+        assert out.read_text(encoding="utf-8") == src.read_text(encoding="utf-8")
+    masked = tmp_path / "masked.csv"
+    assert run(["data", "mask", str(csv(tmp_path)), "--out", str(masked), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["values_changed"] > 0 and report["note"].startswith("de-identified")
+
+
 def test_bad_inputs_exit_2_without_output(tmp_path, capsys):
     src = csv(tmp_path)
     out = tmp_path / "o.csv"

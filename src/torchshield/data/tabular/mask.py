@@ -177,15 +177,21 @@ def _report(src: Path, dst: Path, pol: Policy, anonymizer: Anonymizer, rows: int
     techniques = sorted({(c.operator.name, c.operator.technique) for c in pol.columns.values()
                          if c.operator is not None}
                         | {(op.name, op.technique) for op in [pol.default, *pol.entities.values()] if op})
+    dropped = [c for c in cols_in if c not in cols_out]
+    changed = sum(sum(counts.values()) for counts in changes.values())
+    if changed or dropped:
+        note = ("de-identified (PIPL art. 73 去标识化), not anonymised: keyed tokens are reversible by the key holder"
+                if pol.needs_key else "de-identified; review residual quasi-identifiers before calling it anonymous")
+    else:  # never report a no-op as de-identification
+        note = "nothing changed: no PII found and no column transformed under this policy; the output equals the input"
     return {
         "input": str(src), "output": str(dst), "encoding": enc, "rows": rows,
         "columns_in": cols_in, "columns_out": cols_out,
-        "dropped_columns": [c for c in cols_in if c not in cols_out],
+        "dropped_columns": dropped, "values_changed": changed,
         "changes_per_column": changes,
         "findings_per_type": dict(sorted(per_type.items())),
         "techniques": [{"operator": n, "technique": t} for n, t in techniques],
         "keyed": pol.needs_key,
         "seconds": round(elapsed, 3), "rows_per_second": round(rows / elapsed) if elapsed > 0 else None,
-        "note": "de-identified (PIPL art. 73 去标识化), not anonymised: keyed tokens are reversible by the key holder"
-                if pol.needs_key else "de-identified; review residual quasi-identifiers before calling it anonymous",
+        "note": note,
     }
