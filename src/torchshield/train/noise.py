@@ -43,6 +43,7 @@ _TWO_PI = 2.0 * math.pi
 # IEEE-754 bit patterns: a float in [1, 2) is the exponent of 1.0 with any mantissa
 _MANTISSA32, _ONE32 = (1 << 23) - 1, 0x3F800000
 _LOW63 = (1 << 63) - 1  # an int64 word's non-negative part
+_BELOW_ONE = 1.0 - 2.0**-24  # the largest float32 below 1
 
 
 class NoiseSource(Protocol):
@@ -147,7 +148,11 @@ class _GaussianFromUniform:
         precision down to 2^-63 and the tails reach 9.3 sigma (``ln`` in float32; a 52-bit float64
         uniform reached 8.5 sigma and its float64 ``ln`` cost twice as much). Rounding to nearest
         gives each float the probability of the interval that rounds to it, which is what a
-        uniform rounded to float32 is. The angle is a 23-bit uniform, as many bits as a float32
+        uniform rounded to float32 is. Near 1 float32 is coarse: ``u`` is capped at 1 - 2^-24, so
+        a pair's radius is never 0 (zero noise would release the clipped sum exactly); radii
+        below the smallest one, 3.5e-4 ``std`` (probability 6e-8 per pair), are lumped onto it.
+        For the same reason the angle grid is offset by half a step, so ``cos`` and ``sin`` are
+        never exactly 0 (with 0 on the grid, one value in 2^23 pairs was added no noise). The angle is a 23-bit uniform, as many bits as a float32
         angle holds, written into the mantissa of a float in [1, 2). The products are added with
         ``addcmul_`` (no buffer for the noise itself): 12 random bytes per pair. Values agree with
         a float64 transform of the same uniforms to float32 rounding (tested against numpy).
@@ -165,9 +170,12 @@ class _GaussianFromUniform:
             bits64, bits32 = bits64.to(device), bits32.to(device)
             r, trig = torch.empty(pairs, device=device), torch.empty(pairs, device=device)
         r.copy_(bits64.bitwise_and_(_LOW63).bitwise_or_(1))  # k in [1, 2^63), rounded to float32
-        r.mul_(2.0**-63).log_().mul_(-2.0 * std * std).sqrt_()  # u = k 2^-63 in (0, 1]: exact scaling
+        r.mul_(2.0**-63).clamp_(max=_BELOW_ONE)  # u = k 2^-63 (exact scaling), never 1: no zero radius
+        r.log_().mul_(-2.0 * std * std).sqrt_()
         theta = bits32.bitwise_and_(_MANTISSA32).bitwise_or_(_ONE32).view(torch.float32)  # [1, 2)
-        theta.sub_(1.5).mul_(_TWO_PI)  # [-pi, pi): the subtraction is exact (Sterbenz)
+        # the grid's midpoints, 2 pi ((j + 1/2) 2^-23 - 1/2): symmetric, and never 0, +-pi/2 or pi,
+        # whose exact zero sin or cos would leave a value with no noise at all (both steps exact)
+        theta.sub_(1.5).add_(2.0**-24).mul_(_TWO_PI)
         half = n - pairs  # the second half is one shorter when n is odd
         part[:pairs].addcmul_(torch.cos(theta, out=trig), r)
         if half:

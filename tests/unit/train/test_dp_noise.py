@@ -122,9 +122,11 @@ def test_float32_draws_match_a_numpy_reference_of_the_same_bits():
         radius_words = np.frombuffer(rng.bytes(8 * pairs), dtype=np.uint64)
         angle_words = np.frombuffer(rng.bytes(4 * pairs), dtype=np.uint32)
         k = (radius_words & np.uint64(2**63 - 1)) | np.uint64(1)
-        u = k.astype(np.float32).astype(np.float64) * 2.0**-63  # numpy rounds to nearest as torch does
+        # numpy rounds to nearest as torch does; u is capped below 1 (the largest float32 below 1)
+        u = np.minimum(k.astype(np.float32).astype(np.float64) * 2.0**-63, 1.0 - 2.0**-24)
         # the low 23 bits of each angle word, as the mantissa of a float in [1, 2)
-        theta = 2.0 * np.pi * ((angle_words & np.uint32(2**23 - 1)).astype(np.float64) * 2.0**-23 - 0.5)
+        # the midpoints of a 2^23-point grid on [-pi, pi)
+        theta = 2.0 * np.pi * ((angle_words & np.uint32(2**23 - 1)).astype(np.float64) * 2.0**-23 - 0.5 + 2.0**-24)
         r = std * np.sqrt(-2.0 * np.log(u))
         ref.append(np.concatenate([r * np.cos(theta), r * np.sin(theta)])[:size])
     want = np.concatenate(ref)
@@ -138,7 +140,9 @@ def test_float32_draws_match_a_numpy_reference_of_the_same_bits():
 
 def test_float32_radius_reaches_the_far_tail_and_never_overflows():
     """The extreme words: the smallest (k = 1, u = 2^-63) gives the largest radius, sqrt(126 ln 2)
-    = 9.35 sigma, finite; the largest rounds to u = 1 and a radius of 0, not NaN."""
+    = 9.35 sigma, finite; the largest would round to u = 1, a radius of 0 (no noise at all, the
+    clipped sum released exactly): it is capped at the smallest float32 radius, 3.45e-4 sigma. And
+    no angle makes cos or sin exactly 0."""
     class _Words(SeededNoise):
         def __init__(self, word: int) -> None:
             super().__init__(0)
@@ -147,13 +151,15 @@ def test_float32_radius_reaches_the_far_tail_and_never_overflows():
         def _fill(self, buf):
             if len(buf) % 8 == 0 and len(buf) >= 16:  # the radius words
                 buf[:] = np.full(len(buf) // 8, self.word, dtype=np.uint64).tobytes()
-            else:  # the angle words: theta = 0 (mantissa 1/2 of [1, 2)), so cos = 1
+            else:  # the angle words: mantissa 1/2 of [1, 2), which was theta = 0 (cos 1, sin exactly 0)
                 buf[:] = np.full(len(buf) // 4, 0x3FC00000, dtype=np.uint32).tobytes()
 
     far = _Words(0).normal((4,), 1.0)  # k = 0 | 1 = 1
     assert torch.isfinite(far).all()
+    assert (far != 0).all()  # the angle grid's midpoints: half a step from 0, where sin was exactly 0
     assert far[0].item() == pytest.approx(math.sqrt(126 * math.log(2)), rel=1e-6)
-    assert _Words(2**64 - 1).normal((4,), 1.0)[0].item() == 0.0
+    smallest = _Words(2**64 - 1).normal((4,), 1.0)[0].item()
+    assert smallest > 0 and smallest == pytest.approx(math.sqrt(-2 * math.log1p(-2.0**-24)), rel=1e-3)
 
 
 def test_discrete_laplace_has_the_geometric_law():
