@@ -235,7 +235,13 @@ def make_private(model: nn.Module, *, config: PrivacyConfig, dataset_size: int, 
                              f"over {steps} steps", hint="omit noise_multiplier to derive it from epsilon")
     # our engine refuses, naming it, a trainable layer it cannot clip: before any step (and after
     # the budget check, so that a refused run leaves no hooks on the caller's model)
-    engine = PerExampleClipper(model) if mode == "ghost" else OpacusHooks(model, mode)
+    try:
+        engine = PerExampleClipper(model) if mode == "ghost" else OpacusHooks(model, mode)
+    except InputError as e:  # name the user's layer, not only what Opacus' fixes made of it
+        mine = [c for c in fixes if f"layer {c.split(':')[0]} " in e.message]
+        if not mine:
+            raise
+        raise InputError(f"{e.message} (Opacus' fixes replaced {'; '.join(mine)})", hint=e.hint) from None
     seed = config.seed
     if seed is not None and dist is not None:
         seed += 1000 * dist.get_rank()  # each rank samples its own shard

@@ -126,6 +126,25 @@ def test_batchnorm_is_fixed_and_an_unsupported_layer_is_refused_before_training(
                      dataset_size=100, batch_size=20, epochs=1)
 
 
+class _Recurrent(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.rnn, self.fc, self.bn = nn.LSTM(4, 8, batch_first=True), nn.Linear(8, 3), nn.BatchNorm1d(3)
+
+    def forward(self, x):
+        return self.bn(self.fc(self.rnn(x)[0][:, -1]))
+
+
+def test_a_refused_layer_that_opacus_fixes_replaced_is_named_as_the_user_wrote_it():
+    """Opacus' validator turns nn.LSTM into its DPLSTM before our engine sees the model: the
+    refusal names the user's LSTM too, and only the fix of that layer (not the BatchNorm's)."""
+    with pytest.raises(InputError, match=r"cannot clip layer rnn \(DPLSTM.*fixes replaced rnn: LSTM -> DPLSTM\)") \
+            as caught:
+        make_private(_Recurrent(), config=PrivacyConfig(epsilon=5.0, delta=1e-3, noise_multiplier=2.0),
+                     dataset_size=100, batch_size=20, epochs=1)
+    assert "GroupNorm" not in caught.value.message
+
+
 @pytest.mark.parametrize("kwargs, fragment", [
     ({"epsilon": 0.0}, "epsilon must be > 0"),
     ({"epsilon": -1.0}, "epsilon must be > 0"),
