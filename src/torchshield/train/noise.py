@@ -151,11 +151,12 @@ class _GaussianFromUniform:
         uniform rounded to float32 is. Near 1 float32 is coarse: ``u`` is capped at 1 - 2^-24, so
         a pair's radius is never 0 (zero noise would release the clipped sum exactly); radii
         below the smallest one, 3.5e-4 ``std`` (probability 6e-8 per pair), are lumped onto it.
-        For the same reason the angle grid is offset by half a step, so ``cos`` and ``sin`` are
-        never exactly 0 (with 0 on the grid, one value in 2^23 pairs was added no noise). The angle is a 23-bit uniform, as many bits as a float32
-        angle holds, written into the mantissa of a float in [1, 2). The products are added with
-        ``addcmul_`` (no buffer for the noise itself): 12 random bytes per pair. Values agree with
-        a float64 transform of the same uniforms to float32 rounding (tested against numpy).
+        The angle is a 23-bit uniform, as many bits as a float32 angle holds, written into the
+        mantissa of a float in [1, 2); its grid is offset by half a step, so ``cos`` and ``sin``
+        are never exactly 0 (with 0 on the grid, one value in 2^23 pairs got no noise). The
+        products are added with ``addcmul_`` (no buffer for the noise itself): 12 random bytes per
+        pair. Values agree with a float64 transform of the same uniforms to float32 rounding
+        (tested against numpy).
 
         Only the random bits come from the CPU (the stream lives there); every step after them
         runs where ``part`` lives, so a GPU step copies 6 bytes per parameter and does the maths
