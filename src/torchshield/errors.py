@@ -23,6 +23,9 @@ status codes. Catch ``ShieldError`` to catch everything torchshield raises on pu
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 __all__ = [
     "AccessDenied",
     "CheckFailed",
@@ -37,7 +40,7 @@ __all__ = [
     "SignatureError",
     "UnsafeFileError",
     "WrongKeyError",
-]
+]  # the exception tree; the helper `about` below is imported by name
 
 
 class ShieldError(Exception):
@@ -111,3 +114,15 @@ class AccessDenied(PolicyError):
 
 class PrivacyBudgetExceeded(PolicyError):
     """Answering would spend more privacy budget than remains."""
+
+
+@contextmanager
+def about(field: str) -> Iterator[None]:
+    """Name ``field`` (a config field, an option, a file) at the front of any ``InputError`` raised
+    inside, keeping its class and hint: ``with about("--record"): check_target(path, ...)``."""
+    try:
+        yield
+    except MissingDependencyError:
+        raise  # names its package and extra already (and takes other arguments)
+    except InputError as exc:
+        raise type(exc)(f"{field}: {exc.message}", hint=exc.hint) from None

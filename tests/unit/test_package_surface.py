@@ -3,6 +3,8 @@
 import subprocess
 import sys
 
+import pytest
+
 import torchshield
 from torchshield import errors
 
@@ -36,6 +38,17 @@ def test_error_tree_exit_codes():
         assert issubclass(getattr(errors, name), errors.ShieldError)
     e = errors.InputError("field 'k' is wrong", hint="set k to 5")
     assert str(e) == "field 'k' is wrong (set k to 5)"
+
+
+def test_about_names_the_field_and_keeps_class_and_hint():
+    with pytest.raises(errors.KeyMaterialError) as caught, errors.about("output.signing_key"):
+        raise errors.KeyMaterialError("signing key k does not exist", hint="create one")
+    assert caught.value.message == "output.signing_key: signing key k does not exist"
+    assert caught.value.hint == "create one" and caught.value.exit_code == 2
+    with pytest.raises(errors.MissingDependencyError, match="'flwr' package"), errors.about("x"):
+        raise errors.MissingDependencyError("flwr", "federated")
+    with pytest.raises(errors.IntegrityError, match="^bad$"), errors.about("x"):  # not an InputError
+        raise errors.IntegrityError("bad")
 
 
 def test_scanner_does_not_import_torch():

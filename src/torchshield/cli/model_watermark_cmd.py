@@ -12,7 +12,7 @@ from typing import Any
 import typer
 
 from torchshield.cli.output import JSON_OPTION, emit, fail, progress
-from torchshield.errors import InputError
+from torchshield.errors import InputError, about
 
 __all__ = ["register_into"]
 
@@ -197,10 +197,8 @@ def embed_cmd(model: Path = typer.Argument(..., help="Bundle: from 'torchshield 
     if record_out is not None:  # written after the bundle: a failure then would leave a bundle without it
         from torchshield.atomic import check_target
 
-        try:
+        with about("--record"):
             check_target(record_out, overwrite=True)
-        except InputError as e:
-            raise InputError(f"--record: {e.message}", hint=e.hint) from None
     key = _key(key_file)
     source = inspect(model)
     pre = preprocessing_of(source.manifest)

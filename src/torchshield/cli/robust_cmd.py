@@ -15,7 +15,7 @@ import typer
 
 from torchshield.cli.output import JSON_OPTION, emit, fail, progress
 from torchshield.crypto.keys import resolve_master_key
-from torchshield.errors import InputError
+from torchshield.errors import InputError, about
 
 __all__ = ["register"]
 
@@ -176,10 +176,8 @@ def _check_output(path: Path, option: str, suffixes: tuple[str, ...]) -> None:
 
     if path.suffix.lower() not in suffixes:
         raise InputError(f"{option}: {path} must end in {' or '.join(suffixes)}")
-    try:
+    with about(option):
         check_target(path, overwrite=True)
-    except InputError as e:
-        raise InputError(f"{option}: {e.message}", hint=e.hint) from None
 
 
 def _save_adversarial(path: Path, report: Any, y: Any, names: list[str]) -> None:

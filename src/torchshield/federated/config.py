@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from torchshield.errors import FormatError, InputError
+from torchshield.errors import FormatError, InputError, about
 
 __all__ = [
     "DatasetConfig",
@@ -179,12 +179,9 @@ def parse_config(raw: Any, *, source: str = "fl.yaml") -> FederationConfig:
                          hint="name a folder (it is created if missing)")
     if out.get("sign_with") is not None:  # refused now, not after the last round
         from torchshield.crypto.signing import load_signing_key
-        from torchshield.errors import KeyMaterialError
 
-        try:
+        with about(f"{source}: output.sign_with"):
             load_signing_key(str(out["sign_with"]))
-        except KeyMaterialError as e:
-            raise KeyMaterialError(f"{source}: output.sign_with: {e.message}", hint=e.hint) from None
     backend = f.section(raw, "backend")
     cfg = FederationConfig(
         clients=clients, rounds=rounds, fraction_fit=fraction_fit, seed=f.int_(raw, "seed", 0, low=0),

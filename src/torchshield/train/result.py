@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from torchshield.errors import InputError, KeyMaterialError
+from torchshield.errors import InputError, about
 from torchshield.train.config import TrainConfig
 
 __all__ = ["RunResult", "bundle_key", "public_size"]
@@ -57,10 +57,8 @@ def refuse_existing_outputs(cfg: TrainConfig) -> None:
             raise InputError(f"output.bundle: {target} already exists",
                              hint="choose another path or set output.overwrite: true")
     if cfg.output.signing_key is not None:
-        try:
+        with about("output.signing_key"):
             load_signing_key(cfg.output.signing_key)
-        except KeyMaterialError as e:
-            raise KeyMaterialError(f"output.signing_key: {e.message}", hint=e.hint) from None
 
 
 def bundle_key(cfg: TrainConfig) -> Any:

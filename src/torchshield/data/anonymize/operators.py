@@ -22,7 +22,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from torchshield.errors import InputError, KeyMaterialError, WrongKeyError
+from torchshield.errors import InputError, KeyMaterialError, WrongKeyError, about
 
 __all__ = [
     "OPERATORS",
@@ -319,7 +319,5 @@ def make_operator(spec: Mapping[str, Any] | str, *, where: str = "policy") -> Op
     if name not in OPERATORS:
         raise InputError(f"{where}.operator: unknown operator {name!r}",
                          hint=f"known: {', '.join(sorted(OPERATORS))}")
-    try:
+    with about(where):
         return OPERATORS[name](**opts)
-    except InputError as exc:
-        raise InputError(f"{where}: {exc.message}", hint=exc.hint) from None
