@@ -24,7 +24,7 @@ def _load(config: Path, out: Path | None, sign_with: Path | None, rounds: int | 
     raw = yaml.safe_load(config.read_text(encoding="utf-8")) or {}
     if out is not None or sign_with is not None:
         raw["output"] = {**(raw.get("output") or {}), **({"dir": str(out)} if out else {}),
-                         **({"sign_with": str(sign_with.resolve())} if sign_with else {})}
+                         **({"sign_with": str(sign_with)} if sign_with else {})}
     if rounds is not None:
         raw["rounds"] = rounds
     if clients is not None:

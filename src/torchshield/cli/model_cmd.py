@@ -11,7 +11,7 @@ from typing import Any
 
 import typer
 
-from torchshield.cli.output import JSON_OPTION, emit, fail, progress
+from torchshield.cli.output import JSON_OPTION, check_bundle_output, emit, fail, progress
 from torchshield.errors import InputError, KeyMaterialError
 
 model_app = typer.Typer(help="Protect model files: bundles, signatures, encryption, scanning, watermarks.",
@@ -107,17 +107,14 @@ def protect(src: Path = typer.Argument(..., help="Model: a Hugging Face director
     """Turn a model into one bundle (weights, architecture, preprocessing): optionally encrypted and signed.
 
     Every file read is scanned first; tied tensors are stored once."""
-    from torchshield.atomic import check_target
     from torchshield.crypto.keys import resolve_master_key
-    from torchshield.crypto.signing import load_signing_key
     from torchshield.model.header import inspect
     from torchshield.model.loading import protect_model
 
-    check_target(out, overwrite=force, hint="pass --force to overwrite it")
+    signer = check_bundle_output(out, force, sign)
     if not src.exists():
         raise InputError(f"{src} does not exist")
     key = resolve_master_key(key_file=key_file, required=encrypt)
-    signer = load_signing_key(sign) if sign is not None else None  # a bad key is refused before the model is read
     if key_file is not None and not encrypt:
         raise KeyMaterialError("--key-file given without --encrypt",
                                hint="add --encrypt to encrypt the bundle, or drop --key-file")

@@ -11,7 +11,7 @@ from typing import Any
 
 import typer
 
-from torchshield.cli.output import JSON_OPTION, emit, fail, progress
+from torchshield.cli.output import JSON_OPTION, check_bundle_output, emit, fail, progress
 from torchshield.errors import InputError, about
 
 __all__ = ["register_into"]
@@ -34,18 +34,6 @@ def _key(key_file: Path | None) -> Any:
     from torchshield.crypto.keys import resolve_master_key
 
     return resolve_master_key(key_file=key_file, required=True)
-
-
-def _check_out(out: Path, force: bool, sign: Path | None) -> Any:
-    """Refuse, before any work, an ``out`` that cannot be written (exists without --force, is a
-    folder, lies in a missing folder) or a signing key that does not load; returns the loaded key
-    (or None). Found at the save, either cost the whole fine-tune."""
-    from torchshield.atomic import check_target
-    from torchshield.crypto.signing import load_signing_key
-
-    check_target(out, overwrite=force, hint="pass --force to overwrite it")
-
-    return None if sign is None else load_signing_key(sign)
 
 
 def _save_like(source: Any, tensors_or_model: Any, out: Path, key: Any, *, metadata: dict[str, Any] | None = None,
@@ -193,7 +181,7 @@ def embed_cmd(model: Path = typer.Argument(..., help="Bundle: from 'torchshield 
         raise InputError(f"--lr {lr}: must be positive")
     if method not in ("whitebox", "trigger"):
         raise InputError(f"--method {method!r}: expected whitebox or trigger")
-    sign = _check_out(out, force, sign)
+    sign = check_bundle_output(out, force, sign)
     if record_out is not None:  # written after the bundle: a failure then would leave a bundle without it
         from torchshield.atomic import check_target
 
@@ -352,7 +340,7 @@ def obfuscate_cmd(model: Path = typer.Argument(..., help="Bundle written by 'tor
     import torchshield
     from torchshield.model.obfuscate import obfuscate_model
 
-    sign = _check_out(out, force, sign)
+    sign = check_bundle_output(out, force, sign)
     key = _key(key_file)
     net, _, files = _open(model, key)
     source = torchshield.inspect(model)
@@ -383,7 +371,7 @@ def deobfuscate_cmd(model: Path = typer.Argument(..., help="Bundle written by 'm
     import torchshield
     from torchshield.model.obfuscate import deobfuscate
 
-    sign = _check_out(out, force, sign)
+    sign = check_bundle_output(out, force, sign)
     key = _key(key_file)
     source = torchshield.inspect(model)
     meta = dict(source.manifest.get("metadata") or {})

@@ -8,6 +8,7 @@ import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import typer
@@ -23,7 +24,8 @@ from rich.progress import (
 
 from torchshield.jsonable import to_jsonable
 
-__all__ = ["JSON_OPTION", "STATE", "console", "emit", "err_console", "fail", "progress", "to_jsonable"]
+__all__ = ["JSON_OPTION", "STATE", "check_bundle_output", "console", "emit", "err_console", "fail", "progress",
+           "to_jsonable"]
 
 console = Console(soft_wrap=True)
 err_console = Console(stderr=True, soft_wrap=True)
@@ -72,3 +74,14 @@ def progress(description: str, total: float | None = None, *, unit: str = "") ->
             bar.advance(task, n)
 
         yield advance
+
+
+def check_bundle_output(out: Path, force: bool, sign: Path | None) -> Any:
+    """For a command that writes a bundle: refuse, before any work, an ``out`` that cannot be
+    written (exists without --force, is a folder, lies in a missing folder) or a signing key that
+    does not load; returns the loaded key (or None). Found at the save, either cost the whole run."""
+    from torchshield.atomic import check_target
+    from torchshield.crypto.signing import load_signing_key
+
+    check_target(out, overwrite=force, hint="pass --force to overwrite it")
+    return None if sign is None else load_signing_key(sign)
