@@ -277,8 +277,8 @@ def verify_cmd(suspect: Path | None = typer.Argument(None, help="Suspect bundle 
                input_shape: str | None = typer.Option(None, "--input-shape", help="Reshape triggers, e.g. 1,8,8."),
                timeout: float = typer.Option(30.0, "--timeout", help="Seconds per endpoint request."),
                batch_size: int = typer.Option(50, "--batch-size", min=1, max=1024,
-                                              help="Triggers per endpoint request: keep a request under the "
-                                                   "server's body limit (images: use a few)."),
+                                              help="Most triggers per endpoint request; halved "
+                                                   "automatically while the server answers 413 (body limit)."),
                as_json: bool = JSON_OPTION) -> None:
     """Is the owner's mark in SUSPECT (or behind --endpoint)? Exit 0 present, 1 absent, 2 bad input."""
     from torchshield.model.watermark import verify_trigger

@@ -4,6 +4,12 @@
 ``Authorization: Bearer <api key>`` header answers ``{"outputs": ..., "predictions": [...]}``.
 Only the predicted classes are used. The API key is sent in the header only and never appears
 in an error message.
+
+A server refuses a body over its limit (HTTP 413; ``torchshield serve --body-limit``, 1 MiB by
+default), and image triggers reach it quickly (one 3 x 224 x 224 input is about 3 MB of JSON). So
+a refused request is split in halves and re-sent, and later requests keep the size that passed:
+``--batch-size`` is an upper bound, never a way to fail. Only a single input refused on its own
+is an error, which names the fix.
 """
 
 from __future__ import annotations
@@ -34,17 +40,35 @@ def endpoint_predictor(url: str, model: str, api_key: str, *, timeout: float = 3
     client = httpx.Client(timeout=timeout, transport=transport,
                           headers={"Authorization": f"Bearer {api_key}"})
 
-    def predict(inputs: torch.Tensor) -> list[int]:
-        batch = inputs.reshape(len(inputs), *input_shape) if input_shape else inputs
+    fits = [0]  # the largest request size the server has accepted after a 413 (0: none refused yet)
+
+    def post(batch: torch.Tensor) -> Any:
         try:
-            response = client.post(target, json={"inputs": batch.tolist()})
+            return client.post(target, json={"inputs": batch.tolist()})
         except httpx.TimeoutException:
             raise InputError(f"the endpoint {url} did not answer within {timeout:g} s",
                              hint="check that the service is up, or raise --timeout") from None
         except httpx.HTTPError as exc:
             raise InputError(f"cannot reach the endpoint {url} ({type(exc).__name__})",
                              hint="check the URL and that the service is running") from None
-        return _predictions(response, url, model)
+
+    def predict(inputs: torch.Tensor) -> list[int]:
+        batch = inputs.reshape(len(inputs), *input_shape) if input_shape else inputs
+        out: list[int] = []
+        start = 0
+        while start < len(batch):
+            size = min(len(batch) - start, fits[0] or len(batch))
+            response = post(batch[start:start + size])
+            if response.status_code == 413:
+                if size == 1:
+                    raise InputError(f"the endpoint {url} refuses even one trigger input as too large (HTTP 413)",
+                                     hint="raise the server's body limit (torchshield serve --body-limit BYTES), "
+                                          "or verify a copy of the bundle locally")
+                fits[0] = size // 2
+                continue
+            out.extend(_predictions(response, url, model))
+            start += size
+        return out
 
     return predict
 
