@@ -12,6 +12,7 @@ from typing import Any
 import typer
 
 from torchshield.cli.output import JSON_OPTION, check_bundle_output, emit, fail, progress
+from torchshield.cli.trust import ALLOW_FACTORY_OPTION, PUBKEY_OPTION, Trust, trust
 from torchshield.errors import InputError, about
 
 __all__ = ["register_into"]
@@ -70,9 +71,10 @@ def _save_like(source: Any, tensors_or_model: Any, out: Path, key: Any, *, metad
     return dropped
 
 
-def _open(path: Path, key: Any) -> tuple[Any, dict[str, Any], dict[str, bytes]]:
+def _open(path: Path, key: Any, trusted: Trust) -> tuple[Any, dict[str, Any], dict[str, bytes]]:
     """(module, manifest, carried files) of a bundle: one written by 'torchshield train' (its zoo
-    model, DP fixes applied) or any bundle that records its architecture ('model protect')."""
+    model, DP fixes applied) or any bundle that records its architecture ('model protect'); a
+    factory the bundle names is imported only as ``trusted`` allows (``cli.trust``)."""
     from torchshield.model.bundle import inspect
 
     manifest = inspect(path).manifest
@@ -80,11 +82,11 @@ def _open(path: Path, key: Any) -> tuple[Any, dict[str, Any], dict[str, bytes]]:
     if isinstance(model, dict) and isinstance(model.get("spec"), dict):
         from torchshield.train.recipe import load_trained
 
-        net, manifest = load_trained(path, key=key)
+        net, manifest = load_trained(path, key=key, verify_with=trusted.verify_with)
         return net, manifest, {}
     from torchshield.model.loading import open_model
 
-    loaded = open_model(path, key=key)
+    loaded = open_model(path, key=key, **trusted.kwargs())
     module = loaded.module
     for p in module.parameters():  # the bundle's tensors are views of one read-only buffer
         p.data = p.data.clone()
@@ -164,6 +166,7 @@ def embed_cmd(model: Path = typer.Argument(..., help="Bundle: from 'torchshield 
               max_drop: float = typer.Option(0.02, "--max-accuracy-drop",
                                              help="Refuse to write the bundle if held-out accuracy falls by more "
                                                   "than this (absolute; 0.02 = 2 points)."),
+              pubkey: Path | None = PUBKEY_OPTION, allow_factory: list[str] = ALLOW_FACTORY_OPTION,
               sign: Path | None = SIGN, force: bool = FORCE, as_json: bool = JSON_OPTION) -> None:
     """Embed an ownership mark by fine-tuning MODEL on its data; the record goes in the manifest.
 
@@ -182,6 +185,7 @@ def embed_cmd(model: Path = typer.Argument(..., help="Bundle: from 'torchshield 
     if method not in ("whitebox", "trigger"):
         raise InputError(f"--method {method!r}: expected whitebox or trigger")
     sign = check_bundle_output(out, force, sign)
+    trusted = trust(pubkey, allow_factory)
     if record_out is not None:  # written after the bundle: a failure then would leave a bundle without it
         from torchshield.atomic import check_target
 
@@ -196,7 +200,7 @@ def embed_cmd(model: Path = typer.Argument(..., help="Bundle: from 'torchshield 
     inputs = None
     if method == "trigger" or tokens:  # a trigger mark needs the spec; token data needs it to be read right
         inputs = TriggerInputs.from_spec(spec, where=str(model))
-    net, manifest, files = _open(model, key)
+    net, manifest, files = _open(model, key, trusted)
     dataset = _embed_data(data, manifest, model, tokens=tokens)
     if inputs is not None and inputs.tokens:  # a token length from the data, not a guess
         width = int(dataset.train.x[0].numel())
@@ -279,6 +283,7 @@ def verify_cmd(suspect: Path | None = typer.Argument(None, help="Suspect bundle 
                batch_size: int = typer.Option(50, "--batch-size", min=1, max=1024,
                                               help="Most triggers per endpoint request; halved "
                                                    "automatically while the server answers 413 (body limit)."),
+               pubkey: Path | None = PUBKEY_OPTION, allow_factory: list[str] = ALLOW_FACTORY_OPTION,
                as_json: bool = JSON_OPTION) -> None:
     """Is the owner's mark in SUSPECT (or behind --endpoint)? Exit 0 present, 1 absent, 2 bad input."""
     from torchshield.model.watermark import verify_trigger
@@ -296,23 +301,25 @@ def verify_cmd(suspect: Path | None = typer.Argument(None, help="Suspect bundle 
         predict = endpoint_predictor(endpoint, model_name, api_key, timeout=timeout, input_shape=shape)
         verdict = verify_trigger(predict, record, key, batch_size=batch_size)
     else:
-        verdict = _verify_bundle(suspect, record, key, _key(bundle_key_file) if bundle_key_file else key)
+        verdict = _verify_bundle(suspect, record, key, _key(bundle_key_file) if bundle_key_file else key,
+                                 trust(pubkey, allow_factory))
     _report(verdict, as_json)
     if not verdict.present:
         fail(1)
 
 
-def _verify_bundle(suspect: Path, record: Any, key: Any, bundle_key: Any) -> Any:
+def _verify_bundle(suspect: Path, record: Any, key: Any, bundle_key: Any, trusted: Trust) -> Any:
     import torchshield
     from torchshield.model.watermark import model_predictor, verify_trigger, verify_whitebox
 
     if record.method == "whitebox":
         info = torchshield.inspect(suspect)
-        return verify_whitebox(torchshield.load(suspect, key=bundle_key if info.encrypted else None), record, key)
+        return verify_whitebox(torchshield.load(suspect, key=bundle_key if info.encrypted else None,
+                                                verify_with=trusted.verify_with), record, key)
     from torchshield.model.sources.records import preprocessing_of
     from torchshield.model.watermark.inputs import logits_module
 
-    net, manifest, _ = _open(suspect, bundle_key)  # a trained or a described bundle, run as it is served
+    net, manifest, _ = _open(suspect, bundle_key, trusted)  # a trained or a described bundle, run as it is served
     runner = logits_module(net, normalization=preprocessing_of(manifest).get("normalization"))
     return verify_trigger(model_predictor(runner), record, key)
 
@@ -335,14 +342,16 @@ def obfuscate_cmd(model: Path = typer.Argument(..., help="Bundle written by 'tor
                   key_file: Path | None = KEY_FILE,
                   keep_names: bool = typer.Option(False, "--keep-names",
                                                   help="Permute units only; keep parameter names (loads as is)."),
+                  pubkey: Path | None = PUBKEY_OPTION, allow_factory: list[str] = ALLOW_FACTORY_OPTION,
                   sign: Path | None = SIGN, force: bool = FORCE, as_json: bool = JSON_OPTION) -> None:
     """Permute and rescale hidden units (same outputs) and scramble parameter names; the plan is sealed."""
     import torchshield
     from torchshield.model.obfuscate import obfuscate_model
 
     sign = check_bundle_output(out, force, sign)
+    trusted = trust(pubkey, allow_factory)
     key = _key(key_file)
-    net, _, files = _open(model, key)
+    net, _, files = _open(model, key, trusted)
     source = torchshield.inspect(model)
     meta = dict(source.manifest.get("metadata") or {})
     # refuses (exit 2, naming why) a model in which nothing can change: never a no-op reported as done

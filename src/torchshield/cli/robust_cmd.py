@@ -14,6 +14,7 @@ from typing import Any
 import typer
 
 from torchshield.cli.output import JSON_OPTION, emit, fail, progress
+from torchshield.cli.trust import ALLOW_FACTORY_OPTION, PUBKEY_OPTION, Trust, trust
 from torchshield.crypto.keys import resolve_master_key
 from torchshield.errors import InputError, about
 
@@ -24,10 +25,7 @@ app = typer.Typer(no_args_is_help=True, help="Attack, certify and guard models a
 DATA = typer.Option(None, "--data", "-d", help="sklearn:digits / sklearn:breast_cancer (test split) or a "
                                               ".csv/.parquet file; default: the bundle's own test split.")
 KEY_FILE = typer.Option(None, "--key-file", "-k", help="Master key file for an encrypted bundle.")
-PUBKEY = typer.Option(None, "--pubkey", "-p", help="Require the bundle to be signed by this public key.")
 LIMIT = typer.Option(None, "--limit", "-n", help="Use only the first N examples.")
-ALLOW_FACTORY = typer.Option([], "--allow-factory", help="Import this model factory (package.module:function) "
-                             "for an unsigned bundle that names one.")
 BOUNDS = typer.Option(None, "--bounds", help="Input range 'lo,hi' (default: the bundle's recorded bounds).")
 
 
@@ -56,8 +54,8 @@ class _Subject:
     feature_names: list[str]
 
 
-def _load(model_path: Path, data: str | None, *, key_file: Path | None, pubkey: Path | None,
-          limit: int | None, bounds: str | None, allow_factory: list[str] | None = None) -> _Subject:
+def _load(model_path: Path, data: str | None, *, key_file: Path | None, trusted: Trust,
+          limit: int | None, bounds: str | None) -> _Subject:
     """Model, inputs, labels, bounds and manifest for a bundle and a data spec.
 
     Bundles written by ``torchshield train`` use their own test split or a table; any other
@@ -67,20 +65,15 @@ def _load(model_path: Path, data: str | None, *, key_file: Path | None, pubkey: 
 
     if not model_path.is_file():
         raise InputError(f"{model_path}: no such model bundle")
-    verify_with = None
-    if pubkey is not None:
-        from torchshield.crypto.signing import load_public_key
-
-        verify_with = load_public_key(pubkey)
     manifest = inspect(model_path).manifest
     meta = manifest.get("metadata") or {}
     if not ("config" in meta and "data" in meta):
-        return _load_any(model_path, manifest, data, key_file=key_file, verify_with=verify_with, limit=limit,
-                         bounds=bounds, allow_factory=allow_factory or [])
+        return _load_any(model_path, manifest, data, key_file=key_file, trusted=trusted, limit=limit,
+                         bounds=bounds)
     from torchshield.nn.datasets import BUILTINS, load_dataset
     from torchshield.train.recipe import load_trained, read_rows
 
-    model, manifest = load_trained(model_path, key=resolve_master_key(key_file=key_file, required=False), verify_with=verify_with)
+    model, manifest = load_trained(model_path, key=resolve_master_key(key_file=key_file, required=False), verify_with=trusted.verify_with)
     meta = manifest["metadata"]
     if data is None or data in BUILTINS:
         spec = (meta.get("config") or {}).get("data")
@@ -127,7 +120,7 @@ def _read_tensors(path: Path) -> dict[str, Any]:
 
 
 def _load_any(model_path: Path, manifest: dict[str, Any], data: str | None, *, key_file: Path | None,
-              verify_with: Any, limit: int | None, bounds: str | None, allow_factory: list[str]) -> _Subject:
+              trusted: Trust, limit: int | None, bounds: str | None) -> _Subject:
     from torchshield.model.loading import open_model, preprocessing_of
     from torchshield.robust.subject import attackable, input_bounds
 
@@ -137,7 +130,7 @@ def _load_any(model_path: Path, manifest: dict[str, Any], data: str | None, *, k
     if data is None:
         raise InputError(f"--data is required for {model_path.name}: a .safetensors file with 'inputs' "
                          "(N x C x H x W for images) and 'labels'")
-    loaded = open_model(model_path, key=resolve_master_key(key_file=key_file, required=False), verify_with=verify_with, allow_factories=allow_factory)
+    loaded = open_model(model_path, key=resolve_master_key(key_file=key_file, required=False), **trusted.kwargs())
     net, shape = attackable(loaded.module, loaded.preprocessing)
     doc = _read_tensors(Path(data))
     x = next((doc[k] for k in ("inputs", "pixel_values", "x") if k in doc), None)
@@ -239,8 +232,8 @@ def eval_cmd(model: Path = typer.Argument(..., help="A .tsb bundle written by `t
                                                   "(.parquet or .safetensors)."),
              min_robust: float | None = typer.Option(None, "--min-robust-accuracy", help="Exit 1 if any robust "
                                                      "accuracy falls below this (for CI gates)."),
-             key_file: Path | None = KEY_FILE, pubkey: Path | None = PUBKEY,
-             allow_factory: list[str] = ALLOW_FACTORY, as_json: bool = JSON_OPTION) -> None:
+             key_file: Path | None = KEY_FILE, pubkey: Path | None = PUBKEY_OPTION,
+             allow_factory: list[str] = ALLOW_FACTORY_OPTION, as_json: bool = JSON_OPTION) -> None:
     """Clean and robust accuracy per attack and epsilon, on inputs in the model's natural shape.
 
     The default `standard` ensemble counts an example robust only if APGD-CE, APGD-T, APGD-CW and
@@ -256,8 +249,8 @@ def eval_cmd(model: Path = typer.Argument(..., help="A .tsb bundle written by `t
     if save_adv is not None:
         _check_output(save_adv, "--save-adv", (".parquet", ".pq", ".safetensors"))
     try:
-        sub = _load(model, data, key_file=key_file, pubkey=pubkey, limit=limit, bounds=bounds,
-                    allow_factory=allow_factory)
+        sub = _load(model, data, key_file=key_file, trusted=trust(pubkey, allow_factory), limit=limit,
+                    bounds=bounds)
     except NotApplicable as exc:
         doc = {"model": str(model), "status": "not_applicable", "reason": exc.message, "hint": exc.hint}
         line = f"{model.name}: not applicable: {exc.message} ({exc.hint})"
@@ -315,16 +308,16 @@ def certify_cmd(model: Path = typer.Argument(..., help="A .tsb bundle (ideally t
                 batch_size: int = typer.Option(1000, "--batch-size"),
                 seed: int | None = typer.Option(None, "--seed", help="Seed the noise (tests only; default "
                                                 "draws from the OS CSPRNG)."),
-                limit: int | None = LIMIT, key_file: Path | None = KEY_FILE, pubkey: Path | None = PUBKEY,
-                allow_factory: list[str] = ALLOW_FACTORY, as_json: bool = JSON_OPTION) -> None:
+                limit: int | None = LIMIT, key_file: Path | None = KEY_FILE, pubkey: Path | None = PUBKEY_OPTION,
+                allow_factory: list[str] = ALLOW_FACTORY_OPTION, as_json: bool = JSON_OPTION) -> None:
     """Certified L2 accuracy at radii via randomized smoothing (Cohen et al. 2019).
 
     Refused (exit 2) for token-id models: Gaussian noise on token ids certifies nothing."""
     from torchshield.robust.smoothing import ABSTAIN, SmoothedClassifier
 
     radius_list = _floats(radii, "--radii")
-    sub = _load(model, data, key_file=key_file, pubkey=pubkey, limit=limit, bounds=None,
-                allow_factory=allow_factory)  # NotApplicable is an InputError: exit 2 with the reason
+    sub = _load(model, data, key_file=key_file, trusted=trust(pubkey, allow_factory), limit=limit,
+                bounds=None)  # NotApplicable is an InputError: exit 2 with the reason
     net, x, y = sub.model, sub.x, sub.y
     if sub.num_classes is None:
         raise InputError(f"{model.name} does not record its number of classes")
@@ -359,13 +352,14 @@ def calibrate_cmd(model: Path = typer.Argument(..., help="A .tsb bundle."), data
                   squeezer: list[str] = typer.Option(["bits:4"], "--squeezer",
                                                      help="bits:N or median:N, repeatable."),
                   limit: int | None = LIMIT, bounds: str | None = BOUNDS, key_file: Path | None = KEY_FILE,
+                  pubkey: Path | None = PUBKEY_OPTION, allow_factory: list[str] = ALLOW_FACTORY_OPTION,
                   as_json: bool = JSON_OPTION) -> None:
     """Calibrate a feature-squeezing detector on clean data to a false-positive rate."""
     from torchshield.atomic import atomic_write_bytes
     from torchshield.robust.defenses import FeatureSqueezingDetector, parse_squeezer
 
     _check_output(out, "--out", (".json",))
-    sub = _load(model, data, key_file=key_file, pubkey=None, limit=limit, bounds=bounds)
+    sub = _load(model, data, key_file=key_file, trusted=trust(pubkey, allow_factory), limit=limit, bounds=bounds)
     net, x, lo_hi = sub.model, sub.x, sub.bounds
     detector = FeatureSqueezingDetector(net, [parse_squeezer(s) for s in squeezer], lo_hi)
     detector.calibrate(x, fpr=fpr)
@@ -382,7 +376,8 @@ def detect_cmd(model: Path = typer.Argument(..., help="A .tsb bundle."), data: s
                attack: str | None = typer.Option(None, "--attack", help="Also attack the data first and report "
                                                  "the detection rate on the adversarial examples."),
                eps: float = typer.Option(0.1, "--eps"), limit: int | None = LIMIT,
-               key_file: Path | None = KEY_FILE, as_json: bool = JSON_OPTION) -> None:
+               key_file: Path | None = KEY_FILE, pubkey: Path | None = PUBKEY_OPTION,
+               allow_factory: list[str] = ALLOW_FACTORY_OPTION, as_json: bool = JSON_OPTION) -> None:
     """Flag adversarial-looking inputs; report the flagged rate (clean, and attacked with --attack)."""
     from torchshield.robust.attacks import build_attack
     from torchshield.robust.defenses import FeatureSqueezingDetector
@@ -391,7 +386,7 @@ def detect_cmd(model: Path = typer.Argument(..., help="A .tsb bundle."), data: s
         doc = json.loads(detector_file.read_text())
     except (OSError, ValueError) as exc:
         raise InputError(f"--detector: cannot read {detector_file} ({type(exc).__name__})") from None
-    sub = _load(model, data, key_file=key_file, pubkey=None, limit=limit, bounds=None)
+    sub = _load(model, data, key_file=key_file, trusted=trust(pubkey, allow_factory), limit=limit, bounds=None)
     net, x, y = sub.model, sub.x, sub.y
     detector = FeatureSqueezingDetector.from_dict(net, doc)
     result: dict[str, Any] = {"examples": len(y), "threshold": detector.threshold,
