@@ -86,15 +86,15 @@ def _open(path: Path, key: Any, trusted: Trust) -> tuple[Any, dict[str, Any], di
         return net, manifest, {}
     from torchshield.model.loading import open_model
 
-    loaded = open_model(path, key=key, **trusted.kwargs())
-    module = loaded.module
-    for p in module.parameters():  # the bundle's tensors are views of one read-only buffer
-        p.data = p.data.clone()
-    return module, loaded.manifest, dict(loaded.files)
+    loaded = open_model(path, key=key, writable=True, **trusted.kwargs())  # embed trains it, obfuscate permutes it
+    return loaded.module, loaded.manifest, dict(loaded.files)
 
 
-def _embed_data(spec: str | None, manifest: dict[str, Any], model: Path, *, tokens: bool) -> Any:
-    """The data set to fine-tune on (token ids are read without normalisation)."""
+def _embed_data(spec: str | None, manifest: dict[str, Any], model: Path, *, raw: bool) -> Any:
+    """The data set to fine-tune on. ``raw``: the model takes its inputs as a client sends them
+    (token ids, or pixels in the range of a ``model protect`` input spec), so a table's values are
+    read without normalisation, its label from a column named ``label`` unless the spec says
+    otherwise; a bundle from ``torchshield train`` keeps its own data spec."""
     import json as _json
 
     from torchshield.nn.datasets import load_dataset
@@ -108,8 +108,10 @@ def _embed_data(spec: str | None, manifest: dict[str, Any], model: Path, *, toke
             parsed = _json.loads(spec)
         except ValueError:
             raise InputError("--data: not valid JSON", hint='e.g. {"path": "tokens.csv", "label": "label"}') from None
-    if tokens and isinstance(parsed, str) and ":" not in parsed:
-        parsed = {"path": parsed, "label": "label", "normalize": "none"}  # token ids: never rescaled
+    if raw and isinstance(parsed, str) and ":" not in parsed:
+        parsed = {"path": parsed}
+    if raw and isinstance(parsed, dict):  # ids and pixels are never rescaled
+        parsed = {"label": "label", "normalize": "none", **parsed}
     return load_dataset(parsed)
 
 
@@ -197,11 +199,14 @@ def embed_cmd(model: Path = typer.Argument(..., help="Bundle: from 'torchshield 
     spec = pre.get("input")
     tokens = isinstance(spec, dict) and (spec.get("kind") == "tokens"
                                          or str(spec.get("dtype") or "").startswith("int"))
+    trained = isinstance(((source.manifest.get("metadata") or {}).get("model") or {}).get("spec"), dict)
     inputs = None
-    if method == "trigger" or tokens:  # a trigger mark needs the spec; token data needs it to be read right
+    # a trigger mark needs the spec; so does data for a model that takes raw inputs (token ids, or images
+    # given as rows of pixels, which are shaped to C x H x W): a 'train' bundle reads its own table as it did
+    if method == "trigger" or tokens or (not trained and isinstance(spec, dict)):
         inputs = TriggerInputs.from_spec(spec, where=str(model))
     net, manifest, files = _open(model, key, trusted)
-    dataset = _embed_data(data, manifest, model, tokens=tokens)
+    dataset = _embed_data(data, manifest, model, raw=tokens or not trained)
     if inputs is not None and inputs.tokens:  # a token length from the data, not a guess
         width = int(dataset.train.x[0].numel())
         inputs = TriggerInputs.from_spec(spec, where=str(model), sequence_length=width)

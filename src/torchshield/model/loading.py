@@ -135,9 +135,36 @@ def _fill(module: nn.Module, contents: BundleContents, path: Path) -> None:
     _retie(module, contents.aliases)
 
 
+def own_memory(module: nn.Module) -> nn.Module:
+    """Give every parameter and buffer of ``module`` its own memory, keeping tied tensors tied.
+
+    A loaded module's tensors are views of the bundle's one read-only buffer (no copy: serving
+    needs none), and views share one autograd version counter. Replacing only ``p.data`` keeps that
+    counter, so in training a BatchNorm's in-place update of its running statistics "modifies" every
+    weight saved for backward (``RuntimeError: ... modified by an inplace operation``, measured on a
+    user's ResNet in ``watermark embed``). Fresh tensors have counters of their own."""
+    fresh: dict[int, Any] = {}
+    for mod in module.modules():
+        for name, p in list(mod._parameters.items()):
+            if p is not None:
+                if id(p) not in fresh:
+                    fresh[id(p)] = nn.Parameter(p.detach().clone(), requires_grad=p.requires_grad)
+                mod._parameters[name] = fresh[id(p)]
+        for name, b in list(mod._buffers.items()):
+            if b is not None:
+                if id(b) not in fresh:
+                    fresh[id(b)] = b.detach().clone()
+                mod._buffers[name] = fresh[id(b)]
+    return module
+
+
 def open_model(bundle: str | os.PathLike[str], *, key: Any = None, verify_with: Any = None,
-               allow_factories: Iterable[str] = (), device: str | torch.device = "cpu") -> LoadedModel:
-    """Decrypt and check ``bundle``, rebuild its module, apply recorded fixes, load the weights."""
+               allow_factories: Iterable[str] = (), device: str | torch.device = "cpu",
+               writable: bool = False) -> LoadedModel:
+    """Decrypt and check ``bundle``, rebuild its module, apply recorded fixes, load the weights.
+
+    ``writable``: the module will be trained or changed, so its tensors get memory of their own
+    (:func:`own_memory`); otherwise they are read-only views of the bundle."""
     from torchshield.model.sources.factory import factory_allowed
     from torchshield.model.sources.state import unflatten_state
 
@@ -163,6 +190,8 @@ def open_model(bundle: str | os.PathLike[str], *, key: Any = None, verify_with: 
         fixes = apply_fixes(module, records)
         _fill(module, contents, path)
     module.eval()
+    if writable:
+        own_memory(module)
     if torch.device(device).type != "cpu":
         module = module.to(device)
     state = unflatten_state(contents.training_state) if contents.training_state is not None else None
@@ -170,14 +199,17 @@ def open_model(bundle: str | os.PathLike[str], *, key: Any = None, verify_with: 
 
 
 def load_model(bundle: str | os.PathLike[str], *, key: Any = None, verify_with: Any = None,
-               allow_factories: Iterable[str] = (), device: str | torch.device = "cpu") -> nn.Module:
+               allow_factories: Iterable[str] = (), device: str | torch.device = "cpu",
+               writable: bool = False) -> nn.Module:
     """The ready module in ``bundle`` (eval mode), with every recorded fix applied.
 
     ``key`` decrypts an encrypted bundle; ``verify_with`` (a public key) requires its signature
     and also permits rebuilding a ``factory`` architecture; ``allow_factories`` names factories
-    (``"pkg.models:*"``) to import for unsigned bundles."""
+    (``"pkg.models:*"``) to import for unsigned bundles. The module's tensors are read-only views
+    of the bundle (no copy, for inference and serving); pass ``writable=True`` to train or edit it
+    (a copy of the weights, see :func:`own_memory`)."""
     return open_model(bundle, key=key, verify_with=verify_with, allow_factories=allow_factories,
-                      device=device).module
+                      device=device, writable=writable).module
 
 
 # --- export ------------------------------------------------------------------------------------
@@ -197,14 +229,8 @@ def export_hf(bundle: str | os.PathLike[str], out: str | os.PathLike[str], *, ke
     if kind != "hf":
         raise InputError(f"{bundle} holds a {kind or 'tensors-only'} model, not a Hugging Face one",
                          hint="export it with --format safetensors")
-    loaded = open_model(bundle, key=key, verify_with=verify_with)
+    loaded = open_model(bundle, key=key, verify_with=verify_with, writable=True)
     module = loaded.module
-    for p in module.parameters():  # the bundle's tensors are views of one buffer; give each its own
-        p.data = p.data.clone()
-    for mod in module.modules():
-        for name, b in list(mod._buffers.items()):
-            if b is not None:
-                mod._buffers[name] = b.clone()
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
     try:

@@ -86,13 +86,11 @@ def load_base_model(spec: dict[str, Any]) -> BaseModel:
         from torchshield.crypto.keys import read_key_file
 
         key = read_key_file(spec["key_file"])
-    loaded = open_model(path, key=key, verify_with=spec.get("pubkey"))
+    loaded = open_model(path, key=key, verify_with=spec.get("pubkey"), writable=True)
     if loaded.architecture.get("kind") != "hf":
         raise InputError(f"model.path: {path} holds a {loaded.architecture.get('kind')} model, not a Hugging Face one",
                          hint="fine-tuning on text needs a transformers model: protect its directory with "
                               "'torchshield model protect DIR -o model.tsb'")
-    for p in loaded.module.parameters():  # the bundle's tensors are views of one read-only buffer
-        p.data = p.data.clone()
     return BaseModel(loaded.module, loaded.architecture, dict(loaded.files), loaded.manifest.get("privacy"),
                      path.name, file_sha256(path))
 
