@@ -286,7 +286,7 @@ def eval_cmd(model: Path = typer.Argument(..., help="A .tsb bundle written by `t
         c.print(table)
         for r in report.rows:
             if r.stages:
-                order = ("apgd-ce", "apgd-t", "apgd-cw", "square")
+                order = ("apgd-ce", "apgd-t", "fab-t", "apgd-cw", "square")
                 parts = ", ".join(f"{k} {r.stages.get(k, 0)}" for k in order)
                 c.print(f"  {r.attack} at eps {r.eps:g}: examples fooled first by {parts}; "
                         f"{r.stages.get('robust', 0)} robust against all", highlight=False)
