@@ -101,10 +101,13 @@ def _paste(pattern: Tensor, top: Tensor, left: Tensor, flip: Tensor, rows: Tenso
     """``pattern`` (or its transpose where ``flip``) placed at each example's window: [m,1,h,w]
     (values outside the window are meaningless; callers mask them)."""
     sh, sw = pattern.shape
-    both = torch.stack([pattern, pattern.t()]) if sh == sw else pattern[None]
+    if sh == sw:
+        both, which = torch.stack([pattern, pattern.t()]), flip.long().to(rows.device)
+    else:  # a one-row window has a single orientation
+        both, which = pattern[None], torch.zeros(flip.shape[0], dtype=torch.long, device=rows.device)
     i = (rows[None, :] - top[:, None]).clamp(0, sh - 1)
     j = (cols[None, :] - left[:, None]).clamp(0, sw - 1)
-    return both[flip.long()[:, None, None], i[:, :, None], j[:, None, :]][:, None]
+    return both[which[:, None, None], i[:, :, None], j[:, None, :]][:, None]
 
 
 class SquareAttack(Attack):
