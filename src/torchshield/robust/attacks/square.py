@@ -21,6 +21,7 @@ Tabular inputs use windows of one row with the pattern split along the row.
 from __future__ import annotations
 
 import math
+from functools import lru_cache
 
 import torch
 from torch import Tensor, nn
@@ -80,9 +81,11 @@ def _rectangles(a: int, b: int) -> Tensor:
     return values / values.norm()
 
 
+@lru_cache(maxsize=64)
 def _pattern(sh: int, sw: int) -> Tensor:
     """The L2 proposal's "meta pseudo-Gaussian" patch: centred rectangles, + on the first half and -
-    on the second (halves of the rows; of the columns for a one-row window), unit L2 norm."""
+    on the second (halves of the rows; of the columns for a one-row window), unit L2 norm.
+    Cached (a few sizes per run): callers must not modify it in place."""
     if sh > 1:
         half = torch.cat([_rectangles(sh // 2, sw), -_rectangles(sh - sh // 2, sw)], dim=0)
     else:
