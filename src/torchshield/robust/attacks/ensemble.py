@@ -12,8 +12,8 @@ parameter-free attacks. An example counts as robust here only if **every** stage
    needs the gradient's direction, not a loss's scale);
 4. APGD-CW (Carlini-Wagner's margin loss under the same budget) - not in AutoAttack's standard
    list; kept as an extra stage because it is cheap (one APGD run on the examples the first three
-   failed on: 0.1 s of a 3-7 s cascade on the digits benchmark) and an extra stage can only lower
-   the robust accuracy;
+   failed on: 0.0-0.2 s of a 2-8 s cascade on the digits benchmark, where it still fooled one
+   example FAB-T missed) and an extra stage can only lower the robust accuracy;
 5. Square (score-based random search: reads no gradient; the paper's L2 update in the L2 ball).
 
 Stages 1, 2, 3 and 5 are AutoAttack's "standard" version. Stages run as a cascade, each only on
