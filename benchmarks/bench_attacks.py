@@ -12,8 +12,8 @@ The standard ensemble vs torchattacks' AutoAttack (version "standard": APGD-CE, 
 Square-5000) on the same model and the same 500 digits test images (8x8, the zoo's MLP 64-64-10
 and a small CNN), Linf eps 0.1 and L2 eps 0.5: robust accuracy (goal: ours <= theirs + 0.5
 points) and wall time, median over --rounds runs. Ours runs twice: at torchattacks' budget
-(10 APGD steps, as its AutoAttack defaults) and at the paper's (100 steps, 9 targets, 5000
-queries, our default).
+(10 APGD and FAB steps, as its AutoAttack defaults) and at the paper's (100 steps, 9 targets, 5000
+queries, our default); the examples each of our stages fooled first are printed too.
 
     .venv/bin/python benchmarks/bench_attacks.py [--quick] [--autoattack-only] [--rounds 3]
 
@@ -136,13 +136,16 @@ def autoattack_comparison(rounds: int, n: int) -> None:
                 variants["torchattacks AA"] = lambda nm=norm, e=eps, m=model: torchattacks.AutoAttack(
                     m, norm=nm, eps=e, version="standard", n_classes=10, seed=0)
             results: dict[str, tuple[float, list[float]]] = {}
+            stages: dict[str, dict[str, int]] = {}
             for r in range(rounds):
                 names = list(variants)
                 for name in names[r % len(names):] + names[:r % len(names)]:
                     torch.manual_seed(0)
                     t = time.perf_counter()
-                    adv = variants[name]()(xt, yt)
+                    attack = variants[name]()
+                    adv = attack(xt, yt)
                     secs = time.perf_counter() - t
+                    stages[name] = getattr(attack, "last_counts", None) or {}
                     acc = accuracy(model, adv, yt)
                     prev = results.get(name, (acc, []))
                     results[name] = (prev[0], [*prev[1], secs])
@@ -154,6 +157,9 @@ def autoattack_comparison(rounds: int, n: int) -> None:
                 gap = (results["ours (default)"][0] - results["torchattacks AA"][0]) * 100
                 line += f"  ours(default) - theirs = {gap:+.1f} points"
             print(line, flush=True)
+            for name, counts in stages.items():
+                if counts:
+                    print(f"      {name} fooled first: " + ", ".join(f"{k} {v}" for k, v in counts.items()), flush=True)
 
 
 def main() -> None:

@@ -217,14 +217,14 @@ def eval_cmd(model: Path = typer.Argument(..., help="A .tsb bundle written by `t
              data: str | None = DATA,
              attack: list[str] = typer.Option(["standard"], "--attack", "-a", help="Attack name(s), comma-separated "
                                               "or repeated (see `torchshield robust attacks`); default: the "
-                                              "standard ensemble (APGD-CE, APGD-T, APGD-CW, Square), whose "
+                                              "standard ensemble (APGD-CE, APGD-T, FAB-T, APGD-CW, Square), whose "
                                               "figure is the robust accuracy to report."),
              eps: str = typer.Option("0.1", "--eps", "-e", help="Budget(s), comma-separated, in input units."),
              steps: int | None = typer.Option(None, "--steps", help="Iterations of iterative attacks."),
-             restarts: int | None = typer.Option(None, "--restarts", help="Random restarts (pgd, apgd)."),
+             restarts: int | None = typer.Option(None, "--restarts", help="Random restarts (pgd, apgd, fab-t)."),
              queries: int | None = typer.Option(None, "--queries", help="Query budget (square, standard)."),
-             targets: int | None = typer.Option(None, "--targets", help="Target classes of APGD-T "
-                                                "(apgd-t, standard; default 9)."),
+             targets: int | None = typer.Option(None, "--targets", help="Target classes of APGD-T and "
+                                                "FAB-T (apgd-t, fab-t, standard; default 9)."),
              batch_size: int = typer.Option(256, "--batch-size"),
              seed: int = typer.Option(0, "--seed"),
              limit: int | None = LIMIT, bounds: str | None = BOUNDS,
@@ -236,8 +236,8 @@ def eval_cmd(model: Path = typer.Argument(..., help="A .tsb bundle written by `t
              allow_factory: list[str] = ALLOW_FACTORY_OPTION, as_json: bool = JSON_OPTION) -> None:
     """Clean and robust accuracy per attack and epsilon, on inputs in the model's natural shape.
 
-    The default `standard` ensemble counts an example robust only if APGD-CE, APGD-T, APGD-CW and
-    Square all fail on it. A warning is printed (and listed under "warnings" in --json) when
+    The default `standard` ensemble counts an example robust only if APGD-CE, APGD-T, FAB-T, APGD-CW
+    and Square all fail on it. A warning is printed (and listed under "warnings" in --json) when
     attacks disagree the way gradient masking makes them: a score-based attack finding many
     adversarial examples that gradient attacks missed. Token-id models (text) are reported as not
     applicable (exit 0): no Lp-ball attack applies."""
@@ -279,7 +279,7 @@ def eval_cmd(model: Path = typer.Argument(..., help="A .tsb bundle written by `t
         c.print(table)
         for r in report.rows:
             if r.stages:
-                order = ("apgd-ce", "apgd-t", "apgd-cw", "square")
+                order = ("apgd-ce", "apgd-t", "fab-t", "apgd-cw", "square")
                 parts = ", ".join(f"{k} {r.stages.get(k, 0)}" for k in order)
                 c.print(f"  {r.attack} at eps {r.eps:g}: examples fooled first by {parts}; "
                         f"{r.stages.get('robust', 0)} robust against all", highlight=False)

@@ -2,7 +2,7 @@
 examples that stay correctly classified under attack.
 
 The figure to report is the ``standard`` ensemble's (worst case per example over APGD-CE,
-APGD-T, APGD-CW and Square, see :mod:`torchshield.robust.attacks.ensemble`); single attacks are
+APGD-T, FAB-T, APGD-CW and Square, see :mod:`torchshield.robust.attacks.ensemble`); single attacks are
 diagnostics. :attr:`RobustnessReport.warnings` says when attacks disagree in the way gradient
 masking makes them (:mod:`torchshield.robust.masking`).
 

@@ -14,8 +14,11 @@ from torchshield.robust.attacks import (
     ATTACKS,
     PGD,
     Attack,
+    FABTargeted,
+    FABTargetedL2,
     available_attacks,
     build_attack,
+    get_attack,
     register_attack,
     register_builtin_attacks,
 )
@@ -29,6 +32,9 @@ CASES = [
     ("apgd-ce", 0.1, {"steps": 10}),
     ("apgd-ce-l2", 1.0, {"steps": 10}),
     ("square", 0.1, {"queries": 200}),
+    ("square-l2", 1.0, {"queries": 200}),
+    ("fab-t", 0.1, {"steps": 10}),
+    ("fab-t-l2", 1.0, {"steps": 10}),
     ("cw-l2", 1.5, {"steps": 30, "search_steps": 2, "lr": 0.1}),
 ]
 
@@ -163,7 +169,10 @@ def test_model_without_logits_is_refused(setup):
 
 def test_registry_is_strict_and_extensible():
     register_builtin_attacks()
-    assert {"fgsm", "pgd", "pgd-l2", "cw-l2", "square", "apgd-ce"} <= set(available_attacks())
+    assert {"fgsm", "pgd", "pgd-l2", "cw-l2", "square", "square-l2", "apgd-ce", "fab-t", "fab-t-l2"} <= set(
+        available_attacks())
+    assert get_attack("FAB-T") is FABTargeted and get_attack("fab-t-l2") is FABTargetedL2
+    assert get_attack("fab-t").access == "gradient" and not get_attack("fab-t").requires_eps  # minimum norm
 
     class Noise(Attack):
         name = "test-noise"

@@ -1,4 +1,4 @@
-"""The standard ensemble (APGD-CE, APGD-T, APGD-CW, Square): known answers for its losses and
+"""The standard ensemble (APGD-CE, APGD-T, FAB-T, APGD-CW, Square): known answers for its losses and
 schedule, the cascade's bookkeeping, and an adversary who knows the method - a model that hides
 its gradients behind input quantisation, which gradient attacks call robust and the ensemble
 does not, with a warning."""
@@ -10,7 +10,14 @@ import torch
 from robust_models import Quantised, accuracy, digits, one_torch_thread, trained  # noqa: F401 (autouse fixture)
 
 from torchshield.robust.attacks import APGD, StandardEnsemble, StandardEnsembleL2, build_attack
-from torchshield.robust.attacks.apgd import _checkpoints, cw_loss, dlr_loss, targeted_dlr_loss
+from torchshield.robust.attacks.apgd import (
+    _checkpoints,
+    cw_loss,
+    dlr_loss,
+    targeted_dlr_loss,
+    targeted_margin,
+)
+from torchshield.robust.attacks.ensemble import STAGE_ACCESS
 from torchshield.robust.evaluate import evaluate_robustness
 from torchshield.robust.masking import MaskingInput, masking_warnings
 
@@ -34,6 +41,7 @@ def test_losses_known_answers():
     t = torch.tensor([2, 3])
     assert torch.allclose(targeted_dlr_loss(z, y, t), torch.tensor([-(3 - 0.5) / (3 + 0.75), -(0 - 2) / (4 - 0.5)]))
     assert torch.allclose(cw_loss(z, y), torch.tensor([-2.0, 4.0]))
+    assert torch.allclose(targeted_margin(z, y, t), torch.tensor([0.5 - 3.0, 2.0 - 0.0]))  # z_t - z_y
     # DLR is invariant to shifting and positively scaling the logits (why it resists saturated softmax)
     assert torch.allclose(dlr_loss(z * 50 + 7, y), dlr_loss(z, y), atol=1e-5)
 
@@ -57,6 +65,11 @@ def test_cascade_bookkeeping_and_worst_case(data):
     adv = ens(x, y)
     counts = ens.last_counts
     assert sum(counts.values()) == N and counts["apgd-ce"] > 0
+    # AutoAttack's standard order, APGD-CW as the extra stage after FAB-T, and the bookkeeping keys.
+    assert list(counts) == ["clean_wrong", "apgd-ce", "apgd-t", "fab-t", "apgd-cw", "square", "robust"]
+    assert [name for name, _ in ens.stages(0)] == list(STAGE_ACCESS)
+    assert [type(a).__name__ for _, a in StandardEnsembleL2(model, eps=1.0, **FAST).stages(0)] == [
+        "APGDL2", "APGDTargetedL2", "FABTargetedL2", "APGDL2", "SquareAttackL2"]
     with torch.no_grad():
         robust = int((model(adv).argmax(1) == y).sum())
     assert robust == counts["robust"]  # counted robust = classified correctly at the returned point

@@ -3,7 +3,7 @@
 Budgets are fractions of the model's input range (``metadata.data.input_bounds``), so one
 grid means the same thing for pixels in [0, 1] and standardised table columns. The verdict
 reads the strongest attack at the reference budget: how much of the clean accuracy survives.
-The ``standard`` ensemble (APGD-CE, APGD-T, APGD-CW and Square, robust only if all fail) is
+The ``standard`` ensemble (APGD-CE, APGD-T, FAB-T, APGD-CW and Square, robust only if all fail) is
 among the attacks, so a model that merely hides its gradients cannot pass on FGSM/PGD figures;
 when a score-based attack finds what gradient attacks missed, a ``gradient-masking`` finding
 says so."""

@@ -22,14 +22,13 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from torchshield.errors import InputError
-from torchshield.robust.attacks.base import Attack
+from torchshield.robust.attacks.base import Attack, ce_loss
 
 __all__ = ["APGD", "APGDL2", "APGDTargeted", "APGDTargetedL2", "LOSSES", "cw_loss", "dlr_loss",
-           "targeted_dlr_loss"]
+           "targeted_dlr_loss", "targeted_margin"]
 
 _RHO = 0.75  # a checkpoint halves the step when at most 75% of steps increased the loss
 _MOMENTUM = 0.75
@@ -44,10 +43,6 @@ def _checkpoints(steps: int) -> list[int]:
     while p[-1] < 1:
         p.append(p[-1] + max(p[-1] - p[-2] - 0.03, 0.06))
     return sorted({max(1, int(round(q * steps))) for q in p[1:] if q < 1})
-
-
-def ce_loss(logits: Tensor, y: Tensor) -> Tensor:
-    return F.cross_entropy(logits, y, reduction="none")
 
 
 def dlr_loss(logits: Tensor, y: Tensor) -> Tensor:
@@ -68,6 +63,11 @@ def targeted_dlr_loss(logits: Tensor, y: Tensor, target: Tensor) -> Tensor:
     true = logits.gather(1, y[:, None]).squeeze(1)
     tgt = logits.gather(1, target[:, None]).squeeze(1)
     return -(true - tgt) / (ordered[:, -1] - 0.5 * (ordered[:, -3] + ordered[:, -4]) + _TINY)
+
+
+def targeted_margin(logits: Tensor, y: Tensor, target: Tensor) -> Tensor:
+    """``z_t - z_y``: the targeted margin (positive once the target outscores the true class)."""
+    return logits.gather(1, target[:, None]).squeeze(1) - logits.gather(1, y[:, None]).squeeze(1)
 
 
 def cw_loss(logits: Tensor, y: Tensor) -> Tensor:
@@ -115,13 +115,6 @@ class APGD(Attack):
             best[todo] = adv
             todo = todo[~fooled]
         return best
-
-    def _loss_grad(self, x_adv: Tensor, y: Tensor, loss_fn: LossFn) -> tuple[Tensor, Tensor, Tensor]:
-        x_adv = x_adv.detach().requires_grad_(True)
-        logits = self._logits(x_adv)
-        loss = loss_fn(logits, y)
-        (grad,) = torch.autograd.grad(loss.sum(), x_adv)
-        return loss.detach(), grad, logits.detach()
 
     def _run(self, x: Tensor, y: Tensor, generator: torch.Generator, loss_fn: LossFn) -> tuple[Tensor, Tensor]:
         """One APGD run; returns per example the first misclassified point found, else the
@@ -208,7 +201,7 @@ class APGDTargeted(APGD):
                         return targeted_dlr_loss(logits, yy, t)
                 else:  # too few logits for DLR's scale: the plain targeted margin z_t - z_y
                     def loss_fn(logits: Tensor, yy: Tensor, t: Tensor = target) -> Tensor:
-                        return logits.gather(1, t[:, None]).squeeze(1) - logits.gather(1, yy[:, None]).squeeze(1)
+                        return targeted_margin(logits, yy, t)
                 adv, fooled = self._run(x[todo], y[todo], generator, loss_fn)
                 best[todo] = adv
                 todo = todo[~fooled]

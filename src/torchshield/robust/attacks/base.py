@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import secrets
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from typing import ClassVar
 
 import torch
@@ -36,6 +37,11 @@ from torchshield.robust.validation import (
 )
 
 __all__ = ["Attack"]
+
+
+def ce_loss(logits: Tensor, y: Tensor) -> Tensor:
+    """Per-example cross-entropy (the default loss of the gradient attacks)."""
+    return F.cross_entropy(logits, y, reduction="none")
 
 
 class Attack(ABC):
@@ -107,13 +113,18 @@ class Attack(ABC):
                                         max_label=self._max_label)
         return out
 
-    def _ce_grad(self, x_adv: Tensor, y: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """Per-example cross-entropy at ``x_adv``, its gradient w.r.t. the input only, and the logits."""
+    def _loss_grad(self, x_adv: Tensor, y: Tensor,
+                   loss_fn: Callable[[Tensor, Tensor], Tensor]) -> tuple[Tensor, Tensor, Tensor]:
+        """Per-example ``loss_fn(logits, y)`` at ``x_adv``, its gradient w.r.t. the input only, and the logits."""
         x_adv = x_adv.detach().requires_grad_(True)
         logits = self._logits(x_adv)
-        loss = F.cross_entropy(logits, y, reduction="none")
+        loss = loss_fn(logits, y)
         (grad,) = torch.autograd.grad(loss.sum(), x_adv)
         return loss.detach(), grad, logits.detach()
+
+    def _ce_grad(self, x_adv: Tensor, y: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Per-example cross-entropy at ``x_adv``, its gradient w.r.t. the input only, and the logits."""
+        return self._loss_grad(x_adv, y, ce_loss)
 
     @staticmethod
     def _margin(logits: Tensor, y: Tensor) -> Tensor:

@@ -16,6 +16,7 @@ from torchshield.robust.attacks.apgd import APGD, APGDL2, APGDTargeted, APGDTarg
 from torchshield.robust.attacks.base import Attack
 from torchshield.robust.attacks.cw import CarliniWagnerL2
 from torchshield.robust.attacks.ensemble import StandardEnsemble, StandardEnsembleL2
+from torchshield.robust.attacks.fab import FABTargeted, FABTargetedL2
 from torchshield.robust.attacks.gradient import FGSM, PGD, PGDL2
 from torchshield.robust.attacks.square import SquareAttack, SquareAttackL2
 
@@ -44,8 +45,8 @@ def register_attack(cls: type[Attack], *, registry: dict[str, type[Attack]] | No
 def register_builtin_attacks(registry: dict[str, type[Attack]] | None = None) -> dict[str, type[Attack]]:
     """Register the attacks torchshield ships with; idempotent."""
     target = ATTACKS if registry is None else registry
-    for cls in (FGSM, PGD, PGDL2, APGD, APGDL2, APGDTargeted, APGDTargetedL2, CarliniWagnerL2, SquareAttack,
-                SquareAttackL2, StandardEnsemble, StandardEnsembleL2):
+    for cls in (FGSM, PGD, PGDL2, APGD, APGDL2, APGDTargeted, APGDTargetedL2, CarliniWagnerL2, FABTargeted,
+                FABTargetedL2, SquareAttack, SquareAttackL2, StandardEnsemble, StandardEnsembleL2):
         register_attack(cls, registry=target)
     return target
 
