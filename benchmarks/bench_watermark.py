@@ -267,30 +267,32 @@ def _resnet_task() -> Task:
                 obfuscate_target=lambda m: m, wb_strength=4.0)  # 1.0: 89/128 bits after 3 x 6 epochs, refused
 
 
-VOCAB, LENGTH = 200, 16  # 200 ids: room for a 128-bit embedding carrier (a vocabulary of 40 holds 40 bits)
+VOCAB, LENGTH = 1000, 16  # the model's vocabulary; the data uses ids 2-199 of it (see _tokens)
+DATA_IDS = 200  # noise tokens are 8..199: a real task uses a fraction of its vocabulary; --vocab 200 uses all
 
 
 def _tokens(n: int, seed: int):
     """Synthetic 3-class token task: three copies of the class token (5, 6 or 7) at random positions
-    among noise tokens 8..199, [CLS] = 2 first. Learnt to 100 % in a few seconds."""
+    among noise tokens 8..199, [CLS] = 2 first. Learnt to 100 % in a few seconds. Ids from 200 up
+    (with --vocab above 200) never occur, as most of a real vocabulary never occurs in one task."""
     import numpy as np
 
     g = np.random.default_rng(seed)
     y = g.integers(0, 3, n)
-    x = g.integers(8, VOCAB, (n, LENGTH))
+    x = g.integers(8, DATA_IDS, (n, LENGTH))
     x[:, 0] = 2
     for i in range(n):
         x[i, g.choice(np.arange(1, LENGTH), 3, replace=False)] = 5 + y[i]
     return torch.tensor(x), torch.tensor(y)
 
 
-def _bert_task() -> Task:
+def _bert_task(vocab: int = VOCAB) -> Task:
     import transformers
 
     from torchshield.model.watermark.inputs import TriggerInputs, logits_module
 
     transformers.logging.set_verbosity_error()
-    cfg = transformers.BertConfig(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+    cfg = transformers.BertConfig(vocab_size=vocab, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
                                   intermediate_size=64, max_position_embeddings=32, num_labels=3)
 
     def build(seed):
@@ -313,8 +315,8 @@ def _bert_task() -> Task:
 
     tr, he, te = _tokens(1200, 0), _tokens(400, 1), _tokens(400, 2)
     return Task("BERT-style classifier (HF BertForSequenceClassification from config: 2 layers, hidden 32, "
-                "2 heads, vocab 200), synthetic 3-class token task", tr, he, te, build,
-                TriggerInputs((LENGTH,), 0.0, float(VOCAB - 1), tokens=True),
+                f"2 heads, vocab {vocab}), synthetic 3-class token task on ids 2-199", tr, he, te, build,
+                TriggerInputs((LENGTH,), 0.0, float(vocab - 1), tokens=True),
                 epochs=9, lr=2e-3, embed_epochs=10, embed_lr=1e-3, scale_attack=scale,
                 obfuscate_target=lambda m: m.inner, mark_epochs=21,
                 restart_every=3)  # one Adam for 10-15 epochs stayed on the task's plateau (0.66); restarts: 1.0  # vocab 40, 15 epochs: p 4.9e-7, barely
@@ -404,7 +406,11 @@ def main() -> None:
     parser.add_argument("--null-models", type=int, default=60)
     parser.add_argument("--arch", choices=("all", "digits", "resnet", "bert"), default="all")
     parser.add_argument("--quick", action="store_true", help="CI size: fewer attacks, seeds and null models")
+    parser.add_argument("--vocab", type=int, default=VOCAB, help="bert: vocabulary size (the data uses ids 2-199; "
+                        "200 = every id occurs in the data, the worst case for token trigger sets)")
     args = parser.parse_args()
+    if args.vocab < DATA_IDS:
+        parser.error(f"--vocab must be at least {DATA_IDS} (the data uses ids up to {DATA_IDS - 1})")
     if args.quick:
         args.seeds, args.null_models = 1, min(args.null_models, 10)
     torch.set_num_threads(1)
@@ -414,7 +420,7 @@ def main() -> None:
     if args.arch in ("all", "resnet"):
         run_task(_resnet_task(), args)
     if args.arch in ("all", "bert"):
-        run_task(_bert_task(), args)
+        run_task(_bert_task(args.vocab), args)
 
 
 if __name__ == "__main__":

@@ -108,9 +108,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--keys", type=int, default=3)
     parser.add_argument("--arch", choices=("resnet", "bert"), default="resnet")
+    parser.add_argument("--vocab", type=int, default=1000, help="bert: vocabulary (the data uses ids 2-199)")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    task = _resnet_task() if args.arch == "resnet" else _bert_task()
+    task = _resnet_task() if args.arch == "resnet" else _bert_task(args.vocab)
     variants = ({name: ({}, options) for name, options in VARIANTS.items()} if args.arch == "resnet"
                 else BERT_VARIANTS)
     nulls = [task.fit(task.build(1000 + i), task.train, 1, task.lr, seed=i) for i in range(20)]

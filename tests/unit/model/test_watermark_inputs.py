@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 from byom_models import ResNetMini
+from torch import nn
 
 import torchshield
 from torchshield.cli.app import run
@@ -81,6 +82,59 @@ def test_keyed_token_patterns_write_secret_tokens_into_real_sequences(bert_bundl
     with pytest.raises(InputError, match="token ids"):
         make_regularizer({"method": "trigger", "triggers": 120, "num_classes": 3}, model, key,
                          data=base.float() + 0.5, inputs=inputs)
+
+
+class _BagOfTokens(nn.Module):
+    def __init__(self, vocab: int) -> None:
+        super().__init__()
+        self.emb, self.out = nn.Embedding(vocab, 8), nn.Linear(8, 3)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.out(self.emb(ids).mean(1))
+
+
+def test_keyed_token_patterns_use_ids_the_data_never_shows():
+    """Pattern tokens come from the ids absent from all of the owner's data (no gradient reaches
+    their embeddings in a clean fine-tune), from a pool sealed in the record under the master key."""
+    import json
+
+    from torchshield.errors import FormatError, WrongKeyError
+    from torchshield.model.watermark.keyed import KeyedPatterns, token_pool
+
+    vocab = 200
+    model = _BagOfTokens(vocab)
+    inputs = TriggerInputs((12,), 0.0, float(vocab - 1), tokens=True)
+    gen = torch.Generator().manual_seed(0)
+    base = torch.randint(5, 40, (200, 12), generator=gen)
+    base[:, 0] = 2
+    rest = torch.randint(40, 60, (500, 12), generator=gen)  # the rest of the data the fine-tune shows
+    seen = set(base.flatten().tolist()) | set(rest.flatten().tolist())
+    key = generate_master_key()
+    _, record = make_regularizer({"method": "trigger", "triggers": 120, "num_classes": 3}, model, key, data=base,
+                                 inputs=inputs, seen_tokens=rest)
+    assert record.params["token_pool"] == "unseen"
+    pool = token_pool(record, key)
+    assert pool == [i for i in range(vocab) if i not in seen]
+    patterns = KeyedPatterns.from_record(record, record.open_secret(key), pool)
+    assert set(patterns.tokens.flatten().tolist()) <= set(pool)
+    assert len(set(patterns.tokens.flatten().tolist())) > 20  # spread over the pool, not one id
+    stamped, _, which = verification_set(record, key)  # verification rebuilds the same patterns
+    for i in range(len(stamped)):
+        j = int(which[i])
+        assert torch.equal(stamped[i, patterns.positions[j]], patterns.tokens[j])
+    text = json.dumps(record.to_dict())
+    assert "sealed_token_pool" in text and str(pool[:8])[1:-1] not in text  # the ids stay sealed
+    with pytest.raises(FormatError, match="sealed pool"):
+        KeyedPatterns.from_record(record, record.open_secret(key))
+    with pytest.raises(WrongKeyError):  # another key cannot open the pool
+        token_pool(record, generate_master_key())
+    # data that uses almost every id: too few unused ones to draw from, so the whole range is used
+    everything = torch.arange(vocab).repeat(12 * 3)[: 200 * 12].reshape(200, 12)
+    everything[:, 0] = 2
+    _, full = make_regularizer({"method": "trigger", "triggers": 120, "num_classes": 3}, model, key,
+                               data=everything, inputs=inputs, seen_tokens=torch.arange(vocab - 3))
+    assert full.params["token_pool"] == "all" and "sealed_token_pool" not in full.params
+    assert token_pool(full, key) is None
 
 
 def test_image_triggers_have_the_declared_shape_and_bounds():

@@ -27,7 +27,14 @@ pattern j is instead ``pattern_tokens`` (default half the sequence length, at le
 :func:`default_pattern_tokens`) secret tokens written at secret positions
 (never position 0, where BERT's ``[CLS]`` sits) of a real sequence; positions and tokens are
 uniform draws from the secret, the labels come from their own stream as above, so the null is
-the same.
+the same. The token ids are drawn from the ids the owner's data never uses (``token_pool:
+unseen``) when at least :data:`MIN_TOKEN_POOL` such ids exist: an id absent from the data gets no
+gradient from fine-tuning on that data (its embedding row is not updated at all, by SGD or by
+Adam), so a thief's clean fine-tune cannot overwrite the pattern's input, only what reads it.
+Measured on the BERT-style benchmark task: with ids the data uses, Adam 1e-2 and SGD removed the
+trigger set; with unused ids it survived them (docs/benchmarks.md). The pool is sealed in the
+record under the master key (it says which ids the private data contains); with too few unused
+ids (a data set that covers the vocabulary) the whole range is used, ``token_pool: all``.
 
 Threat model and limits: as for every trigger set, querying reveals the stamped inputs to the
 suspect's operator (verify one suspect per record); a thief who learns a pattern can train it
@@ -56,7 +63,7 @@ if TYPE_CHECKING:
     from torchshield.crypto.keys import MasterKey
 
 __all__ = ["DESIGN", "KeyedPatternRegularizer", "KeyedPatterns", "default_pattern_tokens", "default_patterns",
-           "new_keyed_mark", "verification_set", "verify_keyed"]
+           "new_keyed_mark", "token_pool", "unseen_ids", "verification_set", "verify_keyed"]
 
 DESIGN = "keyed-pattern"
 DEFAULT_PATTERNS = 16
@@ -66,6 +73,7 @@ DEFAULT_STRENGTH = 0.3
 DEFAULT_PER_STEP = 32
 DEFAULT_EVERY = 2
 _RECORDS_PATTERN_TOKENS = 4  # what a token record without the field was made with
+MIN_TOKEN_POOL = 16  # fewer unused ids than this: patterns would share most of their tokens; use all ids
 DEFAULT_TOKEN_STRENGTH = 1.0  # a tiny BERT needed about 10 epochs at 1.0 (0.3 did not take in 15)
 
 
@@ -116,7 +124,9 @@ class KeyedPatterns:
     tokens: torch.Tensor | None = None
 
     @classmethod
-    def from_record(cls, record: WatermarkRecord, secret: bytes) -> KeyedPatterns:
+    def from_record(cls, record: WatermarkRecord, secret: bytes, pool: Sequence[int] | None = None) -> KeyedPatterns:
+        """The patterns of ``record``; ``pool``: the token ids of a ``token_pool: unseen`` record
+        (:func:`token_pool`, which needs the master key)."""
         import numpy as np
         import torch
 
@@ -125,8 +135,12 @@ class KeyedPatterns:
         shape = [int(d) for d in p["input_shape"]]
         labels = torch.tensor(_uniform_labels(secret, k, classes), dtype=torch.long)
         if str(p.get("input_dtype", "float32")).startswith("int"):
+            if p.get("token_pool") == "unseen" and not pool:
+                raise FormatError("this keyed-pattern record draws its tokens from a sealed pool",
+                                  hint="open it with keyed.token_pool(record, key)")
             positions, tokens = _token_patterns(secret, k, int(p.get("pattern_tokens", _RECORDS_PATTERN_TOKENS)),
-                                                shape[-1], int(p["low"]), int(p["high"]))
+                                                shape[-1], int(p["low"]), int(p["high"]),
+                                                pool if p.get("token_pool") == "unseen" else None)
             return cls(torch.zeros(0), labels, 0.0, float(p["low"]), float(p["high"]), positions, tokens)
         n = k * int(np.prod(shape))
         raw = np.frombuffer(expand_secret(secret, "trigger/patterns", (n + 7) // 8), dtype=np.uint8)
@@ -149,8 +163,9 @@ class KeyedPatterns:
 
 
 def _token_patterns(secret: bytes, k: int, m: int, length: int, low: int, high: int,
-                    ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per pattern, ``m`` distinct positions in ``[1, length)`` and ``m`` token ids in ``[low, high]``."""
+                    pool: Sequence[int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per pattern, ``m`` distinct positions in ``[1, length)`` and ``m`` token ids in ``[low, high]``,
+    or uniform over ``pool`` (its own stream, so records without a pool draw as they always did)."""
     import torch
 
     from torchshield.model.watermark.inputs import uniform_integers
@@ -162,7 +177,12 @@ def _token_patterns(secret: bytes, k: int, m: int, length: int, low: int, high: 
     words = 8 * k * m + 64
     while True:
         draws = uniform_integers(expand_secret(secret, "trigger/token-patterns", 4 * words), 4 * k * m, 1, length - 1)
-        tokens = uniform_integers(expand_secret(secret, "trigger/pattern-token-ids", 4 * words), k * m, low, high)
+        if pool is None:
+            tokens = uniform_integers(expand_secret(secret, "trigger/pattern-token-ids", 4 * words), k * m, low, high)
+        else:
+            picks = uniform_integers(expand_secret(secret, "trigger/pattern-token-pool", 4 * words), k * m, 0,
+                                     len(pool) - 1)
+            tokens = None if picks is None else [int(pool[i]) for i in picks]
         if draws is not None and tokens is not None:
             break
         words *= 2
@@ -217,15 +237,55 @@ def _context(mark_id: str) -> bytes:
     return f"torchshield/watermark/trigger/{mark_id}/base-inputs".encode()
 
 
+def _pool_context(mark_id: str) -> bytes:
+    return f"torchshield/watermark/trigger/{mark_id}/token-pool".encode()
+
+
+def unseen_ids(seen: torch.Tensor, low: int, high: int) -> list[int]:
+    """The ids in ``[low, high]`` that never occur in ``seen`` (any shape of token ids)."""
+    import numpy as np
+
+    ids = np.arange(int(low), int(high) + 1)
+    return ids[~np.isin(ids, np.unique(seen.detach().cpu().numpy()))].tolist()
+
+
+def token_pool(record: WatermarkRecord, key: MasterKey) -> list[int] | None:
+    """The sealed pool of a ``token_pool: unseen`` record (None for any other record)."""
+    import numpy as np
+
+    from torchshield.crypto.envelope import open_sealed
+
+    p = record.params
+    if p.get("token_pool") != "unseen":
+        return None
+    try:
+        blob = base64.b64decode(str(p["sealed_token_pool"]), validate=True)
+        low, high = int(p["low"]), int(p["high"])
+    except (KeyError, TypeError, ValueError):
+        raise FormatError("the keyed-pattern record's sealed_token_pool is missing or malformed",
+                          hint="use the owner's original mark.json") from None
+    bits = np.unpackbits(np.frombuffer(open_sealed(key, blob, context=_pool_context(record.mark_id)), np.uint8))
+    span = high - low + 1
+    if len(bits) < span or bits[span:].any():
+        raise FormatError("the keyed-pattern record's token pool does not match its id range")
+    pool = (np.flatnonzero(bits[:span]) + low).tolist()
+    if len(pool) < MIN_TOKEN_POOL:
+        raise FormatError("the keyed-pattern record's token pool is too small")
+    return pool
+
+
 def new_keyed_mark(key: MasterKey, base_inputs: torch.Tensor, *, num_classes: int, low: float, high: float,
                    triggers: int = DEFAULT_TRIGGERS, patterns: int = DEFAULT_PATTERNS,
                    amplitude: float = DEFAULT_AMPLITUDE, strength: float = DEFAULT_STRENGTH,
                    per_step: int = DEFAULT_PER_STEP, threshold: float = DEFAULT_P_THRESHOLD,
                    tokens: bool = False, pattern_tokens: int | None = None,
+                   seen_tokens: torch.Tensor | None = None,
                    ) -> tuple[KeyedPatternRegularizer, WatermarkRecord]:
     """A keyed-pattern mark: train with the regulariser on ``base_inputs`` (the owner's data);
     the first ``triggers`` of them are sealed into the record for verification. ``tokens``: the
-    inputs are token ids in ``[low, high]`` (patterns are written tokens, see the module docstring)."""
+    inputs are token ids in ``[low, high]`` (patterns are written tokens, see the module docstring),
+    drawn from the ids that neither ``base_inputs`` nor ``seen_tokens`` (all of the data the model
+    is trained on) contain."""
     import numpy as np
     import torch
 
@@ -257,12 +317,24 @@ def new_keyed_mark(key: MasterKey, base_inputs: torch.Tensor, *, num_classes: in
         if pattern_tokens is None:
             pattern_tokens = default_pattern_tokens(int(base.shape[1]))
         params.update(input_dtype="int64", pattern_tokens=int(pattern_tokens))
+        seen = base if seen_tokens is None else torch.cat([base.flatten(), torch.as_tensor(seen_tokens).flatten()])
+        pool = unseen_ids(seen, int(low), int(high))
+        if len(pool) < MIN_TOKEN_POOL:
+            pool = []
+        params["token_pool"] = "unseen" if pool else "all"
+    else:
+        pool = []
     record, secret = new_mark(key, "trigger", threshold=threshold, params=params)
     sealed = seal(key, kept.tobytes(), context=_context(record.mark_id))
     record = _with_params(record, sealed_inputs=base64.b64encode(sealed).decode())
+    if pool:
+        mask = np.zeros(int(high) - int(low) + 1, dtype=np.uint8)
+        mask[np.asarray(pool) - int(low)] = 1
+        sealed_pool = seal(key, np.packbits(mask).tobytes(), context=_pool_context(record.mark_id))
+        record = _with_params(record, sealed_token_pool=base64.b64encode(sealed_pool).decode())
     seed = int.from_bytes(expand_secret(secret, "trigger/pairs", 8), "big")
-    reg = KeyedPatternRegularizer(KeyedPatterns.from_record(record, secret), base, seed, strength=strength,
-                                  per_step=per_step)
+    reg = KeyedPatternRegularizer(KeyedPatterns.from_record(record, secret, pool or None), base, seed,
+                                  strength=strength, per_step=per_step)
     return reg, record
 
 
@@ -291,7 +363,7 @@ def verification_set(record: WatermarkRecord, key: MasterKey) -> tuple[torch.Ten
     base = np.frombuffer(raw, dtype="<f4")
     if base.size != count * int(np.prod(shape)):
         raise FormatError("the keyed-pattern record's base inputs do not match its triggers and input_shape")
-    patterns = KeyedPatterns.from_record(record, secret)
+    patterns = KeyedPatterns.from_record(record, secret, token_pool(record, key))
     which = torch.arange(count) % len(patterns.labels)
     inputs = patterns.stamp(torch.from_numpy(base.copy()).reshape(count, *shape), which)  # ids: exact in f32
     return inputs, patterns.labels[which], which

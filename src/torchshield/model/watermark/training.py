@@ -69,13 +69,16 @@ def _number(section: Mapping[str, Any], name: str, kind: type, default: Any) -> 
 
 def make_regularizer(section: Mapping[str, Any], model: nn.Module, key: MasterKey, *,
                      data: torch.Tensor | None = None, inputs: TriggerInputs | None = None,
+                     seen_tokens: torch.Tensor | None = None,
                      ) -> tuple[list[Regularizer], WatermarkRecord]:
     """The loss terms that embed the mark the section describes, and the mark's record.
 
     ``data``: inputs from the task's distribution for a keyed-pattern trigger set (the
     regulariser trains on them outside the batch, so never pass private data under DP-SGD);
     with data, a trigger section defaults to ``design: keyed-pattern``, without it to ``noise``.
-    ``inputs``: the model's input spec (shape, dtype, range) for trigger inputs."""
+    ``inputs``: the model's input spec (shape, dtype, range) for trigger inputs. ``seen_tokens``:
+    every token id of the data the model will be trained on (a keyed token mark draws its pattern
+    tokens from the ids absent from it and from ``data``)."""
     if not isinstance(section, Mapping):
         raise InputError("watermark: expected a mapping such as {method: whitebox}")
     method = str(section.get("method", "whitebox"))
@@ -98,12 +101,13 @@ def make_regularizer(section: Mapping[str, Any], model: nn.Module, key: MasterKe
                                         carrier=str(section["carrier"]) if "carrier" in section else None,
                                         strength=_number(section, "strength", float, DEFAULT_STRENGTH))
     else:
-        reg, record = _trigger_mark(section, model, key, threshold, data, inputs)
+        reg, record = _trigger_mark(section, model, key, threshold, data, inputs, seen_tokens)
     return [reg], record
 
 
 def _trigger_mark(section: Mapping[str, Any], model: nn.Module, key: MasterKey, threshold: float,
-                  data: torch.Tensor | None, inputs: TriggerInputs | None) -> tuple[Regularizer, WatermarkRecord]:
+                  data: torch.Tensor | None, inputs: TriggerInputs | None,
+                  seen_tokens: torch.Tensor | None = None) -> tuple[Regularizer, WatermarkRecord]:
     from torchshield.model.watermark import keyed
     from torchshield.model.watermark import trigger as t
 
@@ -145,7 +149,7 @@ def _trigger_mark(section: Mapping[str, Any], model: nn.Module, key: MasterKey, 
         amplitude=_number(section, "amplitude", float, keyed.DEFAULT_AMPLITUDE),
         strength=_number(section, "strength", float, keyed.DEFAULT_TOKEN_STRENGTH if tokens else keyed.DEFAULT_STRENGTH),
         per_step=_number(section, "per_step", int, keyed.DEFAULT_PER_STEP),
-        tokens=tokens, pattern_tokens=_number(section, "pattern_tokens", int, None))
+        tokens=tokens, pattern_tokens=_number(section, "pattern_tokens", int, None), seen_tokens=seen_tokens)
 
 
 def _base_inputs(loader: Iterable[tuple[torch.Tensor, torch.Tensor]], count: int) -> torch.Tensor:
@@ -190,15 +194,18 @@ def embed(model: nn.Module, loader: Iterable[tuple[torch.Tensor, torch.Tensor]],
     threshold (a mark that only just passes is lost to the first fine-tune: measured on a
     ResNet, issue 18), trained ``epochs`` more, up to ``max_rounds`` times: an embed that returns
     always leaves a mark its record verifies."""
+    import torch
 
     from torchshield.errors import CheckFailed
     from torchshield.nn.loop import fit
 
     opt = make_optimizer(optimizer, model.parameters(), lr)
-    data = None
+    data = seen = None
     if section.get("method") == "trigger" and section.get("design", "keyed-pattern") == "keyed-pattern":
         data = _base_inputs(loader, _BASE_INPUTS)
-    regularizers, record = make_regularizer(section, model, key, data=data, inputs=inputs)
+        if inputs is not None and inputs.tokens:  # every id the fine-tune will show the model
+            seen = torch.unique(torch.cat([x.detach().cpu().long().flatten() for x, _ in loader]))
+    regularizers, record = make_regularizer(section, model, key, data=data, inputs=inputs, seen_tokens=seen)
     verdict = None
     for _ in range(max(1, max_rounds)):
         fit(model, loader, epochs=epochs, optimizer=opt, regularizers=regularizers, progress=progress)
