@@ -182,7 +182,7 @@ def make_optimizer(name: str, params: Iterable[Any], lr: float) -> torch.optim.O
 def embed(model: nn.Module, loader: Iterable[tuple[torch.Tensor, torch.Tensor]], key: MasterKey,
           section: Mapping[str, Any], *, epochs: int = 10, lr: float = 1e-3, optimizer: str = "adam",
           inputs: TriggerInputs | None = None, progress: ProgressFactory | None = None,
-          max_rounds: int = 3, margin: float = 1e-3) -> WatermarkRecord:
+          max_rounds: int = 3, margin: float = 1e-3, trigger_agreement: float = 0.95) -> WatermarkRecord:
     """Write a mark into an already trained ``model`` by fine-tuning it on its own data.
 
     ``optimizer``/``lr``: the fine-tuning optimiser (``make_optimizer``); ``inputs``: the model's
@@ -192,8 +192,10 @@ def embed(model: nn.Module, loader: Iterable[tuple[torch.Tensor, torch.Tensor]],
     Each mark has its own random secret, so how many epochs it needs varies. The mark is
     verified after training and, until its p-value is ``margin`` times below the record's
     threshold (a mark that only just passes is lost to the first fine-tune: measured on a
-    ResNet, issue 18), trained ``epochs`` more, up to ``max_rounds`` times: an embed that returns
-    always leaves a mark its record verifies."""
+    ResNet, issue 18), and for a trigger set until at least ``trigger_agreement`` of its inputs are
+    answered with their label (on the BERT-style task a token set embedded to 0.87 was lost to an
+    Adam 1e-3 fine-tune, one embedded to 1.0 kept: docs/benchmarks.md), trained ``epochs`` more, up
+    to ``max_rounds`` times: an embed that returns always leaves a mark its record verifies."""
     import torch
 
     from torchshield.errors import CheckFailed
@@ -211,7 +213,8 @@ def embed(model: nn.Module, loader: Iterable[tuple[torch.Tensor, torch.Tensor]],
         fit(model, loader, epochs=epochs, optimizer=opt, regularizers=regularizers, progress=progress)
         model.eval()
         verdict = _self_check(model, record, key)
-        if verdict.p_value < record.threshold * margin:
+        if verdict.p_value < record.threshold * margin and (
+                record.method != "trigger" or verdict.agreement >= trigger_agreement):
             return record
         model.train()
     assert verdict is not None
