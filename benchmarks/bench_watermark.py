@@ -387,7 +387,8 @@ def run_task(task: Task, args) -> None:
     start = time.time()
     anchor = task.fit(task.build(0), task.train, task.epochs, task.lr, owner=True)
     base = task.acc(anchor)
-    print(f"\n#### {task.name}\nanchor (unmarked, seed 0, {task.epochs} epochs): test accuracy {base:.4f}")
+    print(f"\n#### {task.name}\nanchor (unmarked, seed 0, {task.epochs} epochs): test accuracy {base:.4f}; "
+          f"embed: Adam {task.embed_lr:g}, {task.embed_epochs} epochs a round")
     marks = {}
     for name, section in (("white-box (embed)", {"method": "whitebox", "strength": task.wb_strength}),
                           ("keyed trigger set (embed)", {"method": "trigger"})):
@@ -432,6 +433,8 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="CI size: fewer attacks, seeds and null models")
     parser.add_argument("--vocab", type=int, default=VOCAB, help="bert: vocabulary size (the data uses ids 2-199; "
                         "200 = every id occurs in the data, the worst case for token trigger sets)")
+    parser.add_argument("--embed-lr", type=float, default=None, help="resnet/bert: learning rate of 'embed' "
+                        "(default: the task's, 1e-3)")
     args = parser.parse_args()
     if args.vocab < DATA_IDS:
         parser.error(f"--vocab must be at least {DATA_IDS} (the data uses ids up to {DATA_IDS - 1})")
@@ -441,10 +444,11 @@ def main() -> None:
     warnings.filterwarnings("ignore")
     if args.arch in ("all", "digits"):
         digits_main(args)
-    if args.arch in ("all", "resnet"):
-        run_task(_resnet_task(), args)
-    if args.arch in ("all", "bert"):
-        run_task(_bert_task(args.vocab), args)
+    for name, build in (("resnet", _resnet_task), ("bert", lambda: _bert_task(args.vocab))):
+        if args.arch in ("all", name):
+            task = build()
+            task.embed_lr = args.embed_lr or task.embed_lr
+            run_task(task, args)
 
 
 if __name__ == "__main__":
