@@ -31,8 +31,9 @@ the same. The token ids are drawn from the ids the owner's data never uses (``to
 unseen``) when at least :data:`MIN_TOKEN_POOL` such ids exist: an id absent from the data gets no
 gradient from fine-tuning on that data (its embedding row is not updated at all, by SGD or by
 Adam), so a thief's clean fine-tune cannot overwrite the pattern's input, only what reads it.
-Measured on the BERT-style benchmark task: with ids the data uses, Adam 1e-2 and SGD removed the
-trigger set; with unused ids it survived them (docs/benchmarks.md). The pool is sealed in the
+Measured on the BERT-style benchmark task (docs/benchmarks.md, tenth session): with ids the data
+uses, Adam 1e-2 and SGD removed the trigger set; on unused ids, embedded at Adam 1e-2, it survived
+every fine-tune up to Adam 1e-2 and SGD 0.1 (not a thief who adds unused ids to its own data). The pool is sealed in the
 record under the master key (it says which ids the private data contains); with too few unused
 ids (a data set that covers the vocabulary) the whole range is used, ``token_pool: all``.
 
