@@ -141,6 +141,13 @@ def _trigger_mark(section: Mapping[str, Any], model: nn.Module, key: MasterKey, 
     tokens = bool(inputs is not None and inputs.tokens)
     low = _number(section, "low", float, None if inputs is None else inputs.low)
     high = _number(section, "high", float, None if inputs is None else inputs.high)
+    if tokens:  # an embedding's padding row is frozen at zero: a pattern token there would carry nothing
+        import torch
+
+        pads = [m.padding_idx for m in model.modules() if isinstance(m, torch.nn.Embedding) and m.padding_idx is not None]
+        if pads:
+            extra = torch.tensor(pads, dtype=torch.long)
+            seen_tokens = extra if seen_tokens is None else torch.cat([torch.as_tensor(seen_tokens).flatten(), extra])
     return keyed.new_keyed_mark(
         key, base, num_classes=classes, threshold=threshold,
         low=float(base.min()) if low is None else low, high=float(base.max()) if high is None else high,
