@@ -219,6 +219,8 @@ def embed_cmd(model: Path = typer.Argument(..., help="Bundle: from 'torchshield 
     classes = (pre.get("output") or {}).get("num_classes") or dataset.num_classes
     if method == "trigger":
         section["num_classes"] = int(classes)
+        if inputs is not None and inputs.tokens:
+            _warn_if_no_unused_ids(dataset.train.x, inputs)
     runner = logits_module(net, normalization=pre.get("normalization"))  # the model as served: pixels in
     before = evaluate(runner, dataset.test.loader(256))
     with progress(f"embedding a {method} mark", epochs):
@@ -256,6 +258,21 @@ def embed_cmd(model: Path = typer.Argument(..., help="Bundle: from 'torchshield 
         f"wrote {out}: {method} mark {record.mark_id}; test accuracy {before.get('accuracy', 0):.4f} -> "
         f"{after.get('accuracy', 0):.4f}" + (f"; record in {record_out}" if record_out else ""),
         highlight=False), as_json=as_json)
+
+
+def _warn_if_no_unused_ids(ids: Any, inputs: Any) -> None:
+    """Say so, before the work, when the data leaves too few unused ids for the pattern tokens:
+    then they are ids the data contains, and a high-rate fine-tune removes such a set."""
+    from torchshield.model.watermark.keyed import MIN_TOKEN_POOL, unseen_ids
+
+    unused = len(unseen_ids(ids, int(inputs.low), int(inputs.high)))
+    if unused < MIN_TOKEN_POOL:
+        from torchshield.cli.output import err_console
+
+        err_console.print(f"note: the data uses all but {unused} of the {int(inputs.high) + 1} token ids, so the "
+                          "trigger patterns are written with ids it contains; a fine-tune above Adam 1e-3 removed "
+                          "such sets in our measurements (docs/watermark.md): keep a white-box mark as well",
+                          highlight=False, markup=False)
 
 
 def _record_for(record_path: Path | None, suspect: Path | None) -> Any:

@@ -199,3 +199,26 @@ def test_token_patterns_default_to_half_the_sequence():
     from torchshield.model.watermark.keyed import default_pattern_tokens
 
     assert [default_pattern_tokens(n) for n in (2, 4, 8, 12, 16, 128)] == [1, 3, 4, 6, 8, 64]
+
+
+def test_embed_cli_says_when_the_data_leaves_no_unused_ids(bert_bundle, tmp_path, capsys):
+    """A tiny vocabulary the data covers: the pattern tokens must be ids the data contains, which a
+    high-rate fine-tune removes; the CLI says so before the work (whatever the embed's outcome)."""
+    import pandas as pd
+
+    from torchshield.crypto.keys import write_key_file
+
+    bundle, model = bert_bundle
+    vocab = model.config.vocab_size
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, vocab, (260, 12), generator=g)
+    table = pd.DataFrame(ids.numpy(), columns=[f"t{i}" for i in range(12)])
+    table["label"] = torch.randint(0, 3, (260,), generator=g).numpy()
+    table.to_csv(tmp_path / "ids.csv", index=False)
+    write_key_file(tmp_path / "k.key")
+    code = run(["model", "watermark", "embed", str(bundle), "--out", str(tmp_path / "o.tsb"), "--method", "trigger",
+                "--key-file", str(tmp_path / "k.key"), "--data", str(tmp_path / "ids.csv"), "--epochs", "1",
+                "--max-accuracy-drop", "1"])
+    err = capsys.readouterr().err
+    assert code in (0, 1) and "Traceback" not in err, err
+    assert f"note: the data uses all but 0 of the {vocab} token ids" in err, err
