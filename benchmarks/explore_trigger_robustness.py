@@ -16,6 +16,16 @@ literature, then attacked with the four fine-tunes of the survival table (10 epo
 - ``pull``: an entanglement term in the spirit of Jia et al.'s EWE: stamped inputs' penultimate
   features pulled towards the centroid of clean inputs the model puts in the pattern's class.
 
+``--pattern-space channel-null`` (resnet): the image analogue of the token sets' unused ids. The
+task's images are grey digits copied into R, G and B, so every input lies in the span of
+(1, 1, 1) at each pixel; the patterns are projected onto its orthogonal complement (each pixel's
+signs minus their mean over the channels, rescaled to a largest entry of 1). A clean fine-tune then
+gives the stem convolution the same gradient on the three channels of every kernel position (the
+same update under SGD and Adam, no weight decay here), so the stem's response to these patterns is
+never changed by the thief; only the layers that read it can drift. ``--embed-lr LR``: the mark
+is added by ``embed`` (the CLI's path, with its 95 % rule) to the trained unmarked model at Adam
+``LR`` instead of being trained in from the start; ``--variants plain`` keeps one variant.
+
 ``--arch bert``: the token trigger set on the BERT-style task of ``bench_watermark.py`` (16-token
 sequences) with 4 secret tokens per pattern (the old default) against 8 (the new default, half the
 length: ``keyed.default_pattern_tokens``).
@@ -37,7 +47,7 @@ from bench_watermark import _bert_task, _resnet_task
 from torch.func import functional_call
 
 from torchshield.crypto.keys import generate_master_key
-from torchshield.model.watermark import keyed, make_regularizer, model_predictor, verify_trigger
+from torchshield.model.watermark import embed, keyed, make_regularizer, model_predictor, verify_trigger
 
 BERT_VARIANTS = {"4 pattern tokens": ({"pattern_tokens": 4}, {}), "8 pattern tokens": ({"pattern_tokens": 8}, {})}
 VARIANTS = {
@@ -104,27 +114,59 @@ class RobustEmbedding(keyed.KeyedPatternRegularizer):
         return (self.strength * self.every) * (F.cross_entropy(out, y) + extra)
 
 
+def channel_null(patterns: keyed.KeyedPatterns) -> keyed.KeyedPatterns:
+    """``patterns`` projected, pixel by pixel, orthogonally to the channels' common direction."""
+    from dataclasses import replace
+
+    signs = patterns.signs - patterns.signs.mean(1, keepdim=True)
+    return replace(patterns, signs=signs / signs.abs().amax())
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--keys", type=int, default=3)
     parser.add_argument("--arch", choices=("resnet", "bert"), default="resnet")
     parser.add_argument("--vocab", type=int, default=1000, help="bert: vocabulary (the data uses ids 2-199)")
+    parser.add_argument("--pattern-space", choices=("dense", "channel-null"), default="dense",
+                        help="resnet: where the keyed patterns live (see the module docstring)")
+    parser.add_argument("--embed-lr", type=float, default=None,
+                        help="add the mark with 'embed' at this Adam rate to a trained model (default: train it in)")
+    parser.add_argument("--variants", default=None, help="comma-separated variant names to run (default: all)")
     args = parser.parse_args()
+    if args.pattern_space == "channel-null":
+        dense = keyed.KeyedPatterns.from_record.__func__  # verification rebuilds the patterns from the record
+
+        def projected(cls, record, secret, pool=None):
+            return channel_null(dense(cls, record, secret, pool))
+        keyed.KeyedPatterns.from_record = classmethod(projected)
     torch.set_num_threads(1)
     task = _resnet_task() if args.arch == "resnet" else _bert_task(args.vocab)
     variants = ({name: ({}, options) for name, options in VARIANTS.items()} if args.arch == "resnet"
                 else BERT_VARIANTS)
+    if args.variants:
+        variants = {name: variants[name] for name in args.variants.split(",")}
+    anchor = task.fit(task.build(0), task.train, task.epochs, task.lr, owner=True) if args.embed_lr else None
     nulls = [task.fit(task.build(1000 + i), task.train, 1, task.lr, seed=i) for i in range(20)]
+    if anchor is not None:
+        print(f"unmarked model: test accuracy {task.acc(anchor):.4f}; marks added by embed at Adam {args.embed_lr:g}")
     print(f"{'variant':24s} {'marked acc':>10s} " + " ".join(f"{o} {lr:g}".rjust(22) for o, lr in ATTACKS)
           + "   min null p (20 models)")
     for name, (section, options) in variants.items():
         for _ in range(args.keys):
             key = generate_master_key()
-            model = task.build(0)
-            (plain,), record = make_regularizer({"method": "trigger", **section}, model, key, data=task.train[0],
-                                                inputs=task.inputs)
-            model = task.fit(model, task.train, task.mark_epochs, task.lr, [RobustEmbedding(plain, **options)],
-                             owner=True)
+            if anchor is not None:
+                if options:
+                    parser.error("--embed-lr runs the shipped regulariser only: add --variants plain")
+                model = copy.deepcopy(anchor).train()
+                record = embed(model, task.loader(task.train), key, {"method": "trigger", **section},
+                               epochs=task.embed_epochs, lr=args.embed_lr, inputs=task.inputs)
+                model.eval()
+            else:
+                model = task.build(0)
+                (plain,), record = make_regularizer({"method": "trigger", **section}, model, key,
+                                                    data=task.train[0], inputs=task.inputs)
+                model = task.fit(model, task.train, task.mark_epochs, task.lr, [RobustEmbedding(plain, **options)],
+                                 owner=True)
             marked = task.acc(model)
             cells = []
             for opt, lr in ATTACKS:
