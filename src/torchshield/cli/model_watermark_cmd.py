@@ -47,16 +47,24 @@ def _save_like(source: Any, tensors_or_model: Any, out: Path, key: Any, *, metad
     with a key, using no data). ``trained_without_dp``: the weights were trained on data without
     DP, so the claim no longer holds and is dropped; returns the message saying so."""
     import torchshield
+    from torchshield.model.sources.records import dp_claim
 
     m = source.manifest
     provenance = {**(m.get("provenance") or {}), "command": command}
     privacy, dropped = m.get("privacy"), None
-    if privacy and trained_without_dp:
+    if dp_claim(m) and privacy and trained_without_dp:
         dropped = (f"the DP claim (epsilon {privacy.get('epsilon', float('nan')):.4g}, delta {privacy.get('delta')}) "
                    f"was dropped: '{command}' trained the weights on data without DP, so it no longer holds")
         provenance["dp_claim_dropped"] = {"by": command, "epsilon": privacy.get("epsilon"),
                                           "delta": privacy.get("delta")}
-        privacy = None
+        # the architecture changes DP training made (BatchNorm -> GroupNorm) are not part of the claim:
+        # without them the weights no longer fit the model the bundle rebuilds
+        privacy = {"model_fixes": privacy["model_fixes"]} if privacy.get("model_fixes") else None
+        meta = dict(metadata if metadata is not None else m.get("metadata") or {})
+        config = meta.get("config")
+        if isinstance(config, dict) and config.get("privacy"):  # the training config's DP section went with it
+            meta["config"] = {k: v for k, v in config.items() if k != "privacy"}
+            metadata = meta
     if sign is None and source.signed:
         from torchshield.cli.output import err_console
 
@@ -90,7 +98,8 @@ def _open(path: Path, key: Any, trusted: Trust) -> tuple[Any, dict[str, Any], di
     return loaded.module, loaded.manifest, dict(loaded.files)
 
 
-def _embed_data(spec: str | None, manifest: dict[str, Any], model: Path, *, raw: bool) -> Any:
+def _embed_data(spec: str | None, manifest: dict[str, Any], model: Path, *, raw: bool,
+                classes: list[Any] | None = None) -> Any:
     """The data set to fine-tune on. ``raw``: the model takes its inputs as a client sends them
     (token ids, or pixels in the range of a ``model protect`` input spec), so a table's values are
     read without normalisation, its label from a column named ``label`` unless the spec says
@@ -112,6 +121,8 @@ def _embed_data(spec: str | None, manifest: dict[str, Any], model: Path, *, raw:
         parsed = {"path": parsed}
     if raw and isinstance(parsed, dict):  # ids and pixels are never rescaled
         parsed = {"label": "label", "normalize": "none", **parsed}
+    if classes is not None and isinstance(parsed, dict) and "path" in parsed:  # labels coded as the model's
+        parsed = {"classes": list(classes), **parsed}
     return load_dataset(parsed)
 
 
@@ -125,9 +136,8 @@ def _shaped(dataset: Any, inputs: Any) -> Any:
         x = split.x
         if x[0].numel() == math.prod(inputs.shape):
             x = x.reshape(len(x), *inputs.shape)
-        x = x.round().long() if inputs.tokens else x
-        inputs.check(x, f"--data ({what} split)")
-        return Split(x, split.y)
+        inputs.check(x, f"--data ({what} split)")  # before the cast: 12.5 is no token id
+        return Split(x.long() if inputs.tokens else x, split.y)
 
     return replace(dataset, train=cast(dataset.train, "train"), test=cast(dataset.test, "test"))
 
@@ -186,6 +196,12 @@ def embed_cmd(model: Path = typer.Argument(..., help="Bundle: from 'torchshield 
         raise InputError(f"--lr {lr}: must be positive")
     if method not in ("whitebox", "trigger"):
         raise InputError(f"--method {method!r}: expected whitebox or trigger")
+    if not 0.0 <= max_drop <= 1.0:  # nan too: a guard that compares against nan never fires
+        raise InputError(f"--max-accuracy-drop {max_drop}: must be between 0 and 1 (0.02 = 2 points)",
+                         hint="pass 1 to write the bundle whatever its accuracy")
+    for flag, value, other in (("--bits", bits, "whitebox"), ("--triggers", triggers, "trigger")):
+        if value is not None and method != other:
+            raise InputError(f"{flag} applies to --method {other}, not {method}")
     sign = check_bundle_output(out, force, sign)
     trusted = trust(pubkey, allow_factory)
     if record_out is not None:  # written after the bundle: a failure then would leave a bundle without it
@@ -206,22 +222,30 @@ def embed_cmd(model: Path = typer.Argument(..., help="Bundle: from 'torchshield 
     if method == "trigger" or tokens or (not trained and isinstance(spec, dict)):
         inputs = TriggerInputs.from_spec(spec, where=str(model))
     net, manifest, files = _open(model, key, trusted)
-    dataset = _embed_data(data, manifest, model, raw=tokens or not trained)
+    known = _model_classes(manifest, pre)
+    with about("--data"):
+        dataset = _embed_data(data, manifest, model, raw=tokens or not trained, classes=known)
     if inputs is not None and inputs.tokens:  # a token length from the data, not a guess
-        width = int(dataset.train.x[0].numel())
-        inputs = TriggerInputs.from_spec(spec, where=str(model), sequence_length=width)
+        length = int(dataset.train.x[0].numel())
+        inputs = TriggerInputs.from_spec(spec, where=str(model), sequence_length=length)
     if inputs is not None:
         dataset = _shaped(dataset, inputs)
+    runner = logits_module(net, normalization=pre.get("normalization"))  # the model as served: pixels in
+    outputs = _class_outputs(runner, dataset, model)
+    dataset = _as_class_indices(dataset, known, outputs, model)
+    if max_drop < 1.0 and len(dataset.test) < MIN_HELD_OUT:
+        raise InputError(f"--data leaves {len(dataset.test)} held-out rows, too few to check "
+                         f"--max-accuracy-drop {max_drop} (at least {MIN_HELD_OUT})",
+                         hint="pass more rows (the held-out split is data.test_fraction of them, 0.2 by default), "
+                              "or --max-accuracy-drop 1 to write the bundle unchecked")
     section: dict[str, Any] = {"method": method}
     for name, value in (("bits", bits), ("triggers", triggers), ("strength", strength)):
         if value is not None:
             section[name] = value
-    classes = (pre.get("output") or {}).get("num_classes") or dataset.num_classes
     if method == "trigger":
-        section["num_classes"] = int(classes)
+        section["num_classes"] = outputs
         if inputs is not None and inputs.tokens:
             _warn_if_no_unused_ids(dataset.train.x, inputs)
-    runner = logits_module(net, normalization=pre.get("normalization"))  # the model as served: pixels in
     before = evaluate(runner, dataset.test.loader(256))
     with progress(f"embedding a {method} mark", epochs):
         record = embed(runner, dataset.train.loader(64, shuffle=True, seed=0), key, section, epochs=epochs, lr=lr,
@@ -258,6 +282,69 @@ def embed_cmd(model: Path = typer.Argument(..., help="Bundle: from 'torchshield 
         f"wrote {out}: {method} mark {record.mark_id}; test accuracy {before.get('accuracy', 0):.4f} -> "
         f"{after.get('accuracy', 0):.4f}" + (f"; record in {record_out}" if record_out else ""),
         highlight=False), as_json=as_json)
+
+
+MIN_HELD_OUT = 50  # held-out rows below which an accuracy guard measures noise (5 rows: 0.0 -> 0.0, audit)
+
+
+def _model_classes(manifest: dict[str, Any], pre: dict[str, Any]) -> list[Any] | None:
+    """The model's classes in output order, where the bundle says: the label values ``train``
+    recorded, else ``0 .. num_classes - 1`` from the output spec; None when it says nothing."""
+    recorded = ((manifest.get("metadata") or {}).get("data") or {}).get("classes")
+    if isinstance(recorded, list) and len(recorded) >= 2:
+        return recorded
+    count = (pre.get("output") or {}).get("num_classes")
+    return list(range(count)) if isinstance(count, int) and count >= 2 else None
+
+
+def _class_outputs(runner: Any, dataset: Any, model: Path) -> int:
+    """How many class scores the model gives, read from a forward pass on two of the data's examples:
+    data the model cannot read, or a model that is not a classifier (a language model's
+    ``[batch, length, vocab]``), is refused before any work."""
+    import torch
+
+    x = dataset.train.x[:2]
+    try:
+        with torch.no_grad():
+            out = runner.eval()(x)
+    except (RuntimeError, ValueError, TypeError, IndexError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+        raise InputError(f"{model}: the model cannot read --data's examples of shape {list(x.shape[1:])} ({first})",
+                         hint="record the model's input spec (model protect MODEL --out OUT.tsb --input-shape C,H,W "
+                              "--input-range LO,HI), or pass data shaped as the model reads it") from None
+    if not isinstance(out, torch.Tensor) or out.dim() != 2:
+        shape = list(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise InputError(f"{model}: the model answers {shape} for {len(x)} inputs, not one score per class: "
+                         "'model watermark embed' marks classifiers",
+                         hint="a language model's LM head cannot carry these marks yet; mark a classification "
+                              "head of the same body instead")
+    return int(out.shape[1])
+
+
+def _as_class_indices(dataset: Any, known: list[Any] | None, outputs: int, model: Path) -> Any:
+    """``dataset`` with labels that are the model's class indices. Where the bundle names its
+    classes the loader has already coded the labels by them; otherwise the label values must be
+    the indices themselves. (Coding them by their rank among the values present, as a new
+    training set does, silently trained digit 1 as class 0 when the data lacked class 0.)"""
+    from dataclasses import replace
+
+    import torch
+
+    from torchshield.nn.datasets import Split
+
+    if known is not None:
+        if len(known) > outputs:
+            raise InputError(f"{model}: the bundle records {len(known)} classes but the model gives {outputs} scores")
+        return dataset
+    values = list(dataset.classes) or list(range(dataset.num_classes))
+    for v in values:
+        if isinstance(v, str) or float(v) != int(v) or not 0 <= int(v) < outputs:
+            raise InputError(f"--data: label value {v!r} is not a class index of {model} ({outputs} classes: "
+                             f"0-{outputs - 1})", hint="give labels as the model's class indices")
+    lookup = torch.tensor([int(v) for v in values], dtype=torch.long)
+    return replace(dataset, train=Split(dataset.train.x, lookup[dataset.train.y]),
+                   test=Split(dataset.test.x, lookup[dataset.test.y]), num_classes=outputs,
+                   classes=tuple(range(outputs)))
 
 
 def _warn_if_no_unused_ids(ids: Any, inputs: Any) -> None:

@@ -176,6 +176,12 @@ def open_model(bundle: str | os.PathLike[str], *, key: Any = None, verify_with: 
         raise FormatError(f"{path} does not record its architecture, only tensors",
                           hint="protect it with --arch NAME or --factory package.module:function, or read the "
                                "tensors with torchshield.load")
+    obfuscated = (manifest.get("metadata") or {}).get("obfuscation")
+    if isinstance(obfuscated, dict) and not obfuscated.get("names_kept"):
+        raise FormatError(f"{path} was obfuscated with scrambled names ('model obfuscate'): its tensors no longer "
+                          "carry the architecture's names, so no module can be rebuilt from it",
+                          hint="restore it with 'torchshield model deobfuscate' and the key it was obfuscated "
+                               "with; a white-box mark verifies on it as it is")
     target = str(arch.get("target") or (arch.get("spec") or {}).get("type") or "")
     allow_code = verify_with is not None or factory_allowed(target, allow_factories)
     records = list((manifest.get("privacy") or {}).get("model_fixes") or []) + list(arch.get("fixes") or [])

@@ -79,6 +79,7 @@ def load_base_model(spec: dict[str, Any]) -> BaseModel:
         assert src.module is not None and src.architecture is not None
         return BaseModel(src.module, src.architecture, dict(src.files), None, path.name, None)
     from torchshield.model.loading import open_model
+    from torchshield.model.sources.records import dp_claim
     from torchshield.nn.split import file_sha256
 
     key = None
@@ -91,7 +92,7 @@ def load_base_model(spec: dict[str, Any]) -> BaseModel:
         raise InputError(f"model.path: {path} holds a {loaded.architecture.get('kind')} model, not a Hugging Face one",
                          hint="fine-tuning on text needs a transformers model: protect its directory with "
                               "'torchshield model protect DIR -o model.tsb'")
-    return BaseModel(loaded.module, loaded.architecture, dict(loaded.files), loaded.manifest.get("privacy"),
+    return BaseModel(loaded.module, loaded.architecture, dict(loaded.files), dp_claim(loaded.manifest),
                      path.name, file_sha256(path))
 
 

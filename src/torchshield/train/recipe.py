@@ -14,6 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from torchshield.errors import FormatError, InputError
+from torchshield.model.sources.records import dp_claim
 from torchshield.nn.datasets import read_table, table_to_tensors
 from torchshield.nn.loop import fit
 from torchshield.nn.zoo import build_model
@@ -77,7 +78,7 @@ def shadow_trainer(manifest: dict[str, Any]) -> Any:
     meta = manifest["metadata"]
     cfg = meta["config"]
     spec = meta["model"]
-    privacy = manifest.get("privacy")
+    privacy = dp_claim(manifest)
 
     def train(x: Tensor, y: Tensor, seed: int) -> nn.Module:
         threads = torch.get_num_threads()

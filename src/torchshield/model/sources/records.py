@@ -11,7 +11,15 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["architecture_of", "normalize_pixels", "preprocessing_of"]
+__all__ = ["architecture_of", "dp_claim", "normalize_pixels", "preprocessing_of"]
+
+
+def dp_claim(manifest: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The bundle's DP claim: its ``privacy`` slot when that states an epsilon. A slot holding only
+    ``model_fixes`` (the architecture changes DP training made, kept when a command that trained
+    without DP dropped the claim, so the weights still fit) claims nothing."""
+    slot = manifest.get("privacy")
+    return dict(slot) if isinstance(slot, Mapping) and slot.get("epsilon") is not None else None
 
 
 def architecture_of(manifest: Mapping[str, Any]) -> dict[str, Any] | None:

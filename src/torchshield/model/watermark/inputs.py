@@ -97,7 +97,7 @@ class TriggerInputs:
                    tokens=str(params.get("input_dtype", "float32")).startswith("int"))
 
     def check(self, x: torch.Tensor, what: str) -> None:
-        """Refuse data that does not fit the spec (wrong shape, token ids out of range)."""
+        """Refuse data that does not fit the spec (wrong shape, values out of range, ids that are not integers)."""
         if tuple(x.shape[1:]) != self.shape:
             raise InputError(f"{what} has examples of shape {list(x.shape[1:])}, the model's input spec says "
                              f"{list(self.shape)}")
@@ -105,6 +105,11 @@ class TriggerInputs:
                                        or bool((x != x.round()).any())):
             raise InputError(f"{what} is not token ids in [{int(self.low)}, {int(self.high)}]",
                              hint="pass the tokenised data (integer ids), not features")
+        if not self.tokens and len(x) and (float(x.min()) < self.low or float(x.max()) > self.high):
+            raise InputError(f"{what} has values in [{float(x.min()):g}, {float(x.max()):g}], outside the range "
+                             f"[{self.low:g}, {self.high:g}] of the model's input spec",
+                             hint="pass inputs as a client sends them (e.g. pixels in that range), or re-protect "
+                                  "the model with its real --input-range")
 
 
 def uniform_integers(stream: bytes, count: int, low: int, high: int) -> list[int] | None:
