@@ -251,6 +251,10 @@ def embed_cmd(model: Path = typer.Argument(..., help="Bundle: from 'torchshield 
         record = embed(runner, dataset.train.loader(64, shuffle=True, seed=0), key, section, epochs=epochs, lr=lr,
                        optimizer=optimizer, inputs=inputs)
     runner.eval()
+    if runner is not net:  # the record names tensors as the bundle stores them, not as the wrapper sees them
+        from dataclasses import replace
+
+        record = replace(record, layers={name.removeprefix("inner."): shape for name, shape in record.layers.items()})
     after = evaluate(runner, dataset.test.loader(256))
     fell = before.get("accuracy", 0.0) - after.get("accuracy", 0.0)
     if fell > max_drop:

@@ -214,3 +214,35 @@ def test_a_dropped_dp_claim_keeps_the_fixes_the_weights_need(tmp_path, monkeypat
     assert "privacy" not in manifest["metadata"]["config"]  # the training config's DP section went with the claim
     model, _ = load_trained(marked)
     assert any(isinstance(m, torch.nn.GroupNorm) for m in model.modules())
+
+
+def test_a_hugging_face_whitebox_record_names_the_bundles_own_tensors(tmp_path, capsys):
+    """embed trains an HF model through a logits wrapper (``inner.``); the record named the wrapper's
+    tensors, so verification found them only by a shape search with a Bonferroni-weakened p-value."""
+    pytest.importorskip("transformers")
+    from byom_models import _bert_tokenizer
+    from transformers import AutoModelForSequenceClassification, BertConfig
+
+    torch.manual_seed(0)
+    cfg = BertConfig(vocab_size=120, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                     intermediate_size=64, max_position_embeddings=32, num_labels=3)
+    AutoModelForSequenceClassification.from_config(cfg).save_pretrained(tmp_path / "hf")
+    _bert_tokenizer().save_pretrained(tmp_path / "hf")
+    bundle, marked, record = tmp_path / "bert.tsb", tmp_path / "marked.tsb", tmp_path / "mark.json"
+    assert run(["model", "protect", str(tmp_path / "hf"), "--out", str(bundle)]) == 0
+    ids = np.random.default_rng(0).integers(5, 60, size=(300, 8))
+    frame = pd.DataFrame(ids, columns=[f"t{i}" for i in range(8)])
+    frame["label"] = ids[:, 1] % 3
+    frame.to_csv(tmp_path / "tokens.csv", index=False)
+    key = tmp_path / "owner.key"
+    write_key_file(key)
+    code, _, err = _cli(capsys, "model", "watermark", "embed", bundle, "--out", marked, "--key-file", key,
+                        "--data", tmp_path / "tokens.csv", "--record", record, "--bits", "64", "--strength", "100",
+                        "--lr", "0.01", "--epochs", "10", "--max-accuracy-drop", "1")
+    assert code == 0, err
+    layers = set(json.loads(record.read_text())["layers"])
+    assert layers == {"bert.embeddings.word_embeddings.weight"}
+    assert layers <= set(torchshield.inspect(marked).manifest["tensors"])
+    code, out, err = _cli(capsys, "model", "watermark", "verify", marked, "--record", record, "--key-file", key,
+                          "--json")
+    assert code == 0 and json.loads(out)["p_value"] < 1e-9, err
