@@ -134,6 +134,12 @@ class ResNetMini(nn.Module):
         return self.fc(torch.flatten(self.avgpool(x), 1))
 
 
+def bn_mlp(in_features: int, num_classes: int) -> nn.Module:
+    """A flat MLP with BatchNorm, which DP training replaces by GroupNorm (``privacy.model_fixes``)."""
+    return nn.Sequential(nn.Flatten(), nn.Linear(in_features, 16), nn.BatchNorm1d(16), nn.ReLU(),
+                         nn.Linear(16, num_classes))
+
+
 def resnet_mini(num_classes: int = 10) -> ResNetMini:
     return ResNetMini(num_classes=num_classes)
 

@@ -42,6 +42,13 @@ def _csv(path: Path, x: np.ndarray, y: np.ndarray) -> Path:
     return path
 
 
+def _token_csv(path: Path, ids: np.ndarray, labels: np.ndarray) -> Path:
+    frame = pd.DataFrame(ids, columns=[f"t{i}" for i in range(ids.shape[1])])
+    frame["label"] = labels
+    frame.to_csv(path, index=False)
+    return path
+
+
 def _accuracy(bundle: Path, x: np.ndarray, y: np.ndarray) -> float:
     model = torchshield.load_model(bundle, allow_factories=[FACTORY])
     with torch.no_grad():
@@ -141,9 +148,7 @@ def test_a_language_model_is_refused_not_crashed(tmp_path, capsys):
     bundle = tmp_path / "gpt2.tsb"
     assert run(["model", "protect", str(tiny_gpt2(tmp_path / "hf")), "--out", str(bundle)]) == 0
     ids = np.random.default_rng(0).integers(1, 10, size=(300, 8))
-    frame = pd.DataFrame(ids, columns=[f"t{i}" for i in range(8)])
-    frame["label"] = ids[:, 0] % 2
-    frame.to_csv(tmp_path / "tokens.csv", index=False)
+    _token_csv(tmp_path / "tokens.csv", ids, ids[:, 0] % 2)
     key = tmp_path / "owner.key"
     write_key_file(key)
     for method in ("whitebox", "trigger"):
@@ -161,9 +166,7 @@ def test_token_ids_that_are_not_integers_are_refused(tmp_path, capsys):
     assert run(["model", "protect", str(tiny_bert(tmp_path / "hf")), "--out", str(bundle)]) == 0
     ids = np.random.default_rng(0).integers(1, 10, size=(300, 8)).astype(float)
     ids[3, 2] = 4.5
-    frame = pd.DataFrame(ids, columns=[f"t{i}" for i in range(8)])
-    frame["label"] = np.arange(300) % 3
-    frame.to_csv(tmp_path / "tokens.csv", index=False)
+    _token_csv(tmp_path / "tokens.csv", ids, np.arange(300) % 3)
     key = tmp_path / "owner.key"
     write_key_file(key)
     code, _, err = _cli(capsys, "model", "watermark", "embed", bundle, "--out", tmp_path / "x.tsb",
@@ -184,7 +187,7 @@ def test_an_obfuscated_bundle_names_deobfuscate(cnn, capsys, tmp_path):
     assert "deobfuscate" in (info.value.hint or "")
 
 
-def test_a_dropped_dp_claim_keeps_the_fixes_the_weights_need(tmp_path, monkeypatch, capsys):
+def test_a_dropped_dp_claim_keeps_the_fixes_the_weights_need(tmp_path, capsys):
     """DP training replaced BatchNorm by GroupNorm; embed (no DP) drops the claim, and before this the
     fixes went with it: the marked bundle no longer loaded ('tensors do not fit')."""
     import yaml
@@ -192,13 +195,7 @@ def test_a_dropped_dp_claim_keeps_the_fixes_the_weights_need(tmp_path, monkeypat
     from torchshield.model.sources.records import dp_claim
     from torchshield.train.recipe import load_trained
 
-    (tmp_path / "bnmodels.py").write_text(
-        "import torch\n"
-        "def make(in_features, num_classes):\n"
-        "    return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(in_features, 16),\n"
-        "                               torch.nn.BatchNorm1d(16), torch.nn.ReLU(), torch.nn.Linear(16, num_classes))\n")
-    monkeypatch.syspath_prepend(str(tmp_path))
-    doc = {"model": {"type": "bnmodels:make"}, "data": "sklearn:digits", "optimizer": {"name": "sgd", "lr": 0.5},
+    doc = {"model": {"type": "byom_models:bn_mlp"}, "data": "sklearn:digits", "optimizer": {"name": "sgd", "lr": 0.5},
            "epochs": 1, "batch_size": 256, "seed": 0, "output": {"bundle": "dp.tsb"},
            "privacy": {"epsilon": 8, "delta": 1e-5, "noise_multiplier": 1.0}}
     (tmp_path / "t.yaml").write_text(yaml.safe_dump(doc))
@@ -231,9 +228,7 @@ def test_a_hugging_face_whitebox_record_names_the_bundles_own_tensors(tmp_path, 
     bundle, marked, record = tmp_path / "bert.tsb", tmp_path / "marked.tsb", tmp_path / "mark.json"
     assert run(["model", "protect", str(tmp_path / "hf"), "--out", str(bundle)]) == 0
     ids = np.random.default_rng(0).integers(5, 60, size=(300, 8))
-    frame = pd.DataFrame(ids, columns=[f"t{i}" for i in range(8)])
-    frame["label"] = ids[:, 1] % 3
-    frame.to_csv(tmp_path / "tokens.csv", index=False)
+    _token_csv(tmp_path / "tokens.csv", ids, ids[:, 1] % 3)
     key = tmp_path / "owner.key"
     write_key_file(key)
     code, _, err = _cli(capsys, "model", "watermark", "embed", bundle, "--out", marked, "--key-file", key,

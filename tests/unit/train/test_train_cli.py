@@ -103,16 +103,10 @@ def test_watermark_section_embeds_and_records_a_mark(tmp_path):
     assert record["method"] == "whitebox" and "sealed_secret" in record
 
 
-def test_batchnorm_model_is_fixed_for_dp_and_reported(tmp_path, monkeypatch):
+def test_batchnorm_model_is_fixed_for_dp_and_reported(tmp_path):
     from torchshield.train.run import train_from_config
 
-    (tmp_path / "bnmodels.py").write_text(
-        "import torch\n"
-        "def make(in_features, num_classes):\n"
-        "    return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(in_features, 16),\n"
-        "                               torch.nn.BatchNorm1d(16), torch.nn.ReLU(), torch.nn.Linear(16, num_classes))\n")
-    monkeypatch.syspath_prepend(str(tmp_path))
-    doc = {**BASE, "epochs": 1, "model": {"type": "bnmodels:make"},
+    doc = {**BASE, "epochs": 1, "model": {"type": "byom_models:bn_mlp"},
            "privacy": {"epsilon": 8.0, "delta": 1e-5, "noise_multiplier": 1.0}}
     result = train_from_config(TrainConfig.from_dict(doc, base=tmp_path), progress=False)
     assert any("BatchNorm1d -> GroupNorm" in m for m in result.messages)
