@@ -62,6 +62,25 @@ def test_429_past_the_wait_budget_is_an_input_error_naming_the_rate_limit():
     assert KEY not in message and "--input-shape" not in message
 
 
+def test_503_with_retry_after_is_waited_for_and_without_it_is_an_error():
+    waits: list[float] = []
+    down = httpx.Response(503, headers={"Retry-After": "1"},
+                          json={"error": {"code": "unavailable", "message": "the service database is unavailable"}})
+    predict = endpoint_predictor("http://m.test", "m", KEY, sleep=waits.append,
+                                 transport=_server([down, down, _ok(1)], []))
+    assert predict(torch.zeros(1, 4)) == [1] and waits == [1.0, 1.0]
+    predict = endpoint_predictor("http://m.test", "m", KEY, sleep=waits.append, rate_limit_wait=2.5,
+                                 transport=_server([down], []))
+    with pytest.raises(InputError, match=r"stayed unavailable \(HTTP 503: the service database is unavailable\)"):
+        predict(torch.zeros(1, 4))
+    waits.clear()
+    predict = endpoint_predictor("http://m.test", "m", KEY, sleep=waits.append,
+                                 transport=_server([httpx.Response(503, json={"detail": "broken"})], []))
+    with pytest.raises(InputError, match=r"HTTP 503: broken"):  # no Retry-After: the server did not say retry
+        predict(torch.zeros(1, 4))
+    assert waits == []
+
+
 @pytest.mark.parametrize("body, reason", [
     ({"error": {"code": "invalid_input", "message": "input_ids[0][3]: token id\nout of vocabulary [0, 5)"}},
      "(HTTP 422: input_ids[0][3]: token id out of vocabulary [0, 5))"),

@@ -25,7 +25,8 @@ form, is an error, which names the fix.
 
 A server that rate-limits the key (HTTP 429) is waited for, ``Retry-After`` seconds when it says
 so, else with exponential back-off, within a total budget of waiting per verification; past the
-budget the error names the rate limit and its fixes. Every other refusal is reported with the
+budget the error names the rate limit and its fixes. A 503 that says ``Retry-After`` (the serving
+API while its database is briefly away) is waited for the same way, within the same budget. Every other refusal is reported with the
 server's own reason (one line, at most 200 characters). The API key is sent in the header only
 and never appears in an error message.
 """
@@ -124,19 +125,25 @@ class _Endpoint:
                          hint=BODY_LIMIT_HINT)
 
     def _post(self, body: bytes) -> Any:
-        """Send ``body``; on 429 wait (``Retry-After``, else back-off) and send it again."""
+        """Send ``body``; on 429, or a 503 that carries ``Retry-After`` (the serving API's answer while
+        its database is briefly away), wait (``Retry-After``, else back-off) and send it again."""
         backoff = FIRST_BACKOFF
         while True:
             response = self._send(body)
-            if response.status_code != 429:
-                return response
             wait = _retry_after(response)
+            if response.status_code != 429 and not (response.status_code == 503 and wait is not None):
+                return response
             if wait is None:
                 wait, backoff = backoff, min(2 * backoff, MAX_BACKOFF)
             if self.waited + wait > self.rate_limit_wait:
+                waited = (f"after {self.waited:.0f} s of waiting (next wait {wait:g} s, budget "
+                          f"{self.rate_limit_wait:g} s)")
+                if response.status_code == 503:
+                    raise InputError(f"the endpoint {self.url} stayed unavailable (HTTP 503: "
+                                     f"{_reason(response, self.api_key)}) {waited}",
+                                     hint="check the service and its database, then verify again")
                 raise InputError(
-                    f"the endpoint {self.url} keeps refusing requests over its rate limit (HTTP 429) after "
-                    f"{self.waited:.0f} s of waiting (next wait {wait:g} s, budget {self.rate_limit_wait:g} s)",
+                    f"the endpoint {self.url} keeps refusing requests over its rate limit (HTTP 429) {waited}",
                     hint="raise the key's or the server's rate (torchshield serve --rate/--burst), or its "
                          "--body-limit so that fewer requests are needed, then verify again")
             self.sleep(wait)
