@@ -52,7 +52,7 @@ def _save_like(source: Any, tensors_or_model: Any, out: Path, key: Any, *, metad
     m = source.manifest
     provenance = {**(m.get("provenance") or {}), "command": command}
     privacy, dropped = m.get("privacy"), None
-    if dp_claim(m) and privacy and trained_without_dp:
+    if trained_without_dp and dp_claim(m):  # then the privacy slot is a mapping that states an epsilon
         dropped = (f"the DP claim (epsilon {privacy.get('epsilon', float('nan')):.4g}, delta {privacy.get('delta')}) "
                    f"was dropped: '{command}' trained the weights on data without DP, so it no longer holds")
         provenance["dp_claim_dropped"] = {"by": command, "epsilon": privacy.get("epsilon"),
