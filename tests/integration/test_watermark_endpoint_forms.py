@@ -154,6 +154,21 @@ def test_a_rate_limit_beyond_the_wait_budget_is_one_line_exit_2(served, capsys):
     assert time.monotonic() - started < 30  # the 100 s wait is over budget: refused at once, not slept
 
 
+def test_max_wait_sets_the_budget_for_rate_limits(served, capsys):
+    """A key allowed one request per second: by default each 429's Retry-After (1 s) is waited for;
+    --max-wait 0 refuses at the first one, naming the budget and the flag, and a negative budget is bad
+    input."""
+    url, svc, _, _, tmp = served
+    token = svc.keys.create(role="predictor", rate_per_s=1, burst=1).token
+    started = time.monotonic()
+    assert _cli(url, token, tmp, "digits", "--batch-size", "5", "--max-wait", "0") == 2
+    err = capsys.readouterr().err
+    assert "rate limit (HTTP 429)" in err and "budget 0 s" in err and "--max-wait" in err
+    assert time.monotonic() - started < 10
+    assert _cli(url, token, tmp, "digits", "--max-wait", "-1") == 2
+    assert "--max-wait" in capsys.readouterr().err
+
+
 def test_a_refusal_carries_the_servers_reason(served, capsys):
     """Float triggers shaped for another model: the server's 422 reason, not a generic guess."""
     url, svc, _, _, tmp = served

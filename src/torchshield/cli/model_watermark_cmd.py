@@ -396,6 +396,10 @@ def verify_cmd(suspect: Path | None = typer.Argument(None, help="Suspect bundle 
                batch_size: int = typer.Option(50, "--batch-size", min=1, max=1024,
                                               help="Most triggers per endpoint request; halved "
                                                    "automatically while the server answers 413 (body limit)."),
+               max_wait: float | None = typer.Option(None, "--max-wait", min=0.0, max=86400.0,
+                                                     help="Seconds in all to wait out the endpoint's rate limit "
+                                                          "(HTTP 429, or 503 with Retry-After) per verification "
+                                                          "[default: 60]."),
                pubkey: Path | None = PUBKEY_OPTION, allow_factory: list[str] = ALLOW_FACTORY_OPTION,
                as_json: bool = JSON_OPTION) -> None:
     """Is the owner's mark in SUSPECT (or behind --endpoint)? Exit 0 present, 1 absent, 2 bad input."""
@@ -406,12 +410,13 @@ def verify_cmd(suspect: Path | None = typer.Argument(None, help="Suspect bundle 
     record = _record_for(record_path, suspect)
     key = _key(key_file)
     if endpoint is not None:
-        from torchshield.model.watermark.remote import endpoint_predictor
+        from torchshield.model.watermark.remote import RATE_LIMIT_WAIT, endpoint_predictor
 
         if not api_key:
             raise InputError("--endpoint needs --api-key (or $TORCHSHIELD_API_KEY)")
         shape = [int(d) for d in input_shape.split(",")] if input_shape else None
-        predict = endpoint_predictor(endpoint, model_name, api_key, timeout=timeout, input_shape=shape)
+        predict = endpoint_predictor(endpoint, model_name, api_key, timeout=timeout, input_shape=shape,
+                                     rate_limit_wait=RATE_LIMIT_WAIT if max_wait is None else max_wait)
         verdict = verify_trigger(predict, record, key, batch_size=batch_size)
     else:
         verdict = _verify_bundle(suspect, record, key, _key(bundle_key_file) if bundle_key_file else key,

@@ -144,8 +144,8 @@ class _Endpoint:
                                      hint="check the service and its database, then verify again")
                 raise InputError(
                     f"the endpoint {self.url} keeps refusing requests over its rate limit (HTTP 429) {waited}",
-                    hint="raise the key's or the server's rate (torchshield serve --rate/--burst), or its "
-                         "--body-limit so that fewer requests are needed, then verify again")
+                    hint="wait longer (--max-wait SECONDS), raise the key's or the server's rate (torchshield "
+                         "serve --rate/--burst), or its --body-limit so that fewer requests are needed")
             self.sleep(wait)
             self.waited += wait
 
