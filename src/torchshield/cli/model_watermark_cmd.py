@@ -442,8 +442,18 @@ def _verify_bundle(suspect: Path, record: Any, key: Any, bundle_key: Any, truste
     return verify_trigger(model_predictor(runner), record, key)
 
 
+ABSENT_MEANS = ("absent means no evidence of this mark, not evidence that the model is independent: a copy that "
+                "was distilled, re-trained, or fine-tuned at a high rate may not carry it (docs/watermark.md, "
+                "'What a verification proves')")
+
+
 def _report(verdict: Any, as_json: bool) -> None:
+    """The verdict on stdout; an absent one also says, on stderr and in the JSON, what absence does
+    not show: every mark has copies it does not survive (docs/watermark.md), so exit 1 is no
+    certificate of innocence."""
     doc = verdict.to_dict()
+    if not verdict.present:
+        doc["note"] = ABSENT_MEANS
     what = (f"bit error rate {doc['bit_error_rate']:.3f}" if verdict.method == "whitebox"
             else f"trigger accuracy {doc['trigger_accuracy']:.3f}")
 
@@ -453,6 +463,10 @@ def _report(verdict: Any, as_json: bool) -> None:
                 f"{what}, p-value {verdict.p_value:.3g} (threshold {verdict.threshold:g}, chance {verdict.chance:g})")
 
     emit(doc, human, as_json=as_json)
+    if not verdict.present and not as_json:
+        from torchshield.cli.output import err_console
+
+        err_console.print(f"note: {ABSENT_MEANS}", highlight=False, markup=False)
 
 
 def obfuscate_cmd(model: Path = typer.Argument(..., help="Bundle written by 'torchshield train'."),

@@ -57,7 +57,12 @@ def test_embed_then_verify_present_and_absent(trained, capsys):
     # the unmarked original, checked against the owner's record: absent, exit 1
     assert run(["model", "watermark", "verify", str(plain), "--record", str(folder / "mark.json"),
                 "--key-file", str(key_path), "--json"]) == 1
-    assert json.loads(capsys.readouterr().out)["present"] is False
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["present"] is False and "not evidence that the model is independent" in doc["note"]
+    assert run(["model", "watermark", "verify", str(plain), "--record", str(folder / "mark.json"),
+                "--key-file", str(key_path)]) == 1
+    out, err = capsys.readouterr()
+    assert "absent" in out and "not evidence that the model is independent" in err  # said, not only in docs
 
 
 def test_bad_inputs_exit_2(trained, tmp_path, capsys):
