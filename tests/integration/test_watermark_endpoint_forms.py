@@ -13,6 +13,7 @@ import pytest
 import torch
 from serve_harness import running
 
+from torchshield.cli.model_watermark_cmd import ABSENT_MEANS
 from torchshield.model.watermark import (
     TriggerSet,
     make_regularizer,
@@ -221,4 +222,5 @@ def test_a_text_model_is_asked_with_token_ids(served_text, capsys):
     assert [f for f, _, _ in transport.sent] == ["input_ids"]
     local = verify_trigger(model_predictor(logits_module(model)), record, owner)
     assert _cli(url, token, tmp, "bert") == (0 if local.present else 1)
-    assert json.loads(capsys.readouterr().out) == local.to_dict()
+    expected = local.to_dict() | ({} if local.present else {"note": ABSENT_MEANS})
+    assert json.loads(capsys.readouterr().out) == expected
