@@ -13,7 +13,7 @@ import typer
 
 from torchshield.cli.output import JSON_OPTION, check_bundle_output, emit, fail, progress
 from torchshield.cli.trust import ALLOW_FACTORY_OPTION, PUBKEY_OPTION, Trust, trust
-from torchshield.errors import InputError, about
+from torchshield.errors import CheckFailed, FormatError, InputError, about
 
 __all__ = ["register_into"]
 
@@ -65,6 +65,17 @@ def _save_like(source: Any, tensors_or_model: Any, out: Path, key: Any, *, metad
         if isinstance(config, dict) and config.get("privacy"):  # the training config's DP section went with it
             meta["config"] = {k: v for k, v in config.items() if k != "privacy"}
             metadata = meta
+    if source.signed:  # re-signing (or passing on) a bundle whose signature is broken would launder it
+        from torchshield.model.bundle import verify
+
+        checked = verify(source.path)
+        if not checked.ok:
+            from torchshield.errors import SignatureError
+
+            raise SignatureError(f"{source.path} claims a signature that does not verify ({checked.problems[0]}); "
+                                 f"{out} was not written",
+                                 hint="start from the signer's original bundle ('torchshield model verify' says "
+                                      "what changed)")
     if sign is None and source.signed:
         from torchshield.cli.output import err_console
 
@@ -179,7 +190,9 @@ def embed_cmd(model: Path = typer.Argument(..., help="Bundle: from 'torchshield 
                                              help="Refuse to write the bundle if held-out accuracy falls by more "
                                                   "than this (absolute; 0.02 = 2 points)."),
               pubkey: Path | None = PUBKEY_OPTION, allow_factory: list[str] = ALLOW_FACTORY_OPTION,
-              sign: Path | None = SIGN, force: bool = FORCE, as_json: bool = JSON_OPTION) -> None:
+              sign: Path | None = SIGN, force: bool = typer.Option(False, "--force",
+                                                                help="Overwrite OUT (and --record) if they exist."),
+              as_json: bool = JSON_OPTION) -> None:
     """Embed an ownership mark by fine-tuning MODEL on its data; the record goes in the manifest.
 
     Trigger inputs follow the bundle's input spec (shape, dtype, range): token ids for a text model."""
@@ -187,13 +200,15 @@ def embed_cmd(model: Path = typer.Argument(..., help="Bundle: from 'torchshield 
     from torchshield.model.sources.records import preprocessing_of
     from torchshield.model.watermark import embed, write_record
     from torchshield.model.watermark.inputs import TriggerInputs, logits_module
-    from torchshield.model.watermark.training import OPTIMIZERS
+    from torchshield.model.watermark.training import OPTIMIZERS, shortfall
     from torchshield.nn.loop import evaluate
 
     if optimizer not in OPTIMIZERS:
         raise InputError(f"--optimizer {optimizer!r}: expected one of {', '.join(OPTIMIZERS)}")
-    if not lr > 0:
-        raise InputError(f"--lr {lr}: must be positive")
+    if not (math.isfinite(lr) and lr > 0):
+        raise InputError(f"--lr {lr}: must be a positive number")
+    if strength is not None and not (math.isfinite(strength) and strength > 0):
+        raise InputError(f"--strength {strength}: must be a positive number (the regulariser's weight)")
     if method not in ("whitebox", "trigger"):
         raise InputError(f"--method {method!r}: expected whitebox or trigger")
     if not 0.0 <= max_drop <= 1.0:  # nan too: a guard that compares against nan never fires
@@ -207,8 +222,9 @@ def embed_cmd(model: Path = typer.Argument(..., help="Bundle: from 'torchshield 
     if record_out is not None:  # written after the bundle: a failure then would leave a bundle without it
         from torchshield.atomic import check_target
 
-        with about("--record"):
-            check_target(record_out, overwrite=True)
+        with about("--record"):  # the owner's only copy of an earlier mark's record must not vanish silently
+            check_target(record_out, overwrite=force, hint="pass --force to replace it (keep the old record if "
+                                                           "an earlier mark is still in use)")
     key = _key(key_file)
     source = inspect(model)
     pre = preprocessing_of(source.manifest)
@@ -250,16 +266,14 @@ def embed_cmd(model: Path = typer.Argument(..., help="Bundle: from 'torchshield 
     with progress(f"embedding a {method} mark", epochs):
         record = embed(runner, dataset.train.loader(64, shuffle=True, seed=0), key, section, epochs=epochs, lr=lr,
                        optimizer=optimizer, inputs=inputs)
+    weak = shortfall(runner, record, key)  # verifies, but short of embed's robustness target: said, not silent
     runner.eval()
     if runner is not net:  # the record names tensors as the bundle stores them, not as the wrapper sees them
-        from dataclasses import replace
-
-        record = replace(record, layers={name.removeprefix("inner."): shape for name, shape in record.layers.items()})
+        record = record.resealed(key, layers={name.removeprefix("inner."): shape
+                                              for name, shape in record.layers.items()})
     after = evaluate(runner, dataset.test.loader(256))
     fell = before.get("accuracy", 0.0) - after.get("accuracy", 0.0)
     if fell > max_drop:
-        from torchshield.errors import CheckFailed
-
         raise CheckFailed(f"embedding the mark cut held-out accuracy from {before.get('accuracy', 0):.4f} to "
                           f"{after.get('accuracy', 0):.4f} ({fell:.4f} > --max-accuracy-drop {max_drop}); "
                           f"{out} was not written",
@@ -277,11 +291,15 @@ def embed_cmd(model: Path = typer.Argument(..., help="Bundle: from 'torchshield 
               "mark_id": record.mark_id, "optimizer": optimizer, "lr": lr, "epochs": epochs,
               "trigger_inputs": inputs.params() if inputs is not None and method == "trigger" else None,
               "accuracy_before": before.get("accuracy"), "accuracy_after": after.get("accuracy"),
-              "privacy_dropped": dropped, "split": str(split) if split else None}
-    if dropped:
+              "privacy_dropped": dropped, "split": str(split) if split else None, "weak": weak}
+    if dropped or weak:
         from torchshield.cli.output import err_console
 
-        err_console.print(f"note: {dropped}", highlight=False, markup=False)
+        if dropped:
+            err_console.print(f"note: {dropped}", highlight=False, markup=False)
+        if weak:
+            err_console.print(f"warning: the mark verifies but is weak: {weak}; raise --epochs, --strength or --lr "
+                              "for one a fine-tune is less likely to remove", highlight=False, markup=False)
     emit(report, lambda c: c.print(
         f"wrote {out}: {method} mark {record.mark_id}; test accuracy {before.get('accuracy', 0):.4f} -> "
         f"{after.get('accuracy', 0):.4f}" + (f"; record in {record_out}" if record_out else ""),
@@ -378,7 +396,30 @@ def _record_for(record_path: Path | None, suspect: Path | None) -> Any:
     if not doc:
         raise InputError(f"{suspect} carries no watermark record",
                          hint="pass the owner's --record mark.json (a stolen copy may have it stripped)")
-    return WatermarkRecord.from_dict(doc, where=f"the watermark record in {suspect}")
+    record = WatermarkRecord.from_dict(doc, where=f"the watermark record in {suspect}")
+    if not record.authenticated:  # whoever holds the suspect could have set its threshold or bit count
+        raise InputError(f"the watermark record in {suspect} is version 1, whose threshold and parameters are not "
+                         "authenticated, so a suspect's own copy cannot be trusted",
+                         hint="pass the owner's --record mark.json")
+    return record
+
+
+def _endpoint_options(input_shape: str | None, timeout: float, max_wait: float | None) -> list[int] | None:
+    """The endpoint options checked before any request; the parsed ``--input-shape``."""
+    if not (math.isfinite(timeout) and timeout > 0):
+        raise InputError(f"--timeout {timeout}: must be a positive number of seconds")
+    if max_wait is not None and not math.isfinite(max_wait):  # nan passes click's range and never runs out
+        raise InputError(f"--max-wait {max_wait}: must be a number of seconds between 0 and 86400")
+    if input_shape is None:
+        return None
+    try:
+        shape = [int(d) for d in input_shape.split(",")]
+    except ValueError:
+        shape = []
+    if not shape or min(shape) < 1:
+        raise InputError(f"--input-shape {input_shape!r}: expected positive integers separated by commas",
+                         hint="e.g. 1,8,8 (channels, height, width)")
+    return shape
 
 
 @watermark_app.command("verify")
@@ -407,20 +448,29 @@ def verify_cmd(suspect: Path | None = typer.Argument(None, help="Suspect bundle 
 
     if (suspect is None) == (endpoint is None):
         raise InputError("give either a SUSPECT bundle or --endpoint URL", hint="not both, not neither")
+    shape = _endpoint_options(input_shape, timeout, max_wait)
     record = _record_for(record_path, suspect)
     key = _key(key_file)
-    if endpoint is not None:
-        from torchshield.model.watermark.remote import RATE_LIMIT_WAIT, endpoint_predictor
+    try:
+        record.open_secret(key)  # a wrong key, or a record altered after embedding, before any other work
+        if endpoint is not None:
+            from torchshield.model.watermark.remote import RATE_LIMIT_WAIT, endpoint_predictor
 
-        if not api_key:
-            raise InputError("--endpoint needs --api-key (or $TORCHSHIELD_API_KEY)")
-        shape = [int(d) for d in input_shape.split(",")] if input_shape else None
-        predict = endpoint_predictor(endpoint, model_name, api_key, timeout=timeout, input_shape=shape,
-                                     rate_limit_wait=RATE_LIMIT_WAIT if max_wait is None else max_wait)
-        verdict = verify_trigger(predict, record, key, batch_size=batch_size)
-    else:
-        verdict = _verify_bundle(suspect, record, key, _key(bundle_key_file) if bundle_key_file else key,
-                                 trust(pubkey, allow_factory))
+            if not api_key:
+                raise InputError("--endpoint needs --api-key (or $TORCHSHIELD_API_KEY)")
+            predict = endpoint_predictor(endpoint, model_name, api_key, timeout=timeout, input_shape=shape,
+                                         rate_limit_wait=RATE_LIMIT_WAIT if max_wait is None else max_wait)
+            verdict = verify_trigger(predict, record, key, batch_size=batch_size)
+        else:
+            verdict = _verify_bundle(suspect, record, key, _key(bundle_key_file) if bundle_key_file else key,
+                                     trust(pubkey, allow_factory))
+    except CheckFailed as exc:  # exit 1 means "absent": a check that stopped the verification is no verdict
+        raise InputError(f"no verdict: {exc.message}", hint=exc.hint) from None
+    except (KeyError, TypeError, ValueError, IndexError) as exc:
+        if record.authenticated:  # fields the owner's key vouches for: a fault of ours, not of the input
+            raise
+        raise FormatError(f"the version-1 watermark record has a malformed field ({exc})",
+                          hint="use the owner's original mark.json") from None
     _report(verdict, as_json)
     if not verdict.present:
         fail(1)
@@ -439,7 +489,13 @@ def _verify_bundle(suspect: Path, record: Any, key: Any, bundle_key: Any, truste
 
     net, manifest, _ = _open(suspect, bundle_key, trusted)  # a trained or a described bundle, run as it is served
     runner = logits_module(net, normalization=preprocessing_of(manifest).get("normalization"))
-    return verify_trigger(model_predictor(runner), record, key)
+    try:
+        return verify_trigger(model_predictor(runner), record, key)
+    except RuntimeError as exc:  # the model cannot take the record's trigger inputs: shapes, dtypes, sizes
+        shape = record.params.get("input_shape")
+        raise InputError(f"{suspect} cannot take this record's trigger inputs (shape {shape}): a record for another "
+                         f"model? ({str(exc).splitlines()[0][:160]})",
+                         hint="pass the record made for this model's architecture") from None
 
 
 ABSENT_MEANS = ("absent means no evidence of this mark, not evidence that the model is independent: a copy that "
@@ -473,12 +529,17 @@ def obfuscate_cmd(model: Path = typer.Argument(..., help="Bundle written by 'tor
                   out: Path = typer.Option(..., "--out", "-o", help="Obfuscated bundle to write."),
                   key_file: Path | None = KEY_FILE,
                   keep_names: bool = typer.Option(False, "--keep-names",
-                                                  help="Permute units only; keep parameter names (loads as is)."),
+                                                  help="Permute units only; keep parameter names (loads as is). "
+                                                       "The plan is sealed too: 'model deobfuscate' reverses it."),
                   pubkey: Path | None = PUBKEY_OPTION, allow_factory: list[str] = ALLOW_FACTORY_OPTION,
                   sign: Path | None = SIGN, force: bool = FORCE, as_json: bool = JSON_OPTION) -> None:
-    """Permute and rescale hidden units (same outputs) and scramble parameter names; the plan is sealed."""
+    """Permute and rescale hidden units (same outputs) and scramble parameter names; the plan is sealed.
+
+    The permuted model is run against the original on a probe input (from the bundle's input spec)
+    and refused (exit 2, nothing written) if its outputs differ."""
     import torchshield
     from torchshield.model.obfuscate import obfuscate_model
+    from torchshield.model.sources.records import preprocessing_of
 
     sign = check_bundle_output(out, force, sign)
     trusted = trust(pubkey, allow_factory)
@@ -487,12 +548,10 @@ def obfuscate_cmd(model: Path = typer.Argument(..., help="Bundle written by 'tor
     source = torchshield.inspect(model)
     meta = dict(source.manifest.get("metadata") or {})
     # refuses (exit 2, naming why) a model in which nothing can change: never a no-op reported as done
-    result = obfuscate_model(net, key, scramble_names=not keep_names)
+    result = obfuscate_model(net, key, scramble_names=not keep_names,
+                             input_spec=preprocessing_of(source.manifest).get("input"))
     changed = result.counts()
-    if keep_names:
-        meta["obfuscation"] = {"version": 1, "names_kept": True, "changed": changed}
-    else:
-        meta["obfuscation"] = {**result.entry, "changed": changed}
+    meta["obfuscation"] = {**result.entry, "changed": changed}  # sealed plan, names kept or not
     _save_like(source, result.tensors, out, key, metadata=meta, command="model obfuscate", sign=sign, files=files)
     by_kind = ", ".join(f"{n} {kind}" for kind, n in result.units_by_kind.items())
     emit({"out": str(out), "names_scrambled": not keep_names, "changed": changed,
@@ -508,7 +567,8 @@ def deobfuscate_cmd(model: Path = typer.Argument(..., help="Bundle written by 'm
                     out: Path = typer.Option(..., "--out", "-o", help="Restored bundle to write."),
                     key_file: Path | None = KEY_FILE, sign: Path | None = SIGN, force: bool = FORCE,
                     as_json: bool = JSON_OPTION) -> None:
-    """Restore the original weights and names, bit for bit, with the key used to obfuscate."""
+    """Restore the original weights and names, bit for bit, with the key used to obfuscate (tied
+    weights stay one tensor)."""
     import torchshield
     from torchshield.model.obfuscate import deobfuscate
 
@@ -518,8 +578,9 @@ def deobfuscate_cmd(model: Path = typer.Argument(..., help="Bundle written by 'm
     meta = dict(source.manifest.get("metadata") or {})
     entry = meta.pop("obfuscation", None)
     if not isinstance(entry, dict) or "sealed" not in entry:
-        raise InputError(f"{model} was not obfuscated with scrambled names",
-                         hint="only bundles from 'model obfuscate' (without --keep-names) can be restored")
+        raise InputError(f"{model} holds no sealed obfuscation plan",
+                         hint="only bundles from 'model obfuscate' can be restored (with --keep-names, only those "
+                              "written by a release that seals the plan with it)")
     from torchshield.model.bundle import load_contents
 
     contents = load_contents(model, key=key if source.encrypted else None)

@@ -226,7 +226,6 @@ def test_bare_base_model_keeps_its_residual_stream_and_says_why():
 
 def test_a_wrong_plan_is_refused_by_the_probe(monkeypatch):
     """The probe run: had a block been mapped wrongly, the logits would differ and nothing is written."""
-    from torchshield.errors import IntegrityError
     from torchshield.model.obfuscate import transformer_blocks
 
     real = transformer_blocks.residual_groups
@@ -237,7 +236,7 @@ def test_a_wrong_plan_is_refused_by_the_probe(monkeypatch):
         return [([r for r in rows if "ln_f" not in r[0]], build), *groups[1:]], note  # forget one LayerNorm
 
     monkeypatch.setattr(transformer_blocks, "residual_groups", broken)
-    with pytest.raises(IntegrityError, match="changes its outputs"):
+    with pytest.raises(InputError, match="would change this GPT2LMHeadModel's outputs"):
         obfuscate_model(_gpt2(), generate_master_key())
 
 

@@ -17,24 +17,36 @@ How it stays exact. Three planners, chosen by the model's shape (``_plan_links``
   -> consumer (Linear/Conv)`` the producer's output units are permuted and the consumer's input
   units follow the same permutation; per-unit layers in between (elementwise activations,
   BatchNorm, LayerNorm over the features, channel-wise pooling, Flatten) have their parameters
-  permuted too. When every layer in between is positively homogeneous (ReLU, LeakyReLU, pooling,
+  permuted too. Which axis such a layer acts on is checked against the unit axis, from the
+  shapes of a probe run: a BatchNorm normalises axis 1 (a Linear's units only in a rank-2
+  tensor), a LayerNorm the last axis, a pool its last one or two axes (per unit only on a
+  convolution's map of its own dimension, never on a Linear's features); after a Flatten the
+  units are channel-major blocks, and a BatchNorm1d/LayerNorm there is permuted in those blocks. When every layer in between is positively homogeneous (ReLU, LeakyReLU, pooling,
   Dropout), unit ``i`` is also scaled by ``2^k_i`` on the way in and ``2^-k_i`` on the way out:
   powers of two make the scaling exact in floating point, so reversing it restores the original
   bits. Any other layer between two weight layers raises an error that names it.
 * any other module, from its ``torch.fx`` graph (``graph.py``): groups of unit axes joined by
-  residual additions, permutation only.
+  residual additions, permutation only, with the same axis checks; a tensor read outside its
+  module's call (``F.linear(x, self.fc.weight)``) pins its units.
 * Hugging Face BERT/GPT-2-style transformers, from their module structure
   (``transformer_blocks.py``): attention heads, MLP intermediate units and, for the heads of a
   known class, the residual stream (embeddings, every LayerNorm, every projection that reads
-  or writes it, the head; tied embeddings stay tied). The permuted weights are run against the
-  original on probe tokens and a plan whose logits differ is refused.
+  or writes it, the head; tied embeddings stay tied).
+
+Whichever planner made it, every plan is then run against the original model on a seeded probe
+input (``probe.py``: from the bundle's input spec, token ids for a text model, or read off the
+first layer) in eval mode, and a plan whose outputs differ beyond float rounding is refused
+(InputError, nothing written): the planners refuse what they cannot prove, and this check catches
+what they missed. A model no probe input runs on is refused too, and so is one carrying unmerged
+LoRA adapters (merge them first).
 
 A plan that moves nothing, or whose result is byte-identical to the input, is refused
 (InputError naming why): obfuscation never reports success for a no-op, and
 ``obfuscate_model`` returns counts of what changed.
 
 The plan (permutations, scale exponents, name map) is sealed under the master key
-(``crypto.envelope.seal``) and kept in the bundle manifest; nothing about it is stored in clear.
+(``crypto.envelope.seal``) and kept in the bundle manifest, with scrambled names or kept ones;
+nothing about it is stored in clear. ``deobfuscate`` restores tied tensors as one tensor.
 """
 
 from __future__ import annotations
@@ -54,6 +66,7 @@ if TYPE_CHECKING:
     from torch import nn
 
     from torchshield.crypto.keys import MasterKey
+    from torchshield.model.obfuscate.probe import Probe
 
 __all__ = ["Obfuscation", "deobfuscate", "obfuscate", "obfuscate_model", "obfuscate_module", "torch_equal"]
 
@@ -115,9 +128,10 @@ def _kinds() -> dict[str, tuple[type, ...]]:
     return {
         "weight": (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d),
         # elementwise and positively homogeneous: f(s x) = s f(x) for s > 0
-        "homogeneous": (nn.ReLU, nn.LeakyReLU, nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d,
-                        nn.MaxPool1d, nn.MaxPool2d, nn.AvgPool1d, nn.AvgPool2d, nn.AdaptiveAvgPool1d,
-                        nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d),
+        "homogeneous": (nn.ReLU, nn.LeakyReLU, nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d),
+        # per channel only over a convolution's spatial axes of their own dimension (and homogeneous)
+        "pool": (nn.MaxPool1d, nn.MaxPool2d, nn.AvgPool1d, nn.AvgPool2d, nn.AdaptiveAvgPool1d,
+                 nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d),
         "elementwise": (nn.Tanh, nn.Sigmoid, nn.GELU, nn.SiLU, nn.ELU, nn.Softplus, nn.Mish, nn.Hardtanh,
                         nn.ReLU6, nn.Hardswish, nn.Hardsigmoid, nn.SELU, nn.CELU, nn.Softsign),
         "norm": (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.LayerNorm),
@@ -130,7 +144,7 @@ def _units(layer: nn.Module) -> int:
     return int(weight.shape[0])
 
 
-def _plan_links(model: nn.Module, rng: Any) -> _Plan:
+def _plan_links(model: nn.Module, rng: Any, probe: Probe) -> _Plan:
     """Plan the permutations for ``model``: a chain of known layers (with power-of-two scaling),
     a Hugging Face transformer (heads, MLP units), or any other module through its fx graph."""
     from torch import nn
@@ -138,7 +152,7 @@ def _plan_links(model: nn.Module, rng: Any) -> _Plan:
     from torchshield.model.obfuscate.transformer_blocks import residual_groups, transformer_groups
 
     if isinstance(model, nn.Sequential) and _is_known_chain(model):
-        plan = _plan_chain(model, rng)
+        plan = _plan_chain(model, rng, probe)
         why = "it has fewer than two Linear/Conv layers in a row"
     elif hasattr(model, "config") and getattr(model.config, "model_type", None):
         plan = _plan_groups(transformer_groups(model), rng, kind="attention heads / MLP units")
@@ -148,7 +162,7 @@ def _plan_links(model: nn.Module, rng: Any) -> _Plan:
         why = (f"no attention block or MLP of a known layout was found in this "
                f"{getattr(model.config, 'model_type', '?')} model (BERT- and GPT-2-style blocks are supported)")
     else:
-        plan, why = _plan_graph(model, rng)
+        plan, why = _plan_graph(model, rng, probe)
     if not plan.ops:
         raise InputError(f"nothing in this {type(model).__name__} can be permuted without changing its "
                          f"outputs: {why}", hint="obfuscation needs hidden units between two weight layers")
@@ -180,10 +194,10 @@ def _plan_groups(groups: list[tuple[list[tuple[str, int, int]], Any]], rng: Any,
     return plan
 
 
-def _plan_graph(model: nn.Module, rng: Any) -> tuple[_Plan, str]:
-    from torchshield.model.obfuscate.graph import trace_groups
+def _plan_graph(model: nn.Module, rng: Any, probe: Probe) -> tuple[_Plan, str]:
+    from torchshield.model.obfuscate import graph
 
-    groups = trace_groups(model)
+    groups = graph.trace_groups(model, probe)
     free = [g for g in groups if not g.frozen_by and g.units >= 2]
     plan = _plan_groups([(g.rows, lambda r, n=g.units: r.permutation(n)) for g in free], rng)
     reasons = sorted({why for g in groups for why in g.frozen_by})
@@ -192,9 +206,12 @@ def _plan_graph(model: nn.Module, rng: Any) -> tuple[_Plan, str]:
     return plan, why
 
 
-def _plan_chain(model: nn.Module, rng: Any) -> _Plan:
-    """Walk the chain and plan a permutation (and scales) for every producer -> consumer link."""
+def _plan_chain(model: nn.Module, rng: Any, probe: Probe) -> _Plan:
+    """Walk the chain and plan a permutation (and scales) for every producer -> consumer link; the
+    probe's shapes say which axis each layer in between acts on."""
+    from torchshield.model.obfuscate.probe import leaf_shapes
 
+    shapes = leaf_shapes(model, probe)
     kinds = _kinds()
     plan = _Plan()
     producer: tuple[str, nn.Module] | None = None
@@ -204,7 +221,7 @@ def _plan_chain(model: nn.Module, rng: Any) -> _Plan:
             if getattr(layer, "groups", 1) != 1:
                 raise InputError(f"layer {name!r} is a grouped convolution; it cannot be safely permuted")
             if producer is not None:
-                _link(plan, producer, between, (name, layer), rng, kinds)
+                _link(plan, producer, between, (name, layer), rng, kinds, shapes)
             producer, between = (name, layer), []
         elif producer is not None:
             between.append((name, layer))  # checked in _link once a consumer follows
@@ -212,32 +229,59 @@ def _plan_chain(model: nn.Module, rng: Any) -> _Plan:
 
 
 def _link(plan: _Plan, producer: tuple[str, nn.Module], between: list[tuple[str, nn.Module]],
-          consumer: tuple[str, nn.Module], rng: Any, kinds: dict[str, tuple[type, ...]]) -> None:
+          consumer: tuple[str, nn.Module], rng: Any, kinds: dict[str, tuple[type, ...]],
+          shapes: Mapping[str, tuple[int, ...]]) -> None:
+    """Plan one producer -> consumer link. Every layer in between must be shown to act per unit on
+    the axis the units are on (read from the probe's shapes): a Linear's units are the last axis, a
+    convolution's the channel axis (1) until a Flatten turns them into channel-major blocks."""
     from torch import nn
 
     pname, player = producer
     cname, clayer = consumer
     units = _units(player)
-    block, scalable = 1, True
+    conv = _conv_dims(player)  # None for a Linear
+    block, flat, scalable = 1, False, True
+    norms: list[tuple[str, int]] = []  # (norm layer, block) whose per-unit tensors follow the permutation
     for name, layer in between:
+        def refuse(why: str, name: str = name, layer: nn.Module = layer) -> InputError:
+            return InputError(f"layer {name!r} ({type(layer).__name__}) between {pname!r} and {cname!r} {why}; "
+                              "the model cannot be safely permuted")
+
+        if name not in shapes:
+            raise refuse("did not run on the probe input")
+        rank = len(shapes[name])
+        on_last = flat or conv is None  # the units are the last axis here
         if isinstance(layer, kinds["flatten"]):
-            if layer.start_dim != 1 or not isinstance(clayer, nn.Linear):
-                raise InputError(f"layer {name!r} (Flatten) must flatten from dim 1 into a Linear layer "
-                                 "for the model to be safely permuted")
-            if clayer.in_features % units:
-                raise InputError(f"layer {cname!r} takes {clayer.in_features} inputs, not a multiple of the "
-                                 f"{units} channels of {pname!r}; cannot permute across {name!r}")
-            block = clayer.in_features // units
-        elif isinstance(layer, kinds["norm"]):
+            if flat or layer.start_dim != 1 or layer.end_dim != -1 or not isinstance(clayer, nn.Linear):
+                raise refuse("must flatten from dim 1 to the end, once, into a Linear layer")
+            if conv is None and rank != 2:
+                raise refuse(f"flattens a Linear's units together with other axes (rank {rank})")
+            width = int(shapes[name][1])
+            if width % units:
+                raise refuse(f"gives {width} features, not a multiple of the {units} channels of {pname!r}")
+            block, flat = width // units, True
+        elif isinstance(layer, nn.LayerNorm):
             scalable = False
-            if isinstance(layer, nn.LayerNorm) and int(layer.normalized_shape[0]) != units:
-                raise InputError(f"layer {name!r} (LayerNorm) does not normalise over the {units} units of "
-                                 f"{pname!r}; the model cannot be safely permuted")
+            if not on_last or tuple(layer.normalized_shape) != (units * block,):
+                raise refuse(f"does not normalise over the {units} units of {pname!r} alone")
+            norms.append((name, block))
+        elif isinstance(layer, kinds["norm"]):  # BatchNorm: normalises axis 1 of its input
+            scalable = False
+            dims = _batchnorm_dims(layer)
+            per_channel = not flat and conv == dims and rank == dims + 2
+            per_feature = dims == 1 and on_last and rank == 2
+            if not (per_channel or per_feature) or int(getattr(layer, "num_features", 0)) != units * block:
+                raise refuse(f"does not normalise the {units} units of {pname!r} (it normalises axis 1 of a "
+                             f"rank-{rank} tensor)")
+            norms.append((name, block))
+        elif isinstance(layer, kinds["pool"]):
+            if flat or conv is None or conv != _pool_dims(layer) or rank != conv + 2:
+                raise refuse("pools over the units' axis (a pool acts per unit only on a convolution's "
+                             "spatial axes of its own dimension)")
         elif isinstance(layer, kinds["elementwise"]):
             scalable = False
         elif not isinstance(layer, kinds["homogeneous"]):
-            raise InputError(f"layer {name!r} ({type(layer).__name__}) between {pname!r} and {cname!r} is not "
-                             "known to act per unit; the model cannot be safely permuted")
+            raise refuse("is not known to act per unit")
     cin = clayer.in_features if isinstance(clayer, nn.Linear) else clayer.in_channels
     if cin != units * block:
         raise InputError(f"layer {cname!r} takes {cin} inputs but {pname!r} gives {units}; cannot permute")
@@ -251,12 +295,31 @@ def _link(plan: _Plan, producer: tuple[str, nn.Module], between: list[tuple[str,
     for suffix in ("weight", "bias"):
         if getattr(player, suffix, None) is not None:
             plan.ops.append(_Op(f"{pname}.{suffix}", 0, pid, 1, sid, 1))
-    for name, layer in between:
-        if isinstance(layer, kinds["norm"]):
-            for tname, _ in list(layer.named_parameters(recurse=False)) + list(layer.named_buffers(recurse=False)):
-                if tname != "num_batches_tracked":
-                    plan.ops.append(_Op(f"{name}.{tname}", 0, pid))
+    modules = dict(between)
+    for name, nblock in norms:
+        for tname, _ in (list(modules[name].named_parameters(recurse=False))
+                         + list(modules[name].named_buffers(recurse=False))):
+            if tname != "num_batches_tracked":
+                plan.ops.append(_Op(f"{name}.{tname}", 0, pid, nblock))
     plan.ops.append(_Op(f"{cname}.weight", 1, pid, block, sid, -1))
+
+
+def _conv_dims(layer: nn.Module) -> int | None:
+    from torch import nn
+
+    return next((d for d, cls in ((1, nn.Conv1d), (2, nn.Conv2d), (3, nn.Conv3d)) if isinstance(layer, cls)), None)
+
+
+def _batchnorm_dims(layer: nn.Module) -> int:
+    from torch import nn
+
+    kinds = ((1, nn.BatchNorm1d), (2, nn.BatchNorm2d), (3, nn.BatchNorm3d))
+    return next((d for d, cls in kinds if isinstance(layer, cls)), 0)
+
+
+def _pool_dims(layer: nn.Module) -> int:
+    """1 for the 1-D pools (they act on the last axis), 2 for the 2-D ones (the last two)."""
+    return 1 if type(layer).__name__.endswith("1d") else 2
 
 
 def _apply(tensors: dict[str, torch.Tensor], plan: _Plan, *, inverse: bool) -> dict[str, torch.Tensor]:
@@ -356,51 +419,64 @@ def _ties(state: Mapping[str, torch.Tensor]) -> dict[str, str]:
     return out
 
 
-def _check_function(model: nn.Module, permuted: Mapping[str, torch.Tensor]) -> None:
-    """Run a Hugging Face model with the original and the permuted weights on probe tokens; refuse
-    a plan whose logits differ (a head or block we mapped wrongly must never be written)."""
+def _check_function(model: nn.Module, permuted: Mapping[str, torch.Tensor], probe: Probe) -> None:
+    """Run ``model`` with its own and with the permuted tensors on ``probe`` (eval mode) and refuse
+    a plan whose outputs differ beyond float rounding: whichever planner made it, a layer it mapped
+    wrongly must never be written. The tolerance is relative to the outputs' scale (sums in matrix
+    products and norm statistics run in another order after a permutation)."""
+    from torchshield.model.obfuscate.probe import outputs
+
+    before, after = outputs(model, probe), outputs(model, probe, permuted)
+    worst = max((_difference(a, b) for a, b in zip(before, after, strict=False)), default=0.0)
+    if len(before) != len(after) or worst > 1.0:
+        raise InputError(f"obfuscation would change this {type(model).__name__}'s outputs (max difference "
+                         f"{worst:.3g} x the float tolerance, on a probe input {probe.describe()}); nothing was "
+                         "written", hint="a layer between two permuted layers does not act per unit in a way the "
+                                         "planner could tell; report it with the model's architecture")
+
+
+def _difference(a: torch.Tensor, b: torch.Tensor) -> float:
+    """max |a - b| in units of the tolerance (``max(1e-4, 16 eps) * max(1, max |a|)``); inf when the
+    shapes, dtypes, integer values or non-finite entries differ."""
     import torch
-    from torch.func import functional_call
 
-    config = getattr(model, "config", None)
-    vocab = int(getattr(config, "vocab_size", 0) or 0)
-    if not vocab or getattr(config, "model_type", None) not in ("bert", "gpt2"):
-        return
-    length = min(8, int(getattr(config, "max_position_embeddings", 0) or getattr(config, "n_positions", 0) or 8))
-    ids = torch.randint(0, vocab, (2, length), generator=torch.Generator().manual_seed(0))
-    device = next(model.parameters()).device
-    ids = ids.to(device)
-    training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            before = _logits(model(input_ids=ids))
-            after = _logits(functional_call(model, {k: v.to(device) for k, v in permuted.items()},
-                                            args=(), kwargs={"input_ids": ids}, strict=False))
-    finally:
-        model.train(training)
-    scale = float(before.abs().max()) + 1e-6
-    if before.shape != after.shape or float((before - after).abs().max()) > 1e-4 * max(1.0, scale):
-        raise IntegrityError(f"the permutation planned for this {type(model).__name__} changes its outputs; "
-                             "nothing was written", hint="report it with the model's config")
+    if a.shape != b.shape or a.dtype != b.dtype:
+        return float("inf")
+    if not a.is_floating_point():
+        return 0.0 if torch.equal(a, b) else float("inf")
+    a64, b64 = a.detach().double().cpu(), b.detach().double().cpu()
+    finite = torch.isfinite(a64)
+    if not torch.equal(finite, torch.isfinite(b64)) or not torch.equal(a64[~finite], b64[~finite]):
+        return float("inf")
+    if not bool(finite.any()):
+        return 0.0
+    tol = max(1e-4, 16 * torch.finfo(a.dtype).eps) * max(1.0, float(a64[finite].abs().max()))
+    return float((a64[finite] - b64[finite]).abs().max()) / tol
 
 
-def _logits(out: Any) -> torch.Tensor:
-    logits = getattr(out, "logits", None)
-    return logits if logits is not None else out[0]
+def _refuse_adapters(model: nn.Module) -> None:
+    """Unmerged LoRA adapters (peft) sit beside the weights they modify: the planners do not map them."""
+    if hasattr(model, "peft_config") or any(hasattr(m, "lora_A") for m in model.modules()):
+        raise InputError(f"this {type(model).__name__} carries unmerged LoRA adapters (peft); obfuscation does "
+                         "not map adapter weights", hint="merge the adapters first: model = model.merge_and_unload()")
 
 
-def _obfuscated_state(model: nn.Module, key: MasterKey, nonce: str,
+def _obfuscated_state(model: nn.Module, key: MasterKey, nonce: str, input_spec: Mapping[str, Any] | None,
                       ) -> tuple[_Plan, dict[str, torch.Tensor], dict[str, torch.Tensor], int]:
-    plan = _plan_links(model, _rng(key, nonce))
+    from torchshield.model.obfuscate.probe import build_probe
+
+    _refuse_adapters(model)
+    probe = build_probe(model, input_spec)
+    plan = _plan_links(model, _rng(key, nonce), probe)
     state = model.state_dict()
     ties = _ties(state)
     original = {k: v.detach().cpu().clone() for k, v in state.items()}
     permuted = _apply(original, plan, inverse=False)
     for alias, name in ties.items():  # tied weights stay tied: one tensor under both names
         if not torch_equal(permuted[alias], permuted[name]):
-            raise IntegrityError(f"the plan moves tied tensors {name!r} and {alias!r} differently",
-                                 hint="report it with the model's config")
+            raise InputError(f"the plan moves tied tensors {name!r} and {alias!r} differently; nothing was written",
+                             hint="the two names share one tensor but are used by layers the planner permutes "
+                                  "differently; untie them or report it")
         permuted[alias] = permuted[name]
     changed = _changed(original, permuted)
     if not changed:
@@ -409,33 +485,40 @@ def _obfuscated_state(model: nn.Module, key: MasterKey, nonce: str,
     if not all(torch_equal(original[k], v) for k, v in _apply(permuted, plan, inverse=True).items()):
         raise InputError("the model's weights are too small or large to rescale exactly",
                          hint="this model cannot be obfuscated reversibly; report it")
-    _check_function(model, permuted)
+    _check_function(model, permuted, probe)
     return plan, original, permuted, changed
 
 
 def obfuscate_model(model: nn.Module, key: MasterKey, *, nonce: str | None = None,
-                    scramble_names: bool = True) -> Obfuscation:
+                    scramble_names: bool = True, input_spec: Mapping[str, Any] | None = None) -> Obfuscation:
     """Permute (and where exact, rescale) ``model``'s hidden units and scramble tensor names.
 
     The model itself is not modified. With ``scramble_names=False`` the tensors keep their names
-    (they load into the same module) and the entry has no sealed plan: only the function-level
-    change is made and it cannot be reversed. Raises InputError, naming why, when nothing in the
-    model can be permuted, and never returns a result that changed nothing."""
+    (they load into the same module); the entry seals the plan either way, so ``deobfuscate``
+    reverses both. ``input_spec`` (a bundle's ``preprocessing.input``: ``shape``, ``min``, ``max``,
+    or token ids) shapes the probe input the result is checked on; without it the probe is read
+    off the model (``probe.py``). Raises InputError, naming why, when nothing in the model can be
+    permuted, when the permuted model's outputs would differ on the probe, or when no probe input
+    runs; never returns a result that changed nothing."""
     from torchshield.crypto.envelope import seal
 
     nonce = nonce or secrets.token_hex(8)
-    plan, _, permuted, changed = _obfuscated_state(model, key, nonce)
+    plan, _, permuted, changed = _obfuscated_state(model, key, nonce, input_spec)
+    if scramble_names:
+        plan.names = {_scramble(name, key, nonce): name for name in permuted}
+    else:
+        plan.names = {name: name for name in permuted}
+    tensors = {stored: permuted[name] for stored, name in plan.names.items()}
+    entry: dict[str, Any] = {"version": _VERSION, "nonce": nonce, "key_id": key.key_id,
+                             "sealed": base64.b64encode(seal(key, plan.to_json(), context=_context(nonce))).decode()}
     if not scramble_names:
-        return Obfuscation(permuted, {"version": _VERSION, "names_kept": True}, changed, _units_moved(plan), 0,
-                           _units_by_kind(plan), plan.note)
-    plan.names = {_scramble(name, key, nonce): name for name in permuted}
-    renamed = {scrambled: permuted[name] for scrambled, name in plan.names.items()}
-    entry = {"version": _VERSION, "nonce": nonce, "key_id": key.key_id,
-             "sealed": base64.b64encode(seal(key, plan.to_json(), context=_context(nonce))).decode()}
-    return Obfuscation(renamed, entry, changed, _units_moved(plan), len(renamed), _units_by_kind(plan), plan.note)
+        entry["names_kept"] = True
+    return Obfuscation(tensors, entry, changed, _units_moved(plan), len(tensors) if scramble_names else 0,
+                       _units_by_kind(plan), plan.note)
 
 
-def obfuscate_module(model: nn.Module, key: MasterKey, *, nonce: str | None = None) -> str:
+def obfuscate_module(model: nn.Module, key: MasterKey, *, nonce: str | None = None,
+                     input_spec: Mapping[str, Any] | None = None) -> str:
     """Permute and rescale ``model``'s hidden units in place (same function); returns the nonce.
 
     The module keeps its parameter names; ``obfuscate`` also scrambles them for a bundle.
@@ -443,21 +526,21 @@ def obfuscate_module(model: nn.Module, key: MasterKey, *, nonce: str | None = No
     import torch
 
     nonce = nonce or secrets.token_hex(8)
-    _, _, permuted, _ = _obfuscated_state(model, key, nonce)
+    _, _, permuted, _ = _obfuscated_state(model, key, nonce, input_spec)
     with torch.no_grad():
         model.load_state_dict(permuted)
     return nonce
 
 
 def obfuscate(model: nn.Module, key: MasterKey, *, nonce: str | None = None,
-              ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+              input_spec: Mapping[str, Any] | None = None) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Obfuscated tensors (scrambled names) and the manifest entry that lets the key holder undo it.
 
     Raises InputError naming the layer if the model cannot be permuted without changing its
     outputs. The reversal is checked here, so a plan that would not restore bit-exactly (a
     scale that underflows) is never written. The entry's ``changed`` field holds the counts of
     :class:`Obfuscation` (not secret: how many tensors and units moved, how many names)."""
-    result = obfuscate_model(model, key, nonce=nonce)
+    result = obfuscate_model(model, key, nonce=nonce, input_spec=input_spec)
     return result.tensors, {**result.entry, "changed": result.counts()}
 
 
@@ -480,7 +563,10 @@ def _int_dtype(dtype: Any) -> Any:
 
 def deobfuscate(tensors: Mapping[str, torch.Tensor], entry: Mapping[str, Any], key: MasterKey,
                 ) -> dict[str, torch.Tensor]:
-    """Restore the original names and weights, bit for bit. Needs only the tensors, not the module."""
+    """Restore the original names and weights, bit for bit. Needs only the tensors, not the module.
+
+    Names that share one tensor in ``tensors`` (tied weights, re-tied by the bundle's ``aliases``)
+    come back as one tensor too, so a bundle written from the result stores it once."""
     from torchshield.crypto.envelope import open_sealed
 
     try:
@@ -495,5 +581,11 @@ def deobfuscate(tensors: Mapping[str, torch.Tensor], entry: Mapping[str, Any], k
     if set(plan.names) != set(tensors):
         raise IntegrityError("the bundle's tensors do not match its obfuscation plan",
                              hint="tensors were added, removed or renamed after obfuscation")
-    restored = {original: tensors[scrambled] for scrambled, original in plan.names.items()}
-    return _apply(restored, plan, inverse=True)
+    restored = _apply({original: tensors[stored] for stored, original in plan.names.items()}, plan, inverse=True)
+    for alias, name in _ties(tensors).items():
+        original, target = plan.names[alias], plan.names[name]
+        if not torch_equal(restored[original], restored[target]):
+            raise IntegrityError(f"tied tensors {target!r} and {original!r} do not restore to one tensor",
+                                 hint="the bundle's tensors were changed after obfuscation")
+        restored[original] = restored[target]
+    return restored

@@ -9,10 +9,15 @@ of a ResNet gets one permutation shared by every block that writes to it; ``flat
 Linear ties the Linear's inputs to the channels in channel-major blocks.
 
 A group is *frozen* (left alone) when any of its values reaches the model's output or input, is
-used by an operation we do not know to act per unit, or belongs to a layer called more than once:
-the planner never guesses. Every free group gets a random permutation applied to its producers'
-rows (weight and bias), its consumers' columns and its norms' per-channel parameters and
-buffers; no rescaling here (a norm between layers makes scaling inexact). Which nodes froze a
+used by an operation we do not know to act per unit, belongs to a layer called more than once, or
+when one of its tensors is read outside its module's call (a ``get_attr`` node: ``F.linear(x,
+self.fc.weight)``, ``x @ self.fc.weight.T``): the planner never guesses. Layers that act on some
+axes only are checked against the axis the units are on, from the shapes of a probe run
+(``torch.fx`` ``ShapeProp``): a BatchNorm normalises axis 1 (a Linear's units only in a rank-2
+tensor), a LayerNorm the last axis, a 1-D pool the last axis and a 2-D pool the last two (per
+unit only on a convolution's map of the same dimension). Every free group gets a random
+permutation applied to its producers' rows (weight and bias), its consumers' columns and its
+norms' per-channel parameters and buffers; no rescaling here (a norm between layers makes scaling inexact). Which nodes froze a
 group is kept so that a refusal can name them.
 """
 
@@ -26,6 +31,8 @@ from torchshield.errors import InputError
 
 if TYPE_CHECKING:
     from torch import nn
+
+    from torchshield.model.obfuscate.probe import Probe
 
 __all__ = ["GraphGroup", "trace_groups"]
 
@@ -92,12 +99,14 @@ def _kinds() -> dict[str, tuple[Any, ...]]:
     return {
         "passthrough": (nn.ReLU, nn.LeakyReLU, nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Tanh,
                         nn.Sigmoid, nn.GELU, nn.SiLU, nn.ELU, nn.Softplus, nn.Mish, nn.Hardtanh, nn.ReLU6,
-                        nn.Hardswish, nn.Hardsigmoid, nn.SELU, nn.CELU, nn.Softsign, nn.MaxPool1d, nn.MaxPool2d,
-                        nn.AvgPool1d, nn.AvgPool2d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d,
-                        nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d),
+                        nn.Hardswish, nn.Hardsigmoid, nn.SELU, nn.CELU, nn.Softsign),
+        # pools act on the last one or two axes: checked against the units' axis (``_pool``)
+        "pool1d": (nn.MaxPool1d, nn.AvgPool1d, nn.AdaptiveAvgPool1d, nn.AdaptiveMaxPool1d),
+        "pool2d": (nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d),
+        "pool1d_functions": (F.max_pool1d, F.avg_pool1d, F.adaptive_avg_pool1d, F.adaptive_max_pool1d),
+        "pool2d_functions": (F.max_pool2d, F.avg_pool2d, F.adaptive_avg_pool2d, F.adaptive_max_pool2d),
         "functions": (torch.relu, F.relu, torch.tanh, torch.sigmoid, F.gelu, F.silu, F.leaky_relu,
-                      F.dropout, F.max_pool2d, F.avg_pool2d, F.adaptive_avg_pool2d, F.adaptive_max_pool2d,
-                      torch.nn.functional.relu6, F.elu),
+                      F.dropout, torch.nn.functional.relu6, F.elu),
         "methods": ("relu", "tanh", "sigmoid", "contiguous", "clone", "detach"),
         "add": (operator.add, operator.iadd, torch.add),
         "flatten": (torch.flatten,),
@@ -116,23 +125,28 @@ def trace(model: nn.Module) -> Any:
                          hint="obfuscation needs a model whose forward has no data-dependent control flow") from None
 
 
-def trace_groups(model: nn.Module) -> list[GraphGroup]:
-    """The permutation groups of ``model`` (frozen ones included, with the reason)."""
+def trace_groups(model: nn.Module, probe: Probe | None = None) -> list[GraphGroup]:
+    """The permutation groups of ``model`` (frozen ones included, with the reason). ``probe`` gives
+    the tensor shapes that axis-specific layers are checked against; without it they freeze."""
     gm = trace(model)
+    _propagate_shapes(gm, probe)
     modules = dict(gm.named_modules())
     kinds = _kinds()
     groups = _Groups()
     values: dict[Any, _Value] = {}
     calls: dict[str, int] = {}
+    direct: list[tuple[Any, str]] = []  # tensors read outside their module's call, and where
     for node in gm.graph.nodes:
         if node.op == "call_module":
             calls[node.target] = calls.get(node.target, 0) + 1
+        elif node.op == "get_attr":
+            direct.append((_attr(gm, str(node.target)), f"'{node.target}' read directly in forward"))
     for node in gm.graph.nodes:
         where = _where(node, modules)
         args = [a for a in node.all_input_nodes]
         grouped = [a for a in args if a in values]
-        if node.op == "placeholder":
-            continue  # inputs have no group: a layer reading them is not permuted on that side
+        if node.op in ("placeholder", "get_attr"):
+            continue  # inputs and attributes have no group: a layer reading them is not permuted on that side
         if node.op == "output":
             for a in grouped:
                 groups.freeze(values[a].group, "the model's output")
@@ -143,7 +157,59 @@ def trace_groups(model: nn.Module) -> list[GraphGroup]:
         else:
             for a in grouped:
                 groups.freeze(values[a].group, where)
-    return groups.roots()
+    roots = groups.roots()
+    _freeze_direct_reads(model, roots, direct)
+    return roots
+
+
+def _propagate_shapes(gm: Any, probe: Probe | None) -> None:
+    """Record each node's output shape (``node.meta['tensor_meta']``) from a run on ``probe``."""
+    if probe is None or probe.kwargs or not probe.args:
+        return
+    import torch
+    from torch.fx.passes.shape_prop import ShapeProp
+
+    from torchshield.model.obfuscate.probe import eval_mode
+
+    try:
+        with eval_mode(gm), torch.no_grad():
+            ShapeProp(gm).propagate(*probe.args)
+    except Exception:  # noqa: BLE001 - no shapes: every axis-specific layer then freezes its group
+        for node in gm.graph.nodes:
+            node.meta.pop("tensor_meta", None)
+
+
+def _rank(node: Any) -> int | None:
+    meta = node.meta.get("tensor_meta")
+    shape = getattr(meta, "shape", None)
+    return len(shape) if shape is not None else None
+
+
+def _attr(gm: Any, target: str) -> Any:
+    obj = gm
+    for part in target.split("."):
+        obj = getattr(obj, part, None)
+    return obj
+
+
+def _freeze_direct_reads(model: nn.Module, roots: list[GraphGroup], direct: list[tuple[Any, str]]) -> None:
+    """Freeze every group holding a tensor that forward also reads directly (or a tensor tied to one):
+    that use does not follow the permutation of the module's units."""
+    import torch
+
+    if not direct:
+        return
+    state = model.state_dict(keep_vars=True)
+    read: dict[str, str] = {}
+    for tensor, why in direct:
+        if not isinstance(tensor, torch.Tensor) or tensor.numel() == 0:
+            continue
+        for name, t in state.items():
+            if t is tensor or (t.numel() and t.data_ptr() == tensor.data_ptr() and t.shape == tensor.shape):
+                read.setdefault(name, why)
+    for group in roots:
+        whys = sorted({read[tensor] for tensor, _, _ in group.rows if tensor in read})
+        group.frozen_by += whys
 
 
 def _step(node: Any, where: str, modules: dict[str, Any], kinds: dict[str, tuple[Any, ...]], groups: _Groups,
@@ -157,18 +223,26 @@ def _step(node: Any, where: str, modules: dict[str, Any], kinds: dict[str, tuple
             return _weight(node, mod, where, groups, values, grouped, calls[node.target] > 1)
         if isinstance(mod, kinds["passthrough"]) and len(grouped) == 1:
             return values[grouped[0]]
+        if isinstance(mod, kinds["pool1d"] + kinds["pool2d"]) and len(grouped) == 1:
+            return _pool(values[grouped[0]], grouped[0], 1 if isinstance(mod, kinds["pool1d"]) else 2)
         if isinstance(mod, kinds["batchnorm"]) and len(grouped) == 1:
             v = values[grouped[0]]
+            block = _norm_block(v, grouped[0], mod, groups, int(mod.num_features))
+            if block is None:
+                return None
             for t in ("weight", "bias", "running_mean", "running_var"):
                 if getattr(mod, t, None) is not None:
-                    groups.add(v.group, f"{node.target}.{t}", 0)
+                    groups.add(v.group, f"{node.target}.{t}", 0, block)
             return v
         if isinstance(mod, nn.LayerNorm) and len(grouped) == 1:
             v = values[grouped[0]]
             if v.axis == "last" and len(mod.normalized_shape) == 1:
+                block = _flat_block(v, groups, int(mod.normalized_shape[0]))
+                if block is None:
+                    return None
                 for t in ("weight", "bias"):
                     if getattr(mod, t, None) is not None:
-                        groups.add(v.group, f"{node.target}.{t}", 0)
+                        groups.add(v.group, f"{node.target}.{t}", 0, block)
                 return v
             return None
         if isinstance(mod, nn.GroupNorm) and len(grouped) == 1:
@@ -194,6 +268,8 @@ def _step(node: Any, where: str, modules: dict[str, Any], kinds: dict[str, tuple
     if len(grouped) == 1 and len(node.all_input_nodes) == 1:
         if node.op == "call_function" and node.target in kinds["functions"]:
             return values[grouped[0]]
+        if node.op == "call_function" and node.target in kinds["pool1d_functions"] + kinds["pool2d_functions"]:
+            return _pool(values[grouped[0]], grouped[0], 1 if node.target in kinds["pool1d_functions"] else 2)
         if node.op == "call_method" and node.target in kinds["methods"]:
             return values[grouped[0]]
         if (node.op == "call_function" and node.target in kinds["flatten"]) or (
@@ -201,6 +277,37 @@ def _step(node: Any, where: str, modules: dict[str, Any], kinds: dict[str, tuple
             start = node.args[1] if len(node.args) > 1 else node.kwargs.get("start_dim", 0)
             end = node.args[2] if len(node.args) > 2 else node.kwargs.get("end_dim", -1)
             return _flatten(values[grouped[0]], start, end)
+    return None
+
+
+def _pool(v: _Value, source: Any, dims: int) -> _Value | None:
+    """A ``dims``-D pool acts on the last ``dims`` axes: per unit only on a convolution's map of
+    rank ``dims + 2`` (never on a Linear's features, which are the last axis)."""
+    if v.axis == "channel" and v.flat_block is None and _rank(source) == dims + 2:
+        return v
+    return None
+
+
+def _flat_block(v: _Value, groups: _Groups, width: int) -> int | None:
+    """The block of a per-feature layer of ``width`` on the units of ``v`` (1, or the channel-major
+    block after a flatten); None when the width does not match the units."""
+    units = groups.info[groups.find(v.group)].units
+    if v.flat_block is None:
+        return 1 if width == units else None
+    return width // units if units and width % units == 0 else None
+
+
+def _norm_block(v: _Value, source: Any, mod: Any, groups: _Groups, width: int) -> int | None:
+    """The block of a BatchNorm over ``v`` (it normalises axis 1 of its input), or None when axis 1
+    is not the units' axis: a Linear's units are axis 1 only in a rank-2 tensor."""
+    from torch import nn
+
+    dims = next(d for d, cls in ((1, nn.BatchNorm1d), (2, nn.BatchNorm2d), (3, nn.BatchNorm3d)) if isinstance(mod, cls))
+    rank = _rank(source)
+    if v.axis == "channel" and v.flat_block is None and rank == dims + 2:
+        return _flat_block(v, groups, width)
+    if v.axis == "last" and dims == 1 and rank == 2:
+        return _flat_block(v, groups, width)
     return None
 
 
