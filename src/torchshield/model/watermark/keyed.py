@@ -327,22 +327,20 @@ def new_keyed_mark(key: MasterKey, base_inputs: torch.Tensor, *, num_classes: in
         pool = []
     record, secret = new_mark(key, "trigger", threshold=threshold, params=params)
     sealed = seal(key, kept.tobytes(), context=_context(record.mark_id))
-    record = _with_params(record, sealed_inputs=base64.b64encode(sealed).decode())
+    record = _with_params(record, secret, sealed_inputs=base64.b64encode(sealed).decode())
     if pool:
         mask = np.zeros(int(high) - int(low) + 1, dtype=np.uint8)
         mask[np.asarray(pool) - int(low)] = 1
         sealed_pool = seal(key, np.packbits(mask).tobytes(), context=_pool_context(record.mark_id))
-        record = _with_params(record, sealed_token_pool=base64.b64encode(sealed_pool).decode())
+        record = _with_params(record, secret, sealed_token_pool=base64.b64encode(sealed_pool).decode())
     seed = int.from_bytes(expand_secret(secret, "trigger/pairs", 8), "big")
     reg = KeyedPatternRegularizer(KeyedPatterns.from_record(record, secret, pool or None), base, seed,
                                   strength=strength, per_step=per_step)
     return reg, record
 
 
-def _with_params(record: WatermarkRecord, **extra: Any) -> WatermarkRecord:
-    from dataclasses import replace
-
-    return replace(record, params={**record.params, **extra})
+def _with_params(record: WatermarkRecord, secret: bytes, **extra: Any) -> WatermarkRecord:
+    return record.sealed_with(secret, params={**record.params, **extra})
 
 
 def verification_set(record: WatermarkRecord, key: MasterKey) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -10,6 +10,14 @@ stored sealed under the owner's master key (AES-256-GCM envelope, ``crypto.envel
 bound to the mark id). A SHA-256 commitment to the secret is public, so the owner can later
 show a third party that a revealed secret is the one committed to at embedding time.
 
+The public fields are authenticated too (version 2): ``mac`` is an HMAC-SHA256, under a key
+expanded from the secret, of every other field. Without it anyone holding the record (a thief
+whose copy carries it in its manifest) could raise the threshold to 0.9 and make an unrelated
+model read "present", or lower it, or change the bit count, and make the owner's model read
+"absent" (found by an outside audit). Keyed by the secret, not the master key, so the record
+survives a key rotation that re-wraps the sealed secret. A version-1 record (no ``mac``) is still
+read; its public fields are unprotected, and the CLI accepts one only as the owner's own file.
+
 The secret is derived from the master key (``MasterKey.derive("watermark/<method>/<mark id>")``)
 so the same key and mark id always give the same mark; verification uses the sealed copy, which
 ``envelope.rewrap_sealed`` carries over a key rotation.
@@ -33,7 +41,8 @@ from torchshield.errors import FormatError, InputError, IntegrityError, WrongKey
 __all__ = ["METHODS", "WatermarkRecord", "expand_secret", "new_mark", "read_record", "write_record"]
 
 FORMAT = "torchshield-watermark"
-VERSION = 1
+VERSION = 2  # 2: public fields authenticated (``mac``); 1: read, unauthenticated
+READABLE_VERSIONS = (1, 2)
 METHODS = ("whitebox", "trigger")
 _COMMIT_DOMAIN = b"torchshield/watermark-commit/v1"
 _EXPAND_DOMAIN = b"torchshield/watermark-expand/v1/"
@@ -51,23 +60,47 @@ class WatermarkRecord:
     threshold: float
     layers: dict[str, list[int]] = field(default_factory=dict)
     params: dict[str, Any] = field(default_factory=dict)
+    mac: str = ""  # HMAC of the other fields (version 2); "" on a version-1 record
+
+    @property
+    def authenticated(self) -> bool:
+        return bool(self.mac)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"format": FORMAT, "version": VERSION, **asdict(self)}
+        doc = {"format": FORMAT, "version": VERSION if self.mac else 1, **asdict(self)}
+        if not self.mac:
+            del doc["mac"]
+        return doc
+
+    def sealed_with(self, secret: bytes, **changes: Any) -> WatermarkRecord:
+        """This record with ``changes`` applied and its ``mac`` made for the result (the owner's
+        side, who holds the secret: at embedding, or after renaming its layers)."""
+        from dataclasses import replace
+
+        changed = replace(self, **changes, mac="")
+        return replace(changed, mac=_mac(secret, changed))
+
+    def resealed(self, key: MasterKey, **changes: Any) -> WatermarkRecord:
+        """``sealed_with`` for a holder of the master key (the secret is unsealed and checked first)."""
+        return self.sealed_with(self.open_secret(key), **changes)
 
     @classmethod
     def from_dict(cls, doc: Any, *, where: str = "the watermark record") -> WatermarkRecord:
         if not isinstance(doc, dict) or doc.get("format") != FORMAT:
             raise FormatError(f"{where} is not a torchshield watermark record",
                               hint="pass the mark.json written by 'model watermark embed'")
-        if doc.get("version") != VERSION:
-            raise FormatError(f"{where} has version {doc.get('version')!r}; this release reads {VERSION}")
+        if doc.get("version") not in READABLE_VERSIONS:
+            raise FormatError(f"{where} has version {doc.get('version')!r}; this release reads "
+                              f"{', '.join(map(str, READABLE_VERSIONS))}")
+        if doc.get("version") == 2 and not isinstance(doc.get("mac"), str):
+            raise FormatError(f"{where} is version 2 but has no 'mac' (its public fields cannot be checked)",
+                              hint="use the owner's original mark.json")
         try:
             rec = cls(method=str(doc["method"]), mark_id=str(doc["mark_id"]), key_id=str(doc["key_id"]),
                       commitment=str(doc["commitment"]), sealed_secret=str(doc["sealed_secret"]),
                       threshold=float(doc["threshold"]),
                       layers={str(k): [int(d) for d in v] for k, v in dict(doc.get("layers", {})).items()},
-                      params=dict(doc.get("params", {})))
+                      params=dict(doc.get("params", {})), mac=str(doc.get("mac", "")) if doc.get("version") == 2 else "")
         except (KeyError, TypeError, ValueError) as exc:
             raise FormatError(f"{where} is missing or has a malformed field ({exc})",
                               hint="regenerate it with 'model watermark embed'") from None
@@ -93,11 +126,22 @@ class WatermarkRecord:
         if not hmac.compare_digest(_commit(self.mark_id, secret), self.commitment):
             raise IntegrityError("the watermark secret does not match the record's commitment",
                                  hint="the record was altered; use the owner's original mark.json")
+        if self.mac and not hmac.compare_digest(_mac(secret, self), self.mac):
+            raise IntegrityError("the watermark record's public fields (threshold, layers, parameters) were "
+                                 "altered after embedding", hint="use the owner's original mark.json")
         return secret
 
 
 def _seal_context(method: str, mark_id: str) -> bytes:
     return f"torchshield/watermark/{method}/{mark_id}".encode()
+
+
+def _mac(secret: bytes, record: WatermarkRecord) -> str:
+    """HMAC-SHA256 of every field but ``mac``, as canonical JSON (sorted keys, no spaces)."""
+    doc = asdict(record)
+    doc.pop("mac")
+    body = json.dumps({"format": FORMAT, **doc}, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    return hmac.new(expand_secret(secret, "record-mac", 32), body.encode(), hashlib.sha256).hexdigest()
 
 
 def _commit(mark_id: str, secret: bytes) -> str:
@@ -120,7 +164,7 @@ def new_mark(key: MasterKey, method: str, *, threshold: float, layers: dict[str,
                              commitment=_commit(mark_id, secret),
                              sealed_secret=base64.b64encode(sealed).decode(), threshold=threshold,
                              layers=dict(layers or {}), params=dict(params or {}))
-    return record, secret
+    return record.sealed_with(secret), secret
 
 
 def expand_secret(secret: bytes, purpose: str, nbytes: int) -> bytes:

@@ -34,6 +34,7 @@ and never appears in an error message.
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
@@ -67,13 +68,17 @@ def endpoint_predictor(url: str, model: str, api_key: str, *, timeout: float = 3
     except ImportError:  # pragma: no cover - the serve extra brings it
         raise MissingDependencyError("httpx", "serve") from None
     if not url.startswith(("http://", "https://")):
-        raise InputError(f"--endpoint {url!r} is not an http(s) URL", hint="e.g. http://127.0.0.1:8000")
+        raise InputError(f"--endpoint {_shown(url)!r} is not an http(s) URL", hint="e.g. http://127.0.0.1:8000")
     client = httpx.Client(timeout=timeout, transport=transport,
                           headers={"Authorization": f"Bearer {api_key}", "Content-Type": "application/json"})
     endpoint = _Endpoint(client, url, model, api_key, timeout=timeout, sleep=sleep, rate_limit_wait=rate_limit_wait)
     shape = tuple(input_shape) if input_shape else None
 
     def predict(inputs: torch.Tensor) -> list[int]:
+        if shape is not None and math.prod(shape) != inputs[0].numel():
+            raise InputError(f"--input-shape {','.join(map(str, shape))} holds {math.prod(shape)} values, but each "
+                             f"trigger input has {inputs[0].numel()} (shape {list(inputs.shape[1:])})",
+                             hint="give the shape the served model takes, with the same number of values")
         return endpoint.predict(inputs.reshape(len(inputs), *shape) if shape else inputs)
 
     return predict
@@ -85,7 +90,7 @@ class _Endpoint:
 
     def __init__(self, client: Any, url: str, model: str, api_key: str, *, timeout: float,
                  sleep: Callable[[float], None], rate_limit_wait: float) -> None:
-        self.client, self.url, self.model, self.api_key = client, url, model, api_key
+        self.client, self.url, self.model, self.api_key = client, _shown(url), model, api_key
         self.target = f"{url.rstrip('/')}/v1/models/{model}/predict"
         self.timeout, self.sleep, self.rate_limit_wait = timeout, sleep, rate_limit_wait
         self.fits = 0  # the largest request size accepted after a 413 (0: none refused yet)
@@ -236,6 +241,19 @@ def _png(x: torch.Tensor) -> str:
     buf = io.BytesIO()
     image.save(buf, "PNG", compress_level=1)  # trigger noise does not compress: save the time
     return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def _shown(url: str) -> str:
+    """``url`` as messages may print it: a password in it (``http://user:pw@host``) masked."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.hostname or ""
+    host = f"[{host}]" if ":" in host else host
+    netloc = f"{parts.username}:***@{host}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
 
 
 def _retry_after(response: Any) -> float | None:
