@@ -101,6 +101,13 @@ def run(argv: Sequence[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+    except OSError as exc:  # the system refused a read or write (disk full, file too large, read-only): not a bug
+        if STATE.debug:
+            traceback.print_exc()
+        where = f" ({exc.filename})" if exc.filename else ""
+        err_console.print(f"[bold red]error:[/] {escape(exc.strerror or str(exc))}{escape(where)} (check the path, its "
+                          "permissions and the free space)", highlight=False, markup=True, soft_wrap=True)
+        return 2
     except Exception as exc:  # noqa: BLE001 - the one place that turns bugs into a clean exit
         if STATE.debug:
             traceback.print_exc()

@@ -296,6 +296,8 @@ def _from_file(spec: dict[str, Any], test_fraction: float, seed: int, private: b
     from torchshield.nn.split import file_sha256
 
     path = spec.pop("path")
+    if not isinstance(path, str) or not path:
+        raise InputError(f"data.path must be a file path (a string), got {path!r}", hint='e.g. "path": "rows.csv"')
     label = spec.pop("label", None)
     features = spec.pop("features", None)
     normalize = str(spec.pop("normalize", "minmax" if private else "standard"))

@@ -100,3 +100,10 @@ def test_parquet_with_label_column_and_bounds(tmp_path):
         load_dataset({"path": str(path), "label": "outcome", "features": ["age", "note"]})
     with pytest.raises(InputError, match="label"):
         load_dataset({"path": str(path), "label": "missing"})
+
+
+@pytest.mark.parametrize("path", [["a.csv"], 3, "", {"x": 1}])
+def test_a_data_path_that_is_not_a_string_is_bad_input(path):
+    """Audit: '--data {"path": ["a"]}' crashed with an internal error (TypeError in pathlib)."""
+    with pytest.raises(InputError, match="data.path must be a file path"):
+        load_dataset({"path": path, "label": "y"})
