@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import inspect as _inspect
 import json
+import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,11 +24,16 @@ __all__ = ["register"]
 
 app = typer.Typer(no_args_is_help=True, help="Attack, certify and guard models against adversarial inputs.")
 
-DATA = typer.Option(None, "--data", "-d", help="sklearn:digits / sklearn:breast_cancer (test split) or a "
-                                              ".csv/.parquet file; default: the bundle's own test split.")
+DATA = typer.Option(None, "--data", "-d", help="For a bundle from `torchshield train`: sklearn:digits / "
+                    "sklearn:breast_cancer (test split) or a .csv/.tsv/.parquet/.jsonl table with its training "
+                    "columns; default: the bundle's own test split. For a `model protect` bundle (required): a "
+                    ".safetensors or .pt file with 'inputs' in the model's natural shape and 'labels'.")
 KEY_FILE = typer.Option(None, "--key-file", "-k", help="Master key file for an encrypted bundle.")
-LIMIT = typer.Option(None, "--limit", "-n", help="Use only the first N examples.")
-BOUNDS = typer.Option(None, "--bounds", help="Input range 'lo,hi' (default: the bundle's recorded bounds).")
+LIMIT = typer.Option(None, "--limit", "-n", min=1, help="Use only the first N examples.")
+BOUNDS = typer.Option(None, "--bounds", help="Input range 'LOW,HIGH' with LOW < HIGH (default: the bundle's "
+                      "recorded bounds).")
+# the tables `read_rows` turns into the inputs of a `torchshield train` bundle
+_TABLE_SUFFIXES = (".csv", ".tsv", ".tab", ".parquet", ".pq", ".jsonl", ".ndjson")
 
 
 def register(root: typer.Typer) -> None:
@@ -43,6 +50,65 @@ def _floats(text: str, what: str) -> list[float]:
     return values
 
 
+def _finite(low: float, high: float | None = None, *, open_low: bool = False,
+            open_high: bool = False) -> Callable[[float | None], float | None]:
+    """Typer callback for a float option: a finite number within the range (exit 2 naming the option).
+    Click's own range checks let NaN through (it compares false with every bound), and NaN or an
+    infinity silently disables the gate, loop or budget it feeds."""
+    where = [f"{'>' if open_low else '>='} {low:g}"]
+    if high is not None:
+        where.append(f"{'<' if open_high else '<='} {high:g}")
+
+    def check(value: float | None) -> float | None:
+        if value is None:
+            return value
+        ok = math.isfinite(value) and (value > low if open_low else value >= low)
+        if ok and high is not None:
+            ok = value < high if open_high else value <= high
+        if not ok:
+            raise typer.BadParameter(f"must be a finite number {' and '.join(where)}, got {value:g}")
+        return value
+
+    return check
+
+
+def _bounds(text: str | None) -> tuple[float, float] | None:
+    """``--bounds LOW,HIGH``: two finite numbers with LOW < HIGH (InputError naming the option)."""
+    if text is None:
+        return None
+    need = f"--bounds: needs two finite numbers LOW,HIGH with LOW < HIGH (e.g. 0,1 for pixels), got {text!r}"
+    try:
+        values = [float(v) for v in text.split(",")]
+    except ValueError:
+        raise InputError(need) from None
+    if len(values) != 2 or not all(math.isfinite(v) for v in values) or values[0] >= values[1]:
+        raise InputError(need)
+    return values[0], values[1]
+
+
+def _non_negative(text: str, what: str, noun: str) -> list[float]:
+    """Comma-separated finite numbers >= 0 (budgets, radii), refused naming ``what`` otherwise."""
+    values = _floats(text, what)
+    if not all(math.isfinite(v) and v >= 0 for v in values):
+        raise InputError(f"{what}: {noun} must be a finite number >= 0, got {text!r}")
+    return values
+
+
+def _attack_names(attack: list[str]) -> list[str]:
+    """Names from repeated and comma-separated ``--attack`` values. None left (``--attack ,``) would
+    report no result and pass any gate, so it is refused, like an unknown name, before any work."""
+    from torchshield.robust.attacks import available_attacks, get_attack
+
+    names = [n.strip() for item in attack for n in item.split(",") if n.strip()]
+    if not names:
+        raise InputError(f"--attack: no attack named in {', '.join(map(repr, attack))}",
+                         hint=f"give one or more of: {', '.join(available_attacks())}")
+    with about("--attack"):
+        for name in names:
+            get_attack(name)
+    return names
+
+
 @dataclass
 class _Subject:
     model: Any
@@ -55,7 +121,7 @@ class _Subject:
 
 
 def _load(model_path: Path, data: str | None, *, key_file: Path | None, trusted: Trust,
-          limit: int | None, bounds: str | None) -> _Subject:
+          limit: int | None, bounds: tuple[float, float] | None) -> _Subject:
     """Model, inputs, labels, bounds and manifest for a bundle and a data spec.
 
     Bundles written by ``torchshield train`` use their own test split or a table; any other
@@ -73,6 +139,10 @@ def _load(model_path: Path, data: str | None, *, key_file: Path | None, trusted:
     from torchshield.nn.datasets import BUILTINS, load_dataset
     from torchshield.train.recipe import load_trained, read_rows
 
+    if data is not None and data not in BUILTINS and Path(data).suffix.lower() not in _TABLE_SUFFIXES:
+        raise InputError(f"--data: {data} is not a table; a bundle from `torchshield train` takes a built-in data "
+                         f"set ({', '.join(BUILTINS)}) or a .csv/.tsv/.parquet/.jsonl table with its training columns",
+                         hint="tensor files (.safetensors, .pt) are for bundles from `model protect`")
     model, manifest = load_trained(model_path, key=resolve_master_key(key_file=key_file, required=False), verify_with=trusted.verify_with)
     meta = manifest["metadata"]
     if data is None or data in BUILTINS:
@@ -83,9 +153,7 @@ def _load(model_path: Path, data: str | None, *, key_file: Path | None, trusted:
     else:
         x, y = read_rows(data, manifest)
     x, y = _limit(x, y, limit)
-    lo_hi = _floats(bounds, "--bounds") if bounds else meta["data"]["input_bounds"]
-    if len(lo_hi) != 2:
-        raise InputError(f"--bounds: expected 'lo,hi', got {bounds!r}")
+    lo_hi = bounds if bounds is not None else meta["data"]["input_bounds"]
     return _Subject(model, x, y, (float(lo_hi[0]), float(lo_hi[1])), manifest,
                     meta["model"].get("num_classes"), list(meta["data"].get("feature_names") or []))
 
@@ -120,7 +188,7 @@ def _read_tensors(path: Path) -> dict[str, Any]:
 
 
 def _load_any(model_path: Path, manifest: dict[str, Any], data: str | None, *, key_file: Path | None,
-              trusted: Trust, limit: int | None, bounds: str | None) -> _Subject:
+              trusted: Trust, limit: int | None, bounds: tuple[float, float] | None) -> _Subject:
     from torchshield.model.loading import open_model, preprocessing_of
     from torchshield.robust.subject import attackable, input_bounds
 
@@ -141,7 +209,7 @@ def _load_any(model_path: Path, manifest: dict[str, Any], data: str | None, *, k
         raise InputError(f"--data: inputs have shape {tuple(x.shape[1:])} per example, the model takes {shape}",
                          hint="pass examples in the model's natural shape (N x C x H x W), not flattened")
     x, y = _limit(x.float(), y, limit)
-    lo_hi = tuple(_floats(bounds, "--bounds")) if bounds else input_bounds(pre)
+    lo_hi = bounds if bounds is not None else input_bounds(pre)
     if lo_hi is None or len(lo_hi) != 2:
         raise InputError(f"{model_path.name} does not record its input range",
                          hint="pass --bounds lo,hi (e.g. 0,1 for pixels)")
@@ -162,18 +230,19 @@ def _attack_params(name: str, steps: int | None, restarts: int | None, queries: 
     return {k: v for k, v in given.items() if v is not None and k in accepted}
 
 
-def _check_output(path: Path, option: str, suffixes: tuple[str, ...]) -> None:
-    """Before any work: ``path`` is a file of a known kind in a folder that exists (InputError naming
-    ``option`` otherwise); found at the write, it cost the whole attack or calibration."""
+def _check_output(path: Path, option: str, suffixes: tuple[str, ...], *, overwrite: bool) -> None:
+    """Before any work: ``path`` is a file of a known kind in a folder that exists, and no existing
+    file unless ``overwrite`` (InputError naming ``option`` otherwise); found at the write, it cost
+    the whole attack or calibration."""
     from torchshield.atomic import check_target
 
     if path.suffix.lower() not in suffixes:
         raise InputError(f"{option}: {path} must end in {' or '.join(suffixes)}")
     with about(option):
-        check_target(path, overwrite=True)
+        check_target(path, overwrite=overwrite, hint="pass --force to overwrite it")
 
 
-def _save_adversarial(path: Path, report: Any, y: Any, names: list[str]) -> None:
+def _save_adversarial(path: Path, report: Any, y: Any, names: list[str], *, overwrite: bool) -> None:
     """Adversarial examples as safetensors (one tensor per attack/eps + labels) or Parquet rows."""
     from torchshield.atomic import atomic_output
 
@@ -183,7 +252,7 @@ def _save_adversarial(path: Path, report: Any, y: Any, names: list[str]) -> None
 
         tensors = {f"{a}@{e:g}": t.contiguous() for (a, e), t in report.adversarial.items()}
         tensors["labels"] = y.contiguous()
-        with atomic_output(path) as fh:
+        with atomic_output(path, overwrite=overwrite) as fh:
             fh.write(st_save(tensors, metadata={"kind": "torchshield-adversarial-examples"}))
         return
     import pandas as pd  # .parquet / .pq (_check_output refused anything else)
@@ -197,7 +266,7 @@ def _save_adversarial(path: Path, report: Any, y: Any, names: list[str]) -> None
         df.insert(0, "eps", eps)
         df.insert(0, "attack", attack)
         frames.append(df)
-    with atomic_output(path) as fh:
+    with atomic_output(path, overwrite=overwrite) as fh:
         pd.concat(frames, ignore_index=True).to_parquet(fh, index=False)
 
 
@@ -213,25 +282,29 @@ def attacks_cmd(as_json: bool = JSON_OPTION) -> None:
 
 
 @app.command("eval")
-def eval_cmd(model: Path = typer.Argument(..., help="A .tsb bundle written by `torchshield train`."),
+def eval_cmd(model: Path = typer.Argument(..., help="A .tsb bundle written by `torchshield train` or "
+                                          "`torchshield model protect`."),
              data: str | None = DATA,
              attack: list[str] = typer.Option(["standard"], "--attack", "-a", help="Attack name(s), comma-separated "
                                               "or repeated (see `torchshield robust attacks`); default: the "
                                               "standard ensemble (APGD-CE, APGD-T, FAB-T, APGD-CW, Square), whose "
                                               "figure is the robust accuracy to report."),
              eps: str = typer.Option("0.1", "--eps", "-e", help="Budget(s), comma-separated, in input units."),
-             steps: int | None = typer.Option(None, "--steps", help="Iterations of iterative attacks."),
-             restarts: int | None = typer.Option(None, "--restarts", help="Random restarts (pgd, apgd, fab-t)."),
-             queries: int | None = typer.Option(None, "--queries", help="Query budget (square, standard)."),
-             targets: int | None = typer.Option(None, "--targets", help="Target classes of APGD-T and "
+             steps: int | None = typer.Option(None, "--steps", min=1, help="Iterations of iterative attacks."),
+             restarts: int | None = typer.Option(None, "--restarts", min=1, help="Random restarts (pgd, apgd, "
+                                                 "fab-t)."),
+             queries: int | None = typer.Option(None, "--queries", min=1, help="Query budget (square, standard)."),
+             targets: int | None = typer.Option(None, "--targets", min=1, help="Target classes of APGD-T and "
                                                 "FAB-T (apgd-t, fab-t, standard; default 9)."),
-             batch_size: int = typer.Option(256, "--batch-size"),
+             batch_size: int = typer.Option(256, "--batch-size", min=1),
              seed: int = typer.Option(0, "--seed"),
              limit: int | None = LIMIT, bounds: str | None = BOUNDS,
              save_adv: Path | None = typer.Option(None, "--save-adv", help="Write the adversarial examples "
                                                   "(.parquet or .safetensors)."),
-             min_robust: float | None = typer.Option(None, "--min-robust-accuracy", help="Exit 1 if any robust "
-                                                     "accuracy falls below this (for CI gates)."),
+             force: bool = typer.Option(False, "--force", help="Overwrite the --save-adv file if it exists."),
+             min_robust: float | None = typer.Option(None, "--min-robust-accuracy",
+                                                     callback=_finite(0.0, 1.0), help="Exit 1 if any robust "
+                                                     "accuracy falls below this, a number in [0, 1] (for CI gates)."),
              key_file: Path | None = KEY_FILE, pubkey: Path | None = PUBKEY_OPTION,
              allow_factory: list[str] = ALLOW_FACTORY_OPTION, as_json: bool = JSON_OPTION) -> None:
     """Clean and robust accuracy per attack and epsilon, on inputs in the model's natural shape.
@@ -244,13 +317,14 @@ def eval_cmd(model: Path = typer.Argument(..., help="A .tsb bundle written by `t
     from torchshield.robust.evaluate import evaluate_robustness
     from torchshield.robust.subject import NotApplicable
 
-    names = [n.strip() for item in attack for n in item.split(",") if n.strip()]
-    eps_list = _floats(eps, "--eps")
+    names = _attack_names(attack)
+    eps_list = _non_negative(eps, "--eps", "epsilon")
+    lo_hi_given = _bounds(bounds)
     if save_adv is not None:
-        _check_output(save_adv, "--save-adv", (".parquet", ".pq", ".safetensors"))
+        _check_output(save_adv, "--save-adv", (".parquet", ".pq", ".safetensors"), overwrite=force)
     try:
         sub = _load(model, data, key_file=key_file, trusted=trust(pubkey, allow_factory), limit=limit,
-                    bounds=bounds)
+                    bounds=lo_hi_given)
     except NotApplicable as exc:
         doc = {"model": str(model), "status": "not_applicable", "reason": exc.message, "hint": exc.hint}
         line = f"{model.name}: not applicable: {exc.message} ({exc.hint})"
@@ -263,7 +337,7 @@ def eval_cmd(model: Path = typer.Argument(..., help="A .tsb bundle written by `t
                                      seed=seed, num_classes=num_classes, keep_adversarial=save_adv is not None,
                                      on_batch=advance)
     if save_adv is not None:
-        _save_adversarial(save_adv, report, y, sub.feature_names)
+        _save_adversarial(save_adv, report, y, sub.feature_names, overwrite=force)
     doc = {"model": str(model), "status": "evaluated", "input_shape": list(x.shape[1:]), **report.to_dict(),
            "saved_adversarial": str(save_adv) if save_adv else None}
 
@@ -299,13 +373,16 @@ def eval_cmd(model: Path = typer.Argument(..., help="A .tsb bundle written by `t
 def certify_cmd(model: Path = typer.Argument(..., help="A .tsb bundle (ideally trained with "
                                              "augment: {gaussian_noise: SIGMA})."),
                 data: str | None = DATA,
-                sigma: float = typer.Option(0.25, "--sigma", help="Noise level of the smoothed classifier."),
-                n0: int = typer.Option(100, "--n0", help="Noise draws to pick the top class."),
-                n: int = typer.Option(1000, "--n", help="Noise draws to bound its probability."),
-                alpha: float = typer.Option(0.001, "--alpha", help="Failure probability per certificate."),
+                sigma: float = typer.Option(0.25, "--sigma", callback=_finite(0.0, open_low=True),
+                                            help="Noise level of the smoothed classifier (> 0)."),
+                n0: int = typer.Option(100, "--n0", min=1, help="Noise draws to pick the top class."),
+                n: int = typer.Option(1000, "--n", min=1, help="Noise draws to bound its probability."),
+                alpha: float = typer.Option(0.001, "--alpha", callback=_finite(0.0, 1.0, open_low=True,
+                                                                               open_high=True),
+                                            help="Failure probability per certificate, in (0, 1)."),
                 radii: str = typer.Option("0,0.25,0.5,0.75,1", "--radii", help="Radii to report certified "
                                           "accuracy at."),
-                batch_size: int = typer.Option(1000, "--batch-size"),
+                batch_size: int = typer.Option(1000, "--batch-size", min=1),
                 seed: int | None = typer.Option(None, "--seed", help="Seed the noise (tests only; default "
                                                 "draws from the OS CSPRNG)."),
                 limit: int | None = LIMIT, key_file: Path | None = KEY_FILE, pubkey: Path | None = PUBKEY_OPTION,
@@ -315,7 +392,7 @@ def certify_cmd(model: Path = typer.Argument(..., help="A .tsb bundle (ideally t
     Refused (exit 2) for token-id models: Gaussian noise on token ids certifies nothing."""
     from torchshield.robust.smoothing import ABSTAIN, SmoothedClassifier
 
-    radius_list = _floats(radii, "--radii")
+    radius_list = _non_negative(radii, "--radii", "a radius")
     sub = _load(model, data, key_file=key_file, trusted=trust(pubkey, allow_factory), limit=limit,
                 bounds=None)  # NotApplicable is an InputError: exit 2 with the reason
     net, x, y = sub.model, sub.x, sub.y
@@ -348,7 +425,9 @@ def certify_cmd(model: Path = typer.Argument(..., help="A .tsb bundle (ideally t
 @app.command("calibrate-detector")
 def calibrate_cmd(model: Path = typer.Argument(..., help="A .tsb bundle."), data: str | None = DATA,
                   out: Path = typer.Option(..., "--out", "-o", help="Detector file to write (.json)."),
-                  fpr: float = typer.Option(0.05, "--fpr", help="Target false-positive rate on clean inputs."),
+                  fpr: float = typer.Option(0.05, "--fpr", callback=_finite(0.0, 1.0, open_low=True,
+                                                                             open_high=True),
+                                            help="Target false-positive rate on clean inputs, in (0, 1)."),
                   squeezer: list[str] = typer.Option(["bits:4"], "--squeezer",
                                                      help="bits:N or median:N, repeatable."),
                   limit: int | None = LIMIT, bounds: str | None = BOUNDS, key_file: Path | None = KEY_FILE,
@@ -358,8 +437,10 @@ def calibrate_cmd(model: Path = typer.Argument(..., help="A .tsb bundle."), data
     from torchshield.atomic import atomic_write_bytes
     from torchshield.robust.defenses import FeatureSqueezingDetector, parse_squeezer
 
-    _check_output(out, "--out", (".json",))
-    sub = _load(model, data, key_file=key_file, trusted=trust(pubkey, allow_factory), limit=limit, bounds=bounds)
+    lo_hi_given = _bounds(bounds)
+    _check_output(out, "--out", (".json",), overwrite=True)
+    sub = _load(model, data, key_file=key_file, trusted=trust(pubkey, allow_factory), limit=limit,
+                bounds=lo_hi_given)
     net, x, lo_hi = sub.model, sub.x, sub.bounds
     detector = FeatureSqueezingDetector(net, [parse_squeezer(s) for s in squeezer], lo_hi)
     detector.calibrate(x, fpr=fpr)
@@ -375,20 +456,30 @@ def detect_cmd(model: Path = typer.Argument(..., help="A .tsb bundle."), data: s
                detector_file: Path = typer.Option(..., "--detector", help="File from calibrate-detector."),
                attack: str | None = typer.Option(None, "--attack", help="Also attack the data first and report "
                                                  "the detection rate on the adversarial examples."),
-               eps: float = typer.Option(0.1, "--eps"), limit: int | None = LIMIT,
+               eps: float = typer.Option(0.1, "--eps", callback=_finite(0.0),
+                                         help="Budget of --attack, in input units."),
+               limit: int | None = LIMIT,
                key_file: Path | None = KEY_FILE, pubkey: Path | None = PUBKEY_OPTION,
                allow_factory: list[str] = ALLOW_FACTORY_OPTION, as_json: bool = JSON_OPTION) -> None:
     """Flag adversarial-looking inputs; report the flagged rate (clean, and attacked with --attack)."""
     from torchshield.robust.attacks import build_attack
     from torchshield.robust.defenses import FeatureSqueezingDetector
 
+    if attack is not None:  # an empty name would skip the attack and report no adversarial rate
+        if not attack.strip() or "," in attack:
+            from torchshield.robust.attacks import available_attacks
+
+            raise InputError(f"--attack: give one attack name, got {attack!r}",
+                             hint=f"choose one of: {', '.join(available_attacks())}")
+        attack = _attack_names([attack])[0]
     try:
         doc = json.loads(detector_file.read_text())
     except (OSError, ValueError) as exc:
         raise InputError(f"--detector: cannot read {detector_file} ({type(exc).__name__})") from None
     sub = _load(model, data, key_file=key_file, trusted=trust(pubkey, allow_factory), limit=limit, bounds=None)
     net, x, y = sub.model, sub.x, sub.y
-    detector = FeatureSqueezingDetector.from_dict(net, doc)
+    with about("--detector"):
+        detector = FeatureSqueezingDetector.from_dict(net, doc)
     result: dict[str, Any] = {"examples": len(y), "threshold": detector.threshold,
                               "clean_flagged_rate": float(detector.detect(x).double().mean())}
     if attack:

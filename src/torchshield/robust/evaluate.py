@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from torchshield.errors import InputError
 from torchshield.robust.attacks.registry import build_attack
 from torchshield.robust.masking import MaskingInput, masking_warnings
 from torchshield.robust.validation import check_bounds, check_eps, check_inputs, check_labels
@@ -83,6 +84,8 @@ def evaluate_robustness(model: nn.Module, x: Tensor, y: Tensor, *, attacks: Sequ
                         seed: int = 0, num_classes: int | None = None, keep_adversarial: bool = False,
                         on_batch: Callable[[int], None] | None = None) -> RobustnessReport:
     """Run every attack at every epsilon over ``(x, y)``; ``on_batch(n)`` reports progress."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise InputError(f"batch_size must be a whole number >= 1, got {batch_size!r}")
     bounds = check_bounds(bounds)
     check_inputs(x, bounds)
     y = check_labels(y, x.shape[0], num_classes=num_classes)

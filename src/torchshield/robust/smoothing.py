@@ -55,6 +55,9 @@ class SmoothedClassifier:
             raise InputError(f"sigma must be a finite number > 0, got {sigma}")
         if num_classes < 2:
             raise InputError(f"num_classes must be >= 2, got {num_classes}")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            # 0 would loop for ever drawing no noise
+            raise InputError(f"batch_size must be a whole number >= 1, got {batch_size!r}")
         self.model, self.num_classes, self.sigma, self.batch_size = model, num_classes, float(sigma), batch_size
         self._generator = torch.Generator().manual_seed(seed if seed is not None else secrets.randbits(62))
 

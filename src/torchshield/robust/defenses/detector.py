@@ -91,7 +91,12 @@ class FeatureSqueezingDetector:
         if not isinstance(doc, dict) or doc.get("kind") != "feature-squeezing" or doc.get("version") != 1:
             raise FormatError("not a torchshield feature-squeezing detector file (kind/version)")
         try:
-            return cls(model, [parse_squeezer(s) for s in doc["squeezers"]], tuple(doc["bounds"]),
-                       float(doc["threshold"]), doc.get("target_fpr"), dict(doc.get("calibration") or {}))
+            threshold = float(doc["threshold"])
+            detector = cls(model, [parse_squeezer(s) for s in doc["squeezers"]], tuple(doc["bounds"]), threshold,
+                           doc.get("target_fpr"), dict(doc.get("calibration") or {}))
         except (KeyError, TypeError, ValueError) as exc:
             raise FormatError(f"detector file is missing or has a bad field ({exc})") from None
+        if not (math.isfinite(threshold) and threshold >= 0):  # NaN flags nothing, a negative one everything
+            raise FormatError(f"detector threshold must be a finite number >= 0, got {threshold}",
+                              hint="calibrate it again with `torchshield robust calibrate-detector`")
+        return detector
