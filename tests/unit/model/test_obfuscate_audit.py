@@ -179,17 +179,7 @@ def test_flattened_batchnorm_moves_in_channel_blocks():
 
 def test_every_planner_checks_the_function_before_returning(monkeypatch):
     """A graph plan that forgets a consumer's columns changes the outputs: refused, not returned."""
-    from torchshield.model.obfuscate import graph
-
-    real = graph.trace_groups
-
-    def broken(*args, **kwargs):
-        groups = real(*args, **kwargs)
-        for g in groups:
-            g.rows = [r for r in g.rows if r[0] != "out.weight"]
-        return groups
-
-    monkeypatch.setattr(graph, "trace_groups", broken)
+    _break_graph_plans(monkeypatch)
     with pytest.raises(InputError, match="would change .* outputs"):
         obfuscate_model(twobranch(), generate_master_key())
 
@@ -280,17 +270,7 @@ def test_cli_obfuscate_refuses_cleanly_or_keeps_outputs(bundles, capsys, name):
 
 
 def test_cli_writes_nothing_when_the_function_check_refuses(bundles, capsys, monkeypatch):
-    from torchshield.model.obfuscate import graph
-
-    real = graph.trace_groups
-
-    def broken(*args, **kwargs):
-        groups = real(*args, **kwargs)
-        for g in groups:
-            g.rows = [r for r in g.rows if r[0] != "out.weight"]
-        return groups
-
-    monkeypatch.setattr(graph, "trace_groups", broken)
+    _break_graph_plans(monkeypatch)
     out = bundles / "twobranch.obf.tsb"
     code = _cli("model", "obfuscate", bundles / "twobranch.tsb", "--out", out, "--key-file", bundles / "k.key",
                 "--allow-factory", "test_obfuscate_audit:*")
@@ -316,3 +296,18 @@ def test_cli_round_trip_keeps_aliases_and_keep_names_is_reversible(bundles, caps
     a, b = torchshield.load(src), torchshield.load(back)
     assert a.keys() == b.keys() and all(torch_equal(a[k], b[k]) for k in a)
     assert back.stat().st_size <= src.stat().st_size + 4096  # the tied tensor is not stored twice
+
+
+def _break_graph_plans(monkeypatch):
+    """Make the graph planner forget a consumer's columns (out.weight): a plan that changes outputs."""
+    from torchshield.model.obfuscate import graph
+
+    real = graph.trace_groups
+
+    def broken(*args, **kwargs):
+        groups = real(*args, **kwargs)
+        for g in groups:
+            g.rows = [r for r in g.rows if r[0] != "out.weight"]
+        return groups
+
+    monkeypatch.setattr(graph, "trace_groups", broken)

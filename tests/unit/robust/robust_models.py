@@ -89,3 +89,20 @@ class Quantised(nn.Module):
 def quantised_mlp(levels: int = 4) -> nn.Module:
     """Factory for bundles (``robust_models:quantised_mlp``): the digits MLP behind quantisation."""
     return Quantised(make_mlp(), levels=levels)
+
+
+def train_bundle(folder, *, hidden: int, epochs: int):
+    """A digits MLP bundle written by the real `torchshield train` CLI (folder/model.tsb)."""
+    from torchshield.cli.app import run
+
+    (folder / "c.yaml").write_text(f"""
+data: sklearn:digits
+model: {{type: mlp, hidden: [{hidden}]}}
+epochs: {epochs}
+batch_size: 64
+optimizer: {{name: adam, lr: 0.01}}
+seed: 0
+output: {{bundle: model.tsb}}
+""")
+    assert run(["train", str(folder / "c.yaml"), "--json"]) == 0
+    return folder / "model.tsb"

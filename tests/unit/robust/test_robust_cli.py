@@ -5,27 +5,14 @@ from __future__ import annotations
 import json
 
 import pytest
-from robust_models import one_torch_thread  # noqa: F401 (autouse fixture)
+from robust_models import one_torch_thread, train_bundle  # noqa: F401 (autouse fixture)
 
 from torchshield.cli.app import run
-
-CONFIG = """
-data: sklearn:digits
-model: {type: mlp, hidden: [32]}
-epochs: 6
-batch_size: 64
-optimizer: {name: adam, lr: 0.01}
-seed: 0
-output: {bundle: model.tsb}
-"""
 
 
 @pytest.fixture(scope="module")
 def bundle(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("robust_cli")
-    (folder / "c.yaml").write_text(CONFIG)
-    assert run(["train", str(folder / "c.yaml"), "--json"]) == 0
-    return folder / "model.tsb"
+    return train_bundle(tmp_path_factory.mktemp("robust_cli"), hidden=32, epochs=6)
 
 
 def _json(capsys, args):

@@ -8,28 +8,16 @@ import json
 import re
 
 import pytest
-from robust_models import one_torch_thread  # noqa: F401 (autouse fixture)
+from robust_models import one_torch_thread, train_bundle  # noqa: F401 (autouse fixture)
 
 from torchshield.cli.app import run
 
-CONFIG = """
-data: sklearn:digits
-model: {type: mlp, hidden: [16]}
-epochs: 1
-batch_size: 64
-optimizer: {name: adam, lr: 0.01}
-seed: 0
-output: {bundle: model.tsb}
-"""
 FACTORY = "robust_models:quantised_mlp"
 
 
 @pytest.fixture(scope="module")
 def bundle(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("robust_refusals")
-    (folder / "c.yaml").write_text(CONFIG)
-    assert run(["train", str(folder / "c.yaml"), "--json"]) == 0
-    return folder / "model.tsb"
+    return train_bundle(tmp_path_factory.mktemp("robust_refusals"), hidden=16, epochs=1)
 
 
 @pytest.fixture(scope="module")
