@@ -432,13 +432,14 @@ def calibrate_cmd(model: Path = typer.Argument(..., help="A .tsb bundle."), data
                                                      help="bits:N or median:N, repeatable."),
                   limit: int | None = LIMIT, bounds: str | None = BOUNDS, key_file: Path | None = KEY_FILE,
                   pubkey: Path | None = PUBKEY_OPTION, allow_factory: list[str] = ALLOW_FACTORY_OPTION,
+                  force: bool = typer.Option(False, "--force", help="Overwrite --out if it exists."),
                   as_json: bool = JSON_OPTION) -> None:
     """Calibrate a feature-squeezing detector on clean data to a false-positive rate."""
     from torchshield.atomic import atomic_write_bytes
     from torchshield.robust.defenses import FeatureSqueezingDetector, parse_squeezer
 
     lo_hi_given = _bounds(bounds)
-    _check_output(out, "--out", (".json",), overwrite=True)
+    _check_output(out, "--out", (".json",), overwrite=force)
     sub = _load(model, data, key_file=key_file, trusted=trust(pubkey, allow_factory), limit=limit,
                 bounds=lo_hi_given)
     net, x, lo_hi = sub.model, sub.x, sub.bounds

@@ -54,7 +54,7 @@ def _commands(root, tmp):
         "model watermark verify": (["model", "watermark", "verify"], ["--record", root / "mark.json", *key]),
         "robust eval": (["robust", "eval"], [*data, "--attack", "fgsm", "--eps", "0.01"]),
         "robust certify": (["robust", "certify"], [*data, "--n0", "10", "--n", "20", "--sigma", "0.1", "--seed", "0"]),
-        "robust calibrate-detector": (["robust", "calibrate-detector"], [*data, "--out", tmp / "d.json"]),
+        "robust calibrate-detector": (["robust", "calibrate-detector"], [*data, "--out", tmp / "d.json", "--force"]),
         "robust detect": (["robust", "detect"], [*data, "--detector", root / "detector.json"]),
     }
 

@@ -212,3 +212,13 @@ def test_detect_refuses_a_detector_file_whose_threshold_flags_nothing_or_everyth
     line = _refused(capsys, ["robust", "detect", bundle, "--detector", _detector(tmp_path, threshold),
                              "--limit", "8"], "--detector")
     assert "threshold" in line
+
+
+def test_calibrate_detector_does_not_overwrite_without_force(bundle, tmp_path, capsys):
+    target = tmp_path / "detector.json"
+    target.write_text("the detector in use")
+    line = _refused(capsys, ["robust", "calibrate-detector", bundle, "--limit", "16", "--out", target], "--out")
+    assert "--force" in line and target.read_text() == "the detector in use"
+    assert run(["robust", "calibrate-detector", str(bundle), "--limit", "40", "--out", str(target), "--force",
+                "--json"]) == 0
+    assert "threshold" in target.read_text()
