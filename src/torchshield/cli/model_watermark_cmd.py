@@ -466,7 +466,7 @@ def verify_cmd(suspect: Path | None = typer.Argument(None, help="Suspect bundle 
                                      trust(pubkey, allow_factory))
     except CheckFailed as exc:  # exit 1 means "absent": a check that stopped the verification is no verdict
         raise InputError(f"no verdict: {exc.message}", hint=exc.hint) from None
-    except (KeyError, TypeError, ValueError, IndexError) as exc:
+    except (KeyError, TypeError, ValueError, IndexError, ArithmeticError) as exc:
         if record.authenticated:  # fields the owner's key vouches for: a fault of ours, not of the input
             raise
         raise FormatError(f"the version-1 watermark record has a malformed field ({exc})",
@@ -491,7 +491,8 @@ def _verify_bundle(suspect: Path, record: Any, key: Any, bundle_key: Any, truste
     runner = logits_module(net, normalization=preprocessing_of(manifest).get("normalization"))
     try:
         return verify_trigger(model_predictor(runner), record, key)
-    except RuntimeError as exc:  # the model cannot take the record's trigger inputs: shapes, dtypes, sizes
+    except (RuntimeError, ValueError, TypeError, IndexError) as exc:  # the model cannot take the record's
+        # trigger inputs (shapes, dtypes, sizes: a BERT given images fails to unpack their shape)
         shape = record.params.get("input_shape")
         raise InputError(f"{suspect} cannot take this record's trigger inputs (shape {shape}): a record for another "
                          f"model? ({str(exc).splitlines()[0][:160]})",
