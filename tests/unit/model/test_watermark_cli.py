@@ -284,3 +284,21 @@ def test_a_trigger_record_for_another_input_shape_is_no_verdict(trained, tmp_pat
                 "--key-file", str(key_path)])
     err = capsys.readouterr().err
     assert code == 2 and "record for another model" in err, err
+
+
+def test_a_malformed_version_1_record_is_no_verdict(trained, tmp_path, capsys):
+    """A version-1 record (no MAC) with a class count of 0 crashed the verifier (exit 70)."""
+    from torchshield.crypto.keys import read_key_file
+    from torchshield.model.watermark import make_regularizer
+    from torchshield.model.watermark.inputs import TriggerInputs
+
+    folder, key_path, plain, marked = trained
+    _, record = make_regularizer({"method": "trigger", "design": "noise", "num_classes": 10},
+                                 torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10)),
+                                 read_key_file(key_path), inputs=TriggerInputs((1, 8, 8), 0.0, 1.0))
+    doc = {k: v for k, v in record.to_dict().items() if k != "mac"} | {"version": 1}
+    doc["params"] = {**doc["params"], "num_classes": 0}
+    (tmp_path / "v1.json").write_text(json.dumps(doc))
+    code = run(["model", "watermark", "verify", str(plain), "--record", str(tmp_path / "v1.json"),
+                "--key-file", str(key_path)])
+    assert code == 2 and "malformed field" in capsys.readouterr().err
