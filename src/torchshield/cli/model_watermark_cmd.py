@@ -65,17 +65,6 @@ def _save_like(source: Any, tensors_or_model: Any, out: Path, key: Any, *, metad
         if isinstance(config, dict) and config.get("privacy"):  # the training config's DP section went with it
             meta["config"] = {k: v for k, v in config.items() if k != "privacy"}
             metadata = meta
-    if source.signed:  # re-signing (or passing on) a bundle whose signature is broken would launder it
-        from torchshield.model.bundle import verify
-
-        checked = verify(source.path)
-        if not checked.ok:
-            from torchshield.errors import SignatureError
-
-            raise SignatureError(f"{source.path} claims a signature that does not verify ({checked.problems[0]}); "
-                                 f"{out} was not written",
-                                 hint="start from the signer's original bundle ('torchshield model verify' says "
-                                      "what changed)")
     if sign is None and source.signed:
         from torchshield.cli.output import err_console
 
@@ -88,6 +77,24 @@ def _save_like(source: Any, tensors_or_model: Any, out: Path, key: Any, *, metad
                      watermark=watermark if watermark is not None else m.get("watermark"),
                      architecture=m.get("architecture"), preprocessing=m.get("preprocessing"), files=files or None)
     return dropped
+
+
+def _source(path: Path, out: Path) -> Any:
+    """``inspect(path)``, refused before any work when the bundle claims a signature that does not
+    verify: re-signing (or passing on) such a bundle would launder it (``_save_like`` writes ``out``)."""
+    from torchshield.model.bundle import inspect, verify
+
+    source = inspect(path)
+    if source.signed:
+        checked = verify(path)
+        if not checked.ok:
+            from torchshield.errors import SignatureError
+
+            raise SignatureError(f"{path} claims a signature that does not verify ({checked.problems[0]}); "
+                                 f"{out} was not written",
+                                 hint="start from the signer's original bundle ('torchshield model verify' says "
+                                      "what changed)")
+    return source
 
 
 def _open(path: Path, key: Any, trusted: Trust) -> tuple[Any, dict[str, Any], dict[str, bytes]]:
@@ -196,7 +203,6 @@ def embed_cmd(model: Path = typer.Argument(..., help="Bundle: from 'torchshield 
     """Embed an ownership mark by fine-tuning MODEL on its data; the record goes in the manifest.
 
     Trigger inputs follow the bundle's input spec (shape, dtype, range): token ids for a text model."""
-    from torchshield.model.bundle import inspect
     from torchshield.model.sources.records import preprocessing_of
     from torchshield.model.watermark import embed, write_record
     from torchshield.model.watermark.inputs import TriggerInputs, logits_module
@@ -226,7 +232,7 @@ def embed_cmd(model: Path = typer.Argument(..., help="Bundle: from 'torchshield 
             check_target(record_out, overwrite=force, hint="pass --force to replace it (keep the old record if "
                                                            "an earlier mark is still in use)")
     key = _key(key_file)
-    source = inspect(model)
+    source = _source(model, out)
     pre = preprocessing_of(source.manifest)
     spec = pre.get("input")
     tokens = isinstance(spec, dict) and (spec.get("kind") == "tokens"
@@ -538,15 +544,14 @@ def obfuscate_cmd(model: Path = typer.Argument(..., help="Bundle written by 'tor
 
     The permuted model is run against the original on a probe input (from the bundle's input spec)
     and refused (exit 2, nothing written) if its outputs differ."""
-    import torchshield
     from torchshield.model.obfuscate import obfuscate_model
     from torchshield.model.sources.records import preprocessing_of
 
     sign = check_bundle_output(out, force, sign)
     trusted = trust(pubkey, allow_factory)
     key = _key(key_file)
+    source = _source(model, out)
     net, _, files = _open(model, key, trusted)
-    source = torchshield.inspect(model)
     meta = dict(source.manifest.get("metadata") or {})
     # refuses (exit 2, naming why) a model in which nothing can change: never a no-op reported as done
     result = obfuscate_model(net, key, scramble_names=not keep_names,
@@ -570,12 +575,11 @@ def deobfuscate_cmd(model: Path = typer.Argument(..., help="Bundle written by 'm
                     as_json: bool = JSON_OPTION) -> None:
     """Restore the original weights and names, bit for bit, with the key used to obfuscate (tied
     weights stay one tensor)."""
-    import torchshield
     from torchshield.model.obfuscate import deobfuscate
 
     sign = check_bundle_output(out, force, sign)
     key = _key(key_file)
-    source = torchshield.inspect(model)
+    source = _source(model, out)
     meta = dict(source.manifest.get("metadata") or {})
     entry = meta.pop("obfuscation", None)
     if not isinstance(entry, dict) or "sealed" not in entry:

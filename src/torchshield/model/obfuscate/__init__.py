@@ -236,6 +236,8 @@ def _link(plan: _Plan, producer: tuple[str, nn.Module], between: list[tuple[str,
     convolution's the channel axis (1) until a Flatten turns them into channel-major blocks."""
     from torch import nn
 
+    from torchshield.model.obfuscate.probe import batchnorm_dims
+
     pname, player = producer
     cname, clayer = consumer
     units = _units(player)
@@ -267,7 +269,7 @@ def _link(plan: _Plan, producer: tuple[str, nn.Module], between: list[tuple[str,
             norms.append((name, block))
         elif isinstance(layer, kinds["norm"]):  # BatchNorm: normalises axis 1 of its input
             scalable = False
-            dims = _batchnorm_dims(layer)
+            dims = batchnorm_dims(layer)
             per_channel = not flat and conv == dims and rank == dims + 2
             per_feature = dims == 1 and on_last and rank == 2
             if not (per_channel or per_feature) or int(getattr(layer, "num_features", 0)) != units * block:
@@ -308,13 +310,6 @@ def _conv_dims(layer: nn.Module) -> int | None:
     from torch import nn
 
     return next((d for d, cls in ((1, nn.Conv1d), (2, nn.Conv2d), (3, nn.Conv3d)) if isinstance(layer, cls)), None)
-
-
-def _batchnorm_dims(layer: nn.Module) -> int:
-    from torch import nn
-
-    kinds = ((1, nn.BatchNorm1d), (2, nn.BatchNorm2d), (3, nn.BatchNorm3d))
-    return next((d for d, cls in kinds if isinstance(layer, cls)), 0)
 
 
 def _pool_dims(layer: nn.Module) -> int:

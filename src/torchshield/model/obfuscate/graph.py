@@ -300,9 +300,10 @@ def _flat_block(v: _Value, groups: _Groups, width: int) -> int | None:
 def _norm_block(v: _Value, source: Any, mod: Any, groups: _Groups, width: int) -> int | None:
     """The block of a BatchNorm over ``v`` (it normalises axis 1 of its input), or None when axis 1
     is not the units' axis: a Linear's units are axis 1 only in a rank-2 tensor."""
-    from torch import nn
 
-    dims = next(d for d, cls in ((1, nn.BatchNorm1d), (2, nn.BatchNorm2d), (3, nn.BatchNorm3d)) if isinstance(mod, cls))
+    from torchshield.model.obfuscate.probe import batchnorm_dims
+
+    dims = batchnorm_dims(mod)
     rank = _rank(source)
     if v.axis == "channel" and v.flat_block is None and rank == dims + 2:
         return _flat_block(v, groups, width)

@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     import torch
     from torch import nn
 
-__all__ = ["Probe", "build_probe", "eval_mode", "leaf_shapes", "outputs"]
+__all__ = ["Probe", "batchnorm_dims", "build_probe", "eval_mode", "leaf_shapes", "outputs"]
 
 _BATCH = 4
 _TOKENS = 8
@@ -222,3 +222,11 @@ def leaf_shapes(model: nn.Module, probe: Probe) -> dict[str, tuple[int, ...]]:
         for h in handles:
             h.remove()
     return shapes
+
+
+def batchnorm_dims(layer: nn.Module) -> int:
+    """1, 2 or 3 for BatchNorm1d/2d/3d (it normalises axis 1 of a rank ``dims + 2`` input); 0 otherwise."""
+    from torch import nn
+
+    kinds = ((1, nn.BatchNorm1d), (2, nn.BatchNorm2d), (3, nn.BatchNorm3d))
+    return next((d for d, cls in kinds if isinstance(layer, cls)), 0)
